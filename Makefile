@@ -1,0 +1,58 @@
+# kvod: `make run` serves a demo title, `make test` runs the whole suite.
+# Debian's Python, always: a pyenv Python may be first on PATH.
+PYTHON := /usr/bin/python3
+KVOD := $(PYTHON) bin/kvod
+DEMO_DIR := build/demo
+DEMO := $(DEMO_DIR)/demo.ts
+DEMO_CONFIG := $(DEMO_DIR)/kvod.toml
+CSRC := $(wildcard rtpengine/csrc/*.c rtpengine/csrc/*.h) kernel/uapi/krtp.h
+ENGINE_STAMP := build/.engine-stamp
+PYTEST_ARGS ?=
+
+.PHONY: all deps engine run demo test test-fast bench clean
+
+all: engine
+
+deps:
+	@packaging/install-deps
+
+# Both cffi modules, rebuilt when any C source, header or the build script changes.
+$(ENGINE_STAMP): $(CSRC) rtpengine/build_engine.py
+	$(PYTHON) -m rtpengine.build_engine
+	@mkdir -p build && touch $@
+
+engine: deps $(ENGINE_STAMP)
+
+# Three minutes of 720p H.264 + AAC in MPEG-TS, made once and kept.
+$(DEMO):
+	@mkdir -p $(DEMO_DIR)
+	ffmpeg -nostdin -loglevel error -y \
+		-f lavfi -i testsrc2=size=1280x720:rate=30 \
+		-f lavfi -i "sine=frequency=440:sample_rate=48000:beep_factor=4" \
+		-t 180 -c:v libx264 -preset veryfast -pix_fmt yuv420p \
+		-g 60 -keyint_min 60 -sc_threshold 0 \
+		-b:v 3M -maxrate 3M -bufsize 6M -c:a aac -b:a 128k \
+		-f mpegts $(DEMO).tmp.ts
+	mv $(DEMO).tmp.ts $(DEMO)
+
+$(DEMO_CONFIG):
+	@mkdir -p $(DEMO_DIR)
+	printf '[cache]\ndir = "cache"\n\n[catalog]\npath = "catalog.db"\n' > $@
+
+demo: engine $(DEMO) $(DEMO_CONFIG)
+	@$(KVOD) --config $(DEMO_CONFIG) catalog show demo >/dev/null 2>&1 || \
+		$(KVOD) --config $(DEMO_CONFIG) catalog add $(DEMO) --name demo
+
+run: demo
+	@echo "serving rtsp://127.0.0.1:8554/demo (Ctrl-C stops); try: ffplay rtsp://127.0.0.1:8554/demo"
+	$(KVOD) --config $(DEMO_CONFIG) serve
+
+test: engine
+	$(PYTHON) -m pytest -q $(PYTEST_ARGS) tests
+
+bench: engine
+	$(KVOD) bench index
+	$(KVOD) bench streams
+
+clean:
+	rm -rf build rtpengine/_kvod_*.so

@@ -1,0 +1,240 @@
+"""Hint files: the packetisation of one track, computed once at ingest.
+
+The layout is fixed in ``kernel/uapi/krtp.h`` (shared with the C engine and
+the kernel module); ``tests/test_hintfile.py`` checks this module against
+that header. The header is parsed once per open with construct; records are
+fixed-size and read with ``struct`` because there is one per packet.
+"""
+
+from __future__ import annotations
+
+import bisect
+import mmap
+import os
+import struct
+from dataclasses import dataclass
+from typing import Iterator, NamedTuple
+
+import construct as cs
+
+MAGIC = b"KVODHINT"
+VERSION = 1
+HEADER_SIZE = 64
+RECORD_SIZE = 32
+PREFIX_MAX = 5
+
+REC_MARKER = 0x0001
+REC_KEYFRAME = 0x0002
+REC_BLOB = 0x0004
+REC_DISCONTINUITY = 0x0008
+_KNOWN_FLAGS = REC_MARKER | REC_KEYFRAME | REC_BLOB | REC_DISCONTINUITY
+
+# Upper bound on a hint file we agree to map: 2**32 records is 128 GiB of
+# hints, far beyond any title; a larger count is a corrupt or hostile file.
+MAX_RECORDS = 2**32
+
+HINT_HEADER = cs.Struct(
+    "magic" / cs.Const(MAGIC),
+    "version" / cs.Int16ul,
+    "header_size" / cs.Int16ul,
+    "record_size" / cs.Int16ul,
+    "flags" / cs.Int16ul,
+    "clock_rate" / cs.Int32ul,
+    "payload_type" / cs.Int8ul,
+    "pad" / cs.Padding(3),
+    "record_count" / cs.Int64ul,
+    "duration_ns" / cs.Int64ul,
+    "blob_offset" / cs.Int64ul,
+    "blob_size" / cs.Int64ul,
+    "reserved" / cs.Padding(8),
+)
+assert HINT_HEADER.sizeof() == HEADER_SIZE
+
+# offset, length, rtp_ts, send_ns, flags, prefix_len, prefix[5]
+RECORD = struct.Struct("<QIIQHB5s")
+assert RECORD.size == RECORD_SIZE
+
+
+class HintError(ValueError):
+    """A hint file is malformed, truncated or inconsistent."""
+
+
+class HintRecord(NamedTuple):
+    """One RTP packet of a track: where its payload is and when it leaves."""
+
+    offset: int
+    length: int
+    rtp_ts: int
+    send_ns: int
+    flags: int
+    prefix: bytes
+
+    def pack(self) -> bytes:
+        """Serialise to the 32-byte on-disk record."""
+        if len(self.prefix) > PREFIX_MAX:
+            raise HintError(f"prefix of {len(self.prefix)} bytes exceeds {PREFIX_MAX}")
+        return RECORD.pack(self.offset, self.length, self.rtp_ts, self.send_ns,
+                           self.flags, len(self.prefix), self.prefix)
+
+    @classmethod
+    def unpack_from(cls, buf, offset: int = 0) -> "HintRecord":
+        """Parse the 32-byte record at ``offset`` of ``buf``."""
+        off, length, rtp_ts, send_ns, flags, plen, prefix = RECORD.unpack_from(buf, offset)
+        if plen > PREFIX_MAX:
+            raise HintError(f"record prefix_len {plen} exceeds {PREFIX_MAX}")
+        return cls(off, length, rtp_ts, send_ns, flags, prefix[:plen])
+
+
+@dataclass(frozen=True)
+class HintHeader:
+    """The fields of a hint file header that describe the track."""
+
+    clock_rate: int
+    payload_type: int
+    record_count: int
+    duration_ns: int
+    flags: int = 0
+    blob_offset: int = 0
+    blob_size: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.clock_rate < 2**32:
+            raise HintError(f"clock rate {self.clock_rate} out of range")
+        if not 0 <= self.payload_type < 128:
+            raise HintError(f"payload type {self.payload_type} out of range")
+        if not 0 <= self.record_count < MAX_RECORDS:
+            raise HintError(f"record count {self.record_count} out of range")
+
+    def pack(self) -> bytes:
+        """Serialise to the 64-byte on-disk header."""
+        return HINT_HEADER.build(dict(
+            version=VERSION, header_size=HEADER_SIZE, record_size=RECORD_SIZE,
+            flags=self.flags, clock_rate=self.clock_rate,
+            payload_type=self.payload_type, record_count=self.record_count,
+            duration_ns=self.duration_ns, blob_offset=self.blob_offset,
+            blob_size=self.blob_size))
+
+    @classmethod
+    def parse(cls, data: bytes) -> "HintHeader":
+        """Parse and validate a 64-byte header."""
+        if len(data) < HEADER_SIZE:
+            raise HintError(f"hint header truncated: {len(data)} of {HEADER_SIZE} bytes")
+        try:
+            h = HINT_HEADER.parse(data[:HEADER_SIZE])
+        except cs.ConstError as exc:
+            raise HintError("not a hint file (bad magic)") from exc
+        if h.version != VERSION:
+            raise HintError(f"hint file version {h.version} is not supported (want {VERSION})")
+        if h.header_size != HEADER_SIZE or h.record_size != RECORD_SIZE:
+            raise HintError(f"hint layout {h.header_size}/{h.record_size} is not "
+                            f"{HEADER_SIZE}/{RECORD_SIZE}")
+        return cls(clock_rate=h.clock_rate, payload_type=h.payload_type,
+                   record_count=h.record_count, duration_ns=h.duration_ns,
+                   flags=h.flags, blob_offset=h.blob_offset, blob_size=h.blob_size)
+
+
+def write_hint_file(path: str | os.PathLike, header: HintHeader, records: bytes) -> None:
+    """Write a hint file atomically: temporary name, fsync, rename, fsync dir.
+
+    ``records`` is the concatenation of packed records (as the C indexer
+    returns them); its length must match ``header.record_count``.
+    """
+    if len(records) != header.record_count * RECORD_SIZE:
+        raise HintError(f"{len(records)} record bytes for {header.record_count} records")
+    path = os.fspath(path)
+    tmp = f"{path}.tmp.{os.getpid()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        with os.fdopen(fd, "wb", closefd=True) as f:
+            f.write(header.pack())
+            f.write(records)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    dfd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+class HintFile:
+    """A read-only mapping of a hint file, validated on open.
+
+    Records are read lazily from the mapping; seeking is a binary search on
+    ``send_ns`` so opening a long title costs nothing per packet.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = os.fspath(path)
+        with open(self.path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size < HEADER_SIZE:
+                raise HintError(f"{self.path}: hint file truncated ({size} bytes)")
+            self._map = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ)
+        try:
+            self.header = HintHeader.parse(self._map[:HEADER_SIZE])
+            want = HEADER_SIZE + self.header.record_count * RECORD_SIZE
+            if size < want:
+                raise HintError(f"{self.path}: {size} bytes, header promises {want}")
+        except BaseException:
+            self._map.close()
+            raise
+
+    def close(self) -> None:
+        """Unmap the file."""
+        self._map.close()
+
+    def __enter__(self) -> "HintFile":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __len__(self) -> int:
+        return self.header.record_count
+
+    def record(self, index: int) -> HintRecord:
+        """Return record ``index`` (0-based)."""
+        if not 0 <= index < self.header.record_count:
+            raise IndexError(index)
+        return HintRecord.unpack_from(self._map, HEADER_SIZE + index * RECORD_SIZE)
+
+    def __iter__(self) -> Iterator[HintRecord]:
+        for i in range(self.header.record_count):
+            yield self.record(i)
+
+    def records_bytes(self) -> bytes:
+        """All records as one bytes object (for tests and tools)."""
+        return self._map[HEADER_SIZE:HEADER_SIZE + self.header.record_count * RECORD_SIZE]
+
+    def _send_ns(self, index: int) -> int:
+        return struct.unpack_from("<Q", self._map, HEADER_SIZE + index * RECORD_SIZE + 16)[0]
+
+    def index_at(self, send_ns: int) -> int:
+        """Index of the last record whose send time is at or before ``send_ns``."""
+        n = self.header.record_count
+        if n == 0:
+            raise HintError(f"{self.path}: no records")
+        i = bisect.bisect_right(range(n), send_ns, key=self._send_ns)
+        return max(i - 1, 0)
+
+    def keyframe_at_or_before(self, send_ns: int) -> int:
+        """Index of the keyframe record at or before ``send_ns`` (0 if none).
+
+        Scans backwards from the time's position; keyframes come every few
+        seconds, so this reads a few thousand records at most.
+        """
+        i = self.index_at(send_ns)
+        while i > 0:
+            flags = struct.unpack_from("<H", self._map, HEADER_SIZE + i * RECORD_SIZE + 24)[0]
+            if flags & REC_KEYFRAME:
+                return i
+            i -= 1
+        return 0

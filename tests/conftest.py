@@ -1,0 +1,26 @@
+"""Fixtures shared by the whole suite."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+from tests.media import make_ts  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def ts_file() -> str:
+    """A 10 s 640x360 H.264+AAC MPEG-TS, one keyframe a second."""
+    return make_ts(seconds=10)
+
+
+@pytest.fixture(scope="session")
+def short_ts_file() -> str:
+    """A 3 s title for tests that stream many copies at once."""
+    return make_ts(seconds=3, size="320x240", video_bitrate="500k")
