@@ -1,0 +1,399 @@
+"""The daemon's TOML configuration (``/etc/kvod/kvod.toml``).
+
+Every key has a default, so an empty file (or none) is a working config.
+Anything else is checked at startup: an unknown section or key, or a value
+of the wrong type or out of range, is a :class:`ConfigError` that names the
+key, e.g. ``rtsp.session_timeout: expected a positive number, got 'abc'``.
+
+Each section is a frozen dataclass whose fields carry their parser and their
+one-line documentation; the loader, the checks and :func:`dump_defaults`
+all read those, so a new key is added in one place.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field, fields
+from fractions import Fraction
+from typing import Any, Callable, ClassVar, Mapping
+
+DEFAULT_PATH = "/etc/kvod/kvod.toml"
+
+
+class ConfigError(ValueError):
+    """The configuration is unusable; ``key`` is the dotted key at fault, if any."""
+
+    def __init__(self, message: str, key: str | None = None) -> None:
+        super().__init__(f"{key}: {message}" if key else message)
+        self.key = key
+
+
+class _Invalid(Exception):
+    """A parser's complaint, before the key is known; carries what was expected."""
+
+
+# -- value parsers: each returns the normalised value or raises _Invalid ------
+
+
+def _positive_number(value: object) -> float:
+    if (isinstance(value, bool) or not isinstance(value, (int, float))
+            or not math.isfinite(value) or value <= 0):
+        raise _Invalid("a positive number")
+    return float(value)
+
+
+def _int_in(low: int, high: int, what: str) -> Callable[[object], int]:
+    def parse(value: object) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise _Invalid(what)
+        return value
+    return parse
+
+
+def _text(value: object) -> str:
+    # Values end up in protocol headers and log lines: no control characters.
+    if not isinstance(value, str) or not value or any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise _Invalid("a non-empty string without control characters")
+    return value
+
+
+def _endpoint(value: object) -> str:
+    # Only the shape is checked here; Twisted's endpoint parser gives the
+    # precise error when the service is built.
+    if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9_-]+:\S+", value):
+        raise _Invalid("a Twisted endpoint string like 'tcp:8554:interface=::'")
+    return value
+
+
+def _path(value: object) -> str:
+    if not isinstance(value, str) or not value or "\x00" in value:
+        raise _Invalid("a non-empty path")
+    return value
+
+
+def _one_of(*choices: str) -> Callable[[object], str]:
+    def parse(value: object) -> str:
+        if value not in choices:
+            raise _Invalid("one of " + ", ".join(map(repr, choices)))
+        return value  # type: ignore[return-value]
+    return parse
+
+
+_BYTE_UNITS = {
+    "": 1, "b": 1,
+    "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+    "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
+}
+_BYTE_SIZE = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]*)\s*")
+
+
+def parse_byte_size(value: object) -> int:
+    """A byte count from an integer or a string like ``"50GiB"``, ``"500MB"``, ``"1.5TB"``.
+
+    Units are B, kB/MB/GB/TB (powers of 1000) and KiB/MiB/GiB/TiB (powers
+    of 1024), case-insensitive. Bare ``K``/``M``/``G`` are refused because
+    they are read both ways. Raises :class:`ValueError` otherwise.
+    """
+    try:
+        return _byte_size(value)
+    except _Invalid as exc:
+        raise ValueError(f"expected {exc}, got {value!r}") from None
+
+
+def _byte_size(value: object) -> int:
+    expected = "a byte count: an integer or a string like '50GiB' or '500MB'"
+    if isinstance(value, bool):
+        raise _Invalid(expected)
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, int):
+        if value < 0:
+            raise _Invalid(expected)
+        return value
+    if not isinstance(value, str):
+        raise _Invalid(expected)
+    match = _BYTE_SIZE.fullmatch(value)
+    if not match or match[2].lower() not in _BYTE_UNITS:
+        raise _Invalid(expected)
+    amount = Fraction(match[1]) * _BYTE_UNITS[match[2].lower()]
+    if amount.denominator != 1:
+        raise _Invalid("a whole number of bytes")
+    return int(amount)
+
+
+# -- sections ------------------------------------------------------------------
+
+
+def _setting(default: Any, parse: Callable[[object], Any], doc: str, *, path: bool = False) -> Any:
+    return field(default=default, metadata={"parse": parse, "doc": doc, "path": path})
+
+
+class _Section:
+    """Checks every field of a section in the constructor, so a bad one cannot exist."""
+
+    SECTION: ClassVar[str]
+    DOC: ClassVar[str]
+
+    def __post_init__(self) -> None:
+        for f in fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            try:
+                object.__setattr__(self, f.name, f.metadata["parse"](value))
+            except _Invalid as exc:
+                raise ConfigError(f"expected {exc}, got {value!r}", self.dotted(f.name)) from None
+        self._check()
+
+    def _check(self) -> None:
+        """Checks that involve more than one key; none by default."""
+
+    @classmethod
+    def dotted(cls, name: str) -> str:
+        """The dotted key of one of this section's fields, e.g. ``rtsp.listen``."""
+        return f"{cls.SECTION}.{name}"
+
+
+_PORT = _int_in(1024, 65535, "a port number from 1024 to 65535")
+
+
+@dataclass(frozen=True)
+class RtspConfig(_Section):
+    """``[rtsp]``: the RTSP server and its sessions."""
+
+    SECTION: ClassVar[str] = "rtsp"
+    DOC: ClassVar[str] = "The RTSP server and its sessions."
+
+    listen: str = _setting(
+        "tcp:8554:interface=0.0.0.0", _endpoint,
+        "Twisted server endpoint the RTSP server listens on "
+        "(e.g. 'tcp:8554:interface=::', 'systemd:domain=INET:index=0').")
+    session_timeout: float = _setting(
+        60.0, _positive_number,
+        "Seconds without a request or RTCP report before a session is torn down.")
+    rtp_port_min: int = _setting(
+        20000, _PORT, "Lowest server UDP port for RTP (even; RTCP uses the next one).")
+    rtp_port_max: int = _setting(29999, _PORT, "Highest server UDP port for RTP/RTCP.")
+    max_sessions: int = _setting(
+        1000, _int_in(1, 10**7, "a positive integer"), "Most RTSP sessions at once.")
+    max_connections: int = _setting(
+        1000, _int_in(1, 10**7, "a positive integer"), "Most RTSP connections at once.")
+    server_name: str = _setting("kvod", _text, "Value of the RTSP 'Server' header.")
+
+    def _check(self) -> None:
+        if self.rtp_port_min % 2:
+            raise ConfigError(
+                f"expected an even port (RTP even, RTCP odd), got {self.rtp_port_min!r}",
+                self.dotted("rtp_port_min"))
+        if self.rtp_port_max <= self.rtp_port_min:
+            raise ConfigError(
+                f"expected a port above rtsp.rtp_port_min ({self.rtp_port_min}), "
+                f"got {self.rtp_port_max!r}", self.dotted("rtp_port_max"))
+
+
+@dataclass(frozen=True)
+class RtcpConfig(_Section):
+    """``[rtcp]``: RTCP reports."""
+
+    SECTION: ClassVar[str] = "rtcp"
+    DOC: ClassVar[str] = "RTCP reports (RFC 3550)."
+
+    sr_interval: float = _setting(5.0, _positive_number, "Seconds between sender reports.")
+
+
+@dataclass(frozen=True)
+class CacheConfig(_Section):
+    """``[cache]``: where cached titles live and how much room they get."""
+
+    SECTION: ClassVar[str] = "cache"
+    DOC: ClassVar[str] = "Where cached titles live and how much room they get."
+
+    dir: str = _setting(
+        "/var/lib/kvod/cache", _path,
+        "Folder of cached titles; relative to this file's folder if relative.", path=True)
+    max_bytes: int = _setting(
+        0, _byte_size,
+        "Cache quota in bytes, or a size like \"50GiB\" or \"500MB\"; 0 = no quota.")
+
+
+@dataclass(frozen=True)
+class CatalogConfig(_Section):
+    """``[catalog]``: the SQLite catalog."""
+
+    SECTION: ClassVar[str] = "catalog"
+    DOC: ClassVar[str] = "The SQLite catalog of titles."
+
+    path: str = _setting(
+        "/var/lib/kvod/catalog.db", _path,
+        "Catalog database file; relative to this file's folder if relative.", path=True)
+
+
+@dataclass(frozen=True)
+class EngineConfig(_Section):
+    """``[engine]``: the RTP send engine."""
+
+    SECTION: ClassVar[str] = "engine"
+    DOC: ClassVar[str] = "The RTP send engine."
+
+    threads: int = _setting(
+        0, _int_in(0, 4096, "an integer from 0 to 4096"),
+        "Pacing threads; 0 = one per core.")
+    strategy: str = _setting(
+        "auto", _one_of("auto", "gso", "sendmmsg"),
+        "Send strategy: 'auto' (the cheapest the kernel supports), 'gso' or 'sendmmsg'.")
+
+
+@dataclass(frozen=True)
+class LogConfig(_Section):
+    """``[log]``: logging."""
+
+    SECTION: ClassVar[str] = "log"
+    DOC: ClassVar[str] = "Logging (to the journal under systemd)."
+
+    level: str = _setting(
+        "info", _one_of("debug", "info", "warning", "error"),
+        "Least severe level logged: 'debug', 'info', 'warning' or 'error'.")
+
+
+@dataclass(frozen=True)
+class AdminConfig(_Section):
+    """``[admin]``: the HTTP admin and metrics endpoint."""
+
+    SECTION: ClassVar[str] = "admin"
+    DOC: ClassVar[str] = "HTTP admin: JSON status and Prometheus /metrics. Keep it local."
+
+    listen: str = _setting(
+        "tcp:8555:interface=127.0.0.1", _endpoint,
+        "Twisted server endpoint the admin HTTP server listens on.")
+
+
+_SECTIONS: dict[str, type[_Section]] = {
+    cls.SECTION: cls
+    for cls in (RtspConfig, RtcpConfig, CacheConfig, CatalogConfig, EngineConfig,
+                LogConfig, AdminConfig)
+}
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole configuration, one attribute per section."""
+
+    rtsp: RtspConfig = field(default_factory=RtspConfig)
+    rtcp: RtcpConfig = field(default_factory=RtcpConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    catalog: CatalogConfig = field(default_factory=CatalogConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    admin: AdminConfig = field(default_factory=AdminConfig)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, base_dir: str | None = None) -> Config:
+        """Build a config from parsed TOML; missing keys take their defaults.
+
+        Relative paths (``cache.dir``, ``catalog.path``) are joined to
+        ``base_dir``; with no ``base_dir`` they are kept as given. Raises
+        :class:`ConfigError` naming the first unknown or invalid key.
+        """
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"expected a table of sections, got {data!r}")
+        sections: dict[str, _Section] = {}
+        for name, table in data.items():
+            section_cls = _SECTIONS.get(name)
+            if section_cls is None:
+                kind = "section" if isinstance(table, Mapping) else "key"
+                raise _unknown(kind, name, name, _SECTIONS)
+            if not isinstance(table, Mapping):
+                raise ConfigError(f"expected a table [{name}], got {table!r}", name)
+            sections[name] = _build_section(section_cls, table, base_dir)
+        return cls(**sections)
+
+
+def _build_section(
+    section_cls: type[_Section], table: Mapping[str, Any], base_dir: str | None
+) -> _Section:
+    known = {f.name: f for f in fields(section_cls)}  # type: ignore[arg-type]
+    values: dict[str, Any] = {}
+    for key, value in table.items():
+        if key not in known:
+            raise _unknown("key", section_cls.dotted(key), key, known)
+        if known[key].metadata["path"] and base_dir is not None and isinstance(value, str) \
+                and value and not os.path.isabs(value):
+            value = os.path.normpath(os.path.join(base_dir, value))
+        values[key] = value
+    return section_cls(**values)
+
+
+def _unknown(kind: str, dotted: str, name: str, choices: Any) -> ConfigError:
+    # Match on the bare name: a shared "rtsp." prefix would make every key
+    # of the section look alike.
+    close = difflib.get_close_matches(name, list(choices), n=1)
+    suggestion = dotted[: len(dotted) - len(name)] + close[0] if close else None
+    error = ConfigError(
+        f"unknown {kind} {dotted!r}" + (f" (did you mean {suggestion!r}?)" if suggestion else "")
+    )
+    error.key = dotted
+    return error
+
+
+def load_config(path: str | os.PathLike[str] | None) -> Config:
+    """Read the config file at ``path``; ``None`` gives all the defaults.
+
+    Relative paths in ``cache.dir`` and ``catalog.path`` are resolved
+    against the folder that holds the config file, so a config and its data
+    can move together. Raises :class:`ConfigError` for an unreadable file,
+    invalid TOML (with its line and column) or a bad key.
+    """
+    if path is None:
+        return Config()
+    path = os.fspath(path)
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        # tomllib's message already ends with "(at line N, column M)".
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: not UTF-8 ({exc})") from exc
+    return Config.from_dict(data, base_dir=os.path.dirname(os.path.abspath(path)))
+
+
+def _toml_value(value: object) -> str:
+    if isinstance(value, str):
+        return '"' + "".join(_toml_char(c) for c in value) + '"'
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
+
+
+def _toml_char(char: str) -> str:
+    # TOML basic strings take any Unicode except '"', '\\' and control
+    # characters, which are escaped as \uXXXX (always a BMP code point here).
+    if char in '"\\' or ord(char) < 32 or ord(char) == 127:
+        return f"\\u{ord(char):04x}"
+    return char
+
+
+def dump_config(config: Config) -> str:
+    """``config`` as commented TOML; :func:`load_config` on the result gives it back."""
+    lines = [
+        "# kvod configuration (" + DEFAULT_PATH + ").",
+        "# Every key is optional: a missing key takes the value shown here by default.",
+        "# Unknown keys and invalid values stop kvod at startup with an error naming the key.",
+    ]
+    for name in _SECTIONS:
+        section = getattr(config, name)
+        lines += ["", f"# {section.DOC}", f"[{name}]"]
+        for f in fields(section):
+            lines.append(f"# {f.metadata['doc']}")
+            lines.append(f"{f.name} = {_toml_value(getattr(section, f.name))}")
+    return "\n".join(lines) + "\n"
+
+
+def dump_defaults() -> str:
+    """Every key with its default and its documentation, as commented TOML."""
+    return dump_config(Config())
+

@@ -1,0 +1,41 @@
+"""The kvod catalog: titles, tracks and cached byte ranges in SQLite.
+
+No Twisted here and nothing else of kvod's: the daemon, the CLI and the
+tests all use this package the same way.
+"""
+
+from catalog.db import (
+    CatalogError,
+    InvalidTitleName,
+    TitleExists,
+    TitleNotFound,
+    transaction,
+)
+from catalog.migrations import MIGRATIONS, Migration, migrate
+from catalog.titles import (
+    STATES,
+    Catalog,
+    Title,
+    Track,
+    TrackSpec,
+    open_catalog,
+    validate_title_name,
+)
+
+__all__ = [
+    "MIGRATIONS",
+    "STATES",
+    "Catalog",
+    "CatalogError",
+    "InvalidTitleName",
+    "Migration",
+    "Title",
+    "TitleExists",
+    "TitleNotFound",
+    "Track",
+    "TrackSpec",
+    "migrate",
+    "open_catalog",
+    "transaction",
+    "validate_title_name",
+]
