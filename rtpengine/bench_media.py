@@ -1,0 +1,36 @@
+"""Titles for the benchmarks, made with ffmpeg once and kept in a cache folder."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+
+def cache_dir() -> str:
+    """Where benchmark titles are kept ($KVOD_BENCH_DIR, else ~/.cache/kvod)."""
+    base = os.environ.get("KVOD_BENCH_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "kvod")
+    os.makedirs(base, exist_ok=True)
+    return base
+
+
+def bench_title(bitrate: str = "4M", seconds: int = 30, size: str = "1280x720") -> str:
+    """An H.264+AAC MPEG-TS near ``bitrate`` (constant mux rate), made once."""
+    path = os.path.join(cache_dir(), f"bench-{bitrate}-{seconds}s-{size}.ts")
+    if os.path.exists(path):
+        return path
+    tmp = path + f".tmp{os.getpid()}.ts"
+    rate = bitrate.upper().rstrip("B")
+    scale = {"K": 1e3, "M": 1e6}.get(rate[-1], 1)
+    bps = int(float(rate.rstrip("KM")) * scale)
+    video = int(bps * 0.85)
+    subprocess.run([
+        "ffmpeg", "-nostdin", "-loglevel", "error", "-y",
+        "-f", "lavfi", "-i", f"testsrc2=size={size}:rate=25",
+        "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000",
+        "-t", str(seconds), "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p",
+        "-g", "50", "-b:v", str(video), "-maxrate", str(video), "-bufsize", str(video),
+        "-c:a", "aac", "-b:a", "96k", "-muxrate", str(bps), "-f", "mpegts", tmp,
+    ], check=True, timeout=600)
+    os.replace(tmp, path)
+    return path
