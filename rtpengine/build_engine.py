@@ -31,7 +31,8 @@ UAPI = os.path.join(ROOT, "kernel", "uapi")
 # module -> (headers whose marked parts form the cdef, in order; sources)
 MODULES = {
     "_kvod_index": (["kvod_types.h", "ts_index.h"], ["ts_index.c"]),
-    "_kvod_engine": (["kvod_types.h", "engine.h"], ["engine.c"]),
+    "_kvod_engine": (["kvod_types.h", "engine.h"],
+                     ["engine.c", "pacer.c", "filemap.c"]),
 }
 
 STRICT_CFLAGS = ["-std=gnu11", "-O2", "-g", "-Wall", "-Wextra", "-Werror",

@@ -1,0 +1,607 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * The engine's API: engine and stream life cycle, validation of what the
+ * caller hands in (sockets, media and hint files are untrusted), the
+ * stream table and the commands. The per-packet work is in pacer.c.
+ *
+ * Locking: e->table_lock guards the id -> stream table and is taken
+ * before a pacer's lock. A command looks the stream up, takes its pacer's
+ * lock and only then drops the table lock, so a concurrent close (which
+ * needs both) cannot free the stream under it.
+ */
+#include <endian.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "kvod_types_check.h"
+#include "filemap.h"
+#include "pacer.h"
+
+#define KVOD_MAX_THREADS	256
+/* id = generation << KVOD_SLOT_BITS | slot; a stale id is caught by the
+ * generation as long as its slot was not reused 2047 times since */
+#define KVOD_SLOT_BITS		20
+#define KVOD_MAX_SLOTS		(1u << KVOD_SLOT_BITS)
+#define KVOD_GEN_MAX		2047
+
+static __thread char kvod_errmsg[256];
+
+/* Record why the call fails, for kvod_last_error(); returns -err. */
+__attribute__((format(printf, 2, 3)))
+static int kvod_fail(int err, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(kvod_errmsg, sizeof(kvod_errmsg), fmt, ap);
+	va_end(ap);
+	return -err;
+}
+
+KVOD_API const char *kvod_last_error(void)
+{
+	return kvod_errmsg;
+}
+
+KVOD_API int64_t kvod_now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* Does this kernel take UDP_SEGMENT on a UDP socket? Asked, not guessed
+ * from the version, so that backports and missing features are right. */
+static bool gso_supported(void)
+{
+	int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	int seg = 1200;
+	bool ok;
+
+	if (fd < 0)
+		return false;
+	ok = setsockopt(fd, SOL_UDP, UDP_SEGMENT, &seg, sizeof(seg)) == 0;
+	close(fd);
+	return ok;
+}
+
+static void engine_stop_pacers(struct kvod_engine *e)
+{
+	int i;
+
+	for (i = 0; i < e->npacers; i++)
+		kvod_pacer_stop(e->pacers[i]);
+}
+
+static void stream_free(struct kvod_stream *s)
+{
+	if (s->media)
+		munmap((void *)s->media, s->media_size);
+	if (s->hint)
+		munmap((void *)s->hint, s->hint_size);
+	if (s->sock >= 0)
+		close(s->sock);
+	free(s);
+}
+
+KVOD_API struct kvod_engine *kvod_engine_new(int threads, int strategy)
+{
+	struct kvod_engine *e;
+	int err, i;
+
+	if (threads == 0) {
+		long n = sysconf(_SC_NPROCESSORS_ONLN);
+
+		threads = n > 0 ? (int)n : 1;
+		if (threads > KVOD_MAX_THREADS)
+			threads = KVOD_MAX_THREADS;
+	}
+	if (threads < 0 || threads > KVOD_MAX_THREADS) {
+		errno = -kvod_fail(EINVAL, "threads %d is not in 0..%d",
+				   threads, KVOD_MAX_THREADS);
+		return NULL;
+	}
+	switch (strategy) {
+	case KVOD_STRATEGY_AUTO:
+		strategy = gso_supported() ? KVOD_STRATEGY_GSO :
+					     KVOD_STRATEGY_SENDMMSG;
+		break;
+	case KVOD_STRATEGY_GSO:
+		if (!gso_supported()) {
+			errno = -kvod_fail(EOPNOTSUPP,
+					   "this kernel refuses UDP_SEGMENT");
+			return NULL;
+		}
+		break;
+	case KVOD_STRATEGY_SENDMMSG:
+		break;
+	default:
+		errno = -kvod_fail(EINVAL, "unknown strategy %d", strategy);
+		return NULL;
+	}
+
+	e = calloc(1, sizeof(*e));
+	if (!e)
+		goto err_nomem;
+	e->strategy = strategy;
+	e->pacers = calloc(threads, sizeof(*e->pacers));
+	if (!e->pacers)
+		goto err_engine;
+	err = pthread_mutex_init(&e->table_lock, NULL);
+	if (err)
+		goto err_pacers;
+	for (i = 0; i < threads; i++) {
+		e->pacers[i] = calloc(1, sizeof(*e->pacers[i]));
+		if (!e->pacers[i]) {
+			err = ENOMEM;
+			goto err_threads;
+		}
+		err = -kvod_pacer_init(e->pacers[i]);
+		if (err) {
+			free(e->pacers[i]);
+			goto err_threads;
+		}
+		e->npacers++;
+		err = -kvod_pacer_start(e->pacers[i]);
+		if (err)
+			goto err_threads;
+	}
+	return e;
+
+err_threads:
+	engine_stop_pacers(e);
+	for (i = 0; i < e->npacers; i++) {
+		kvod_pacer_destroy(e->pacers[i]);
+		free(e->pacers[i]);
+	}
+	pthread_mutex_destroy(&e->table_lock);
+	free(e->pacers);
+	free(e);
+	errno = -kvod_fail(err, "cannot start pacing threads: %s",
+			   strerror(err));
+	return NULL;
+err_pacers:
+	free(e->pacers);
+err_engine:
+	free(e);
+err_nomem:
+	errno = -kvod_fail(ENOMEM, "out of memory");
+	return NULL;
+}
+
+KVOD_API void kvod_engine_free(struct kvod_engine *e)
+{
+	uint32_t i;
+	int j;
+
+	if (!e)
+		return;
+	engine_stop_pacers(e);
+	/* the threads are gone: nothing else can touch the streams now */
+	for (i = 0; i < e->nslots; i++)
+		if (e->slots[i])
+			stream_free(e->slots[i]);
+	for (j = 0; j < e->npacers; j++) {
+		kvod_pacer_destroy(e->pacers[j]);
+		free(e->pacers[j]);
+	}
+	pthread_mutex_destroy(&e->table_lock);
+	free(e->pacers);
+	free(e->slots);
+	free(e->gens);
+	free(e);
+}
+
+KVOD_API int kvod_engine_strategy(struct kvod_engine *e)
+{
+	if (!e)
+		return kvod_fail(EINVAL, "no engine");
+	return e->strategy;
+}
+
+KVOD_API int kvod_engine_threads(struct kvod_engine *e)
+{
+	if (!e)
+		return kvod_fail(EINVAL, "no engine");
+	return e->npacers;
+}
+
+/* A private copy of a connected UDP socket. */
+static int take_socket(int fd)
+{
+	struct sockaddr_storage peer;
+	socklen_t len = sizeof(int);
+	int type, domain, proto, copy, err;
+
+	copy = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+	if (copy < 0)
+		return kvod_fail(errno, "socket fd %d: %s", fd,
+				 strerror(errno));
+	if (getsockopt(copy, SOL_SOCKET, SO_TYPE, &type, &len) < 0) {
+		err = kvod_fail(errno, "socket fd %d is not a socket", fd);
+		goto err;
+	}
+	len = sizeof(int);
+	if (getsockopt(copy, SOL_SOCKET, SO_DOMAIN, &domain, &len) < 0 ||
+	    getsockopt(copy, SOL_SOCKET, SO_PROTOCOL, &proto, &len) < 0) {
+		err = kvod_fail(errno, "socket fd %d: %s", fd, strerror(errno));
+		goto err;
+	}
+	if (type != SOCK_DGRAM || proto != IPPROTO_UDP ||
+	    (domain != AF_INET && domain != AF_INET6)) {
+		err = kvod_fail(EPROTOTYPE,
+				"socket fd %d is not a UDP/IP socket", fd);
+		goto err;
+	}
+	len = sizeof(peer);
+	if (getpeername(copy, (struct sockaddr *)&peer, &len) < 0) {
+		err = kvod_fail(errno,
+				"socket fd %d is not connected to a client",
+				fd);
+		goto err;
+	}
+	return copy;
+err:
+	close(copy);
+	return err;
+}
+
+static int map_file(int fd, const char *what, const uint8_t **map,
+		    uint64_t *size)
+{
+	int err = kvod_map_file(fd, map, size);
+
+	if (err == -EINVAL)
+		return kvod_fail(EINVAL, "%s fd %d is not a regular file",
+				 what, fd);
+	if (err)
+		return kvod_fail(-err, "%s fd %d: %s", what, fd,
+				 strerror(-err));
+	return 0;
+}
+
+static int check_record(const struct kvod_stream *s, uint64_t k)
+{
+	const struct kvod_hint_record *r = &s->recs[k];
+	uint64_t off = le64toh(r->offset);
+	uint32_t len = le32toh(r->length);
+	bool blob = le16toh(r->flags) & KRTP_REC_BLOB;
+	uint64_t size = blob ? s->blob_size : s->media_size;
+
+	if (r->prefix_len > KRTP_HINT_PREFIX_MAX)
+		return kvod_fail(EBADMSG, "record %llu: prefix_len %u > %u",
+				 (unsigned long long)k, r->prefix_len,
+				 KRTP_HINT_PREFIX_MAX);
+	if (KVOD_RTP_HEADER + r->prefix_len + (uint64_t)len > KVOD_MAX_DATAGRAM)
+		return kvod_fail(EBADMSG,
+				 "record %llu: %u payload bytes do not fit a UDP datagram",
+				 (unsigned long long)k, len);
+	if (off > size || len > size - off)
+		return kvod_fail(ERANGE,
+				 "record %llu: bytes %llu+%u lie beyond the %s (%llu bytes)",
+				 (unsigned long long)k, (unsigned long long)off,
+				 len, blob ? "hint blob area" : "media",
+				 (unsigned long long)size);
+	return 0;
+}
+
+/* The header and every record, checked once; pacer.c checks again when
+ * it sends, because the file may change under the mapping. */
+static int check_hint(struct kvod_stream *s, int want_pt)
+{
+	struct krtp_hint_header h;
+	uint64_t count, room, blob_off, k;
+
+	if (s->hint_size < sizeof(h))
+		return kvod_fail(EBADMSG, "hint file truncated: %llu bytes",
+				 (unsigned long long)s->hint_size);
+	memcpy(&h, s->hint, sizeof(h));
+	if (memcmp(h.magic, KRTP_HINT_MAGIC, sizeof(h.magic)))
+		return kvod_fail(EBADMSG, "not a hint file (bad magic)");
+	if (le16toh(h.version) != KRTP_HINT_VERSION)
+		return kvod_fail(EBADMSG, "hint file version %u unsupported",
+				 le16toh(h.version));
+	if (le16toh(h.header_size) != KRTP_HINT_HEADER_SIZE ||
+	    le16toh(h.record_size) != KRTP_HINT_RECORD_SIZE)
+		return kvod_fail(EBADMSG, "hint layout %u/%u is not %u/%u",
+				 le16toh(h.header_size),
+				 le16toh(h.record_size),
+				 KRTP_HINT_HEADER_SIZE, KRTP_HINT_RECORD_SIZE);
+	count = le64toh(h.record_count);
+	room = (s->hint_size - KRTP_HINT_HEADER_SIZE) / KRTP_HINT_RECORD_SIZE;
+	if (count > room)
+		return kvod_fail(EBADMSG,
+				 "hint header promises %llu records, the file holds %llu",
+				 (unsigned long long)count,
+				 (unsigned long long)room);
+	blob_off = le64toh(h.blob_offset);
+	s->blob_size = le64toh(h.blob_size);
+	if (blob_off > s->hint_size || s->blob_size > s->hint_size - blob_off)
+		return kvod_fail(EBADMSG,
+				 "hint blob area lies outside the file");
+	s->blob = s->blob_size ? s->hint + blob_off : NULL;
+	s->recs = (const struct kvod_hint_record *)
+		  (s->hint + KRTP_HINT_HEADER_SIZE);
+	s->nrec = count;
+
+	if (want_pt == KVOD_PT_FROM_HINT)
+		want_pt = h.payload_type;
+	if (want_pt < 0 || want_pt > 127)
+		return kvod_fail(EINVAL, "payload type %d is not in 0..127",
+				 want_pt);
+	s->pt = want_pt;
+
+	for (k = 0; k < count; k++) {
+		int err = check_record(s, k);
+
+		if (err)
+			return err;
+	}
+	return 0;
+}
+
+static struct kvod_pacer *least_loaded(struct kvod_engine *e)
+{
+	struct kvod_pacer *best = e->pacers[0];
+	int i;
+
+	/* with table_lock held, like every change of nstreams */
+	for (i = 1; i < e->npacers; i++)
+		if (e->pacers[i]->nstreams < best->nstreams)
+			best = e->pacers[i];
+	return best;
+}
+
+/* A free slot, growing the table if needed; with table_lock held. */
+static int table_slot(struct kvod_engine *e, uint32_t *slot)
+{
+	struct kvod_stream **slots;
+	uint16_t *gens;
+	uint32_t i, n;
+
+	for (i = 0; i < e->nslots; i++) {
+		if (!e->slots[i]) {
+			*slot = i;
+			return 0;
+		}
+	}
+	if (e->nslots == KVOD_MAX_SLOTS)
+		return kvod_fail(EMFILE, "too many streams (%u)",
+				 KVOD_MAX_SLOTS);
+	n = e->nslots ? e->nslots * 2 : 16;
+	slots = realloc(e->slots, n * sizeof(*slots));
+	if (!slots)
+		return kvod_fail(ENOMEM, "out of memory");
+	e->slots = slots;
+	gens = realloc(e->gens, n * sizeof(*gens));
+	if (!gens)
+		return kvod_fail(ENOMEM, "out of memory");
+	e->gens = gens;
+	memset(slots + e->nslots, 0, (n - e->nslots) * sizeof(*slots));
+	memset(gens + e->nslots, 0, (n - e->nslots) * sizeof(*gens));
+	*slot = e->nslots;
+	e->nslots = n;
+	return 0;
+}
+
+KVOD_API int kvod_stream_open(struct kvod_engine *e,
+			      const struct kvod_stream_params *p)
+{
+	struct kvod_stream *s;
+	struct kvod_pacer *pacer;
+	uint32_t slot = 0;
+	int err;
+
+	if (!e || !p)
+		return kvod_fail(EINVAL, "no engine or no parameters");
+	if (p->flags)
+		return kvod_fail(EINVAL, "unknown flags 0x%x", p->flags);
+	s = calloc(1, sizeof(*s));
+	if (!s)
+		return kvod_fail(ENOMEM, "out of memory");
+	s->sock = take_socket(p->sock_fd);
+	if (s->sock < 0) {
+		err = s->sock;
+		goto err;
+	}
+	err = map_file(p->media_fd, "media", &s->media, &s->media_size);
+	if (err)
+		goto err;
+	err = map_file(p->hint_fd, "hint", &s->hint, &s->hint_size);
+	if (err)
+		goto err;
+	err = check_hint(s, p->payload_type);
+	if (err)
+		goto err;
+
+	s->ssrc = p->ssrc;
+	s->seq0 = p->seq0;
+	s->ts0 = p->ts0;
+	s->gso = e->strategy == KVOD_STRATEGY_GSO;
+	s->state = KVOD_STATE_IDLE;
+	s->fill_limit = s->media_size;
+	s->st.strategy = s->gso ? KVOD_STRATEGY_GSO : KVOD_STRATEGY_SENDMMSG;
+
+	pthread_mutex_lock(&e->table_lock);
+	err = table_slot(e, &slot);
+	if (err) {
+		pthread_mutex_unlock(&e->table_lock);
+		goto err;
+	}
+	e->gens[slot] = e->gens[slot] % KVOD_GEN_MAX + 1;
+	s->id = (int)((uint32_t)e->gens[slot] << KVOD_SLOT_BITS | slot);
+	e->slots[slot] = s;
+	pacer = least_loaded(e);
+	kvod_pacer_lock(pacer);
+	kvod_pacer_add(pacer, s);
+	kvod_pacer_unlock(pacer);
+	pthread_mutex_unlock(&e->table_lock);
+	return s->id;
+
+err:
+	stream_free(s);
+	return err;
+}
+
+/*
+ * The stream @id with its pacer locked, or NULL (and *err) if there is
+ * none. Release with kvod_pacer_unlock(s->pacer).
+ */
+static struct kvod_stream *stream_get(struct kvod_engine *e, int id, int *err)
+{
+	struct kvod_stream *s = NULL;
+	uint32_t slot = (uint32_t)id & (KVOD_MAX_SLOTS - 1);
+
+	if (!e) {
+		*err = kvod_fail(EINVAL, "no engine");
+		return NULL;
+	}
+	pthread_mutex_lock(&e->table_lock);
+	if (id >= 0 && slot < e->nslots && e->slots[slot] &&
+	    e->slots[slot]->id == id) {
+		s = e->slots[slot];
+		kvod_pacer_lock(s->pacer);
+	}
+	pthread_mutex_unlock(&e->table_lock);
+	if (!s)
+		*err = kvod_fail(ENOENT, "no stream %d", id);
+	return s;
+}
+
+KVOD_API int kvod_stream_play(struct kvod_engine *e, int id,
+			      uint64_t start_record, int64_t start_mono_ns,
+			      int flags)
+{
+	struct kvod_stream *s;
+	uint64_t k, send_ns;
+	int err;
+
+	if (flags & ~KVOD_PLAY_UNPACED)
+		return kvod_fail(EINVAL, "unknown play flags 0x%x", flags);
+	if (start_mono_ns < 0)
+		return kvod_fail(EINVAL, "start time %lld is negative",
+				 (long long)start_mono_ns);
+	s = stream_get(e, id, &err);
+	if (!s)
+		return err;
+	k = start_record == KVOD_RECORD_CONTINUE ? s->next_record :
+						   start_record;
+	if (k > s->nrec) {
+		kvod_pacer_unlock(s->pacer);
+		return kvod_fail(ERANGE,
+				 "record %llu is beyond the last (%llu)",
+				 (unsigned long long)k,
+				 (unsigned long long)s->nrec);
+	}
+	if (!start_mono_ns)
+		start_mono_ns = kvod_now_ns();
+	s->next_record = k;
+	s->unpaced = flags & KVOD_PLAY_UNPACED;
+	s->retry_at = 0;
+	s->err_pending = false;
+	if (k == s->nrec) {
+		s->state = KVOD_STATE_ENDED;
+	} else {
+		send_ns = le64toh(s->recs[k].send_ns);
+		/* due(k) = start: the schedule keeps the hint's spacing */
+		s->t0 = (int64_t)((uint64_t)start_mono_ns - send_ns);
+		s->state = KVOD_STATE_PLAYING;
+		kvod_pacer_kick(s->pacer);
+	}
+	kvod_pacer_unlock(s->pacer);
+	return 0;
+}
+
+KVOD_API int kvod_stream_pause(struct kvod_engine *e, int id)
+{
+	struct kvod_stream *s;
+	int err;
+
+	s = stream_get(e, id, &err);
+	if (!s)
+		return err;
+	if (s->state == KVOD_STATE_PLAYING || s->state == KVOD_STATE_WAITING)
+		s->state = KVOD_STATE_PAUSED;
+	kvod_pacer_unlock(s->pacer);
+	return 0;
+}
+
+KVOD_API int kvod_stream_set_fill_limit(struct kvod_engine *e, int id,
+					uint64_t limit)
+{
+	struct kvod_stream *s;
+	int err;
+
+	s = stream_get(e, id, &err);
+	if (!s)
+		return err;
+	s->fill_limit = limit;
+	if (s->state == KVOD_STATE_WAITING) {
+		int64_t now = kvod_now_ns();
+		int64_t waited = now - s->blocked_due;
+
+		/* shift the rest of the schedule by the wait: no late burst */
+		if (!s->unpaced && waited > 0)
+			s->t0 = (int64_t)((uint64_t)s->t0 + (uint64_t)waited);
+		s->state = KVOD_STATE_PLAYING;
+		kvod_pacer_kick(s->pacer);
+	}
+	kvod_pacer_unlock(s->pacer);
+	return 0;
+}
+
+KVOD_API int kvod_stream_stats(struct kvod_engine *e, int id,
+			       struct kvod_stream_stats *out)
+{
+	struct kvod_stream *s;
+	int err;
+
+	if (!out)
+		return kvod_fail(EINVAL, "no stats buffer");
+	s = stream_get(e, id, &err);
+	if (!s)
+		return err;
+	*out = s->st;
+	out->state = s->state;
+	out->record_count = s->nrec;
+	out->next_record = s->next_record;
+	out->fill_limit = s->fill_limit;
+	kvod_pacer_unlock(s->pacer);
+	return 0;
+}
+
+KVOD_API int kvod_stream_close(struct kvod_engine *e, int id)
+{
+	struct kvod_stream *s = NULL;
+	struct kvod_pacer *pacer;
+	uint32_t slot = (uint32_t)id & (KVOD_MAX_SLOTS - 1);
+
+	if (!e)
+		return kvod_fail(EINVAL, "no engine");
+	pthread_mutex_lock(&e->table_lock);
+	if (id >= 0 && slot < e->nslots && e->slots[slot] &&
+	    e->slots[slot]->id == id) {
+		s = e->slots[slot];
+		e->slots[slot] = NULL;
+		pacer = s->pacer;
+		/* waits for the pacer's current round: it may be sending s */
+		kvod_pacer_lock(pacer);
+		kvod_pacer_remove(pacer, s);
+		kvod_pacer_unlock(pacer);
+	}
+	pthread_mutex_unlock(&e->table_lock);
+	if (!s)
+		return kvod_fail(ENOENT, "no stream %d", id);
+	stream_free(s);
+	return 0;
+}

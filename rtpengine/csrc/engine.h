@@ -1,0 +1,93 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * kvod user-space RTP engine: pacing threads that send RTP packets for
+ * many streams straight from hint records.
+ *
+ * Every function returns 0 (or a stream id >= 0) on success and -errno on
+ * failure, except kvod_engine_new(), which returns NULL and sets errno.
+ * After a failure, kvod_last_error() describes it (per calling thread).
+ *
+ * The part between the CDEF markers is also the cffi cdef, so it must stay
+ * plain C that cffi's parser understands: no macros with expressions.
+ */
+#ifndef KVOD_ENGINE_H
+#define KVOD_ENGINE_H
+
+#include "kvod_types.h"
+
+/* KVOD_CDEF_BEGIN */
+#define KVOD_STRATEGY_AUTO	0
+#define KVOD_STRATEGY_GSO	1
+#define KVOD_STRATEGY_SENDMMSG	2
+
+#define KVOD_STATE_IDLE		0
+#define KVOD_STATE_PLAYING	1
+#define KVOD_STATE_PAUSED	2
+#define KVOD_STATE_WAITING	3
+#define KVOD_STATE_ENDED	4
+
+/* kvod_stream_play() flags */
+#define KVOD_PLAY_UNPACED	1
+
+/* start_record meaning "where the stream stopped" */
+#define KVOD_RECORD_CONTINUE	0xffffffffffffffffULL
+
+/* kvod_stream_params.payload_type meaning "the hint header's" */
+#define KVOD_PT_FROM_HINT	-1
+
+struct kvod_engine;
+
+struct kvod_stream_params {
+	int sock_fd;		/* connected UDP socket; the engine dup()s it */
+	int media_fd;		/* regular file; mapped read-only */
+	int hint_fd;		/* hint file; mapped read-only, validated */
+	int payload_type;	/* 0..127 or KVOD_PT_FROM_HINT */
+	uint32_t ssrc;
+	uint32_t ts0;		/* RTP timestamp of rtp_ts 0 */
+	uint16_t seq0;		/* sequence number of the first packet */
+	uint16_t flags;		/* reserved, must be 0 */
+};
+
+struct kvod_stream_stats {
+	int32_t state;		/* KVOD_STATE_* */
+	int32_t last_errno;	/* of the last failed send, 0 if none */
+	uint64_t record_count;
+	uint64_t next_record;	/* the record the stream sends next */
+	uint64_t fill_limit;	/* media bytes the stream may send from */
+	uint64_t packets_sent;
+	uint64_t payload_octets; /* RTP payload bytes sent (SR octet count) */
+	uint64_t packets_dropped; /* given up after a hard send error */
+	uint64_t send_errors;	/* failed send calls */
+	uint64_t late_1ms;	/* packets sent > 1 ms after their due time */
+	uint64_t late_5ms;	/* packets sent > 5 ms after their due time */
+	int64_t max_late_ns;
+	int64_t last_due_ns;	/* when the last packet sent was due */
+	uint64_t syscalls;	/* send calls made for this stream */
+	uint32_t last_rtp_ts;
+	uint16_t last_seq;
+	uint8_t gso_fallback;	/* GSO failed at run time; now sendmmsg */
+	uint8_t strategy;	/* KVOD_STRATEGY_GSO or _SENDMMSG, in use now */
+};
+
+KVOD_API int64_t kvod_now_ns(void);
+KVOD_API const char *kvod_last_error(void);
+
+KVOD_API struct kvod_engine *kvod_engine_new(int threads, int strategy);
+KVOD_API void kvod_engine_free(struct kvod_engine *e);
+KVOD_API int kvod_engine_strategy(struct kvod_engine *e);
+KVOD_API int kvod_engine_threads(struct kvod_engine *e);
+
+KVOD_API int kvod_stream_open(struct kvod_engine *e,
+			      const struct kvod_stream_params *p);
+KVOD_API int kvod_stream_play(struct kvod_engine *e, int id,
+			      uint64_t start_record, int64_t start_mono_ns,
+			      int flags);
+KVOD_API int kvod_stream_pause(struct kvod_engine *e, int id);
+KVOD_API int kvod_stream_set_fill_limit(struct kvod_engine *e, int id,
+					uint64_t limit);
+KVOD_API int kvod_stream_stats(struct kvod_engine *e, int id,
+			       struct kvod_stream_stats *out);
+KVOD_API int kvod_stream_close(struct kvod_engine *e, int id);
+/* KVOD_CDEF_END */
+
+#endif

@@ -1,0 +1,363 @@
+"""The user-space RTP engine: Python control over the C pacing threads.
+
+Three layers, as cryptography and PyNaCl build theirs:
+
+1. ``rtpengine._kvod_engine`` -- the raw cffi module (``ffi``, ``lib``),
+   built from ``csrc/engine.c``, ``pacer.c`` and ``filemap.c``;
+2. the checked wrapper below (``_engine_new`` ... ``_stream_close``): one
+   function per C entry point, turning a negative errno into
+   :class:`EngineError` with the C side's own description;
+3. :class:`Engine` and :class:`Stream`, which own the C objects and make
+   their lifetime safe: a closed engine or stream raises
+   :class:`EngineError`, it never reaches C with a dangling pointer.
+
+Python never touches a packet: it opens streams, starts, pauses, seeks,
+raises fill limits, reads counters. Every cffi call releases the GIL.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator, Optional, Protocol, Union
+
+from ._kvod_engine import ffi, lib
+
+__all__ = ["Engine", "EngineError", "Stream", "StreamStats", "now_ns",
+           "RECORD_CONTINUE", "STRATEGIES", "STATES"]
+
+STRATEGIES = {"auto": lib.KVOD_STRATEGY_AUTO, "gso": lib.KVOD_STRATEGY_GSO,
+              "sendmmsg": lib.KVOD_STRATEGY_SENDMMSG}
+_STRATEGY_NAMES = {v: k for k, v in STRATEGIES.items()}
+STATES = {lib.KVOD_STATE_IDLE: "idle", lib.KVOD_STATE_PLAYING: "playing",
+          lib.KVOD_STATE_PAUSED: "paused", lib.KVOD_STATE_WAITING: "waiting",
+          lib.KVOD_STATE_ENDED: "ended"}
+RECORD_CONTINUE = lib.KVOD_RECORD_CONTINUE
+
+
+class EngineError(OSError):
+    """An engine call failed; ``errno`` says why, the message says where."""
+
+
+class _HasFileno(Protocol):
+    def fileno(self) -> int: ...
+
+
+FileLike = Union[int, _HasFileno]
+
+
+# --- layer 2: the checked wrapper -------------------------------------------
+
+def _error(err: int, what: str) -> EngineError:
+    detail = ffi.string(lib.kvod_last_error()).decode("utf-8", "replace")
+    return EngineError(err, f"{what}: {detail or os.strerror(err)}")
+
+
+def _check(rc: int, what: str) -> int:
+    if rc < 0:
+        raise _error(-rc, what)
+    return rc
+
+
+def now_ns() -> int:
+    """CLOCK_MONOTONIC now, in ns: the clock ``Stream.play(at_ns=)`` uses."""
+    return lib.kvod_now_ns()
+
+
+def _engine_new(threads: int, strategy: int):
+    ptr = lib.kvod_engine_new(threads, strategy)
+    if ptr == ffi.NULL:
+        raise _error(ffi.errno or errno.ENOMEM, "engine")
+    return ptr
+
+
+def _engine_free(ptr) -> None:
+    lib.kvod_engine_free(ptr)
+
+
+def _engine_strategy(ptr) -> int:
+    return _check(lib.kvod_engine_strategy(ptr), "engine strategy")
+
+
+def _engine_threads(ptr) -> int:
+    return _check(lib.kvod_engine_threads(ptr), "engine threads")
+
+
+def _stream_open(ptr, sock_fd: int, media_fd: int, hint_fd: int, *,
+                 ssrc: int, seq0: int, ts0: int, payload_type: int) -> int:
+    p = ffi.new("struct kvod_stream_params *")
+    p.sock_fd, p.media_fd, p.hint_fd = sock_fd, media_fd, hint_fd
+    p.ssrc, p.seq0, p.ts0 = ssrc, seq0, ts0
+    p.payload_type = payload_type
+    return _check(lib.kvod_stream_open(ptr, p), "open stream")
+
+
+def _stream_play(ptr, sid: int, start_record: int, start_ns: int, flags: int) -> None:
+    _check(lib.kvod_stream_play(ptr, sid, start_record, start_ns, flags),
+           f"play stream {sid}")
+
+
+def _stream_pause(ptr, sid: int) -> None:
+    _check(lib.kvod_stream_pause(ptr, sid), f"pause stream {sid}")
+
+
+def _stream_set_fill_limit(ptr, sid: int, limit: int) -> None:
+    _check(lib.kvod_stream_set_fill_limit(ptr, sid, limit),
+           f"fill limit of stream {sid}")
+
+
+def _stream_stats(ptr, sid: int):
+    out = ffi.new("struct kvod_stream_stats *")
+    _check(lib.kvod_stream_stats(ptr, sid, out), f"stats of stream {sid}")
+    return out
+
+
+def _stream_close(ptr, sid: int) -> None:
+    _check(lib.kvod_stream_close(ptr, sid), f"close stream {sid}")
+
+
+# --- layer 3: the classes ----------------------------------------------------
+
+def _fd(obj: FileLike, what: str) -> int:
+    fd = obj if isinstance(obj, int) else obj.fileno()
+    if not isinstance(fd, int):
+        raise TypeError(f"{what}: want a file descriptor, got {obj!r}")
+    return fd
+
+
+def _in_range(value: int, bits: int, what: str) -> int:
+    if not isinstance(value, int) or not 0 <= value < 1 << bits:
+        raise ValueError(f"{what} {value!r} is not a {bits}-bit unsigned integer")
+    return value
+
+
+@dataclass(frozen=True)
+class StreamStats:
+    """A snapshot of one stream's state and counters.
+
+    ``packets_sent`` and ``payload_octets`` are the RTCP sender report's
+    counts (payload excludes the 12-byte RTP header). ``last_due_ns`` is
+    the CLOCK_MONOTONIC instant the last packet sent was scheduled for;
+    with ``last_rtp_ts`` it anchors an SR's NTP/RTP timestamp pair.
+    """
+
+    state: str
+    record_count: int
+    next_record: int
+    fill_limit: int
+    packets_sent: int
+    payload_octets: int
+    packets_dropped: int
+    send_errors: int
+    last_errno: int
+    late_1ms: int
+    late_5ms: int
+    max_late_ns: int
+    last_due_ns: int
+    syscalls: int
+    last_seq: int
+    last_rtp_ts: int
+    gso_fallback: bool
+    strategy: str
+
+
+class Engine:
+    """The C engine: its pacing threads and the streams they send.
+
+    ``threads=0`` runs one pacing thread per online CPU. ``strategy`` is
+    ``"auto"`` (GSO if this kernel takes UDP_SEGMENT, else sendmmsg),
+    ``"gso"`` or ``"sendmmsg"``. Close it (or use it as a context manager)
+    to stop the threads; that also closes its streams.
+    """
+
+    def __init__(self, threads: int = 0, strategy: str = "auto") -> None:
+        if strategy not in STRATEGIES:
+            raise ValueError(f"unknown strategy {strategy!r}; "
+                             f"known: {', '.join(STRATEGIES)}")
+        self._cv = threading.Condition()
+        self._busy = 0
+        self._ptr = None
+        ptr = _engine_new(threads, STRATEGIES[strategy])
+        try:
+            self.strategy: str = _STRATEGY_NAMES[_engine_strategy(ptr)]
+            self.threads: int = _engine_threads(ptr)
+        except BaseException:
+            _engine_free(ptr)
+            raise
+        self._ptr = ptr
+
+    @contextmanager
+    def _use(self) -> Iterator[object]:
+        # counts calls in flight, so close() cannot free the engine under one
+        with self._cv:
+            if self._ptr is None:
+                raise EngineError(errno.EBADF, "engine is closed")
+            self._busy += 1
+            ptr = self._ptr
+        try:
+            yield ptr
+        finally:
+            with self._cv:
+                self._busy -= 1
+                if not self._busy:
+                    self._cv.notify_all()
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` ran."""
+        return self._ptr is None
+
+    def close(self) -> None:
+        """Stop the threads and free every stream; closing twice is a no-op."""
+        with self._cv:
+            ptr, self._ptr = self._ptr, None
+            while self._busy:
+                self._cv.wait()
+        if ptr is not None:
+            _engine_free(ptr)
+
+    def __enter__(self) -> "Engine":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            if getattr(self, "_ptr", None) is not None:
+                self.close()
+        except Exception:
+            pass
+
+    def open_stream(self, sock: FileLike, media: FileLike, hints: FileLike, *,
+                    ssrc: int, seq0: int, ts0: int,
+                    payload_type: Optional[int] = None) -> "Stream":
+        """Open a stream of the track ``hints`` (hint file) over ``media``.
+
+        ``sock`` is a UDP socket connected to the client; the engine keeps
+        its own duplicate, so the caller may close its copy. ``media`` and
+        ``hints`` are mapped read-only and may be closed after the call.
+        ``payload_type`` defaults to the hint header's. The stream starts
+        idle: call :meth:`Stream.play`.
+        """
+        args = dict(ssrc=_in_range(ssrc, 32, "ssrc"),
+                    seq0=_in_range(seq0, 16, "seq0"),
+                    ts0=_in_range(ts0, 32, "ts0"),
+                    payload_type=(lib.KVOD_PT_FROM_HINT if payload_type is None
+                                  else _in_range(payload_type, 7, "payload type")))
+        fds = (_fd(sock, "socket"), _fd(media, "media"), _fd(hints, "hints"))
+        with self._use() as ptr:
+            sid = _stream_open(ptr, *fds, **args)
+        return Stream(self, sid)
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else f"{self.threads} threads"
+        return f"<Engine {self.strategy} {state}>"
+
+
+class Stream:
+    """One RTP stream of an :class:`Engine`. Made by :meth:`Engine.open_stream`."""
+
+    def __init__(self, engine: Engine, sid: int) -> None:
+        self._engine = engine
+        self._id: Optional[int] = sid
+
+    @property
+    def id(self) -> Optional[int]:
+        """The C engine's stream id (None once closed)."""
+        return self._id
+
+    @contextmanager
+    def _use(self) -> Iterator[tuple[object, int]]:
+        sid = self._id
+        if sid is None:
+            raise EngineError(errno.EBADF, "stream is closed")
+        with self._engine._use() as ptr:
+            try:
+                yield ptr, sid
+            except EngineError as exc:
+                # another thread closed the stream while this call ran
+                if exc.errno == errno.ENOENT and self._id is None:
+                    raise EngineError(errno.EBADF, "stream is closed") from exc
+                raise
+
+    def play(self, start_record: Optional[int] = None, at_ns: Optional[int] = None,
+             unpaced: bool = False) -> None:
+        """Send from ``start_record`` (None: where the stream stopped).
+
+        Record k leaves at ``at_ns + send_ns[k] - send_ns[start_record]``
+        on the :func:`now_ns` clock (``at_ns`` None: now). Sequence numbers
+        continue across pause, play and seek. ``unpaced`` sends as fast as
+        the socket takes them (benchmarks, tests).
+        """
+        rec = RECORD_CONTINUE if start_record is None else _in_range(
+            start_record, 63, "start record")
+        at = 0 if at_ns is None else _in_range(at_ns, 63, "start time")
+        flags = lib.KVOD_PLAY_UNPACED if unpaced else 0
+        with self._use() as (ptr, sid):
+            _stream_play(ptr, sid, rec, at, flags)
+
+    def pause(self) -> None:
+        """Stop sending; a later ``play()`` continues at the next record."""
+        with self._use() as (ptr, sid):
+            _stream_pause(ptr, sid)
+
+    def set_fill_limit(self, limit: int) -> None:
+        """Never send media bytes at or beyond ``limit``; a stream waiting
+        for the fill resumes, its schedule shifted by the wait."""
+        limit = _in_range(limit, 64, "fill limit")
+        with self._use() as (ptr, sid):
+            _stream_set_fill_limit(ptr, sid, limit)
+
+    def stats(self) -> StreamStats:
+        """A snapshot of the stream's state and counters."""
+        with self._use() as (ptr, sid):
+            s = _stream_stats(ptr, sid)
+        return StreamStats(
+            state=STATES[s.state], record_count=s.record_count,
+            next_record=s.next_record, fill_limit=s.fill_limit,
+            packets_sent=s.packets_sent, payload_octets=s.payload_octets,
+            packets_dropped=s.packets_dropped, send_errors=s.send_errors,
+            last_errno=s.last_errno, late_1ms=s.late_1ms, late_5ms=s.late_5ms,
+            max_late_ns=s.max_late_ns, last_due_ns=s.last_due_ns,
+            syscalls=s.syscalls, last_seq=s.last_seq, last_rtp_ts=s.last_rtp_ts,
+            gso_fallback=bool(s.gso_fallback),
+            strategy=_STRATEGY_NAMES.get(s.strategy, str(s.strategy)))
+
+    @property
+    def closed(self) -> bool:
+        """True once the stream or its engine is closed."""
+        return self._id is None or self._engine.closed
+
+    def close(self) -> None:
+        """Stop and free the stream (safe while it plays); a no-op if the
+        stream or its engine is already closed."""
+        sid, self._id = self._id, None
+        if sid is None:
+            return
+        try:
+            with self._engine._use() as ptr:
+                _stream_close(ptr, sid)
+        except EngineError as exc:
+            # the engine went first and took its streams with it, or a
+            # racing close() in another thread won
+            if exc.errno not in (errno.EBADF, errno.ENOENT):
+                raise
+
+    def __enter__(self) -> "Stream":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def __repr__(self) -> str:
+        return f"<Stream {self._id if self._id is not None else 'closed'}>"
