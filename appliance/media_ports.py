@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+from appliance.client_quirks import ClientQuirks
+
 
 class MediaUnavailable(Exception):
     """The backend cannot open a stream now (no ports, no engine slot)."""
@@ -55,5 +57,5 @@ class MediaBackend(Protocol):
     """Opens streams for the session layer."""
 
     def open_stream(self, *, session_id: str, title, track, client_host: str,
-                    client_ports: tuple[int, int]) -> MediaStream:
+                    client_ports: tuple[int, int], quirks: ClientQuirks) -> MediaStream:
         """A stream of ``track`` to ``client_host``; raises MediaUnavailable."""

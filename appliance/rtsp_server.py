@@ -14,6 +14,7 @@ import secrets
 from dataclasses import dataclass, field
 from urllib.parse import quote, unquote, urlsplit
 
+from appliance.client_quirks import quirks_for
 from appliance.media_ports import MediaBackend, MediaStream, MediaUnavailable
 from appliance.rtsp import (
     Request,
@@ -233,7 +234,8 @@ class RtspServer:
         try:
             stream = self._media.open_stream(session_id=session_id, title=title, track=track,
                                              client_host=peer_host,
-                                             client_ports=spec.client_port)
+                                             client_ports=spec.client_port,
+                                             quirks=quirks_for(req.headers.get("User-Agent")))
         except MediaUnavailable as exc:
             raise RtspFailure(453, f"cannot open a stream: {exc}") from None
         if session is None:

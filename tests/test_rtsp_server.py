@@ -68,12 +68,13 @@ class MemoryMedia:
         self.fail = fail
         self.port = 20000
 
-    def open_stream(self, *, session_id, title, track, client_host, client_ports):
+    def open_stream(self, *, session_id, title, track, client_host, client_ports, quirks):
         if self.fail:
             raise MediaUnavailable("no ports")
         self.port += 2
         stream = MemoryStream((self.port, self.port + 1), title.duration_ns)
         self.opened.append((session_id, client_host, client_ports, stream))
+        self.quirks = quirks
         return stream
 
 
@@ -381,3 +382,12 @@ def test_any_request_sequence_keeps_invariants(catalog, steps):
             assert stream.closed != (id(stream) in live)
             if stream.playing:
                 assert id(stream) in live
+
+
+def test_setup_passes_client_quirks(client, media):
+    client("SETUP", f"{BASE}/movie/trackID=0", ("User-Agent", "Lavf59.27.100"),
+           ("Transport", "RTP/AVP/UDP;unicast;client_port=5000-5001"))
+    assert media.quirks.flush_pes_at_end
+    client("SETUP", f"{BASE}/movie/trackID=0", ("User-Agent", "GStreamer/1.22.0"),
+           ("Transport", "RTP/AVP;unicast;client_port=5000-5001"))
+    assert not media.quirks.flush_pes_at_end
