@@ -130,19 +130,23 @@ def catalog_add(ctx: click.Context, path: str, name: str | None, as_json: bool) 
     name = name or os.path.splitext(os.path.basename(path))[0]
     db = _open_catalog(config)
     started = time.monotonic()
-    try:
-        with click.progressbar(length=os.path.getsize(path) if os.path.exists(path) else 0,
-                               label=f"copying {path}", file=sys.stderr) as bar:
-            last = [0]
+    # The bar appears only if the file must be copied (a hard link is instant).
+    bar = None
 
-            def progress(done: int, total: int) -> None:
-                bar.update(done - last[0])
-                last[0] = done
-            title = ingest_file(db, config.cache.dir, path, name, now=time.time(),
-                                progress=progress)
+    def progress(done: int, total: int) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = click.progressbar(length=total, label=f"copying {path}", file=sys.stderr)
+            bar.__enter__()
+        bar.update(done - bar.pos)
+    try:
+        title = ingest_file(db, config.cache.dir, path, name, now=time.time(),
+                            progress=progress)
     except IngestError as exc:
         raise click.ClickException(str(exc)) from None
     finally:
+        if bar is not None:
+            bar.__exit__(None, None, None)
         db.close()
     if as_json:
         click.echo(json.dumps(_title_dict(title), indent=2))
