@@ -109,6 +109,9 @@ def serve(ctx: click.Context) -> None:
                         stream=sys.stderr)
     from twisted.python import log as twisted_log
     twisted_log.PythonLoggingObserver().start()
+    if config.log.level != "debug":
+        # Twisted logs every UDP port it opens; one per session is noise.
+        logging.getLogger("twisted").setLevel(logging.WARNING)
     from appliance.daemon import run
     sys.exit(run(config))
 

@@ -38,6 +38,8 @@ TRAILER_TO_BYE = 0.25
 class RtcpPort(DatagramProtocol):
     """The RTCP half of a stream's port pair."""
 
+    noisy = False  # one per session: Twisted's start/stop lines are noise
+
     def __init__(self, stream: "UdpMediaStream"):
         self.stream = stream
 
