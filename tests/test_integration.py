@@ -272,3 +272,17 @@ def test_daemon_refuses_a_bad_config_naming_the_key(tmp_path):
                             capture_output=True, text=True, timeout=30)
     assert result.returncode == 1
     assert "rtsp.session_timeout" in result.stderr
+
+
+def test_ffplay_from_the_readme_plays_to_the_end(daemon):
+    """`ffplay rtsp://…` as the README says, headless: it plays the whole
+    title at its rate and exits on its own when the stream ends."""
+    env = dict(os.environ, SDL_AUDIODRIVER="dummy", SDL_VIDEODRIVER="dummy")
+    started = time.monotonic()
+    result = subprocess.run(["ffplay", "-nodisp", "-autoexit", "-loglevel", "error",
+                             daemon.url("clips/short")],
+                            capture_output=True, text=True, timeout=30, env=env)
+    elapsed = time.monotonic() - started
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.strip() == ""
+    assert 2.5 < elapsed < 10
