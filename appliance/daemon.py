@@ -40,9 +40,10 @@ def _sd_notify(message: str) -> None:
 class SessionTimer(service.Service):
     """Arms one callLater for the session layer's next timer, re-armed on use."""
 
-    def __init__(self, server: RtspServer, reactor):
+    def __init__(self, server: RtspServer, reactor, clock=time.monotonic):
         self.server = server
         self.reactor = reactor
+        self.clock = clock
         self._call = None
 
     def rearm(self) -> None:
@@ -54,12 +55,12 @@ class SessionTimer(service.Service):
         self._call = None
         deadline = self.server.get_timer()
         if deadline is not None:
-            delay = max(deadline - time.monotonic(), 0.0) + 0.01
+            delay = max(deadline - self.clock(), 0.0) + 0.01
             self._call = self.reactor.callLater(delay, self._fire)
 
     def _fire(self) -> None:
         self._call = None
-        self.server.handle_timer(time.monotonic())
+        self.server.handle_timer(self.clock())
         self.rearm()
 
     def startService(self) -> None:  # noqa: N802 (Twisted API)

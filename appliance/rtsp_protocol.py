@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Callable
 
 from twisted.internet.protocol import Factory, Protocol
 
@@ -29,10 +30,12 @@ log = logging.getLogger(__name__)
 class RtspProtocol(Protocol):
     """One RTSP control connection."""
 
-    def __init__(self, server: RtspServer, on_request):
+    def __init__(self, server: RtspServer, on_request: Callable[[], None],
+                 clock: Callable[[], float] = time.monotonic):
         self.server = server
         self.conn = RTSPConnection(our_role="server")
         self._on_request = on_request
+        self._clock = clock
 
     def dataReceived(self, data: bytes) -> None:  # noqa: N802 (Twisted API)
         try:
@@ -52,7 +55,7 @@ class RtspProtocol(Protocol):
         for event in events:
             if isinstance(event, Request):
                 response = self.server.handle_request(
-                    event, peer_host=self.transport.getPeer().host, now=time.monotonic())
+                    event, peer_host=self.transport.getPeer().host, now=self._clock())
                 self.transport.write(self.conn.send(response))
                 self._on_request()
             elif isinstance(event, ConnectionClosed):
@@ -71,11 +74,13 @@ class RtspProtocol(Protocol):
 class RtspFactory(Factory):
     """Makes an ``RtspProtocol`` per connection, up to a limit."""
 
-    def __init__(self, server: RtspServer, *, max_connections: int, on_request):
+    def __init__(self, server: RtspServer, *, max_connections: int,
+                 on_request: Callable[[], None], clock: Callable[[], float] = time.monotonic):
         self.server = server
         self.max_connections = max_connections
         self.connections = 0
         self._on_request = on_request
+        self._clock = clock
 
     def buildProtocol(self, addr):  # noqa: N802 (Twisted API)
         if self.connections >= self.max_connections:
@@ -83,7 +88,7 @@ class RtspFactory(Factory):
                         self.connections)
             return None
         self.connections += 1
-        proto = RtspProtocol(self.server, self._on_request)
+        proto = RtspProtocol(self.server, self._on_request, self._clock)
         proto.factory = self
         return proto
 
