@@ -87,11 +87,13 @@ def _engine_threads(ptr) -> int:
 
 
 def _stream_open(ptr, sock_fd: int, media_fd: int, hint_fd: int, *,
-                 ssrc: int, seq0: int, ts0: int, payload_type: int) -> int:
+                 ssrc: int, seq0: int, ts0: int, payload_type: int,
+                 flags: int = 0) -> int:
     p = ffi.new("struct kvod_stream_params *")
     p.sock_fd, p.media_fd, p.hint_fd = sock_fd, media_fd, hint_fd
     p.ssrc, p.seq0, p.ts0 = ssrc, seq0, ts0
     p.payload_type = payload_type
+    p.flags = flags
     return _check(lib.kvod_stream_open(ptr, p), "open stream")
 
 
@@ -107,6 +109,11 @@ def _stream_pause(ptr, sid: int) -> None:
 def _stream_set_fill_limit(ptr, sid: int, limit: int) -> None:
     _check(lib.kvod_stream_set_fill_limit(ptr, sid, limit),
            f"fill limit of stream {sid}")
+
+
+def _stream_set_hints(ptr, sid: int, hint_fd: int, record_count: int, flags: int) -> None:
+    _check(lib.kvod_stream_set_hints(ptr, sid, hint_fd, record_count, flags),
+           f"hints of stream {sid}")
 
 
 def _stream_stats(ptr, sid: int):
@@ -234,20 +241,24 @@ class Engine:
 
     def open_stream(self, sock: FileLike, media: FileLike, hints: FileLike, *,
                     ssrc: int, seq0: int, ts0: int,
-                    payload_type: Optional[int] = None) -> "Stream":
+                    payload_type: Optional[int] = None,
+                    growing: bool = False) -> "Stream":
         """Open a stream of the track ``hints`` (hint file) over ``media``.
 
         ``sock`` is a UDP socket connected to the client; the engine keeps
         its own duplicate, so the caller may close its copy. ``media`` and
         ``hints`` are mapped read-only and may be closed after the call.
-        ``payload_type`` defaults to the hint header's. The stream starts
-        idle: call :meth:`Stream.play`.
+        ``payload_type`` defaults to the hint header's. ``growing`` says a
+        fill is still adding records: at the last one the stream waits for
+        :meth:`Stream.set_hints` instead of ending. The stream starts idle:
+        call :meth:`Stream.play`.
         """
         args = dict(ssrc=_in_range(ssrc, 32, "ssrc"),
                     seq0=_in_range(seq0, 16, "seq0"),
                     ts0=_in_range(ts0, 32, "ts0"),
                     payload_type=(lib.KVOD_PT_FROM_HINT if payload_type is None
-                                  else _in_range(payload_type, 7, "payload type")))
+                                  else _in_range(payload_type, 7, "payload type")),
+                    flags=lib.KVOD_HINTS_GROWING if growing else 0)
         fds = (_fd(sock, "socket"), _fd(media, "media"), _fd(hints, "hints"))
         with self._use() as ptr:
             sid = _stream_open(ptr, *fds, **args)
@@ -311,6 +322,27 @@ class Stream:
         limit = _in_range(limit, 64, "fill limit")
         with self._use() as (ptr, sid):
             _stream_set_fill_limit(ptr, sid, limit)
+
+    def set_hints(self, hints: FileLike, record_count: Optional[int] = None, *,
+                  growing: bool = False, remap: bool = False) -> None:
+        """Send from other hint records: ``record_count`` of those in
+        ``hints`` (None: the header's count).
+
+        Without ``remap`` they must start with the records the stream had
+        (its hint file grew) and the stream keeps its place; with it, the
+        stream moves to the first record at or after the media offset it
+        was about to send. ``growing`` says more records will come. A
+        stream waiting at its last record resumes (the next record leaves
+        at once), or ends if no more will come. ``hints`` may be closed
+        after the call.
+        """
+        count = (lib.KVOD_RECORDS_FROM_HINT if record_count is None
+                 else _in_range(record_count, 63, "record count"))
+        flags = ((lib.KVOD_HINTS_GROWING if growing else 0)
+                 | (lib.KVOD_HINTS_REMAP if remap else 0))
+        fd = _fd(hints, "hints")
+        with self._use() as (ptr, sid):
+            _stream_set_hints(ptr, sid, fd, count, flags)
 
     def stats(self) -> StreamStats:
         """A snapshot of the stream's state and counters."""

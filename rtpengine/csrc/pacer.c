@@ -40,6 +40,20 @@ int64_t kvod_stream_due(const struct kvod_stream *s, uint64_t k)
 	return (int64_t)((uint64_t)s->t0 + send_ns);
 }
 
+/*
+ * @s has sent its last record: it ends, or, while a fill still grows its
+ * hint file, waits for kvod_stream_set_hints(). With pacer->lock held.
+ */
+void kvod_stream_at_last_record(struct kvod_stream *s)
+{
+	if (s->growing) {
+		s->state = KVOD_STATE_WAITING;
+		s->wait_end = true;
+	} else {
+		s->state = KVOD_STATE_ENDED;
+	}
+}
+
 static void load_record(const struct kvod_stream *s, uint64_t k,
 			struct kvod_hint_record *r)
 {
@@ -304,7 +318,7 @@ static int64_t pump(struct kvod_pacer *p, struct kvod_stream *s, int64_t now)
 		if (s->state != KVOD_STATE_PLAYING)
 			break;
 		if (s->next_record >= s->nrec) {
-			s->state = KVOD_STATE_ENDED;
+			kvod_stream_at_last_record(s);
 			break;
 		}
 		nmsg = build_batch(s, sc, now, &stop);
@@ -332,7 +346,7 @@ static int64_t pump(struct kvod_pacer *p, struct kvod_stream *s, int64_t now)
 		now = kvod_now_ns();
 	}
 	if (s->state == KVOD_STATE_PLAYING && s->next_record >= s->nrec)
-		s->state = KVOD_STATE_ENDED;
+		kvod_stream_at_last_record(s);
 	return next_wake(s, now);
 }
 

@@ -50,18 +50,21 @@ struct kvod_stream {
 	/* immutable after open */
 	const uint8_t *media;
 	uint64_t media_size;
-	const uint8_t *hint;		/* the whole hint file */
-	uint64_t hint_size;
-	const struct kvod_hint_record *recs;
-	uint64_t nrec;
-	const uint8_t *blob;
-	uint64_t blob_size;
 	uint32_t ssrc;
 	uint32_t ts0;
 	uint16_t seq0;
 	uint8_t pt;
 
 	/* everything below is protected by pacer->lock */
+	const uint8_t *hint;		/* the whole hint file */
+	uint64_t hint_size;
+	uint64_t hint_dev, hint_ino;	/* which file it is */
+	const struct kvod_hint_record *recs;
+	uint64_t nrec;
+	const uint8_t *blob;
+	uint64_t blob_size;
+	bool growing;		/* KVOD_HINTS_GROWING: more records will come */
+	bool wait_end;		/* waiting at the last record for more */
 	int state;
 	bool gso;
 	bool unpaced;
@@ -126,5 +129,6 @@ void kvod_pacer_remove(struct kvod_pacer *p, struct kvod_stream *s);
 void kvod_pacer_kick(struct kvod_pacer *p);
 
 int64_t kvod_stream_due(const struct kvod_stream *s, uint64_t k);
+void kvod_stream_at_last_record(struct kvod_stream *s);
 
 #endif
