@@ -167,8 +167,12 @@ class _Body(Protocol):
             try:
                 self.sink(self.start + self.received, data)
             except Exception as exc:  # the cache could not take them (disk full)
-                self._abort(OriginError(f"cannot store bytes: {exc}", received=self.received))
-                self._error.__cause__ = exc
+                error = exc if isinstance(exc, OriginError) else OriginError(
+                    f"cannot store bytes: {exc}")
+                error.received = self.received
+                if error is not exc:
+                    error.__cause__ = exc
+                self._abort(error)
                 return
             self.received += len(data)
         if self._error is not None:

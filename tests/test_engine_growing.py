@@ -166,8 +166,8 @@ def test_remap_moves_to_the_same_media_offset_in_records_cut_otherwise(track, tm
         stream.set_fill_limit(40 * SIZE)
         stream.play(unpaced=True)
         assert wait_state(stream, "waiting").next_record == 40
-        set_hints(stream, other, remap=True)
-        st = stream.stats()
+        set_hints(stream, other, remap=True)  # resumes, and the fill limit holds it again
+        st = wait_state(stream, "waiting")
         assert (st.next_record, st.record_count, st.state) == (80, 2 * PACKETS, "waiting")
         stream.set_fill_limit(2**64 - 1)
         st = wait_state(stream, "ended")
