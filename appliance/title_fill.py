@@ -144,6 +144,7 @@ class TitleFill:
         self._indexing: Optional[defer.Deferred] = None
         self._index_again = False
         self._run_d: Optional[defer.Deferred] = None
+        self._started = False
 
     # -- making it -----------------------------------------------------------
 
@@ -288,7 +289,9 @@ class TitleFill:
     def start(self) -> defer.Deferred:
         """Fetch every missing byte; ``done`` fires when the title is complete
         (or the fill stopped)."""
-        if self._run_d is None:
+        if not self._started:
+            # set first: the coroutine runs up to its first wait right here
+            self._started = True
             self._run_d = defer.Deferred.fromCoroutine(self._run())
             self._run_d.addErrback(self._crashed)
         return self.done
@@ -317,6 +320,9 @@ class TitleFill:
             # an fsync failed: its bytes are missing again
             if self._failures > self.settings.retries:
                 self.error = CacheWriteError(f"cannot make {self.media_path} durable")
+            elif next_request(self.size, 1, self.held, ()) is None:
+                self.error = OriginError(f"{self.name}: every byte is held but not all "
+                                         "are durable")
         await self._settle_quietly()
         self._end(self.error)
 
@@ -412,7 +418,7 @@ class TitleFill:
     # -- durability ---------------------------------------------------------------
 
     def _kick_sync(self) -> None:
-        if self._run_d is None:
+        if not self._started:
             return
         if self._sync is not None:
             self._sync_again = True
@@ -469,7 +475,7 @@ class TitleFill:
         self._publish(ready)
 
     def _kick_index(self) -> None:
-        if self._run_d is None:
+        if not self._started:
             return  # not started: create() and resume() index in their own thread
         if self._indexing is not None:
             self._index_again = True

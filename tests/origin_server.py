@@ -40,7 +40,11 @@ class NginxOrigin:
         os.makedirs(os.path.join(folder, "tmp"), exist_ok=True)
         self.access_log = os.path.join(folder, "access.log")
         rate = f"limit_rate {limit_rate};" if limit_rate else ""
+        # as root, nginx's workers would drop to 'nobody', who cannot read a
+        # private temporary folder; the test's own user serves its own files
+        user = "user root;" if os.geteuid() == 0 else ""
         conf = f"""
+{user}
 worker_processes 1;
 events {{ worker_connections 256; }}
 http {{
