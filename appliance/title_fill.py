@@ -49,6 +49,9 @@ from rtpengine.mpegts_growing import GrowingTsIndex, estimate_duration_ns
 log = logging.getLogger(__name__)
 
 MEDIA_NAME = "media.ts"
+# While a long request runs, what came so far is made durable this often, so
+# a crash loses at most this much of a slow fill.
+SYNC_INTERVAL = 0.5
 HINT_NAME = "track0.hint"
 
 
@@ -141,6 +144,7 @@ class TitleFill:
         self._fetches: dict[object, defer.Deferred] = {}
         self._sync: Optional[defer.Deferred] = None
         self._sync_again = False
+        self._last_sync = 0.0
         self._indexing: Optional[defer.Deferred] = None
         self._index_again = False
         self._run_d: Optional[defer.Deferred] = None
@@ -413,6 +417,8 @@ class TitleFill:
                     f"cannot write {self.media_path}: {os.strerror(exc.errno)}") from exc
             self.held = add(self.held, offset, at)
             self._kick_index()
+            if time.monotonic() - self._last_sync >= SYNC_INTERVAL:
+                self._kick_sync()
         return sink
 
     # -- durability ---------------------------------------------------------------
@@ -427,6 +433,7 @@ class TitleFill:
         if not todo or self._fd is None:
             return
         generation = self._generation
+        self._last_sync = time.monotonic()
         self._sync = threads.deferToThread(os.fsync, self._fd)
         self._sync.addCallbacks(lambda _: self._synced(todo, generation), self._sync_failed)
         self._sync.addBoth(self._sync_ended)

@@ -75,6 +75,15 @@ class KvodDaemon:
         except FileNotFoundError:
             return ""
 
+    def kill(self) -> None:
+        """SIGKILL: the daemon dies wherever it is, as in a crash."""
+        if self.proc is None:
+            return
+        self.proc.kill()
+        self.proc.wait()
+        self._log.close()
+        self.proc = None
+
     def stop(self, timeout: float = 10) -> int:
         """SIGTERM, wait, and return the exit code (SIGKILL if it hangs)."""
         if self.proc is None:

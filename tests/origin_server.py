@@ -33,13 +33,16 @@ _LOG_LINE = re.compile(r'(\S+) (\d+) (\d+) "([^"]*)" "([^"]*)"')
 class NginxOrigin:
     """nginx serving ``root`` at ``http://127.0.0.1:PORT/media/``."""
 
-    def __init__(self, folder: str, root: str, *, limit_rate: Optional[str] = None) -> None:
+    def __init__(self, folder: str, root: str, *, limit_rate: Optional[str] = None,
+                 limit_rate_after: Optional[str] = None) -> None:
         self.folder = folder
         self.root = root
         self.port = free_tcp_port()
         os.makedirs(os.path.join(folder, "tmp"), exist_ok=True)
         self.access_log = os.path.join(folder, "access.log")
         rate = f"limit_rate {limit_rate};" if limit_rate else ""
+        if limit_rate_after:
+            rate += f" limit_rate_after {limit_rate_after};"
         # as root, nginx's workers would drop to 'nobody', who cannot read a
         # private temporary folder; the test's own user serves its own files
         user = "user root;" if os.geteuid() == 0 else ""

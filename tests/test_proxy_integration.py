@@ -130,3 +130,151 @@ def test_missing_title_is_404_and_no_origin_is_404(daemon, origin):
         assert client.request("OPTIONS", "*").status == 200
     finally:
         client.close()
+
+
+# -- a slow origin: viewers while the fill runs --------------------------------------
+
+
+@pytest.fixture(scope="module")
+def slow_origin(tmp_path_factory, ts_file):
+    """nginx sending each request at 100 kB/s."""
+    folder = tmp_path_factory.mktemp("slow-nginx")
+    root = folder / "root"
+    root.mkdir()
+    nginx = NginxOrigin(str(folder), str(root), limit_rate="100k")
+    nginx.root_path = root
+    yield nginx
+    nginx.stop()
+
+
+@pytest.fixture(scope="module")
+def slow_daemon(tmp_path_factory, slow_origin):
+    d = KvodDaemon(str(tmp_path_factory.mktemp("kvod-slow")),
+                   extra=origin_config(slow_origin.base_url, probe_bytes='"32KiB"',
+                                       tail_bytes='"16KiB"', chunk_bytes='"128KiB"',
+                                       requests_per_fill=2))
+    d.start()
+    yield d
+    assert d.stop() == 0, d.log()
+
+
+def test_viewers_share_one_fill_and_a_late_one_joins_mid_fill(slow_daemon, slow_origin,
+                                                             ts_file, tmp_path):
+    name = publish(slow_origin, "shared.ts", ts_file)
+    outs = [str(tmp_path / f"v{i}.ts") for i in range(4)]
+    procs = [gst_receive(slow_daemon.url(name), out) for out in outs[:3]]
+    time.sleep(2.5)
+    info = title_info(slow_daemon, name)
+    assert info["state"] == "partial", info  # the fill is still running
+    procs.append(gst_receive(slow_daemon.url(name), outs[3]))
+    want = sha256(ts_file)
+    for proc, out in zip(procs, outs):
+        output, _ = proc.communicate(timeout=40)
+        assert proc.returncode == 0, output
+        assert sha256(out) == want
+    wait_complete(slow_daemon, name)
+    # four viewers, one fill: the origin sent each byte once
+    assert slow_origin.bytes_sent(name) == os.path.getsize(ts_file)
+    assert slow_daemon.log().count(f"miss {name}") == 1
+
+
+def test_a_viewer_that_catches_up_with_the_fill_waits_and_misses_nothing(
+        tmp_path, ts_file):
+    # 2 x 40 kB/s from the origin, ~150 kB/s of media: the viewer waits often
+    folder = tmp_path / "o"
+    (folder / "root").mkdir(parents=True)
+    os.symlink(ts_file, folder / "root" / "crawl.ts")
+    nginx = NginxOrigin(str(folder), str(folder / "root"), limit_rate="40k")
+    (tmp_path / "k").mkdir()
+    d = KvodDaemon(str(tmp_path / "k"), extra=origin_config(
+        nginx.base_url, probe_bytes='"32KiB"', tail_bytes='"16KiB"', chunk_bytes='"64KiB"'))
+    media = open(ts_file, "rb").read()
+    receiver = RtpReceiver()
+    try:
+        d.start()
+        client = RtspClient("127.0.0.1", d.port)
+        url = client.url("crawl.ts")
+        assert client.request("DESCRIBE", url).status == 200
+        session, _, _ = client.setup_udp(url + "/trackID=0", receiver.ports)
+        assert client.request("PLAY", url + "/", [("Session", session)]).status == 200
+        time.sleep(4.0)
+        client.request("TEARDOWN", url + "/", [("Session", session)])
+        client.close()
+        time.sleep(0.2)
+        got = [parse_rtp(p) for _, p in receiver.packets]
+        assert_contiguous([h.seq for h, _ in got])
+        data = b"".join(p for _, p in got)
+        assert len(data) > 100_000 and data == media[:len(data)]
+        # it outran the fill: it sent far less than 4 s of media, and waited
+        assert len(data) < 4 * len(media) / 10 * 0.8
+        times = [t for t, _ in receiver.packets]
+        assert max(b - a for a, b in zip(times, times[1:])) > 150e6
+    finally:
+        receiver.close()
+        nginx.stop()
+        assert d.stop() == 0, d.log()
+
+
+# -- crashes ------------------------------------------------------------------------------
+
+
+def recorded_bytes_are_the_origins(daemon: KvodDaemon, sources: dict[str, bytes]) -> int:
+    """Check every range the catalog records as cached against the origin's
+    bytes; returns how many bytes are recorded in all."""
+    from catalog import open_catalog
+    total = 0
+    with open_catalog(os.path.join(daemon.folder, "catalog.db")) as cat:
+        for name, data in sources.items():
+            title = cat.get_title(name)
+            if title is None:
+                continue
+            with open(title.media_path, "rb") as f:
+                for start, end in cat.cached_ranges(name):
+                    f.seek(start)
+                    assert f.read(end - start) == data[start:end], (name, start, end)
+                    total += end - start
+    return total
+
+
+def test_kill_9_during_fills_twenty_times_then_every_title_completes(tmp_path, ts_file,
+                                                                      short_ts_file):
+    import random
+    folder = tmp_path / "o"
+    (folder / "root").mkdir(parents=True)
+    sources = {}
+    for i, src in enumerate([ts_file, ts_file, ts_file, short_ts_file]):
+        name = f"crash/t{i}.ts"
+        (folder / "root" / "crash").mkdir(exist_ok=True)
+        os.symlink(src, folder / "root" / name)
+        sources[name] = open(src, "rb").read()
+    # slow enough that a round kills fills halfway, and requests halfway
+    nginx = NginxOrigin(str(folder), str(folder / "root"), limit_rate="50k")
+    (tmp_path / "k").mkdir()
+    d = KvodDaemon(str(tmp_path / "k"), extra=origin_config(
+        nginx.base_url, probe_bytes='"32KiB"', tail_bytes='"16KiB"', chunk_bytes='"256KiB"'))
+    rng = random.Random(4)
+    progress = []
+    try:
+        for round_ in range(20):
+            d.start()
+            if round_ == 0:  # viewers ask once; later rounds resume at start-up
+                client = RtspClient("127.0.0.1", d.port)
+                for name in sources:
+                    assert client.request("DESCRIBE", client.url(name)).status == 200
+                client.close()
+            time.sleep(rng.uniform(0.05, 0.6))
+            d.kill()
+            progress.append(recorded_bytes_are_the_origins(d, sources))
+        # the kills came while fills ran, and each round kept what it had made durable
+        assert len(set(progress)) >= 5 and progress == sorted(progress), progress
+        d.start()
+        for name, data in sources.items():
+            info = wait_complete(d, name, timeout=60)
+            with open(info["media_path"], "rb") as f:
+                assert hashlib.sha256(f.read()).hexdigest() == hashlib.sha256(data).hexdigest()
+        assert recorded_bytes_are_the_origins(d, sources) == sum(map(len, sources.values()))
+        assert "resuming the fill of crash/t0.ts" in d.log()
+    finally:
+        nginx.stop()
+        if d.proc is not None:
+            assert d.stop() == 0, d.log()
