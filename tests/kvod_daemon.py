@@ -24,7 +24,9 @@ def free_tcp_port() -> int:
 class KvodDaemon:
     """A config folder, a catalog, and ``kvod serve`` running on loopback."""
 
-    def __init__(self, folder: str, *, session_timeout: float = 60, extra: str = ""):
+    def __init__(self, folder: str, *, session_timeout: float = 60, extra: str = "",
+                 cache: str = ""):
+        """``extra`` is TOML added at the end; ``cache`` more keys of ``[cache]``."""
         self.folder = folder
         self.port = free_tcp_port()
         rtp_min = random.randrange(30000, 60000, 2)
@@ -33,7 +35,7 @@ class KvodDaemon:
             f.write(f'[rtsp]\nlisten = "tcp:{self.port}:interface=127.0.0.1"\n'
                     f"session_timeout = {session_timeout}\n"
                     f"rtp_port_min = {rtp_min}\nrtp_port_max = {rtp_min + 400}\n"
-                    f'[cache]\ndir = "cache"\n[catalog]\npath = "catalog.db"\n'
+                    f'[cache]\ndir = "cache"\n{cache}[catalog]\npath = "catalog.db"\n'
                     f'[log]\nlevel = "debug"\n{extra}')
         self.log_path = os.path.join(folder, "kvod.log")
         self.proc: subprocess.Popen | None = None
