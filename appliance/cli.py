@@ -121,14 +121,52 @@ def catalog() -> None:
     """List, add and remove titles."""
 
 
+def _remote_name(config, url: str) -> str:
+    """A title name for an origin URL: its path below a configured origin
+    folder, else its file name."""
+    for base in config.origin.base_url:
+        if url.startswith(base) and len(url) > len(base):
+            return url[len(base):]
+    from urllib.parse import unquote, urlsplit
+    return os.path.basename(unquote(urlsplit(url).path)) or "title"
+
+
+def _add_remote(ctx: click.Context, url: str, name: str | None, as_json: bool) -> None:
+    from catalog import CatalogError
+    config = _config(ctx)
+    if any(c in url for c in " \t\r\n") or not url.split("://", 1)[1]:
+        raise click.ClickException(f"not an origin URL: {url!r}")
+    name = name or _remote_name(config, url)
+    db = _open_catalog(config)
+    try:
+        title = db.add_title(name, container="mpegts", origin_url=url, state="remote",
+                             now=time.time())
+    except CatalogError as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        db.close()
+    if as_json:
+        click.echo(json.dumps(_title_dict(title), indent=2))
+    else:
+        click.echo(f"added {title.name}: remote, fetched from {url} when first played "
+                   f"(or: kvod cache prefetch {title.name})")
+
+
 @catalog.command("add")
-@click.argument("path", type=click.Path(dir_okay=False))
-@click.option("--name", help="Title name (the RTSP path); default: the file name without extension.")
+@click.argument("path")
+@click.option("--name", help="Title name (the RTSP path); default: the file name without "
+                             "extension, or for a URL its path below the origin.")
 @click.option("--json", "as_json", is_flag=True, help="Print the new title as JSON.")
 @click.pass_context
 def catalog_add(ctx: click.Context, path: str, name: str | None, as_json: bool) -> None:
-    """Index a media file and add it as a title."""
+    """Index a media file and add it as a title, or register an origin URL
+    (http://, https://, file://) as a remote title without fetching it."""
     from appliance.ingest import IngestError, ingest_file
+    if path.lower().startswith(("http://", "https://", "file://")):
+        _add_remote(ctx, path, name, as_json)
+        return
+    if os.path.isdir(path):
+        raise click.ClickException(f"{path}: is a folder, not a media file")
     config = _config(ctx)
     name = name or os.path.splitext(os.path.basename(path))[0]
     db = _open_catalog(config)
@@ -228,6 +266,14 @@ def catalog_rm(ctx: click.Context, name: str, keep_files: bool) -> None:
     finally:
         db.close()
     click.echo(f"removed {name}")
+
+
+def _register_cache_commands() -> None:
+    from appliance.cache_cli import cache
+    cli.add_command(cache)
+
+
+_register_cache_commands()
 
 
 @cli.group()

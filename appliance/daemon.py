@@ -17,6 +17,7 @@ from twisted.application import service
 from twisted.internet import endpoints
 from twisted.internet.defer import Deferred
 
+from appliance.admin_http import admin_site
 from appliance.config import Config
 from appliance.proxy_cache import ProxyCache
 from appliance.title_fill import FillSettings
@@ -76,6 +77,22 @@ class SessionTimer(service.Service):
         return super().stopService()
 
 
+def make_cache(config: Config, reactor, catalog) -> ProxyCache:
+    """The proxy cache as ``config`` sets it up (the daemon's, or a CLI's own)."""
+    origin = config.origin
+    return ProxyCache(
+        reactor=reactor, catalog=catalog, cache_dir=config.cache.dir,
+        base_urls=origin.base_url, max_fills=origin.max_fills,
+        connect_timeout=origin.connect_timeout, read_timeout=origin.read_timeout,
+        connections=origin.connections, max_bytes=config.cache.max_bytes,
+        policy=config.cache.policy, keep_prefix_seconds=config.cache.keep_prefix_seconds,
+        settings=FillSettings(
+            chunk_bytes=origin.chunk_bytes, requests_per_fill=origin.requests_per_fill,
+            retries=origin.retries, retry_delay=origin.retry_delay,
+            retry_max_delay=origin.retry_max_delay, probe_bytes=origin.probe_bytes,
+            tail_bytes=origin.tail_bytes))
+
+
 class KvodService(service.MultiService):
     """The daemon: catalog, engine, media backend, RTSP listener, timers."""
 
@@ -84,17 +101,7 @@ class KvodService(service.MultiService):
         self.config = config
         self.reactor = reactor
         self.catalog = open_catalog(config.catalog.path)
-        origin = config.origin
-        self.cache = ProxyCache(
-            reactor=reactor, catalog=self.catalog, cache_dir=config.cache.dir,
-            base_urls=origin.base_url, max_fills=origin.max_fills,
-            connect_timeout=origin.connect_timeout, read_timeout=origin.read_timeout,
-            connections=origin.connections,
-            settings=FillSettings(
-                chunk_bytes=origin.chunk_bytes, requests_per_fill=origin.requests_per_fill,
-                retries=origin.retries, retry_delay=origin.retry_delay,
-                retry_max_delay=origin.retry_max_delay, probe_bytes=origin.probe_bytes,
-                tail_bytes=origin.tail_bytes))
+        self.cache = make_cache(config, reactor, self.catalog)
         self.engine = Engine(threads=config.engine.threads, strategy=config.engine.strategy)
         log.info("engine: %s strategy, %s thread(s)", self.engine.strategy,
                  config.engine.threads or os.cpu_count())
@@ -117,6 +124,7 @@ class KvodService(service.MultiService):
         self.exit_code = 0
         self.endpoint = endpoints.serverFromString(reactor, config.rtsp.listen)
         self.port = None
+        self.admin_port = None
 
     def startService(self) -> None:  # noqa: N802 (Twisted API)
         super().startService()
@@ -125,6 +133,20 @@ class KvodService(service.MultiService):
         d = self.endpoint.listen(self.factory)
         d.addCallback(self._listening)
         d.addErrback(self._listen_failed)
+        admin = endpoints.serverFromString(self.reactor, self.config.admin.listen)
+        admin.listen(admin_site(self.cache)).addCallbacks(self._admin_listening,
+                                                          self._admin_failed)
+
+    def _admin_listening(self, port) -> None:
+        self.admin_port = port
+        addr = port.getHost()
+        log.info("admin HTTP on %s:%d", addr.host, addr.port)
+
+    def _admin_failed(self, failure) -> None:
+        # RTSP is what viewers need; the admin endpoint only serves kvod cache ...
+        log.warning("cannot listen for admin HTTP on %s: %s; kvod cache commands will "
+                    "not reach this daemon", self.config.admin.listen,
+                    failure.getErrorMessage())
 
     def _listening(self, port) -> None:
         self.port = port
@@ -146,6 +168,9 @@ class KvodService(service.MultiService):
         if self.port is not None:
             self.port.stopListening()
             self.port = None
+        if self.admin_port is not None:
+            self.admin_port.stopListening()
+            self.admin_port = None
         d = super().stopService()
         d.addBoth(lambda result: Deferred.fromCoroutine(self.cache.stop()).addBoth(
             lambda _: result))

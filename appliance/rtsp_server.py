@@ -221,7 +221,7 @@ class RtspServer:
             raise RtspFailure(406, f"only application/sdp, not {accept!r}")
         url = parse_title_url(req.target)
         title = self._title(url.name)
-        self._titles.record_hit(title.name, now=now)
+        (self._cache or self._titles).record_hit(title.name, now=now)
         media = [SdpMedia(kind=_sdp_kind(t.media_type), payload_type=t.payload_type,
                           encoding=t.codec, clock_rate=t.clock_rate, fmtp=t.fmtp,
                           control=f"{TRACK_PREFIX}{t.track_index}")

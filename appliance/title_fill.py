@@ -184,6 +184,8 @@ class TitleFill:
         try:
             fill._open_files(create=not exists)
             fill._index_sync()
+            if not title.tracks:  # its hint file went with an eviction
+                fill.catalog.replace_tracks(title.name, [fill._track(fill._hints.count)])
         except MediaError as exc:
             fill._close_files()
             raise BadMedia(f"{title.name}: {exc}") from None
@@ -234,9 +236,7 @@ class TitleFill:
                       bitrate=probe.size * 8 * 10**9 // duration if duration else None,
                       etag=probe.validator.etag, last_modified=probe.validator.last_modified,
                       media_path=self.media_path, folder=self.folder)
-        tracks = [dict(track_index=0, media_type="video", codec="MP2T",
-                       payload_type=PAYLOAD_TYPE_MP2T, clock_rate=CLOCK_RATE,
-                       hint_path=self.hint_path, packets=self._hints.count)]
+        tracks = [self._track(self._hints.count)]
         if title is None:
             self.catalog.add_title(self.name, container="mpegts", state="partial", now=now,
                                    tracks=tracks, **fields)
@@ -245,6 +245,11 @@ class TitleFill:
             self.catalog.update_title(self.name, **fields)
             self.catalog.replace_tracks(self.name, tracks)
             self.catalog.set_state(self.name, "partial")
+
+    def _track(self, packets: int) -> dict:
+        return dict(track_index=0, media_type="video", codec="MP2T",
+                    payload_type=PAYLOAD_TYPE_MP2T, clock_rate=CLOCK_RATE,
+                    hint_path=self.hint_path, packets=packets)
 
     def _close_files(self) -> None:
         if self._hints is not None:
@@ -532,9 +537,7 @@ class TitleFill:
         self._hints = None
         self.catalog.update_title(self.name, duration_ns=index.duration_ns,
                                   bitrate=index.bitrate)
-        self.catalog.replace_tracks(self.name, [dict(
-            track_index=0, media_type="video", codec="MP2T", payload_type=PAYLOAD_TYPE_MP2T,
-            clock_rate=CLOCK_RATE, hint_path=self.hint_path, packets=index.records)])
+        self.catalog.replace_tracks(self.name, [self._track(index.records)])
         self.catalog.set_state(self.name, "complete")
         self.complete = True
         self.finished_at = time.monotonic()

@@ -29,6 +29,7 @@ class KvodDaemon:
         """``extra`` is TOML added at the end; ``cache`` more keys of ``[cache]``."""
         self.folder = folder
         self.port = free_tcp_port()
+        self.admin_port = free_tcp_port()
         rtp_min = random.randrange(30000, 60000, 2)
         self.config = os.path.join(folder, "kvod.toml")
         with open(self.config, "w") as f:
@@ -36,7 +37,8 @@ class KvodDaemon:
                     f"session_timeout = {session_timeout}\n"
                     f"rtp_port_min = {rtp_min}\nrtp_port_max = {rtp_min + 400}\n"
                     f'[cache]\ndir = "cache"\n{cache}[catalog]\npath = "catalog.db"\n'
-                    f'[log]\nlevel = "debug"\n{extra}')
+                    f'[log]\nlevel = "debug"\n'
+                    f'[admin]\nlisten = "tcp:{self.admin_port}:interface=127.0.0.1"\n{extra}')
         self.log_path = os.path.join(folder, "kvod.log")
         self.proc: subprocess.Popen | None = None
 

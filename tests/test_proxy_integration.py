@@ -278,3 +278,89 @@ def test_kill_9_during_fills_twenty_times_then_every_title_completes(tmp_path, t
         nginx.stop()
         if d.proc is not None:
             assert d.stop() == 0, d.log()
+
+
+# -- quota, eviction and the cache commands ---------------------------------------------
+
+
+def cache_status(daemon: KvodDaemon) -> dict:
+    status = json.loads(daemon.kvod("cache", "status", "--json").stdout)
+    return {**status, "by_name": {t["name"]: t for t in status["titles"]}}
+
+
+def test_quota_eviction_and_cache_commands(tmp_path, origin, short_ts_file):
+    size = os.path.getsize(short_ts_file)
+    names = [publish(origin, f"q/{x}.ts", short_ts_file) for x in "abc"]
+    quota = int(size * 2.5)
+    (tmp_path / "k").mkdir()
+    d = KvodDaemon(str(tmp_path / "k"), extra=origin_config(origin.base_url),
+                   cache=f"max_bytes = {quota}\npolicy = \"lru\"\nkeep_prefix_seconds = 1.0\n")
+    try:
+        d.start()
+        out = d.kvod("catalog", "add", origin.base_url + names[0]).stdout
+        assert f"added {names[0]}: remote" in out
+        status = cache_status(d)
+        assert status["daemon"] and status["quota_bytes"] == quota
+        assert status["by_name"][names[0]]["state"] == "remote"
+        assert "pinned q/a.ts" in d.kvod("cache", "pin", names[0]).stdout
+
+        result = d.kvod("cache", "prefetch", names[0])
+        assert f"prefetched {names[0]}" in result.stdout, result.stderr
+        proc = gst_receive(d.url(names[1]), str(tmp_path / "b.ts"))
+        assert proc.communicate(timeout=30)[1] is None and proc.returncode == 0
+        wait_complete(d, names[1])
+        before = cache_status(d)
+        assert before["used_bytes"] == 2 * size
+
+        # c does not fit: b (least recently used, a is pinned) loses its tail
+        assert d.kvod("cache", "prefetch", names[2]).returncode == 0
+        status = cache_status(d)
+        assert status["used_bytes"] <= quota
+        a, b, c = (status["by_name"][n] for n in names)
+        assert (a["state"], a["percent"], c["state"]) == ("complete", 100.0, "complete")
+        assert b["state"] == "partial" and 0 < b["cached_bytes"] < size
+        prefix = b["cached_bytes"]
+        assert f"evicted {names[1]}" in d.log()
+
+        # b plays at once from its prefix, and what was evicted is fetched again
+        sent_before = origin.bytes_sent(names[1])
+        out = str(tmp_path / "b2.ts")
+        proc = gst_receive(d.url(names[1]), out)
+        output, _ = proc.communicate(timeout=30)
+        assert proc.returncode == 0, output
+        assert sha256(out) == sha256(short_ts_file)
+        wait_complete(d, names[1])
+        assert origin.bytes_sent(names[1]) - sent_before == size - prefix
+        assert cache_status(d)["used_bytes"] <= quota
+
+        refused = d.kvod("cache", "evict", names[0], check=False)
+        assert refused.returncode == 1 and "pinned" in refused.stderr
+        d.kvod("cache", "unpin", names[0])
+        assert "evicted q/a.ts" in d.kvod("cache", "evict", names[0]).stdout
+        status = cache_status(d)
+        assert status["by_name"][names[0]]["state"] == "remote"
+        assert status["by_name"][names[0]]["cached_bytes"] == 0
+        text = d.kvod("cache", "status").stdout
+        assert "policy lru" in text and "q/c.ts" in text
+    finally:
+        assert d.stop() == 0, d.log()
+
+
+def test_cache_commands_without_a_daemon(tmp_path, origin, short_ts_file):
+    name = publish(origin, "nodaemon/t.ts", short_ts_file)
+    (tmp_path / "k").mkdir()
+    d = KvodDaemon(str(tmp_path / "k"), extra=origin_config(origin.base_url))  # never started
+    result = d.kvod("cache", "prefetch", name)
+    assert f"prefetched {name}" in result.stdout, result.stderr
+    status = cache_status(d)
+    assert not status["daemon"]
+    assert status["by_name"][name]["state"] == "complete"
+    with open(title_info(d, name)["media_path"], "rb") as f:
+        assert f.read() == open(short_ts_file, "rb").read()
+    assert "evicted" in d.kvod("cache", "evict", name).stdout
+    assert cache_status(d)["used_bytes"] == 0
+    missing = d.kvod("cache", "prefetch", "nodaemon/none.ts", check=False)
+    assert missing.returncode == 1 and "404" in missing.stderr
+    assert d.kvod("cache", "pin", "nope", check=False).returncode == 1
+    url = "https://example.invalid/lib/film.ts"
+    assert "added film.ts: remote" in d.kvod("catalog", "add", url).stdout
