@@ -350,6 +350,64 @@ def bench_streams(sessions: str, seconds: float, bitrate: str, strategy: str,
                    f"  p99 {lat['describe_to_first_rtp_ms']['p99']:.3f} ms")
 
 
+@bench.command("proxy")
+@click.option("--misses", default=50, show_default=True, help="Uncached titles timed.")
+@click.option("--viewers", default=4, show_default=True,
+              help="Viewers of one uncached title at once.")
+@click.option("--bitrate", default="4M", show_default=True, help="Bit rate of the titles.")
+@click.option("--big-mb", default=150, show_default=True,
+              help="Size of the title filled for throughput (MB, at 20 Mb/s).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def bench_proxy(misses: int, viewers: int, bitrate: str, big_mb: int, as_json: bool) -> None:
+    """Miss -> first packet latency, shared fills, fill throughput (local nginx origin)."""
+    from appliance.bench_proxy import run_proxy
+    from rtpengine.bench_media import bench_title
+    media = bench_title(bitrate=bitrate, seconds=20)
+    big = bench_title(bitrate="20M", seconds=max(10, big_mb * 8 // 20))
+    with _fraction_bar("proxy") as progress:
+        result = run_proxy(media, big, misses=misses, viewers=viewers, progress=progress)
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    m, h = result["miss_describe_to_first_rtp_ms"], result["hit_describe_to_first_rtp_ms"]
+    click.echo(f"miss DESCRIBE -> first RTP over {misses} titles: p50 {m['p50']:.2f} ms  "
+               f"p99 {m['p99']:.2f} ms (goal p99 <= 50 ms)")
+    click.echo(f"hit  DESCRIBE -> first RTP:                  p50 {h['p50']:.2f} ms  "
+               f"p99 {h['p99']:.2f} ms")
+    s, f = result["shared_fill"], result["fill"]
+    click.echo(f"{s['viewers']} viewers of one uncached title: "
+               f"{s['origin_bytes_per_title_byte']:.4f} origin bytes per title byte")
+    click.echo(f"fill of {f['title_bytes'] / 1e6:.0f} MB: {f['fill_mb_per_s']:.1f} MB/s "
+               f"(the origin read plainly: {f['origin_read_mb_per_s']:.1f} MB/s), "
+               f"{f['origin_bytes_per_title_byte']:.4f} origin bytes per title byte")
+
+
+@bench.command("cache")
+@click.option("--titles", default=500, show_default=True)
+@click.option("--requests", default=20000, show_default=True)
+@click.option("--alpha", default=0.8, show_default=True, help="Zipf exponent.")
+@click.option("--cache-fraction", default=0.10, show_default=True,
+              help="Cache size as a share of the library's bytes.")
+@click.option("--keep-fraction", default=0.0, show_default=True,
+              help="Share of each title tail eviction keeps.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def bench_cache(titles: int, requests: int, alpha: float, cache_fraction: float,
+                keep_fraction: float, as_json: bool) -> None:
+    """Byte hit ratio of each eviction policy on a synthetic Zipf trace."""
+    from appliance.cache_sim import run
+    result = run(titles=titles, requests=requests, alpha=alpha,
+                 cache_fraction=cache_fraction, keep_fraction=keep_fraction)
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    click.echo(f"Zipf({alpha}) over {titles} titles, {requests} plays, cache at "
+               f"{cache_fraction:.0%} of the library ({_human_bytes(result['capacity_bytes'])})")
+    click.echo(f"{'policy':>7} {'byte hit ratio':>15} {'hit ratio':>10} {'evictions':>10}")
+    for name, p in result["policies"].items():
+        click.echo(f"{name:>7} {p['byte_hit_ratio']:>15.4f} {p['hit_ratio']:>10.4f} "
+                   f"{p['evictions']:>10}")
+
+
 def main() -> int:
     """Entry point of the ``kvod`` script."""
     try:

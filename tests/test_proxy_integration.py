@@ -364,3 +364,25 @@ def test_cache_commands_without_a_daemon(tmp_path, origin, short_ts_file):
     assert d.kvod("cache", "pin", "nope", check=False).returncode == 1
     url = "https://example.invalid/lib/film.ts"
     assert "added film.ts: remote" in d.kvod("catalog", "add", url).stdout
+
+
+def test_a_file_origin(tmp_path, short_ts_file):
+    library = tmp_path / "library"
+    library.mkdir()
+    os.symlink(short_ts_file, library / "local.ts")
+    (tmp_path / "k").mkdir()
+    d = KvodDaemon(str(tmp_path / "k"), extra=origin_config(f"file://{library}"))
+    try:
+        d.start()
+        out = str(tmp_path / "out.ts")
+        proc = gst_receive(d.url("local.ts"), out)
+        output, _ = proc.communicate(timeout=30)
+        assert proc.returncode == 0, output
+        assert sha256(out) == sha256(short_ts_file)
+        info = wait_complete(d, "local.ts")
+        assert info["origin_url"] == f"file://{library}/local.ts"
+        client = RtspClient("127.0.0.1", d.port)
+        assert client.request("DESCRIBE", client.url("absent.ts")).status == 404
+        client.close()
+    finally:
+        assert d.stop() == 0, d.log()
