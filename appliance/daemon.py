@@ -18,6 +18,7 @@ from twisted.internet import endpoints
 from twisted.internet.defer import Deferred
 
 from appliance.admin_http import admin_site
+from appliance.catalog_writer import CatalogWriter
 from appliance.config import Config
 from appliance.proxy_cache import ProxyCache
 from appliance.title_fill import FillSettings
@@ -78,9 +79,15 @@ class SessionTimer(service.Service):
 
 
 def make_cache(config: Config, reactor, catalog) -> ProxyCache:
-    """The proxy cache as ``config`` sets it up (the daemon's, or a CLI's own)."""
+    """The proxy cache as ``config`` sets it up (the daemon's, or a CLI's own).
+
+    Fills record their ranges through a writer thread with its own catalog
+    connection; ``catalog`` (the caller's, used from the reactor thread)
+    leaves WAL checkpoints to that thread, so no commit here waits on one."""
     origin = config.origin
+    catalog.db.execute("PRAGMA wal_autocheckpoint = 0")
     return ProxyCache(
+        writer=CatalogWriter(reactor, config.catalog.path),
         reactor=reactor, catalog=catalog, cache_dir=config.cache.dir,
         base_urls=origin.base_url, max_fills=origin.max_fills,
         connect_timeout=origin.connect_timeout, read_timeout=origin.read_timeout,

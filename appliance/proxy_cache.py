@@ -36,7 +36,7 @@ class ProxyCache:
                  connect_timeout: float = 5.0, read_timeout: float = 10.0,
                  connections: int = 8, clock: Callable[[], float] = time.time,
                  max_bytes: int = 0, policy: str = "lru",
-                 keep_prefix_seconds: float = 0.0) -> None:
+                 keep_prefix_seconds: float = 0.0, writer=None) -> None:
         self.reactor = reactor
         self.catalog = catalog
         self.cache_dir = cache_dir
@@ -52,6 +52,7 @@ class ProxyCache:
         self._preparing: dict[str, list[defer.Deferred]] = {}
         self._waiting: list[str] = []       # partial titles to resume when a slot frees
         self.misses = 0
+        self.writer = writer
         self.quota = CacheQuota(catalog, max_bytes=max_bytes, policy=policy,
                                 keep_prefix_seconds=keep_prefix_seconds, busy=self.busy,
                                 reserved=self.reserved)
@@ -175,7 +176,7 @@ class ProxyCache:
         return dict(reactor=self.reactor, catalog=self.catalog,
                     origin=origin_for(url, self.http, self.files), name=name,
                     folder=title_folder(self.cache_dir, name), settings=self.settings,
-                    on_end=self._fill_ended, disk_full=self._disk_full)
+                    on_end=self._fill_ended, disk_full=self._disk_full, writer=self.writer)
 
     def _disk_full(self, need: int) -> bool:
         """The disk refused a write: give up other titles' bytes, whatever the quota."""
@@ -231,3 +232,5 @@ class ProxyCache:
         await defer.DeferredList([defer.Deferred.fromCoroutine(f.stop()) for f in fills],
                                  consumeErrors=True)
         await self.http.close()
+        if self.writer is not None:
+            await self.writer.stop()

@@ -109,7 +109,12 @@ class TitleFill:
 
     def __init__(self, *, reactor, catalog, origin, name: str, url: str, folder: str,
                  settings: FillSettings, on_end: Callable[["TitleFill"], None] = lambda f: None,
-                 disk_full: Callable[[int], bool] = lambda need: False) -> None:
+                 disk_full: Callable[[int], bool] = lambda need: False,
+                 writer=None) -> None:
+        """``writer`` (a CatalogWriter) runs the fsync and the range records in
+        its thread on its own connection; without one, the fsync runs in a
+        worker thread and the records are written here."""
+        self.writer = writer
         self.reactor = reactor
         self.catalog = catalog
         self.origin = origin
@@ -145,6 +150,7 @@ class TitleFill:
         self._sync: Optional[defer.Deferred] = None
         self._sync_again = False
         self._last_sync = 0.0
+        self._sync_call = None
         self._indexing: Optional[defer.Deferred] = None
         self._index_again = False
         self._run_d: Optional[defer.Deferred] = None
@@ -428,7 +434,10 @@ class TitleFill:
 
     # -- durability ---------------------------------------------------------------
 
-    def _kick_sync(self) -> None:
+    def _kick_sync(self, *, now: bool = False) -> None:
+        """fsync, then record what it made durable: at most once a
+        SYNC_INTERVAL (a fast fill would otherwise fsync after every chunk),
+        or ``now`` when the fill settles."""
         if not self._started:
             return
         if self._sync is not None:
@@ -437,25 +446,43 @@ class TitleFill:
         todo = subtract(self.held, self.durable)
         if not todo or self._fd is None:
             return
+        wait = self._last_sync + SYNC_INTERVAL - time.monotonic()
+        if wait > 0 and not now:
+            if self._sync_call is None or not self._sync_call.active():
+                self._sync_call = self.reactor.callLater(wait, self._kick_sync)
+            return
         generation = self._generation
         self._last_sync = time.monotonic()
-        self._sync = threads.deferToThread(os.fsync, self._fd)
-        self._sync.addCallbacks(lambda _: self._synced(todo, generation), self._sync_failed)
+        if self.writer is not None:
+            self._sync = self.writer.run(_sync_and_record, self._fd, self.name, todo)
+            self._sync.addCallbacks(lambda _: self._synced(todo, generation, recorded=True),
+                                    self._sync_failed)
+        else:
+            self._sync = threads.deferToThread(os.fsync, self._fd)
+            self._sync.addCallbacks(lambda _: self._synced(todo, generation),
+                                    self._sync_failed)
         self._sync.addBoth(self._sync_ended)
 
-    def _synced(self, todo: list[Range], generation: int) -> None:
+    def _synced(self, todo: list[Range], generation: int, recorded: bool = False) -> None:
         if generation != self._generation:
             return
-        try:
-            for start, end in todo:
-                self.catalog.add_cached_range(self.name, start, end)
-        except TitleNotFound:
-            log.warning("fill %s: the title left the catalog; stopping", self.name)
-            self.stop()
-            return
+        if not recorded:
+            try:
+                for start, end in todo:
+                    self.catalog.add_cached_range(self.name, start, end)
+            except TitleNotFound:
+                self._title_gone()
+                return
         self.durable = union(self.durable, todo)
 
+    def _title_gone(self) -> None:
+        log.warning("fill %s: the title left the catalog; stopping", self.name)
+        defer.Deferred.fromCoroutine(self.stop())
+
     def _sync_failed(self, failure) -> None:
+        if failure.check(TitleNotFound):
+            self._title_gone()
+            return
         # nothing of this round is recorded; the bytes are fetched again
         log.error("fill %s: fsync of %s failed: %s", self.name, self.media_path,
                   failure.getErrorMessage())
@@ -471,7 +498,7 @@ class TitleFill:
     async def _settle(self) -> None:
         """Wait until no fsync or index scan is running or due."""
         for _ in range(1000):
-            self._kick_sync()
+            self._kick_sync(now=True)
             self._kick_index()
             pending = [d for d in (self._sync, self._indexing) if d is not None]
             if not pending:
@@ -575,6 +602,8 @@ class TitleFill:
     def _end(self, error: Optional[OriginError]) -> None:
         if self.done.called:
             return
+        if self._sync_call is not None and self._sync_call.active():
+            self._sync_call.cancel()
         if error is not None:
             self.error = error
         self._close_files()
@@ -590,6 +619,13 @@ class TitleFill:
             await defer.DeferredList([self._run_d], consumeErrors=True)
         await self._settle_quietly()
         self._end(self.error)
+
+
+def _sync_and_record(catalog, fd: int, name: str, ranges: list[Range]) -> None:
+    """In the writer thread: make the bytes durable, then say so."""
+    os.fsync(fd)
+    for start, end in ranges:
+        catalog.add_cached_range(name, start, end)
 
 
 def no_space(exc: BaseException) -> bool:
