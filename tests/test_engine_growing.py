@@ -281,3 +281,19 @@ def test_hintfile_reads_a_growing_file_with_its_count(track, tmp_path):
             HintFile(path, record_count=10)
         with pytest.raises(Exception, match="whole"):
             hints.append(b"x" * 31)
+
+
+def test_remap_refuses_hints_that_do_not_reach_the_stream(track, tmp_path, receivers):
+    media, full, packed = track
+    rx = receivers()
+    short = write_hints(tmp_path / "short.hint",
+                        [HintRecord.unpack_from(p) for p in packed[:30]])
+    with Engine(threads=1) as e:
+        stream = open_stream(e, rx.sender(), media, full, ssrc=3, seq0=3, ts0=3)
+        stream.set_fill_limit(40 * SIZE)
+        stream.play(unpaced=True)
+        assert wait_state(stream, "waiting").next_record == 40
+        with pytest.raises(EngineError) as exc:
+            set_hints(stream, short, remap=True)  # ends at record 30: behind the stream
+        assert exc.value.errno == errno.ERANGE and "end before" in str(exc.value)
+        assert stream.stats().record_count == PACKETS

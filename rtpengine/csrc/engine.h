@@ -42,7 +42,8 @@
  * kvod_stream_set_hints() instead of ending.
  * REMAP (set_hints only): the new records may be cut differently; the
  * stream moves to the first record at or after the media offset it was
- * about to send (records sorted by offset, as MPEG-TS hints are).
+ * about to send (records sorted by offset, as MPEG-TS hints are); hints
+ * whose records end before that offset are refused (-ERANGE).
  */
 #define KVOD_HINTS_GROWING	1
 #define KVOD_HINTS_REMAP	2
