@@ -699,7 +699,8 @@ KVOD_API int kvod_stream_set_hints(struct kvod_engine *e, int id,
 	uint64_t old_size;
 	int err;
 
-	if (flags & ~(KVOD_HINTS_GROWING | KVOD_HINTS_REMAP))
+	if (flags & ~(KVOD_HINTS_GROWING | KVOD_HINTS_REMAP | KVOD_HINTS_RESTART) ||
+	    (flags & KVOD_HINTS_REMAP && flags & KVOD_HINTS_RESTART))
 		return kvod_fail(EINVAL, "unknown hint flags 0x%x", flags);
 	s = stream_get(e, id, &err);
 	if (!s)
@@ -715,7 +716,8 @@ KVOD_API int kvod_stream_set_hints(struct kvod_engine *e, int id,
 	if (err)
 		return err;
 	/* the same file, grown: the records the stream has were checked */
-	if (!(flags & KVOD_HINTS_REMAP) && dev == had_dev && ino == had_ino)
+	if (!(flags & (KVOD_HINTS_REMAP | KVOD_HINTS_RESTART)) &&
+	    dev == had_dev && ino == had_ino)
 		check_from = had_nrec;
 	err = check_hint(&v, media_size, record_count, check_from);
 	if (err)
@@ -730,7 +732,9 @@ KVOD_API int kvod_stream_set_hints(struct kvod_engine *e, int id,
 				id);
 		goto err_unlock;
 	}
-	if (flags & KVOD_HINTS_REMAP) {
+	if (flags & KVOD_HINTS_RESTART) {
+		next = 0;
+	} else if (flags & KVOD_HINTS_REMAP) {
 		next = remap_next(s, &v);
 		if (next < 0) {
 			err = kvod_fail(ERANGE,

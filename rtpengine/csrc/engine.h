@@ -47,6 +47,8 @@
  */
 #define KVOD_HINTS_GROWING	1
 #define KVOD_HINTS_REMAP	2
+/* set_hints only: back to the first record, for a play() that positions it */
+#define KVOD_HINTS_RESTART	4
 
 /* kvod_stream_set_hints() record_count meaning "the hint header's" */
 #define KVOD_RECORDS_FROM_HINT	0xffffffffffffffffULL
