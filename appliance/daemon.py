@@ -88,6 +88,7 @@ def make_cache(config: Config, reactor, catalog) -> ProxyCache:
     catalog.db.execute("PRAGMA wal_autocheckpoint = 0")
     return ProxyCache(
         writer=CatalogWriter(reactor, config.catalog.path),
+        seek_timeout=config.cache.stall_timeout,
         reactor=reactor, catalog=catalog, cache_dir=config.cache.dir,
         base_urls=origin.base_url, max_fills=origin.max_fills,
         connect_timeout=origin.connect_timeout, read_timeout=origin.read_timeout,

@@ -36,7 +36,8 @@ class ProxyCache:
                  connect_timeout: float = 5.0, read_timeout: float = 10.0,
                  connections: int = 8, clock: Callable[[], float] = time.time,
                  max_bytes: int = 0, policy: str = "lru",
-                 keep_prefix_seconds: float = 0.0, writer=None) -> None:
+                 keep_prefix_seconds: float = 0.0, writer=None,
+                 seek_timeout: float = 10.0) -> None:
         self.reactor = reactor
         self.catalog = catalog
         self.cache_dir = cache_dir
@@ -53,6 +54,7 @@ class ProxyCache:
         self._waiting: list[str] = []       # partial titles to resume when a slot frees
         self.misses = 0
         self.writer = writer
+        self.seek_timeout = seek_timeout
         self.quota = CacheQuota(catalog, max_bytes=max_bytes, policy=policy,
                                 keep_prefix_seconds=keep_prefix_seconds, busy=self.busy,
                                 reserved=self.reserved)
@@ -106,10 +108,17 @@ class ProxyCache:
 
     # -- making titles servable ----------------------------------------------------
 
-    async def prepare(self, name: str) -> None:
+    async def prepare(self, name: str, npt_ns: Optional[int] = None) -> None:
         """Make ``name`` servable: resume its fill or probe the origin and start
-        one. Concurrent calls for one title share one probe. Raises
-        OriginError (its ``status`` is the RTSP answer)."""
+        one; with ``npt_ns``, also make that time playable soon (a seek ahead
+        of the fill: those bytes come first). Concurrent calls for one title
+        share one probe. Raises OriginError (its ``status`` is the RTSP answer)."""
+        await self._prepare_shared(name)
+        fill = self.fills.get(name)
+        if npt_ns is not None and fill is not None:
+            await fill.seek(npt_ns, self.seek_timeout)
+
+    async def _prepare_shared(self, name: str) -> None:
         waiters = self._preparing.get(name)
         if waiters is not None:
             d: defer.Deferred = defer.Deferred()

@@ -95,13 +95,13 @@ class RtspProtocol(Protocol):
             request, peer_host=self.transport.getPeer().host, now=self._clock(),
             prepared=prepared)
         if isinstance(response, NeedTitle):
-            self._prepare(request, response.name)
+            self._prepare(request, response.name, response.npt_ns)
             return
         self.transport.write(self.conn.send(response))
         self._on_request()
 
-    def _prepare(self, request: Request, name: str) -> None:
-        self._waiting = Deferred.fromCoroutine(self._cache.prepare(name))
+    def _prepare(self, request: Request, name: str, npt_ns: Optional[int]) -> None:
+        self._waiting = Deferred.fromCoroutine(self._cache.prepare(name, npt_ns=npt_ns))
 
         def prepared(_):
             self._waiting = None

@@ -19,6 +19,7 @@ from rtpengine.rtp import parse_rtp
 from tests.kvod_daemon import KvodDaemon, free_tcp_port
 from tests.origin_server import FaultOrigin
 from tests.test_integration import assert_contiguous, gst_receive, sha256
+from tests.test_proxy_integration import assert_gst_done
 
 pytestmark = pytest.mark.integration
 
@@ -96,7 +97,7 @@ def test_a_title_that_changes_mid_fill_is_discarded_and_filled_again(tmp_path, t
         out = str(tmp_path / "new.ts")
         proc = gst_receive(d.url("t.ts"), out)
         output, _ = proc.communicate(timeout=30)
-        assert proc.returncode == 0, output
+        assert_gst_done(proc, output)
         assert sha256(out) == hashlib.sha256(new).hexdigest()
     finally:
         receiver.close()
@@ -119,7 +120,7 @@ def test_cut_bodies_5xx_and_a_wrong_content_range_are_retried(tmp_path, ts_file)
         out = str(tmp_path / "gst.ts")
         proc = gst_receive(d.url("t.ts"), out)
         output, _ = proc.communicate(timeout=40)
-        assert proc.returncode == 0, output
+        assert_gst_done(proc, output)
         assert sha256(out) == hashlib.sha256(data).hexdigest()
         info = wait_state(d, "t.ts", "complete")
         assert sha256(info["media_path"]) == hashlib.sha256(data).hexdigest()
@@ -184,6 +185,45 @@ def test_a_viewer_waiting_for_bytes_that_never_come_gets_a_bye(tmp_path, ts_file
         assert "giving up after 5 tries" in log
         assert "ending it with BYE" in log
         assert title_info(d, "t.ts")["state"] == "partial"
+    finally:
+        receiver.close()
+        origin.stop()
+        assert d.stop() == 0, d.log()
+
+
+def test_a_viewer_that_seeks_ahead_of_the_fill_gets_that_range_first(tmp_path, ts_file):
+    data = open(ts_file, "rb").read()
+    # ~120 kB/s from the origin: the fill would reach 8 s of the title in ~10 s
+    origin = FaultOrigin({"t.ts": data}, fault=lambda path, start, end, n:
+                         ("slow", 80_000) if n > 2 else None)
+    d = daemon_for(tmp_path, origin.base_url)
+    receiver = RtpReceiver()
+    try:
+        d.start()
+        client = RtspClient("127.0.0.1", d.port, timeout=15)
+        url = client.url("t.ts")
+        assert client.request("DESCRIBE", url).status == 200
+        session, _, _ = client.setup_udp(url + "/trackID=0", receiver.ports)
+        started = time.monotonic()
+        resp = client.request("PLAY", url + "/", [("Session", session), ("Range", "npt=8-")])
+        waited = time.monotonic() - started
+        assert resp.status == 200, resp
+        start_s = float(resp.headers.get("Range").split("=")[1].split("-")[0])
+        # the keyframe shortly before 8 s, long before a front-to-back fill got there
+        assert 5.0 <= start_s <= 8.0 and waited < 6.0, (start_s, waited, d.log())
+        time.sleep(1.5)
+        got = [parse_rtp(p) for _, p in receiver.packets]
+        assert got, d.log()
+        assert_contiguous([h.seq for h, _ in got])
+        sent = b"".join(p for _, p in got)
+        at = data.find(sent[:4096])
+        assert at >= len(data) * 0.5 and data[at:at + len(sent)] == sent
+        assert f"seq={got[0][0].seq}" in resp.headers.get("RTP-Info")
+        client.request("TEARDOWN", url + "/", [("Session", session)])
+        client.close()
+        info = wait_state(d, "t.ts", "complete", timeout=60)
+        assert sha256(info["media_path"]) == hashlib.sha256(data).hexdigest()
+        assert "seek to 8.000 s ahead of the fill" in d.log()
     finally:
         receiver.close()
         origin.stop()
