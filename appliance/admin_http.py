@@ -75,12 +75,18 @@ class CacheAdmin(resource.Resource):
         return server.NOT_DONE_YET
 
 
+class _QuietSite(server.Site):
+    """No access log: ``kvod cache prefetch`` polls several times a second."""
+
+    noisy = False
+
+    def log(self, request) -> None:
+        pass
+
+
 def admin_site(cache) -> server.Site:
     """The twisted.web site of the admin endpoint."""
-    root = CacheAdmin(cache)
-    site = server.Site(root)
-    site.noisy = False
-    return site
+    return _QuietSite(CacheAdmin(cache))
 
 
 __all__ = ["CacheAdmin", "admin_site", "cache_status"]

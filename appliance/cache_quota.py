@@ -97,6 +97,9 @@ class CacheQuota:
         if self.policy == "gdsf":
             set_meta(self.catalog, INFLATION_KEY, inflation)
         if freed < short:
+            if ignore_quota:
+                raise CacheFull(f"only {freed} of {need} bytes could be freed; the rest is "
+                                "pinned or in use")
             raise CacheFull(f"{need} bytes do not fit: {self.used()} cached, "
                             f"{self.reserved()} reserved by fills, quota {self.max_bytes}; "
                             "the rest is pinned or in use")
@@ -137,7 +140,8 @@ class CacheQuota:
 
 
 def cache_status(catalog, *, max_bytes: int, policy: str, fills=None,
-                 busy: Callable[[str], bool] = lambda name: False) -> dict:
+                 busy: Callable[[str], bool] = lambda name: False,
+                 errors: dict | None = None) -> dict:
     """What the cache holds: used and reserved bytes against the quota, and
     each title's state, share cached, plays and pin (a dict for JSON)."""
     fills = fills or {}
@@ -149,7 +153,8 @@ def cache_status(catalog, *, max_bytes: int, policy: str, fills=None,
             "percent": round(e.percent, 1), "hits": e.hits, "pinned": e.pinned,
             "last_access": e.last_access, "busy": busy(e.name),
             "filling": fill is not None and not fill.complete and fill.error is None,
-            "fill_error": str(fill.error) if fill is not None and fill.error else None,
+            "fill_error": (str(fill.error) if fill is not None and fill.error
+                           else (errors or {}).get(e.name)),
         })
     reserved = sum(f.size - sum(e - s for s, e in f.durable) for f in fills.values()
                    if not f.complete and f.error is None)

@@ -53,6 +53,7 @@ class ProxyCache:
         self._preparing: dict[str, list[defer.Deferred]] = {}
         self._waiting: list[str] = []       # partial titles to resume when a slot frees
         self.misses = 0
+        self.errors: dict[str, str] = {}    # why the last fill of a title stopped
         self.writer = writer
         self.seek_timeout = seek_timeout
         self.quota = CacheQuota(catalog, max_bytes=max_bytes, policy=policy,
@@ -100,7 +101,8 @@ class ProxyCache:
     def status(self) -> dict:
         """The cache's figures and titles (``kvod cache status``)."""
         return cache_status(self.catalog, max_bytes=self.quota.max_bytes,
-                            policy=self.quota.policy, fills=self.fills, busy=self.busy)
+                            policy=self.quota.policy, fills=self.fills, busy=self.busy,
+                            errors=self.errors)
 
     def fill_for(self, name: str) -> Optional[TitleFill]:
         """The running fill of ``name``, or None."""
@@ -198,6 +200,7 @@ class ProxyCache:
         return True
 
     def _launch(self, fill: TitleFill) -> None:
+        self.errors.pop(fill.name, None)
         self.fills[fill.name] = fill
         fill.start()
 
@@ -205,6 +208,7 @@ class ProxyCache:
         if self.fills.get(fill.name) is fill and (fill.error is None or not fill.listeners):
             del self.fills[fill.name]
         if fill.error is not None:
+            self.errors[fill.name] = str(fill.error)
             log.error("fill %s stopped: %s", fill.name, fill.error)
         self._resume_waiting()
 

@@ -563,7 +563,9 @@ class TitleFill:
 
     def _index_failed(self, failure) -> None:
         failure.trap(MediaError)
-        exc = BadMedia(f"{self.url}: {failure.getErrorMessage()}")
+        self._stop_with(BadMedia(f"{self.url}: {failure.getErrorMessage()}"))
+
+    def _stop_with(self, exc: OriginError) -> None:
         log.error("fill %s: %s", self.name, exc)
         self.error = exc
         self._cancel_fetches()
@@ -580,7 +582,13 @@ class TitleFill:
         if self._hints is None or ready <= self._hints.count:
             return
         records = self._index.records(self._hints.count, ready)
-        self._hints.append(records)
+        try:
+            self._hints.append(records)
+        except OSError as exc:
+            # a hint file short of records would stall every viewer: stop cleanly
+            self._stop_with(CacheWriteError(f"cannot write {self.hint_path}: "
+                                            f"{os.strerror(exc.errno)}"))
+            return
         self._main_last_ns = HintRecord.unpack_from(records, len(records) - RECORD_SIZE).send_ns
         update = self.hints()
         for listener in list(self.listeners):

@@ -8,6 +8,7 @@ cannot make these faults on demand); the daemon and the viewers are real.
 from __future__ import annotations
 
 import hashlib
+import subprocess
 import json
 import os
 import time
@@ -226,5 +227,52 @@ def test_a_viewer_that_seeks_ahead_of_the_fill_gets_that_range_first(tmp_path, t
         assert "seek to 8.000 s ahead of the fill" in d.log()
     finally:
         receiver.close()
+        origin.stop()
+        assert d.stop() == 0, d.log()
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 2 MiB tmpfs for the cache folder (root only; skipped otherwise)."""
+    folder = tmp_path / "kvod" / "cache"
+    folder.mkdir(parents=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(folder)],
+                             capture_output=True)
+    if mounted.returncode:
+        pytest.skip(f"cannot mount a tmpfs: {mounted.stderr.decode().strip()}")
+    yield folder
+    subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def test_a_full_disk_evicts_then_fails_cleanly(tmp_path, ts_file, small_disk):
+    data = open(ts_file, "rb").read()  # 1.5 MB: two do not fit in 2 MiB
+    origin = FaultOrigin({"a.ts": data, "b.ts": data})
+    folder = tmp_path / "kvod"
+    d = KvodDaemon(str(folder), extra=f'[origin]\nbase_url = "{origin.base_url}"\n'
+                   f"{FAST_RETRIES}")
+    try:
+        d.start()
+        assert d.kvod("cache", "prefetch", "a.ts").returncode == 0
+        assert title_info(d, "a.ts")["state"] == "complete"
+        # b does not fit: the disk says so, a is evicted, b completes
+        assert d.kvod("cache", "prefetch", "b.ts", timeout=60).returncode == 0
+        b = title_info(d, "b.ts")
+        assert b["state"] == "complete"
+        assert sha256(b["media_path"]) == hashlib.sha256(data).hexdigest()
+        assert title_info(d, "a.ts")["state"] == "remote"
+        assert "the disk is full: evicted" in d.log()
+        # b pinned, nothing may go: a clear error, and a holds only good bytes
+        d.kvod("cache", "pin", "b.ts")
+        failed = d.kvod("cache", "prefetch", "a.ts", check=False, timeout=60)
+        assert failed.returncode == 1 and "No space left on device" in failed.stderr
+        from catalog import open_catalog
+        with open_catalog(folder / "catalog.db") as cat:
+            a = cat.get_title("a.ts")
+            with open(a.media_path, "rb") as f:
+                for start, end in cat.cached_ranges("a.ts"):
+                    f.seek(start)
+                    assert f.read(end - start) == data[start:end]
+        assert title_info(d, "b.ts")["state"] == "complete"
+    finally:
         origin.stop()
         assert d.stop() == 0, d.log()
