@@ -41,7 +41,7 @@ from appliance.fill_plan import back_off, next_request
 from appliance.origin import OriginChanged, OriginError, Probe, Validator
 from appliance.seek_ahead import SeekSegment, estimate_offset
 from catalog import TitleNotFound
-from catalog.byte_ranges import Range, add, end_from, normalize, subtract, union
+from catalog.byte_ranges import Range, add, end_from, subtract, union
 from rtpengine.errors import MediaError
 from rtpengine.hintfile import RECORD_SIZE, GrowingHintFile, HintRecord
 from rtpengine.mpegts import CLOCK_RATE, PAYLOAD_TYPE_MP2T

@@ -29,7 +29,7 @@ from typing import Optional
 from .errors import MediaError
 from .hintfile import RECORD_SIZE
 from .mpegts import (PACKET_SIZE, PSI_SEARCH_BYTES, SYNC_BYTE, TsIndex, TsProgram, _Scan,
-                     _check_framing, _sync_error, ffi, find_program, finished_index, lib,
+                     _check_framing, ffi, find_program, finished_index, lib,
                      write_index_hints)
 
 _TIMES = struct.Struct("<IQ")     # rtp_ts, send_ns at offset 12 of a record

@@ -8,9 +8,8 @@ cannot make these faults on demand); the daemon and the viewers are real.
 from __future__ import annotations
 
 import hashlib
-import subprocess
 import json
-import os
+import subprocess
 import time
 
 import pytest

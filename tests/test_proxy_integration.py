@@ -10,9 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import signal
-import subprocess
-import threading
 import time
 
 import pytest
