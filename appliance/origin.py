@@ -97,14 +97,12 @@ class Validator:
 @dataclass(frozen=True)
 class Probe:
     """What the origin says about a title: its size, its version, and its
-    first and last bytes (``tail`` starts at ``tail_offset``)."""
+    first bytes."""
 
     url: str
     size: int
     validator: Validator
     head: bytes
-    tail: bytes
-    tail_offset: int
 
 
 def parse_content_range(value: Optional[str]) -> tuple[int, int, Optional[int]]:
@@ -290,20 +288,12 @@ class HttpOrigin:
             raise
         return await self._body(response, start, end - start, sink)
 
-    async def probe(self, url: str, head_bytes: int, tail_bytes: int) -> Probe:
-        """The title's size and validator, its first ``head_bytes`` and the
-        last ``tail_bytes`` that the first did not cover. Range requests
-        carry what a HEAD would (Content-Range gives the size), and the
-        second one asks only for bytes the first did not bring, so no byte
-        is fetched twice."""
+    async def probe(self, url: str, head_bytes: int) -> Probe:
+        """The title's size and validator and its first ``head_bytes``, in one
+        Range request: its answer carries what a HEAD would (Content-Range
+        gives the size), and the bytes a viewer starts with."""
         head, size, validator = await self._probe_part(url, 0, head_bytes - 1)
-        tail_offset = max(len(head), size - tail_bytes)
-        if tail_offset >= size:
-            return Probe(url, size, validator, head, b"", size)
-        tail, tail_size, tail_validator = await self._probe_part(url, tail_offset, size - 1)
-        if tail_size != size or not validator.matches(tail_validator):
-            raise OriginChanged(f"{url}: changed between two requests of the probe")
-        return Probe(url, size, validator, head, tail, tail_offset)
+        return Probe(url, size, validator, head)
 
     async def _probe_part(self, url: str, first_byte: int, last_byte: int):
         response = await self._request(url, {b"range": f"bytes={first_byte}-{last_byte}".encode()})
@@ -405,19 +395,14 @@ class FileOrigin:
         self.bytes_fetched += len(data)
         return len(data)
 
-    async def probe(self, url: str, head_bytes: int, tail_bytes: int) -> Probe:
+    async def probe(self, url: str, head_bytes: int) -> Probe:
         """As :meth:`HttpOrigin.probe`."""
         head, size, validator = await threads.deferToThread(self._read, url, 0, head_bytes,
                                                             None)
         if not size:
             raise OriginProtocolError(f"{url}: empty file")
-        tail_offset = max(len(head), size - tail_bytes)
-        tail = b""
-        if tail_offset < size:
-            tail, _, _ = await threads.deferToThread(self._read, url, tail_offset, size,
-                                                     validator)
-        self.bytes_fetched += len(head) + len(tail)
-        return Probe(url, size, validator, head, tail, tail_offset)
+        self.bytes_fetched += len(head)
+        return Probe(url, size, validator, head)
 
 
 def origin_for(url: str, http: HttpOrigin, files: FileOrigin):

@@ -170,8 +170,7 @@ class ProxyCache:
             origin = origin_for(url, self.http, self.files)
             for attempt in range(2):
                 try:
-                    return await origin.probe(url, self.settings.probe_bytes,
-                                              self.settings.tail_bytes)
+                    return await origin.probe(url, self.settings.probe_bytes)
                 except OriginNotFound as exc:
                     error = error if error is not None and error.status != 404 else exc
                     break

@@ -50,6 +50,7 @@ from rtpengine.mpegts_growing import GrowingTsIndex, estimate_duration_ns, first
 log = logging.getLogger(__name__)
 
 MEDIA_NAME = "media.ts"
+_TAIL = "the title's tail"   # the fill's own want, among the viewers' ones
 # While a long request runs, what came so far is made durable this often, so
 # a crash loses at most this much of a slow fill.
 SYNC_INTERVAL = 0.5
@@ -161,6 +162,7 @@ class TitleFill:
         self._main_last_ns: Optional[int] = None
         self._turn = 0
         self.duration_ns: Optional[int] = None   # an estimate until complete
+        self._tail_start: Optional[int] = None
 
     # -- making it -----------------------------------------------------------
 
@@ -197,6 +199,7 @@ class TitleFill:
         try:
             fill._open_files(create=not exists)
             fill._index_sync()
+            fill._want_tail()
             if not title.tracks:  # its hint file went with an eviction
                 fill.catalog.replace_tracks(title.name, [fill._track(fill._hints.count)])
         except MediaError as exc:
@@ -231,23 +234,43 @@ class TitleFill:
         self.size = probe.size
         self.validator = probe.validator
         self._open_files(create=True)
-        self._sink(self._generation)(0, probe.head)
-        if probe.tail:
-            self._sink(self._generation)(probe.tail_offset, probe.tail)
-        self.bytes_fetched += len(probe.head) + len(probe.tail)
+        # indexed right below, in this thread: no scan may run beside it
+        self._store(0, probe.head)
+        self.bytes_fetched += len(probe.head)
         try:
             self._index_sync()
         except MediaError as exc:
             raise BadMedia(f"{probe.url}: {exc}") from None
+        self._want_tail()
+
+    def _want_tail(self) -> None:
+        """The title's last bytes come first: with the first ones they give its
+        duration (for status, eviction prefixes and seeks ahead). Fetched by
+        the fill, not the probe, so DESCRIBE waits for one request only."""
+        if self.duration_ns or not self.settings.tail_bytes:
+            return
+        start = max(self.contiguous(), self.size - self.settings.tail_bytes)
+        if start < self.size:
+            self._tail_start = start
+            self.wants[_TAIL] = start
+
+    def _estimate_duration(self) -> None:
+        start = self._tail_start
+        if start is None or end_from(self.held, start) < self.size or self._map is None \
+                or self._index is None or self._index.program is None:
+            return
+        self._tail_start = None
+        self.wants.pop(_TAIL, None)
+        head = self._map[:min(self.contiguous(), self.settings.probe_bytes)]
+        duration = estimate_duration_ns(head, self._map[start:self.size], start, self.size,
+                                        self._index.program.pcr_pid)
+        if duration and not self.complete:
+            self.duration_ns = duration
+            self.catalog.update_title(self.name, duration_ns=duration,
+                                      bitrate=self.size * 8 * 10**9 // duration)
 
     def _enter_in_catalog(self, probe: Probe, title, now: float) -> None:
-        duration = None
-        if self._index.program is not None and probe.tail:
-            duration = estimate_duration_ns(probe.head, probe.tail, probe.tail_offset,
-                                            probe.size, self._index.program.pcr_pid)
-        self.duration_ns = duration
-        fields = dict(origin_url=probe.url, size=probe.size, duration_ns=duration,
-                      bitrate=probe.size * 8 * 10**9 // duration if duration else None,
+        fields = dict(origin_url=probe.url, size=probe.size, duration_ns=None, bitrate=None,
                       etag=probe.validator.etag, last_modified=probe.validator.last_modified,
                       media_path=self.media_path, folder=self.folder)
         tracks = [self._track(self._hints.count)]
@@ -438,23 +461,29 @@ class TitleFill:
         for d in list(self._fetches.values()):
             d.cancel()
 
+    def _store(self, offset: int, data: bytes) -> None:
+        """Write ``data`` at ``offset``; what was written counts as held."""
+        view = memoryview(data)
+        at = offset
+        try:
+            while view:
+                n = os.pwrite(self._fd, view, at)
+                view, at = view[n:], at + n
+        except OSError as exc:
+            if at > offset:
+                self.held = add(self.held, offset, at)
+            raise CacheWriteError(
+                f"cannot write {self.media_path}: {os.strerror(exc.errno)}") from exc
+        self.held = add(self.held, offset, at)
+
     def _sink(self, generation: int):
         def sink(offset: int, data: bytes) -> None:
             if generation != self._generation or self._fd is None:
                 raise CacheWriteError("the fill started over")
-            view = memoryview(data)
-            at = offset
-            try:
-                while view:
-                    n = os.pwrite(self._fd, view, at)
-                    view, at = view[n:], at + n
-            except OSError as exc:
-                if at > offset:
-                    self.held = add(self.held, offset, at)
-                raise CacheWriteError(
-                    f"cannot write {self.media_path}: {os.strerror(exc.errno)}") from exc
-            self.held = add(self.held, offset, at)
+            self._store(offset, data)
             self._kick_index()
+            if self._tail_start is not None:
+                self._estimate_duration()
             if time.monotonic() - self._last_sync >= SYNC_INTERVAL:
                 self._kick_sync()
         return sink
@@ -615,10 +644,12 @@ class TitleFill:
         it is playable, the fill stopped, or ``timeout`` passed."""
         if self.covered(npt_ns) or self.error is not None or self.stopped:
             return
+        deadline = time.monotonic() + timeout
+        while not self.duration_ns and time.monotonic() < deadline and self.error is None:
+            await deferLater(self.reactor, 0.01, lambda: None)  # the tail is on its way
         segment = self._segment_near(npt_ns)
         if segment is None:
             return
-        deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and self.error is None and not self.stopped:
             if self.covered(npt_ns) or self.segment_for(npt_ns) is not None:
                 return
@@ -714,8 +745,7 @@ class TitleFill:
         self._close_files()
         self.held, self.durable = [], []
         try:
-            probe = await self.origin.probe(self.url, self.settings.probe_bytes,
-                                            self.settings.tail_bytes)
+            probe = await self.origin.probe(self.url, self.settings.probe_bytes)
             self._start_copy(probe)
             self._enter_in_catalog(probe, self.catalog.get_title(self.name), now=time.time())
         except OriginError as exc:
