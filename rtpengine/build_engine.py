@@ -29,11 +29,16 @@ CSRC = os.path.join(HERE, "csrc")
 UAPI = os.path.join(ROOT, "kernel", "uapi")
 
 # module -> (headers whose marked parts form the cdef, in order; sources)
+# (libraries beyond pthread are in LIBRARIES)
 MODULES = {
     "_kvod_index": (["kvod_types.h", "ts_index.h"], ["ts_index.c"]),
     "_kvod_engine": (["kvod_types.h", "engine.h"],
-                     ["engine.c", "pacer.c", "filemap.c"]),
+                     ["engine.c", "pacer.c", "send.c", "uring.c",
+                      "filemap.c"]),
 }
+
+# liburing (Debian: liburing-dev) for the uring_gso strategy
+LIBRARIES = {"_kvod_engine": ["uring"]}
 
 STRICT_CFLAGS = ["-std=gnu11", "-O2", "-g", "-Wall", "-Wextra", "-Werror",
                  "-D_GNU_SOURCE", "-fvisibility=hidden"]
@@ -68,7 +73,7 @@ def make_ffi(module: str, extra_cflags: list[str] | None = None) -> FFI:
         include_dirs=[CSRC, UAPI],
         extra_compile_args=flags,
         extra_link_args=[f for f in flags if f.startswith("-fsanitize")],
-        libraries=["pthread"],
+        libraries=["pthread"] + LIBRARIES.get(module, []),
     )
     return ffi
 
