@@ -1,0 +1,99 @@
+"""``kvod bench datapath`` and ``kvod bench streams``: the data-path
+benchmarks as click commands, for the ``kvod bench`` group.
+
+Kept apart from ``appliance/cli.py`` so the group only has to add them
+(:func:`add_bench_commands`); the benchmarks themselves live in
+``rtpengine`` and import lazily, so ``kvod --help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+
+import click
+
+
+@contextlib.contextmanager
+def _progress(label: str, quiet: bool):
+    """A progress bar on stderr fed fractions 0..1."""
+    if quiet:
+        yield lambda fraction: None
+        return
+    with click.progressbar(length=1000, label=label, file=sys.stderr) as bar:
+        done = [0]
+
+        def progress(fraction: float) -> None:
+            step = int(min(max(fraction, 0.0), 1.0) * 1000)
+            if step > done[0]:
+                bar.update(step - done[0])
+                done[0] = step
+        yield progress
+
+
+@click.command("datapath")
+@click.option("--size", default="1GiB", show_default=True, help="Size of the title sent.")
+@click.option("--payload", default="1316", show_default=True,
+              help="RTP payload bytes; a comma list runs each (e.g. 512,1024,1316).")
+@click.option("--sink", type=click.Choice(["loopback", "nic"]), default="loopback",
+              show_default=True,
+              help="loopback: a 127.0.0.1 socket that never reads; nic: an ifb device "
+                   "in a private network namespace (root) that frees every packet.")
+@click.option("--offload", is_flag=True,
+              help="nic sink: leave UDP segmentation to the device (default: software).")
+@click.option("--strategy", "strategies", multiple=True,
+              help="Only these strategies (repeatable); default all.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def bench_datapath(size: str, payload: str, sink: str, offload: bool,
+                   strategies: tuple[str, ...], as_json: bool) -> None:
+    """CPU per GiB of every send strategy, side by side (the research's table)."""
+    from rtpengine.bench_datapath import format_table, parse_size, run_datapath
+    from rtpengine.netns_sink import SinkError
+    payloads = tuple(int(p) for p in payload.split(",") if p.strip())
+    try:
+        with _progress("datapath", as_json and not sys.stderr.isatty()) as progress:
+            result = run_datapath(size=parse_size(size), payloads=payloads, sink=sink,
+                                  offload=offload, strategies=list(strategies) or None,
+                                  progress=progress)
+    except (SinkError, ValueError, RuntimeError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(json.dumps(result, indent=2) if as_json else format_table(result))
+
+
+@click.command("streams")
+@click.option("--sessions", default="1000", show_default=True,
+              help="Paced streams (a comma list runs each).")
+@click.option("--bitrate", default="4M", show_default=True, help="Bit rate of the title.")
+@click.option("--seconds", default=10.0, show_default=True, help="Length of each run.")
+@click.option("--sample", default=20, show_default=True,
+              help="Streams also sent to real receivers on loopback, timed on arrival.")
+@click.option("--strategy", default="auto", show_default=True, help="Engine send strategy.")
+@click.option("--sink", type=click.Choice(["nic", "loopback"]), default="nic",
+              show_default=True, help="Where the other streams go (nic needs root).")
+@click.option("--ports", type=click.Choice(["shared", "per-session"]), default="shared",
+              show_default=True, help="One server port for all, or one per session.")
+@click.option("--search", is_flag=True,
+              help="Then search for the most streams keeping >= 99.9% within 5 ms.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def bench_streams(sessions: str, bitrate: str, seconds: float, sample: int,
+                  strategy: str, sink: str, ports: str, search: bool,
+                  as_json: bool) -> None:
+    """CPU per stream-second and timeliness of N paced streams."""
+    from rtpengine.bench_scale import format_table, run_scale
+    from rtpengine.netns_sink import SinkError
+    counts = [int(n) for n in sessions.split(",") if n.strip()]
+    try:
+        with _progress("streams", as_json and not sys.stderr.isatty()) as progress:
+            result = run_scale(counts, bitrate=bitrate, seconds=seconds, sample=sample,
+                               strategy=strategy, sink=sink, shared=ports == "shared",
+                               search=search, progress=progress)
+    except (SinkError, ValueError, RuntimeError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(json.dumps(result, indent=2) if as_json else format_table(result))
+
+
+def add_bench_commands(group: click.Group) -> None:
+    """Add this module's benchmarks to the ``kvod bench`` group."""
+    group.add_command(bench_datapath)
+    group.add_command(bench_streams)
