@@ -384,7 +384,20 @@ static void flush(struct kvod_pacer *p, struct kvod_batch *b, int64_t now)
 	batch_reset(b);
 }
 
-static int64_t next_wake(const struct kvod_stream *s, int64_t now)
+/* when record next_record is due, from the cache when it still holds */
+static int64_t next_due(struct kvod_stream *s)
+{
+	if (s->due_rec != s->next_record || s->due_t0 != s->t0 ||
+	    !s->next_due) {
+		s->due_rec = s->next_record;
+		s->due_t0 = s->t0;
+		s->next_due = s->next_record < s->nrec ?
+			      kvod_stream_due(s, s->next_record) : INT64_MAX;
+	}
+	return s->next_due;
+}
+
+static int64_t next_wake(struct kvod_stream *s, int64_t now)
 {
 	if (s->state != KVOD_STATE_PLAYING)
 		return INT64_MAX;
@@ -392,7 +405,7 @@ static int64_t next_wake(const struct kvod_stream *s, int64_t now)
 		return s->retry_at;
 	if (s->unpaced)
 		return now;
-	return kvod_stream_due(s, s->next_record);
+	return next_due(s);
 }
 
 /* Lay out what @s has due, flushing @b whenever it fills up. */
@@ -437,12 +450,19 @@ static void fill_stream(struct kvod_pacer *p, struct kvod_batch *b,
 	}
 }
 
-/* One pass over the thread's streams; returns when it next needs to run. */
+/*
+ * One pass over the thread's streams; returns when it next needs to run.
+ * A stream with nothing due within the lookahead costs a look at its
+ * cached due time; the streams that sent are looked at again after the
+ * last flush, for their next due time.
+ */
 static int64_t pacer_round(struct kvod_pacer *p, int64_t now)
 {
 	struct kvod_batch *b = p->batch;
 	bool uring = p->strategy == KVOD_STRATEGY_URING_GSO && p->uring;
+	int64_t horizon = now + p->lookahead_ns;
 	int64_t wake = INT64_MAX;
+	struct kvod_stream *work = NULL;
 	struct kvod_sock *sk;
 	struct kvod_stream *s;
 
@@ -454,28 +474,43 @@ static int64_t pacer_round(struct kvod_pacer *p, int64_t now)
 		if (sk->zc && sk->zc->first_id != sk->zc->next_id)
 			kvod_zc_reap(p, sk);
 		for (s = sk->streams; s; s = s->next) {
+			int64_t t;
+
 			if (s->state != KVOD_STATE_PLAYING)
 				continue;
-			if (s->retry_at > now)
+			if (s->retry_at > now) {
+				if (s->retry_at < wake)
+					wake = s->retry_at;
 				continue;
+			}
 			s->retry_at = 0;
+			if (s->next_record >= s->nrec) {
+				s->state = KVOD_STATE_ENDED;
+				continue;
+			}
+			t = s->unpaced ? now : next_due(s);
+			if (t > horizon) {
+				if (t < wake)
+					wake = t;
+				continue;
+			}
 			fill_stream(p, b, s, now);
+			s->touched = work;
+			work = s;
 		}
 	}
 	flush(p, b, now);
 
 	now = kvod_now_ns();
-	for (sk = p->socks; sk; sk = sk->next) {
-		for (s = sk->streams; s; s = s->next) {
-			int64_t t;
+	for (s = work; s; s = s->touched) {
+		int64_t t;
 
-			if (s->state == KVOD_STATE_PLAYING &&
-			    s->next_record >= s->nrec)
-				s->state = KVOD_STATE_ENDED;
-			t = next_wake(s, now);
-			if (t < wake)
-				wake = t;
-		}
+		if (s->state == KVOD_STATE_PLAYING &&
+		    s->next_record >= s->nrec)
+			s->state = KVOD_STATE_ENDED;
+		t = next_wake(s, now);
+		if (t < wake)
+			wake = t;
 	}
 	return wake;
 }

@@ -116,6 +116,12 @@ struct kvod_stream {
 	int64_t blocked_due;	/* due time of the record the fill blocked */
 	int64_t retry_at;
 	uint64_t fill_limit;
+	/* due time of record due_rec under schedule due_t0: a cache, so that
+	 * a round skips a stream without touching its hint records */
+	int64_t next_due;
+	uint64_t due_rec;
+	int64_t due_t0;
+	struct kvod_stream *touched;	/* next in the round's work list */
 	/* the counters; the state fields are filled in when read */
 	struct kvod_stream_stats st;
 };
