@@ -44,9 +44,11 @@ def _progress(label: str, quiet: bool):
               help="nic sink: leave UDP segmentation to the device (default: software).")
 @click.option("--strategy", "strategies", multiple=True,
               help="Only these strategies (repeatable); default all.")
+@click.option("--repeat", default=1, show_default=True,
+              help="Runs of each strategy, interleaved; the least CPU counts.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def bench_datapath(size: str, payload: str, sink: str, offload: bool,
-                   strategies: tuple[str, ...], as_json: bool) -> None:
+                   strategies: tuple[str, ...], repeat: int, as_json: bool) -> None:
     """CPU per GiB of every send strategy, side by side (the research's table)."""
     from rtpengine.bench_datapath import format_table, parse_size, run_datapath
     from rtpengine.netns_sink import SinkError
@@ -55,7 +57,7 @@ def bench_datapath(size: str, payload: str, sink: str, offload: bool,
         with _progress("datapath", as_json and not sys.stderr.isatty()) as progress:
             result = run_datapath(size=parse_size(size), payloads=payloads, sink=sink,
                                   offload=offload, strategies=list(strategies) or None,
-                                  progress=progress)
+                                  repeat=repeat, progress=progress)
     except (SinkError, ValueError, RuntimeError) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(json.dumps(result, indent=2) if as_json else format_table(result))
@@ -73,12 +75,14 @@ def bench_datapath(size: str, payload: str, sink: str, offload: bool,
               show_default=True, help="Where the other streams go (nic needs root).")
 @click.option("--ports", type=click.Choice(["shared", "per-session"]), default="shared",
               show_default=True, help="One server port for all, or one per session.")
+@click.option("--lookahead-ms", default=0.5, show_default=True,
+              help="How early a packet may leave to share a batch (engine lookahead).")
 @click.option("--search", is_flag=True,
               help="Then search for the most streams keeping >= 99.9% within 5 ms.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def bench_streams(sessions: str, bitrate: str, seconds: float, sample: int,
-                  strategy: str, sink: str, ports: str, search: bool,
-                  as_json: bool) -> None:
+                  strategy: str, sink: str, ports: str, lookahead_ms: float,
+                  search: bool, as_json: bool) -> None:
     """CPU per stream-second and timeliness of N paced streams."""
     from rtpengine.bench_scale import format_table, run_scale
     from rtpengine.netns_sink import SinkError
@@ -87,7 +91,8 @@ def bench_streams(sessions: str, bitrate: str, seconds: float, sample: int,
         with _progress("streams", as_json and not sys.stderr.isatty()) as progress:
             result = run_scale(counts, bitrate=bitrate, seconds=seconds, sample=sample,
                                strategy=strategy, sink=sink, shared=ports == "shared",
-                               search=search, progress=progress)
+                               search=search, lookahead_ns=int(lookahead_ms * 1e6),
+                               progress=progress)
     except (SinkError, ValueError, RuntimeError) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(json.dumps(result, indent=2) if as_json else format_table(result))

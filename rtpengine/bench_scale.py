@@ -269,7 +269,8 @@ def run_scale(counts: list[int], *, bitrate: str = "4M", seconds: float = 10.0,
     from .bench_media import bench_title
     from .mpegts import index_mpegts
     media = bench_title(bitrate=bitrate, seconds=max(30, int(seconds) + 5))
-    result: dict = {"title": media, "runs": [], "search": None}
+    result: dict = {"title": media, "lookahead_ms": (lookahead_ns or 500_000) / 1e6,
+                    "runs": [], "search": None}
     with tempfile.TemporaryDirectory(prefix="kvod-bench-") as tmp:
         hint = os.path.join(tmp, "bench.hint")
         index_mpegts(media, hint)
@@ -314,7 +315,8 @@ def run_scale(counts: list[int], *, bitrate: str = "4M", seconds: float = 10.0,
 
 def format_table(result: dict) -> str:
     """The human-readable table of :func:`run_scale`'s result."""
-    lines = [f"title: {result['title']}",
+    lines = [f"title: {result['title']}, engine lookahead "
+             f"{result.get('lookahead_ms', 0.5)} ms (packets may leave that early)",
              f"{'streams':>8} {'strategy':>9} {'ports':>11} {'Mb/s':>5} "
              f"{'CPU ms/stream-s':>15} {'calls/s':>8} {'<=1ms':>9} {'<=5ms':>9} "
              f"{'max late':>9} | {'sample <=1ms':>12} {'<=5ms':>9} {'p99 late':>9} "
