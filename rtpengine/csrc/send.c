@@ -179,11 +179,14 @@ void kvod_flush_mmsg(struct kvod_pacer *p, struct kvod_batch *b, int64_t now)
 	unsigned int m = 0;
 
 	while (m < b->nmsg) {
-		int64_t t = kvod_now_ns();
 		struct kvod_run *run;
+		int64_t t;
 		int r, err;
 
 		r = sendmmsg(sk->fd, b->msgs + m, b->nmsg - m, flags);
+		/* stamped after the call: a call of a thousand messages takes
+		 * milliseconds, and its last packet is only out at the end */
+		t = kvod_now_ns();
 		p->st.syscalls++;
 		if (r > 0) {
 			if (sk->zerocopy)
@@ -354,8 +357,8 @@ void kvod_flush_classic(struct kvod_pacer *p, struct kvod_batch *b,
 	while (m < b->nmsg) {
 		struct kvod_run *run = &b->runs[b->msg_run[m]];
 		uint64_t before = p->st.syscalls;
-		int64_t t = kvod_now_ns();
 		int err = send_one(p, b, run->s, m);
+		int64_t t = kvod_now_ns();
 
 		/* every call made for the packet counts for its stream
 		 * (kvod_account() counts one) */

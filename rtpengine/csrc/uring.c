@@ -68,7 +68,7 @@ void kvod_flush_uring(struct kvod_pacer *p, struct kvod_batch *b,
 	struct kvod_uring *u = p->uring;
 	struct io_uring_cqe *cqe;
 	unsigned int m, i, seen = 0, head;
-	int64_t t = kvod_now_ns();
+	int64_t t;
 	int r;
 
 	for (m = 0; m < b->nmsg; m++) {
@@ -87,6 +87,7 @@ void kvod_flush_uring(struct kvod_pacer *p, struct kvod_batch *b,
 		r = io_uring_submit_and_wait(&u->ring, b->nmsg);
 		p->st.syscalls++;
 	} while (r == -EINTR);
+	t = kvod_now_ns();	/* after the sends, as in send.c */
 	io_uring_for_each_cqe(&u->ring, head, cqe) {
 		uint64_t idx = io_uring_cqe_get_data64(cqe);
 
