@@ -92,7 +92,7 @@ def test_gstreamer_receives_bytes_identical_to_the_file(daemon, ts_file, tmp_pat
     output, _ = proc.communicate(timeout=40)
     elapsed = time.monotonic() - started
     assert proc.returncode == 0, output
-    assert sha256(out) == sha256(ts_file)
+    assert sha256(out) == sha256(ts_file), (os.path.getsize(out), output)
     # paced at the media rate: a 10 s title is not blasted at once
     assert 9.0 < elapsed < 15.0
 
@@ -110,7 +110,9 @@ def test_concurrent_gstreamer_clients_each_get_the_file(daemon, short_ts_file, t
     for proc, out in zip(procs, outs):
         output, _ = proc.communicate(timeout=60)
         assert proc.returncode == 0, output
-        assert sha256(out) == want
+        size = os.path.getsize(out) if os.path.exists(out) else None
+        assert sha256(out) == want, (f"{out}: {size} bytes, want {os.path.getsize(short_ts_file)}; "
+                                     f"gst said {output!r}; daemon log tail:\n{daemon.log()[-3000:]}")
 
 
 # -- protocol behaviour, with kvod's own client --------------------------------------
