@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import sys
 import time
 
@@ -216,6 +217,64 @@ def catalog_rm(ctx: click.Context, name: str, keep_files: bool) -> None:
     finally:
         db.close()
     click.echo(f"removed {name}")
+
+
+def _admin_address(listen: str) -> tuple[str, int]:
+    """(host, port) to reach an admin endpoint like ``tcp:8555:interface=127.0.0.1``."""
+    parts = re.split(r"(?<!\\):", listen)
+    kind, args = parts[0], parts[1:]
+    positional = [a for a in args if "=" not in a]
+    options = dict(a.split("=", 1) for a in args if "=" in a)
+    if kind not in ("tcp", "tcp6") or not (positional or "port" in options):
+        raise click.ClickException(f"admin.listen {listen!r}: kvod status needs a tcp endpoint")
+    port = int(options.get("port") or positional[0])
+    host = options.get("interface", "").replace("\\:", ":")
+    if host in ("", "0.0.0.0"):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    return host, port
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the daemon's status JSON.")
+@click.pass_context
+def status(ctx: click.Context, as_json: bool) -> None:
+    """Show the running daemon: engine strategy, sessions, streams."""
+    import urllib.error
+    import urllib.request
+    host, port = _admin_address(_config(ctx).admin.listen)
+    url = f"http://{'[' + host + ']' if ':' in host else host}:{port}/status"
+    try:
+        with urllib.request.urlopen(url, timeout=5) as reply:
+            info = json.load(reply)
+    except (urllib.error.URLError, OSError) as exc:
+        raise click.ClickException(f"kvod is not answering on {url} ({exc})") from None
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    engine = info["engine"]
+    up = int(info["uptime_s"])
+    click.echo(f"kvod {info['version']}, pid {info['pid']}, up {up // 3600}h{up % 3600 // 60:02d}m")
+    features = " ".join(k for k, v in engine.get("features", {}).items() if v) or "none"
+    click.echo(f"engine: {engine['strategy']} (asked {engine['requested_strategy']}), "
+               f"{engine['threads']} thread(s), kernel features: {features}")
+    if engine.get("fallback"):
+        click.echo(f"engine fallback: {engine['fallback']}")
+    if engine.get("runtime_refused"):
+        click.echo(f"refused at run time: {', '.join(engine['runtime_refused'])}")
+    totals = info["totals"]
+    click.echo(f"sessions: {totals['sessions']} ({totals['playing']} playing), "
+               f"{totals['packets_sent']} packets sent")
+    if info["sessions"]:
+        click.echo(f"{'SESSION':<17} {'TITLE':<20} {'CLIENT':<22} {'STATE':<8} "
+                   f"{'SENT':>9} {'LOSS':>6} {'LATE>5ms':>8} STRATEGY")
+    for session in info["sessions"]:
+        for stream in session["streams"].values():
+            click.echo(f"{session['id']:<17} {session['title'][:20]:<20} "
+                       f"{stream['client'][:22]:<22} {session['state']:<8} "
+                       f"{stream.get('packets_sent', 0):>9} {stream['loss_fraction']:>6.1%} "
+                       f"{stream.get('late_5ms', 0):>8} {stream.get('strategy', '-')}")
 
 
 @cli.group()
