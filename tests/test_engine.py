@@ -105,21 +105,6 @@ class Receiver:
         self.sock.close()
 
 
-@pytest.fixture
-def receivers():
-    """Make receivers; all are closed at the end of the test."""
-    made: list[Receiver] = []
-
-    def make() -> Receiver:
-        r = Receiver()
-        made.append(r)
-        return r
-
-    yield make
-    for r in made:
-        r.close()
-
-
 def write_hints(path, records: list[HintRecord], *, payload_type: int = 33,
                 blob: bytes = b"", duration_ns: int | None = None) -> str:
     """A hint file of ``records``, with ``blob`` as its blob area."""
