@@ -39,10 +39,9 @@ BOOT_MODULES = ("virtio_pci", "9pnet_virtio", "9p")
 NICE = 10
 # what the kernel log must never show after a test run
 KERNEL_TROUBLE = re.compile(
-    r"WARNING:|BUG:|Oops|general protection|Call Trace|kernel panic|"
-    r"UBSAN|KASAN|refcount_t|list_(add|del) corruption|INFO: task .* blocked|"
-    r"soft lockup|hard LOCKUP|rcu_sched self-detected|krtp: unloaded with",
-    re.I)
+    r"WARNING:|BUG:|\bOops\b|general protection fault|Call Trace:|Kernel panic|"
+    r"UBSAN:|KASAN:|refcount_t:|list_(add|del) corruption|INFO: task .* blocked|"
+    r"soft lockup|hard LOCKUP|self-detected stall|krtp: unloaded with")
 
 
 class GuestError(RuntimeError):
