@@ -12,19 +12,27 @@
 #define KRTP_CORE_H
 
 #include <linux/atomic.h>
+#include <linux/bits.h>
 #include <linux/fs.h>
 #include <linux/list.h>
 #include <linux/mm_types.h>
 #include <linux/mutex.h>
 #include <linux/net.h>
+#include <linux/socket.h>
 #include <linux/types.h>
-#include <linux/version.h>
 
 #include "uapi/krtp.h"
 
-/* 6.5 replaced ->sendpage by sendmsg(MSG_SPLICE_PAGES) */
-#if LINUX_VERSION_CODE >= KERNEL_VERSION(6, 5, 0)
+/*
+ * 6.5 replaced ->sendpage by sendmsg(MSG_SPLICE_PAGES) and removed
+ * MSG_SENDPAGE_NOTLAST with it. MSG_SPLICE_PAGES itself is no sign: some
+ * 6.1 stable kernels define it without UDP taking it.
+ */
+#ifndef MSG_SENDPAGE_NOTLAST
 #define KRTP_SPLICE_PAGES	1
+#define KRTP_SEND_MECHANISM	"MSG_SPLICE_PAGES"
+#else
+#define KRTP_SEND_MECHANISM	"sendpage"
 #endif
 
 #define KRTP_RTP_HEADER		12
@@ -33,7 +41,7 @@
 /* header + payload pages of the largest datagram */
 #define KRTP_MAX_BVEC		(KRTP_MAX_DATAGRAM / PAGE_SIZE + 3)
 /* Python's limit too: more records than this is a hostile hint file */
-#define KRTP_MAX_RECORDS	(1ULL << 32)
+#define KRTP_MAX_RECORDS	BIT_ULL(32)
 /* packets due this soon are sent now */
 #define KRTP_LOOKAHEAD_NS	500000LL
 /* back-off after EAGAIN/ENOBUFS before the same packet is tried again */

@@ -393,8 +393,7 @@ static int __init krtp_init(void)
 	if (err)
 		goto err_workers;
 	pr_info("ABI %u, %u pacing threads, %s\n", KRTP_ABI_VERSION,
-		krtp_workers_count(),
-		IS_ENABLED(KRTP_SPLICE_PAGES) ? "MSG_SPLICE_PAGES" : "sendpage");
+		krtp_workers_count(), KRTP_SEND_MECHANISM);
 	return 0;
 
 err_workers:

@@ -71,3 +71,13 @@ def test_dkms_builds_against_installed_headers(kernels, tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     built = list(tree.glob(f"krtp/0.1/{version}/*/module/krtp.ko*"))
     assert built, r.stdout
+
+
+def test_checkpatch_is_clean():
+    """The kernel's checkpatch.pl --strict finds nothing in kernel/."""
+    r = subprocess.run([os.path.join(ROOT, "packaging", "checkpatch"), "--strict"],
+                       capture_output=True, text=True, timeout=900)
+    totals = [line for line in r.stdout.splitlines() if line.startswith("total:")]
+    assert totals and r.returncode == 0, r.stdout + r.stderr
+    assert all(line.startswith("total: 0 errors, 0 warnings, 0 checks") for line in totals), \
+        r.stdout
