@@ -555,3 +555,68 @@ def test_unload_refused_while_streaming(receivers, tmp_path, tmpfs_copy, short_t
     finally:
         child.kill()
         child.wait(timeout=30)
+
+
+# --- a real client -----------------------------------------------------------------
+
+def _udp_listening(port: int) -> bool:
+    with open("/proc/net/udp") as f:
+        return any(line.split()[1].endswith(f":{port:04X}") for line in list(f)[1:])
+
+
+def _udp_queued(port: int) -> bool:
+    """Bytes wait in the receive queue of the socket on ``port``."""
+    with open("/proc/net/udp") as f:
+        for line in list(f)[1:]:
+            fields = line.split()
+            if fields[1].endswith(f":{port:04X}"):
+                return int(fields[4].split(":")[1], 16) > 0
+    return False
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_gstreamer_receives_the_title_whole(engine_factory, tmp_path, tmpfs_copy,
+                                            short_ts_file, strategy):
+    """GStreamer's rtpmp2tdepay writes exactly the file the module streamed."""
+    media = tmpfs_copy(short_ts_file)
+    size = os.path.getsize(media)
+    hints = write_hints(tmp_path / "g.hint", chunk_records(size, 3 * SEC))
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    out = tmp_path / "received.ts"
+    gst = subprocess.Popen(
+        ["gst-launch-1.0", "-q", "-e", "udpsrc", "address=127.0.0.1", f"port={port}",
+         "buffer-size=8388608",
+         "caps=application/x-rtp,media=video,clock-rate=90000,encoding-name=MP2T,payload=33",
+         "!", "rtpmp2tdepay", "!", "filesink", f"location={out}"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not _udp_listening(port):
+            assert gst.poll() is None, gst.stdout.read()
+            assert time.monotonic() < deadline, "gst-launch never listened"
+            time.sleep(0.1)
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.connect(("127.0.0.1", port))
+        stream = open_stream(engine_factory(strategy), sock, media, hints,
+                             ssrc=0x1234, seq0=65500, ts0=7)
+        stream.play()
+        st = wait_state(stream, "ended", timeout=60)
+        assert st.packets_sent == st.record_count and st.packets_dropped == 0
+        # filesink buffers: the size tells nothing until EOS; let the
+        # client drain its socket, then stop it
+        deadline = time.monotonic() + 30
+        while _udp_queued(port) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(0.5)
+    finally:
+        gst.send_signal(signal.SIGINT)          # -e: EOS, then the file is complete
+        try:
+            gst.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            gst.kill()
+            gst.wait()
+    with open(media, "rb") as f:
+        assert out.read_bytes() == f.read()
