@@ -212,6 +212,7 @@ class GuestResult:
     dmesg: str                  # the guest's kernel log after the script
     console: str                # the serial console (boot messages, panics)
     seconds: float
+    files: dict[str, bytes]     # what the script left in /tmp/results
 
     @property
     def trouble(self) -> list[str]:
@@ -244,8 +245,8 @@ def run_in_guest(kernel: Kernel, script: str, *, timeout: float = 600,
     """Boot ``kernel`` and run ``script`` (sh) in the host's root, as root.
 
     ``files`` are put beside the script, in /tmp/results of the guest,
-    which is also where the script may leave files for the caller (they
-    are not returned here; use ``keep`` in the script's own output).
+    which is also where the script may leave files for the caller
+    (``GuestResult.files``).
     """
     import time
 
@@ -286,9 +287,15 @@ def run_in_guest(kernel: Kernel, script: str, *, timeout: float = 600,
             except FileNotFoundError:
                 return ""
 
+        ours = {"run.sh", "rc", "output.log", "dmesg.txt", "console.log", *(files or {})}
+        left = {}
+        for name in os.listdir(res):
+            if name not in ours and os.path.isfile(os.path.join(res, name)):
+                with open(os.path.join(res, name), "rb") as f:
+                    left[name] = f.read()
         rc_text = read("rc").strip()
         result = GuestResult(rc=int(rc_text) if rc_text else None, output=read("output.log"),
                              dmesg=read("dmesg.txt"),
                              console=read("console.log") + qemu_out.decode("utf-8", "replace"),
-                             seconds=seconds)
+                             seconds=seconds, files=left)
     return result
