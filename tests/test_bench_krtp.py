@@ -14,7 +14,8 @@ def test_benchmark_measures_each_available_method(tmp_path):
     assert names == [s for s in engine.STRATEGIES if s != "auto"]
     for r in results:
         assert r.packets == (4 << 20) // bench_krtp.CHUNK + 1
-        assert r.cpu_s_per_gib > 0 and r.wall_s_per_gib > 0
+        # CPU time comes in 10 ms ticks: 4 MiB may cost less than one
+        assert r.cpu_s_per_gib >= 0 and r.wall_s_per_gib > 0
     text = bench_krtp.table(results)
     assert "CPU s/GiB" in text and all(n in text for n in names)
 
