@@ -232,9 +232,15 @@ class HintFile:
         seconds, so this reads a few thousand records at most.
         """
         i = self.index_at(send_ns)
-        while i > 0:
-            flags = struct.unpack_from("<H", self._map, HEADER_SIZE + i * RECORD_SIZE + 24)[0]
-            if flags & REC_KEYFRAME:
-                return i
+        while i > 0 and not self._flags(i) & REC_KEYFRAME:
             i -= 1
-        return 0
+        # Records sharing a send time leave together: start at the first
+        # keyframe of the group (record 0 holds PAT/PMT at the same time as
+        # the first IDR, and a player needs both).
+        while i > 0 and self._flags(i - 1) & REC_KEYFRAME and \
+                self._send_ns(i - 1) == self._send_ns(i):
+            i -= 1
+        return i
+
+    def _flags(self, index: int) -> int:
+        return struct.unpack_from("<H", self._map, HEADER_SIZE + index * RECORD_SIZE + 24)[0]

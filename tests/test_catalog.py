@@ -447,3 +447,13 @@ def test_well_formed_names_are_accepted(segments):
     name = "/".join(segments)[:255].rstrip("/")
     if name and not name.split("/")[-1] in (".", ".."):
         assert validate_title_name(name) == name
+
+
+def test_file_catalog_commits_without_fsync_per_commit(tmp_path):
+    """WAL + synchronous=NORMAL: safe against corruption, cheap commits."""
+    from catalog import open_catalog
+    db = open_catalog(tmp_path / "c.db")
+    try:
+        assert db.db.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
+    finally:
+        db.close()

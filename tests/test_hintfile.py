@@ -309,6 +309,9 @@ def test_seek_matches_brute_force(steps, probes):
                 at = max([i for i, s in enumerate(send) if s <= when], default=0)
                 assert h.index_at(when) == at
                 key = max([i for i in range(at + 1) if flags[i] & REC_KEYFRAME], default=0)
+                # keyframes sharing a send time: the first of them
+                while key > 0 and flags[key - 1] & REC_KEYFRAME and send[key - 1] == send[key]:
+                    key -= 1
                 assert h.keyframe_at_or_before(when) == key
 
 
@@ -351,3 +354,22 @@ def test_packetize_refuses_a_record_past_the_media(tmp_path):
     write_hint_file(tmp_path / "h", HintHeader(90000, 33, 1, 0), rec.pack())
     with HintFile(tmp_path / "h") as h, pytest.raises(ValueError, match="past the end"):
         list(packetize(h, bytes(1050), ssrc=1, seq0=0, ts0=0))
+
+
+def test_keyframe_seek_prefers_first_keyframe_at_same_time(tmp_path):
+    """Record 0 (PAT/PMT) and record 1 (the first IDR) share send time 0;
+    a seek to 0 must start at record 0, or players miss the tables."""
+    from rtpengine.hintfile import REC_KEYFRAME, HintFile, HintHeader, HintRecord, write_hint_file
+    recs = [HintRecord(0, 564, 0, 0, REC_KEYFRAME, b""),
+            HintRecord(564, 1316, 0, 0, REC_KEYFRAME, b""),
+            HintRecord(1880, 1316, 90, 1_000_000, 0, b""),
+            HintRecord(3196, 1316, 900, 10_000_000, REC_KEYFRAME, b""),
+            HintRecord(4512, 1316, 900, 10_000_000, 0, b"")]
+    path = tmp_path / "t.hint"
+    write_hint_file(path, HintHeader(90000, 33, len(recs), 20_000_000),
+                    b"".join(r.pack() for r in recs))
+    with HintFile(path) as hints:
+        assert hints.keyframe_at_or_before(0) == 0
+        assert hints.keyframe_at_or_before(5_000_000) == 0
+        assert hints.keyframe_at_or_before(10_000_000) == 3
+        assert hints.keyframe_at_or_before(99_000_000) == 3

@@ -1,0 +1,122 @@
+"""Start-up latency of a real daemon: DESCRIBE or PLAY to the first RTP packet.
+
+Runs ``kvod serve`` as a child process on loopback with a throw-away
+catalog holding one title, then opens ``sessions`` sessions one after the
+other and times, for each:
+
+- ``play``: from sending PLAY to the arrival of the first RTP packet;
+- ``describe``: from sending DESCRIBE on a fresh connection (already
+  connected) through SETUP and PLAY to the first RTP packet.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Callable
+
+from appliance.rtsp_client import RtpReceiver, RtspClient
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(int(q * len(ordered)), len(ordered) - 1)]
+
+
+class _Daemon:
+    """kvod serve in a temporary folder, for the length of a benchmark."""
+
+    def __init__(self, media_path: str):
+        self.tmp = tempfile.TemporaryDirectory(prefix="kvod-bench-")
+        self.port = _free_port()
+        self.config = os.path.join(self.tmp.name, "kvod.toml")
+        with open(self.config, "w") as f:
+            f.write(f'[rtsp]\nlisten = "tcp:{self.port}:interface=127.0.0.1"\n'
+                    f'rtp_port_min = 40000\nrtp_port_max = 49998\n'
+                    f'[cache]\ndir = "cache"\n[catalog]\npath = "catalog.db"\n'
+                    f'[log]\nlevel = "warning"\n')
+        cmd = [sys.executable, "-m", "appliance", "--config", self.config]
+        subprocess.run(cmd + ["catalog", "add", media_path, "--name", "bench"],
+                       check=True, capture_output=True, cwd=ROOT, timeout=300)
+        self.proc = subprocess.Popen(cmd + ["serve"], cwd=ROOT, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                break
+            except OSError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("kvod serve did not start: "
+                                       + self.proc.stderr.read().decode(errors="replace"))
+                time.sleep(0.05)
+
+    def close(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.tmp.cleanup()
+
+
+def _one_session(port: int) -> tuple[float, float]:
+    receiver = RtpReceiver()
+    client = RtspClient("127.0.0.1", port)
+    try:
+        url = client.url("bench")
+        t_describe = time.monotonic_ns()
+        resp = client.request("DESCRIBE", url, [("Accept", "application/sdp")])
+        if resp.status != 200:
+            raise RuntimeError(f"DESCRIBE answered {resp.status}")
+        session, _, _ = client.setup_udp(url + "/trackID=0", receiver.ports)
+        t_play = time.monotonic_ns()
+        resp = client.request("PLAY", url + "/", [("Session", session), ("Range", "npt=0-")])
+        if resp.status != 200:
+            raise RuntimeError(f"PLAY answered {resp.status}")
+        if not receiver.wait_for(1, timeout=5):
+            raise RuntimeError("no RTP packet within 5 s of PLAY")
+        first = receiver.packets[0][0]
+        client.request("TEARDOWN", url + "/", [("Session", session)])
+        return (first - t_describe) / 1e6, (first - t_play) / 1e6
+    finally:
+        client.close()
+        receiver.close()
+
+
+def run_latency(media_path: str, sessions: int = 50,
+                progress: Callable[[float], None] | None = None) -> dict:
+    """Time ``sessions`` start-ups against a fresh daemon; milliseconds."""
+    daemon = _Daemon(media_path)
+    try:
+        _one_session(daemon.port)  # warm the page cache and the catalog
+        describe, play = [], []
+        for i in range(sessions):
+            d, p = _one_session(daemon.port)
+            describe.append(d)
+            play.append(p)
+            if progress:
+                progress((i + 1) / sessions)
+    finally:
+        daemon.close()
+    return {
+        "sessions": sessions,
+        "play_to_first_rtp_ms": {"p50": round(_percentile(play, 0.5), 3),
+                                 "p99": round(_percentile(play, 0.99), 3)},
+        "describe_to_first_rtp_ms": {"p50": round(_percentile(describe, 0.5), 3),
+                                     "p99": round(_percentile(describe, 0.99), 3)},
+    }

@@ -1,0 +1,153 @@
+"""The kvod daemon: builds the Twisted service tree from a Config.
+
+``make_service(config, reactor)`` opens the catalog, starts the C engine,
+listens for RTSP, and arms the session-expiry timer; ``kvod serve`` runs it.
+systemd readiness (READY=1 once the catalog is migrated and every port
+listens) and the watchdog are sent when the daemon runs under systemd.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+
+from twisted.application import service
+from twisted.internet import endpoints
+
+from appliance.config import Config
+from appliance.rtsp_protocol import RtspFactory
+from appliance.rtsp_server import RtspServer
+from appliance.udp_media import UdpMediaBackend
+from catalog import open_catalog
+from rtpengine.engine import Engine
+
+log = logging.getLogger(__name__)
+
+
+def _sd_notify(message: str) -> None:
+    """Tell systemd ``message`` when running under it (NOTIFY_SOCKET set)."""
+    if not os.environ.get("NOTIFY_SOCKET"):
+        return
+    try:
+        from systemd import daemon as sd_daemon
+    except ImportError:
+        return
+    sd_daemon.notify(message)
+
+
+class SessionTimer(service.Service):
+    """Arms one callLater for the session layer's next timer, re-armed on use."""
+
+    def __init__(self, server: RtspServer, reactor, clock=time.monotonic):
+        self.server = server
+        self.reactor = reactor
+        self.clock = clock
+        self._call = None
+
+    def rearm(self) -> None:
+        """Schedule ``handle_timer`` for the server's current deadline."""
+        if not self.running:
+            return
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+        deadline = self.server.get_timer()
+        if deadline is not None:
+            delay = max(deadline - self.clock(), 0.0) + 0.01
+            self._call = self.reactor.callLater(delay, self._fire)
+
+    def _fire(self) -> None:
+        self._call = None
+        self.server.handle_timer(self.clock())
+        self.rearm()
+
+    def startService(self) -> None:  # noqa: N802 (Twisted API)
+        super().startService()
+        self.rearm()
+
+    def stopService(self):  # noqa: N802 (Twisted API)
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        return super().stopService()
+
+
+class KvodService(service.MultiService):
+    """The daemon: catalog, engine, media backend, RTSP listener, timers."""
+
+    def __init__(self, config: Config, reactor):
+        super().__init__()
+        self.config = config
+        self.reactor = reactor
+        self.catalog = open_catalog(config.catalog.path)
+        self.engine = Engine(threads=config.engine.threads, strategy=config.engine.strategy)
+        log.info("engine: %s strategy, %s thread(s)", self.engine.strategy,
+                 config.engine.threads or os.cpu_count())
+        self.media = UdpMediaBackend(
+            engine=self.engine, reactor=reactor,
+            port_min=config.rtsp.rtp_port_min, port_max=config.rtsp.rtp_port_max,
+            sr_interval=config.rtcp.sr_interval,
+            cname=f"kvod@{socket.gethostname()}",
+            on_alive=lambda session_id: self.server.touch(session_id, time.monotonic()))
+        self.server = RtspServer(titles=self.catalog, media=self.media,
+                                 session_timeout=config.rtsp.session_timeout,
+                                 max_sessions=config.rtsp.max_sessions,
+                                 server_name=config.rtsp.server_name)
+        self.timer = SessionTimer(self.server, reactor)
+        self.timer.setServiceParent(self)
+        self.factory = RtspFactory(self.server, max_connections=config.rtsp.max_connections,
+                                   on_request=self.timer.rearm)
+        self.exit_code = 0
+        self.endpoint = endpoints.serverFromString(reactor, config.rtsp.listen)
+        self.port = None
+
+    def startService(self) -> None:  # noqa: N802 (Twisted API)
+        super().startService()
+        self.media.start()
+        d = self.endpoint.listen(self.factory)
+        d.addCallback(self._listening)
+        d.addErrback(self._listen_failed)
+
+    def _listening(self, port) -> None:
+        self.port = port
+        addr = port.getHost()
+        log.info("listening for RTSP on %s:%d", addr.host, addr.port)
+        _sd_notify(f"READY=1\nSTATUS=serving RTSP on port {addr.port}")
+        return port
+
+    def _listen_failed(self, failure) -> None:
+        log.error("cannot listen for RTSP on %s: %s", self.config.rtsp.listen,
+                  failure.getErrorMessage())
+        self.exit_code = 1
+        self.reactor.stop()
+
+    def stopService(self):  # noqa: N802 (Twisted API)
+        _sd_notify("STOPPING=1")
+        self.server.close_all()
+        self.media.stop()
+        if self.port is not None:
+            self.port.stopListening()
+            self.port = None
+        d = super().stopService()
+
+        def _release(result):
+            self.engine.close()
+            self.catalog.close()
+            return result
+        return d.addBoth(_release)
+
+
+def make_service(config: Config, reactor) -> KvodService:
+    """Build the daemon's service tree for ``config`` on ``reactor``."""
+    return KvodService(config, reactor)
+
+
+def run(config: Config) -> int:
+    """Run the daemon in the foreground until SIGINT/SIGTERM."""
+    from twisted.internet import reactor
+    daemon = make_service(config, reactor)
+    reactor.callWhenRunning(daemon.startService)
+    reactor.addSystemEventTrigger("before", "shutdown", daemon.stopService)
+    reactor.run()
+    return daemon.exit_code

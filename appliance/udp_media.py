@@ -1,0 +1,322 @@
+"""RTP over UDP unicast: server port pairs, the C engine, and RTCP.
+
+The real ``MediaBackend`` of the session layer. Each stream gets an even
+server RTP port (its socket, connected to the client, is handed to the
+engine, which sends every packet) and the next odd port for RTCP, which
+Twisted serves: receiver reports in, sender reports and BYE out. Python does
+nothing per packet; it polls the engine's counters once a second.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from typing import Callable
+
+from twisted.internet import error as terror
+from twisted.internet.protocol import DatagramProtocol
+from twisted.internet.task import LoopingCall
+
+from appliance.client_quirks import NO_QUIRKS, ClientQuirks
+from appliance.media_ports import MediaUnavailable, PlayStart
+from rtpengine import rtcp
+from rtpengine.engine import Engine, EngineError
+from rtpengine.hintfile import HintFile
+from rtpengine.rtp import RtpHeader, random_seq, random_ssrc, random_ts, seq_add, ts_add
+from rtpengine.ts_trailer import TAIL_BYTES, pes_flush_trailer
+
+log = logging.getLogger(__name__)
+
+# How often ended streams are noticed (BYE) and counters refreshed.
+POLL_INTERVAL = 1.0
+# Pause between the end-of-stream trailer and the RTCP BYE.
+TRAILER_TO_BYE = 0.25
+
+
+class RtcpPort(DatagramProtocol):
+    """The RTCP half of a stream's port pair."""
+
+    noisy = False  # one per session: Twisted's start/stop lines are noise
+
+    def __init__(self, stream: "UdpMediaStream"):
+        self.stream = stream
+
+    def datagramReceived(self, data: bytes, addr) -> None:  # noqa: N802 (Twisted API)
+        # Only the client this stream sends to may report on it.
+        if addr[0] != self.stream.client_host:
+            return
+        try:
+            packets = rtcp.parse_compound(data)
+        except rtcp.RtcpError as exc:
+            log.debug("stream %s: bad RTCP from %s: %s", self.stream.label, addr, exc)
+            return
+        self.stream.receiver_report(packets)
+
+
+class UdpMediaStream:
+    """One track streamed to one client over an RTP/RTCP UDP port pair."""
+
+    def __init__(self, backend: "UdpMediaBackend", *, session_id: str, title, track,
+                 client_host: str, client_ports: tuple[int, int],
+                 quirks: ClientQuirks = NO_QUIRKS):
+        self.backend = backend
+        self.session_id = session_id
+        self.label = f"{session_id}/{track.track_index}"
+        self.client_host = client_host
+        self.client_ports = client_ports
+        self.ssrc = random_ssrc()
+        self.seq0 = random_seq()
+        self.ts0 = random_ts()
+        self.clock_rate = track.clock_rate
+        self.quirks = quirks
+        self.media_path = title.media_path
+        self.payload_type = track.payload_type
+        self.hints = HintFile(track.hint_path)
+        self.duration_ns = title.duration_ns or self.hints.header.duration_ns
+        self.loss_fraction = 0.0
+        self.cumulative_lost = 0
+        self.jitter = 0
+        self.bye_sent = False
+        self._bye_call = None
+        self._rtp_sock = None
+        self._rtcp_port = None
+        self._stream = None
+        try:
+            self._bind_ports()
+            media_fd = os.open(title.media_path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                hint_fd = os.open(track.hint_path, os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    self._stream = backend.engine.open_stream(
+                        self._rtp_sock.fileno(), media_fd, hint_fd,
+                        ssrc=self.ssrc, seq0=self.seq0, ts0=self.ts0)
+                finally:
+                    os.close(hint_fd)
+            finally:
+                os.close(media_fd)
+        except BaseException:
+            self.close()
+            raise
+
+    def _bind_ports(self) -> None:
+        family = socket.AF_INET6 if ":" in self.client_host else socket.AF_INET
+        wildcard = "::" if family == socket.AF_INET6 else "0.0.0.0"
+        for rtp_port in self.backend.port_candidates():
+            sock = socket.socket(family, socket.SOCK_DGRAM)
+            try:
+                sock.bind((wildcard, rtp_port))
+            except OSError:
+                sock.close()
+                continue
+            try:
+                port = self.backend.reactor.listenUDP(rtp_port + 1, RtcpPort(self),
+                                                      interface=wildcard)
+            except terror.CannotListenError:
+                sock.close()
+                continue
+            sock.connect((self.client_host, self.client_ports[0]))
+            self._rtp_sock, self._rtcp_port = sock, port
+            self.server_ports = (rtp_port, rtp_port + 1)
+            return
+        raise MediaUnavailable("no free RTP/RTCP port pair in "
+                               f"{self.backend.port_min}-{self.backend.port_max}")
+
+    # -- MediaStream ----------------------------------------------------------
+
+    def keyframe_at_or_before(self, npt_ns: int) -> tuple[int, int]:
+        index = self.hints.keyframe_at_or_before(npt_ns)
+        return index, self.hints.record(index).send_ns
+
+    def position_ns(self) -> int:
+        index = self._stream.stats().next_record
+        if index >= len(self.hints):
+            return self.duration_ns
+        return self.hints.record(index).send_ns
+
+    def play(self, record: int | None) -> PlayStart:
+        stats = self._stream.stats()
+        first = stats.next_record if record is None else record
+        first = min(first, len(self.hints) - 1)
+        rec = self.hints.record(first)
+        # Dropped packets used up their sequence numbers, as network loss would.
+        start = PlayStart(seq=seq_add(self.seq0, stats.packets_sent + stats.packets_dropped),
+                          rtptime=ts_add(self.ts0, rec.rtp_ts), npt_ns=rec.send_ns)
+        self._cancel_bye()
+        self._stream.play(start_record=record)
+        self.bye_sent = False
+        return start
+
+    def pause(self) -> None:
+        self._stream.pause()
+
+    def has_ended(self) -> bool:
+        return self._stream is not None and self._stream.stats().state == "ended"
+
+    def _cancel_bye(self) -> None:
+        if self._bye_call is not None and self._bye_call.active():
+            self._bye_call.cancel()
+        self._bye_call = None
+
+    def close(self) -> None:
+        self._cancel_bye()
+        if self._stream is not None:
+            try:
+                if not self.bye_sent and self._stream.stats().packets_sent:
+                    self._send_rtcp(bye=True)
+            finally:
+                self._stream.close()
+                self._stream = None
+        if self._rtcp_port is not None:
+            self._rtcp_port.stopListening()
+            self._rtcp_port = None
+        if self._rtp_sock is not None:
+            self._rtp_sock.close()
+            self._rtp_sock = None
+        self.hints.close()
+        self.backend.forget(self)
+
+    # -- RTCP -------------------------------------------------------------------
+
+    def receiver_report(self, packets) -> None:
+        """Take loss and jitter from a client's RTCP and note it is alive."""
+        for packet in packets:
+            for block in getattr(packet, "reports", ()):
+                if block.ssrc == self.ssrc:
+                    self.loss_fraction = block.fraction_lost / 256
+                    self.cumulative_lost = block.cumulative_lost
+                    self.jitter = block.jitter
+        self.backend.on_alive(self.session_id)
+
+    def tick(self) -> None:
+        """Once a second: BYE when the track has ended."""
+        if self._stream is None or self.bye_sent:
+            return
+        if self._stream.stats().state != "ended" or self._bye_call is not None:
+            return
+        delay = 0.0
+        if self.quirks.flush_pes_at_end and self._send_flush_trailer():
+            # ffmpeg reads RTCP before RTP when both are waiting: a BYE right
+            # behind the trailer would end its session before the trailer.
+            delay = TRAILER_TO_BYE
+        self._bye_call = self.backend.reactor.callLater(delay, self._end)
+
+    def _end(self) -> None:
+        if self._stream is not None and not self.bye_sent:
+            self._send_rtcp(bye=True)
+            log.info("stream %s: ended, BYE sent", self.label)
+
+    def _send_flush_trailer(self) -> bool:
+        """One RTP packet after the last record that closes open PES packets."""
+        stats = self._stream.stats()
+        with open(self.media_path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            f.seek(max(0, size - TAIL_BYTES - size % 188))
+            trailer = pes_flush_trailer(f.read())
+        if not trailer:
+            return False
+        seq = seq_add(self.seq0, stats.packets_sent + stats.packets_dropped)
+        header = RtpHeader(self.payload_type, seq, stats.last_rtp_ts, self.ssrc)
+        try:
+            self._rtp_sock.send(header.pack() + trailer)
+        except OSError as exc:
+            log.debug("stream %s: trailer not sent: %s", self.label, exc)
+            return False
+        return True
+
+    def send_sender_report(self) -> None:
+        """An RTCP SR (+SDES CNAME) while the stream is sending."""
+        if self._stream is None or self.bye_sent:
+            return
+        if self._stream.stats().state in ("playing", "waiting"):
+            self._send_rtcp(bye=False)
+
+    def _send_rtcp(self, *, bye: bool) -> None:
+        stats = self._stream.stats()
+        now_mono = time.monotonic_ns()
+        # The RTP time "now" extrapolates from the last packet's schedule, so
+        # receivers can map RTP time to wall time (RFC 3550 section 6.4.1).
+        rtp_now = stats.last_rtp_ts
+        if stats.state in ("playing", "waiting") and stats.packets_sent:
+            elapsed = max(now_mono - stats.last_due_ns, 0)
+            rtp_now = ts_add(stats.last_rtp_ts, elapsed * self.clock_rate // 1_000_000_000)
+        data = rtcp.build_sender_report(
+            self.ssrc, time.time(), rtp_now, stats.packets_sent & 0xFFFFFFFF,
+            stats.payload_octets & 0xFFFFFFFF)
+        data += rtcp.build_sdes_cname(self.ssrc, self.backend.cname)
+        if bye:
+            data += rtcp.build_bye(self.ssrc)
+            self.bye_sent = True
+        if self._rtcp_port is not None:
+            try:
+                self._rtcp_port.write(data, (self.client_host, self.client_ports[1]))
+            except OSError as exc:  # the client's RTCP port may be gone
+                log.debug("stream %s: RTCP send failed: %s", self.label, exc)
+
+
+class UdpMediaBackend:
+    """Opens UDP streams for the session layer and runs their RTCP timers."""
+
+    def __init__(self, *, engine: Engine, reactor, port_min: int, port_max: int,
+                 sr_interval: float, cname: str,
+                 on_alive: Callable[[str], None] = lambda session_id: None):
+        self.engine = engine
+        self.reactor = reactor
+        self.port_min = port_min - port_min % 2
+        self.port_max = port_max
+        self.sr_interval = sr_interval
+        self.cname = cname
+        self.on_alive = on_alive
+        self.streams: set[UdpMediaStream] = set()
+        self._next_port = self.port_min
+        self._sr_loop = LoopingCall(self._send_reports)
+        self._poll_loop = LoopingCall(self._poll)
+        self._sr_loop.clock = self._poll_loop.clock = reactor
+
+    def start(self) -> None:
+        """Start the RTCP timers."""
+        self._sr_loop.start(self.sr_interval, now=False)
+        self._poll_loop.start(POLL_INTERVAL, now=False)
+
+    def stop(self) -> None:
+        """Stop the timers and close every stream."""
+        for loop in (self._sr_loop, self._poll_loop):
+            if loop.running:
+                loop.stop()
+        for stream in list(self.streams):
+            stream.close()
+
+    def open_stream(self, *, session_id: str, title, track, client_host: str,
+                    client_ports: tuple[int, int],
+                    quirks: ClientQuirks = NO_QUIRKS) -> UdpMediaStream:
+        try:
+            stream = UdpMediaStream(self, session_id=session_id, title=title, track=track,
+                                    client_host=client_host, client_ports=client_ports,
+                                    quirks=quirks)
+        except (EngineError, OSError) as exc:
+            raise MediaUnavailable(str(exc)) from exc
+        self.streams.add(stream)
+        return stream
+
+    def forget(self, stream: UdpMediaStream) -> None:
+        self.streams.discard(stream)
+
+    def port_candidates(self):
+        """Even RTP ports to try, round-robin from where the last one was found."""
+        count = (self.port_max - self.port_min) // 2
+        for i in range(count):
+            port = self.port_min + (self._next_port - self.port_min + 2 * i) % (2 * count)
+            yield port
+            self._next_port = port + 2
+
+    def _send_reports(self) -> None:
+        for stream in list(self.streams):
+            stream.send_sender_report()
+
+    def _poll(self) -> None:
+        for stream in list(self.streams):
+            try:
+                stream.tick()
+            except EngineError:
+                log.exception("stream %s: engine error", stream.label)

@@ -1,0 +1,288 @@
+"""The real daemon, real clients: GStreamer, ffmpeg, and kvod's RTSP client.
+
+Everything runs on loopback. Titles are short (3-10 s) because streams are
+paced at the media rate; the slow cases run their clients concurrently.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import subprocess
+import time
+
+import pytest
+
+from appliance.rtsp_client import RtpReceiver, RtspClient
+from rtpengine.hintfile import HintFile
+from rtpengine.rtp import parse_rtp, seq_diff
+from tests.kvod_daemon import KvodDaemon
+
+pytestmark = pytest.mark.integration
+
+
+def sha256(path: str) -> str:
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def framemd5(source: str, *args: str, timeout: float = 60) -> list[str]:
+    """(stream, size, md5) of every frame ffmpeg reads from ``source``, copied."""
+    out = subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", *args, "-i", source,
+                          "-c", "copy", "-f", "framemd5", "-"],
+                         capture_output=True, text=True, timeout=timeout, check=True).stdout
+    return [",".join(field.strip() for i, field in enumerate(line.split(",")) if i in (0, 4, 5))
+            for line in out.splitlines() if line and not line.startswith("#")]
+
+
+def gst_receive(url: str, out: str) -> subprocess.Popen:
+    return subprocess.Popen(["gst-launch-1.0", "-q", "rtspsrc", f"location={url}",
+                             "protocols=udp", "!", "rtpmp2tdepay", "!", "filesink",
+                             f"location={out}"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory, ts_file, short_ts_file):
+    d = KvodDaemon(str(tmp_path_factory.mktemp("kvod")), extra="[rtcp]\nsr_interval = 1.0\n")
+    d.add(ts_file, "movie")
+    d.add(short_ts_file, "clips/short")
+    d.start()
+    yield d
+    assert d.stop() == 0, d.log()
+
+
+def title_hints(daemon: KvodDaemon, name: str) -> HintFile:
+    import json
+    info = json.loads(daemon.kvod("catalog", "show", name, "--json").stdout)
+    return HintFile(info["tracks"][0]["hint_path"])
+
+
+def play(client: RtspClient, receiver: RtpReceiver, name: str, rng: str | None = "npt=0-"):
+    url = client.url(name)
+    assert client.request("DESCRIBE", url, [("Accept", "application/sdp")]).status == 200
+    session, _, _ = client.setup_udp(url + "/trackID=0", receiver.ports)
+    headers = [("Session", session)] + ([("Range", rng)] if rng else [])
+    resp = client.request("PLAY", url + "/", headers)
+    assert resp.status == 200, resp
+    return session, resp
+
+
+def payloads(receiver: RtpReceiver) -> list[tuple[int, bytes]]:
+    out = []
+    for _, packet in receiver.packets:
+        header, payload = parse_rtp(packet)
+        out.append((header.seq, payload))
+    return out
+
+
+def assert_contiguous(seqs: list[int]) -> None:
+    for a, b in zip(seqs, seqs[1:]):
+        assert seq_diff(b, a) == 1, f"sequence jumps from {a} to {b}"
+
+
+# -- real players ----------------------------------------------------------------
+
+
+def test_gstreamer_receives_bytes_identical_to_the_file(daemon, ts_file, tmp_path):
+    out = str(tmp_path / "gst.ts")
+    started = time.monotonic()
+    proc = gst_receive(daemon.url("movie"), out)
+    output, _ = proc.communicate(timeout=40)
+    elapsed = time.monotonic() - started
+    assert proc.returncode == 0, output
+    assert sha256(out) == sha256(ts_file)
+    # paced at the media rate: a 10 s title is not blasted at once
+    assert 9.0 < elapsed < 15.0
+
+
+def test_ffmpeg_over_udp_receives_every_frame_unchanged(daemon, ts_file):
+    received = framemd5(daemon.url("movie"), "-rtsp_transport", "udp", timeout=40)
+    assert received == framemd5(ts_file)
+
+
+@pytest.mark.parametrize("clients", [2, 10])
+def test_concurrent_gstreamer_clients_each_get_the_file(daemon, short_ts_file, tmp_path, clients):
+    outs = [str(tmp_path / f"c{i}.ts") for i in range(clients)]
+    procs = [gst_receive(daemon.url("clips/short"), out) for out in outs]
+    want = sha256(short_ts_file)
+    for proc, out in zip(procs, outs):
+        output, _ = proc.communicate(timeout=60)
+        assert proc.returncode == 0, output
+        assert sha256(out) == want
+
+
+# -- protocol behaviour, with kvod's own client --------------------------------------
+
+
+def test_seek_starts_at_the_keyframe_at_or_before(daemon, ts_file):
+    media = open(ts_file, "rb").read()
+    with title_hints(daemon, "movie") as hints:
+        index = hints.keyframe_at_or_before(8_000_000_000)
+        first = hints.record(index)
+    assert 7.0e9 <= first.send_ns <= 8.0e9
+    receiver = RtpReceiver()
+    client = RtspClient("127.0.0.1", daemon.port)
+    try:
+        session, resp = play(client, receiver, "movie", "npt=8-")
+        start = float(resp.headers.get("Range").split("=")[1].split("-")[0])
+        assert start == pytest.approx(first.send_ns / 1e9, abs=0.001)
+        deadline = time.monotonic() + 8
+        while not receiver.got_bye() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        got = payloads(receiver)
+        assert_contiguous([s for s, _ in got])
+        assert b"".join(p for _, p in got) == media[first.offset:]
+        info = resp.headers.get("RTP-Info")
+        assert f"seq={got[0][0]}" in info
+    finally:
+        client.close()
+        receiver.close()
+
+
+def test_pause_stops_packets_and_play_resumes_without_gap(daemon, ts_file):
+    media = open(ts_file, "rb").read()
+    receiver = RtpReceiver()
+    client = RtspClient("127.0.0.1", daemon.port)
+    try:
+        session, _ = play(client, receiver, "movie")
+        url = client.url("movie") + "/"
+        time.sleep(1.0)
+        assert client.request("PAUSE", url, [("Session", session)]).status == 200
+        time.sleep(0.2)  # packets in flight land
+        paused_at = len(receiver.packets)
+        assert paused_at > 50
+        time.sleep(1.0)
+        assert len(receiver.packets) == paused_at, "packets kept coming while paused"
+        resp = client.request("PLAY", url, [("Session", session)])
+        assert resp.status == 200
+        time.sleep(1.0)
+        assert client.request("PAUSE", url, [("Session", session)]).status == 200
+        time.sleep(0.2)
+        got = payloads(receiver)
+        assert len(got) > paused_at + 50
+        assert_contiguous([s for s, _ in got])
+        data = b"".join(p for _, p in got)
+        assert data == media[:len(data)]
+        assert f"seq={got[paused_at][0]}" in resp.headers.get("RTP-Info")
+        assert client.request("TEARDOWN", url, [("Session", session)]).status == 200
+    finally:
+        client.close()
+        receiver.close()
+
+
+def test_rtcp_sender_reports_and_bye(daemon):
+    receiver = RtpReceiver()
+    client = RtspClient("127.0.0.1", daemon.port)
+    try:
+        play(client, receiver, "clips/short")
+        deadline = time.monotonic() + 8
+        while not receiver.got_bye() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert receiver.got_bye()
+        from rtpengine.rtcp import Bye, SenderReport, parse_compound
+        packets = [p for _, data in receiver.rtcp for p in parse_compound(data)]
+        reports = [p for p in packets if isinstance(p, SenderReport)]
+        assert len(reports) >= 2  # one a second, and one with the BYE
+        last = reports[-1]
+        assert last.packet_count == len(receiver.packets)
+        assert last.octet_count == sum(len(parse_rtp(p)[1]) for _, p in receiver.packets)
+        assert any(isinstance(p, Bye) for p in packets)
+    finally:
+        client.close()
+        receiver.close()
+
+
+# -- bad input --------------------------------------------------------------------------
+
+
+def test_unknown_title_is_404(daemon):
+    client = RtspClient("127.0.0.1", daemon.port)
+    try:
+        assert client.request("DESCRIBE", client.url("no/such/title")).status == 404
+    finally:
+        client.close()
+
+
+def test_bad_transport_is_461_and_unknown_session_454(daemon):
+    client = RtspClient("127.0.0.1", daemon.port)
+    try:
+        url = client.url("movie")
+        resp = client.request("SETUP", url + "/trackID=0",
+                              [("Transport", "RTP/AVP/TCP;unicast;interleaved=0-1")])
+        assert resp.status == 461
+        resp = client.request("PLAY", url + "/", [("Session", "0123456789ABCDEF")])
+        assert resp.status == 454
+        # the connection is still usable after errors
+        assert client.request("OPTIONS", "*").status == 200
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize("garbage", [
+    b"\x00\x01\x02 not rtsp at all\r\n\r\n",
+    b"DESCRIBE rtsp://x/movie RTSP/1.0\r\nContent-Length: -5\r\nCSeq: 1\r\n\r\n",
+    b"OPTIONS * RTSP/1.0\r\nCSeq: 1\r\n" + b"X-Long: " + b"a" * 20000 + b"\r\n\r\n",
+    b"OPTIONS * RTSP/1.0\r\n\r\n",  # no CSeq
+])
+def test_malformed_requests_get_400_and_others_are_unaffected(daemon, garbage):
+    bad = socket.create_connection(("127.0.0.1", daemon.port), timeout=5)
+    good = RtspClient("127.0.0.1", daemon.port)
+    try:
+        bad.sendall(garbage)
+        reply = b""
+        while chunk := bad.recv(4096):
+            reply += chunk
+        assert reply.startswith(b"RTSP/1.0 400 "), reply[:80]
+        assert good.request("OPTIONS", "*").status == 200
+    finally:
+        bad.close()
+        good.close()
+
+
+def test_vanished_client_is_reclaimed_after_the_timeout(tmp_path, ts_file):
+    d = KvodDaemon(str(tmp_path), session_timeout=2)
+    d.add(ts_file, "movie")
+    d.start()
+    receiver = RtpReceiver()
+    try:
+        client = RtspClient("127.0.0.1", d.port)
+        play(client, receiver, "movie")
+        client.close()  # gone without TEARDOWN, and sends no RTCP
+        time.sleep(4.0)
+        count = len(receiver.packets)
+        time.sleep(1.0)
+        assert len(receiver.packets) == count, "still streaming to a vanished client"
+        # it stopped near the timeout, long before the 10 s title ended
+        last = receiver.packets[-1][0] - receiver.packets[0][0]
+        assert 1.5e9 < last < 3.5e9
+        assert "timed out" in d.log()
+    finally:
+        receiver.close()
+        assert d.stop() == 0
+
+
+def test_daemon_refuses_a_bad_config_naming_the_key(tmp_path):
+    config = tmp_path / "bad.toml"
+    config.write_text("[rtsp]\nsession_timeout = \"soon\"\n")
+    result = subprocess.run(["/usr/bin/python3", os.path.join(os.path.dirname(__file__), "..",
+                                                              "bin", "kvod"),
+                             "--config", str(config), "serve"],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 1
+    assert "rtsp.session_timeout" in result.stderr
+
+
+def test_ffplay_from_the_readme_plays_to_the_end(daemon):
+    """`ffplay rtsp://…` as the README says, headless: it plays the whole
+    title at its rate and exits on its own when the stream ends."""
+    env = dict(os.environ, SDL_AUDIODRIVER="dummy", SDL_VIDEODRIVER="dummy")
+    started = time.monotonic()
+    result = subprocess.run(["ffplay", "-nodisp", "-autoexit", "-loglevel", "error",
+                             daemon.url("clips/short")],
+                            capture_output=True, text=True, timeout=30, env=env)
+    elapsed = time.monotonic() - started
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.strip() == ""
+    assert 2.5 < elapsed < 10

@@ -1,0 +1,119 @@
+"""The Twisted edge of RTSP and the session timer, with StringTransport and
+task.Clock: no sockets, no global reactor."""
+
+from __future__ import annotations
+
+from twisted.internet.address import IPv4Address
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+
+from appliance.daemon import SessionTimer
+from appliance.rtsp_protocol import RtspFactory
+from appliance.rtsp_server import RtspServer
+from catalog import open_catalog
+from tests.test_rtsp_server import MemoryMedia
+
+PEER = IPv4Address("TCP", "127.0.0.1", 40000)
+
+
+def make(clock: Clock, max_connections: int = 10):
+    catalog = open_catalog(None)
+    catalog.add_title("movie", container="mpegts", media_path="/x", duration_ns=10**10,
+                      state="complete", now=0.0,
+                      tracks=[dict(track_index=0, media_type="video", codec="MP2T",
+                                   payload_type=33, clock_rate=90000, hint_path="/x.hint",
+                                   packets=10)])
+    media = MemoryMedia()
+    server = RtspServer(titles=catalog, media=media, session_timeout=60)
+    requests = []
+    factory = RtspFactory(server, max_connections=max_connections,
+                          on_request=lambda: requests.append(1), clock=clock.seconds)
+    return server, factory, media, requests
+
+
+def connect(factory):
+    proto = factory.buildProtocol(PEER)
+    if proto is None:
+        return None, None
+    transport = StringTransport(peerAddress=PEER)
+    proto.makeConnection(transport)
+    return proto, transport
+
+
+def test_requests_are_answered_in_order_and_pipelined():
+    clock = Clock()
+    server, factory, media, requests = make(clock)
+    proto, transport = connect(factory)
+    proto.dataReceived(b"OPTIONS * RTSP/1.0\r\nCSeq: 1\r\n\r\n"
+                       b"DESCRIBE rtsp://h/movie RTSP/1.0\r\nCSeq: 2\r\n\r\n")
+    out = transport.value()
+    assert out.startswith(b"RTSP/1.0 200 OK\r\nCSeq: 1\r\n")
+    assert b"CSeq: 2\r\n" in out and b"m=video 0 RTP/AVP 33" in out
+    assert len(requests) == 2
+    assert not transport.disconnecting
+
+
+def test_session_time_comes_from_the_clock():
+    clock = Clock()
+    clock.advance(500)
+    server, factory, media, _ = make(clock)
+    proto, transport = connect(factory)
+    proto.dataReceived(b"SETUP rtsp://h/movie/trackID=0 RTSP/1.0\r\nCSeq: 1\r\n"
+                       b"Transport: RTP/AVP;unicast;client_port=5000-5001\r\n\r\n")
+    assert b"200 OK" in transport.value()
+    (session,) = server.sessions.values()
+    assert session.last_seen == 500
+    assert media.opened[0][1] == "127.0.0.1"  # RTP goes to the TCP peer
+
+
+def test_malformed_request_gets_400_after_earlier_pipelined_answers():
+    clock = Clock()
+    server, factory, media, _ = make(clock)
+    proto, transport = connect(factory)
+    proto.dataReceived(b"OPTIONS * RTSP/1.0\r\nCSeq: 7\r\n\r\nGARBAGE\x00\r\n\r\n")
+    out = transport.value()
+    assert out.startswith(b"RTSP/1.0 200 OK\r\nCSeq: 7\r\n")
+    assert b"RTSP/1.0 400 " in out
+    assert transport.disconnecting
+
+
+def test_byte_at_a_time_gives_the_same_answer():
+    clock = Clock()
+    _, factory, _, _ = make(clock)
+    request = b"DESCRIBE rtsp://h/movie RTSP/1.0\r\nCSeq: 3\r\nAccept: application/sdp\r\n\r\n"
+    whole_proto, whole = connect(factory)
+    whole_proto.dataReceived(request)
+    split_proto, split = connect(factory)
+    for i in range(len(request)):
+        split_proto.dataReceived(request[i:i + 1])
+    assert split.value() == whole.value()
+
+
+def test_connection_limit_and_count():
+    clock = Clock()
+    _, factory, _, _ = make(clock, max_connections=2)
+    a, _ = connect(factory)
+    b, _ = connect(factory)
+    assert connect(factory) == (None, None)
+    a.connectionLost(None)
+    c, _ = connect(factory)
+    assert c is not None and factory.connections == 2
+
+
+def test_session_timer_expires_idle_sessions_on_the_clock():
+    clock = Clock()
+    server, factory, media, requests = make(clock)
+    timer = SessionTimer(server, clock, clock=clock.seconds)
+    timer.startService()
+    proto, transport = connect(factory)
+    proto.dataReceived(b"SETUP rtsp://h/movie/trackID=0 RTSP/1.0\r\nCSeq: 1\r\n"
+                       b"Transport: RTP/AVP;unicast;client_port=5000-5001\r\n\r\n")
+    timer.rearm()
+    assert len(clock.getDelayedCalls()) == 1
+    clock.advance(59)
+    assert len(server.sessions) == 1
+    clock.advance(2)
+    assert not server.sessions
+    assert media.opened[0][3].closed
+    assert not clock.getDelayedCalls()
+    timer.stopService()

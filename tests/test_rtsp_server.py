@@ -1,0 +1,393 @@
+"""The RTSP session layer, sans-IO: a real in-memory catalog, an in-memory
+media backend, and time passed in by the test."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from appliance.media_ports import MediaUnavailable, PlayStart
+from appliance.rtsp import Request, parse_range, parse_rtp_info, parse_session, parse_transport
+from appliance.rtsp_server import RtspServer, parse_title_url, RtspFailure
+from appliance.session_states import SessionState
+from catalog import open_catalog
+
+HOST = "127.0.0.1"
+BASE = "rtsp://127.0.0.1:8554"
+SECOND = 1_000_000_000
+
+
+class MemoryStream:
+    """A stream with one record a second and a keyframe every 2 s."""
+
+    def __init__(self, ports, duration_ns):
+        self.server_ports = ports
+        self.ssrc = 0x1234ABCD
+        self.duration_ns = duration_ns
+        self.next_record = 0
+        self.sent = 0
+        self.playing = False
+        self.closed = False
+
+    def keyframe_at_or_before(self, npt_ns):
+        index = min(npt_ns // SECOND, self.duration_ns // SECOND - 1) // 2 * 2
+        return index, index * SECOND
+
+    def position_ns(self):
+        return self.next_record * SECOND
+
+    def play(self, record):
+        assert not self.closed
+        if record is not None:
+            self.next_record = record
+        self.playing = True
+        return PlayStart(seq=(100 + self.sent) & 0xFFFF, rtptime=self.next_record * 90000,
+                         npt_ns=self.next_record * SECOND)
+
+    def advance(self, packets):
+        """What the engine would do while playing."""
+        if self.playing:
+            self.sent += packets
+            self.next_record += 1
+
+    def pause(self):
+        self.playing = False
+
+    def has_ended(self):
+        return False
+
+    def close(self):
+        self.closed = True
+        self.playing = False
+
+
+class MemoryMedia:
+    def __init__(self, fail=False):
+        self.opened = []
+        self.fail = fail
+        self.port = 20000
+
+    def open_stream(self, *, session_id, title, track, client_host, client_ports, quirks):
+        if self.fail:
+            raise MediaUnavailable("no ports")
+        self.port += 2
+        stream = MemoryStream((self.port, self.port + 1), title.duration_ns)
+        self.opened.append((session_id, client_host, client_ports, stream))
+        self.quirks = quirks
+        return stream
+
+
+@pytest.fixture
+def catalog():
+    db = open_catalog(None)
+    db.add_title("movie", container="mpegts", media_path="/nonexistent/media.ts",
+                 duration_ns=10 * SECOND, size=1000, state="complete", now=0.0,
+                 tracks=[dict(track_index=0, media_type="video", codec="MP2T", payload_type=33,
+                              clock_rate=90000, hint_path="/nonexistent/track0.hint", packets=10)])
+    db.add_title("filling", container="mpegts", state="partial", now=0.0)
+    yield db
+    db.close()
+
+
+@pytest.fixture
+def media():
+    return MemoryMedia()
+
+
+@pytest.fixture
+def server(catalog, media):
+    return RtspServer(titles=catalog, media=media, session_timeout=60, max_sessions=3)
+
+
+class Client:
+    """Builds requests with increasing CSeq."""
+
+    def __init__(self, server):
+        self.server = server
+        self.cseq = 0
+        self.now = 1000.0
+
+    def __call__(self, method, url, *headers, body=b"", peer=HOST):
+        self.cseq += 1
+        req = Request(method, url, (("CSeq", str(self.cseq)),) + tuple(headers), body)
+        resp = self.server.handle_request(req, peer_host=peer, now=self.now)
+        assert resp.headers.get("CSeq") == str(self.cseq)
+        return resp
+
+    def setup(self, url=f"{BASE}/movie/trackID=0", transport="RTP/AVP;unicast;client_port=5000-5001"):
+        resp = self("SETUP", url, ("Transport", transport))
+        assert resp.status == 200, resp
+        return parse_session(resp.headers.get("Session"))[0], resp
+
+
+@pytest.fixture
+def client(server):
+    return Client(server)
+
+
+def test_options_lists_methods(client):
+    resp = client("OPTIONS", "*")
+    assert resp.status == 200
+    public = resp.headers.get("Public")
+    for method in ("DESCRIBE", "SETUP", "PLAY", "PAUSE", "TEARDOWN", "GET_PARAMETER"):
+        assert method in public
+
+
+def test_describe_answers_sdp(client, catalog):
+    resp = client("DESCRIBE", f"{BASE}/movie", ("Accept", "application/sdp"))
+    assert resp.status == 200
+    assert resp.headers.get("Content-Type") == "application/sdp"
+    assert resp.headers.get("Content-Base") == f"{BASE}/movie/"
+    sdp = resp.body.decode()
+    assert "a=range:npt=0-10.000" in sdp
+    assert "m=video 0 RTP/AVP 33" in sdp
+    assert "a=rtpmap:33 MP2T/90000" in sdp
+    assert "a=control:trackID=0" in sdp
+    assert catalog.get_title("movie").hits == 1
+
+
+@pytest.mark.parametrize("name", ["nothing", "filling", "movie/trackID=7/x"])
+def test_describe_unknown_or_unready_title_is_404(client, name):
+    assert client("DESCRIBE", f"{BASE}/{name}").status == 404
+
+
+def test_describe_refuses_other_formats(client):
+    assert client("DESCRIBE", f"{BASE}/movie", ("Accept", "text/html")).status == 406
+
+
+def test_setup_creates_session(client, media):
+    session, resp = client.setup()
+    sid, timeout = parse_session(resp.headers.get("Session"))
+    assert timeout == 60
+    spec = parse_transport(resp.headers.get("Transport"))[0]
+    assert spec.client_port == (5000, 5001)
+    assert spec.server_port == media.opened[0][3].server_ports
+    assert spec.ssrc == 0x1234ABCD
+    assert media.opened[0][1] == HOST
+
+
+@pytest.mark.parametrize("transport", [
+    "RTP/AVP/TCP;unicast;interleaved=0-1",
+    "RTP/AVP;multicast;port=5000-5001",
+    "RTP/AVP;unicast",                      # no client_port
+    "RTP/AVP;unicast;client_port=5000-5001;destination=10.1.2.3",  # not the client
+    "garbage;;;",
+    "RTP/SAVP;unicast;client_port=5000-5001",
+])
+def test_setup_bad_transport_is_461(client, media, transport):
+    resp = client("SETUP", f"{BASE}/movie/trackID=0", ("Transport", transport))
+    assert resp.status == 461
+    assert not media.opened
+
+
+def test_setup_picks_first_supported_alternative(client):
+    _, resp = client.setup(transport="RTP/AVP/TCP;unicast;interleaved=0-1,"
+                                     "RTP/AVP;unicast;client_port=6000-6001")
+    assert parse_transport(resp.headers.get("Transport"))[0].client_port == (6000, 6001)
+
+
+def test_setup_without_transport_is_461(client):
+    assert client("SETUP", f"{BASE}/movie/trackID=0").status == 461
+
+
+def test_setup_of_missing_track_is_404(client):
+    assert client("SETUP", f"{BASE}/movie/trackID=3",
+                  ("Transport", "RTP/AVP;unicast;client_port=5000-5001")).status == 404
+
+
+def test_setup_with_unknown_session_is_454(client):
+    resp = client("SETUP", f"{BASE}/movie/trackID=0", ("Session", "DEADBEEFDEADBEEF"),
+                  ("Transport", "RTP/AVP;unicast;client_port=5000-5001"))
+    assert resp.status == 454
+
+
+def test_setup_when_backend_has_no_ports_is_453(catalog):
+    server = RtspServer(titles=catalog, media=MemoryMedia(fail=True))
+    client = Client(server)
+    resp = client("SETUP", f"{BASE}/movie/trackID=0",
+                  ("Transport", "RTP/AVP;unicast;client_port=5000-5001"))
+    assert resp.status == 453
+    assert not server.sessions
+
+
+def test_session_limit_is_453(client):
+    for _ in range(3):
+        client.setup()
+    resp = client("SETUP", f"{BASE}/movie/trackID=0",
+                  ("Transport", "RTP/AVP;unicast;client_port=5000-5001"))
+    assert resp.status == 453
+
+
+@pytest.mark.parametrize("method", ["PLAY", "PAUSE", "TEARDOWN"])
+def test_methods_need_a_known_session(client, method):
+    assert client(method, f"{BASE}/movie/").status == 454
+    assert client(method, f"{BASE}/movie/", ("Session", "0123456789ABCDEF")).status == 454
+    assert client(method, f"{BASE}/movie/", ("Session", "bad id with spaces")).status == 454
+
+
+def test_play_seeks_to_keyframe_at_or_before(client, media):
+    session, _ = client.setup()
+    resp = client("PLAY", f"{BASE}/movie/", ("Session", session), ("Range", "npt=5-"))
+    assert resp.status == 200
+    rng = parse_range(resp.headers.get("Range"))
+    assert rng.start == 4.0 and rng.end == 10.0
+    info = parse_rtp_info(resp.headers.get("RTP-Info"))
+    assert len(info) == 1
+    assert info[0][0] == f"{BASE}/movie/trackID=0"
+    assert info[0][1:] == (100, 4 * 90000)
+    stream = media.opened[0][3]
+    assert stream.playing and stream.next_record == 4
+
+
+def test_play_past_the_end_is_457(client):
+    session, _ = client.setup()
+    assert client("PLAY", f"{BASE}/movie/", ("Session", session),
+                  ("Range", "npt=11-")).status == 457
+    assert client("PLAY", f"{BASE}/movie/", ("Session", session),
+                  ("Range", "smpte=0:00:01-")).status == 457
+
+
+def test_pause_and_resume_continue_sequence(client, media, server):
+    session, _ = client.setup()
+    client("PLAY", f"{BASE}/movie/", ("Session", session), ("Range", "npt=0-"))
+    stream = media.opened[0][3]
+    stream.advance(50)
+    assert client("PAUSE", f"{BASE}/movie/", ("Session", session)).status == 200
+    assert not stream.playing
+    assert server.sessions[session].state is SessionState.READY
+    stream.advance(50)  # nothing is sent while paused
+    resp = client("PLAY", f"{BASE}/movie/", ("Session", session))
+    assert resp.status == 200
+    assert stream.playing
+    assert parse_rtp_info(resp.headers.get("RTP-Info"))[0][1] == 150
+    assert parse_range(resp.headers.get("Range")).start == 1.0
+
+
+def test_play_while_playing_without_range_changes_nothing(client, media):
+    session, _ = client.setup()
+    client("PLAY", f"{BASE}/movie/", ("Session", session))
+    stream = media.opened[0][3]
+    stream.advance(10)
+    resp = client("PLAY", f"{BASE}/movie/", ("Session", session))
+    assert resp.status == 200 and resp.headers.get("RTP-Info") is None
+    assert stream.next_record == 1
+
+
+def test_teardown_closes_streams_and_forgets_session(client, media, server):
+    session, _ = client.setup()
+    client("PLAY", f"{BASE}/movie/", ("Session", session))
+    assert client("TEARDOWN", f"{BASE}/movie/", ("Session", session)).status == 200
+    assert media.opened[0][3].closed
+    assert session not in server.sessions
+    assert client("PLAY", f"{BASE}/movie/", ("Session", session)).status == 454
+
+
+def test_idle_session_is_reclaimed_after_timeout(client, media, server):
+    session, _ = client.setup()
+    client("PLAY", f"{BASE}/movie/", ("Session", session))
+    assert server.get_timer() == client.now + 60
+    client.now += 30
+    assert client("GET_PARAMETER", f"{BASE}/movie/", ("Session", session)).status == 200
+    assert server.get_timer() == client.now + 60
+    server.handle_timer(client.now + 59)
+    assert session in server.sessions
+    server.touch(session, client.now + 50)  # an RTCP receiver report
+    server.handle_timer(client.now + 100)
+    assert session in server.sessions
+    server.handle_timer(client.now + 111)
+    assert session not in server.sessions
+    assert media.opened[0][3].closed
+    assert server.get_timer() is None
+
+
+def test_options_with_session_is_a_keepalive(client, server):
+    session, _ = client.setup()
+    client.now += 40
+    assert client("OPTIONS", "*", ("Session", session)).status == 200
+    assert server.sessions[session].last_seen == client.now
+
+
+def test_unknown_and_unsupported_methods(client):
+    assert client("FROBNICATE", f"{BASE}/movie").status == 501
+    assert client("RECORD", f"{BASE}/movie").status == 405
+    assert client("ANNOUNCE", f"{BASE}/movie").status == 405
+
+
+def test_require_is_refused_with_unsupported(client):
+    resp = client("DESCRIBE", f"{BASE}/movie", ("Require", "play.basic"))
+    assert resp.status == 551
+    assert resp.headers.get("Unsupported") == "play.basic"
+
+
+def test_set_parameter_with_body_is_451(client):
+    assert client("SET_PARAMETER", f"{BASE}/movie", ("Content-Type", "text/parameters"),
+                  body=b"speed: 2\r\n").status == 451
+
+
+@pytest.mark.parametrize("url,name,track", [
+    ("rtsp://h/movie", "movie", None),
+    ("rtsp://h:8554/movie/", "movie", None),
+    ("rtsp://h/a/b/trackID=0", "a/b", 0),
+    ("rtsp://h/a%2Db/trackID=12?x=1", "a-b", 12),
+])
+def test_parse_title_url(url, name, track):
+    parsed = parse_title_url(url)
+    assert (parsed.name, parsed.track) == (name, track)
+
+
+@pytest.mark.parametrize("url", ["http://h/movie", "rtsp://h/", "rtsp://h/trackID=0",
+                                 "*", "movie", "rtsp://h/m/trackID=x"])
+def test_parse_title_url_rejects(url):
+    with pytest.raises(RtspFailure):
+        parse_title_url(url)
+
+
+METHODS = ["OPTIONS", "DESCRIBE", "SETUP", "PLAY", "PAUSE", "TEARDOWN", "GET_PARAMETER",
+           "FOO"]
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(steps=st.lists(st.tuples(st.sampled_from(METHODS), st.booleans(),
+                                st.sampled_from([None, "npt=0-", "npt=3.5-", "npt=99-", "x"]),
+                                st.floats(0, 100)), max_size=25))
+def test_any_request_sequence_keeps_invariants(catalog, steps):
+    """State x input: every request gets an RTSP status, sessions and streams
+    stay consistent, nothing raises."""
+    media = MemoryMedia()
+    server = RtspServer(titles=catalog, media=media, session_timeout=60, max_sessions=2)
+    client = Client(server)
+    sessions: list[str] = []
+    for method, with_session, rng, wait in steps:
+        client.now += wait
+        server.handle_timer(client.now)
+        headers = []
+        if with_session and sessions:
+            headers.append(("Session", sessions[-1]))
+        if method == "SETUP":
+            headers.append(("Transport", "RTP/AVP;unicast;client_port=5000-5001"))
+        if rng and method == "PLAY":
+            headers.append(("Range", rng))
+        url = f"{BASE}/movie/trackID=0" if method == "SETUP" else f"{BASE}/movie/"
+        resp = client(method, url, *headers)
+        assert 200 <= resp.status < 600
+        if method == "SETUP" and resp.status == 200:
+            sessions.append(parse_session(resp.headers.get("Session"))[0])
+        for session in server.sessions.values():
+            assert session.state in (SessionState.READY, SessionState.PLAYING)
+            assert all(not s.closed for s in session.streams.values())
+            assert session.last_seen + 60 > client.now
+        live = {id(s) for sess in server.sessions.values() for s in sess.streams.values()}
+        for _, _, _, stream in media.opened:
+            assert stream.closed != (id(stream) in live)
+            if stream.playing:
+                assert id(stream) in live
+
+
+def test_setup_passes_client_quirks(client, media):
+    client("SETUP", f"{BASE}/movie/trackID=0", ("User-Agent", "Lavf59.27.100"),
+           ("Transport", "RTP/AVP/UDP;unicast;client_port=5000-5001"))
+    assert media.quirks.flush_pes_at_end
+    client("SETUP", f"{BASE}/movie/trackID=0", ("User-Agent", "GStreamer/1.22.0"),
+           ("Transport", "RTP/AVP;unicast;client_port=5000-5001"))
+    assert not media.quirks.flush_pes_at_end
