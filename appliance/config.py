@@ -243,6 +243,10 @@ class EngineConfig(_Section):
     strategy: str = _setting(
         "auto", _one_of("auto", "gso", "sendmmsg"),
         "Send strategy: 'auto' (the cheapest the kernel supports), 'gso' or 'sendmmsg'.")
+    backend: str = _setting(
+        "auto", _one_of("auto", "userspace", "krtpsendfile", "krtpmsend"),
+        "Which engine sends: 'auto' (the krtp kernel module's krtpsendfile when "
+        "/dev/krtp answers, else user space), 'userspace', 'krtpsendfile' or 'krtpmsend'.")
 
 
 @dataclass(frozen=True)

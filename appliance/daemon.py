@@ -21,7 +21,7 @@ from appliance.rtsp_protocol import RtspFactory
 from appliance.rtsp_server import RtspServer
 from appliance.udp_media import UdpMediaBackend
 from catalog import open_catalog
-from rtpengine.engine import Engine
+from rtpengine.backend import open_engine
 
 log = logging.getLogger(__name__)
 
@@ -81,9 +81,10 @@ class KvodService(service.MultiService):
         self.config = config
         self.reactor = reactor
         self.catalog = open_catalog(config.catalog.path)
-        self.engine = Engine(threads=config.engine.threads, strategy=config.engine.strategy)
-        log.info("engine: %s strategy, %s thread(s)", self.engine.strategy,
-                 config.engine.threads or os.cpu_count())
+        self.engine, self.engine_description = open_engine(
+            config.engine.backend, threads=config.engine.threads,
+            strategy=config.engine.strategy)
+        log.info("engine: %s", self.engine_description)
         self.media = UdpMediaBackend(
             engine=self.engine, reactor=reactor,
             port_min=config.rtsp.rtp_port_min, port_max=config.rtsp.rtp_port_max,

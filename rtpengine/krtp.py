@@ -30,6 +30,7 @@ from typing import Optional
 
 from cffi import FFI
 
+from .engine import EngineError
 from .hintfile import HEADER_SIZE, RECORD_SIZE
 
 __all__ = ["DEVICE", "KrtpEngine", "KrtpError", "KrtpStream", "KrtpStreamStats",
@@ -78,8 +79,11 @@ IOC_CLOSE = _ioc(_IOC_WRITE, 7, CMD.size)
 IOC_INFO = _ioc(_IOC_READ, 8, INFO.size)
 
 
-class KrtpError(OSError):
-    """A /dev/krtp call failed; ``errno`` says why, the message says where."""
+class KrtpError(EngineError):
+    """A /dev/krtp call failed; ``errno`` says why, the message says where.
+
+    An :class:`~rtpengine.engine.EngineError`, so callers of either engine
+    catch one exception."""
 
 
 def now_ns() -> int:
