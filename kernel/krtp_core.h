@@ -51,9 +51,10 @@
 
 struct krtp_worker;
 
-/* the hint page a run of record reads keeps, so each does no look-up */
+/* the page a run of reads keeps, so reads of one page look it up once */
 struct krtp_cursor {
 	struct page *page;
+	struct file *file;
 	pgoff_t index;
 };
 

@@ -159,9 +159,32 @@ static void krtp_put_bvec(struct krtp_worker *w, unsigned int from,
 		krtp_put_page(w->bv[--to].bv_page);
 }
 
+/*
+ * The page at @index of @file with a reference for the caller; @c keeps
+ * the last one, so consecutive packets of one page look it up once.
+ */
+static struct page *krtp_cursor_page(struct krtp_cursor *c, struct file *file,
+				     pgoff_t index)
+{
+	if (!c->page || c->file != file || c->index != index) {
+		struct page *page = krtp_file_page(file, index);
+
+		if (IS_ERR(page))
+			return page;
+		krtp_cursor_release(c);
+		c->page = page;
+		c->file = file;
+		c->index = index;
+	}
+	get_page(c->page);
+	atomic64_inc(&krtp_counters.pages_held);
+	return c->page;
+}
+
 /* Page-cache pages of @file for bytes @pos..+@len, into w->bv[*nbv..]. */
-static int krtp_file_payload(struct krtp_worker *w, struct file *file,
-			     u64 pos, u32 len, unsigned int *nbv)
+static int krtp_file_payload(struct krtp_worker *w, struct krtp_cursor *c,
+			     struct file *file, u64 pos, u32 len,
+			     unsigned int *nbv)
 {
 	unsigned int first = *nbv, n = *nbv;
 
@@ -171,7 +194,7 @@ static int krtp_file_payload(struct krtp_worker *w, struct file *file,
 	while (len) {
 		unsigned int off = offset_in_page(pos);
 		unsigned int chunk = min_t(u32, len, PAGE_SIZE - off);
-		struct page *page = krtp_file_page(file, pos >> PAGE_SHIFT);
+		struct page *page = krtp_cursor_page(c, file, pos >> PAGE_SHIFT);
 
 		if (IS_ERR(page)) {
 			krtp_put_bvec(w, first, n);
@@ -223,17 +246,17 @@ static int krtp_user_payload(struct krtp_worker *w, struct krtp_stream *s,
  * w->bounce. An error means the record cannot be sent at all.
  */
 static int krtp_payload(struct krtp_worker *w, struct krtp_stream *s,
-			const struct krtp_hint_record *r, unsigned int *nbv,
-			bool *copied)
+			struct krtp_cursor *c, const struct krtp_hint_record *r,
+			unsigned int *nbv, bool *copied)
 {
 	int err;
 
 	if (r->flags & KRTP_REC_BLOB)
-		return krtp_file_payload(w, s->hint,
+		return krtp_file_payload(w, c, s->hint,
 					 s->blob_offset + r->offset,
 					 r->length, nbv);
 	if (!s->msend)
-		return krtp_file_payload(w, s->media, r->offset, r->length,
+		return krtp_file_payload(w, c, s->media, r->offset, r->length,
 					 nbv);
 	err = krtp_user_payload(w, s, r->offset, r->length, nbv);
 	if (err != -EFAULT)
@@ -418,7 +441,8 @@ static bool krtp_send_failed(struct krtp_stream *s, int err, s64 now)
 
 /* Send record @r now; returns true if the stream must wait to retry. */
 static bool krtp_send(struct krtp_worker *w, struct krtp_stream *s,
-		      const struct krtp_hint_record *r, s64 due, s64 now)
+		      struct krtp_cursor *c, const struct krtp_hint_record *r,
+		      s64 due, s64 now)
 {
 	u16 seq = (u16)(s->seq0 + s->seq_count);
 	u32 ts = s->ts0 + r->rtp_ts;
@@ -428,7 +452,7 @@ static bool krtp_send(struct krtp_worker *w, struct krtp_stream *s,
 	u8 hdr[KRTP_HDR_ROOM];
 	int err;
 
-	err = krtp_payload(w, s, r, &nbv, &copied);
+	err = krtp_payload(w, s, c, r, &nbv, &copied);
 	if (err) {
 		krtp_drop(s, err);
 		return false;
@@ -448,7 +472,7 @@ static bool krtp_send(struct krtp_worker *w, struct krtp_stream *s,
 /* Send what @s has due; returns when it needs its worker next. */
 static s64 krtp_pump(struct krtp_worker *w, struct krtp_stream *s, s64 now)
 {
-	struct krtp_cursor c = { };
+	struct krtp_cursor c = { }, payload = { };
 	s64 wake = S64_MAX;
 	int n;
 
@@ -498,13 +522,14 @@ static s64 krtp_pump(struct krtp_worker *w, struct krtp_stream *s, s64 now)
 			s->blocked_due = due;
 			break;
 		}
-		if (krtp_send(w, s, &r, due, now)) {
+		if (krtp_send(w, s, &payload, &r, due, now)) {
 			wake = s->retry_at;
 			break;
 		}
 		now = ktime_get_ns();
 	}
 	krtp_cursor_release(&c);
+	krtp_cursor_release(&payload);
 	if (s->msend) {
 		kthread_unuse_mm(s->mm);
 		mmput(s->mm);
