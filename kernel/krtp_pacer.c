@@ -57,6 +57,8 @@ struct krtp_worker {
 
 static struct krtp_worker *krtp_workers;
 static unsigned int krtp_nworkers;
+/* serialises choosing a worker for a new stream with adding it there */
+static DEFINE_MUTEX(krtp_assign_lock);
 
 /* --- pages ------------------------------------------------------------- */
 
@@ -599,21 +601,61 @@ void krtp_worker_unlock(struct krtp_worker *w)
 	mutex_unlock(&w->lock);
 }
 
-/* Give @s to the worker with the fewest streams. */
-void krtp_worker_add(struct krtp_stream *s)
+#ifdef KRTP_SPLICE_PAGES
+/* one sendmsg() per packet: any worker may share a socket with another */
+static struct krtp_worker *krtp_worker_of_sock(struct socket *sock)
 {
-	struct krtp_worker *best = &krtp_workers[0];
+	return NULL;
+}
+#else
+/*
+ * A corked packet takes several calls: two workers sending on one socket
+ * would mix their packets. Streams that share a socket (sessions sharing
+ * a server port) therefore share a worker.
+ */
+static struct krtp_worker *krtp_worker_of_sock(struct socket *sock)
+{
+	struct krtp_worker *found = NULL;
+	struct krtp_stream *s;
 	unsigned int i;
 
-	for (i = 1; i < krtp_nworkers; i++)
-		if (READ_ONCE(krtp_workers[i].nstreams) <
-		    READ_ONCE(best->nstreams))
-			best = &krtp_workers[i];
+	for (i = 0; i < krtp_nworkers && !found; i++) {
+		struct krtp_worker *w = &krtp_workers[i];
+
+		mutex_lock(&w->lock);
+		list_for_each_entry(s, &w->streams, node) {
+			if (s->sock == sock) {
+				found = w;
+				break;
+			}
+		}
+		mutex_unlock(&w->lock);
+	}
+	return found;
+}
+#endif
+
+/* Give @s to the worker of its socket, else to the one with fewest streams. */
+void krtp_worker_add(struct krtp_stream *s)
+{
+	struct krtp_worker *best;
+	unsigned int i;
+
+	mutex_lock(&krtp_assign_lock);
+	best = krtp_worker_of_sock(s->sock);
+	if (!best) {
+		best = &krtp_workers[0];
+		for (i = 1; i < krtp_nworkers; i++)
+			if (READ_ONCE(krtp_workers[i].nstreams) <
+			    READ_ONCE(best->nstreams))
+				best = &krtp_workers[i];
+	}
 	mutex_lock(&best->lock);
 	s->worker = best;
 	list_add_tail(&s->node, &best->streams);
 	WRITE_ONCE(best->nstreams, best->nstreams + 1);
 	mutex_unlock(&best->lock);
+	mutex_unlock(&krtp_assign_lock);
 }
 
 /* Take @s from its worker; waits for a round that may be sending it. */

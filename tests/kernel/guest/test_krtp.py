@@ -651,3 +651,33 @@ def test_ipv6_loopback_and_what_was_copied(engine_factory, tmp_path, tmpfs_copy,
         assert st.copied_octets == size, st
     else:
         assert st.spliced_octets == size, st
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_streams_sharing_one_socket_never_mix(engine_factory, receivers, tmp_path,
+                                              tmpfs_copy, ts_file, strategy):
+    """Sessions may share one server port: many streams, one socket, sent at
+    once by every pacing thread; each datagram is still one whole packet."""
+    media = tmpfs_copy(ts_file)
+    hints = write_hints(tmp_path / "s.hint", chunk_records(os.path.getsize(media), 10 * SEC))
+    rx = receivers()
+    sock = rx.sender()
+    e = engine_factory(strategy)
+    want: dict[int, list[bytes]] = {}
+    streams = []
+    with open(media, "rb") as m, open(hints, "rb") as h:
+        for ssrc in range(1, 5):
+            want[ssrc] = expected(hints, media, ssrc=ssrc, seq0=ssrc * 1000, ts0=ssrc)
+            streams.append(e.open_stream(sock, m, h, ssrc=ssrc, seq0=ssrc * 1000, ts0=ssrc))
+    sock.close()
+    for s in streams:
+        s.play(unpaced=True)
+    for s in streams:
+        assert wait_state(s, "ended").packets_sent == len(want[1])
+    got = rx.collect(4 * len(want[1]))
+    rx.settle(0.2)
+    assert len(got) == 4 * len(want[1])
+    by_ssrc: dict[int, list[bytes]] = {}
+    for p in got:
+        by_ssrc.setdefault(struct.unpack_from("!I", p, 8)[0], []).append(p)
+    assert by_ssrc == want
