@@ -177,6 +177,22 @@ class UdpMediaStream:
         self.hints.close()
         self.backend.forget(self)
 
+    def status(self) -> dict:
+        """Engine counters and the client's RTCP figures, JSON-able."""
+        out = {"client": f"{self.client_host}:{self.client_ports[0]}-{self.client_ports[1]}",
+               "server_ports": list(self.server_ports), "ssrc": f"{self.ssrc:08X}",
+               "loss_fraction": self.loss_fraction, "cumulative_lost": self.cumulative_lost,
+               "jitter": self.jitter}
+        if self._stream is not None:
+            stats = self._stream.stats()
+            out.update(state=stats.state, strategy=stats.strategy, refused=list(stats.refused),
+                       packets_sent=stats.packets_sent, payload_octets=stats.payload_octets,
+                       packets_dropped=stats.packets_dropped, send_errors=stats.send_errors,
+                       late_1ms=stats.late_1ms, late_5ms=stats.late_5ms,
+                       max_late_ms=round(stats.max_late_ns / 1e6, 3),
+                       next_record=stats.next_record, records=stats.record_count)
+        return out
+
     # -- RTCP -------------------------------------------------------------------
 
     def receiver_report(self, packets) -> None:

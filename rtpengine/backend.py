@@ -16,7 +16,7 @@ it is and why, for the daemon's log and status:
 from __future__ import annotations
 
 import errno
-from typing import Union
+from typing import Iterable, Union
 
 from . import krtp
 from .engine import Engine, EngineError
@@ -26,8 +26,10 @@ AnyEngine = Union[Engine, krtp.KrtpEngine]
 
 
 def open_engine(backend: str = "auto", threads: int = 0, strategy: str = "auto",
-                device: str = krtp.DEVICE) -> tuple[AnyEngine, str]:
-    """The engine to send with, and why it is that one."""
+                refuse: Iterable[str] = (), device: str = krtp.DEVICE
+                ) -> tuple[AnyEngine, str]:
+    """The engine to send with, and why it is that one. ``refuse`` goes to
+    the user-space engine (kernel features to treat as refused)."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown engine backend {backend!r}; known: {', '.join(BACKENDS)}")
     why_not = ""
@@ -36,10 +38,11 @@ def open_engine(backend: str = "auto", threads: int = 0, strategy: str = "auto",
         if ok:
             call = "krtpsendfile" if backend == "auto" else backend
             eng = krtp.KrtpEngine(strategy=call, path=device)
+            eng.requested_strategy = backend
             return eng, f"kernel engine {call} ({why})"
         if backend != "auto":
             raise EngineError(errno.ENODEV, f"engine backend {backend} asked for, but {why}")
         why_not = f"; krtp not used: {why}"
-    eng = Engine(threads=threads, strategy=strategy)
-    return eng, (f"user-space engine, {eng.strategy} strategy, {eng.threads} thread(s)"
-                 f"{why_not}")
+    eng = Engine(threads=threads, strategy=strategy, refuse=refuse)
+    return eng, (f"{eng.strategy} strategy (asked {strategy}), {eng.threads} thread(s), "
+                 f"user space{why_not}")

@@ -177,6 +177,8 @@ class KrtpStreamStats:
     strategy: str
     spliced_octets: int
     copied_octets: int
+    refused: tuple[str, ...] = ()
+    shared: bool = False
 
 
 @dataclass(frozen=True)
@@ -237,7 +239,13 @@ class KrtpEngine:
             raise
         self._fd = fd
         self.strategy = strategy
+        self.requested_strategy = strategy
         self.threads = self.hello.workers
+        # parity with the user-space engine: the kernel engine never falls back
+        self.fallback: Optional[str] = None
+        self.features = {"krtp": True,
+                         "krtpsendfile": bool(self.hello.features & FEAT_SENDFILE),
+                         "krtpmsend": bool(self.hello.features & FEAT_MSEND)}
         self._streams: dict[int, "KrtpStream"] = {}
 
     @property
@@ -278,14 +286,39 @@ class KrtpEngine:
         _ioctl(self._require(), IOC_INFO, buf, "module counters")
         return ModuleInfo(*INFO.unpack(buf))
 
+    def stats(self) -> dict[str, int]:
+        """Module-wide counters, named as the user-space engine's where they
+        mean the same (``packets``)."""
+        info = self.info()
+        return {"packets": info.packets_sent, "packets_dropped": info.packets_dropped,
+                "streams": info.streams, "pages_held": info.pages_held,
+                "spliced_octets": info.spliced_octets, "copied_octets": info.copied_octets}
+
+    def status(self) -> dict:
+        """What ``kvod status`` shows of the engine (the user-space engine's
+        keys, with backend "krtp" and the module's counters)."""
+        out = {"backend": "krtp", "strategy": self.strategy,
+               "requested_strategy": self.requested_strategy, "fallback": None,
+               "features": dict(self.features), "threads": self.threads,
+               "runtime_refused": []}
+        if not self.closed:
+            out.update(self.stats())
+        return out
+
     def open_stream(self, sock, media, hints, *, ssrc: int, seq0: int, ts0: int,
-                    payload_type: Optional[int] = None) -> "KrtpStream":
+                    payload_type: Optional[int] = None,
+                    dest: Optional[tuple] = None) -> "KrtpStream":
         """Open a stream of the track ``hints`` over ``media``.
 
         ``sock`` is a UDP socket connected to the client; the module keeps
         its own reference, so the caller may close its copy, and so it may
         ``media`` and ``hints``. The stream starts idle: call ``play``.
+        ``dest`` (an unconnected socket shared by many clients) is the
+        user-space engine's alone: the module refuses it.
         """
+        if dest is not None:
+            raise KrtpError(errno.EOPNOTSUPP, "krtp sends on connected sockets only "
+                                              "(no shared-socket dest)")
         ssrc = _in_range(ssrc, 32, "ssrc")
         seq0 = _in_range(seq0, 16, "seq0")
         ts0 = _in_range(ts0, 32, "ts0")

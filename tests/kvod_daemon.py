@@ -24,9 +24,12 @@ def free_tcp_port() -> int:
 class KvodDaemon:
     """A config folder, a catalog, and ``kvod serve`` running on loopback."""
 
-    def __init__(self, folder: str, *, session_timeout: float = 60, extra: str = ""):
+    def __init__(self, folder: str, *, session_timeout: float = 60, extra: str = "",
+                 env: dict | None = None):
         self.folder = folder
+        self.env = dict(os.environ, **(env or {}))
         self.port = free_tcp_port()
+        self.admin_port = free_tcp_port()
         rtp_min = random.randrange(30000, 60000, 2)
         self.config = os.path.join(folder, "kvod.toml")
         with open(self.config, "w") as f:
@@ -34,7 +37,8 @@ class KvodDaemon:
                     f"session_timeout = {session_timeout}\n"
                     f"rtp_port_min = {rtp_min}\nrtp_port_max = {rtp_min + 400}\n"
                     f'[cache]\ndir = "cache"\n[catalog]\npath = "catalog.db"\n'
-                    f'[log]\nlevel = "debug"\n{extra}')
+                    f'[log]\nlevel = "debug"\n'
+                    f'[admin]\nlisten = "tcp:{self.admin_port}:interface=127.0.0.1"\n{extra}')
         self.log_path = os.path.join(folder, "kvod.log")
         self.proc: subprocess.Popen | None = None
 
@@ -51,7 +55,7 @@ class KvodDaemon:
         """Start ``kvod serve`` and wait until RTSP accepts connections."""
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(KVOD + ["--config", self.config, "serve"],
-                                     stdout=self._log, stderr=subprocess.STDOUT)
+                                     stdout=self._log, stderr=subprocess.STDOUT, env=self.env)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

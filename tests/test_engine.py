@@ -267,7 +267,7 @@ def test_unpaced_ts_title_matches_packetizer(engine, ts_title, receivers):
         # equal-sized packets coalesce: ~49 segments a message, 64 a call
         assert st_.syscalls <= len(want) // 40
     else:
-        assert st_.syscalls >= len(want) / 64
+        assert st_.syscalls >= len(want) / 1024  # UIO_MAXIOV messages a call
 
 
 def test_indexed_ts_title_matches_packetizer(engine, ts_file, tmp_path, receivers):
