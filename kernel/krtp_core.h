@@ -48,6 +48,9 @@
 #define KRTP_RETRY_NS		1000000LL
 /* packets per stream per round, so one stream cannot starve the others */
 #define KRTP_ROUND_PACKETS	64
+/* one UDP GSO datagram: segments (UDP_MAX_SEGMENTS of 6.1) and bytes */
+#define KRTP_GSO_SEGS		64
+#define KRTP_GSO_BYTES		60000
 
 struct krtp_worker;
 
@@ -84,6 +87,7 @@ struct krtp_stream {
 	int state;
 	bool unpaced;
 	bool err_pending;	/* a hard error already hit this packet once */
+	bool no_gso;		/* the path refused UDP GSO: one packet a call */
 	u64 next_record;
 	u64 seq_count;		/* packets sent or dropped so far */
 	u64 fill_limit;

@@ -14,9 +14,11 @@
  *    get_user_pages_fast() in the caller's address space; where that
  *    fails (a VM_IO or PFN mapping) the payload is copied once instead.
  * Since 6.5 header and pages go in one sendmsg(MSG_SPLICE_PAGES), the
- * header from a page fragment; before, the header is corked with MSG_MORE
- * and the pages follow with ->sendpage(). The counters say how many
- * payload bytes were attached and how many copied.
+ * header from a page fragment, and packets due together of one size go
+ * as one UDP GSO datagram (as many as the skb's fragments take); before,
+ * the header is corked with MSG_MORE and the pages follow with
+ * ->sendpage(), one packet at a time. The counters say how many payload
+ * bytes were attached and how many copied.
  *
  * A worker holds its lock while it sends; commands take it between
  * packets. Everything here runs in the worker's thread.
@@ -26,13 +28,16 @@
 #include <linux/bvec.h>
 #include <linux/highmem.h>
 #include <linux/kthread.h>
+#include <linux/log2.h>
 #include <linux/mm.h>
 #include <linux/pagemap.h>
 #include <linux/sched.h>
 #include <linux/sched/mm.h>
 #include <linux/shmem_fs.h>
+#include <linux/skbuff.h>
 #include <linux/slab.h>
 #include <linux/uaccess.h>
+#include <linux/udp.h>
 #include <linux/uio.h>
 #include <net/sock.h>
 #include <uapi/linux/magic.h>
@@ -52,6 +57,9 @@ struct krtp_worker {
 	struct bio_vec bv[KRTP_MAX_BVEC];	/* [0]: header, then payload */
 #ifdef KRTP_SPLICE_PAGES
 	struct page_frag_cache frag;	/* RTP headers, attached by reference */
+	/* a UDP GSO batch: its records and their due times */
+	struct krtp_hint_record rec[KRTP_GSO_SEGS];
+	s64 due[KRTP_GSO_SEGS];
 #endif
 };
 
@@ -249,7 +257,7 @@ static int krtp_user_payload(struct krtp_worker *w, struct krtp_stream *s,
  */
 static int krtp_payload(struct krtp_worker *w, struct krtp_stream *s,
 			struct krtp_cursor *c, const struct krtp_hint_record *r,
-			unsigned int *nbv, bool *copied)
+			unsigned int *nbv, bool *copied, bool may_copy)
 {
 	int err;
 
@@ -261,7 +269,7 @@ static int krtp_payload(struct krtp_worker *w, struct krtp_stream *s,
 		return krtp_file_payload(w, c, s->media, r->offset, r->length,
 					 nbv);
 	err = krtp_user_payload(w, s, r->offset, r->length, nbv);
-	if (err != -EFAULT)
+	if (err != -EFAULT || !may_copy)
 		return err;
 	if (copy_from_user(w->bounce,
 			   (const void __user *)(s->media_addr + r->offset),
@@ -307,6 +315,16 @@ static int krtp_xmit_copy(struct krtp_worker *w, struct krtp_stream *s,
 }
 
 #ifdef KRTP_SPLICE_PAGES
+/*
+ * Room for an RTP header in a page fragment. Aligned, so that it never
+ * straddles two pages: that would cost a second skb fragment.
+ */
+static u8 *krtp_header_alloc(struct krtp_worker *w, unsigned int hlen)
+{
+	return page_frag_alloc_align(&w->frag, hlen, GFP_KERNEL,
+				     roundup_pow_of_two(KRTP_HDR_ROOM));
+}
+
 /* Does the stack copy instead of attaching? Only a device without SG. */
 static bool krtp_xmit_copies(const struct krtp_stream *s)
 {
@@ -322,7 +340,7 @@ static int krtp_xmit_pages(struct krtp_worker *w, struct krtp_stream *s,
 	int rc;
 
 	/* the socket buffer keeps a reference on the header's page */
-	h = page_frag_alloc(&w->frag, hlen, GFP_KERNEL);
+	h = krtp_header_alloc(w, hlen);
 	if (!h)
 		return -ENOBUFS;
 	memcpy(h, hdr, hlen);
@@ -454,7 +472,7 @@ static bool krtp_send(struct krtp_worker *w, struct krtp_stream *s,
 	u8 hdr[KRTP_HDR_ROOM];
 	int err;
 
-	err = krtp_payload(w, s, c, r, &nbv, &copied);
+	err = krtp_payload(w, s, c, r, &nbv, &copied, true);
 	if (err) {
 		krtp_drop(s, err);
 		return false;
@@ -470,6 +488,146 @@ static bool krtp_send(struct krtp_worker *w, struct krtp_stream *s,
 	krtp_account(s, r, seq, ts, due, now, copied || krtp_xmit_copies(s));
 	return false;
 }
+
+#ifdef KRTP_SPLICE_PAGES
+/* Pages the payload of @r spans: each is one fragment of the skb. */
+static unsigned int krtp_pages(const struct krtp_stream *s,
+			       const struct krtp_hint_record *r)
+{
+	u64 base = 0;
+
+	if (!r->length)
+		return 0;
+	if (r->flags & KRTP_REC_BLOB)
+		base = s->blob_offset;
+	else if (s->msend)
+		base = s->media_addr;
+	return DIV_ROUND_UP(offset_in_page(base + r->offset) + r->length,
+			    PAGE_SIZE);
+}
+
+/*
+ * How many records from s->next_record (@r, due at @due, and those after
+ * it that are due by now, of its size, the last maybe shorter) fit one
+ * UDP GSO datagram; they land in w->rec and w->due.
+ */
+static unsigned int krtp_gather(struct krtp_worker *w, struct krtp_stream *s,
+				struct krtp_cursor *c,
+				const struct krtp_hint_record *r, s64 due,
+				s64 now)
+{
+	unsigned int size = KRTP_RTP_HEADER + r->prefix_len + r->length;
+	unsigned int frags = 1 + krtp_pages(s, r), bytes = size, n = 1;
+
+	w->rec[0] = *r;
+	w->due[0] = due;
+	while (n < KRTP_GSO_SEGS && s->next_record + n < s->nrec) {
+		struct krtp_hint_record *q = &w->rec[n];
+		unsigned int qsize;
+
+		if (krtp_read_record(s, s->next_record + n, q, c) ||
+		    krtp_record_bounds(s, q))
+			break;
+		due = s->unpaced ? now : krtp_due(s, q->send_ns);
+		if (due > now + KRTP_LOOKAHEAD_NS)
+			break;
+		if (!(q->flags & KRTP_REC_BLOB) &&
+		    q->offset + q->length > s->fill_limit)
+			break;
+		qsize = KRTP_RTP_HEADER + q->prefix_len + q->length;
+		frags += 1 + krtp_pages(s, q);
+		if (qsize > size || bytes + qsize > KRTP_GSO_BYTES ||
+		    frags > MAX_SKB_FRAGS)
+			break;
+		w->due[n++] = due;
+		bytes += qsize;
+		/* only the last segment may be shorter */
+		if (qsize < size)
+			break;
+	}
+	return n;
+}
+
+/*
+ * Send w->rec[0..@n) as one UDP GSO datagram: headers from page
+ * fragments, payload pages, all attached by reference. Returns the packets
+ * sent; 0 if nothing was (the caller sends the first record alone); -1 if
+ * the stream must wait to retry.
+ */
+static int krtp_send_gso(struct krtp_worker *w, struct krtp_stream *s,
+			 struct krtp_cursor *c, unsigned int n, s64 now)
+{
+	union {
+		struct cmsghdr cm;
+		u8 buf[CMSG_SPACE(sizeof(u16))];
+	} ctl = { };
+	struct msghdr msg = { .msg_flags = MSG_DONTWAIT | MSG_SPLICE_PAGES };
+	unsigned int size = KRTP_RTP_HEADER + w->rec[0].prefix_len +
+			    w->rec[0].length;
+	unsigned int head[KRTP_GSO_SEGS], i, nbv = 0;
+	size_t bytes = 0;
+	int rc = 0;
+
+	for (i = 0; i < n; i++) {
+		struct krtp_hint_record *r = &w->rec[i];
+		unsigned int hlen = KRTP_RTP_HEADER + r->prefix_len;
+		unsigned int at = nbv + 1;
+		bool copied = false;
+		u8 *h;
+
+		h = krtp_header_alloc(w, hlen);
+		if (!h)
+			break;
+		/* pages only: a payload that must be copied ends the batch */
+		if (krtp_payload(w, s, c, r, &at, &copied, false)) {
+			page_frag_free(h);
+			break;
+		}
+		krtp_put_header(h, s, r, (u16)(s->seq0 + s->seq_count + i),
+				s->ts0 + r->rtp_ts);
+		bvec_set_virt(&w->bv[nbv], h, hlen);
+		head[i] = nbv;
+		nbv = at;
+		bytes += hlen + r->length;
+	}
+	n = i;
+	if (n >= 2) {
+		ctl.cm.cmsg_len = CMSG_LEN(sizeof(u16));
+		ctl.cm.cmsg_level = SOL_UDP;
+		ctl.cm.cmsg_type = UDP_SEGMENT;
+		*(u16 *)CMSG_DATA(&ctl.cm) = size;
+		msg.msg_control = &ctl;
+		msg.msg_controllen = sizeof(ctl);
+		iov_iter_bvec(&msg.msg_iter, ITER_SOURCE, w->bv, nbv, bytes);
+		s->st.send_calls++;
+		rc = sock_sendmsg(s->sock, &msg);
+	}
+	for (i = 0; i < n; i++) {
+		unsigned int end = i + 1 < n ? head[i + 1] : nbv;
+
+		page_frag_free(bvec_virt(&w->bv[head[i]]));
+		krtp_put_bvec(w, head[i] + 1, end);
+	}
+	if (n < 2)
+		return 0;
+	if (rc >= 0) {
+		for (i = 0; i < n; i++)
+			krtp_account(s, &w->rec[i],
+				     (u16)(s->seq0 + s->seq_count),
+				     s->ts0 + w->rec[i].rtp_ts, w->due[i], now,
+				     false);
+		return n;
+	}
+	if (rc == -EAGAIN || rc == -ENOBUFS || rc == -ENOMEM)
+		return krtp_send_failed(s, rc, now) ? -1 : 0;
+	/* the path takes no UDP GSO (no checksum, IPsec, MTU): one by one */
+	s->no_gso = true;
+	s->st.flags |= KRTP_STATS_NO_GSO;
+	s->st.send_errors++;
+	s->st.last_errno = -rc;
+	return 0;
+}
+#endif
 
 /* Send what @s has due; returns when it needs its worker next. */
 static s64 krtp_pump(struct krtp_worker *w, struct krtp_stream *s, s64 now)
@@ -524,6 +682,22 @@ static s64 krtp_pump(struct krtp_worker *w, struct krtp_stream *s, s64 now)
 			s->blocked_due = due;
 			break;
 		}
+#ifdef KRTP_SPLICE_PAGES
+		if (!s->no_gso) {
+			unsigned int m = krtp_gather(w, s, &c, &r, due, now);
+			int sent = m > 1 ? krtp_send_gso(w, s, &payload, m, now) : 0;
+
+			if (sent < 0) {
+				wake = s->retry_at;
+				break;
+			}
+			if (sent > 0) {
+				n += sent - 1;
+				now = ktime_get_ns();
+				continue;
+			}
+		}
+#endif
 		if (krtp_send(w, s, &payload, &r, due, now)) {
 			wake = s->retry_at;
 			break;

@@ -48,6 +48,7 @@ OPEN_MSEND = 0x0001
 PT_FROM_HINT = -1
 PLAY_UNPACED = 0x0001
 RECORD_CONTINUE = 0xFFFF_FFFF_FFFF_FFFF
+STATS_NO_GSO = 0x0001
 
 # The uapi structures, little-endian with their padding spelled out; each
 # layout is checked against the C compiler's in tests/test_krtp_abi.py.
@@ -152,7 +153,9 @@ def available(path: str = DEVICE) -> tuple[bool, str]:
 class KrtpStreamStats:
     """A snapshot of one stream: the user-space engine's fields and more.
 
-    ``syscalls`` counts the kernel's socket send calls for the stream.
+    ``syscalls`` counts the kernel's socket send calls for the stream (one
+    per UDP GSO batch of packets on 6.5+ kernels); ``gso_fallback`` says
+    the path refused GSO batches and the module sends one packet a call.
     ``spliced_octets`` are payload bytes attached to socket buffers by page
     reference, ``copied_octets`` those that had to be copied.
     """
@@ -427,7 +430,7 @@ class KrtpStream:
             raise KrtpError(errno.EBADF, "stream is closed")
         buf = bytearray(STATS.pack(sid, *([0] * (len(STATS.unpack(bytes(STATS.size))) - 1))))
         _ioctl(self._engine._require(), IOC_STATS, buf, f"stats of stream {sid}")
-        (_, state, last_errno, last_rtp_ts, last_seq, mode, _, record_count, next_record,
+        (_, state, last_errno, last_rtp_ts, last_seq, mode, flags, record_count, next_record,
          fill_limit, packets_sent, payload_octets, packets_dropped, send_errors, late_1ms,
          late_5ms, max_late_ns, last_due_ns, send_calls, spliced, copied) = STATS.unpack(buf)
         return KrtpStreamStats(
@@ -437,7 +440,7 @@ class KrtpStream:
             send_errors=send_errors, last_errno=last_errno, late_1ms=late_1ms,
             late_5ms=late_5ms, max_late_ns=max_late_ns, last_due_ns=last_due_ns,
             syscalls=send_calls, last_seq=last_seq, last_rtp_ts=last_rtp_ts,
-            gso_fallback=False, strategy=MODES.get(mode, str(mode)),
+            gso_fallback=bool(flags & STATS_NO_GSO), strategy=MODES.get(mode, str(mode)),
             spliced_octets=spliced, copied_octets=copied)
 
     def _forget(self) -> None:

@@ -29,7 +29,7 @@ LAYOUTS = {
     "krtp_play": (krtp.PLAY, ["id", "flags", "start_record", "start_ns"]),
     "krtp_cmd": (krtp.CMD, ["id", "reserved", "arg"]),
     "krtp_stats": (krtp.STATS, ["id", "state", "last_errno", "last_rtp_ts", "last_seq",
-                                "mode", "reserved", "record_count", "next_record",
+                                "mode", "flags", "record_count", "next_record",
                                 "fill_limit", "packets_sent", "payload_octets",
                                 "packets_dropped", "send_errors", "late_1ms", "late_5ms",
                                 "max_late_ns", "last_due_ns", "send_calls",

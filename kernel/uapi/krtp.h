@@ -91,6 +91,9 @@ struct krtp_hint_record {
 #define KRTP_MODE_SENDFILE	1
 #define KRTP_MODE_MSEND		2
 
+/* struct krtp_stats.flags */
+#define KRTP_STATS_NO_GSO	0x0001	/* the path refused UDP GSO batches */
+
 struct krtp_hello {
 	__u32 abi_version;	/* in: the caller's; out: the module's */
 	__u32 features;		/* out: KRTP_FEAT_* */
@@ -142,7 +145,7 @@ struct krtp_stats {
 	__u32 last_rtp_ts;
 	__u16 last_seq;
 	__u16 mode;		/* KRTP_MODE_* */
-	__u32 reserved;
+	__u32 flags;		/* KRTP_STATS_* */
 	__u64 record_count;
 	__u64 next_record;
 	__u64 fill_limit;

@@ -26,6 +26,8 @@ from tests.kernel.guest.conftest import (SEC, chunk_records, expected, open_stre
 from tests.media import make_ts
 
 STRATEGIES = ["krtpsendfile", "krtpmsend"]
+# 6.5+ sends with MSG_SPLICE_PAGES (and UDP GSO batches); 6.1 with ->sendpage
+SPLICE_KERNEL = tuple(int(x) for x in os.uname().release.split(".")[:2]) >= (6, 5)
 
 
 @pytest.fixture(scope="module")
@@ -106,6 +108,32 @@ def test_unpaced_title_is_the_reference(engine_factory, receivers, tmp_path, tmp
     assert st.strategy == strategy
     assert st.spliced_octets == os.path.getsize(media) and st.copied_octets == 0, st
     assert st.last_seq == (65535 - 300 + len(want) - 1) & 0xFFFF
+    assert not st.gso_fallback
+    if SPLICE_KERNEL:
+        # packets due together leave as UDP GSO batches: far fewer calls
+        assert st.syscalls * 4 < st.packets_sent, st
+    else:
+        # 6.1: a corked header, then one ->sendpage() per payload page
+        assert st.syscalls >= 2 * st.packets_sent, st
+
+
+def test_a_path_without_gso_falls_back_to_single_packets(engine_factory, receivers,
+                                                         tmp_path, tmpfs_copy, ts_file):
+    """UDP GSO needs checksums: with SO_NO_CHECK the kernel refuses a batch,
+    and the stream goes on one packet a call, nothing lost."""
+    media = tmpfs_copy(ts_file)
+    hints = write_hints(tmp_path / "n.hint", chunk_records(os.path.getsize(media), 10 * SEC))
+    kw = dict(ssrc=8, seq0=8, ts0=8)
+    want = expected(hints, media, **kw)
+    rx = receivers()
+    sock = rx.sender()
+    sock.setsockopt(socket.SOL_SOCKET, 11, 1)            # SO_NO_CHECK
+    stream = open_stream(engine_factory(), sock, media, hints, **kw)
+    stream.play(unpaced=True)
+    st = wait_state(stream, "ended")
+    assert rx.collect(len(want)) == want
+    assert st.packets_sent == len(want) and st.packets_dropped == 0
+    assert st.gso_fallback == SPLICE_KERNEL
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
