@@ -47,7 +47,7 @@ run: demo
 	@echo "serving rtsp://127.0.0.1:8554/demo (Ctrl-C stops); try: ffplay rtsp://127.0.0.1:8554/demo"
 	$(KVOD) --config $(DEMO_CONFIG) serve
 
-test: engine
+test: engine kernels
 	$(PYTHON) -m pytest -q $(PYTEST_ARGS) tests
 
 # The C under AddressSanitizer/UBSan, built into build/asan (the normal
@@ -69,3 +69,17 @@ bench: engine
 
 clean:
 	rm -rf build rtpengine/_kvod_*.so
+
+# The krtp kernel module in Debian 12's and 13's kernels under QEMU (also in
+# `make test`); kernel packages are fetched once into build/kernels.
+.PHONY: kernels test-kernel bench-kernel
+kernels: deps
+	@packaging/fetch-kernels >/dev/null
+
+test-kernel: engine kernels
+	$(PYTHON) -m pytest -q $(PYTEST_ARGS) tests/test_krtp_abi.py tests/test_krtp_kernel.py
+
+# kvod bench datapath inside each kernel's guest, krtp loaded (ratios only:
+# software emulation distorts absolute figures)
+bench-kernel: engine kernels
+	$(PYTHON) -m tests.kernel.bench

@@ -250,6 +250,10 @@ class EngineConfig(_Section):
         "auto", _one_of(*ENGINE_STRATEGIES),
         "Send strategy: 'auto' (the cheapest the kernel supports) or one by name: "
         + ", ".join(ENGINE_STRATEGIES[1:]) + ".")
+    backend: str = _setting(
+        "auto", _one_of("auto", "userspace", "krtpsendfile", "krtpmsend"),
+        "Which engine sends: 'auto' (the krtp kernel module's krtpsendfile when "
+        "/dev/krtp answers, else user space), 'userspace', 'krtpsendfile' or 'krtpmsend'.")
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from appliance.rtsp_server import RtspServer
 from appliance.status import daemon_status
 from appliance.udp_media import UdpMediaBackend
 from catalog import open_catalog
-from rtpengine.engine import Engine
+from rtpengine.backend import open_engine
 
 log = logging.getLogger(__name__)
 
@@ -87,10 +87,10 @@ class KvodService(service.MultiService):
         # KVOD_ENGINE_REFUSE=udp_segment,zerocopy,io_uring makes the engine act
         # as if the kernel refused those features: how tests show the fallback.
         refuse = [f for f in os.environ.get("KVOD_ENGINE_REFUSE", "").split(",") if f]
-        self.engine = Engine(threads=config.engine.threads, strategy=config.engine.strategy,
-                             refuse=refuse)
-        log.info("engine: %s strategy (asked %s), %d thread(s)", self.engine.strategy,
-                 config.engine.strategy, self.engine.threads)
+        self.engine, self.engine_description = open_engine(
+            config.engine.backend, threads=config.engine.threads,
+            strategy=config.engine.strategy, refuse=refuse)
+        log.info("engine: %s", self.engine_description)
         if self.engine.fallback:
             log.warning("engine fallback: %s", self.engine.fallback)
         self.media = UdpMediaBackend(

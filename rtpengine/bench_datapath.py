@@ -11,6 +11,13 @@ to ``read_writev`` and ``rtp_sendfile`` measured side by side. A bare C loop
 doing the same GSO sends (``csrc/bench_bare_gso.c``, compiled now into
 ``build/``) is the floor the engine is held against.
 
+Where the krtp module answers on /dev/krtp, its two calls run too
+(``krtpsendfile``, ``krtpmsend``). Their packets are sent by the module's
+kernel threads, so their CPU is this process's plus those threads' (from
+/proc: ``krtp/N``), the same work getrusage counts for a user-space
+strategy's own threads; they make no system call on the data path after
+PLAY (``kernel_send_calls`` counts the module's socket calls).
+
 Sinks: ``loopback`` (a socket on 127.0.0.1 that never reads: the kernel
 also delivers each packet to it and drops it) or ``nic`` (an ``ifb`` device
 in a private network namespace, which frees every packet: a perfect NIC;
@@ -29,6 +36,7 @@ import time
 from contextlib import ExitStack
 from typing import Callable, Optional
 
+from . import krtp
 from .bench_media import cache_dir
 from .engine import STRATEGIES, Engine
 from .hintfile import HEADER_SIZE, RECORD, HintHeader
@@ -115,9 +123,65 @@ class _LoopbackSink:
         self.rx.close()
 
 
+def krtp_strategies() -> list[str]:
+    """The krtp calls this machine can run (none without the module)."""
+    return list(krtp.STRATEGIES) if krtp.available()[0] else []
+
+
+def _krtp_threads_cpu() -> float:
+    """CPU seconds of the krtp module's pacing threads (kernel threads krtp/N)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        name = stat[stat.index("(") + 1:stat.rindex(")")]
+        if name.startswith("krtp/"):
+            fields = stat[stat.rindex(")") + 2:].split()
+            total += int(fields[11]) + int(fields[12])     # utime, stime
+    return total / tick
+
+
+def run_krtp(call: str, media: str, hints: str, nrec: int, sink,
+             progress: Progress = None) -> dict:
+    """Send the whole title once through the module's ``call``; its figures."""
+    size = os.path.getsize(media)
+    with krtp.KrtpEngine(strategy=call) as engine, open(media, "rb") as m, open(hints, "rb") as h:
+        sock = sink.socket()
+        stream = engine.open_stream(sock, m, h, ssrc=1, seq0=0, ts0=0)
+        sock.close()
+        cpu0, k0, t0 = _cpu(), _krtp_threads_cpu(), time.monotonic()
+        stream.play(unpaced=True)
+        while True:
+            st = stream.stats()
+            if st.state != "playing":
+                break
+            if progress:
+                progress(st.next_record / nrec)
+            time.sleep(0.005)
+        wall = time.monotonic() - t0
+        cpu = _cpu() - cpu0 + _krtp_threads_cpu() - k0
+    if st.packets_sent != nrec:
+        raise RuntimeError(f"{call}: sent {st.packets_sent} of {nrec} packets "
+                           f"({st.packets_dropped} dropped, errno {st.last_errno})")
+    gib = size / GIB
+    return {"strategy": call, "cpu_s": round(cpu, 4), "wall_s": round(wall, 4),
+            "packets": st.packets_sent, "syscalls": 0, "kernel_send_calls": st.syscalls,
+            "cpu_s_per_gib": round(cpu / gib, 4),
+            "packets_per_s": round(st.packets_sent / wall),
+            "syscalls_per_gib": 0, "zc_copied": st.copied_octets}
+
+
 def run_strategy(strategy: str, media: str, hints: str, nrec: int, sink,
                  progress: Progress = None) -> dict:
     """Send the whole title once through ``strategy``; its figures."""
+    if strategy in krtp.STRATEGIES:
+        return run_krtp(strategy, media, hints, nrec, sink, progress)
     size = os.path.getsize(media)
     with Engine(threads=1, strategy=strategy) as engine, \
             open(media, "rb") as m, open(hints, "rb") as h:
@@ -202,9 +266,13 @@ def run_datapath(size: int = GIB, payloads: tuple[int, ...] = (1316,),
     Returns ``{"runs": {payload: {"strategies": {name: figures},
     "bare_gso": figures, "engine_vs_bare": ratio}}, ...}``.
     """
-    names = strategies or ORDER
+    names = strategies or ORDER + krtp_strategies()
     for n in names:
-        if n not in STRATEGIES or n == "auto":
+        if n in krtp.STRATEGIES:
+            ok, why = krtp.available()
+            if not ok:
+                raise ValueError(f"{n} needs the krtp module: {why}")
+        elif n not in STRATEGIES or n == "auto":
             raise ValueError(f"unknown strategy {n!r}")
     media = make_media(size)
     repeat = max(1, repeat)
@@ -292,4 +360,7 @@ def format_table(result: dict) -> str:
     lines.append("")
     lines.append("research figures: Halvorsen, Dalseng, Griwodz; only krtpsendfile's "
                  "ratio (0.73x rtp_sendfile) was available, the others print n/a")
+    if not any(name in run["strategies"] for run in result["runs"].values()
+               for name in krtp.STRATEGIES):
+        lines.append(f"krtpsendfile, krtpmsend: not measured ({krtp.available()[1]})")
     return "\n".join(lines)
