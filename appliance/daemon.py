@@ -15,10 +15,12 @@ import time
 
 from twisted.application import service
 from twisted.internet import endpoints
-from twisted.internet.defer import gatherResults
+from twisted.internet.defer import Deferred, gatherResults
 
 from appliance.admin_http import admin_site
 from appliance.config import Config
+from appliance.proxy_cache import ProxyCache
+from appliance.title_fill import FillSettings
 from appliance.rtsp_protocol import RtspFactory
 from appliance.rtsp_server import RtspServer
 from appliance.status import daemon_status
@@ -84,6 +86,17 @@ class KvodService(service.MultiService):
         self.config = config
         self.reactor = reactor
         self.catalog = open_catalog(config.catalog.path)
+        origin = config.origin
+        self.cache = ProxyCache(
+            reactor=reactor, catalog=self.catalog, cache_dir=config.cache.dir,
+            base_urls=origin.base_url, max_fills=origin.max_fills,
+            connect_timeout=origin.connect_timeout, read_timeout=origin.read_timeout,
+            connections=origin.connections,
+            settings=FillSettings(
+                chunk_bytes=origin.chunk_bytes, requests_per_fill=origin.requests_per_fill,
+                retries=origin.retries, retry_delay=origin.retry_delay,
+                retry_max_delay=origin.retry_max_delay, probe_bytes=origin.probe_bytes,
+                tail_bytes=origin.tail_bytes))
         # KVOD_ENGINE_REFUSE=udp_segment,zerocopy,io_uring makes the engine act
         # as if the kernel refused those features: how tests show the fallback.
         refuse = [f for f in os.environ.get("KVOD_ENGINE_REFUSE", "").split(",") if f]
@@ -98,15 +111,17 @@ class KvodService(service.MultiService):
             port_min=config.rtsp.rtp_port_min, port_max=config.rtsp.rtp_port_max,
             sr_interval=config.rtcp.sr_interval,
             cname=f"kvod@{socket.gethostname()}",
-            on_alive=lambda session_id: self.server.touch(session_id, time.monotonic()))
+            on_alive=lambda session_id: self.server.touch(session_id, time.monotonic()),
+            fill_for=self.cache.fill_for, stall_timeout=config.cache.stall_timeout)
+        self.cache.in_use = self.media.playing
         self.server = RtspServer(titles=self.catalog, media=self.media,
                                  session_timeout=config.rtsp.session_timeout,
                                  max_sessions=config.rtsp.max_sessions,
-                                 server_name=config.rtsp.server_name)
+                                 server_name=config.rtsp.server_name, cache=self.cache)
         self.timer = SessionTimer(self.server, reactor)
         self.timer.setServiceParent(self)
         self.factory = RtspFactory(self.server, max_connections=config.rtsp.max_connections,
-                                   on_request=self.timer.rearm)
+                                   on_request=self.timer.rearm, cache=self.cache)
         self.exit_code = 0
         self.started = time.time()
         self.endpoint = endpoints.serverFromString(reactor, config.rtsp.listen)
@@ -121,6 +136,7 @@ class KvodService(service.MultiService):
     def startService(self) -> None:  # noqa: N802 (Twisted API)
         super().startService()
         self.media.start()
+        self.cache.resume_all()
         rtsp = self.endpoint.listen(self.factory)
         rtsp.addCallback(self._set_port, "port")
         rtsp.addErrback(self._listen_failed, "RTSP", self.config.rtsp.listen)
@@ -158,6 +174,8 @@ class KvodService(service.MultiService):
                 port.stopListening()
                 setattr(self, attr, None)
         d = super().stopService()
+        d.addBoth(lambda result: Deferred.fromCoroutine(self.cache.stop()).addBoth(
+            lambda _: result))
 
         def _release(result):
             self.engine.close()

@@ -4,6 +4,7 @@ No Twisted here and nothing else of kvod's: the daemon, the CLI and the
 tests all use this package the same way.
 """
 
+from catalog.cache_entries import CacheEntry, cache_entries, get_meta, keep_cached_below, set_meta
 from catalog.db import (
     CatalogError,
     InvalidTitleName,
@@ -23,6 +24,11 @@ from catalog.titles import (
 )
 
 __all__ = [
+    "CacheEntry",
+    "cache_entries",
+    "get_meta",
+    "keep_cached_below",
+    "set_meta",
     "MIGRATIONS",
     "STATES",
     "Catalog",
