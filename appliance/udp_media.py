@@ -99,10 +99,12 @@ class UdpMediaStream:
             try:
                 hint_fd = os.open(update.path, os.O_RDONLY | os.O_CLOEXEC)
                 try:
+                    # only a filling title asks for growing hints, which
+                    # not every engine backend has (krtp has not)
+                    growing = {"growing": True} if update.growing else {}
                     self._stream = backend.engine.open_stream(
                         self._rtp_sock.fileno(), media_fd, hint_fd,
-                        ssrc=self.ssrc, seq0=self.seq0, ts0=self.ts0,
-                        growing=update.growing)
+                        ssrc=self.ssrc, seq0=self.seq0, ts0=self.ts0, **growing)
                     if update.count is not None:
                         self._stream.set_hints(hint_fd, update.count, growing=update.growing)
                 finally:

@@ -21,7 +21,7 @@ from appliance.rtsp_client import RtpReceiver, RtspClient
 from rtpengine.rtp import parse_rtp
 from tests.kvod_daemon import KvodDaemon
 from tests.origin_server import NginxOrigin
-from tests.test_integration import assert_contiguous, framemd5, gst_receive, sha256
+from tests.test_integration import assert_contiguous, framemd5, gst_finished, gst_receive, sha256
 
 pytestmark = pytest.mark.integration
 
@@ -81,7 +81,7 @@ def test_gstreamer_plays_an_uncached_title_byte_identical(daemon, origin, ts_fil
     out = str(tmp_path / "gst.ts")
     proc = gst_receive(daemon.url(name), out)
     output, _ = proc.communicate(timeout=40)
-    assert proc.returncode == 0, output
+    assert gst_finished(proc, output), output
     assert sha256(out) == sha256(ts_file)
     info = wait_complete(daemon, name)
     assert sha256(info["media_path"]) == sha256(ts_file)
@@ -107,12 +107,12 @@ def test_a_complete_title_is_served_without_the_origin(tmp_path, short_ts_file):
         d.start()
         proc = gst_receive(d.url("t.ts"), str(tmp_path / "1.ts"))
         output, _ = proc.communicate(timeout=30)
-        assert proc.returncode == 0, output
+        assert gst_finished(proc, output), output
         wait_complete(d, "t.ts")
         nginx.stop()  # gone: the cached copy must do
         proc = gst_receive(d.url("t.ts"), str(tmp_path / "2.ts"))
         output, _ = proc.communicate(timeout=30)
-        assert proc.returncode == 0, output
+        assert gst_finished(proc, output), output
         assert sha256(str(tmp_path / "2.ts")) == sha256(short_ts_file)
         # the probe's head and tail were the whole title; nothing since
         assert [r[2] for r in nginx.requests()] == [256 * 1024, os.path.getsize(short_ts_file)
@@ -170,7 +170,7 @@ def test_viewers_share_one_fill_and_a_late_one_joins_mid_fill(slow_daemon, slow_
     want = sha256(ts_file)
     for proc, out in zip(procs, outs):
         output, _ = proc.communicate(timeout=40)
-        assert proc.returncode == 0, output
+        assert gst_finished(proc, output), output
         assert sha256(out) == want
     wait_complete(slow_daemon, name)
     # four viewers, one fill: the origin sent each byte once
