@@ -55,12 +55,17 @@ class Receiver:
         self.sock.setblocking(False)
         self.packets: list[bytes] = []
         self.times: list[int] = []
+        # Loopback ports are reused: another process's stream to a port that
+        # was closed may land here. Only the senders made below count.
+        self._senders: set = set()
+        self.strays = 0
         self._realtime_offset = time.time_ns() - time.monotonic_ns()
 
     def sender(self) -> socket.socket:
         """A UDP socket connected to this receiver."""
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         s.connect(self.sock.getsockname())
+        self._senders.add(s.getsockname())
         return s
 
     def drain(self) -> int:
@@ -68,9 +73,12 @@ class Receiver:
         n = 0
         while True:
             try:
-                data, anc, _, _ = self.sock.recvmsg(65536, 64)
+                data, anc, _, source = self.sock.recvmsg(65536, 64)
             except BlockingIOError:
                 return n
+            if self._senders and source not in self._senders:
+                self.strays += 1
+                continue
             stamp = time.time_ns()
             for level, kind, value in anc:
                 if (level, kind) == (socket.SOL_SOCKET, SO_TIMESTAMPNS):
