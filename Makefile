@@ -9,7 +9,7 @@ CSRC := $(wildcard rtpengine/csrc/*.c rtpengine/csrc/*.h) kernel/uapi/krtp.h
 ENGINE_STAMP := build/.engine-stamp
 PYTEST_ARGS ?=
 
-.PHONY: all deps engine run demo test test-fast bench clean
+.PHONY: all deps engine run demo test test-fast test-asan bench clean
 
 all: engine
 
@@ -47,12 +47,39 @@ run: demo
 	@echo "serving rtsp://127.0.0.1:8554/demo (Ctrl-C stops); try: ffplay rtsp://127.0.0.1:8554/demo"
 	$(KVOD) --config $(DEMO_CONFIG) serve
 
-test: engine
+test: engine kernels
 	$(PYTHON) -m pytest -q $(PYTEST_ARGS) tests
+
+# The C under AddressSanitizer/UBSan, built into build/asan (the normal
+# modules stay as they are), then the engine and indexer tests against it.
+ASAN_DIR := build/asan
+test-asan: deps
+	KVOD_EXTRA_CFLAGS="-fsanitize=address,undefined -fno-omit-frame-pointer" \
+		KVOD_BUILD_DEST=$(ASAN_DIR) $(PYTHON) -m rtpengine.build_engine
+	KVOD_EXT_DIR=$(CURDIR)/$(ASAN_DIR) LD_PRELOAD=$$(gcc -print-file-name=libasan.so) \
+		ASAN_OPTIONS=detect_leaks=0 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+		$(PYTHON) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS) \
+		tests/test_engine.py tests/test_strategies.py tests/test_mpegts.py
 
 bench: engine
 	$(KVOD) bench index
-	$(KVOD) bench streams
+	$(KVOD) bench datapath --size 256MiB --payload 512,1024,1316 --sink nic
+	$(KVOD) bench streams --sessions 1,10,100,1000
+	$(KVOD) bench latency
 
 clean:
 	rm -rf build rtpengine/_kvod_*.so
+
+# The krtp kernel module in Debian 12's and 13's kernels under QEMU (also in
+# `make test`); kernel packages are fetched once into build/kernels.
+.PHONY: kernels test-kernel bench-kernel
+kernels: deps
+	@packaging/fetch-kernels >/dev/null
+
+test-kernel: engine kernels
+	$(PYTHON) -m pytest -q $(PYTEST_ARGS) tests/test_krtp_abi.py tests/test_krtp_kernel.py
+
+# kvod bench datapath inside each kernel's guest, krtp loaded (ratios only:
+# software emulation distorts absolute figures)
+bench-kernel: engine kernels
+	$(PYTHON) -m tests.kernel.bench

@@ -1,25 +1,48 @@
-"""The admin HTTP endpoint (localhost): what the cache holds, and the cache
-commands that must go through the running daemon because it streams and
-fills (``kvod cache prefetch``, ``kvod cache evict``).
+"""The admin HTTP endpoint (localhost): ``/status`` JSON, ``/metrics`` text,
+and ``/cache``: what the cache holds, and the cache commands that must go
+through the running daemon because it streams and fills (``kvod cache
+prefetch``, ``kvod cache evict``).
 
-    GET  /cache                     status JSON (cache_status)
+    GET  /status                    the daemon's status (JSON)
+    GET  /metrics                   the same for Prometheus
+    GET  /cache                     the cache's status JSON (cache_status)
     POST /cache/prefetch?name=NAME  start filling NAME; 202, or the error
     POST /cache/evict?name=NAME     evict all of NAME; 409 if it is busy or pinned
 
-JSON in and out; a thin twisted.web adapter over ProxyCache.
+/status and /metrics come from a status function the daemon passes in, so
+this module knows nothing of sessions; /cache is a thin adapter over
+ProxyCache.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from typing import Callable
 
 from twisted.internet.defer import Deferred
 from twisted.web import resource, server
 
-from appliance.cache_quota import cache_status
+from appliance.metrics import prometheus_text
 
 log = logging.getLogger(__name__)
+
+
+class _Leaf(resource.Resource):
+    isLeaf = True
+
+    def __init__(self, render: Callable[[], tuple[bytes, bytes]]):
+        super().__init__()
+        self._render = render
+
+    def render_GET(self, request) -> bytes:  # noqa: N802 (Twisted API)
+        body, content_type = self._render()
+        request.setHeader(b"Content-Type", content_type)
+        request.setHeader(b"Cache-Control", b"no-store")
+        return body
+
+    def render_HEAD(self, request) -> bytes:  # noqa: N802 (Twisted API)
+        return self.render_GET(request)
 
 
 class CacheAdmin(resource.Resource):
@@ -37,16 +60,16 @@ class CacheAdmin(resource.Resource):
         return json.dumps(body).encode()
 
     def render_GET(self, request) -> bytes:  # noqa: N802 (Twisted API)
-        if request.postpath not in ([b"cache"], [b"cache", b""]):
+        if request.postpath not in ([], [b""]):
             return self._json(request, 404, {"error": "no such resource"})
         return self._json(request, 200, self.cache.status())
 
     def render_POST(self, request) -> bytes:  # noqa: N802 (Twisted API)
         names = request.args.get(b"name") or [b""]
         name = names[0].decode("utf-8", "replace")
-        if request.postpath == [b"cache", b"prefetch"]:
+        if request.postpath == [b"prefetch"]:
             return self._prefetch(request, name)
-        if request.postpath == [b"cache", b"evict"]:
+        if request.postpath == [b"evict"]:
             title = self.cache.get_title(name)
             if title is None:
                 return self._json(request, 404, {"error": f"no title {name!r}"})
@@ -84,9 +107,16 @@ class _QuietSite(server.Site):
         pass
 
 
-def admin_site(cache) -> server.Site:
-    """The twisted.web site of the admin endpoint."""
-    return _QuietSite(CacheAdmin(cache))
-
-
-__all__ = ["CacheAdmin", "admin_site", "cache_status"]
+def admin_site(status: Callable[[], dict], cache=None) -> server.Site:
+    """A Site serving ``status()`` as /status (JSON) and /metrics (Prometheus),
+    and ``cache`` (a ProxyCache) at /cache."""
+    root = resource.Resource()
+    root.putChild(b"status", _Leaf(lambda: (json.dumps(status(), indent=2).encode() + b"\n",
+                                            b"application/json")))
+    root.putChild(b"metrics", _Leaf(lambda: (prometheus_text(status()).encode(),
+                                             b"text/plain; version=0.0.4; charset=utf-8")))
+    if cache is not None:
+        root.putChild(b"cache", CacheAdmin(cache))
+    site = _QuietSite(root)
+    site.displayTracebacks = False
+    return site

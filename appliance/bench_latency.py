@@ -42,12 +42,14 @@ class _Daemon:
     def __init__(self, media_path: str):
         self.tmp = tempfile.TemporaryDirectory(prefix="kvod-bench-")
         self.port = _free_port()
+        admin_port = _free_port()
         self.config = os.path.join(self.tmp.name, "kvod.toml")
         with open(self.config, "w") as f:
             f.write(f'[rtsp]\nlisten = "tcp:{self.port}:interface=127.0.0.1"\n'
                     f'rtp_port_min = 40000\nrtp_port_max = 49998\n'
                     f'[cache]\ndir = "cache"\n[catalog]\npath = "catalog.db"\n'
-                    f'[log]\nlevel = "warning"\n')
+                    f'[log]\nlevel = "warning"\n'
+                    f'[admin]\nlisten = "tcp:{admin_port}:interface=127.0.0.1"\n')
         cmd = [sys.executable, "-m", "appliance", "--config", self.config]
         subprocess.run(cmd + ["catalog", "add", media_path, "--name", "bench"],
                        check=True, capture_output=True, cwd=ROOT, timeout=300)

@@ -7,14 +7,16 @@ message says why), 2 bad usage (click's own).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
+import re
 import sys
 import time
 
 import click
+
+from appliance.bench_cli import add_bench_commands
 
 DEFAULT_CONFIG = "/etc/kvod/kvod.toml"
 
@@ -68,19 +70,6 @@ def _duration(ns: int | None) -> str:
         return "-"
     s = ns / 1e9
     return f"{int(s // 3600)}:{int(s % 3600 // 60):02d}:{s % 60:06.3f}"
-
-
-@contextlib.contextmanager
-def _fraction_bar(label: str):
-    """A progress bar on stderr fed fractions 0..1; yields the feeding function."""
-    with click.progressbar(length=1000, label=label, file=sys.stderr) as bar:
-        done = [0]
-
-        def progress(fraction: float) -> None:
-            step = int(fraction * 1000)
-            bar.update(step - done[0])
-            done[0] = step
-        yield progress
 
 
 @click.group()
@@ -276,78 +265,70 @@ def _register_cache_commands() -> None:
 _register_cache_commands()
 
 
+def _admin_address(listen: str) -> tuple[str, int]:
+    """(host, port) to reach an admin endpoint like ``tcp:8555:interface=127.0.0.1``."""
+    parts = re.split(r"(?<!\\):", listen)
+    kind, args = parts[0], parts[1:]
+    positional = [a for a in args if "=" not in a]
+    options = dict(a.split("=", 1) for a in args if "=" in a)
+    if kind not in ("tcp", "tcp6") or not (positional or "port" in options):
+        raise click.ClickException(f"admin.listen {listen!r}: kvod status needs a tcp endpoint")
+    port = int(options.get("port") or positional[0])
+    host = options.get("interface", "").replace("\\:", ":")
+    if host in ("", "0.0.0.0"):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    return host, port
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the daemon's status JSON.")
+@click.pass_context
+def status(ctx: click.Context, as_json: bool) -> None:
+    """Show the running daemon: engine strategy, sessions, streams."""
+    import urllib.error
+    import urllib.request
+    host, port = _admin_address(_config(ctx).admin.listen)
+    url = f"http://{'[' + host + ']' if ':' in host else host}:{port}/status"
+    try:
+        with urllib.request.urlopen(url, timeout=5) as reply:
+            info = json.load(reply)
+    except (urllib.error.URLError, OSError) as exc:
+        raise click.ClickException(f"kvod is not answering on {url} ({exc})") from None
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    engine = info["engine"]
+    up = int(info["uptime_s"])
+    click.echo(f"kvod {info['version']}, pid {info['pid']}, up {up // 3600}h{up % 3600 // 60:02d}m")
+    features = " ".join(k for k, v in engine.get("features", {}).items() if v) or "none"
+    click.echo(f"engine: {engine['strategy']} (asked {engine['requested_strategy']}), "
+               f"{engine['threads']} thread(s), kernel features: {features}")
+    if engine.get("fallback"):
+        click.echo(f"engine fallback: {engine['fallback']}")
+    if engine.get("runtime_refused"):
+        click.echo(f"refused at run time: {', '.join(engine['runtime_refused'])}")
+    totals = info["totals"]
+    click.echo(f"sessions: {totals['sessions']} ({totals['playing']} playing), "
+               f"{totals['packets_sent']} packets sent")
+    if info["sessions"]:
+        click.echo(f"{'SESSION':<17} {'TITLE':<20} {'CLIENT':<22} {'STATE':<8} "
+                   f"{'SENT':>9} {'LOSS':>6} {'LATE>5ms':>8} STRATEGY")
+    for session in info["sessions"]:
+        for stream in session["streams"].values():
+            click.echo(f"{session['id']:<17} {session['title'][:20]:<20} "
+                       f"{stream['client'][:22]:<22} {session['state']:<8} "
+                       f"{stream.get('packets_sent', 0):>9} {stream['loss_fraction']:>6.1%} "
+                       f"{stream.get('late_5ms', 0):>8} {stream.get('strategy', '-')}")
+
+
 @cli.group()
 def bench() -> None:
     """Measure the data path."""
 
 
-@bench.command("index")
-@click.option("--size-mb", default=200, show_default=True, help="Size of the title indexed.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def bench_index(size_mb: int, as_json: bool) -> None:
-    """MPEG-TS indexing speed (MB/s) on a page-cached file."""
-    from rtpengine import bench_index as bi
-    result = bi.run(size_mb=size_mb)
-    if as_json:
-        click.echo(json.dumps(result, indent=2))
-        return
-    click.echo(f"indexed {result['path']} ({_human_bytes(result['size_bytes'])}, "
-               f"{result['records']} records, {result['runs']} runs, page-cached)")
-    click.echo(f"  best   {result['mb_per_s_best']:10.1f} MB/s")
-    click.echo(f"  median {result['mb_per_s_median']:10.1f} MB/s   (target >= 300 MB/s)")
-    click.echo(f"  {result['records_per_s'] / 1e6:.2f} M records/s")
-
-
-@bench.command("streams")
-@click.option("--sessions", default="1,10,100", show_default=True,
-              help="Comma-separated stream counts to measure.")
-@click.option("--seconds", default=10.0, show_default=True, help="Length of each run.")
-@click.option("--bitrate", default="4M", show_default=True, help="Bit rate of the title.")
-@click.option("--strategy", default="auto", show_default=True, help="Engine send strategy.")
-@click.option("--latency-sessions", default=50, show_default=True,
-              help="Sessions timed for start-up latency (0 skips it).")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def bench_streams(sessions: str, seconds: float, bitrate: str, strategy: str,
-                  latency_sessions: int, as_json: bool) -> None:
-    """CPU per stream-second and timeliness of N paced streams; start-up latency."""
-    import tempfile
-
-    from appliance.bench_latency import run_latency
-    from rtpengine.bench_media import bench_title
-    from rtpengine.bench_streams import run_streams
-    from rtpengine.mpegts import index_mpegts
-
-    counts = [int(n) for n in sessions.split(",") if n.strip()]
-    media = bench_title(bitrate=bitrate, seconds=max(30, int(seconds) + 5))
-    result: dict = {"title": media, "runs": [], "latency": None}
-    with tempfile.TemporaryDirectory(prefix="kvod-bench-") as tmp:
-        hint = os.path.join(tmp, "bench.hint")
-        index_mpegts(media, hint)
-        for n in counts:
-            with _fraction_bar(f"{n:>5} streams") as progress:
-                result["runs"].append(run_streams(media, hint, n, seconds, strategy=strategy,
-                                                  progress=progress))
-    if latency_sessions:
-        with _fraction_bar("latency") as progress:
-            result["latency"] = run_latency(media, latency_sessions, progress=progress)
-    if as_json:
-        click.echo(json.dumps(result, indent=2))
-        return
-    click.echo(f"title: {media}")
-    click.echo(f"{'streams':>8} {'strategy':>9} {'Mb/s':>6} {'CPU ms/stream-s':>16} "
-               f"{'<=1ms':>9} {'<=5ms':>9} {'max late ms':>12} {'errors':>7}")
-    for r in result["runs"]:
-        click.echo(f"{r['sessions']:>8} {r['strategy']:>9} {r['bitrate_mbps']:>6} "
-                   f"{r['cpu_ms_per_stream_s']:>16.4f} {r['within_1ms']:>9.4%} "
-                   f"{r['within_5ms']:>9.4%} {r['max_late_ms']:>12.3f} {r['send_errors']:>7}")
-    lat = result["latency"]
-    if lat:
-        click.echo(f"start-up latency over {lat['sessions']} sessions "
-                   "(a well-known C++ server measured here: 0.3 ms / 1.4 ms):")
-        click.echo(f"  PLAY -> first RTP:      p50 {lat['play_to_first_rtp_ms']['p50']:.3f} ms"
-                   f"  p99 {lat['play_to_first_rtp_ms']['p99']:.3f} ms")
-        click.echo(f"  DESCRIBE -> first RTP:  p50 {lat['describe_to_first_rtp_ms']['p50']:.3f} ms"
-                   f"  p99 {lat['describe_to_first_rtp_ms']['p99']:.3f} ms")
+add_bench_commands(bench)
 
 
 @bench.command("proxy")
@@ -364,8 +345,9 @@ def bench_proxy(misses: int, viewers: int, bitrate: str, big_mb: int, as_json: b
     from rtpengine.bench_media import bench_title
     media = bench_title(bitrate=bitrate, seconds=20)
     big = bench_title(bitrate="20M", seconds=max(10, big_mb * 8 // 20))
-    with _fraction_bar("proxy") as progress:
-        result = run_proxy(media, big, misses=misses, viewers=viewers, progress=progress)
+    with click.progressbar(length=1000, label="proxy", file=sys.stderr) as bar:
+        result = run_proxy(media, big, misses=misses, viewers=viewers,
+                           progress=lambda f: bar.update(max(int(f * 1000) - bar.pos, 0)))
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return

@@ -329,6 +329,12 @@ class CatalogConfig(_Section):
         "Catalog database file; relative to this file's folder if relative.", path=True)
 
 
+# The engine's strategy names (rtpengine.engine.STRATEGIES, which loads the
+# C module; tests/test_config.py checks the two agree).
+ENGINE_STRATEGIES = ("auto", "gso", "sendmmsg", "read_send_rtp", "read_writev", "mmap_writev",
+                     "rtp_sendfile", "sendfile_more", "gso_zerocopy", "uring_gso")
+
+
 @dataclass(frozen=True)
 class EngineConfig(_Section):
     """``[engine]``: the RTP send engine."""
@@ -340,8 +346,13 @@ class EngineConfig(_Section):
         0, _int_in(0, 4096, "an integer from 0 to 4096"),
         "Pacing threads; 0 = one per core.")
     strategy: str = _setting(
-        "auto", _one_of("auto", "gso", "sendmmsg"),
-        "Send strategy: 'auto' (the cheapest the kernel supports), 'gso' or 'sendmmsg'.")
+        "auto", _one_of(*ENGINE_STRATEGIES),
+        "Send strategy: 'auto' (the cheapest the kernel supports) or one by name: "
+        + ", ".join(ENGINE_STRATEGIES[1:]) + ".")
+    backend: str = _setting(
+        "auto", _one_of("auto", "userspace", "krtpsendfile", "krtpmsend"),
+        "Which engine sends: 'auto' (the krtp kernel module's krtpsendfile when "
+        "/dev/krtp answers, else user space), 'userspace', 'krtpsendfile' or 'krtpmsend'.")
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ import time
 
 from twisted.application import service
 from twisted.internet import endpoints
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, gatherResults
 
 from appliance.admin_http import admin_site
 from appliance.catalog_writer import CatalogWriter
@@ -24,9 +24,10 @@ from appliance.proxy_cache import ProxyCache
 from appliance.title_fill import FillSettings
 from appliance.rtsp_protocol import RtspFactory
 from appliance.rtsp_server import RtspServer
+from appliance.status import daemon_status
 from appliance.udp_media import UdpMediaBackend
 from catalog import open_catalog
-from rtpengine.engine import Engine
+from rtpengine.backend import open_engine
 
 log = logging.getLogger(__name__)
 
@@ -110,9 +111,15 @@ class KvodService(service.MultiService):
         self.reactor = reactor
         self.catalog = open_catalog(config.catalog.path)
         self.cache = make_cache(config, reactor, self.catalog)
-        self.engine = Engine(threads=config.engine.threads, strategy=config.engine.strategy)
-        log.info("engine: %s strategy, %s thread(s)", self.engine.strategy,
-                 config.engine.threads or os.cpu_count())
+        # KVOD_ENGINE_REFUSE=udp_segment,zerocopy,io_uring makes the engine act
+        # as if the kernel refused those features: how tests show the fallback.
+        refuse = [f for f in os.environ.get("KVOD_ENGINE_REFUSE", "").split(",") if f]
+        self.engine, self.engine_description = open_engine(
+            config.engine.backend, threads=config.engine.threads,
+            strategy=config.engine.strategy, refuse=refuse)
+        log.info("engine: %s", self.engine_description)
+        if self.engine.fallback:
+            log.warning("engine fallback: %s", self.engine.fallback)
         self.media = UdpMediaBackend(
             engine=self.engine, reactor=reactor,
             port_min=config.rtsp.rtp_port_min, port_max=config.rtsp.rtp_port_max,
@@ -130,55 +137,56 @@ class KvodService(service.MultiService):
         self.factory = RtspFactory(self.server, max_connections=config.rtsp.max_connections,
                                    on_request=self.timer.rearm, cache=self.cache)
         self.exit_code = 0
+        self.started = time.time()
         self.endpoint = endpoints.serverFromString(reactor, config.rtsp.listen)
         self.port = None
+        self.admin_endpoint = endpoints.serverFromString(reactor, config.admin.listen)
         self.admin_port = None
+
+    def status(self) -> dict:
+        """The daemon's status snapshot (``/status``, ``kvod status``)."""
+        return daemon_status(engine=self.engine, server=self.server, started=self.started)
 
     def startService(self) -> None:  # noqa: N802 (Twisted API)
         super().startService()
         self.media.start()
         self.cache.resume_all()
-        d = self.endpoint.listen(self.factory)
-        d.addCallback(self._listening)
-        d.addErrback(self._listen_failed)
-        admin = endpoints.serverFromString(self.reactor, self.config.admin.listen)
-        admin.listen(admin_site(self.cache)).addCallbacks(self._admin_listening,
-                                                          self._admin_failed)
+        rtsp = self.endpoint.listen(self.factory)
+        rtsp.addCallback(self._set_port, "port")
+        rtsp.addErrback(self._listen_failed, "RTSP", self.config.rtsp.listen)
+        admin = self.admin_endpoint.listen(admin_site(self.status, self.cache))
+        admin.addCallback(self._set_port, "admin_port")
+        admin.addErrback(self._listen_failed, "admin HTTP", self.config.admin.listen)
+        # READY only once every port listens (STYLE.md: Type=notify)
+        gatherResults([rtsp, admin], consumeErrors=True).addCallback(self._ready)
 
-    def _admin_listening(self, port) -> None:
-        self.admin_port = port
-        addr = port.getHost()
-        log.info("admin HTTP on %s:%d", addr.host, addr.port)
-
-    def _admin_failed(self, failure) -> None:
-        # RTSP is what viewers need; the admin endpoint only serves kvod cache ...
-        log.warning("cannot listen for admin HTTP on %s: %s; kvod cache commands will "
-                    "not reach this daemon", self.config.admin.listen,
-                    failure.getErrorMessage())
-
-    def _listening(self, port) -> None:
-        self.port = port
-        addr = port.getHost()
-        log.info("listening for RTSP on %s:%d", addr.host, addr.port)
-        _sd_notify(f"READY=1\nSTATUS=serving RTSP on port {addr.port}")
+    def _set_port(self, port, attr: str):
+        setattr(self, attr, port)
         return port
 
-    def _listen_failed(self, failure) -> None:
-        log.error("cannot listen for RTSP on %s: %s", self.config.rtsp.listen,
-                  failure.getErrorMessage())
+    def _ready(self, ports) -> None:
+        if None in ports:
+            return
+        rtsp, admin = (p.getHost() for p in ports)
+        log.info("listening for RTSP on %s:%d, admin HTTP on %s:%d",
+                 rtsp.host, rtsp.port, admin.host, admin.port)
+        _sd_notify(f"READY=1\nSTATUS=serving RTSP on port {rtsp.port}")
+
+    def _listen_failed(self, failure, what: str, where: str) -> None:
+        log.error("cannot listen for %s on %s: %s", what, where, failure.getErrorMessage())
         self.exit_code = 1
-        self.reactor.stop()
+        if self.reactor.running:
+            self.reactor.stop()
 
     def stopService(self):  # noqa: N802 (Twisted API)
         _sd_notify("STOPPING=1")
         self.server.close_all()
         self.media.stop()
-        if self.port is not None:
-            self.port.stopListening()
-            self.port = None
-        if self.admin_port is not None:
-            self.admin_port.stopListening()
-            self.admin_port = None
+        for attr in ("port", "admin_port"):
+            port = getattr(self, attr)
+            if port is not None:
+                port.stopListening()
+                setattr(self, attr, None)
         d = super().stopService()
         d.addBoth(lambda result: Deferred.fromCoroutine(self.cache.stop()).addBoth(
             lambda _: result))

@@ -144,6 +144,10 @@ class RtspServer:
             log.info("%s %s from %s: %d %s", request.method, request.target,
                      peer_host, exc.status, exc)
             return self._reply(request, exc.status, headers=exc.headers)
+        except Exception:
+            # A bug must end this request, not the connection or the daemon.
+            log.exception("%s %s from %s failed", request.method, request.target, peer_host)
+            return self._reply(request, 500)
         finally:
             self._prepared = False
 

@@ -102,10 +102,12 @@ class UdpMediaStream:
             try:
                 hint_fd = os.open(update.path, os.O_RDONLY | os.O_CLOEXEC)
                 try:
+                    # only a filling title asks for growing hints, which
+                    # not every engine backend has (krtp has not)
+                    growing = {"growing": True} if update.growing else {}
                     self._stream = backend.engine.open_stream(
                         self._rtp_sock.fileno(), media_fd, hint_fd,
-                        ssrc=self.ssrc, seq0=self.seq0, ts0=self.ts0,
-                        growing=update.growing)
+                        ssrc=self.ssrc, seq0=self.seq0, ts0=self.ts0, **growing)
                     if update.count is not None:
                         self._stream.set_hints(hint_fd, update.count, growing=update.growing)
                 finally:
@@ -300,6 +302,22 @@ class UdpMediaStream:
             self._rtp_sock = None
         self.hints.close()
         self.backend.forget(self)
+
+    def status(self) -> dict:
+        """Engine counters and the client's RTCP figures, JSON-able."""
+        out = {"client": f"{self.client_host}:{self.client_ports[0]}-{self.client_ports[1]}",
+               "server_ports": list(self.server_ports), "ssrc": f"{self.ssrc:08X}",
+               "loss_fraction": self.loss_fraction, "cumulative_lost": self.cumulative_lost,
+               "jitter": self.jitter}
+        if self._stream is not None:
+            stats = self._stream.stats()
+            out.update(state=stats.state, strategy=stats.strategy, refused=list(stats.refused),
+                       packets_sent=stats.packets_sent, payload_octets=stats.payload_octets,
+                       packets_dropped=stats.packets_dropped, send_errors=stats.send_errors,
+                       late_1ms=stats.late_1ms, late_5ms=stats.late_5ms,
+                       max_late_ms=round(stats.max_late_ns / 1e6, 3),
+                       next_record=stats.next_record, records=stats.record_count)
+        return out
 
     # -- RTCP -------------------------------------------------------------------
 

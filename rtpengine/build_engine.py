@@ -9,7 +9,11 @@ cannot drift apart.
 
     /usr/bin/python3 -m rtpengine.build_engine [-v] [MODULE ...]
 
-``KVOD_EXTRA_CFLAGS`` adds flags (the ASan/UBSan build uses it).
+``KVOD_EXTRA_CFLAGS`` adds flags (the ASan/UBSan build uses it), and
+``KVOD_BUILD_DEST`` installs the modules in another folder instead of
+beside this file (``make test-asan`` builds into ``build/asan``, which
+``KVOD_EXT_DIR`` then puts first on the package's path), so a sanitised
+build never replaces the normal one.
 """
 
 from __future__ import annotations
@@ -29,11 +33,16 @@ CSRC = os.path.join(HERE, "csrc")
 UAPI = os.path.join(ROOT, "kernel", "uapi")
 
 # module -> (headers whose marked parts form the cdef, in order; sources)
+# (libraries beyond pthread are in LIBRARIES)
 MODULES = {
     "_kvod_index": (["kvod_types.h", "ts_index.h"], ["ts_index.c"]),
     "_kvod_engine": (["kvod_types.h", "engine.h"],
-                     ["engine.c", "pacer.c", "filemap.c"]),
+                     ["engine.c", "pacer.c", "send.c", "uring.c",
+                      "filemap.c"]),
 }
+
+# liburing (Debian: liburing-dev) for the uring_gso strategy
+LIBRARIES = {"_kvod_engine": ["uring"]}
 
 STRICT_CFLAGS = ["-std=gnu11", "-O2", "-g", "-Wall", "-Wextra", "-Werror",
                  "-D_GNU_SOURCE", "-fvisibility=hidden"]
@@ -68,23 +77,26 @@ def make_ffi(module: str, extra_cflags: list[str] | None = None) -> FFI:
         include_dirs=[CSRC, UAPI],
         extra_compile_args=flags,
         extra_link_args=[f for f in flags if f.startswith("-fsanitize")],
-        libraries=["pthread"],
+        libraries=["pthread"] + LIBRARIES.get(module, []),
     )
     return ffi
 
 
 def build(module: str, verbose: bool = False) -> str:
-    """Compile ``module`` and install it beside this file; returns its path."""
+    """Compile ``module`` and install it beside this file (or in
+    ``$KVOD_BUILD_DEST``); returns its path."""
     extra = os.environ.get("KVOD_EXTRA_CFLAGS", "").split()
+    dest_dir = os.path.abspath(os.environ.get("KVOD_BUILD_DEST") or HERE)
+    os.makedirs(dest_dir, exist_ok=True)
     ffi = make_ffi(module, extra)
     os.makedirs(os.path.join(ROOT, "build"), exist_ok=True)
     # a private build folder, so parallel builds cannot trample each other
     with tempfile.TemporaryDirectory(dir=os.path.join(ROOT, "build")) as tmpdir:
         built = ffi.compile(tmpdir=tmpdir, verbose=verbose)
-        for old in glob.glob(os.path.join(HERE, f"{module}.*.so")):
+        for old in glob.glob(os.path.join(dest_dir, f"{module}.*.so")):
             os.unlink(old)
         # copy, then rename: a running process keeps its mapping of the old file
-        dest = os.path.join(HERE, os.path.basename(built))
+        dest = os.path.join(dest_dir, os.path.basename(built))
         shutil.copyfile(built, dest + ".tmp")
         os.replace(dest + ".tmp", dest)
     return dest

@@ -13,25 +13,41 @@ Three layers, as cryptography and PyNaCl build theirs:
 
 Python never touches a packet: it opens streams, starts, pauses, seeks,
 raises fill limits, reads counters. Every cffi call releases the GIL.
+
+Send strategies (see ``csrc/send.c``) are chosen per engine by name; a
+strategy whose kernel feature is refused falls back to the next one
+(``uring_gso``/``gso_zerocopy`` -> ``gso`` -> ``sendmmsg``), at start or,
+per stream, at run time. Either way the engine logs a warning naming the
+refused feature, and :meth:`Engine.status` and :meth:`Stream.stats` say
+so: what ``kvod status`` shows.
 """
 
 from __future__ import annotations
 
 import errno
+import logging
 import os
+import socket
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator, Optional, Protocol, Union
+from typing import Iterable, Iterator, Optional, Protocol, Union
 
 from ._kvod_engine import ffi, lib
 
 __all__ = ["Engine", "EngineError", "Stream", "StreamStats", "now_ns",
-           "RECORD_CONTINUE", "STRATEGIES", "STATES"]
+           "probe_features", "RECORD_CONTINUE", "STRATEGIES", "STATES",
+           "FEATURES"]
 
-STRATEGIES = {"auto": lib.KVOD_STRATEGY_AUTO, "gso": lib.KVOD_STRATEGY_GSO,
-              "sendmmsg": lib.KVOD_STRATEGY_SENDMMSG}
+log = logging.getLogger(__name__)
+
+STRATEGIES = {ffi.string(lib.kvod_strategy_name(i)).decode(): i
+              for i in range(lib.KVOD_STRATEGY_COUNT)}
 _STRATEGY_NAMES = {v: k for k, v in STRATEGIES.items()}
+# kernel features the strategies need, by the names tests and logs use
+FEATURES = {"udp_segment": lib.KVOD_FEAT_UDP_SEGMENT,
+            "zerocopy": lib.KVOD_FEAT_ZEROCOPY,
+            "io_uring": lib.KVOD_FEAT_IO_URING}
 STATES = {lib.KVOD_STATE_IDLE: "idle", lib.KVOD_STATE_PLAYING: "playing",
           lib.KVOD_STATE_PAUSED: "paused", lib.KVOD_STATE_WAITING: "waiting",
           lib.KVOD_STATE_ENDED: "ended"}
@@ -67,8 +83,22 @@ def now_ns() -> int:
     return lib.kvod_now_ns()
 
 
-def _engine_new(threads: int, strategy: int):
-    ptr = lib.kvod_engine_new(threads, strategy)
+def probe_features() -> dict[str, bool]:
+    """Which of :data:`FEATURES` this kernel offers (asked, not guessed)."""
+    have = lib.kvod_probe_features()
+    return {name: bool(have & bit) for name, bit in FEATURES.items()}
+
+
+def _feature_names(mask: int) -> list[str]:
+    return [name for name, bit in FEATURES.items() if mask & bit]
+
+
+def _engine_new(threads: int, strategy: int, refuse: int = 0,
+                lookahead_ns: int = 0):
+    opts = ffi.new("struct kvod_engine_opts *")
+    opts.threads, opts.strategy = threads, strategy
+    opts.refuse, opts.lookahead_ns = refuse, lookahead_ns
+    ptr = lib.kvod_engine_new_opts(opts)
     if ptr == ffi.NULL:
         raise _error(ffi.errno or errno.ENOMEM, "engine")
     return ptr
@@ -86,13 +116,32 @@ def _engine_threads(ptr) -> int:
     return _check(lib.kvod_engine_threads(ptr), "engine threads")
 
 
+def _engine_features(ptr) -> int:
+    return _check(lib.kvod_engine_features(ptr), "engine features")
+
+
+def _engine_fallback(ptr) -> str:
+    return ffi.string(lib.kvod_engine_fallback(ptr)).decode("utf-8", "replace")
+
+
+def _engine_stats(ptr) -> dict[str, int]:
+    out = ffi.new("struct kvod_engine_stats *")
+    _check(lib.kvod_engine_stats(ptr, out), "engine stats")
+    return {name: getattr(out, name) for name in
+            ("rounds", "syscalls", "packets", "zc_completions", "zc_copied")}
+
+
 def _stream_open(ptr, sock_fd: int, media_fd: int, hint_fd: int, *,
                  ssrc: int, seq0: int, ts0: int, payload_type: int,
-                 flags: int = 0) -> int:
+                 dest: Optional[tuple] = None, flags: int = 0) -> int:
     p = ffi.new("struct kvod_stream_params *")
     p.sock_fd, p.media_fd, p.hint_fd = sock_fd, media_fd, hint_fd
     p.ssrc, p.seq0, p.ts0 = ssrc, seq0, ts0
     p.payload_type = payload_type
+    if dest is not None:
+        family, port, addr, scope = dest
+        p.dest_family, p.dest_port, p.dest_scope = family, port, scope
+        ffi.memmove(p.dest_addr, addr, len(addr))
     p.flags = flags
     return _check(lib.kvod_stream_open(ptr, p), "open stream")
 
@@ -141,6 +190,19 @@ def _in_range(value: int, bits: int, what: str) -> int:
     return value
 
 
+def _dest(dest: tuple) -> tuple[int, int, bytes, int]:
+    """(host, port[, flowinfo, scope]) of a numeric address, for C."""
+    host, port = dest[0], _in_range(dest[1], 16, "destination port")
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            addr = socket.inet_pton(family, host)
+        except (OSError, TypeError):
+            continue
+        scope = dest[3] if family == socket.AF_INET6 and len(dest) > 3 else 0
+        return family, port, addr, scope
+    raise ValueError(f"destination {host!r} is not a numeric IP address")
+
+
 @dataclass(frozen=True)
 class StreamStats:
     """A snapshot of one stream's state and counters.
@@ -169,32 +231,55 @@ class StreamStats:
     last_rtp_ts: int
     gso_fallback: bool
     strategy: str
+    refused: tuple[str, ...] = ()
+    shared: bool = False
 
 
 class Engine:
     """The C engine: its pacing threads and the streams they send.
 
     ``threads=0`` runs one pacing thread per online CPU. ``strategy`` is
-    ``"auto"`` (GSO if this kernel takes UDP_SEGMENT, else sendmmsg),
-    ``"gso"`` or ``"sendmmsg"``. Close it (or use it as a context manager)
-    to stop the threads; that also closes its streams.
+    one of :data:`STRATEGIES`: ``"auto"`` takes the cheapest this kernel
+    supports (``gso`` where it takes UDP_SEGMENT). A strategy whose kernel
+    feature is refused falls back (logged; see :attr:`fallback`).
+    ``refuse`` names :data:`FEATURES` to treat as refused, to exercise
+    the fallbacks. ``lookahead_ns`` (default 0.5 ms) is how far ahead of
+    its due time a packet may leave so that it shares a batch. Close the
+    engine (or use it as a context manager) to stop the threads; that
+    also closes its streams.
     """
 
-    def __init__(self, threads: int = 0, strategy: str = "auto") -> None:
+    def __init__(self, threads: int = 0, strategy: str = "auto", *,
+                 refuse: Iterable[str] = (), lookahead_ns: int = 0) -> None:
         if strategy not in STRATEGIES:
             raise ValueError(f"unknown strategy {strategy!r}; "
                              f"known: {', '.join(STRATEGIES)}")
+        mask = 0
+        for name in refuse:
+            if name not in FEATURES:
+                raise ValueError(f"unknown feature {name!r}; known: {', '.join(FEATURES)}")
+            mask |= FEATURES[name]
         self._cv = threading.Condition()
         self._busy = 0
         self._ptr = None
-        ptr = _engine_new(threads, STRATEGIES[strategy])
+        ptr = _engine_new(threads, STRATEGIES[strategy], mask,
+                          _in_range(lookahead_ns, 63, "lookahead"))
         try:
+            self.requested_strategy: str = strategy
             self.strategy: str = _STRATEGY_NAMES[_engine_strategy(ptr)]
             self.threads: int = _engine_threads(ptr)
+            have = _engine_features(ptr)
+            self.features: dict[str, bool] = {
+                name: bool(have & bit) for name, bit in FEATURES.items()}
+            #: why the engine does not run the strategy asked for, or None
+            self.fallback: Optional[str] = _engine_fallback(ptr) or None
         except BaseException:
             _engine_free(ptr)
             raise
         self._ptr = ptr
+        self._runtime_refused: set[str] = set()
+        if self.fallback:
+            log.warning("engine: %s", self.fallback)
 
     @contextmanager
     def _use(self) -> Iterator[object]:
@@ -239,25 +324,59 @@ class Engine:
         except Exception:
             pass
 
+    def stats(self) -> dict[str, int]:
+        """Engine-wide counters: pacing rounds that sent, system calls on
+        the data path (sends, reads, cork toggles, completion reads),
+        packets sent, zero-copy completions and how many of them the
+        kernel copied after all."""
+        with self._use() as ptr:
+            return _engine_stats(ptr)
+
+    def status(self) -> dict:
+        """What ``kvod status`` shows of the engine: the strategy asked
+        for and the one running, why they differ, the kernel features
+        found, the threads, the counters, and which features streams had
+        refused at run time (each also logged once when seen)."""
+        info = {"strategy": self.strategy,
+                "requested_strategy": self.requested_strategy,
+                "fallback": self.fallback, "features": dict(self.features),
+                "threads": self.threads,
+                "runtime_refused": sorted(self._runtime_refused)}
+        if not self.closed:
+            info.update(self.stats())
+        return info
+
+    def _note_refused(self, sid: int, names: tuple[str, ...], now_using: str) -> None:
+        new = set(names) - self._runtime_refused
+        if new:
+            self._runtime_refused |= new
+            log.warning("engine: stream %d: the kernel refused %s at run time; "
+                        "it now uses %s", sid, ", ".join(sorted(new)), now_using)
+
     def open_stream(self, sock: FileLike, media: FileLike, hints: FileLike, *,
                     ssrc: int, seq0: int, ts0: int,
                     payload_type: Optional[int] = None,
+                    dest: Optional[tuple] = None,
                     growing: bool = False) -> "Stream":
         """Open a stream of the track ``hints`` (hint file) over ``media``.
 
         ``sock`` is a UDP socket connected to the client; the engine keeps
-        its own duplicate, so the caller may close its copy. ``media`` and
-        ``hints`` are mapped read-only and may be closed after the call.
-        ``payload_type`` defaults to the hint header's. ``growing`` says a
-        fill is still adding records: at the last one the stream waits for
-        :meth:`Stream.set_hints` instead of ending. The stream starts idle:
-        call :meth:`Stream.play`.
+        its own duplicate, so the caller may close its copy. Or, with
+        ``dest=(host, port)`` (numeric), an unconnected socket that many
+        streams share, one server port for all clients: the streams of a
+        shared socket go out together, many clients per system call.
+        ``media`` and ``hints`` are mapped read-only and may be closed
+        after the call. ``payload_type`` defaults to the hint header's.
+        ``growing`` says a fill is still adding records: at the last one the
+        stream waits for :meth:`Stream.set_hints` instead of ending. The
+        stream starts idle: call :meth:`Stream.play`.
         """
         args = dict(ssrc=_in_range(ssrc, 32, "ssrc"),
                     seq0=_in_range(seq0, 16, "seq0"),
                     ts0=_in_range(ts0, 32, "ts0"),
                     payload_type=(lib.KVOD_PT_FROM_HINT if payload_type is None
                                   else _in_range(payload_type, 7, "payload type")),
+                    dest=None if dest is None else _dest(dest),
                     flags=lib.KVOD_HINTS_GROWING if growing else 0)
         fds = (_fd(sock, "socket"), _fd(media, "media"), _fd(hints, "hints"))
         with self._use() as ptr:
@@ -351,6 +470,10 @@ class Stream:
         """A snapshot of the stream's state and counters."""
         with self._use() as (ptr, sid):
             s = _stream_stats(ptr, sid)
+        refused = tuple(_feature_names(s.refused))
+        strategy = _STRATEGY_NAMES.get(s.strategy, str(s.strategy))
+        if refused:
+            self._engine._note_refused(sid, refused, strategy)
         return StreamStats(
             state=STATES[s.state], record_count=s.record_count,
             next_record=s.next_record, fill_limit=s.fill_limit,
@@ -359,8 +482,8 @@ class Stream:
             last_errno=s.last_errno, late_1ms=s.late_1ms, late_5ms=s.late_5ms,
             max_late_ns=s.max_late_ns, last_due_ns=s.last_due_ns,
             syscalls=s.syscalls, last_seq=s.last_seq, last_rtp_ts=s.last_rtp_ts,
-            gso_fallback=bool(s.gso_fallback),
-            strategy=_STRATEGY_NAMES.get(s.strategy, str(s.strategy)))
+            gso_fallback=bool(s.gso_fallback), strategy=strategy,
+            refused=refused, shared=bool(s.shared))
 
     @property
     def closed(self) -> bool:

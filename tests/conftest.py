@@ -13,6 +13,11 @@ if ROOT not in sys.path:
 
 from tests.media import make_ts  # noqa: E402
 
+# tests/kernel/guest runs inside the QEMU guest (tests/test_krtp_kernel.py
+# boots it), as root against the krtp module; never on the host itself
+if not os.environ.get("KVOD_GUEST"):
+    collect_ignore = ["kernel/guest"]
+
 
 @pytest.fixture(scope="session")
 def ts_file() -> str:
@@ -24,3 +29,20 @@ def ts_file() -> str:
 def short_ts_file() -> str:
     """A 3 s title for tests that stream many copies at once."""
     return make_ts(seconds=3, size="320x240", video_bitrate="500k")
+
+
+@pytest.fixture
+def receivers():
+    """Make loopback RTP receivers (tests.test_engine.Receiver); all are
+    closed at the end of the test."""
+    from tests.test_engine import Receiver
+    made = []
+
+    def make():
+        r = Receiver()
+        made.append(r)
+        return r
+
+    yield make
+    for r in made:
+        r.close()

@@ -25,9 +25,10 @@ class KvodDaemon:
     """A config folder, a catalog, and ``kvod serve`` running on loopback."""
 
     def __init__(self, folder: str, *, session_timeout: float = 60, extra: str = "",
-                 cache: str = ""):
+                 env: dict | None = None, cache: str = ""):
         """``extra`` is TOML added at the end; ``cache`` more keys of ``[cache]``."""
         self.folder = folder
+        self.env = dict(os.environ, **(env or {}))
         self.port = free_tcp_port()
         self.admin_port = free_tcp_port()
         rtp_min = random.randrange(30000, 60000, 2)
@@ -55,7 +56,7 @@ class KvodDaemon:
         """Start ``kvod serve`` and wait until RTSP accepts connections."""
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(KVOD + ["--config", self.config, "serve"],
-                                     stdout=self._log, stderr=subprocess.STDOUT)
+                                     stdout=self._log, stderr=subprocess.STDOUT, env=self.env)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -124,7 +124,7 @@ def test_relative_paths_resolve_against_the_config_folder(tmp_path):
     ({"catalog": {"path": 3}}, "catalog.path: expected a non-empty path, got 3"),
     ({"engine": {"threads": -1}}, "engine.threads: expected an integer from 0 to 4096"),
     ({"engine": {"strategy": "carrier-pigeon"}},
-     "engine.strategy: expected one of 'auto', 'gso', 'sendmmsg', got 'carrier-pigeon'"),
+     "engine.strategy: expected one of 'auto', 'gso', 'sendmmsg', 'read_send_rtp'"),
     ({"log": {"level": "loud"}}, "log.level: expected one of 'debug', 'info'"),
     ({"origin": {"base_url": "ftp://x/"}}, "origin.base_url: expected an origin URL"),
     ({"origin": {"base_url": ["http://a/", 5]}}, "origin.base_url: expected an origin URL"),
@@ -232,3 +232,9 @@ def test_dump_config_round_trips_any_valid_config(name, timeout, size, path):
         "origin": {"base_url": ["http://a/", "file:///b/"]},
     })
     assert Config.from_dict(tomllib.loads(dump_config(config))) == config
+
+
+def test_engine_strategies_are_the_engines():
+    from appliance.config import ENGINE_STRATEGIES
+    from rtpengine.engine import STRATEGIES
+    assert tuple(STRATEGIES) == ENGINE_STRATEGIES

@@ -55,12 +55,17 @@ class Receiver:
         self.sock.setblocking(False)
         self.packets: list[bytes] = []
         self.times: list[int] = []
+        # Loopback ports are reused: another process's stream to a port that
+        # was closed may land here. Only the senders made below count.
+        self._senders: set = set()
+        self.strays = 0
         self._realtime_offset = time.time_ns() - time.monotonic_ns()
 
     def sender(self) -> socket.socket:
         """A UDP socket connected to this receiver."""
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         s.connect(self.sock.getsockname())
+        self._senders.add(s.getsockname())
         return s
 
     def drain(self) -> int:
@@ -68,9 +73,12 @@ class Receiver:
         n = 0
         while True:
             try:
-                data, anc, _, _ = self.sock.recvmsg(65536, 64)
+                data, anc, _, source = self.sock.recvmsg(65536, 64)
             except BlockingIOError:
                 return n
+            if self._senders and source not in self._senders:
+                self.strays += 1
+                continue
             stamp = time.time_ns()
             for level, kind, value in anc:
                 if (level, kind) == (socket.SOL_SOCKET, SO_TIMESTAMPNS):
@@ -103,21 +111,6 @@ class Receiver:
 
     def close(self) -> None:
         self.sock.close()
-
-
-@pytest.fixture
-def receivers():
-    """Make receivers; all are closed at the end of the test."""
-    made: list[Receiver] = []
-
-    def make() -> Receiver:
-        r = Receiver()
-        made.append(r)
-        return r
-
-    yield make
-    for r in made:
-        r.close()
 
 
 def write_hints(path, records: list[HintRecord], *, payload_type: int = 33,
@@ -267,7 +260,7 @@ def test_unpaced_ts_title_matches_packetizer(engine, ts_title, receivers):
         # equal-sized packets coalesce: ~49 segments a message, 64 a call
         assert st_.syscalls <= len(want) // 40
     else:
-        assert st_.syscalls >= len(want) / 64
+        assert st_.syscalls >= len(want) / 1024  # UIO_MAXIOV messages a call
 
 
 def test_indexed_ts_title_matches_packetizer(engine, ts_file, tmp_path, receivers):

@@ -36,6 +36,24 @@ def framemd5(source: str, *args: str, timeout: float = 60) -> list[str]:
             for line in out.splitlines() if line and not line.startswith("#")]
 
 
+# GStreamer 1.22 races itself at end of stream: on our RTCP BYE it posts EOS
+# and sends PAUSE, and its streaming thread flushes the RTSP connection while
+# its task thread is still writing that PAUSE, which then fails with "Received
+# end-of-file" (the TEARDOWN after it, on the same connection, gets our 200).
+# Seen with GST_DEBUG=rtspsrc:6 ("connection flush busy PAUSE"). The stream is
+# complete by then; the byte comparison still decides.
+GST_EOS_PAUSE_RACE = b"Could not send message. (Received end-of-file)"
+
+
+def gst_finished(proc: subprocess.Popen, output: bytes) -> bool:
+    """gst-launch ended well, or only with its own EOS/PAUSE race."""
+    if proc.returncode == 0:
+        return True
+    errors = [line for line in output.splitlines() if line.startswith(b"ERROR:")]
+    return bool(errors) and output.count(GST_EOS_PAUSE_RACE) == len(errors) and all(
+        b"Could not write to resource" in line for line in errors)
+
+
 def gst_receive(url: str, out: str) -> subprocess.Popen:
     return subprocess.Popen(["gst-launch-1.0", "-q", "rtspsrc", f"location={url}",
                              "protocols=udp", "!", "rtpmp2tdepay", "!", "filesink",
@@ -91,8 +109,8 @@ def test_gstreamer_receives_bytes_identical_to_the_file(daemon, ts_file, tmp_pat
     proc = gst_receive(daemon.url("movie"), out)
     output, _ = proc.communicate(timeout=40)
     elapsed = time.monotonic() - started
-    assert proc.returncode == 0, output
-    assert sha256(out) == sha256(ts_file)
+    assert gst_finished(proc, output), output
+    assert sha256(out) == sha256(ts_file), (os.path.getsize(out), output)
     # paced at the media rate: a 10 s title is not blasted at once
     assert 9.0 < elapsed < 15.0
 
@@ -109,8 +127,24 @@ def test_concurrent_gstreamer_clients_each_get_the_file(daemon, short_ts_file, t
     want = sha256(short_ts_file)
     for proc, out in zip(procs, outs):
         output, _ = proc.communicate(timeout=60)
-        assert proc.returncode == 0, output
-        assert sha256(out) == want
+        assert gst_finished(proc, output), output
+        size = os.path.getsize(out) if os.path.exists(out) else None
+        assert sha256(out) == want, (f"{out}: {size} bytes, want {os.path.getsize(short_ts_file)}; "
+                                     f"gst said {output!r}; daemon log tail:\n{daemon.log()[-3000:]}")
+
+
+def test_gst_race_filter_accepts_only_that_race():
+    class Proc:
+        returncode = 1
+    race = (b"ERROR: from element /GstPipeline:pipeline0/GstRTSPSrc:rtspsrc0: Could not write "
+            b"to resource.\nAdditional debug info:\n../gst/rtsp/gstrtspsrc.c(9240): "
+            b"gst_rtspsrc_pause ():\nCould not send message. (Received end-of-file)\n")
+    assert gst_finished(Proc(), race)
+    assert gst_finished(Proc(), race * 2)
+    assert not gst_finished(Proc(), b"")
+    assert not gst_finished(Proc(), race + b"ERROR: from element x: Could not read from "
+                                          b"resource.\nCould not receive message.\n")
+    assert not gst_finished(Proc(), b"ERROR: Internal data stream error.\n")
 
 
 # -- protocol behaviour, with kvod's own client --------------------------------------

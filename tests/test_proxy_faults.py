@@ -18,8 +18,7 @@ from appliance.rtsp_client import RtpReceiver, RtspClient
 from rtpengine.rtp import parse_rtp
 from tests.kvod_daemon import KvodDaemon, free_tcp_port
 from tests.origin_server import FaultOrigin
-from tests.test_integration import assert_contiguous, gst_receive, sha256
-from tests.test_proxy_integration import assert_gst_done
+from tests.test_integration import assert_contiguous, gst_finished, gst_receive, sha256
 
 pytestmark = pytest.mark.integration
 
@@ -97,7 +96,7 @@ def test_a_title_that_changes_mid_fill_is_discarded_and_filled_again(tmp_path, t
         out = str(tmp_path / "new.ts")
         proc = gst_receive(d.url("t.ts"), out)
         output, _ = proc.communicate(timeout=30)
-        assert_gst_done(proc, output)
+        assert gst_finished(proc, output), output
         assert sha256(out) == hashlib.sha256(new).hexdigest()
     finally:
         receiver.close()
@@ -120,7 +119,7 @@ def test_cut_bodies_5xx_and_a_wrong_content_range_are_retried(tmp_path, ts_file)
         out = str(tmp_path / "gst.ts")
         proc = gst_receive(d.url("t.ts"), out)
         output, _ = proc.communicate(timeout=40)
-        assert_gst_done(proc, output)
+        assert gst_finished(proc, output), output
         assert sha256(out) == hashlib.sha256(data).hexdigest()
         info = wait_state(d, "t.ts", "complete")
         assert sha256(info["media_path"]) == hashlib.sha256(data).hexdigest()

@@ -19,6 +19,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -60,19 +61,132 @@ KVOD_API int64_t kvod_now_ns(void)
 	return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
-/* Does this kernel take UDP_SEGMENT on a UDP socket? Asked, not guessed
- * from the version, so that backports and missing features are right. */
-static bool gso_supported(void)
+static const char *const strategy_names[KVOD_STRATEGY_COUNT] = {
+	[KVOD_STRATEGY_AUTO] = "auto",
+	[KVOD_STRATEGY_GSO] = "gso",
+	[KVOD_STRATEGY_SENDMMSG] = "sendmmsg",
+	[KVOD_STRATEGY_READ_SEND_RTP] = "read_send_rtp",
+	[KVOD_STRATEGY_READ_WRITEV] = "read_writev",
+	[KVOD_STRATEGY_MMAP_WRITEV] = "mmap_writev",
+	[KVOD_STRATEGY_RTP_SENDFILE] = "rtp_sendfile",
+	[KVOD_STRATEGY_SENDFILE_MORE] = "sendfile_more",
+	[KVOD_STRATEGY_GSO_ZEROCOPY] = "gso_zerocopy",
+	[KVOD_STRATEGY_URING_GSO] = "uring_gso",
+};
+
+KVOD_API const char *kvod_strategy_name(int strategy)
+{
+	if (strategy < 0 || strategy >= KVOD_STRATEGY_COUNT)
+		return "unknown";
+	return strategy_names[strategy];
+}
+
+/* Does a fresh UDP socket take @opt = 1 (or @val)? */
+static bool sockopt_taken(int level, int opt, int val)
 {
 	int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-	int seg = 1200;
 	bool ok;
 
 	if (fd < 0)
 		return false;
-	ok = setsockopt(fd, SOL_UDP, UDP_SEGMENT, &seg, sizeof(seg)) == 0;
+	ok = setsockopt(fd, level, opt, &val, sizeof(val)) == 0;
 	close(fd);
 	return ok;
+}
+
+/*
+ * What this kernel offers, asked rather than guessed from its version, so
+ * that backports, missing features and sysctls that switch them off
+ * (kernel.io_uring_disabled) all come out right.
+ */
+KVOD_API uint32_t kvod_probe_features(void)
+{
+	uint32_t f = 0;
+
+	if (sockopt_taken(SOL_UDP, UDP_SEGMENT, 1200))
+		f |= KVOD_FEAT_UDP_SEGMENT;
+	if (sockopt_taken(SOL_SOCKET, SO_ZEROCOPY, 1))
+		f |= KVOD_FEAT_ZEROCOPY;
+	if (kvod_uring_probe() == 0)
+		f |= KVOD_FEAT_IO_URING;
+	return f;
+}
+
+static uint32_t strategy_needs(int strategy)
+{
+	switch (strategy) {
+	case KVOD_STRATEGY_GSO:
+		return KVOD_FEAT_UDP_SEGMENT;
+	case KVOD_STRATEGY_GSO_ZEROCOPY:
+		return KVOD_FEAT_UDP_SEGMENT | KVOD_FEAT_ZEROCOPY;
+	case KVOD_STRATEGY_URING_GSO:
+		return KVOD_FEAT_UDP_SEGMENT | KVOD_FEAT_IO_URING;
+	default:
+		return 0;
+	}
+}
+
+/* the next strategy to try when @strategy's features are missing */
+static int strategy_fallback(int strategy)
+{
+	switch (strategy) {
+	case KVOD_STRATEGY_GSO_ZEROCOPY:
+	case KVOD_STRATEGY_URING_GSO:
+		return KVOD_STRATEGY_GSO;
+	default:
+		return KVOD_STRATEGY_SENDMMSG;
+	}
+}
+
+static const char *feature_name(uint32_t f)
+{
+	if (f & KVOD_FEAT_UDP_SEGMENT)
+		return "UDP_SEGMENT (UDP GSO)";
+	if (f & KVOD_FEAT_ZEROCOPY)
+		return "SO_ZEROCOPY";
+	if (f & KVOD_FEAT_IO_URING)
+		return "io_uring";
+	return "?";
+}
+
+/*
+ * The cheapest first, as `kvod bench datapath` measures them on a stock
+ * kernel: gso and uring_gso cost the same within noise (uring_gso needs a
+ * ring per thread), zero-copy loses at RTP packet sizes, and sendmmsg
+ * needs nothing beyond a UDP socket.
+ */
+static const int auto_order[] = {
+	KVOD_STRATEGY_GSO, KVOD_STRATEGY_URING_GSO, KVOD_STRATEGY_SENDMMSG,
+};
+
+/*
+ * The strategy to run for @want given the features @have; a strategy the
+ * kernel cannot do falls back (uring_gso and gso_zerocopy to gso, gso to
+ * sendmmsg) and @why says what was refused.
+ */
+static int resolve_strategy(int want, uint32_t have, char *why, size_t len)
+{
+	int s = want;
+	size_t i;
+
+	why[0] = 0;
+	if (want == KVOD_STRATEGY_AUTO) {
+		for (i = 0; i < sizeof(auto_order) / sizeof(auto_order[0]); i++)
+			if (!(strategy_needs(auto_order[i]) & ~have))
+				return auto_order[i];
+		return KVOD_STRATEGY_SENDMMSG;
+	}
+	while (strategy_needs(s) & ~have) {
+		uint32_t missing = strategy_needs(s) & ~have;
+		int next = strategy_fallback(s);
+		size_t used = strlen(why);
+
+		snprintf(why + used, len - used, "%s%s refused %s: using %s",
+			 used ? "; " : "", kvod_strategy_name(s),
+			 feature_name(missing), kvod_strategy_name(next));
+		s = next;
+	}
+	return s;
 }
 
 static void engine_stop_pacers(struct kvod_engine *e)
@@ -89,16 +203,36 @@ static void stream_free(struct kvod_stream *s)
 		munmap((void *)s->media, s->media_size);
 	if (s->hint)
 		munmap((void *)s->hint, s->hint_size);
-	if (s->sock >= 0)
-		close(s->sock);
+	if (s->media_fd >= 0)
+		close(s->media_fd);
+	if (s->hint_fd >= 0)
+		close(s->hint_fd);
 	free(s);
 }
 
 KVOD_API struct kvod_engine *kvod_engine_new(int threads, int strategy)
 {
-	struct kvod_engine *e;
-	int err, i;
+	struct kvod_engine_opts o = {
+		.threads = threads,
+		.strategy = strategy,
+	};
 
+	return kvod_engine_new_opts(&o);
+}
+
+KVOD_API struct kvod_engine *kvod_engine_new_opts(
+	const struct kvod_engine_opts *o)
+{
+	struct kvod_engine *e;
+	int threads, strategy, err, i;
+	char why[256];
+	uint32_t have;
+
+	if (!o) {
+		errno = -kvod_fail(EINVAL, "no options");
+		return NULL;
+	}
+	threads = o->threads;
 	if (threads == 0) {
 		long n = sysconf(_SC_NPROCESSORS_ONLN);
 
@@ -111,29 +245,28 @@ KVOD_API struct kvod_engine *kvod_engine_new(int threads, int strategy)
 				   threads, KVOD_MAX_THREADS);
 		return NULL;
 	}
-	switch (strategy) {
-	case KVOD_STRATEGY_AUTO:
-		strategy = gso_supported() ? KVOD_STRATEGY_GSO :
-					     KVOD_STRATEGY_SENDMMSG;
-		break;
-	case KVOD_STRATEGY_GSO:
-		if (!gso_supported()) {
-			errno = -kvod_fail(EOPNOTSUPP,
-					   "this kernel refuses UDP_SEGMENT");
-			return NULL;
-		}
-		break;
-	case KVOD_STRATEGY_SENDMMSG:
-		break;
-	default:
-		errno = -kvod_fail(EINVAL, "unknown strategy %d", strategy);
+	if (o->strategy < 0 || o->strategy >= KVOD_STRATEGY_COUNT) {
+		errno = -kvod_fail(EINVAL, "unknown strategy %d", o->strategy);
 		return NULL;
 	}
+	if (o->reserved || o->lookahead_ns < 0 ||
+	    o->lookahead_ns > 1000000000LL) {
+		errno = -kvod_fail(EINVAL,
+				   "bad options (lookahead %lld ns is not in 0..1 s)",
+				   (long long)o->lookahead_ns);
+		return NULL;
+	}
+	have = kvod_probe_features() & ~o->refuse;
+	strategy = resolve_strategy(o->strategy, have, why, sizeof(why));
 
 	e = calloc(1, sizeof(*e));
 	if (!e)
 		goto err_nomem;
 	e->strategy = strategy;
+	e->requested = o->strategy;
+	e->features = have;
+	e->lookahead_ns = o->lookahead_ns ? o->lookahead_ns : KVOD_LOOKAHEAD_NS;
+	snprintf(e->fallback, sizeof(e->fallback), "%s", why);
 	e->pacers = calloc(threads, sizeof(*e->pacers));
 	if (!e->pacers)
 		goto err_engine;
@@ -146,7 +279,7 @@ KVOD_API struct kvod_engine *kvod_engine_new(int threads, int strategy)
 			err = ENOMEM;
 			goto err_threads;
 		}
-		err = -kvod_pacer_init(e->pacers[i]);
+		err = -kvod_pacer_init(e->pacers[i], strategy, e->lookahead_ns);
 		if (err) {
 			free(e->pacers[i]);
 			goto err_threads;
@@ -188,9 +321,14 @@ KVOD_API void kvod_engine_free(struct kvod_engine *e)
 		return;
 	engine_stop_pacers(e);
 	/* the threads are gone: nothing else can touch the streams now */
-	for (i = 0; i < e->nslots; i++)
-		if (e->slots[i])
-			stream_free(e->slots[i]);
+	for (i = 0; i < e->nslots; i++) {
+		struct kvod_stream *s = e->slots[i];
+
+		if (s) {
+			kvod_pacer_remove(s->pacer, s);
+			stream_free(s);
+		}
+	}
 	for (j = 0; j < e->npacers; j++) {
 		kvod_pacer_destroy(e->pacers[j]);
 		free(e->pacers[j]);
@@ -216,12 +354,51 @@ KVOD_API int kvod_engine_threads(struct kvod_engine *e)
 	return e->npacers;
 }
 
-/* A private copy of a connected UDP socket. */
-static int take_socket(int fd)
+KVOD_API int kvod_engine_features(struct kvod_engine *e)
+{
+	if (!e)
+		return kvod_fail(EINVAL, "no engine");
+	return (int)e->features;
+}
+
+KVOD_API const char *kvod_engine_fallback(struct kvod_engine *e)
+{
+	return e ? e->fallback : "";
+}
+
+KVOD_API int kvod_engine_stats(struct kvod_engine *e,
+			       struct kvod_engine_stats *out)
+{
+	int i;
+
+	if (!e || !out)
+		return kvod_fail(EINVAL, "no engine or no stats buffer");
+	memset(out, 0, sizeof(*out));
+	for (i = 0; i < e->npacers; i++) {
+		struct kvod_pacer *p = e->pacers[i];
+
+		kvod_pacer_lock(p);
+		out->rounds += p->st.rounds;
+		out->syscalls += p->st.syscalls;
+		out->packets += p->st.packets;
+		out->zc_completions += p->st.zc_completions;
+		out->zc_copied += p->st.zc_copied;
+		kvod_pacer_unlock(p);
+	}
+	return 0;
+}
+
+/*
+ * A private copy of a UDP socket: connected to its client, or (@shared)
+ * unconnected, the client named per stream. *ino identifies the kernel
+ * socket, so that streams sharing one are sent together.
+ */
+static int take_socket(int fd, bool shared, int *domain, uint64_t *ino)
 {
 	struct sockaddr_storage peer;
 	socklen_t len = sizeof(int);
-	int type, domain, proto, copy, err;
+	int type, proto, copy, err;
+	struct stat st;
 
 	copy = fcntl(fd, F_DUPFD_CLOEXEC, 0);
 	if (copy < 0)
@@ -232,21 +409,30 @@ static int take_socket(int fd)
 		goto err;
 	}
 	len = sizeof(int);
-	if (getsockopt(copy, SOL_SOCKET, SO_DOMAIN, &domain, &len) < 0 ||
-	    getsockopt(copy, SOL_SOCKET, SO_PROTOCOL, &proto, &len) < 0) {
+	if (getsockopt(copy, SOL_SOCKET, SO_DOMAIN, domain, &len) < 0 ||
+	    getsockopt(copy, SOL_SOCKET, SO_PROTOCOL, &proto, &len) < 0 ||
+	    fstat(copy, &st) < 0) {
 		err = kvod_fail(errno, "socket fd %d: %s", fd, strerror(errno));
 		goto err;
 	}
 	if (type != SOCK_DGRAM || proto != IPPROTO_UDP ||
-	    (domain != AF_INET && domain != AF_INET6)) {
+	    (*domain != AF_INET && *domain != AF_INET6)) {
 		err = kvod_fail(EPROTOTYPE,
 				"socket fd %d is not a UDP/IP socket", fd);
 		goto err;
 	}
+	*ino = st.st_ino;
 	len = sizeof(peer);
 	if (getpeername(copy, (struct sockaddr *)&peer, &len) < 0) {
-		err = kvod_fail(errno,
-				"socket fd %d is not connected to a client",
+		if (!shared) {
+			err = kvod_fail(errno,
+					"socket fd %d is not connected to a client",
+					fd);
+			goto err;
+		}
+	} else if (shared) {
+		err = kvod_fail(EISCONN,
+				"socket fd %d is connected: a shared socket names each client",
 				fd);
 		goto err;
 	}
@@ -254,6 +440,45 @@ static int take_socket(int fd)
 err:
 	close(copy);
 	return err;
+}
+
+/* The client of a stream on a shared socket, as sendmsg() wants it. */
+static int set_dest(struct kvod_stream *s, const struct kvod_stream_params *p,
+		    int domain)
+{
+	if (p->dest_family == AF_INET && domain == AF_INET) {
+		struct sockaddr_in *sin = (struct sockaddr_in *)&s->dest;
+
+		sin->sin_family = AF_INET;
+		sin->sin_port = htons(p->dest_port);
+		memcpy(&sin->sin_addr, p->dest_addr, 4);
+		s->dest_len = sizeof(*sin);
+	} else if (p->dest_family == AF_INET6 && domain == AF_INET6) {
+		struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)&s->dest;
+
+		sin6->sin6_family = AF_INET6;
+		sin6->sin6_port = htons(p->dest_port);
+		memcpy(&sin6->sin6_addr, p->dest_addr, 16);
+		sin6->sin6_scope_id = p->dest_scope;
+		s->dest_len = sizeof(*sin6);
+	} else {
+		return kvod_fail(EAFNOSUPPORT,
+				 "destination family %d does not suit the socket's %d",
+				 p->dest_family, domain);
+	}
+	if (!p->dest_port)
+		return kvod_fail(EINVAL, "destination port 0");
+	return 0;
+}
+
+static int dup_file(int fd, const char *what)
+{
+	int copy = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+
+	if (copy < 0)
+		return kvod_fail(errno, "%s fd %d: %s", what, fd,
+				 strerror(errno));
+	return copy;
 }
 
 static int map_file(int fd, const char *what, const uint8_t **map,
@@ -277,6 +502,7 @@ struct hint_view {
 	const struct kvod_hint_record *recs;
 	uint64_t nrec;
 	const uint8_t *blob;
+	uint64_t blob_off;
 	uint64_t blob_size;
 	int payload_type;
 };
@@ -357,6 +583,7 @@ static int check_hint(struct hint_view *v, uint64_t media_size,
 		return kvod_fail(EBADMSG,
 				 "hint blob area lies outside the file");
 	v->blob = v->blob_size ? v->hint + blob_off : NULL;
+	v->blob_off = blob_off;
 	v->recs = (const struct kvod_hint_record *)
 		  (v->hint + KRTP_HINT_HEADER_SIZE);
 	v->nrec = count;
@@ -399,15 +626,38 @@ static void use_hint(struct kvod_stream *s, const struct hint_view *v,
 	s->recs = v->recs;
 	s->nrec = v->nrec;
 	s->blob = v->blob;
+	s->blob_off = v->blob_off;
 	s->blob_size = v->blob_size;
+	s->next_due = 0;	/* the cached due time was of the old records */
 }
 
-static struct kvod_pacer *least_loaded(struct kvod_engine *e)
+/*
+ * The thread for a new stream on socket @ino: the least loaded, except
+ * where the strategy keeps state in the socket between calls: the corked
+ * or MSG_MORE datagram of rtp_sendfile and sendfile_more, the completion
+ * ids of gso_zerocopy. Such a socket stays with one thread, or streams of
+ * two threads would build one datagram, or read each other's completions.
+ * With table_lock held, like every change of nstreams.
+ */
+static struct kvod_pacer *pick_pacer(struct kvod_engine *e, uint64_t ino)
 {
 	struct kvod_pacer *best = e->pacers[0];
 	int i;
 
-	/* with table_lock held, like every change of nstreams */
+	if (e->strategy == KVOD_STRATEGY_GSO_ZEROCOPY ||
+	    e->strategy == KVOD_STRATEGY_RTP_SENDFILE ||
+	    e->strategy == KVOD_STRATEGY_SENDFILE_MORE) {
+		for (i = 0; i < e->npacers; i++) {
+			struct kvod_pacer *p = e->pacers[i];
+			bool found;
+
+			kvod_pacer_lock(p);
+			found = kvod_pacer_find_sock(p, ino) != NULL;
+			kvod_pacer_unlock(p);
+			if (found)
+				return p;
+		}
+	}
 	for (i = 1; i < e->npacers; i++)
 		if (e->pacers[i]->nstreams < best->nstreams)
 			best = e->pacers[i];
@@ -452,68 +702,102 @@ KVOD_API int kvod_stream_open(struct kvod_engine *e,
 	struct kvod_stream *s;
 	struct kvod_pacer *pacer;
 	struct hint_view v;
-	uint64_t dev, ino;
+	uint64_t hint_dev, hint_ino;
 	uint32_t slot = 0;
-	int err, want_pt;
+	uint64_t ino = 0;
+	int err, sock, domain = 0, want_pt;
+	bool shared;
 
 	if (!e || !p)
 		return kvod_fail(EINVAL, "no engine or no parameters");
 	if (p->flags & ~KVOD_HINTS_GROWING)
 		return kvod_fail(EINVAL, "unknown flags 0x%x", p->flags);
+	shared = p->dest_family != 0;
 	s = calloc(1, sizeof(*s));
 	if (!s)
 		return kvod_fail(ENOMEM, "out of memory");
-	s->sock = take_socket(p->sock_fd);
-	if (s->sock < 0) {
-		err = s->sock;
+	s->media_fd = -1;
+	s->hint_fd = -1;
+	sock = take_socket(p->sock_fd, shared, &domain, &ino);
+	if (sock < 0) {
+		err = sock;
 		goto err;
+	}
+	if (shared) {
+		err = set_dest(s, p, domain);
+		if (err)
+			goto err_sock;
 	}
 	err = map_file(p->media_fd, "media", &s->media, &s->media_size);
 	if (err)
-		goto err;
-	err = map_hint(p->hint_fd, &v, &dev, &ino);
+		goto err_sock;
+	err = map_hint(p->hint_fd, &v, &hint_dev, &hint_ino);
 	if (err)
-		goto err;
+		goto err_sock;
 	/* stream_free() unmaps it from here on */
-	use_hint(s, &v, dev, ino);
+	use_hint(s, &v, hint_dev, hint_ino);
 	err = check_hint(&v, s->media_size, KVOD_RECORDS_FROM_HINT, 0);
 	if (err)
-		goto err;
-	use_hint(s, &v, dev, ino);
+		goto err_sock;
+	use_hint(s, &v, hint_dev, hint_ino);
 	want_pt = p->payload_type == KVOD_PT_FROM_HINT ? v.payload_type :
 							 p->payload_type;
 	if (want_pt < 0 || want_pt > 127) {
 		err = kvod_fail(EINVAL, "payload type %d is not in 0..127",
 				want_pt);
-		goto err;
+		goto err_sock;
 	}
 	s->pt = (uint8_t)want_pt;
 	s->growing = p->flags & KVOD_HINTS_GROWING;
+	if (!kvod_is_mmsg_strategy(e->strategy)) {
+		/* the research's paths read or sendfile from the files */
+		s->media_fd = dup_file(p->media_fd, "media");
+		if (s->media_fd < 0) {
+			err = s->media_fd;
+			goto err_sock;
+		}
+		s->hint_fd = dup_file(p->hint_fd, "hint");
+		if (s->hint_fd < 0) {
+			err = s->hint_fd;
+			goto err_sock;
+		}
+	}
 
 	s->ssrc = p->ssrc;
 	s->seq0 = p->seq0;
 	s->ts0 = p->ts0;
-	s->gso = e->strategy == KVOD_STRATEGY_GSO;
+	s->strategy = e->strategy;
+	s->gso = e->strategy == KVOD_STRATEGY_GSO ||
+		 e->strategy == KVOD_STRATEGY_GSO_ZEROCOPY ||
+		 e->strategy == KVOD_STRATEGY_URING_GSO;
 	s->state = KVOD_STATE_IDLE;
 	s->fill_limit = s->media_size;
-	s->st.strategy = s->gso ? KVOD_STRATEGY_GSO : KVOD_STRATEGY_SENDMMSG;
+	s->st.strategy = e->strategy;
+	s->st.shared = shared;
 
 	pthread_mutex_lock(&e->table_lock);
 	err = table_slot(e, &slot);
 	if (err) {
 		pthread_mutex_unlock(&e->table_lock);
-		goto err;
+		goto err_sock;
+	}
+	pacer = pick_pacer(e, ino);
+	kvod_pacer_lock(pacer);
+	err = kvod_pacer_add(pacer, s, sock, ino, domain, shared);
+	kvod_pacer_unlock(pacer);
+	if (err) {
+		pthread_mutex_unlock(&e->table_lock);
+		err = kvod_fail(-err, "out of memory");
+		goto err_sock;
 	}
 	e->gens[slot] = e->gens[slot] % KVOD_GEN_MAX + 1;
 	s->id = (int)((uint32_t)e->gens[slot] << KVOD_SLOT_BITS | slot);
 	e->slots[slot] = s;
-	pacer = least_loaded(e);
-	kvod_pacer_lock(pacer);
-	kvod_pacer_add(pacer, s);
-	kvod_pacer_unlock(pacer);
 	pthread_mutex_unlock(&e->table_lock);
 	return s->id;
 
+err_sock:
+	close(sock);
 err:
 	stream_free(s);
 	return err;
@@ -697,7 +981,7 @@ KVOD_API int kvod_stream_set_hints(struct kvod_engine *e, int id,
 	int64_t next;
 	const uint8_t *old;
 	uint64_t old_size;
-	int err;
+	int err, fd = -1;
 
 	if (flags & ~(KVOD_HINTS_GROWING | KVOD_HINTS_REMAP | KVOD_HINTS_RESTART) ||
 	    (flags & KVOD_HINTS_REMAP && flags & KVOD_HINTS_RESTART))
@@ -722,6 +1006,14 @@ KVOD_API int kvod_stream_set_hints(struct kvod_engine *e, int id,
 	err = check_hint(&v, media_size, record_count, check_from);
 	if (err)
 		goto err_unmap;
+	/* the research's paths pread blob records through their own fd */
+	if (!kvod_is_mmsg_strategy(e->strategy)) {
+		fd = dup_file(hint_fd, "hint");
+		if (fd < 0) {
+			err = fd;
+			goto err_unmap;
+		}
+	}
 
 	s = stream_get(e, id, &err);
 	if (!s)
@@ -754,6 +1046,12 @@ KVOD_API int kvod_stream_set_hints(struct kvod_engine *e, int id,
 	old = s->hint;
 	old_size = s->hint_size;
 	use_hint(s, &v, dev, ino);
+	if (fd >= 0) {
+		int had_fd = s->hint_fd;
+
+		s->hint_fd = fd;
+		fd = had_fd;
+	}
 	s->next_record = (uint64_t)next;
 	s->growing = flags & KVOD_HINTS_GROWING;
 	resume_waiting(s);
@@ -761,11 +1059,15 @@ KVOD_API int kvod_stream_set_hints(struct kvod_engine *e, int id,
 	/* the pacer only reads the mapping under its lock: no one uses it now */
 	if (old)
 		munmap((void *)old, old_size);
+	if (fd >= 0)
+		close(fd);
 	return 0;
 
 err_unlock:
 	kvod_pacer_unlock(s->pacer);
 err_unmap:
+	if (fd >= 0)
+		close(fd);
 	if (v.hint)
 		munmap((void *)v.hint, v.hint_size);
 	return err;
@@ -784,6 +1086,7 @@ KVOD_API int kvod_stream_stats(struct kvod_engine *e, int id,
 		return err;
 	*out = s->st;
 	out->state = s->state;
+	out->strategy = (uint8_t)s->strategy;
 	out->record_count = s->nrec;
 	out->next_record = s->next_record;
 	out->fill_limit = s->fill_limit;

@@ -16,9 +16,28 @@
 #include "kvod_types.h"
 
 /* KVOD_CDEF_BEGIN */
-#define KVOD_STRATEGY_AUTO	0
-#define KVOD_STRATEGY_GSO	1
-#define KVOD_STRATEGY_SENDMMSG	2
+/*
+ * Send strategies. The first four are the research's (Halvorsen, Dalseng,
+ * Griwodz), kept to measure against; the rest use what a stock kernel
+ * offers now. All of them put the same bytes on the wire.
+ */
+#define KVOD_STRATEGY_AUTO		0
+#define KVOD_STRATEGY_GSO		1	/* UDP_SEGMENT batches, sendmmsg */
+#define KVOD_STRATEGY_SENDMMSG		2	/* one message a packet, sendmmsg */
+#define KVOD_STRATEGY_READ_SEND_RTP	3	/* pread after the header, send */
+#define KVOD_STRATEGY_READ_WRITEV	4	/* pread, sendmsg header + buffer */
+#define KVOD_STRATEGY_MMAP_WRITEV	5	/* sendmsg header + mapped payload */
+#define KVOD_STRATEGY_RTP_SENDFILE	6	/* cork, send, sendfile, uncork */
+#define KVOD_STRATEGY_SENDFILE_MORE	7	/* send MSG_MORE, sendfile */
+#define KVOD_STRATEGY_GSO_ZEROCOPY	8	/* gso with MSG_ZEROCOPY */
+#define KVOD_STRATEGY_URING_GSO		9	/* gso batches through io_uring */
+#define KVOD_STRATEGY_COUNT		10
+
+/* kernel features, as detected (kvod_engine_features()) or refused on
+ * purpose (kvod_engine_opts.refuse, to test the fallbacks) */
+#define KVOD_FEAT_UDP_SEGMENT	1
+#define KVOD_FEAT_ZEROCOPY	2
+#define KVOD_FEAT_IO_URING	4
 
 #define KVOD_STATE_IDLE		0
 #define KVOD_STATE_PLAYING	1
@@ -55,8 +74,24 @@
 
 struct kvod_engine;
 
+struct kvod_engine_opts {
+	int threads;		/* 0: one per online CPU */
+	int strategy;		/* KVOD_STRATEGY_* */
+	uint32_t refuse;	/* KVOD_FEAT_* to treat as refused */
+	uint32_t reserved;	/* must be 0 */
+	int64_t lookahead_ns;	/* send what is due this soon; 0: 500 us */
+};
+
+struct kvod_engine_stats {
+	uint64_t rounds;	/* pacing rounds that sent something */
+	uint64_t syscalls;	/* every call on the data path */
+	uint64_t packets;	/* packets sent */
+	uint64_t zc_completions; /* zero-copy completions read */
+	uint64_t zc_copied;	/* of which the kernel copied after all */
+};
+
 struct kvod_stream_params {
-	int sock_fd;		/* connected UDP socket; the engine dup()s it */
+	int sock_fd;		/* UDP socket; the engine dup()s it */
 	int media_fd;		/* regular file; mapped read-only */
 	int hint_fd;		/* hint file; mapped read-only, validated */
 	int payload_type;	/* 0..127 or KVOD_PT_FROM_HINT */
@@ -64,6 +99,15 @@ struct kvod_stream_params {
 	uint32_t ts0;		/* RTP timestamp of rtp_ts 0 */
 	uint16_t seq0;		/* sequence number of the first packet */
 	uint16_t flags;		/* 0 or KVOD_HINTS_GROWING */
+	/*
+	 * Destination of an unconnected (shared) socket: dest_family 0 means
+	 * the socket is connected to its one client. Streams sharing a
+	 * socket are sent together, many clients a system call.
+	 */
+	int dest_family;	/* 0, AF_INET or AF_INET6 */
+	uint16_t dest_port;
+	uint8_t dest_addr[16];	/* network order: 4 bytes for AF_INET */
+	uint32_t dest_scope;	/* IPv6 scope id */
 };
 
 struct kvod_stream_stats {
@@ -80,20 +124,30 @@ struct kvod_stream_stats {
 	uint64_t late_5ms;	/* packets sent > 5 ms after their due time */
 	int64_t max_late_ns;
 	int64_t last_due_ns;	/* when the last packet sent was due */
-	uint64_t syscalls;	/* send calls made for this stream */
+	uint64_t syscalls;	/* send calls that carried this stream */
 	uint32_t last_rtp_ts;
 	uint16_t last_seq;
 	uint8_t gso_fallback;	/* GSO failed at run time; now sendmmsg */
-	uint8_t strategy;	/* KVOD_STRATEGY_GSO or _SENDMMSG, in use now */
+	uint8_t strategy;	/* KVOD_STRATEGY_*, in use now */
+	uint32_t refused;	/* KVOD_FEAT_* the kernel refused at run time */
+	uint32_t shared;	/* 1: sends from a shared socket */
 };
 
 KVOD_API int64_t kvod_now_ns(void);
 KVOD_API const char *kvod_last_error(void);
+KVOD_API const char *kvod_strategy_name(int strategy);
+KVOD_API uint32_t kvod_probe_features(void);
 
 KVOD_API struct kvod_engine *kvod_engine_new(int threads, int strategy);
+KVOD_API struct kvod_engine *kvod_engine_new_opts(
+	const struct kvod_engine_opts *opts);
 KVOD_API void kvod_engine_free(struct kvod_engine *e);
 KVOD_API int kvod_engine_strategy(struct kvod_engine *e);
 KVOD_API int kvod_engine_threads(struct kvod_engine *e);
+KVOD_API int kvod_engine_features(struct kvod_engine *e);
+KVOD_API const char *kvod_engine_fallback(struct kvod_engine *e);
+KVOD_API int kvod_engine_stats(struct kvod_engine *e,
+			       struct kvod_engine_stats *out);
 
 KVOD_API int kvod_stream_open(struct kvod_engine *e,
 			      const struct kvod_stream_params *p);

@@ -1,13 +1,18 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
- * The pacing threads. Each owns a shard of the streams; it sleeps until the
- * earliest due packet of its shard, then sends for every stream what is due
- * within the lookahead, as few send calls as the strategy allows:
+ * The pacing threads. Each owns a shard of the streams, grouped by the
+ * socket they send from; it sleeps until the earliest due packet of its
+ * shard, then lays out in one batch what every stream has due within the
+ * lookahead and hands the batch to the strategy's flush (send.c, uring.c):
  *
- * - gso: consecutive packets of equal size become one UDP_SEGMENT message
- *   (the last may be shorter), and up to KVOD_MAX_MSGS messages go in one
- *   sendmmsg() call;
- * - sendmmsg: one message per packet, up to KVOD_MAX_MSGS per call.
+ * - gso, gso_zerocopy, uring_gso: consecutive packets of equal size become
+ *   one UDP_SEGMENT message (the last may be shorter);
+ * - the others: one message per packet.
+ *
+ * A batch holds the messages of many streams. For the sendmmsg family it
+ * holds one socket's streams, so streams sharing a socket (one server
+ * port, many clients named in msg_name) go out in one call per round;
+ * io_uring batches take every socket of the thread in one submission.
  *
  * Every message's iovec alternates [RTP header + prefix][payload], the
  * payload pointing straight into the mapped media (or hint blob) file.
@@ -22,15 +27,13 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "pacer.h"
 
-/* send calls per stream per round, so that one busy stream cannot starve
- * the others of its thread; two lets an asynchronous error be retried */
-#define KVOD_CALLS_PER_ROUND	2
-
 enum { PAYLOAD_OK, PAYLOAD_UNFILLED, PAYLOAD_BAD };
-enum { STOP_NONE, STOP_UNFILLED, STOP_BAD };
+/* why build() stopped adding packets of a stream */
+enum { STOP_NONE, STOP_UNFILLED, STOP_BAD, STOP_FULL, STOP_RING };
 
 int64_t kvod_stream_due(const struct kvod_stream *s, uint64_t k)
 {
@@ -106,20 +109,38 @@ static void put_header(uint8_t *h, const struct kvod_stream *s,
 	memcpy(h + KVOD_RTP_HEADER, r->prefix, r->prefix_len);
 }
 
-static void start_message(struct kvod_scratch *sc, unsigned int m,
-			  unsigned int iov, size_t seg, bool gso)
+
+static void batch_reset(struct kvod_batch *b)
 {
-	struct msghdr *mh = &sc->msgs[m].msg_hdr;
+	unsigned int i;
+
+	for (i = 0; i < b->nrun; i++)
+		b->runs[i].s->batched = 0;
+	b->nmsg = b->npkt = b->niov = b->nrun = 0;
+}
+
+static void start_message(struct kvod_batch *b, const struct kvod_stream *s,
+			  size_t seg)
+{
+	unsigned int m = b->nmsg++;
+	struct msghdr *mh = &b->msgs[m].msg_hdr;
 	struct cmsghdr *cm;
 
 	memset(mh, 0, sizeof(*mh));
-	mh->msg_iov = &sc->iov[iov];
-	sc->msg_pkts[m] = 0;
-	if (!gso)
+	mh->msg_iov = &b->iov[b->niov];
+	if (s->sk->shared) {
+		mh->msg_name = (void *)&s->dest;
+		mh->msg_namelen = s->dest_len;
+	}
+	b->msg_pkts[m] = 0;
+	b->msg_first[m] = b->npkt;
+	b->msg_run[m] = b->nrun - 1;
+	b->runs[b->nrun - 1].nmsg++;
+	if (!s->gso)
 		return;
-	/* dropped again by finish_messages() if no second segment comes */
-	mh->msg_control = sc->cms[m].buf;
-	mh->msg_controllen = sizeof(sc->cms[m].buf);
+	/* dropped again by finish_message() if no second segment comes */
+	mh->msg_control = b->cms[m].buf;
+	mh->msg_controllen = sizeof(b->cms[m].buf);
 	cm = CMSG_FIRSTHDR(mh);
 	cm->cmsg_level = SOL_UDP;
 	cm->cmsg_type = UDP_SEGMENT;
@@ -127,43 +148,57 @@ static void start_message(struct kvod_scratch *sc, unsigned int m,
 	*(uint16_t *)CMSG_DATA(cm) = (uint16_t)seg;
 }
 
-static void finish_messages(struct kvod_scratch *sc, unsigned int nmsg)
+static void finish_message(struct kvod_batch *b, unsigned int m)
 {
-	unsigned int m;
-
 	/* a lone segment is a plain datagram; no need to ask for GSO */
-	for (m = 0; m < nmsg; m++) {
-		if (sc->msg_pkts[m] == 1) {
-			sc->msgs[m].msg_hdr.msg_control = NULL;
-			sc->msgs[m].msg_hdr.msg_controllen = 0;
-		}
+	if (b->msg_pkts[m] == 1) {
+		b->msgs[m].msg_hdr.msg_control = NULL;
+		b->msgs[m].msg_hdr.msg_controllen = 0;
 	}
 }
 
-/*
- * Lay out in @sc the packets of @s due by now + lookahead, from
- * s->next_record on. Returns the number of messages; *stop says why it
- * stopped early at a record it could not send.
- */
-static unsigned int build_batch(struct kvod_stream *s,
-				struct kvod_scratch *sc, int64_t now,
-				int *stop)
+/* Where the header of the next packet goes: the zero-copy ring keeps it
+ * until the kernel is done with it; otherwise the batch. */
+static uint8_t *header_room(struct kvod_batch *b, struct kvod_sock *sk)
 {
-	int64_t horizon = now + KVOD_LOOKAHEAD_NS;
-	unsigned int nmsg = 0, npkt = 0, niov = 0, segs = 0;
+	struct kvod_zc *zc = sk->zc;
+	uint64_t slot;
+
+	if (!zc)
+		return b->hdr[b->npkt];
+	if (zc->tail + zc->reserved - zc->head >= KVOD_ZC_SLOTS)
+		return NULL;
+	slot = (zc->tail + zc->reserved++) % KVOD_ZC_SLOTS;
+	return zc->hdr[slot];
+}
+
+/*
+ * Append to @b the packets of @s due by @horizon, from where the stream
+ * (with what it already has in the batch) stands, at most @budget.
+ * Returns how many it added; *stop says why it stopped.
+ */
+static unsigned int build(struct kvod_stream *s, struct kvod_batch *b,
+			  int64_t now, int64_t horizon, unsigned int budget,
+			  int *stop)
+{
+	bool one_per_msg = !s->gso;
+	bool zc = s->sk->zerocopy;
+	unsigned int added = 0, segs = 0, frags = 0;
 	size_t seg = 0, msg_bytes = 0;
 	bool open = false;	/* the last message may take more segments */
-	uint64_t k;
+	uint64_t k = s->next_record + s->batched;
 
 	*stop = STOP_NONE;
-	for (k = s->next_record; k < s->nrec && npkt < KVOD_MAX_PKTS; k++) {
+	for (; k < s->nrec && added < budget; k++) {
 		struct kvod_hint_record r;
 		const uint8_t *payload = NULL;
 		int64_t due = s->unpaced ? now : kvod_stream_due(s, k);
 		struct msghdr *mh;
+		uint8_t *hdr;
 		uint16_t seq;
 		uint32_t ts;
 		size_t size;
+		bool new_msg;
 		int rc;
 
 		if (due > horizon)
@@ -180,71 +215,122 @@ static unsigned int build_batch(struct kvod_stream *s,
 			break;
 		}
 		size = KVOD_RTP_HEADER + r.prefix_len + r.length;
-		if (open && size <= seg && segs < KVOD_GSO_SEGS &&
-		    msg_bytes + size <= KVOD_MAX_DATAGRAM) {
+		new_msg = !(open && size <= seg && segs < KVOD_GSO_SEGS &&
+			    msg_bytes + size <= KVOD_MAX_DATAGRAM);
+		if (zc) {
+			/* pinned pages: the header's, and the payload's */
+			uintptr_t a = (uintptr_t)payload;
+			unsigned int need = 1 + (r.length ?
+				(a + r.length - 1) / 4096 - a / 4096 + 1 : 0);
+
+			if (!new_msg && frags + need > KVOD_ZC_FRAGS)
+				new_msg = true;
+			frags = new_msg ? need : frags + need;
+		}
+		if (b->npkt == KVOD_MAX_PKTS ||
+		    (new_msg && b->nmsg == KVOD_MAX_MSGS)) {
+			*stop = STOP_FULL;
+			break;
+		}
+		hdr = header_room(b, s->sk);
+		if (!hdr) {
+			*stop = STOP_RING;
+			break;
+		}
+		if (!added) {
+			/* a new run of this stream's messages */
+			struct kvod_run *run = &b->runs[b->nrun++];
+
+			run->s = s;
+			run->msg = b->nmsg;
+			run->nmsg = 0;
+			run->pkt = b->npkt;
+		}
+		if (new_msg) {
+			if (open)
+				finish_message(b, b->nmsg - 1);
+			seg = size;
+			segs = 1;
+			msg_bytes = size;
+			open = !one_per_msg;
+			start_message(b, s, seg);
+		} else {
 			segs++;
 			msg_bytes += size;
 			/* only the last segment may be shorter */
 			if (size < seg)
 				open = false;
-		} else {
-			if (nmsg == KVOD_MAX_MSGS)
-				break;
-			seg = size;
-			segs = 1;
-			msg_bytes = size;
-			open = s->gso;
-			start_message(sc, nmsg++, niov, seg, s->gso);
 		}
 
-		seq = (uint16_t)(s->seq0 + s->seq_count + npkt);
+		seq = (uint16_t)(s->seq0 + s->seq_count + s->batched);
 		ts = s->ts0 + r.rtp_ts;
-		put_header(sc->hdr[npkt], s, &r, seq, ts);
-		mh = &sc->msgs[nmsg - 1].msg_hdr;
-		sc->iov[niov].iov_base = sc->hdr[npkt];
-		sc->iov[niov].iov_len = KVOD_RTP_HEADER + r.prefix_len;
-		niov++;
+		put_header(hdr, s, &r, seq, ts);
+		mh = &b->msgs[b->nmsg - 1].msg_hdr;
+		b->iov[b->niov].iov_base = hdr;
+		b->iov[b->niov].iov_len = KVOD_RTP_HEADER + r.prefix_len;
+		b->niov++;
 		mh->msg_iovlen++;
 		if (r.length) {
-			sc->iov[niov].iov_base = (void *)payload;
-			sc->iov[niov].iov_len = r.length;
-			niov++;
+			b->iov[b->niov].iov_base = (void *)payload;
+			b->iov[b->niov].iov_len = r.length;
+			b->niov++;
 			mh->msg_iovlen++;
 		}
-		sc->msg_pkts[nmsg - 1]++;
-		sc->due[npkt] = due;
-		sc->octets[npkt] = r.prefix_len + r.length;
-		sc->rtp_ts[npkt] = ts;
-		npkt++;
+		b->msg_pkts[b->nmsg - 1]++;
+		b->due[b->npkt] = due;
+		b->octets[b->npkt] = r.prefix_len + r.length;
+		b->rtp_ts[b->npkt] = ts;
+		b->src_blob[b->npkt] = !!(r.flags & KRTP_REC_BLOB);
+		b->src_off[b->npkt] = r.offset +
+				      (b->src_blob[b->npkt] ? s->blob_off : 0);
+		b->npkt++;
+		s->batched++;
+		added++;
 	}
-	finish_messages(sc, nmsg);
-	return nmsg;
+	if (open)
+		finish_message(b, b->nmsg - 1);
+	return added;
 }
 
-static void account(struct kvod_stream *s, const struct kvod_scratch *sc,
-		    unsigned int nmsg, int64_t t_send)
+/*
+ * Messages @m .. @m + @n - 1 of @b went out at @t_send: count their
+ * packets as sent and move their streams on.
+ */
+void kvod_account(struct kvod_batch *b, unsigned int m, unsigned int n,
+		  int64_t t_send)
 {
-	unsigned int m, j, npkt = 0;
+	struct kvod_stream *last = NULL;
+	unsigned int i, j;
 
-	for (m = 0; m < nmsg; m++)
-		npkt += sc->msg_pkts[m];
-	for (j = 0; j < npkt; j++) {
-		int64_t late = s->unpaced ? 0 : t_send - sc->due[j];
+	for (i = m; i < m + n; i++) {
+		struct kvod_stream *s = b->runs[b->msg_run[i]].s;
+		unsigned int first = b->msg_first[i], np = b->msg_pkts[i];
 
-		if (late > 1000000)
-			s->st.late_1ms++;
-		if (late > 5000000)
-			s->st.late_5ms++;
-		if (late > s->st.max_late_ns)
-			s->st.max_late_ns = late;
-		s->st.payload_octets += sc->octets[j];
+		if (s != last)
+			s->st.syscalls++;	/* this call carried it */
+		last = s;
+		for (j = first; j < first + np; j++) {
+			int64_t late = s->unpaced ? 0 : t_send - b->due[j];
+
+			if (late > 1000000)
+				s->st.late_1ms++;
+			if (late > 5000000)
+				s->st.late_5ms++;
+			if (late > s->st.max_late_ns)
+				s->st.max_late_ns = late;
+			s->st.payload_octets += b->octets[j];
+		}
+		s->st.packets_sent += np;
+		s->st.last_seq = (uint16_t)(s->seq0 + s->seq_count + np - 1);
+		s->st.last_rtp_ts = b->rtp_ts[first + np - 1];
+		s->st.last_due_ns = b->due[first + np - 1];
+		s->next_record += np;
+		s->seq_count += np;
+		s->batched -= np;
+		s->err_pending = false;
+		if (s->pacer)
+			s->pacer->st.packets += np;
 	}
-	s->st.packets_sent += npkt;
-	s->st.last_seq = (uint16_t)(s->seq0 + s->seq_count + npkt - 1);
-	s->st.last_rtp_ts = sc->rtp_ts[npkt - 1];
-	s->st.last_due_ns = sc->due[npkt - 1];
-	s->next_record += npkt;
-	s->seq_count += npkt;
 }
 
 /* give up on packets: they use their sequence numbers, as a loss would */
@@ -262,19 +348,26 @@ static bool gso_refused(int err)
 	       err == EOPNOTSUPP || err == EMSGSIZE;
 }
 
-static void send_failed(struct kvod_stream *s, const struct kvod_scratch *sc,
-			int err, int64_t now)
+/*
+ * Message @m of @b (of stream @s) could not be sent: @err. The stream's
+ * later messages in the batch are not sent either; they are built again
+ * next round.
+ */
+void kvod_send_failed(struct kvod_stream *s, struct kvod_batch *b,
+		      unsigned int m, int err, int64_t now)
 {
 	s->st.send_errors++;
 	s->st.last_errno = err;
 	if (err == EAGAIN || err == EWOULDBLOCK || err == ENOBUFS) {
-		/* the same batch again later: nothing is skipped */
+		/* the same packets again later: nothing is skipped */
 		s->retry_at = now + KVOD_RETRY_NS;
 		return;
 	}
-	if (s->gso && sc->msg_pkts[0] > 1 && gso_refused(err)) {
+	if (s->gso && b->msg_pkts[m] > 1 && gso_refused(err)) {
 		s->gso = false;
 		s->st.gso_fallback = 1;
+		s->st.refused |= KVOD_FEAT_UDP_SEGMENT;
+		s->strategy = KVOD_STRATEGY_SENDMMSG;
 		s->st.strategy = KVOD_STRATEGY_SENDMMSG;
 		return;
 	}
@@ -288,10 +381,37 @@ static void send_failed(struct kvod_stream *s, const struct kvod_scratch *sc,
 		return;
 	}
 	s->err_pending = false;
-	drop(s, sc->msg_pkts[0], err);
+	drop(s, b->msg_pkts[m], err);
 }
 
-static int64_t next_wake(const struct kvod_stream *s, int64_t now)
+static void flush(struct kvod_pacer *p, struct kvod_batch *b, int64_t now)
+{
+	if (b->nmsg) {
+		p->st.rounds++;
+		if (p->strategy == KVOD_STRATEGY_URING_GSO && p->uring)
+			kvod_flush_uring(p, b, now);
+		else if (kvod_is_mmsg_strategy(p->strategy))
+			kvod_flush_mmsg(p, b, now);
+		else
+			kvod_flush_classic(p, b, now);
+	}
+	batch_reset(b);
+}
+
+/* when record next_record is due, from the cache when it still holds */
+static int64_t next_due(struct kvod_stream *s)
+{
+	if (s->due_rec != s->next_record || s->due_t0 != s->t0 ||
+	    !s->next_due) {
+		s->due_rec = s->next_record;
+		s->due_t0 = s->t0;
+		s->next_due = s->next_record < s->nrec ?
+			      kvod_stream_due(s, s->next_record) : INT64_MAX;
+	}
+	return s->next_due;
+}
+
+static int64_t next_wake(struct kvod_stream *s, int64_t now)
 {
 	if (s->state != KVOD_STATE_PLAYING)
 		return INT64_MAX;
@@ -299,55 +419,114 @@ static int64_t next_wake(const struct kvod_stream *s, int64_t now)
 		return s->retry_at;
 	if (s->unpaced)
 		return now;
-	return kvod_stream_due(s, s->next_record);
+	return next_due(s);
 }
 
-/* Send what @s has due; returns when it next needs its thread. */
-static int64_t pump(struct kvod_pacer *p, struct kvod_stream *s, int64_t now)
+/* Lay out what @s has due, flushing @b whenever it fills up. */
+static void fill_stream(struct kvod_pacer *p, struct kvod_batch *b,
+			struct kvod_stream *s, int64_t now)
 {
-	struct kvod_scratch *sc = p->scratch;
-	int calls;
+	int64_t horizon = now + p->lookahead_ns;
+	unsigned int budget = KVOD_STREAM_ROUND_PKTS;
 
-	if (s->retry_at > now)
-		return s->retry_at;
-	s->retry_at = 0;
-	for (calls = 0; calls < KVOD_CALLS_PER_ROUND; calls++) {
-		unsigned int nmsg;
-		int stop, r;
+	while (budget && s->state == KVOD_STATE_PLAYING && !s->retry_at) {
+		unsigned int n;
+		int stop;
 
-		if (s->state != KVOD_STATE_PLAYING)
-			break;
-		if (s->next_record >= s->nrec) {
-			kvod_stream_at_last_record(s);
-			break;
-		}
-		nmsg = build_batch(s, sc, now, &stop);
-		if (nmsg == 0) {
-			if (stop == STOP_UNFILLED)
-				s->state = KVOD_STATE_WAITING;
-			else if (stop == STOP_BAD)
-				drop(s, 1, ERANGE);
-			else
-				break;
+		if (s->next_record + s->batched >= s->nrec)
+			return;
+		n = build(s, b, now, horizon, budget, &stop);
+		budget -= n;
+		switch (stop) {
+		case STOP_FULL:
+			flush(p, b, now);
+			b->sk = s->sk;
 			continue;
+		case STOP_RING:
+			flush(p, b, now);
+			b->sk = s->sk;
+			kvod_zc_reap(p, s->sk);
+			if (s->sk->zc->tail - s->sk->zc->head >= KVOD_ZC_SLOTS)
+				s->retry_at = now + KVOD_RETRY_NS / 4;
+			continue;
+		case STOP_UNFILLED:
+			if (!n && !s->batched)
+				s->state = KVOD_STATE_WAITING;
+			return;
+		case STOP_BAD:
+			if (n || s->batched)
+				return;
+			drop(s, 1, ERANGE);
+			continue;
+		default:
+			return;
 		}
-		s->st.syscalls++;
-		do {
-			r = sendmmsg(s->sock, sc->msgs, nmsg, MSG_DONTWAIT);
-		} while (r < 0 && errno == EINTR);
-		if (r > 0) {
-			s->err_pending = false;
-			account(s, sc, (unsigned int)r, now);
-		} else {
-			send_failed(s, sc, r < 0 ? errno : EIO, now);
-			if (s->retry_at)
-				return s->retry_at;
-		}
-		now = kvod_now_ns();
 	}
-	if (s->state == KVOD_STATE_PLAYING && s->next_record >= s->nrec)
-		kvod_stream_at_last_record(s);
-	return next_wake(s, now);
+}
+
+/*
+ * One pass over the thread's streams; returns when it next needs to run.
+ * A stream with nothing due within the lookahead costs a look at its
+ * cached due time; the streams that sent are looked at again after the
+ * last flush, for their next due time.
+ */
+static int64_t pacer_round(struct kvod_pacer *p, int64_t now)
+{
+	struct kvod_batch *b = p->batch;
+	bool uring = p->strategy == KVOD_STRATEGY_URING_GSO && p->uring;
+	int64_t horizon = now + p->lookahead_ns;
+	int64_t wake = INT64_MAX;
+	struct kvod_stream *work = NULL;
+	struct kvod_sock *sk;
+	struct kvod_stream *s;
+
+	batch_reset(b);
+	for (sk = p->socks; sk; sk = sk->next) {
+		if (!uring && b->nmsg)
+			flush(p, b, now);
+		b->sk = sk;
+		if (sk->zc && sk->zc->first_id != sk->zc->next_id)
+			kvod_zc_reap(p, sk);
+		for (s = sk->streams; s; s = s->next) {
+			int64_t t;
+
+			if (s->state != KVOD_STATE_PLAYING)
+				continue;
+			if (s->retry_at > now) {
+				if (s->retry_at < wake)
+					wake = s->retry_at;
+				continue;
+			}
+			s->retry_at = 0;
+			if (s->next_record >= s->nrec) {
+				kvod_stream_at_last_record(s);
+				continue;
+			}
+			t = s->unpaced ? now : next_due(s);
+			if (t > horizon) {
+				if (t < wake)
+					wake = t;
+				continue;
+			}
+			fill_stream(p, b, s, now);
+			s->touched = work;
+			work = s;
+		}
+	}
+	flush(p, b, now);
+
+	now = kvod_now_ns();
+	for (s = work; s; s = s->touched) {
+		int64_t t;
+
+		if (s->state == KVOD_STATE_PLAYING &&
+		    s->next_record >= s->nrec)
+			kvod_stream_at_last_record(s);
+		t = next_wake(s, now);
+		if (t < wake)
+			wake = t;
+	}
+	return wake;
 }
 
 /*
@@ -382,20 +561,14 @@ static void *pacer_main(void *arg)
 
 	pthread_mutex_lock(&p->lock);
 	while (!p->stop) {
-		int64_t wake = INT64_MAX;
-		int64_t now = kvod_now_ns();
-		struct kvod_stream *s;
+		int64_t wake = pacer_round(p, kvod_now_ns());
 
-		for (s = p->head; s; s = s->next) {
-			int64_t t;
-
-			if (s->state != KVOD_STATE_PLAYING)
-				continue;
-			t = pump(p, s, now);
-			if (t < wake)
-				wake = t;
-		}
-		if (wake <= kvod_now_ns() + KVOD_LOOKAHEAD_NS) {
+		/*
+		 * Sleep until the earliest due packet; that round then takes
+		 * along whatever falls due within the lookahead, so a thread
+		 * of many streams wakes once per batch, not once per packet.
+		 */
+		if (wake <= kvod_now_ns()) {
 			yield_to_api(p);
 			continue;
 		}
@@ -411,18 +584,33 @@ static void *pacer_main(void *arg)
 	return NULL;
 }
 
-int kvod_pacer_init(struct kvod_pacer *p)
+int kvod_pacer_init(struct kvod_pacer *p, int strategy, int64_t lookahead)
 {
 	pthread_condattr_t ca;
 	int err;
 
 	memset(p, 0, sizeof(*p));
-	p->scratch = calloc(1, sizeof(*p->scratch));
-	if (!p->scratch)
+	p->strategy = strategy;
+	p->lookahead_ns = lookahead;
+	p->batch = calloc(1, sizeof(*p->batch));
+	if (!p->batch)
 		return -ENOMEM;
+	if (!kvod_is_mmsg_strategy(strategy)) {
+		/* a whole datagram: header, prefix and the largest payload */
+		p->batch->readbuf = malloc(KVOD_MAX_DATAGRAM + KVOD_HDR_ROOM);
+		if (!p->batch->readbuf) {
+			err = ENOMEM;
+			goto err_batch;
+		}
+	}
+	if (strategy == KVOD_STRATEGY_URING_GSO) {
+		err = -kvod_uring_new(&p->uring);
+		if (err)
+			goto err_batch;
+	}
 	err = pthread_mutex_init(&p->lock, NULL);
 	if (err)
-		goto err_scratch;
+		goto err_uring;
 	err = pthread_condattr_init(&ca);
 	if (err)
 		goto err_mutex;
@@ -437,9 +625,13 @@ int kvod_pacer_init(struct kvod_pacer *p)
 
 err_mutex:
 	pthread_mutex_destroy(&p->lock);
-err_scratch:
-	free(p->scratch);
-	p->scratch = NULL;
+err_uring:
+	kvod_uring_free(p->uring);
+	p->uring = NULL;
+err_batch:
+	free(p->batch->readbuf);
+	free(p->batch);
+	p->batch = NULL;
 	return -err;
 }
 
@@ -472,12 +664,17 @@ void kvod_pacer_stop(struct kvod_pacer *p)
 	p->started = false;
 }
 
+/* after kvod_pacer_stop(), with every stream removed */
 void kvod_pacer_destroy(struct kvod_pacer *p)
 {
 	pthread_cond_destroy(&p->cond);
 	pthread_mutex_destroy(&p->lock);
-	free(p->scratch);
-	p->scratch = NULL;
+	kvod_uring_free(p->uring);
+	p->uring = NULL;
+	if (p->batch)
+		free(p->batch->readbuf);
+	free(p->batch);
+	p->batch = NULL;
 }
 
 void kvod_pacer_lock(struct kvod_pacer *p)
@@ -493,28 +690,88 @@ void kvod_pacer_unlock(struct kvod_pacer *p)
 }
 
 /* called with p->lock held */
-void kvod_pacer_add(struct kvod_pacer *p, struct kvod_stream *s)
+struct kvod_sock *kvod_pacer_find_sock(struct kvod_pacer *p, uint64_t ino)
 {
-	s->pacer = p;
-	s->prev = NULL;
-	s->next = p->head;
-	if (p->head)
-		p->head->prev = s;
-	p->head = s;
-	p->nstreams++;
+	struct kvod_sock *sk;
+
+	for (sk = p->socks; sk; sk = sk->next)
+		if (sk->ino == ino)
+			return sk;
+	return NULL;
 }
 
-/* called with p->lock held */
+/*
+ * Add @s to @p, sending from the socket @fd (the engine's duplicate, which
+ * this takes over: closed at once if @p already sends from that socket).
+ * Called with p->lock held; returns 0 or -ENOMEM.
+ */
+int kvod_pacer_add(struct kvod_pacer *p, struct kvod_stream *s, int fd,
+		   uint64_t ino, int domain, bool shared)
+{
+	struct kvod_sock *sk = kvod_pacer_find_sock(p, ino);
+
+	if (sk) {
+		close(fd);
+	} else {
+		sk = calloc(1, sizeof(*sk));
+		if (!sk)
+			return -ENOMEM;
+		sk->fd = fd;
+		sk->ino = ino;
+		sk->domain = domain;
+		sk->shared = shared;
+		if (p->strategy == KVOD_STRATEGY_GSO_ZEROCOPY &&
+		    kvod_zc_setup(sk) < 0) {
+			/* the socket refused SO_ZEROCOPY: plain gso */
+			s->st.refused |= KVOD_FEAT_ZEROCOPY;
+		}
+		sk->next = p->socks;
+		if (p->socks)
+			p->socks->prev = sk;
+		p->socks = sk;
+	}
+	if (p->strategy == KVOD_STRATEGY_GSO_ZEROCOPY && !sk->zerocopy) {
+		s->st.refused |= KVOD_FEAT_ZEROCOPY;
+		s->strategy = KVOD_STRATEGY_GSO;
+		s->st.strategy = KVOD_STRATEGY_GSO;
+	}
+	s->sk = sk;
+	s->pacer = p;
+	s->prev = NULL;
+	s->next = sk->streams;
+	if (sk->streams)
+		sk->streams->prev = s;
+	sk->streams = s;
+	sk->nstreams++;
+	p->nstreams++;
+	return 0;
+}
+
+/* called with p->lock held; the last stream of a socket closes it */
 void kvod_pacer_remove(struct kvod_pacer *p, struct kvod_stream *s)
 {
+	struct kvod_sock *sk = s->sk;
+
 	if (s->prev)
 		s->prev->next = s->next;
 	else
-		p->head = s->next;
+		sk->streams = s->next;
 	if (s->next)
 		s->next->prev = s->prev;
 	s->next = s->prev = NULL;
+	s->sk = NULL;
 	p->nstreams--;
+	if (--sk->nstreams)
+		return;
+	if (sk->prev)
+		sk->prev->next = sk->next;
+	else
+		p->socks = sk->next;
+	if (sk->next)
+		sk->next->prev = sk->prev;
+	kvod_zc_free(p, sk);
+	close(sk->fd);
+	free(sk);
 }
 
 /* called with p->lock held, after a command changed what is due */

@@ -32,69 +32,139 @@
 #define KVOD_HDR_ROOM		20	/* header + prefix, rounded up */
 #define KVOD_MAX_DATAGRAM	65507	/* UDP payload limit over IPv4 */
 #define KVOD_GSO_SEGS		64	/* UDP_MAX_SEGMENTS of older kernels */
-#define KVOD_MAX_MSGS		64	/* messages per sendmmsg call */
-#define KVOD_MAX_PKTS		1024	/* packets per send call */
+#define KVOD_MAX_MSGS		1024	/* messages per call (UIO_MAXIOV) */
+#define KVOD_MAX_PKTS		4096	/* packets per call */
+#define KVOD_STREAM_ROUND_PKTS	2048	/* packets per stream per round */
 /* packets due this soon are sent now, so that they share a batch */
 #define KVOD_LOOKAHEAD_NS	500000LL
 /* back-off after EAGAIN/ENOBUFS before the same batch is tried again */
 #define KVOD_RETRY_NS		1000000LL
+#define KVOD_ZC_SLOTS		4096	/* zero-copy header ring, per socket */
+/* a ring slot never straddles a page, so a header is one page fragment */
+#define KVOD_ZC_SLOT_SIZE	32
+/* page fragments a zero-copy datagram may have (MAX_SKB_FRAGS default);
+ * the kernel refuses more with EMSGSIZE */
+#define KVOD_ZC_FRAGS		17
 
 struct kvod_pacer;
+struct kvod_stream;
+
+/*
+ * Header bytes handed to the kernel with MSG_ZEROCOPY stay referenced
+ * until the kernel reports the send complete on the error queue, so they
+ * live in this ring, not in the reusable batch. Notification ids count
+ * the socket's zero-copy sends (one per message sent); msg_end[id] is the
+ * ring position after that message's headers.
+ */
+struct kvod_zc {
+	uint8_t (*hdr)[KVOD_ZC_SLOT_SIZE];	/* page aligned */
+	uint64_t head, tail;		/* slots [head, tail) are in use */
+	uint64_t reserved;		/* slots taken by the batch being built */
+	uint32_t next_id;		/* id of the next message sent */
+	uint32_t first_id;		/* oldest id not yet released */
+	uint64_t msg_end[KVOD_ZC_SLOTS];
+	uint8_t done[KVOD_ZC_SLOTS];
+};
+
+/* One kernel socket as a pacer sees it: the streams that send from it. */
+struct kvod_sock {
+	struct kvod_sock *next, *prev;	/* in the pacer's list */
+	struct kvod_stream *streams;	/* this socket's streams */
+	unsigned int nstreams;
+	int fd;				/* the engine's own duplicate */
+	uint64_t ino;			/* the socket's inode: who shares it */
+	int domain;
+	bool shared;			/* unconnected: streams name clients */
+	bool zerocopy;			/* SO_ZEROCOPY is on */
+	struct kvod_zc *zc;
+};
 
 struct kvod_stream {
-	struct kvod_stream *next, *prev;	/* in the pacer's list */
+	struct kvod_stream *next, *prev;	/* in its socket's list */
 	struct kvod_pacer *pacer;
+	struct kvod_sock *sk;
 	int id;
-	int sock;
 
 	/* immutable after open */
 	const uint8_t *media;
 	uint64_t media_size;
+	int media_fd;			/* read/sendfile strategies only */
+	struct sockaddr_storage dest;	/* shared socket: the client */
+	socklen_t dest_len;
 	uint32_t ssrc;
 	uint32_t ts0;
 	uint16_t seq0;
 	uint8_t pt;
 
 	/* everything below is protected by pacer->lock */
+	/* the hints, swapped by kvod_stream_set_hints() while a fill grows them */
 	const uint8_t *hint;		/* the whole hint file */
 	uint64_t hint_size;
 	uint64_t hint_dev, hint_ino;	/* which file it is */
 	const struct kvod_hint_record *recs;
 	uint64_t nrec;
 	const uint8_t *blob;
+	uint64_t blob_off;		/* of the blob area in the hint file */
 	uint64_t blob_size;
+	int hint_fd;			/* read/sendfile strategies only */
 	bool growing;		/* KVOD_HINTS_GROWING: more records will come */
 	bool wait_end;		/* waiting at the last record for more */
 	int state;
+	int strategy;		/* KVOD_STRATEGY_*, in use now */
 	bool gso;
 	bool unpaced;
 	bool err_pending;	/* a hard error already hit this batch once */
 	uint64_t next_record;
 	uint64_t seq_count;	/* packets sent or dropped so far */
+	uint32_t batched;	/* packets of it in the batch being built */
 	int64_t t0;		/* due(k) = t0 + send_ns[k] */
 	int64_t blocked_due;	/* due time of the record the fill blocked */
 	int64_t retry_at;
 	uint64_t fill_limit;
+	/* due time of record due_rec under schedule due_t0: a cache, so that
+	 * a round skips a stream without touching its hint records */
+	int64_t next_due;
+	uint64_t due_rec;
+	int64_t due_t0;
+	struct kvod_stream *touched;	/* next in the round's work list */
 	/* the counters; the state fields are filled in when read */
 	struct kvod_stream_stats st;
 };
 
-/* per-thread buffers for one send call; no allocation per packet */
+/* per message: room for UDP_SEGMENT */
 union kvod_cmsg {
 	char buf[CMSG_SPACE(sizeof(uint16_t))];
 	struct cmsghdr align;
 };
 
-struct kvod_scratch {
+/* a run of consecutive messages of one stream in the batch */
+struct kvod_run {
+	struct kvod_stream *s;
+	unsigned int msg, nmsg;		/* its messages */
+	unsigned int pkt;		/* its first packet */
+};
+
+/* Per-thread buffers for one send call; no allocation per packet. */
+struct kvod_batch {
+	unsigned int nmsg, npkt, niov, nrun;
+	struct kvod_sock *sk;		/* all messages go to it (not uring) */
 	struct mmsghdr msgs[KVOD_MAX_MSGS];
 	union kvod_cmsg cms[KVOD_MAX_MSGS];
 	uint32_t msg_pkts[KVOD_MAX_MSGS];
+	uint32_t msg_first[KVOD_MAX_MSGS];	/* first packet of each */
+	uint16_t msg_run[KVOD_MAX_MSGS];
+	struct kvod_run runs[KVOD_MAX_MSGS];
 	struct iovec iov[2 * KVOD_MAX_PKTS];
 	uint8_t hdr[KVOD_MAX_PKTS][KVOD_HDR_ROOM];
 	int64_t due[KVOD_MAX_PKTS];
 	uint32_t octets[KVOD_MAX_PKTS];
 	uint32_t rtp_ts[KVOD_MAX_PKTS];
+	uint64_t src_off[KVOD_MAX_PKTS];	/* file offset of the payload */
+	uint8_t src_blob[KVOD_MAX_PKTS];	/* payload is in the hint file */
+	uint8_t *readbuf;			/* read strategies */
 };
+
+struct kvod_uring;
 
 struct kvod_pacer {
 	pthread_mutex_t lock;
@@ -104,13 +174,21 @@ struct kvod_pacer {
 	bool stop;
 	atomic_int api_waiters;		/* API callers queued on lock */
 	unsigned int nstreams;
-	struct kvod_stream *head;
-	struct kvod_scratch *scratch;
+	int strategy;			/* the engine's */
+	int64_t lookahead_ns;
+	struct kvod_sock *socks;
+	struct kvod_batch *batch;
+	struct kvod_uring *uring;	/* uring_gso only */
+	struct kvod_engine_stats st;
 };
 
 struct kvod_engine {
 	int strategy;
+	int requested;
+	uint32_t features;		/* detected, less the refused */
+	char fallback[256];		/* why not the requested strategy */
 	int npacers;
+	int64_t lookahead_ns;
 	struct kvod_pacer **pacers;
 	pthread_mutex_t table_lock;	/* taken before any pacer lock */
 	struct kvod_stream **slots;
@@ -118,17 +196,40 @@ struct kvod_engine {
 	uint32_t nslots;
 };
 
-int kvod_pacer_init(struct kvod_pacer *p);
+int kvod_pacer_init(struct kvod_pacer *p, int strategy, int64_t lookahead);
 int kvod_pacer_start(struct kvod_pacer *p);
 void kvod_pacer_stop(struct kvod_pacer *p);
 void kvod_pacer_destroy(struct kvod_pacer *p);
 void kvod_pacer_lock(struct kvod_pacer *p);
 void kvod_pacer_unlock(struct kvod_pacer *p);
-void kvod_pacer_add(struct kvod_pacer *p, struct kvod_stream *s);
+int kvod_pacer_add(struct kvod_pacer *p, struct kvod_stream *s, int fd,
+		   uint64_t ino, int domain, bool shared);
 void kvod_pacer_remove(struct kvod_pacer *p, struct kvod_stream *s);
 void kvod_pacer_kick(struct kvod_pacer *p);
+struct kvod_sock *kvod_pacer_find_sock(struct kvod_pacer *p, uint64_t ino);
 
 int64_t kvod_stream_due(const struct kvod_stream *s, uint64_t k);
 void kvod_stream_at_last_record(struct kvod_stream *s);
+
+/* send.c: the strategies' system calls */
+bool kvod_is_mmsg_strategy(int strategy);
+void kvod_flush_classic(struct kvod_pacer *p, struct kvod_batch *b,
+			int64_t now);
+void kvod_flush_mmsg(struct kvod_pacer *p, struct kvod_batch *b,
+		     int64_t now);
+int kvod_zc_setup(struct kvod_sock *sk);
+void kvod_zc_reap(struct kvod_pacer *p, struct kvod_sock *sk);
+void kvod_zc_free(struct kvod_pacer *p, struct kvod_sock *sk);
+/* pacer.c, called back by the flushes */
+void kvod_account(struct kvod_batch *b, unsigned int m, unsigned int n,
+		  int64_t t_send);
+void kvod_send_failed(struct kvod_stream *s, struct kvod_batch *b,
+		      unsigned int m, int err, int64_t now);
+/* uring.c */
+int kvod_uring_probe(void);
+int kvod_uring_new(struct kvod_uring **u);
+void kvod_uring_free(struct kvod_uring *u);
+void kvod_flush_uring(struct kvod_pacer *p, struct kvod_batch *b,
+		      int64_t now);
 
 #endif

@@ -1,0 +1,46 @@
+"""What the daemon reports about itself: one JSON-able snapshot.
+
+Built on request from the live objects (engine, sessions, their streams),
+so it is never stale; served by ``appliance.admin_http`` as ``/status`` and
+rendered as Prometheus text by ``appliance.metrics``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+VERSION = "0.1.0"
+
+
+def stream_status(stream) -> dict:
+    """One stream's figures, from its engine counters and the client's RTCP."""
+    return stream.status()
+
+
+def daemon_status(*, engine, server, started: float, now: float | None = None) -> dict:
+    """The snapshot: engine, sessions with their streams, and totals."""
+    now = time.time() if now is None else now
+    sessions = []
+    for session in sorted(server.sessions.values(), key=lambda s: s.id):
+        sessions.append({
+            "id": session.id,
+            "title": session.title_name,
+            "client": session.peer_host,
+            "state": session.state.value,
+            "streams": {str(index): stream_status(stream)
+                        for index, stream in sorted(session.streams.items())},
+        })
+    return {
+        "version": VERSION,
+        "pid": os.getpid(),
+        "uptime_s": round(now - started, 3),
+        "engine": engine.status(),
+        "sessions": sessions,
+        "totals": {
+            "sessions": len(sessions),
+            "playing": sum(1 for s in sessions if s["state"] == "playing"),
+            "packets_sent": sum(st.get("packets_sent", 0) for s in sessions
+                                for st in s["streams"].values()),
+        },
+    }

@@ -1,0 +1,488 @@
+"""The krtp backend: the in-kernel RTP engine behind /dev/krtp.
+
+Same Python interface as :mod:`rtpengine.engine` (``Engine.open_stream``,
+``Stream.play/pause/set_fill_limit/stats/close``), so the daemon can use
+either. The kernel module builds the RTP headers and paces the packets in
+its own threads; Python only issues ioctls, with the structures of
+``kernel/uapi/krtp.h`` packed by :mod:`struct` (``tests/test_krtp_abi.py``
+checks them against the header compiled by the C compiler).
+
+Two strategies, the two calls of the research:
+
+- ``krtpsendfile``: payload pages come from the page cache of the media
+  file and are attached to the socket buffers without a copy;
+- ``krtpmsend``: payload comes from a mapping of the media file in this
+  process (the application may touch it); its pages are attached where the
+  kernel allows, else copied once. ``stats()`` tells which.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import mmap
+import os
+import struct
+import threading
+import time
+from dataclasses import dataclass
+from typing import Optional
+
+from cffi import FFI
+
+from .engine import EngineError
+from .hintfile import HEADER_SIZE, RECORD_SIZE
+
+__all__ = ["DEVICE", "KrtpEngine", "KrtpError", "KrtpStream", "KrtpStreamStats",
+           "ModuleInfo", "STRATEGIES", "available", "now_ns"]
+
+DEVICE = "/dev/krtp"
+ABI_VERSION = 1
+
+STATES = {0: "idle", 1: "playing", 2: "paused", 3: "waiting", 4: "ended"}
+STRATEGIES = ("krtpsendfile", "krtpmsend")
+MODES = {1: "krtpsendfile", 2: "krtpmsend"}
+FEAT_SENDFILE = 0x0001
+FEAT_MSEND = 0x0002
+OPEN_MSEND = 0x0001
+PT_FROM_HINT = -1
+PLAY_UNPACED = 0x0001
+RECORD_CONTINUE = 0xFFFF_FFFF_FFFF_FFFF
+STATS_NO_GSO = 0x0001
+
+# The uapi structures, little-endian with their padding spelled out; each
+# layout is checked against the C compiler's in tests/test_krtp_abi.py.
+HELLO = struct.Struct("<IIHHHHHHHHII")
+OPEN = struct.Struct("<iiiiIIHHIQQQ")
+PLAY = struct.Struct("<IIQq")
+CMD = struct.Struct("<IIQ")
+STATS = struct.Struct("<IiiIHHI9Q2q3Q")
+INFO = struct.Struct("<8QII")
+
+_ffi = FFI()
+
+_IOC_WRITE, _IOC_READ = 1, 2
+IOC_MAGIC = 0xB9
+
+
+def _ioc(direction: int, nr: int, size: int) -> int:
+    return (direction << 30) | (size << 16) | (IOC_MAGIC << 8) | nr
+
+
+IOC_HELLO = _ioc(_IOC_READ | _IOC_WRITE, 0, HELLO.size)
+IOC_OPEN = _ioc(_IOC_READ | _IOC_WRITE, 1, OPEN.size)
+IOC_PLAY = _ioc(_IOC_WRITE, 2, PLAY.size)
+IOC_PAUSE = _ioc(_IOC_WRITE, 3, CMD.size)
+IOC_SEEK = _ioc(_IOC_WRITE, 4, CMD.size)
+IOC_FILL = _ioc(_IOC_WRITE, 5, CMD.size)
+IOC_STATS = _ioc(_IOC_READ | _IOC_WRITE, 6, STATS.size)
+IOC_CLOSE = _ioc(_IOC_WRITE, 7, CMD.size)
+IOC_INFO = _ioc(_IOC_READ, 8, INFO.size)
+
+
+class KrtpError(EngineError):
+    """A /dev/krtp call failed; ``errno`` says why, the message says where.
+
+    An :class:`~rtpengine.engine.EngineError`, so callers of either engine
+    catch one exception."""
+
+
+def now_ns() -> int:
+    """CLOCK_MONOTONIC now, in ns: the clock ``play(at_ns=)`` uses."""
+    return time.monotonic_ns()
+
+
+def _ioctl(fd: int, request: int, buf: bytearray, what: str) -> None:
+    try:
+        fcntl.ioctl(fd, request, buf, True)
+    except OSError as exc:
+        raise KrtpError(exc.errno, f"{what}: {os.strerror(exc.errno)}") from None
+
+
+def _hello_request() -> bytearray:
+    return bytearray(HELLO.pack(ABI_VERSION, 0, HELLO.size, OPEN.size, PLAY.size, CMD.size,
+                                STATS.size, INFO.size, HEADER_SIZE, RECORD_SIZE, 0, 0))
+
+
+@dataclass(frozen=True)
+class Hello:
+    """What the module said in the ABI handshake."""
+
+    abi_version: int
+    features: int
+    sizes: tuple[int, ...]
+    workers: int
+    max_streams: int
+
+
+def _handshake(fd: int) -> Hello:
+    buf = _hello_request()
+    try:
+        fcntl.ioctl(fd, IOC_HELLO, buf, True)
+        err = 0
+    except OSError as exc:
+        err = exc.errno
+    (abi, features, *sizes, workers, max_streams) = HELLO.unpack(buf)
+    hello = Hello(abi, features, tuple(sizes), workers, max_streams)
+    if err == errno.EPROTO:
+        ours = HELLO.unpack(_hello_request())[2:10]
+        raise KrtpError(errno.EPROTO,
+                        f"{DEVICE}: ABI mismatch: module speaks version {abi} with "
+                        f"structure sizes {hello.sizes}, we speak {ABI_VERSION} with {ours}")
+    if err:
+        raise KrtpError(err, f"{DEVICE} handshake: {os.strerror(err)}")
+    return hello
+
+
+def available(path: str = DEVICE) -> tuple[bool, str]:
+    """Can this process use the kernel engine? (yes or no, and why)."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    except OSError as exc:
+        return False, f"{path}: {os.strerror(exc.errno)}"
+    try:
+        hello = _handshake(fd)
+    except KrtpError as exc:
+        return False, str(exc)
+    finally:
+        os.close(fd)
+    return True, (f"krtp ABI {hello.abi_version}, {hello.workers} pacing threads")
+
+
+@dataclass(frozen=True)
+class KrtpStreamStats:
+    """A snapshot of one stream: the user-space engine's fields and more.
+
+    ``syscalls`` counts the kernel's socket send calls for the stream (one
+    per UDP GSO batch of packets on 6.5+ kernels); ``gso_fallback`` says
+    the path refused GSO batches and the module sends one packet a call.
+    ``spliced_octets`` are payload bytes attached to socket buffers by page
+    reference, ``copied_octets`` those that had to be copied.
+    """
+
+    state: str
+    record_count: int
+    next_record: int
+    fill_limit: int
+    packets_sent: int
+    payload_octets: int
+    packets_dropped: int
+    send_errors: int
+    last_errno: int
+    late_1ms: int
+    late_5ms: int
+    max_late_ns: int
+    last_due_ns: int
+    syscalls: int
+    last_seq: int
+    last_rtp_ts: int
+    gso_fallback: bool
+    strategy: str
+    spliced_octets: int
+    copied_octets: int
+    refused: tuple[str, ...] = ()
+    shared: bool = False
+
+
+@dataclass(frozen=True)
+class ModuleInfo:
+    """The module's own counters, over every open /dev/krtp."""
+
+    streams: int
+    streams_opened: int
+    files: int
+    pages_held: int
+    packets_sent: int
+    packets_dropped: int
+    spliced_octets: int
+    copied_octets: int
+    workers: int
+    max_streams: int
+
+
+def _fd(obj, what: str) -> int:
+    fd = obj if isinstance(obj, int) else obj.fileno()
+    if not isinstance(fd, int):
+        raise TypeError(f"{what}: want a file descriptor, got {obj!r}")
+    return fd
+
+
+def _in_range(value: int, bits: int, what: str) -> int:
+    if not isinstance(value, int) or not 0 <= value < 1 << bits:
+        raise ValueError(f"{what} {value!r} is not a {bits}-bit unsigned integer")
+    return value
+
+
+class KrtpEngine:
+    """One open /dev/krtp: the kernel's pacing threads and our streams.
+
+    ``strategy`` is ``"krtpsendfile"`` (or ``"auto"``, the same) or
+    ``"krtpmsend"``. ``threads`` is accepted for interface parity and
+    ignored: the module runs one pacing thread per CPU for everyone.
+    Closing it (or this process exiting) closes its streams.
+    """
+
+    def __init__(self, threads: int = 0, strategy: str = "auto",
+                 path: str = DEVICE) -> None:
+        if strategy == "auto":
+            strategy = "krtpsendfile"
+        if strategy not in STRATEGIES:
+            raise ValueError(f"unknown strategy {strategy!r}; known: auto, "
+                             f"{', '.join(STRATEGIES)}")
+        self._lock = threading.Lock()
+        self._fd: Optional[int] = None
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        except OSError as exc:
+            raise KrtpError(exc.errno, f"{path}: {os.strerror(exc.errno)}") from None
+        try:
+            self.hello = _handshake(fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+        self.strategy = strategy
+        self.requested_strategy = strategy
+        self.threads = self.hello.workers
+        # parity with the user-space engine: the kernel engine never falls back
+        self.fallback: Optional[str] = None
+        self.features = {"krtp": True,
+                         "krtpsendfile": bool(self.hello.features & FEAT_SENDFILE),
+                         "krtpmsend": bool(self.hello.features & FEAT_MSEND)}
+        self._streams: dict[int, "KrtpStream"] = {}
+
+    @property
+    def closed(self) -> bool:
+        return self._fd is None
+
+    def _require(self) -> int:
+        fd = self._fd
+        if fd is None:
+            raise KrtpError(errno.EBADF, "engine is closed")
+        return fd
+
+    def close(self) -> None:
+        """Close /dev/krtp: the module stops and frees every stream."""
+        with self._lock:
+            fd, self._fd = self._fd, None
+            streams, self._streams = list(self._streams.values()), {}
+        if fd is not None:
+            os.close(fd)
+        for s in streams:
+            s._forget()
+
+    def __enter__(self) -> "KrtpEngine":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def info(self) -> ModuleInfo:
+        """The module's own counters (streams, page references held, ...)."""
+        buf = bytearray(INFO.size)
+        _ioctl(self._require(), IOC_INFO, buf, "module counters")
+        return ModuleInfo(*INFO.unpack(buf))
+
+    def stats(self) -> dict[str, int]:
+        """Module-wide counters, named as the user-space engine's where they
+        mean the same (``packets``)."""
+        info = self.info()
+        return {"packets": info.packets_sent, "packets_dropped": info.packets_dropped,
+                "streams": info.streams, "pages_held": info.pages_held,
+                "spliced_octets": info.spliced_octets, "copied_octets": info.copied_octets}
+
+    def status(self) -> dict:
+        """What ``kvod status`` shows of the engine (the user-space engine's
+        keys, with backend "krtp" and the module's counters)."""
+        out = {"backend": "krtp", "strategy": self.strategy,
+               "requested_strategy": self.requested_strategy, "fallback": None,
+               "features": dict(self.features), "threads": self.threads,
+               "runtime_refused": []}
+        if not self.closed:
+            out.update(self.stats())
+        return out
+
+    def open_stream(self, sock, media, hints, *, ssrc: int, seq0: int, ts0: int,
+                    payload_type: Optional[int] = None,
+                    dest: Optional[tuple] = None, growing: bool = False) -> "KrtpStream":
+        """Open a stream of the track ``hints`` over ``media``.
+
+        ``sock`` is a UDP socket connected to the client; the module keeps
+        its own reference, so the caller may close its copy, and so it may
+        ``media`` and ``hints``. The stream starts idle: call ``play``.
+        ``dest`` (an unconnected socket shared by many clients) is the
+        user-space engine's alone: the module refuses it, and so hint files
+        a fill is still growing (``growing``).
+        """
+        if dest is not None:
+            raise KrtpError(errno.EOPNOTSUPP, "krtp sends on connected sockets only "
+                                              "(no shared-socket dest)")
+        if growing:
+            raise KrtpError(errno.EOPNOTSUPP, "krtp streams complete titles only "
+                                              "(this one is still filling)")
+        ssrc = _in_range(ssrc, 32, "ssrc")
+        seq0 = _in_range(seq0, 16, "seq0")
+        ts0 = _in_range(ts0, 32, "ts0")
+        pt = PT_FROM_HINT if payload_type is None else _in_range(payload_type, 7,
+                                                                  "payload type")
+        sock_fd, media_fd, hint_fd = _fd(sock, "socket"), _fd(media, "media"), _fd(hints, "hints")
+        mapping = None
+        flags, addr, length, media_arg = 0, 0, 0, media_fd
+        if self.strategy == "krtpmsend":
+            size = os.fstat(media_fd).st_size
+            if size:
+                mapping = _Mapping(media_fd, size)
+                addr, length = mapping.address, size
+            flags, media_arg = OPEN_MSEND, -1
+        buf = bytearray(OPEN.pack(sock_fd, media_arg, hint_fd, pt, ssrc, ts0, seq0, flags,
+                                  0, addr, length, 0))
+        try:
+            _ioctl(self._require(), IOC_OPEN, buf, "open stream")
+        except BaseException:
+            if mapping:
+                mapping.close()
+            raise
+        sid = OPEN.unpack(buf)[8]
+        stream = KrtpStream(self, sid, mapping)
+        with self._lock:
+            self._streams[sid] = stream
+        return stream
+
+    def _closed_stream(self, sid: int) -> None:
+        with self._lock:
+            self._streams.pop(sid, None)
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else f"{self.threads} threads"
+        return f"<KrtpEngine {self.strategy} {state}>"
+
+
+class _Mapping:
+    """A read-only shared mapping of the media file, for krtpmsend."""
+
+    def __init__(self, fd: int, size: int) -> None:
+        self._map = mmap.mmap(fd, size, prot=mmap.PROT_READ, flags=mmap.MAP_SHARED)
+        # ctypes wants a writable buffer for an address; cffi takes any
+        self._ptr = _ffi.from_buffer(self._map)
+        self.address = int(_ffi.cast("uintptr_t", self._ptr))
+
+    def close(self) -> None:
+        if self._map is not None:
+            _ffi.release(self._ptr)
+            self._map.close()
+            self._map = None
+
+
+class KrtpStream:
+    """One stream of a :class:`KrtpEngine`."""
+
+    def __init__(self, engine: KrtpEngine, sid: int, mapping: Optional[_Mapping]) -> None:
+        self._engine = engine
+        self._id: Optional[int] = sid
+        self._mapping = mapping
+
+    @property
+    def id(self) -> Optional[int]:
+        return self._id
+
+    @property
+    def closed(self) -> bool:
+        return self._id is None or self._engine.closed
+
+    def _cmd(self, request: int, arg: int, what: str) -> None:
+        sid = self._id
+        if sid is None:
+            raise KrtpError(errno.EBADF, "stream is closed")
+        buf = bytearray(CMD.pack(sid, 0, arg))
+        _ioctl(self._engine._require(), request, buf, f"{what} stream {sid}")
+
+    def play(self, start_record: Optional[int] = None, at_ns: Optional[int] = None,
+             unpaced: bool = False) -> None:
+        """Send from ``start_record`` (None: where it stopped), record k at
+        ``at_ns + send_ns[k] - send_ns[start_record]`` (``at_ns`` None: now)."""
+        sid = self._id
+        if sid is None:
+            raise KrtpError(errno.EBADF, "stream is closed")
+        rec = RECORD_CONTINUE if start_record is None else _in_range(
+            start_record, 63, "start record")
+        at = 0 if at_ns is None else _in_range(at_ns, 63, "start time")
+        buf = bytearray(PLAY.pack(sid, PLAY_UNPACED if unpaced else 0, rec, at))
+        _ioctl(self._engine._require(), IOC_PLAY, buf, f"play stream {sid}")
+
+    def pause(self) -> None:
+        """Stop sending; a later ``play()`` continues at the next record."""
+        self._cmd(IOC_PAUSE, 0, "pause")
+
+    def seek(self, record: int) -> None:
+        """Make ``record`` the next one; a playing stream goes on from it now."""
+        self._cmd(IOC_SEEK, _in_range(record, 64, "record"), "seek")
+
+    def set_fill_limit(self, limit: int) -> None:
+        """Never send media bytes at or beyond ``limit``; a waiting stream
+        resumes, its schedule shifted by the wait."""
+        self._cmd(IOC_FILL, _in_range(limit, 64, "fill limit"), "fill limit of")
+
+    def stats(self) -> KrtpStreamStats:
+        sid = self._id
+        if sid is None:
+            raise KrtpError(errno.EBADF, "stream is closed")
+        buf = bytearray(STATS.pack(sid, *([0] * (len(STATS.unpack(bytes(STATS.size))) - 1))))
+        _ioctl(self._engine._require(), IOC_STATS, buf, f"stats of stream {sid}")
+        (_, state, last_errno, last_rtp_ts, last_seq, mode, flags, record_count, next_record,
+         fill_limit, packets_sent, payload_octets, packets_dropped, send_errors, late_1ms,
+         late_5ms, max_late_ns, last_due_ns, send_calls, spliced, copied) = STATS.unpack(buf)
+        return KrtpStreamStats(
+            state=STATES.get(state, str(state)), record_count=record_count,
+            next_record=next_record, fill_limit=fill_limit, packets_sent=packets_sent,
+            payload_octets=payload_octets, packets_dropped=packets_dropped,
+            send_errors=send_errors, last_errno=last_errno, late_1ms=late_1ms,
+            late_5ms=late_5ms, max_late_ns=max_late_ns, last_due_ns=last_due_ns,
+            syscalls=send_calls, last_seq=last_seq, last_rtp_ts=last_rtp_ts,
+            gso_fallback=bool(flags & STATS_NO_GSO), strategy=MODES.get(mode, str(mode)),
+            spliced_octets=spliced, copied_octets=copied)
+
+    def _forget(self) -> None:
+        # the engine closed /dev/krtp, which took the stream with it
+        self._id = None
+        if self._mapping:
+            self._mapping.close()
+            self._mapping = None
+
+    def close(self) -> None:
+        """Stop and free the stream; a no-op once it or its engine is closed."""
+        sid, self._id = self._id, None
+        if sid is None:
+            return
+        try:
+            if not self._engine.closed:
+                buf = bytearray(CMD.pack(sid, 0, 0))
+                _ioctl(self._engine._require(), IOC_CLOSE, buf, f"close stream {sid}")
+        except KrtpError as exc:
+            if exc.errno not in (errno.EBADF, errno.ENOENT):
+                raise
+        finally:
+            self._engine._closed_stream(sid)
+            if self._mapping:
+                self._mapping.close()
+                self._mapping = None
+
+    def __enter__(self) -> "KrtpStream":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def __repr__(self) -> str:
+        return f"<KrtpStream {self._id if self._id is not None else 'closed'}>"

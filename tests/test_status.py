@@ -1,0 +1,120 @@
+"""``kvod status``, ``/status`` and ``/metrics`` against the real daemon."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+
+import pytest
+
+from appliance.cli import _admin_address
+from appliance.metrics import prometheus_text
+from appliance.rtsp_client import RtpReceiver, RtspClient
+from tests.kvod_daemon import KvodDaemon
+
+pytestmark = pytest.mark.integration
+
+
+def get(daemon: KvodDaemon, path: str) -> tuple[str, bytes]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{daemon.admin_port}{path}", timeout=5) as r:
+        return r.headers["Content-Type"], r.read()
+
+
+@pytest.fixture
+def playing(tmp_path, ts_file):
+    """A daemon with one session playing."""
+    daemon = KvodDaemon(str(tmp_path))
+    daemon.add(ts_file, "movie")
+    daemon.start()
+    receiver = RtpReceiver()
+    client = RtspClient("127.0.0.1", daemon.port)
+    url = client.url("movie")
+    session, _, _ = client.setup_udp(url + "/trackID=0", receiver.ports)
+    assert client.request("PLAY", url + "/", [("Session", session)]).status == 200
+    assert receiver.wait_for(20)
+    yield daemon, session
+    client.close()
+    receiver.close()
+    assert daemon.stop() == 0
+
+
+def test_status_lists_engine_and_playing_session(playing):
+    daemon, session = playing
+    info = json.loads(daemon.kvod("status", "--json").stdout)
+    assert info["engine"]["strategy"] == "gso"
+    assert info["engine"]["fallback"] is None
+    (listed,) = info["sessions"]
+    assert listed["id"] == session and listed["title"] == "movie"
+    assert listed["state"] == "playing"
+    stream = listed["streams"]["0"]
+    assert stream["packets_sent"] >= 20 and stream["state"] == "playing"
+    text = daemon.kvod("status").stdout
+    assert "engine: gso (asked auto)" in text
+    assert session in text and "movie" in text
+
+
+def test_metrics_are_prometheus_text(playing):
+    daemon, session = playing
+    content_type, body = get(daemon, "/metrics")
+    assert content_type.startswith("text/plain; version=0.0.4")
+    text = body.decode()
+    assert "# TYPE kvod_stream_packets_sent counter" in text
+    sent = [line for line in text.splitlines()
+            if line.startswith("kvod_stream_packets_sent{") and session in line]
+    assert len(sent) == 1 and int(sent[0].rsplit(" ", 1)[1]) > 0
+    assert 'kvod_sessions{state="playing"} 1' in text
+
+
+def test_admin_http_is_read_only(playing):
+    daemon, _ = playing
+    req = urllib.request.Request(f"http://127.0.0.1:{daemon.admin_port}/status", data=b"x",
+                                 method="POST")
+    with pytest.raises(urllib.error.HTTPError) as info:
+        urllib.request.urlopen(req, timeout=5)
+    assert info.value.code == 405
+    with pytest.raises(urllib.error.HTTPError) as info:
+        urllib.request.urlopen(f"http://127.0.0.1:{daemon.admin_port}/nothing", timeout=5)
+    assert info.value.code == 404
+
+
+def test_refused_kernel_feature_shows_as_fallback(tmp_path, ts_file):
+    daemon = KvodDaemon(str(tmp_path), extra='[engine]\nstrategy = "gso"\n',
+                        env={"KVOD_ENGINE_REFUSE": "udp_segment"})
+    daemon.start()
+    try:
+        info = json.loads(daemon.kvod("status", "--json").stdout)
+        assert info["engine"]["strategy"] == "sendmmsg"
+        assert info["engine"]["requested_strategy"] == "gso"
+        assert "UDP_SEGMENT" in info["engine"]["fallback"]
+        assert "engine fallback:" in daemon.kvod("status").stdout
+        assert "engine fallback:" in daemon.log()
+    finally:
+        assert daemon.stop() == 0
+
+
+def test_status_without_a_daemon_fails_clearly(tmp_path):
+    daemon = KvodDaemon(str(tmp_path))
+    result = daemon.kvod("status", check=False)
+    assert result.returncode == 1
+    assert "not answering" in result.stderr
+
+
+@pytest.mark.parametrize("listen,address", [
+    ("tcp:8555:interface=127.0.0.1", ("127.0.0.1", 8555)),
+    ("tcp:port=9000", ("127.0.0.1", 9000)),
+    ("tcp6:8555:interface=\\:\\:1", ("::1", 8555)),
+    ("tcp:8555:interface=0.0.0.0", ("127.0.0.1", 8555)),
+])
+def test_admin_address(listen, address):
+    assert _admin_address(listen) == address
+
+
+def test_prometheus_text_escapes_labels():
+    status = {"uptime_s": 1.0, "engine": {"strategy": "gso", "requested_strategy": "auto",
+                                          "fallback": None, "threads": 2},
+              "sessions": [{"id": "A", "title": 'we"ird\\name\n', "state": "playing",
+                            "streams": {"0": {"packets_sent": 5}}}]}
+    text = prometheus_text(status)
+    assert 'title="we\\"ird\\\\name\\n"' in text
+    assert 'kvod_stream_packets_sent{session="A",title="we\\"ird\\\\name\\n",track="0"} 5' in text
