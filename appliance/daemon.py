@@ -18,6 +18,7 @@ from twisted.internet import endpoints
 from twisted.internet.defer import Deferred, gatherResults
 
 from appliance.admin_http import admin_site
+from appliance.catalog_writer import CatalogWriter
 from appliance.config import Config
 from appliance.proxy_cache import ProxyCache
 from appliance.title_fill import FillSettings
@@ -78,6 +79,29 @@ class SessionTimer(service.Service):
         return super().stopService()
 
 
+def make_cache(config: Config, reactor, catalog) -> ProxyCache:
+    """The proxy cache as ``config`` sets it up (the daemon's, or a CLI's own).
+
+    Fills record their ranges through a writer thread with its own catalog
+    connection; ``catalog`` (the caller's, used from the reactor thread)
+    leaves WAL checkpoints to that thread, so no commit here waits on one."""
+    origin = config.origin
+    catalog.db.execute("PRAGMA wal_autocheckpoint = 0")
+    return ProxyCache(
+        writer=CatalogWriter(reactor, config.catalog.path),
+        seek_timeout=config.cache.stall_timeout,
+        reactor=reactor, catalog=catalog, cache_dir=config.cache.dir,
+        base_urls=origin.base_url, max_fills=origin.max_fills,
+        connect_timeout=origin.connect_timeout, read_timeout=origin.read_timeout,
+        connections=origin.connections, max_bytes=config.cache.max_bytes,
+        policy=config.cache.policy, keep_prefix_seconds=config.cache.keep_prefix_seconds,
+        settings=FillSettings(
+            chunk_bytes=origin.chunk_bytes, requests_per_fill=origin.requests_per_fill,
+            retries=origin.retries, retry_delay=origin.retry_delay,
+            retry_max_delay=origin.retry_max_delay, probe_bytes=origin.probe_bytes,
+            tail_bytes=origin.tail_bytes))
+
+
 class KvodService(service.MultiService):
     """The daemon: catalog, engine, media backend, RTSP listener, timers."""
 
@@ -86,17 +110,7 @@ class KvodService(service.MultiService):
         self.config = config
         self.reactor = reactor
         self.catalog = open_catalog(config.catalog.path)
-        origin = config.origin
-        self.cache = ProxyCache(
-            reactor=reactor, catalog=self.catalog, cache_dir=config.cache.dir,
-            base_urls=origin.base_url, max_fills=origin.max_fills,
-            connect_timeout=origin.connect_timeout, read_timeout=origin.read_timeout,
-            connections=origin.connections,
-            settings=FillSettings(
-                chunk_bytes=origin.chunk_bytes, requests_per_fill=origin.requests_per_fill,
-                retries=origin.retries, retry_delay=origin.retry_delay,
-                retry_max_delay=origin.retry_max_delay, probe_bytes=origin.probe_bytes,
-                tail_bytes=origin.tail_bytes))
+        self.cache = make_cache(config, reactor, self.catalog)
         # KVOD_ENGINE_REFUSE=udp_segment,zerocopy,io_uring makes the engine act
         # as if the kernel refused those features: how tests show the fallback.
         refuse = [f for f in os.environ.get("KVOD_ENGINE_REFUSE", "").split(",") if f]
@@ -140,7 +154,7 @@ class KvodService(service.MultiService):
         rtsp = self.endpoint.listen(self.factory)
         rtsp.addCallback(self._set_port, "port")
         rtsp.addErrback(self._listen_failed, "RTSP", self.config.rtsp.listen)
-        admin = self.admin_endpoint.listen(admin_site(self.status))
+        admin = self.admin_endpoint.listen(admin_site(self.status, self.cache))
         admin.addCallback(self._set_port, "admin_port")
         admin.addErrback(self._listen_failed, "admin HTTP", self.config.admin.listen)
         # READY only once every port listens (STYLE.md: Type=notify)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
+from dataclasses import dataclass
 from typing import Callable, Optional
 
 from twisted.internet.defer import Deferred
@@ -33,6 +34,13 @@ from appliance.rtsp import (
 from appliance.rtsp_server import NeedTitle, RtspServer
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class _ProtocolError:
+    """A bad request in the queue: answered with ``status``, then the connection ends."""
+
+    status: int
 
 
 class RtspProtocol(Protocol):
@@ -58,7 +66,7 @@ class RtspProtocol(Protocol):
             log.info("RTSP from %s:%s: %s (answered %d)", peer.host, peer.port,
                      exc, exc.status)
             self._queue.extend(exc.events)
-            self._queue.append(("error", exc.status))
+            self._queue.append(_ProtocolError(exc.status))
             self._drain()
             return
         self._queue.extend(events)
@@ -67,8 +75,8 @@ class RtspProtocol(Protocol):
     def _drain(self) -> None:
         while self._queue and self._waiting is None and not self._gone:
             event = self._queue.popleft()
-            if isinstance(event, tuple):  # a protocol error, after what came before it
-                self.transport.write(self.conn.send_error(event[1]))
+            if isinstance(event, _ProtocolError):  # after the requests before it
+                self.transport.write(self.conn.send_error(event.status))
                 self.transport.loseConnection()
                 self._queue.clear()
                 return
@@ -87,13 +95,13 @@ class RtspProtocol(Protocol):
             request, peer_host=self.transport.getPeer().host, now=self._clock(),
             prepared=prepared)
         if isinstance(response, NeedTitle):
-            self._prepare(request, response.name)
+            self._prepare(request, response.name, response.npt_ns)
             return
         self.transport.write(self.conn.send(response))
         self._on_request()
 
-    def _prepare(self, request: Request, name: str) -> None:
-        self._waiting = Deferred.fromCoroutine(self._cache.prepare(name))
+    def _prepare(self, request: Request, name: str, npt_ns: Optional[int]) -> None:
+        self._waiting = Deferred.fromCoroutine(self._cache.prepare(name, npt_ns=npt_ns))
 
         def prepared(_):
             self._waiting = None

@@ -55,6 +55,7 @@ class NeedTitle:
     ``prepared=True``, or answers with :meth:`RtspServer.error_response`."""
 
     name: str
+    npt_ns: int | None = None   # a PLAY ahead of the fill: make this time playable
 
 
 class RtspFailure(Exception):
@@ -138,7 +139,7 @@ class RtspServer:
             self._prepared = prepared
             return self._dispatch(request, peer_host, now)
         except _NeedTitle as need:
-            return NeedTitle(need.name)
+            return NeedTitle(need.name, need.npt_ns)
         except RtspFailure as exc:
             log.info("%s %s from %s: %d %s", request.method, request.target,
                      peer_host, exc.status, exc)
@@ -225,7 +226,7 @@ class RtspServer:
             raise RtspFailure(406, f"only application/sdp, not {accept!r}")
         url = parse_title_url(req.target)
         title = self._title(url.name)
-        self._titles.record_hit(title.name, now=now)
+        (self._cache or self._titles).record_hit(title.name, now=now)
         media = [SdpMedia(kind=_sdp_kind(t.media_type), payload_type=t.payload_type,
                           encoding=t.codec, clock_rate=t.clock_rate, fmtp=t.fmtp,
                           control=f"{TRACK_PREFIX}{t.track_index}")
@@ -325,6 +326,11 @@ class RtspServer:
                 if first.duration_ns and npt_ns > first.duration_ns:
                     raise RtspFailure(457, f"Range starts at {rng.start}s, "
                                            f"past the end ({first.duration_ns / 1e9:.3f}s)")
+        if npt_ns is not None and not self._prepared and any(
+                getattr(stream, "needs_seek", lambda _: False)(npt_ns)
+                for _, stream in streams):
+            # ahead of a running fill: its bytes are fetched first, then PLAY answers
+            raise _NeedTitle(session.title_name, npt_ns)
         if npt_ns is None and session.state is SessionState.PLAYING:
             # PLAY while playing without a new position changes nothing.
             start_ns = first.position_ns()
@@ -428,9 +434,10 @@ class RtspServer:
 
 
 class _NeedTitle(Exception):
-    def __init__(self, name: str):
+    def __init__(self, name: str, npt_ns: int | None = None):
         super().__init__(name)
         self.name = name
+        self.npt_ns = npt_ns
 
 
 def _sdp_kind(media_type: str) -> str:

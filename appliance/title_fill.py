@@ -39,12 +39,13 @@ from twisted.internet.task import deferLater
 
 from appliance.fill_plan import back_off, next_request
 from appliance.origin import OriginChanged, OriginError, Probe, Validator
+from appliance.seek_ahead import SeekSegment, estimate_offset
 from catalog import TitleNotFound
-from catalog.byte_ranges import Range, add, end_from, normalize, subtract, union
+from catalog.byte_ranges import Range, add, end_from, subtract, union
 from rtpengine.errors import MediaError
-from rtpengine.hintfile import GrowingHintFile
+from rtpengine.hintfile import RECORD_SIZE, GrowingHintFile, HintRecord
 from rtpengine.mpegts import CLOCK_RATE, PAYLOAD_TYPE_MP2T
-from rtpengine.mpegts_growing import GrowingTsIndex, estimate_duration_ns
+from rtpengine.mpegts_growing import GrowingTsIndex, estimate_duration_ns, first_pcr
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +110,12 @@ class TitleFill:
 
     def __init__(self, *, reactor, catalog, origin, name: str, url: str, folder: str,
                  settings: FillSettings, on_end: Callable[["TitleFill"], None] = lambda f: None,
-                 disk_full: Callable[[int], bool] = lambda need: False) -> None:
+                 disk_full: Callable[[int], bool] = lambda need: False,
+                 writer=None) -> None:
+        """``writer`` (a CatalogWriter) runs the fsync and the range records in
+        its thread on its own connection; without one, the fsync runs in a
+        worker thread and the records are written here."""
+        self.writer = writer
         self.reactor = reactor
         self.catalog = catalog
         self.origin = origin
@@ -145,10 +151,16 @@ class TitleFill:
         self._sync: Optional[defer.Deferred] = None
         self._sync_again = False
         self._last_sync = 0.0
+        self._sync_call = None
         self._indexing: Optional[defer.Deferred] = None
         self._index_again = False
         self._run_d: Optional[defer.Deferred] = None
         self._started = False
+        self.segments: list[SeekSegment] = []
+        self._segment_number = 0
+        self._main_last_ns: Optional[int] = None
+        self._turn = 0
+        self.duration_ns: Optional[int] = None   # an estimate until complete
 
     # -- making it -----------------------------------------------------------
 
@@ -173,6 +185,7 @@ class TitleFill:
         fill = cls(url=title.origin_url, **kw)
         fill.size = title.size
         fill.validator = Validator(title.etag, title.last_modified)
+        fill.duration_ns = title.duration_ns
         fill.durable = fill.catalog.cached_ranges(title.name)
         fill.held = list(fill.durable)
         exists = os.path.exists(fill.media_path)
@@ -184,6 +197,8 @@ class TitleFill:
         try:
             fill._open_files(create=not exists)
             fill._index_sync()
+            if not title.tracks:  # its hint file went with an eviction
+                fill.catalog.replace_tracks(title.name, [fill._track(fill._hints.count)])
         except MediaError as exc:
             fill._close_files()
             raise BadMedia(f"{title.name}: {exc}") from None
@@ -230,13 +245,12 @@ class TitleFill:
         if self._index.program is not None and probe.tail:
             duration = estimate_duration_ns(probe.head, probe.tail, probe.tail_offset,
                                             probe.size, self._index.program.pcr_pid)
+        self.duration_ns = duration
         fields = dict(origin_url=probe.url, size=probe.size, duration_ns=duration,
                       bitrate=probe.size * 8 * 10**9 // duration if duration else None,
                       etag=probe.validator.etag, last_modified=probe.validator.last_modified,
                       media_path=self.media_path, folder=self.folder)
-        tracks = [dict(track_index=0, media_type="video", codec="MP2T",
-                       payload_type=PAYLOAD_TYPE_MP2T, clock_rate=CLOCK_RATE,
-                       hint_path=self.hint_path, packets=self._hints.count)]
+        tracks = [self._track(self._hints.count)]
         if title is None:
             self.catalog.add_title(self.name, container="mpegts", state="partial", now=now,
                                    tracks=tracks, **fields)
@@ -246,7 +260,13 @@ class TitleFill:
             self.catalog.replace_tracks(self.name, tracks)
             self.catalog.set_state(self.name, "partial")
 
+    def _track(self, packets: int) -> dict:
+        return dict(track_index=0, media_type="video", codec="MP2T",
+                    payload_type=PAYLOAD_TYPE_MP2T, clock_rate=CLOCK_RATE,
+                    hint_path=self.hint_path, packets=packets)
+
     def _close_files(self) -> None:
+        self._close_segments()
         if self._hints is not None:
             self._hints.close()
             self._hints = None
@@ -330,10 +350,20 @@ class TitleFill:
         await self._settle_quietly()
         self._end(self.error)
 
-    async def _worker(self, generation: int) -> None:
+    async def _worker(self, generation: int, only: Optional[SeekSegment] = None) -> None:
+        """Fetch chunks until there is nothing left to ask for (``only``: the
+        bytes of that seek segment, while it is needed)."""
         while generation == self._generation and not self.stopped and self.error is None:
-            request = next_request(self.size, self.settings.chunk_bytes, self.held,
-                                   self.inflight.values(), self._wanted())
+            if only is not None:
+                if only not in self.segments:
+                    return
+                request = next_request(self.size, self.settings.chunk_bytes, self.held,
+                                       self.inflight.values(), [only.next_needed(self.held)])
+                if request is not None and request[0] < only.start:
+                    return  # its bytes are all there or on their way
+            else:
+                request = next_request(self.size, self.settings.chunk_bytes, self.held,
+                                       self.inflight.values(), self._wanted())
             if request is None:
                 return
             token = object()
@@ -367,8 +397,16 @@ class TitleFill:
                 self._kick_sync()
 
     def _wanted(self) -> list[int]:
-        # most urgent first: the offsets closest to the front of the title
-        return sorted(self.wants.values())
+        """Offsets to fetch from first, taken in turn: viewers' wants, the
+        seek segments' next bytes and (while there are segments) the front."""
+        wants = sorted(self.wants.values())
+        if self.segments:
+            wants += [seg.next_needed(self.held) for seg in self.segments]
+            wants.append(self.contiguous())
+        if not wants:
+            return []
+        self._turn = (self._turn + 1) % len(wants)
+        return wants[self._turn:] + wants[:self._turn]
 
     async def _retry_or_stop(self, request: Range, exc: OriginError) -> bool:
         self._failures += 1
@@ -423,7 +461,10 @@ class TitleFill:
 
     # -- durability ---------------------------------------------------------------
 
-    def _kick_sync(self) -> None:
+    def _kick_sync(self, *, now: bool = False) -> None:
+        """fsync, then record what it made durable: at most once a
+        SYNC_INTERVAL (a fast fill would otherwise fsync after every chunk),
+        or ``now`` when the fill settles."""
         if not self._started:
             return
         if self._sync is not None:
@@ -432,25 +473,43 @@ class TitleFill:
         todo = subtract(self.held, self.durable)
         if not todo or self._fd is None:
             return
+        wait = self._last_sync + SYNC_INTERVAL - time.monotonic()
+        if wait > 0 and not now:
+            if self._sync_call is None or not self._sync_call.active():
+                self._sync_call = self.reactor.callLater(wait, self._kick_sync)
+            return
         generation = self._generation
         self._last_sync = time.monotonic()
-        self._sync = threads.deferToThread(os.fsync, self._fd)
-        self._sync.addCallbacks(lambda _: self._synced(todo, generation), self._sync_failed)
+        if self.writer is not None:
+            self._sync = self.writer.run(_sync_and_record, self._fd, self.name, todo)
+            self._sync.addCallbacks(lambda _: self._synced(todo, generation, recorded=True),
+                                    self._sync_failed)
+        else:
+            self._sync = threads.deferToThread(os.fsync, self._fd)
+            self._sync.addCallbacks(lambda _: self._synced(todo, generation),
+                                    self._sync_failed)
         self._sync.addBoth(self._sync_ended)
 
-    def _synced(self, todo: list[Range], generation: int) -> None:
+    def _synced(self, todo: list[Range], generation: int, recorded: bool = False) -> None:
         if generation != self._generation:
             return
-        try:
-            for start, end in todo:
-                self.catalog.add_cached_range(self.name, start, end)
-        except TitleNotFound:
-            log.warning("fill %s: the title left the catalog; stopping", self.name)
-            self.stop()
-            return
+        if not recorded:
+            try:
+                for start, end in todo:
+                    self.catalog.add_cached_range(self.name, start, end)
+            except TitleNotFound:
+                self._title_gone()
+                return
         self.durable = union(self.durable, todo)
 
+    def _title_gone(self) -> None:
+        log.warning("fill %s: the title left the catalog; stopping", self.name)
+        defer.Deferred.fromCoroutine(self.stop())
+
     def _sync_failed(self, failure) -> None:
+        if failure.check(TitleNotFound):
+            self._title_gone()
+            return
         # nothing of this round is recorded; the bytes are fetched again
         log.error("fill %s: fsync of %s failed: %s", self.name, self.media_path,
                   failure.getErrorMessage())
@@ -466,7 +525,7 @@ class TitleFill:
     async def _settle(self) -> None:
         """Wait until no fsync or index scan is running or due."""
         for _ in range(1000):
-            self._kick_sync()
+            self._kick_sync(now=True)
             self._kick_index()
             pending = [d for d in (self._sync, self._indexing) if d is not None]
             if not pending:
@@ -484,6 +543,7 @@ class TitleFill:
     def _kick_index(self) -> None:
         if not self._started:
             return  # not started: create() and resume() index in their own thread
+        self._feed_segments()
         if self._indexing is not None:
             self._index_again = True
             return
@@ -503,7 +563,9 @@ class TitleFill:
 
     def _index_failed(self, failure) -> None:
         failure.trap(MediaError)
-        exc = BadMedia(f"{self.url}: {failure.getErrorMessage()}")
+        self._stop_with(BadMedia(f"{self.url}: {failure.getErrorMessage()}"))
+
+    def _stop_with(self, exc: OriginError) -> None:
         log.error("fill %s: %s", self.name, exc)
         self.error = exc
         self._cancel_fetches()
@@ -519,10 +581,108 @@ class TitleFill:
     def _publish(self, ready: int) -> None:
         if self._hints is None or ready <= self._hints.count:
             return
-        self._hints.append(self._index.records(self._hints.count, ready))
+        records = self._index.records(self._hints.count, ready)
+        try:
+            self._hints.append(records)
+        except OSError as exc:
+            # a hint file short of records would stall every viewer: stop cleanly
+            self._stop_with(CacheWriteError(f"cannot write {self.hint_path}: "
+                                            f"{os.strerror(exc.errno)}"))
+            return
+        self._main_last_ns = HintRecord.unpack_from(records, len(records) - RECORD_SIZE).send_ns
         update = self.hints()
         for listener in list(self.listeners):
             listener.hints_grew(update)
+        self._retire_segments()
+
+    # -- seek ahead ---------------------------------------------------------------
+
+    def covered(self, npt_ns: int) -> bool:
+        """Whether the main hints reach ``npt_ns``."""
+        return self.complete or (self._main_last_ns is not None
+                                 and self._main_last_ns >= npt_ns)
+
+    def segment_for(self, npt_ns: int) -> Optional[SeekSegment]:
+        """A seek segment a viewer can start ``npt_ns`` from now, or None."""
+        for seg in self.segments:
+            if seg.first_ns is not None and seg.first_ns <= npt_ns and seg.covers(npt_ns):
+                return seg
+        return None
+
+    async def seek(self, npt_ns: int, timeout: float) -> None:
+        """Make ``npt_ns`` playable soon: nothing to do if the main hints reach
+        it, else a seek segment there, its bytes fetched first; returns when
+        it is playable, the fill stopped, or ``timeout`` passed."""
+        if self.covered(npt_ns) or self.error is not None or self.stopped:
+            return
+        segment = self._segment_near(npt_ns)
+        if segment is None:
+            return
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.error is None and not self.stopped:
+            if self.covered(npt_ns) or self.segment_for(npt_ns) is not None:
+                return
+            if segment not in self.segments:  # the main hints caught up with it
+                return
+            await deferLater(self.reactor, 0.01, lambda: None)
+
+    def _segment_near(self, npt_ns: int) -> Optional[SeekSegment]:
+        duration = self.duration_ns
+        program = self._index.program if self._index is not None else None
+        if not duration or program is None or self._map is None:
+            return None
+        for seg in self.segments:
+            # one whose bytes will reach the time soon enough
+            if seg.npt_ns <= npt_ns <= (seg.last_ns or seg.npt_ns) + 5 * 10**9:
+                return seg
+        head = self._map[:min(self.contiguous(), 4 << 20)]
+        origin = first_pcr(head, program.pcr_pid)
+        if origin is None:
+            return None
+        start = estimate_offset(npt_ns, self.size, duration, floor=self.contiguous())
+        self._segment_number += 1
+        seg = SeekSegment(name=self.name, folder=self.folder, number=self._segment_number,
+                          start=start, npt_ns=npt_ns, program=program, origin_pcr=origin)
+        self.segments.append(seg)
+        log.info("fill %s: seek to %.3f s ahead of the fill: fetching from byte %d first",
+                 self.name, npt_ns / 1e9, start)
+        self._feed_segments()
+        # its own request at once, not after the ones in flight
+        extra = defer.Deferred.fromCoroutine(self._worker(self._generation, only=seg))
+        extra.addErrback(self._crashed)
+        return seg
+
+    def _feed_segments(self) -> None:
+        if self._map is None:
+            return
+        for seg in self.segments:
+            try:
+                grew = seg.feed(self._map, self.held)
+            except MediaError as exc:
+                log.warning("fill %s: seek segment at %d: %s", self.name, seg.start, exc)
+                continue
+            if grew:
+                update = HintUpdate(seg.path, seg.hints.count, True)
+                for listener in list(self.listeners):
+                    listener.hints_grew(update)
+
+    def release(self, segment: SeekSegment) -> None:
+        """A stream no longer plays from ``segment``."""
+        segment.users -= 1
+        self._retire_segments()
+
+    def _retire_segments(self) -> None:
+        """Drop the segments the main hints have caught up with and nobody plays."""
+        scanned = self._index.scanned if self._index is not None else 0
+        for seg in list(self.segments):
+            if seg.users <= 0 and (self.complete or scanned >= seg.index.scanned):
+                self.segments.remove(seg)
+                seg.close()
+
+    def _close_segments(self) -> None:
+        for seg in self.segments:
+            seg.close()
+        self.segments.clear()
 
     # -- the end ------------------------------------------------------------------
 
@@ -532,9 +692,7 @@ class TitleFill:
         self._hints = None
         self.catalog.update_title(self.name, duration_ns=index.duration_ns,
                                   bitrate=index.bitrate)
-        self.catalog.replace_tracks(self.name, [dict(
-            track_index=0, media_type="video", codec="MP2T", payload_type=PAYLOAD_TYPE_MP2T,
-            clock_rate=CLOCK_RATE, hint_path=self.hint_path, packets=index.records)])
+        self.catalog.replace_tracks(self.name, [self._track(index.records)])
         self.catalog.set_state(self.name, "complete")
         self.complete = True
         self.finished_at = time.monotonic()
@@ -572,6 +730,8 @@ class TitleFill:
     def _end(self, error: Optional[OriginError]) -> None:
         if self.done.called:
             return
+        if self._sync_call is not None and self._sync_call.active():
+            self._sync_call.cancel()
         if error is not None:
             self.error = error
         self._close_files()
@@ -587,6 +747,13 @@ class TitleFill:
             await defer.DeferredList([self._run_d], consumeErrors=True)
         await self._settle_quietly()
         self._end(self.error)
+
+
+def _sync_and_record(catalog, fd: int, name: str, ranges: list[Range]) -> None:
+    """In the writer thread: make the bytes durable, then say so."""
+    os.fsync(fd)
+    for start, end in ranges:
+        catalog.add_cached_range(name, start, end)
 
 
 def no_space(exc: BaseException) -> bool:

@@ -9,6 +9,7 @@ nothing per packet; it polls the engine's counters once a second.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import socket
@@ -80,6 +81,8 @@ class UdpMediaStream:
         update = self.fill.hints() if self.fill is not None else HintUpdate(
             track.hint_path, None, False)
         self.hints = HintFile(update.path, record_count=update.count)
+        self.main_hint_path = update.path
+        self.segment = None
         # 0 (unknown) while the title fills: its duration is only an estimate
         self.duration_ns = (title.duration_ns or self.hints.header.duration_ns
                             if self.fill is None else 0)
@@ -142,11 +145,50 @@ class UdpMediaStream:
 
     # -- MediaStream ----------------------------------------------------------
 
+    def needs_seek(self, npt_ns: int) -> bool:
+        """Whether starting at ``npt_ns`` must wait for the fill (ahead of it)."""
+        fill = self.fill
+        return (fill is not None and not fill.covered(npt_ns)
+                and fill.segment_for(npt_ns) is None)
+
     def keyframe_at_or_before(self, npt_ns: int) -> tuple[int, int]:
+        fill = self.fill
+        if fill is not None:
+            # the hints that reach npt: the main ones, or a seek segment's
+            target = None if fill.covered(npt_ns) else fill.segment_for(npt_ns)
+            if target is not self.segment:
+                self._switch_hints(target, fill)
         if not len(self.hints):
             return 0, 0
         index = self.hints.keyframe_at_or_before(npt_ns)
         return index, self.hints.record(index).send_ns
+
+    def _switch_hints(self, segment, fill) -> None:
+        """Send from the main hints (``segment`` None) or a seek segment's,
+        positioned by the play() that follows."""
+        update = fill.hints() if segment is None else HintUpdate(
+            segment.path, segment.hints.count, True)
+        try:
+            self._apply(update, restart=True)
+        except (EngineError, OSError, ValueError) as exc:
+            log.error("stream %s: cannot move to %s: %s", self.label, update.path, exc)
+            return
+        if self.segment is not None:
+            fill.release(self.segment)
+        if segment is not None:
+            segment.users += 1
+        self.segment = segment
+
+    def _apply(self, update: HintUpdate, *, remap: bool = False, restart: bool = False) -> None:
+        fd = os.open(update.path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            self._stream.set_hints(fd, update.count, growing=update.growing, remap=remap,
+                                   restart=restart)
+        finally:
+            os.close(fd)
+        hints = HintFile(update.path, record_count=update.count)
+        self.hints.close()
+        self.hints = hints
 
     def position_ns(self) -> int:
         index = self._stream.stats().next_record
@@ -184,23 +226,42 @@ class UdpMediaStream:
     # -- FillListener: the fill of a title this stream plays ------------------------
 
     def hints_grew(self, update: HintUpdate) -> None:
-        """More records: hand them to the engine and to the seek table."""
+        """More records: hand them to the engine and to the seek table. A
+        stream on a seek segment moves to the main hints once they reach
+        where it is (the engine refuses them until then)."""
         if self._stream is None:
             return
-        try:
-            fd = os.open(update.path, os.O_RDONLY | os.O_CLOEXEC)
+        segment = self.segment
+        if segment is not None and update.path != segment.path:
+            if update.path != self.hints_path_main():
+                return
             try:
-                self._stream.set_hints(fd, update.count, growing=update.growing)
-            finally:
-                os.close(fd)
-            hints = HintFile(update.path, record_count=update.count)
+                self._apply(update, remap=True)
+            except EngineError as exc:
+                if exc.errno != errno.ERANGE:
+                    log.error("stream %s: main hints refused: %s", self.label, exc)
+                return  # not there yet
+            except (OSError, ValueError) as exc:
+                log.error("stream %s: main hints refused: %s", self.label, exc)
+                return
+            self.segment = None
+            if self.fill is not None:
+                self.fill.release(segment)
+            log.info("stream %s: caught up with the fill's main hints", self.label)
+            return
+        if segment is None and update.path != self.hints_path_main():
+            return  # another viewer's seek segment
+        try:
+            self._apply(update)
         except (EngineError, OSError, ValueError) as exc:
             log.error("stream %s: new hints of %s refused: %s", self.label, update.path, exc)
             return
-        self.hints.close()
-        self.hints = hints
         if not update.growing and not self.duration_ns:
-            self.duration_ns = hints.header.duration_ns
+            self.duration_ns = self.hints.header.duration_ns
+
+    def hints_path_main(self) -> str:
+        """The title's own hint file."""
+        return self.main_hint_path
 
     def fill_stopped(self, error) -> None:
         """The fill gave up: a stream waiting for bytes ends at the next tick."""
@@ -221,6 +282,9 @@ class UdpMediaStream:
     def close(self) -> None:
         if self.fill is not None:
             self.fill.detach(self)
+            if self.segment is not None:
+                self.fill.release(self.segment)
+                self.segment = None
             self.fill = None
         self._cancel_bye()
         if self._stream is not None:

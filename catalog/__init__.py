@@ -4,7 +4,8 @@ No Twisted here and nothing else of kvod's: the daemon, the CLI and the
 tests all use this package the same way.
 """
 
-from catalog.cache_entries import CacheEntry, cache_entries, get_meta, keep_cached_below, set_meta
+from catalog.cache_entries import (CacheEntry, cache_entries, get_meta, keep_cached_below,
+                                   set_meta, set_priority)
 from catalog.db import (
     CatalogError,
     InvalidTitleName,
@@ -29,6 +30,7 @@ __all__ = [
     "get_meta",
     "keep_cached_below",
     "set_meta",
+    "set_priority",
     "MIGRATIONS",
     "STATES",
     "Catalog",

@@ -27,6 +27,7 @@ class CacheEntry:
     last_access: float | None
     pinned: bool
     created: float
+    priority: float = 0.0    # the size-aware eviction policy's rank
 
     @property
     def percent(self) -> float:
@@ -39,13 +40,21 @@ def cache_entries(catalog: Any, *, name: str | None = None) -> list[CacheEntry]:
     where, params = ("WHERE t.name = ?", (name,)) if name is not None else ("", ())
     rows = catalog.db.execute(
         'SELECT t.name, t.state, t.size, coalesce(sum(r."end" - r.start), 0), t.duration_ns,'
-        " t.hits, t.last_access, t.pinned, t.created"
+        " t.hits, t.last_access, t.pinned, t.created, t.cache_priority"
         " FROM titles t LEFT JOIN cached_ranges r ON r.title_id = t.id"
         f" {where} GROUP BY t.id ORDER BY t.name",
         params,
     ).fetchall()
-    return [CacheEntry(n, st, size, cached, dur, hits, last, bool(pinned), created)
-            for n, st, size, cached, dur, hits, last, pinned, created in rows]
+    return [CacheEntry(n, st, size, cached, dur, hits, last, bool(pinned), created, prio)
+            for n, st, size, cached, dur, hits, last, pinned, created, prio in rows]
+
+
+def set_priority(catalog: Any, name: str, priority: float) -> None:
+    """Set the size-aware eviction rank of ``name``."""
+    with transaction(catalog.db):
+        if catalog.db.execute("UPDATE titles SET cache_priority = ? WHERE name = ?",
+                              (float(priority), name)).rowcount == 0:
+            raise TitleNotFound(f"title {name!r} is not in the catalog")
 
 
 def keep_cached_below(catalog: Any, name: str, end: int) -> int:

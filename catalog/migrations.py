@@ -102,6 +102,8 @@ def _create_cache_meta(db: Database) -> None:
         )
         """
     )
+    # The size-aware policy's rank of a title, set when it is played.
+    db.execute("ALTER TABLE titles ADD COLUMN cache_priority REAL NOT NULL DEFAULT 0")
 
 
 MIGRATIONS: tuple[Migration, ...] = (

@@ -443,14 +443,16 @@ class Stream:
             _stream_set_fill_limit(ptr, sid, limit)
 
     def set_hints(self, hints: FileLike, record_count: Optional[int] = None, *,
-                  growing: bool = False, remap: bool = False) -> None:
+                  growing: bool = False, remap: bool = False, restart: bool = False) -> None:
         """Send from other hint records: ``record_count`` of those in
         ``hints`` (None: the header's count).
 
         Without ``remap`` they must start with the records the stream had
         (its hint file grew) and the stream keeps its place; with it, the
         stream moves to the first record at or after the media offset it
-        was about to send. ``growing`` says more records will come. A
+        was about to send (refused if the new records end before it); with
+        ``restart``, it goes back to the first record, for a :meth:`play` that
+        positions it (a seek). ``growing`` says more records will come. A
         stream waiting at its last record resumes (the next record leaves
         at once), or ends if no more will come. ``hints`` may be closed
         after the call.
@@ -458,7 +460,8 @@ class Stream:
         count = (lib.KVOD_RECORDS_FROM_HINT if record_count is None
                  else _in_range(record_count, 63, "record count"))
         flags = ((lib.KVOD_HINTS_GROWING if growing else 0)
-                 | (lib.KVOD_HINTS_REMAP if remap else 0))
+                 | (lib.KVOD_HINTS_REMAP if remap else 0)
+                 | (lib.KVOD_HINTS_RESTART if restart else 0))
         fd = _fd(hints, "hints")
         with self._use() as (ptr, sid):
             _stream_set_hints(ptr, sid, fd, count, flags)

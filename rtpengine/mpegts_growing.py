@@ -23,13 +23,17 @@ starts at the first PCR of the file and runs through every PCR between.
 
 from __future__ import annotations
 
+import struct
 from typing import Optional
 
 from .errors import MediaError
 from .hintfile import RECORD_SIZE
 from .mpegts import (PACKET_SIZE, PSI_SEARCH_BYTES, SYNC_BYTE, TsIndex, TsProgram, _Scan,
-                     _check_framing, _sync_error, ffi, find_program, finished_index, lib,
+                     _check_framing, ffi, find_program, finished_index, lib,
                      write_index_hints)
+
+_TIMES = struct.Struct("<IQ")     # rtp_ts, send_ns at offset 12 of a record
+KEYFRAME = 0x0002
 
 # find_program looks this far for the PAT, then as far again for the PMT.
 _PSI_WINDOW = 2 * (PSI_SEARCH_BYTES // PACKET_SIZE * PACKET_SIZE)
@@ -46,12 +50,31 @@ class GrowingTsIndex:
     thread feeds it at a time (the scan runs in C without the GIL).
     """
 
-    def __init__(self, name: str = "<ts>") -> None:
+    def __init__(self, name: str = "<ts>", *, start: int = 0,
+                 program: Optional[TsProgram] = None, origin_pcr: Optional[int] = None) -> None:
+        """An index of the file from offset 0, or (a seek ahead) from packet
+        ``start`` on, with the ``program`` found at the front and the
+        front's first PCR (``origin_pcr``, 27 MHz): records from ``start``
+        are timed from the first PCR at or after it, moved onto the title's
+        timeline by that PCR's distance from ``origin_pcr``. A PCR
+        discontinuity between the front and ``start`` makes those times
+        wrong until the front's index reaches them."""
         self.name = name
-        self.program: Optional[TsProgram] = None
-        self.scanned = 0
+        self.program: Optional[TsProgram] = program
+        self.start = start
+        self.scanned = start
+        self._origin_pcr = origin_pcr
+        self._shift: Optional[int] = 0 if start == 0 else None   # 27 MHz ticks
         self._scan: Optional[_Scan] = None
         self._index: Optional[TsIndex] = None
+        if start:
+            if program is None or origin_pcr is None or start % PACKET_SIZE:
+                raise ValueError("an index from an offset needs the program, the first "
+                                 "PCR and a packet boundary")
+            self._scan = _Scan(program)
+            if lib.kvod_ts_index_start_at(self._scan.ix, start) != lib.KVOD_TS_OK:
+                self.close()
+                raise ValueError(f"cannot start a scan at {start}")
 
     def close(self) -> None:
         """Free the C scan state."""
@@ -93,12 +116,16 @@ class GrowingTsIndex:
                     return 0
                 self._scan = _Scan(self.program)
             self._scan.scan(mm, cbuf, self.scanned, whole, self.name)
+        if self._shift is None:
+            first = next(_pcrs(memoryview(mm)[self.start:whole], self.program.pcr_pid), None)
+            if first is not None:
+                self._shift = (first[1] - self._origin_pcr) % _PCR_MODULUS
         self.scanned = whole
         return self.ready()
 
     def ready(self) -> int:
         """How many records are final: timed, and closed to more packets."""
-        if self._scan is None:
+        if self._scan is None or self._shift is None:
             return 0
         ix = self._scan.ix
         if ix.finished:
@@ -111,7 +138,28 @@ class GrowingTsIndex:
             raise IndexError(f"records {start}..{end} of {self.ready()} ready")
         if start == end:
             return b""
-        return bytes(ffi.buffer(self._scan.ix.records + start, (end - start) * RECORD_SIZE))
+        packed = bytes(ffi.buffer(self._scan.ix.records + start, (end - start) * RECORD_SIZE))
+        if not self._shift:
+            return packed
+        # onto the title's timeline (a seek-ahead index)
+        shift_rtp = self._shift // 300
+        shift_ns = self._shift * 1000 // 27
+        out = bytearray(packed)
+        for at in range(0, len(out), RECORD_SIZE):
+            rtp_ts, send_ns = _TIMES.unpack_from(out, at + 12)
+            _TIMES.pack_into(out, at + 12, (rtp_ts + shift_rtp) & 0xFFFFFFFF, send_ns + shift_ns)
+        return bytes(out)
+
+    def first_keyframe(self) -> Optional[int]:
+        """The first record a seek-ahead index can start a viewer at: a
+        keyframe timed from a PCR of its own (records before the first PCR
+        are all timed at it)."""
+        ix = self._scan.ix if self._scan is not None else None
+        for k in range(1, self.ready()):
+            rec = ix.records[k]
+            if rec.flags & KEYFRAME and rec.send_ns > 0:
+                return k
+        return None
 
     def finish(self, size: int, hint_path) -> TsIndex:
         """The file is whole (``size`` bytes, all fed): time the last records,
@@ -138,6 +186,12 @@ def _pcrs(buf, pcr_pid: int):
             continue
         if info.pid == pcr_pid and info.has_pcr and not info.tei:
             yield off, info.pcr % _PCR_MODULUS
+
+
+def first_pcr(head, pcr_pid: int) -> Optional[int]:
+    """The first PCR (27 MHz) on ``pcr_pid`` in ``head`` (the file's first bytes)."""
+    found = next(_pcrs(head, pcr_pid), None)
+    return None if found is None else found[1]
 
 
 def estimate_duration_ns(head: bytes, tail: bytes, tail_offset: int, size: int,

@@ -227,7 +227,7 @@ def test_set_hints_errors_leave_the_stream_as_it_was(track, tmp_path, receivers)
         with pytest.raises(ValueError):
             set_hints(stream, path, -1)
         with open(path, "rb") as h:
-            assert lib.kvod_stream_set_hints(e._ptr, stream.id, h.fileno(), 20, 4) \
+            assert lib.kvod_stream_set_hints(e._ptr, stream.id, h.fileno(), 20, 8) \
                 == -errno.EINVAL
             assert lib.kvod_stream_set_hints(e._ptr, stream.id + 1, h.fileno(), 20, 0) \
                 == -errno.ENOENT
@@ -281,3 +281,43 @@ def test_hintfile_reads_a_growing_file_with_its_count(track, tmp_path):
             HintFile(path, record_count=10)
         with pytest.raises(Exception, match="whole"):
             hints.append(b"x" * 31)
+
+
+def test_remap_refuses_hints_that_do_not_reach_the_stream(track, tmp_path, receivers):
+    media, full, packed = track
+    rx = receivers()
+    short = write_hints(tmp_path / "short.hint",
+                        [HintRecord.unpack_from(p) for p in packed[:30]])
+    with Engine(threads=1) as e:
+        stream = open_stream(e, rx.sender(), media, full, ssrc=3, seq0=3, ts0=3)
+        stream.set_fill_limit(40 * SIZE)
+        stream.play(unpaced=True)
+        assert wait_state(stream, "waiting").next_record == 40
+        with pytest.raises(EngineError) as exc:
+            set_hints(stream, short, remap=True)  # ends at record 30: behind the stream
+        assert exc.value.errno == errno.ERANGE and "end before" in str(exc.value)
+        assert stream.stats().record_count == PACKETS
+
+
+def test_restart_takes_other_hints_for_a_seek(track, tmp_path, receivers):
+    media, full, packed = track
+    rx = receivers()
+    later = write_hints(tmp_path / "later.hint",
+                        [HintRecord.unpack_from(p) for p in packed[150:]])
+    with Engine(threads=1) as e:
+        stream = open_stream(e, rx.sender(), media, full, ssrc=3, seq0=3, ts0=3)
+        stream.set_fill_limit(40 * SIZE)
+        stream.play(unpaced=True)
+        assert wait_state(stream, "waiting").next_record == 40
+        stream.pause()
+        stream.set_fill_limit(2**64 - 1)
+        set_hints(stream, later, restart=True)
+        assert stream.stats().next_record == 0
+        stream.play(start_record=10, unpaced=True)  # record 160 of the track
+        assert wait_state(stream, "ended").packets_sent == 40 + 40
+        with pytest.raises(EngineError) as exc:
+            set_hints(stream, full, remap=True, restart=True)
+        assert exc.value.errno == errno.EINVAL
+    got = rx.collect(80)
+    want = expected(full, media, ssrc=3, seq0=3, ts0=3)
+    assert [p[12:] for p in got[40:]] == [p[12:] for p in want[160:]]

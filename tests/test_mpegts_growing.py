@@ -116,3 +116,40 @@ def test_duration_estimate_from_head_and_tail(reference):
     assert estimate_duration_ns(head, b"", len(data), len(data), index.pcr_pid) is None
     assert estimate_duration_ns(b"", data[tail_offset:], tail_offset, len(data),
                                 index.pcr_pid) is None
+
+
+def test_a_seek_ahead_index_matches_the_full_index_from_its_first_keyframe(reference):
+    from rtpengine.hintfile import HintRecord
+    from rtpengine.mpegts_growing import first_pcr
+    data, index, records, _ = reference
+    full = [HintRecord.unpack_from(records, i * RECORD_SIZE)
+            for i in range(len(records) // RECORD_SIZE)]
+    with GrowingTsIndex("front") as front:
+        front.feed(data, 200_000)
+        program, origin = front.program, first_pcr(data[:200_000], front.program.pcr_pid)
+    start = len(data) // 2 // 188 * 188
+    with GrowingTsIndex("seek", start=start, program=program, origin_pcr=origin) as seg:
+        assert seg.feed(data, start + 50_000) >= 0
+        ready = seg.feed(data, len(data) - 100_000)
+        first = seg.first_keyframe()
+        assert first is not None and ready > first
+        got = [HintRecord.unpack_from(seg.records(0, ready), i * RECORD_SIZE)
+               for i in range(ready)]
+    by_offset = {r.offset: r for r in full}
+    matched = 0
+    for rec in got[first:]:
+        want = by_offset[rec.offset]
+        assert (rec.length, rec.flags) == (want.length, want.flags)
+        assert abs(rec.send_ns - want.send_ns) <= 2
+        assert abs(rec.rtp_ts - want.rtp_ts) <= 1
+        matched += 1
+    assert matched > 100
+
+
+def test_seek_ahead_index_arguments():
+    with pytest.raises(ValueError):
+        GrowingTsIndex("x", start=188)  # no program or first PCR
+    from rtpengine.mpegts import TsProgram
+    program = TsProgram(1, 0x100, 0x101, (), 0)
+    with pytest.raises(ValueError):
+        GrowingTsIndex("x", start=100, program=program, origin_pcr=0)

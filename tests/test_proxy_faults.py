@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
+import subprocess
 import time
 
 import pytest
@@ -186,5 +186,91 @@ def test_a_viewer_waiting_for_bytes_that_never_come_gets_a_bye(tmp_path, ts_file
         assert title_info(d, "t.ts")["state"] == "partial"
     finally:
         receiver.close()
+        origin.stop()
+        assert d.stop() == 0, d.log()
+
+
+def test_a_viewer_that_seeks_ahead_of_the_fill_gets_that_range_first(tmp_path, ts_file):
+    data = open(ts_file, "rb").read()
+    # ~120 kB/s from the origin: the fill would reach 8 s of the title in ~10 s
+    origin = FaultOrigin({"t.ts": data}, fault=lambda path, start, end, n:
+                         ("slow", 80_000) if n > 2 else None)
+    d = daemon_for(tmp_path, origin.base_url)
+    receiver = RtpReceiver()
+    try:
+        d.start()
+        client = RtspClient("127.0.0.1", d.port, timeout=15)
+        url = client.url("t.ts")
+        assert client.request("DESCRIBE", url).status == 200
+        session, _, _ = client.setup_udp(url + "/trackID=0", receiver.ports)
+        started = time.monotonic()
+        resp = client.request("PLAY", url + "/", [("Session", session), ("Range", "npt=8-")])
+        waited = time.monotonic() - started
+        assert resp.status == 200, resp
+        start_s = float(resp.headers.get("Range").split("=")[1].split("-")[0])
+        # the keyframe shortly before 8 s, long before a front-to-back fill got there
+        assert 5.0 <= start_s <= 8.0 and waited < 6.0, (start_s, waited, d.log())
+        time.sleep(1.5)
+        got = [parse_rtp(p) for _, p in receiver.packets]
+        assert got, d.log()
+        assert_contiguous([h.seq for h, _ in got])
+        sent = b"".join(p for _, p in got)
+        at = data.find(sent[:4096])
+        assert at >= len(data) * 0.5 and data[at:at + len(sent)] == sent
+        assert f"seq={got[0][0].seq}" in resp.headers.get("RTP-Info")
+        client.request("TEARDOWN", url + "/", [("Session", session)])
+        client.close()
+        info = wait_state(d, "t.ts", "complete", timeout=60)
+        assert sha256(info["media_path"]) == hashlib.sha256(data).hexdigest()
+        assert "seek to 8.000 s ahead of the fill" in d.log()
+    finally:
+        receiver.close()
+        origin.stop()
+        assert d.stop() == 0, d.log()
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 2 MiB tmpfs for the cache folder (root only; skipped otherwise)."""
+    folder = tmp_path / "kvod" / "cache"
+    folder.mkdir(parents=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(folder)],
+                             capture_output=True)
+    if mounted.returncode:
+        pytest.skip(f"cannot mount a tmpfs: {mounted.stderr.decode().strip()}")
+    yield folder
+    subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def test_a_full_disk_evicts_then_fails_cleanly(tmp_path, ts_file, small_disk):
+    data = open(ts_file, "rb").read()  # 1.5 MB: two do not fit in 2 MiB
+    origin = FaultOrigin({"a.ts": data, "b.ts": data})
+    folder = tmp_path / "kvod"
+    d = KvodDaemon(str(folder), extra=f'[origin]\nbase_url = "{origin.base_url}"\n'
+                   f"{FAST_RETRIES}")
+    try:
+        d.start()
+        assert d.kvod("cache", "prefetch", "a.ts").returncode == 0
+        assert title_info(d, "a.ts")["state"] == "complete"
+        # b does not fit: the disk says so, a is evicted, b completes
+        assert d.kvod("cache", "prefetch", "b.ts", timeout=60).returncode == 0
+        b = title_info(d, "b.ts")
+        assert b["state"] == "complete"
+        assert sha256(b["media_path"]) == hashlib.sha256(data).hexdigest()
+        assert title_info(d, "a.ts")["state"] == "remote"
+        assert "the disk is full: evicted" in d.log()
+        # b pinned, nothing may go: a clear error, and a holds only good bytes
+        d.kvod("cache", "pin", "b.ts")
+        failed = d.kvod("cache", "prefetch", "a.ts", check=False, timeout=60)
+        assert failed.returncode == 1 and "No space left on device" in failed.stderr
+        from catalog import open_catalog
+        with open_catalog(folder / "catalog.db") as cat:
+            a = cat.get_title("a.ts")
+            with open(a.media_path, "rb") as f:
+                for start, end in cat.cached_ranges("a.ts"):
+                    f.seek(start)
+                    assert f.read(end - start) == data[start:end]
+        assert title_info(d, "b.ts")["state"] == "complete"
+    finally:
         origin.stop()
         assert d.stop() == 0, d.log()

@@ -10,9 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import signal
-import subprocess
-import threading
 import time
 
 import pytest
@@ -22,6 +19,7 @@ from rtpengine.rtp import parse_rtp
 from tests.kvod_daemon import KvodDaemon
 from tests.origin_server import NginxOrigin
 from tests.test_integration import assert_contiguous, framemd5, gst_finished, gst_receive, sha256
+
 
 pytestmark = pytest.mark.integration
 
@@ -278,3 +276,112 @@ def test_kill_9_during_fills_twenty_times_then_every_title_completes(tmp_path, t
         nginx.stop()
         if d.proc is not None:
             assert d.stop() == 0, d.log()
+
+
+# -- quota, eviction and the cache commands ---------------------------------------------
+
+
+def cache_status(daemon: KvodDaemon) -> dict:
+    status = json.loads(daemon.kvod("cache", "status", "--json").stdout)
+    return {**status, "by_name": {t["name"]: t for t in status["titles"]}}
+
+
+def test_quota_eviction_and_cache_commands(tmp_path, origin, short_ts_file):
+    size = os.path.getsize(short_ts_file)
+    names = [publish(origin, f"q/{x}.ts", short_ts_file) for x in "abc"]
+    quota = int(size * 2.5)
+    (tmp_path / "k").mkdir()
+    d = KvodDaemon(str(tmp_path / "k"), extra=origin_config(origin.base_url),
+                   cache=f"max_bytes = {quota}\npolicy = \"lru\"\nkeep_prefix_seconds = 1.0\n")
+    try:
+        d.start()
+        out = d.kvod("catalog", "add", origin.base_url + names[0]).stdout
+        assert f"added {names[0]}: remote" in out
+        status = cache_status(d)
+        assert status["daemon"] and status["quota_bytes"] == quota
+        assert status["by_name"][names[0]]["state"] == "remote"
+        assert "pinned q/a.ts" in d.kvod("cache", "pin", names[0]).stdout
+
+        result = d.kvod("cache", "prefetch", names[0])
+        assert f"prefetched {names[0]}" in result.stdout, result.stderr
+        proc = gst_receive(d.url(names[1]), str(tmp_path / "b.ts"))
+        output = proc.communicate(timeout=30)[0]
+        assert gst_finished(proc, output), output
+        wait_complete(d, names[1])
+        before = cache_status(d)
+        assert before["used_bytes"] == 2 * size
+
+        # c does not fit: b (least recently used, a is pinned) loses its tail
+        assert d.kvod("cache", "prefetch", names[2]).returncode == 0
+        status = cache_status(d)
+        assert status["used_bytes"] <= quota
+        a, b, c = (status["by_name"][n] for n in names)
+        assert (a["state"], a["percent"], c["state"]) == ("complete", 100.0, "complete")
+        assert b["state"] == "partial" and 0 < b["cached_bytes"] < size
+        prefix = b["cached_bytes"]
+        assert f"evicted {names[1]}" in d.log()
+
+        # b plays at once from its prefix, and what was evicted is fetched again
+        sent_before = origin.bytes_sent(names[1])
+        out = str(tmp_path / "b2.ts")
+        proc = gst_receive(d.url(names[1]), out)
+        output, _ = proc.communicate(timeout=30)
+        assert gst_finished(proc, output), output
+        assert sha256(out) == sha256(short_ts_file)
+        wait_complete(d, names[1])
+        assert origin.bytes_sent(names[1]) - sent_before == size - prefix
+        assert cache_status(d)["used_bytes"] <= quota
+
+        refused = d.kvod("cache", "evict", names[0], check=False)
+        assert refused.returncode == 1 and "pinned" in refused.stderr
+        d.kvod("cache", "unpin", names[0])
+        assert "evicted q/a.ts" in d.kvod("cache", "evict", names[0]).stdout
+        status = cache_status(d)
+        assert status["by_name"][names[0]]["state"] == "remote"
+        assert status["by_name"][names[0]]["cached_bytes"] == 0
+        text = d.kvod("cache", "status").stdout
+        assert "policy lru" in text and "q/c.ts" in text
+    finally:
+        assert d.stop() == 0, d.log()
+
+
+def test_cache_commands_without_a_daemon(tmp_path, origin, short_ts_file):
+    name = publish(origin, "nodaemon/t.ts", short_ts_file)
+    (tmp_path / "k").mkdir()
+    d = KvodDaemon(str(tmp_path / "k"), extra=origin_config(origin.base_url))  # never started
+    result = d.kvod("cache", "prefetch", name)
+    assert f"prefetched {name}" in result.stdout, result.stderr
+    status = cache_status(d)
+    assert not status["daemon"]
+    assert status["by_name"][name]["state"] == "complete"
+    with open(title_info(d, name)["media_path"], "rb") as f:
+        assert f.read() == open(short_ts_file, "rb").read()
+    assert "evicted" in d.kvod("cache", "evict", name).stdout
+    assert cache_status(d)["used_bytes"] == 0
+    missing = d.kvod("cache", "prefetch", "nodaemon/none.ts", check=False)
+    assert missing.returncode == 1 and "404" in missing.stderr
+    assert d.kvod("cache", "pin", "nope", check=False).returncode == 1
+    url = "https://example.invalid/lib/film.ts"
+    assert "added film.ts: remote" in d.kvod("catalog", "add", url).stdout
+
+
+def test_a_file_origin(tmp_path, short_ts_file):
+    library = tmp_path / "library"
+    library.mkdir()
+    os.symlink(short_ts_file, library / "local.ts")
+    (tmp_path / "k").mkdir()
+    d = KvodDaemon(str(tmp_path / "k"), extra=origin_config(f"file://{library}"))
+    try:
+        d.start()
+        out = str(tmp_path / "out.ts")
+        proc = gst_receive(d.url("local.ts"), out)
+        output, _ = proc.communicate(timeout=30)
+        assert gst_finished(proc, output), output
+        assert sha256(out) == sha256(short_ts_file)
+        info = wait_complete(d, "local.ts")
+        assert info["origin_url"] == f"file://{library}/local.ts"
+        client = RtspClient("127.0.0.1", d.port)
+        assert client.request("DESCRIBE", client.url("absent.ts")).status == 404
+        client.close()
+    finally:
+        assert d.stop() == 0, d.log()

@@ -935,11 +935,15 @@ KVOD_API int kvod_stream_set_fill_limit(struct kvod_engine *e, int id,
 	return 0;
 }
 
-/* The first record of @v at or after the media offset @s sends next. */
-static uint64_t remap_next(const struct kvod_stream *s,
-			   const struct hint_view *v)
+/*
+ * The first record of @v at or after the media offset @s sends next, or
+ * -ERANGE if @v's records end before that offset: the stream would send
+ * again, later, the bytes between their end and where it is.
+ */
+static int64_t remap_next(const struct kvod_stream *s,
+			  const struct hint_view *v)
 {
-	uint64_t off = 0, lo = 0, hi = v->nrec;
+	uint64_t off = 0, lo = 0, hi = v->nrec, reach = 0;
 
 	if (s->next_record < s->nrec) {
 		off = le64toh(s->recs[s->next_record].offset);
@@ -948,6 +952,13 @@ static uint64_t remap_next(const struct kvod_stream *s,
 
 		off = le64toh(last->offset) + le32toh(last->length);
 	}
+	if (v->nrec) {
+		const struct kvod_hint_record *last = &v->recs[v->nrec - 1];
+
+		reach = le64toh(last->offset) + le32toh(last->length);
+	}
+	if (reach < off)
+		return -ERANGE;
 	while (lo < hi) {
 		uint64_t mid = lo + (hi - lo) / 2;
 
@@ -956,7 +967,7 @@ static uint64_t remap_next(const struct kvod_stream *s,
 		else
 			hi = mid;
 	}
-	return lo;
+	return (int64_t)lo;
 }
 
 KVOD_API int kvod_stream_set_hints(struct kvod_engine *e, int id,
@@ -966,12 +977,14 @@ KVOD_API int kvod_stream_set_hints(struct kvod_engine *e, int id,
 	struct kvod_stream *s;
 	struct hint_view v;
 	uint64_t media_size, dev, ino, had_dev, had_ino, had_nrec;
-	uint64_t check_from = 0, next;
+	uint64_t check_from = 0;
+	int64_t next;
 	const uint8_t *old;
 	uint64_t old_size;
 	int err, fd = -1;
 
-	if (flags & ~(KVOD_HINTS_GROWING | KVOD_HINTS_REMAP))
+	if (flags & ~(KVOD_HINTS_GROWING | KVOD_HINTS_REMAP | KVOD_HINTS_RESTART) ||
+	    (flags & KVOD_HINTS_REMAP && flags & KVOD_HINTS_RESTART))
 		return kvod_fail(EINVAL, "unknown hint flags 0x%x", flags);
 	s = stream_get(e, id, &err);
 	if (!s)
@@ -987,7 +1000,8 @@ KVOD_API int kvod_stream_set_hints(struct kvod_engine *e, int id,
 	if (err)
 		return err;
 	/* the same file, grown: the records the stream has were checked */
-	if (!(flags & KVOD_HINTS_REMAP) && dev == had_dev && ino == had_ino)
+	if (!(flags & (KVOD_HINTS_REMAP | KVOD_HINTS_RESTART)) &&
+	    dev == had_dev && ino == had_ino)
 		check_from = had_nrec;
 	err = check_hint(&v, media_size, record_count, check_from);
 	if (err)
@@ -1010,8 +1024,16 @@ KVOD_API int kvod_stream_set_hints(struct kvod_engine *e, int id,
 				id);
 		goto err_unlock;
 	}
-	if (flags & KVOD_HINTS_REMAP) {
+	if (flags & KVOD_HINTS_RESTART) {
+		next = 0;
+	} else if (flags & KVOD_HINTS_REMAP) {
 		next = remap_next(s, &v);
+		if (next < 0) {
+			err = kvod_fail(ERANGE,
+					"the new hints end before the media offset stream %d is at",
+					id);
+			goto err_unlock;
+		}
 	} else if (s->next_record > v.nrec) {
 		err = kvod_fail(ERANGE,
 				"the new hints hold %llu records, the stream is at record %llu",
@@ -1019,7 +1041,7 @@ KVOD_API int kvod_stream_set_hints(struct kvod_engine *e, int id,
 				(unsigned long long)s->next_record);
 		goto err_unlock;
 	} else {
-		next = s->next_record;
+		next = (int64_t)s->next_record;
 	}
 	old = s->hint;
 	old_size = s->hint_size;
@@ -1030,7 +1052,7 @@ KVOD_API int kvod_stream_set_hints(struct kvod_engine *e, int id,
 		s->hint_fd = fd;
 		fd = had_fd;
 	}
-	s->next_record = next;
+	s->next_record = (uint64_t)next;
 	s->growing = flags & KVOD_HINTS_GROWING;
 	resume_waiting(s);
 	kvod_pacer_unlock(s->pacer);

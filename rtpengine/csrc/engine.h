@@ -61,10 +61,13 @@
  * kvod_stream_set_hints() instead of ending.
  * REMAP (set_hints only): the new records may be cut differently; the
  * stream moves to the first record at or after the media offset it was
- * about to send (records sorted by offset, as MPEG-TS hints are).
+ * about to send (records sorted by offset, as MPEG-TS hints are); hints
+ * whose records end before that offset are refused (-ERANGE).
  */
 #define KVOD_HINTS_GROWING	1
 #define KVOD_HINTS_REMAP	2
+/* set_hints only: back to the first record, for a play() that positions it */
+#define KVOD_HINTS_RESTART	4
 
 /* kvod_stream_set_hints() record_count meaning "the hint header's" */
 #define KVOD_RECORDS_FROM_HINT	0xffffffffffffffffULL
