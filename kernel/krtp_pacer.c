@@ -14,11 +14,11 @@
  *    get_user_pages_fast() in the caller's address space; where that
  *    fails (a VM_IO or PFN mapping) the payload is copied once instead.
  * Since 6.5 header and pages go in one sendmsg(MSG_SPLICE_PAGES), the
- * header from a page fragment, and packets due together of one size go
- * as one UDP GSO datagram (as many as the skb's fragments take); before,
- * the header is corked with MSG_MORE and the pages follow with
- * ->sendpage(), one packet at a time. The counters say how many payload
- * bytes were attached and how many copied.
+ * header from a page fragment; before, the header is corked with MSG_MORE
+ * and the pages follow with ->sendpage(). Either way packets due together
+ * of one size go as one UDP GSO datagram (as many as the skb's fragments
+ * take). The counters say how many payload bytes were attached and how
+ * many copied.
  *
  * A worker holds its lock while it sends; commands take it between
  * packets. Everything here runs in the worker's thread.
@@ -55,11 +55,13 @@ struct krtp_worker {
 	struct task_struct *task;
 	u8 *bounce;			/* krtpmsend's copy path */
 	struct bio_vec bv[KRTP_MAX_BVEC];	/* [0]: header, then payload */
-#ifdef KRTP_SPLICE_PAGES
-	struct page_frag_cache frag;	/* RTP headers, attached by reference */
 	/* a UDP GSO batch: its records and their due times */
 	struct krtp_hint_record rec[KRTP_GSO_SEGS];
 	s64 due[KRTP_GSO_SEGS];
+#ifdef KRTP_SPLICE_PAGES
+	struct page_frag_cache frag;	/* RTP headers, attached by reference */
+#else
+	u8 hdr[KRTP_GSO_SEGS][KRTP_HDR_ROOM];	/* a batch's headers, corked */
 #endif
 };
 
@@ -489,7 +491,6 @@ static bool krtp_send(struct krtp_worker *w, struct krtp_stream *s,
 	return false;
 }
 
-#ifdef KRTP_SPLICE_PAGES
 /* Pages the payload of @r spans: each is one fragment of the skb. */
 static unsigned int krtp_pages(const struct krtp_stream *s,
 			       const struct krtp_hint_record *r)
@@ -548,6 +549,49 @@ static unsigned int krtp_gather(struct krtp_worker *w, struct krtp_stream *s,
 	return n;
 }
 
+/* the control message that makes one datagram a UDP GSO batch */
+union krtp_gso_cmsg {
+	struct cmsghdr cm;
+	u8 buf[CMSG_SPACE(sizeof(u16))];
+};
+
+static void krtp_gso_cmsg(struct msghdr *msg, union krtp_gso_cmsg *ctl,
+			  unsigned int size)
+{
+	memset(ctl, 0, sizeof(*ctl));
+	ctl->cm.cmsg_len = CMSG_LEN(sizeof(u16));
+	ctl->cm.cmsg_level = SOL_UDP;
+	ctl->cm.cmsg_type = UDP_SEGMENT;
+	*(u16 *)CMSG_DATA(&ctl->cm) = size;
+	msg->msg_control = ctl;
+	msg->msg_controllen = sizeof(*ctl);
+}
+
+/* A batch failed to send: retry later (-1) or go on one by one (0). */
+static int krtp_gso_failed(struct krtp_stream *s, int err, s64 now)
+{
+	if (err == -EAGAIN || err == -ENOBUFS || err == -ENOMEM)
+		return krtp_send_failed(s, err, now) ? -1 : 0;
+	/* the path takes no UDP GSO (no checksum, IPsec, MTU): one by one */
+	s->no_gso = true;
+	s->st.flags |= KRTP_STATS_NO_GSO;
+	s->st.send_errors++;
+	s->st.last_errno = -err;
+	return 0;
+}
+
+static void krtp_gso_account(struct krtp_stream *s, unsigned int n, s64 now,
+			     bool copied)
+{
+	struct krtp_worker *w = s->worker;
+	unsigned int i;
+
+	for (i = 0; i < n; i++)
+		krtp_account(s, &w->rec[i], (u16)(s->seq0 + s->seq_count),
+			     s->ts0 + w->rec[i].rtp_ts, w->due[i], now, copied);
+}
+
+#ifdef KRTP_SPLICE_PAGES
 /*
  * Send w->rec[0..@n) as one UDP GSO datagram: headers from page
  * fragments, payload pages, all attached by reference. Returns the packets
@@ -557,11 +601,8 @@ static unsigned int krtp_gather(struct krtp_worker *w, struct krtp_stream *s,
 static int krtp_send_gso(struct krtp_worker *w, struct krtp_stream *s,
 			 struct krtp_cursor *c, unsigned int n, s64 now)
 {
-	union {
-		struct cmsghdr cm;
-		u8 buf[CMSG_SPACE(sizeof(u16))];
-	} ctl = { };
 	struct msghdr msg = { .msg_flags = MSG_DONTWAIT | MSG_SPLICE_PAGES };
+	union krtp_gso_cmsg ctl;
 	unsigned int size = KRTP_RTP_HEADER + w->rec[0].prefix_len +
 			    w->rec[0].length;
 	unsigned int head[KRTP_GSO_SEGS], i, nbv = 0;
@@ -592,12 +633,7 @@ static int krtp_send_gso(struct krtp_worker *w, struct krtp_stream *s,
 	}
 	n = i;
 	if (n >= 2) {
-		ctl.cm.cmsg_len = CMSG_LEN(sizeof(u16));
-		ctl.cm.cmsg_level = SOL_UDP;
-		ctl.cm.cmsg_type = UDP_SEGMENT;
-		*(u16 *)CMSG_DATA(&ctl.cm) = size;
-		msg.msg_control = &ctl;
-		msg.msg_controllen = sizeof(ctl);
+		krtp_gso_cmsg(&msg, &ctl, size);
 		iov_iter_bvec(&msg.msg_iter, ITER_SOURCE, w->bv, nbv, bytes);
 		s->st.send_calls++;
 		rc = sock_sendmsg(s->sock, &msg);
@@ -610,22 +646,71 @@ static int krtp_send_gso(struct krtp_worker *w, struct krtp_stream *s,
 	}
 	if (n < 2)
 		return 0;
-	if (rc >= 0) {
-		for (i = 0; i < n; i++)
-			krtp_account(s, &w->rec[i],
-				     (u16)(s->seq0 + s->seq_count),
-				     s->ts0 + w->rec[i].rtp_ts, w->due[i], now,
-				     false);
-		return n;
+	if (rc < 0)
+		return krtp_gso_failed(s, rc, now);
+	krtp_gso_account(s, n, now, false);
+	return n;
+}
+#else
+/*
+ * Send w->rec[0..@n) as one UDP GSO datagram, corked: each header (the
+ * first with UDP_SEGMENT) then its payload pages with ->sendpage(), the
+ * last call without MSG_MORE. Returns as the 6.5+ version does.
+ */
+static int krtp_send_gso(struct krtp_worker *w, struct krtp_stream *s,
+			 struct krtp_cursor *c, unsigned int n, s64 now)
+{
+	unsigned int size = KRTP_RTP_HEADER + w->rec[0].prefix_len +
+			    w->rec[0].length;
+	unsigned int start[KRTP_GSO_SEGS + 1], i, j, nbv = 0;
+	union krtp_gso_cmsg ctl;
+	int rc = 0;
+
+	/* every page first: a failure must not leave a corked datagram */
+	for (i = 0; i < n; i++) {
+		bool copied = false;
+
+		start[i] = nbv;
+		if (krtp_payload(w, s, c, &w->rec[i], &nbv, &copied, false))
+			break;
+		krtp_put_header(w->hdr[i], s, &w->rec[i],
+				(u16)(s->seq0 + s->seq_count + i),
+				s->ts0 + w->rec[i].rtp_ts);
 	}
-	if (rc == -EAGAIN || rc == -ENOBUFS || rc == -ENOMEM)
-		return krtp_send_failed(s, rc, now) ? -1 : 0;
-	/* the path takes no UDP GSO (no checksum, IPsec, MTU): one by one */
-	s->no_gso = true;
-	s->st.flags |= KRTP_STATS_NO_GSO;
-	s->st.send_errors++;
-	s->st.last_errno = -rc;
-	return 0;
+	start[i] = nbv;
+	n = i;
+	for (i = 0; n >= 2 && i < n && rc >= 0; i++) {
+		struct msghdr msg = { .msg_flags = MSG_DONTWAIT | MSG_MORE };
+		struct kvec iov = {
+			.iov_base = w->hdr[i],
+			.iov_len = KRTP_RTP_HEADER + w->rec[i].prefix_len,
+		};
+
+		if (i == 0)
+			krtp_gso_cmsg(&msg, &ctl, size);
+		if (i == n - 1 && start[i] == start[i + 1])
+			msg.msg_flags &= ~MSG_MORE;
+		s->st.send_calls++;
+		rc = kernel_sendmsg(s->sock, &msg, &iov, 1, iov.iov_len);
+		for (j = start[i]; j < start[i + 1] && rc >= 0; j++) {
+			int flags = MSG_DONTWAIT;
+
+			if (i < n - 1 || j < start[i + 1] - 1)
+				flags |= MSG_MORE;
+			s->st.send_calls++;
+			/* on failure UDP drops the corked datagram itself */
+			rc = kernel_sendpage(s->sock, w->bv[j].bv_page,
+					     w->bv[j].bv_offset,
+					     w->bv[j].bv_len, flags);
+		}
+	}
+	krtp_put_bvec(w, 0, nbv);
+	if (n < 2)
+		return 0;
+	if (rc < 0)
+		return krtp_gso_failed(s, rc, now);
+	krtp_gso_account(s, n, now, krtp_xmit_copies(s));
+	return n;
 }
 #endif
 
@@ -682,7 +767,6 @@ static s64 krtp_pump(struct krtp_worker *w, struct krtp_stream *s, s64 now)
 			s->blocked_due = due;
 			break;
 		}
-#ifdef KRTP_SPLICE_PAGES
 		if (!s->no_gso) {
 			unsigned int m = krtp_gather(w, s, &c, &r, due, now);
 			int sent = m > 1 ? krtp_send_gso(w, s, &payload, m, now) : 0;
@@ -697,7 +781,6 @@ static s64 krtp_pump(struct krtp_worker *w, struct krtp_stream *s, s64 now)
 				continue;
 			}
 		}
-#endif
 		if (krtp_send(w, s, &payload, &r, due, now)) {
 			wake = s->retry_at;
 			break;

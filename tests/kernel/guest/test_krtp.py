@@ -113,7 +113,8 @@ def test_unpaced_title_is_the_reference(engine_factory, receivers, tmp_path, tmp
         # packets due together leave as UDP GSO batches: far fewer calls
         assert st.syscalls * 4 < st.packets_sent, st
     else:
-        # 6.1: a corked header, then one ->sendpage() per payload page
+        # 6.1: a corked header, then one ->sendpage() per payload page (a
+        # batch is one datagram, but still these calls)
         assert st.syscalls >= 2 * st.packets_sent, st
 
 
@@ -133,7 +134,7 @@ def test_a_path_without_gso_falls_back_to_single_packets(engine_factory, receive
     st = wait_state(stream, "ended")
     assert rx.collect(len(want)) == want
     assert st.packets_sent == len(want) and st.packets_dropped == 0
-    assert st.gso_fallback == SPLICE_KERNEL
+    assert st.gso_fallback                                # a batch was tried
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
