@@ -567,12 +567,16 @@ static void krtp_gso_cmsg(struct msghdr *msg, union krtp_gso_cmsg *ctl,
 	msg->msg_controllen = sizeof(*ctl);
 }
 
-/* A batch failed to send: retry later (-1) or go on one by one (0). */
+/*
+ * A batch failed to send: retry later (-1) or go on (0), one packet a call
+ * if the error says the path takes no UDP GSO (no checksum, IPsec, MTU).
+ * Other errors (an ICMP error reported on this send) are a packet's.
+ */
 static int krtp_gso_failed(struct krtp_stream *s, int err, s64 now)
 {
-	if (err == -EAGAIN || err == -ENOBUFS || err == -ENOMEM)
+	if (err != -EINVAL && err != -EIO && err != -EMSGSIZE &&
+	    err != -EOPNOTSUPP && err != -ENOPROTOOPT)
 		return krtp_send_failed(s, err, now) ? -1 : 0;
-	/* the path takes no UDP GSO (no checksum, IPsec, MTU): one by one */
 	s->no_gso = true;
 	s->st.flags |= KRTP_STATS_NO_GSO;
 	s->st.send_errors++;

@@ -710,3 +710,23 @@ def test_streams_sharing_one_socket_never_mix(engine_factory, receivers, tmp_pat
     for p in got:
         by_ssrc.setdefault(struct.unpack_from("!I", p, 8)[0], []).append(p)
     assert by_ssrc == want
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_client_port_closed(engine_factory, receivers, tmp_path, tmpfs_copy,
+                            short_ts_file, strategy):
+    """A vanished client: ICMP port unreachable comes back as ECONNREFUSED on
+    later sends. The stream goes on to its end, counts the errors, and does
+    not mistake them for a path that refuses GSO."""
+    media = tmpfs_copy(short_ts_file)
+    hints = write_hints(tmp_path / "gone.hint", chunk_records(os.path.getsize(media), 3 * SEC))
+    rx = receivers()
+    sock = rx.sender()
+    rx.close()                                   # nobody listens on the port now
+    stream = open_stream(engine_factory(strategy), sock, media, hints, ssrc=1, seq0=1, ts0=1)
+    stream.play(unpaced=True)
+    st = wait_state(stream, "ended")
+    assert st.state == "ended"
+    assert st.packets_sent + st.packets_dropped == st.record_count
+    assert st.send_errors > 0 and st.last_errno == errno.ECONNREFUSED, st
+    assert not st.gso_fallback, st
