@@ -10,9 +10,9 @@
  * reference:
  *  - krtpsendfile: pages of the media file (or of the hint file's blob
  *    area) straight from the page cache;
- *  - krtpmsend: pages of the caller's mapping, taken with
- *    get_user_pages_fast() in the caller's address space; where that
- *    fails (a VM_IO or PFN mapping) the payload is copied once instead.
+ *  - krtpmsend: pages of the caller's mapping, pinned with
+ *    pin_user_pages_fast() in the caller's address space for the send;
+ *    where that fails (a VM_IO or PFN mapping) the payload is copied once.
  * Since 6.5 header and pages go in one sendmsg(MSG_SPLICE_PAGES), the
  * header from a page fragment; before, the header is corked with MSG_MORE
  * and the pages follow with ->sendpage(). Either way packets due together
@@ -55,6 +55,7 @@ struct krtp_worker {
 	struct task_struct *task;
 	u8 *bounce;			/* krtpmsend's copy path */
 	struct bio_vec bv[KRTP_MAX_BVEC];	/* [0]: header, then payload */
+	bool pinned[KRTP_MAX_BVEC];	/* bv[i] is a pinned user page */
 	/* a UDP GSO batch: its records and their due times */
 	struct krtp_hint_record rec[KRTP_GSO_SEGS];
 	s64 due[KRTP_GSO_SEGS];
@@ -164,11 +165,21 @@ int krtp_record_bounds(const struct krtp_stream *s,
 
 /* --- payload ----------------------------------------------------------- */
 
+/* Release the payload pages w->bv[@from..@to): pinned or referenced. */
 static void krtp_put_bvec(struct krtp_worker *w, unsigned int from,
 			  unsigned int to)
 {
-	while (to > from)
-		krtp_put_page(w->bv[--to].bv_page);
+	while (to > from) {
+		struct page *page = w->bv[--to].bv_page;
+
+		if (w->pinned[to]) {
+			w->pinned[to] = false;
+			unpin_user_page(page);
+			atomic64_dec(&krtp_counters.pages_held);
+		} else {
+			krtp_put_page(page);
+		}
+	}
 }
 
 /*
@@ -233,18 +244,19 @@ static int krtp_user_payload(struct krtp_worker *w, struct krtp_stream *s,
 
 	if (!len)
 		return 0;
-	got = get_user_pages_fast(start & PAGE_MASK, npages, 0, pages);
+	/* pinned while the send attaches them; the skb takes its own refs */
+	got = pin_user_pages_fast(start & PAGE_MASK, npages, 0, pages);
 	if (got < 0)
 		return -EFAULT;
-	atomic64_add(got, &krtp_counters.pages_held);
 	if (got != npages) {
-		while (got)
-			krtp_put_page(pages[--got]);
+		unpin_user_pages(pages, got);
 		return -EFAULT;
 	}
+	atomic64_add(got, &krtp_counters.pages_held);
 	for (i = 0; i < npages; i++) {
 		unsigned int chunk = min_t(u32, len, PAGE_SIZE - pgoff);
 
+		w->pinned[n] = true;
 		bvec_set_page(&w->bv[n++], pages[i], chunk, pgoff);
 		len -= chunk;
 		pgoff = 0;
