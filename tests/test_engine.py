@@ -518,7 +518,7 @@ def test_fill_limit_waits_and_resumes(paced_title, receivers):
         assert st_.next_record == 100
         assert rx.settle() == want[:100]
         # resumed on a schedule shifted by the wait: 60 packets take 0.3 s
-        assert rx.times[40] - raised_at < 20 * MS
+        assert rx.times[40] - raised_at < 100 * MS  # at once, not at a poll; room for load
         assert rx.times[99] - rx.times[40] >= 59 * 5 * MS * 0.9
 
         stream.set_fill_limit(2**64 - 1)  # no limit beyond the media
