@@ -1,17 +1,15 @@
-"""The admin HTTP endpoint (localhost): ``/status`` JSON, ``/metrics`` text,
-and ``/cache``: what the cache holds, and the cache commands that must go
-through the running daemon because it streams and fills (``kvod cache
-prefetch``, ``kvod cache evict``).
+"""The admin HTTP endpoint (localhost): the daemon's status, its metrics,
+what the cache holds, and the cache commands that must go through the
+running daemon because it streams and fills (``kvod cache prefetch``,
+``kvod cache evict``).
 
-    GET  /status                    the daemon's status (JSON)
-    GET  /metrics                   the same for Prometheus
-    GET  /cache                     the cache's status JSON (cache_status)
+    GET  /status                    the daemon's status JSON (kvod status)
+    GET  /metrics                   Prometheus text
+    GET  /cache                     status JSON (cache_status)
     POST /cache/prefetch?name=NAME  start filling NAME; 202, or the error
     POST /cache/evict?name=NAME     evict all of NAME; 409 if it is busy or pinned
 
-/status and /metrics come from a status function the daemon passes in, so
-this module knows nothing of sessions; /cache is a thin adapter over
-ProxyCache.
+JSON in and out; a thin twisted.web adapter over ProxyCache.
 """
 
 from __future__ import annotations
@@ -23,26 +21,10 @@ from typing import Callable
 from twisted.internet.defer import Deferred
 from twisted.web import resource, server
 
+from appliance.cache_quota import cache_status
 from appliance.metrics import prometheus_text
 
 log = logging.getLogger(__name__)
-
-
-class _Leaf(resource.Resource):
-    isLeaf = True
-
-    def __init__(self, render: Callable[[], tuple[bytes, bytes]]):
-        super().__init__()
-        self._render = render
-
-    def render_GET(self, request) -> bytes:  # noqa: N802 (Twisted API)
-        body, content_type = self._render()
-        request.setHeader(b"Content-Type", content_type)
-        request.setHeader(b"Cache-Control", b"no-store")
-        return body
-
-    def render_HEAD(self, request) -> bytes:  # noqa: N802 (Twisted API)
-        return self.render_GET(request)
 
 
 class CacheAdmin(resource.Resource):
@@ -107,9 +89,28 @@ class _QuietSite(server.Site):
         pass
 
 
+class _Leaf(resource.Resource):
+    """A read-only resource whose body comes from a function."""
+
+    isLeaf = True
+
+    def __init__(self, render: Callable[[], tuple[bytes, bytes]]):
+        super().__init__()
+        self._render = render
+
+    def render_GET(self, request) -> bytes:  # noqa: N802 (Twisted API)
+        body, content_type = self._render()
+        request.setHeader(b"Content-Type", content_type)
+        request.setHeader(b"Cache-Control", b"no-store")
+        return body
+
+    def render_HEAD(self, request) -> bytes:  # noqa: N802 (Twisted API)
+        return self.render_GET(request)
+
+
 def admin_site(status: Callable[[], dict], cache=None) -> server.Site:
-    """A Site serving ``status()`` as /status (JSON) and /metrics (Prometheus),
-    and ``cache`` (a ProxyCache) at /cache."""
+    """The admin site: ``status()`` as /status (JSON) and /metrics
+    (Prometheus), and the proxy cache's /cache when there is one."""
     root = resource.Resource()
     root.putChild(b"status", _Leaf(lambda: (json.dumps(status(), indent=2).encode() + b"\n",
                                             b"application/json")))
@@ -120,3 +121,6 @@ def admin_site(status: Callable[[], dict], cache=None) -> server.Site:
     site = _QuietSite(root)
     site.displayTracebacks = False
     return site
+
+
+__all__ = ["CacheAdmin", "admin_site", "cache_status"]

@@ -257,14 +257,6 @@ def catalog_rm(ctx: click.Context, name: str, keep_files: bool) -> None:
     click.echo(f"removed {name}")
 
 
-def _register_cache_commands() -> None:
-    from appliance.cache_cli import cache
-    cli.add_command(cache)
-
-
-_register_cache_commands()
-
-
 def _admin_address(listen: str) -> tuple[str, int]:
     """(host, port) to reach an admin endpoint like ``tcp:8555:interface=127.0.0.1``."""
     parts = re.split(r"(?<!\\):", listen)
@@ -321,6 +313,14 @@ def status(ctx: click.Context, as_json: bool) -> None:
                        f"{stream['client'][:22]:<22} {session['state']:<8} "
                        f"{stream.get('packets_sent', 0):>9} {stream['loss_fraction']:>6.1%} "
                        f"{stream.get('late_5ms', 0):>8} {stream.get('strategy', '-')}")
+
+
+def _register_cache_commands() -> None:
+    from appliance.cache_cli import cache
+    cli.add_command(cache)
+
+
+_register_cache_commands()
 
 
 @cli.group()

@@ -6,13 +6,16 @@
  * krtp_main.c   the misc device, the ioctls and each file's stream table
  * krtp_stream.c opening a stream: checks on the caller's sockets, files,
  *               mapping and hint records; freeing it
- * krtp_pacer.c  the pacing workers, reading records and sending packets
+ * krtp_pages.c  reading hint records, payload pages (page cache, pinned)
+ * krtp_send.c   RTP headers, sending (spliced or corked, UDP GSO batches)
+ * krtp_pacer.c  the pacing workers
  */
 #ifndef KRTP_CORE_H
 #define KRTP_CORE_H
 
 #include <linux/atomic.h>
 #include <linux/bits.h>
+#include <linux/bvec.h>
 #include <linux/fs.h>
 #include <linux/list.h>
 #include <linux/mm_types.h>
@@ -52,14 +55,14 @@
 #define KRTP_GSO_SEGS		64
 #define KRTP_GSO_BYTES		60000
 
-struct krtp_worker;
-
 /* the page a run of reads keeps, so reads of one page look it up once */
 struct krtp_cursor {
 	struct page *page;
 	struct file *file;
 	pgoff_t index;
 };
+
+struct krtp_worker;
 
 struct krtp_stream {
 	struct list_head node;		/* in worker->streams */
@@ -97,6 +100,26 @@ struct krtp_stream {
 	struct krtp_stats st;	/* counters; id, state, ... set when read */
 };
 
+/* a pacing thread, its streams, and its buffers for one send */
+struct krtp_worker {
+	struct mutex lock;		/* streams and everything they hold */
+	struct list_head streams;
+	unsigned int nstreams;
+	bool kicked;			/* a command changed what is due */
+	struct task_struct *task;
+	u8 *bounce;			/* krtpmsend's copy path */
+	struct bio_vec bv[KRTP_MAX_BVEC];	/* [0]: header, then payload */
+	bool pinned[KRTP_MAX_BVEC];	/* bv[i] is a pinned user page */
+	/* a UDP GSO batch: its records and their due times */
+	struct krtp_hint_record rec[KRTP_GSO_SEGS];
+	s64 due[KRTP_GSO_SEGS];
+#ifdef KRTP_SPLICE_PAGES
+	struct page_frag_cache frag;	/* RTP headers, attached by reference */
+#else
+	u8 hdr[KRTP_GSO_SEGS][KRTP_HDR_ROOM];	/* a batch's headers, corked */
+#endif
+};
+
 struct krtp_counters {
 	atomic64_t streams;
 	atomic64_t streams_opened;
@@ -115,7 +138,25 @@ extern unsigned int krtp_max_streams;
 struct krtp_stream *krtp_stream_new(const struct krtp_open *p);
 void krtp_stream_free(struct krtp_stream *s);
 
-/* krtp_pacer.c */
+/* krtp_pages.c: records and payload pages */
+int krtp_payload(struct krtp_worker *w, struct krtp_stream *s,
+		 struct krtp_cursor *c, const struct krtp_hint_record *r,
+		 unsigned int *nbv, bool *copied, bool may_copy);
+void krtp_put_bvec(struct krtp_worker *w, unsigned int from, unsigned int to);
+
+/* krtp_send.c: packets onto the socket */
+s64 krtp_due(const struct krtp_stream *s, u64 send_ns);
+void krtp_drop(struct krtp_stream *s, int err);
+bool krtp_send(struct krtp_worker *w, struct krtp_stream *s,
+	       struct krtp_cursor *c, const struct krtp_hint_record *r,
+	       s64 due, s64 now);
+unsigned int krtp_gather(struct krtp_worker *w, struct krtp_stream *s,
+			 struct krtp_cursor *c, const struct krtp_hint_record *r,
+			 s64 due, s64 now);
+int krtp_send_gso(struct krtp_worker *w, struct krtp_stream *s,
+		  struct krtp_cursor *c, unsigned int n, s64 now);
+
+/* krtp_pacer.c: the workers */
 int krtp_workers_start(void);
 void krtp_workers_stop(void);
 unsigned int krtp_workers_count(void);

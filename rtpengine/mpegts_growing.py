@@ -24,6 +24,7 @@ starts at the first PCR of the file and runs through every PCR between.
 from __future__ import annotations
 
 import struct
+import threading
 from typing import Optional
 
 from .errors import MediaError
@@ -63,6 +64,9 @@ class GrowingTsIndex:
         self.program: Optional[TsProgram] = program
         self.start = start
         self.scanned = start
+        # feed() runs in a worker thread and, for the probe's bytes, in the
+        # reactor's: one at a time, or two scans race over the C state
+        self._lock = threading.RLock()
         self._origin_pcr = origin_pcr
         self._shift: Optional[int] = 0 if start == 0 else None   # 27 MHz ticks
         self._scan: Optional[_Scan] = None
@@ -89,6 +93,14 @@ class GrowingTsIndex:
         self.close()
 
     def feed(self, mm, upto: int, *, complete: bool = False) -> int:
+        """Scan the file's whole packets below ``upto``; returns ``ready()``.
+
+        Thread-safe: see ``_feed``.
+        """
+        with self._lock:
+            return self._feed(mm, upto, complete=complete)
+
+    def _feed(self, mm, upto: int, *, complete: bool = False) -> int:
         """Scan the file's whole packets below ``upto``; returns ``ready()``.
 
         ``mm`` is a buffer of the file from offset 0 holding at least
@@ -162,6 +174,11 @@ class GrowingTsIndex:
         return None
 
     def finish(self, size: int, hint_path) -> TsIndex:
+        """See ``_finish``; one at a time with ``feed``."""
+        with self._lock:
+            return self._finish(size, hint_path)
+
+    def _finish(self, size: int, hint_path) -> TsIndex:
         """The file is whole (``size`` bytes, all fed): time the last records,
         write the final hint file to ``hint_path`` and return the index."""
         if self._index is not None:

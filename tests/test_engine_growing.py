@@ -71,7 +71,7 @@ def test_a_growing_stream_waits_at_its_last_record_and_goes_on(track, tmp_path, 
         assert (st.next_record, st.record_count) == (120, 120)
         assert rx.settle() == want[:120]
         # the first new record left at once, the rest on the hint's schedule
-        assert rx.times[30] - resumed < 20 * MS
+        assert rx.times[30] - resumed < 100 * MS  # at once, not at a poll; room for load
         assert rx.times[119] - rx.times[30] >= 89 * 5 * MS * 0.9
 
         hints.append(b"".join(packed[120:]))

@@ -153,3 +153,31 @@ def test_seek_ahead_index_arguments():
     program = TsProgram(1, 0x100, 0x101, (), 0)
     with pytest.raises(ValueError):
         GrowingTsIndex("x", start=100, program=program, origin_pcr=0)
+
+
+def test_concurrent_feeds_of_one_index_do_not_race(ts_file):
+    """The fill feeds from a worker thread and, for the probe's bytes, from
+    the reactor: feeds of one index must serialise (they once raced into
+    kvod_ts_index_scan with an empty range)."""
+    import threading
+
+    from rtpengine.mpegts_growing import GrowingTsIndex
+    data = open(ts_file, "rb").read()
+    for _ in range(20):
+        index = GrowingTsIndex("race")
+        upto = len(data) // 2
+        errors = []
+
+        def feed():
+            try:
+                index.feed(data, upto)
+            except Exception as exc:  # noqa: BLE001 - any error fails the test
+                errors.append(exc)
+        threads = [threading.Thread(target=feed) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors
+        assert index.scanned == upto - upto % 188
+        index.close()

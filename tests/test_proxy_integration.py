@@ -20,6 +20,7 @@ from tests.kvod_daemon import KvodDaemon
 from tests.origin_server import NginxOrigin
 from tests.test_integration import assert_contiguous, framemd5, gst_finished, gst_receive, sha256
 
+
 pytestmark = pytest.mark.integration
 
 

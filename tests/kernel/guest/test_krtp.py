@@ -113,7 +113,8 @@ def test_unpaced_title_is_the_reference(engine_factory, receivers, tmp_path, tmp
         # packets due together leave as UDP GSO batches: far fewer calls
         assert st.syscalls * 4 < st.packets_sent, st
     else:
-        # 6.1: a corked header, then one ->sendpage() per payload page
+        # 6.1: a corked header, then one ->sendpage() per payload page (a
+        # batch is one datagram, but still these calls)
         assert st.syscalls >= 2 * st.packets_sent, st
 
 
@@ -133,7 +134,7 @@ def test_a_path_without_gso_falls_back_to_single_packets(engine_factory, receive
     st = wait_state(stream, "ended")
     assert rx.collect(len(want)) == want
     assert st.packets_sent == len(want) and st.packets_dropped == 0
-    assert st.gso_fallback == SPLICE_KERNEL
+    assert st.gso_fallback                                # a batch was tried
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
@@ -187,7 +188,9 @@ def test_paced_title_keeps_its_schedule(engine_factory, receivers, tmp_path, tmp
     # spread over the schedule, not sent in one burst
     assert span >= 0.9 * planned, (span, planned)
     assert rx.times[0] >= t0 - 2_000_000
-    assert st.syscalls >= len(want)
+    # paced: many sends, not one burst (packets that fall due together under
+    # emulation's jitter may share one GSO datagram)
+    assert st.syscalls >= len(want) // 2
 
 
 # --- commands --------------------------------------------------------------------
@@ -709,3 +712,23 @@ def test_streams_sharing_one_socket_never_mix(engine_factory, receivers, tmp_pat
     for p in got:
         by_ssrc.setdefault(struct.unpack_from("!I", p, 8)[0], []).append(p)
     assert by_ssrc == want
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_client_port_closed(engine_factory, receivers, tmp_path, tmpfs_copy,
+                            short_ts_file, strategy):
+    """A vanished client: ICMP port unreachable comes back as ECONNREFUSED on
+    later sends. The stream goes on to its end, counts the errors, and does
+    not mistake them for a path that refuses GSO."""
+    media = tmpfs_copy(short_ts_file)
+    hints = write_hints(tmp_path / "gone.hint", chunk_records(os.path.getsize(media), 3 * SEC))
+    rx = receivers()
+    sock = rx.sender()
+    rx.close()                                   # nobody listens on the port now
+    stream = open_stream(engine_factory(strategy), sock, media, hints, ssrc=1, seq0=1, ts0=1)
+    stream.play(unpaced=True)
+    st = wait_state(stream, "ended")
+    assert st.state == "ended"
+    assert st.packets_sent + st.packets_dropped == st.record_count
+    assert st.send_errors > 0 and st.last_errno == errno.ECONNREFUSED, st
+    assert not st.gso_fallback, st

@@ -34,6 +34,10 @@ def test_daemon_serves_a_title_through_krtp(tmp_path, backend):
                               capture_output=True, text=True, timeout=120)
         assert proc.returncode == 0, proc.stdout + proc.stderr
         assert sha256(out) == sha256(title)
+        # kvod status names the kernel engine and its counters
+        status = d.kvod("status").stdout
+        assert f"engine: {backend} (asked {backend})" in status, status
+        assert "kernel features: krtp" in status, status
         with krtp.KrtpEngine() as probe:
             after = probe.info()
         assert after.streams_opened > before.streams_opened
