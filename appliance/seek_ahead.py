@@ -66,8 +66,10 @@ class SeekSegment:
         """The first byte from ``start`` on that the file does not hold."""
         return end_from(held, self.start)
 
-    def feed(self, mm, held: list[Range]) -> bool:
-        """Index the bytes held from ``start`` on; True if records were added."""
+    def feed(self, mm, held: list[Range], append=None) -> bool:
+        """Index the bytes held from ``start`` on; True if records were added
+        (``append(records)`` writes them to the hint file, by default
+        ``self.hints.append``)."""
         upto = self.next_needed(held)
         if upto - upto % PACKET_SIZE <= self.index.scanned:
             return False
@@ -80,7 +82,7 @@ class SeekSegment:
         if ready <= have:
             return False
         records = self.index.records(have, ready)
-        self.hints.append(records)
+        (append or self.hints.append)(records)
         for at in range(0, len(records), RECORD_SIZE):
             rec = HintRecord.unpack_from(records, at)
             if rec.flags & REC_KEYFRAME:

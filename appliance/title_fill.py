@@ -612,7 +612,7 @@ class TitleFill:
             return
         records = self._index.records(self._hints.count, ready)
         try:
-            self._hints.append(records)
+            self._append_hints(records)
         except OSError as exc:
             # a hint file short of records would stall every viewer: stop cleanly
             self._stop_with(CacheWriteError(f"cannot write {self.hint_path}: "
@@ -623,6 +623,20 @@ class TitleFill:
         for listener in list(self.listeners):
             listener.hints_grew(update)
         self._retire_segments()
+
+    def _append_hints(self, records: bytes, hints=None) -> None:
+        """Append to the main (or a seek segment's) hint file; a full disk
+        first gives up what eviction may take, as for the media bytes."""
+        hints = hints or self._hints
+        try:
+            hints.append(records)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT) or \
+                    not self._disk_full(max(len(records), self.settings.chunk_bytes)):
+                raise
+            log.warning("fill %s: the disk was full for %s; evicted, writing again",
+                        self.name, hints.path)
+            hints.append(records)
 
     # -- seek ahead ---------------------------------------------------------------
 
@@ -688,8 +702,9 @@ class TitleFill:
             return
         for seg in self.segments:
             try:
-                grew = seg.feed(self._map, self.held)
-            except MediaError as exc:
+                grew = seg.feed(self._map, self.held, append=lambda r, s=seg:
+                                self._append_hints(r, s.hints))
+            except (MediaError, OSError) as exc:
                 log.warning("fill %s: seek segment at %d: %s", self.name, seg.start, exc)
                 continue
             if grew:

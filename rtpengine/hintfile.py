@@ -199,14 +199,22 @@ class GrowingHintFile:
         self._fd: int | None = fd
 
     def append(self, records: bytes) -> int:
-        """Add packed records at the end; returns the record count now."""
+        """Add packed records at the end; returns the record count now.
+
+        All or nothing: a write that fails halfway (a full disk) is cut
+        back, so the file never holds part of a record and a later append
+        lands where the next record belongs."""
         if len(records) % RECORD_SIZE:
             raise HintError(f"{len(records)} bytes are not whole {RECORD_SIZE}-byte records")
         if self._fd is None:
             raise HintError(f"{self.path}: closed")
         view = memoryview(records)
-        while view:
-            view = view[os.write(self._fd, view):]
+        try:
+            while view:
+                view = view[os.write(self._fd, view):]
+        except OSError:
+            os.ftruncate(self._fd, HEADER_SIZE + self.count * RECORD_SIZE)
+            raise
         self.count += len(records) // RECORD_SIZE
         return self.count
 

@@ -321,3 +321,26 @@ def test_restart_takes_other_hints_for_a_seek(track, tmp_path, receivers):
     got = rx.collect(80)
     want = expected(full, media, ssrc=3, seq0=3, ts0=3)
     assert [p[12:] for p in got[40:]] == [p[12:] for p in want[160:]]
+
+
+def test_a_failed_append_leaves_no_part_of_a_record(track, tmp_path, monkeypatch):
+    _, _, packed = track
+    path = str(tmp_path / "growing.hint")
+    with growing(path, packed[:3]) as hints:
+        real_write = os.write
+        calls = []
+
+        def half_then_full(fd, data):
+            calls.append(len(data))
+            if len(calls) == 1:
+                return real_write(fd, bytes(data[:40]))  # a record and a bit
+            raise OSError(errno.ENOSPC, "No space left on device")
+        monkeypatch.setattr(os, "write", half_then_full)
+        with pytest.raises(OSError):
+            hints.append(b"".join(packed[3:6]))
+        monkeypatch.setattr(os, "write", real_write)
+        assert hints.count == 3
+        assert os.path.getsize(path) == 64 + 3 * 32
+        hints.append(b"".join(packed[3:6]))
+        with HintFile(path, record_count=6) as h:
+            assert h.records_bytes() == b"".join(packed[:6])

@@ -244,9 +244,6 @@ def small_disk(tmp_path):
     subprocess.run(["umount", "-l", str(folder)], check=False)
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "known defect, open in issue 4: ENOSPC while writing the growing hint file "
-    "is not followed by eviction (only media writes are); seen under load"))
 def test_a_full_disk_evicts_then_fails_cleanly(tmp_path, ts_file, small_disk):
     data = open(ts_file, "rb").read()  # 1.5 MB: two do not fit in 2 MiB
     origin = FaultOrigin({"a.ts": data, "b.ts": data})
