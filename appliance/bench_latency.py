@@ -36,6 +36,22 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[min(int(q * len(ordered)), len(ordered) - 1)]
 
 
+def start_serve(config: str, port: int, timeout: float = 15) -> subprocess.Popen:
+    """``kvod serve`` with ``config`` as a child, once it accepts RTSP on ``port``."""
+    proc = subprocess.Popen([sys.executable, "-m", "appliance", "--config", config, "serve"],
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return proc
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("kvod serve did not start: "
+                                   + proc.stderr.read().decode(errors="replace"))
+            time.sleep(0.05)
+
+
 class _Daemon:
     """kvod serve in a temporary folder, for the length of a benchmark."""
 
@@ -53,18 +69,7 @@ class _Daemon:
         cmd = [sys.executable, "-m", "appliance", "--config", self.config]
         subprocess.run(cmd + ["catalog", "add", media_path, "--name", "bench"],
                        check=True, capture_output=True, cwd=ROOT, timeout=300)
-        self.proc = subprocess.Popen(cmd + ["serve"], cwd=ROOT, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                break
-            except OSError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("kvod serve did not start: "
-                                       + self.proc.stderr.read().decode(errors="replace"))
-                time.sleep(0.05)
+        self.proc = start_serve(self.config, self.port)
 
     def close(self) -> None:
         self.proc.send_signal(signal.SIGTERM)

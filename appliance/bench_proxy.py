@@ -17,20 +17,17 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
-import sys
 import tempfile
 import threading
 import time
 import urllib.request
 from typing import Callable, Optional
 
-from appliance.bench_latency import _one_session, _percentile
+from appliance.bench_latency import _one_session, _percentile, start_serve
 from appliance.nginx_origin import NginxOrigin, free_tcp_port
 from appliance.rtsp_client import RtpReceiver, RtspClient
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 class _ProxyDaemon:
@@ -47,19 +44,7 @@ class _ProxyDaemon:
                     f'[origin]\nbase_url = "{base_url}"\n'
                     f'[admin]\nlisten = "tcp:{self.admin_port}:interface=127.0.0.1"\n'
                     f'[log]\nlevel = "warning"\n')
-        self.proc = subprocess.Popen([sys.executable, "-m", "appliance", "--config", config,
-                                      "serve"], cwd=ROOT, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                break
-            except OSError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("kvod serve did not start: "
-                                       + self.proc.stderr.read().decode(errors="replace"))
-                time.sleep(0.05)
+        self.proc = start_serve(config, self.port)
 
     def admin(self, method: str, path: str) -> dict:
         req = urllib.request.Request(f"http://127.0.0.1:{self.admin_port}{path}", method=method,
