@@ -76,11 +76,11 @@ class _Daemon:
         self.tmp.cleanup()
 
 
-def _one_session(port: int) -> tuple[float, float]:
+def _one_session(port: int, name: str = "bench") -> tuple[float, float]:
     receiver = RtpReceiver()
     client = RtspClient("127.0.0.1", port)
     try:
-        url = client.url("bench")
+        url = client.url(name)
         t_describe = time.monotonic_ns()
         resp = client.request("DESCRIBE", url, [("Accept", "application/sdp")])
         if resp.status != 200:

@@ -110,14 +110,52 @@ def catalog() -> None:
     """List, add and remove titles."""
 
 
+def _remote_name(config, url: str) -> str:
+    """A title name for an origin URL: its path below a configured origin
+    folder, else its file name."""
+    for base in config.origin.base_url:
+        if url.startswith(base) and len(url) > len(base):
+            return url[len(base):]
+    from urllib.parse import unquote, urlsplit
+    return os.path.basename(unquote(urlsplit(url).path)) or "title"
+
+
+def _add_remote(ctx: click.Context, url: str, name: str | None, as_json: bool) -> None:
+    from catalog import CatalogError
+    config = _config(ctx)
+    if any(c in url for c in " \t\r\n") or not url.split("://", 1)[1]:
+        raise click.ClickException(f"not an origin URL: {url!r}")
+    name = name or _remote_name(config, url)
+    db = _open_catalog(config)
+    try:
+        title = db.add_title(name, container="mpegts", origin_url=url, state="remote",
+                             now=time.time())
+    except CatalogError as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        db.close()
+    if as_json:
+        click.echo(json.dumps(_title_dict(title), indent=2))
+    else:
+        click.echo(f"added {title.name}: remote, fetched from {url} when first played "
+                   f"(or: kvod cache prefetch {title.name})")
+
+
 @catalog.command("add")
-@click.argument("path", type=click.Path(dir_okay=False))
-@click.option("--name", help="Title name (the RTSP path); default: the file name without extension.")
+@click.argument("path")
+@click.option("--name", help="Title name (the RTSP path); default: the file name without "
+                             "extension, or for a URL its path below the origin.")
 @click.option("--json", "as_json", is_flag=True, help="Print the new title as JSON.")
 @click.pass_context
 def catalog_add(ctx: click.Context, path: str, name: str | None, as_json: bool) -> None:
-    """Index a media file and add it as a title."""
+    """Index a media file and add it as a title, or register an origin URL
+    (http://, https://, file://) as a remote title without fetching it."""
     from appliance.ingest import IngestError, ingest_file
+    if path.lower().startswith(("http://", "https://", "file://")):
+        _add_remote(ctx, path, name, as_json)
+        return
+    if os.path.isdir(path):
+        raise click.ClickException(f"{path}: is a folder, not a media file")
     config = _config(ctx)
     name = name or os.path.splitext(os.path.basename(path))[0]
     db = _open_catalog(config)
@@ -277,12 +315,78 @@ def status(ctx: click.Context, as_json: bool) -> None:
                        f"{stream.get('late_5ms', 0):>8} {stream.get('strategy', '-')}")
 
 
+def _register_cache_commands() -> None:
+    from appliance.cache_cli import cache
+    cli.add_command(cache)
+
+
+_register_cache_commands()
+
+
 @cli.group()
 def bench() -> None:
     """Measure the data path."""
 
 
 add_bench_commands(bench)
+
+
+@bench.command("proxy")
+@click.option("--misses", default=50, show_default=True, help="Uncached titles timed.")
+@click.option("--viewers", default=4, show_default=True,
+              help="Viewers of one uncached title at once.")
+@click.option("--bitrate", default="4M", show_default=True, help="Bit rate of the titles.")
+@click.option("--big-mb", default=150, show_default=True,
+              help="Size of the title filled for throughput (MB, at 20 Mb/s).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def bench_proxy(misses: int, viewers: int, bitrate: str, big_mb: int, as_json: bool) -> None:
+    """Miss -> first packet latency, shared fills, fill throughput (local nginx origin)."""
+    from appliance.bench_proxy import run_proxy
+    from rtpengine.bench_media import bench_title
+    media = bench_title(bitrate=bitrate, seconds=20)
+    big = bench_title(bitrate="20M", seconds=max(10, big_mb * 8 // 20))
+    with _fraction_bar("proxy") as progress:
+        result = run_proxy(media, big, misses=misses, viewers=viewers, progress=progress)
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    m, h = result["miss_describe_to_first_rtp_ms"], result["hit_describe_to_first_rtp_ms"]
+    click.echo(f"miss DESCRIBE -> first RTP over {misses} titles: p50 {m['p50']:.2f} ms  "
+               f"p99 {m['p99']:.2f} ms (goal p99 <= 50 ms)")
+    click.echo(f"hit  DESCRIBE -> first RTP:                  p50 {h['p50']:.2f} ms  "
+               f"p99 {h['p99']:.2f} ms")
+    s, f = result["shared_fill"], result["fill"]
+    click.echo(f"{s['viewers']} viewers of one uncached title: "
+               f"{s['origin_bytes_per_title_byte']:.4f} origin bytes per title byte")
+    click.echo(f"fill of {f['title_bytes'] / 1e6:.0f} MB: {f['fill_mb_per_s']:.1f} MB/s "
+               f"(the origin read plainly: {f['origin_read_mb_per_s']:.1f} MB/s), "
+               f"{f['origin_bytes_per_title_byte']:.4f} origin bytes per title byte")
+
+
+@bench.command("cache")
+@click.option("--titles", default=500, show_default=True)
+@click.option("--requests", default=20000, show_default=True)
+@click.option("--alpha", default=0.8, show_default=True, help="Zipf exponent.")
+@click.option("--cache-fraction", default=0.10, show_default=True,
+              help="Cache size as a share of the library's bytes.")
+@click.option("--keep-fraction", default=0.0, show_default=True,
+              help="Share of each title tail eviction keeps.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def bench_cache(titles: int, requests: int, alpha: float, cache_fraction: float,
+                keep_fraction: float, as_json: bool) -> None:
+    """Byte hit ratio of each eviction policy on a synthetic Zipf trace."""
+    from appliance.cache_sim import run
+    result = run(titles=titles, requests=requests, alpha=alpha,
+                 cache_fraction=cache_fraction, keep_fraction=keep_fraction)
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    click.echo(f"Zipf({alpha}) over {titles} titles, {requests} plays, cache at "
+               f"{cache_fraction:.0%} of the library ({_human_bytes(result['capacity_bytes'])})")
+    click.echo(f"{'policy':>7} {'byte hit ratio':>15} {'hit ratio':>10} {'evictions':>10}")
+    for name, p in result["policies"].items():
+        click.echo(f"{name:>7} {p['byte_hit_ratio']:>15.4f} {p['hit_ratio']:>10.4f} "
+                   f"{p['evictions']:>10}")
 
 
 def main() -> int:

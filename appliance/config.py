@@ -83,6 +83,43 @@ def _one_of(*choices: str) -> Callable[[object], str]:
     return parse
 
 
+_URL_SCHEMES = ("http://", "https://", "file:///")
+
+
+def _origin_urls(value: object) -> tuple[str, ...]:
+    # One URL or a list, tried in order. Each is a folder: a title's path is
+    # appended to it, so a missing trailing '/' is added.
+    expected = ("an origin URL (http://host/media/, https://..., file:///srv/media/) "
+                "or a list of them")
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)):
+        raise _Invalid(expected)
+    urls = []
+    for item in items:
+        if (not isinstance(item, str) or not item.lower().startswith(_URL_SCHEMES)
+                or any(ord(c) <= 32 or ord(c) == 127 for c in item)
+                or "?" in item or "#" in item):
+            raise _Invalid(expected)
+        urls.append(item if item.endswith("/") else item + "/")
+    return tuple(urls)
+
+
+def _non_negative_number(value: object) -> float:
+    if (isinstance(value, bool) or not isinstance(value, (int, float))
+            or not math.isfinite(value) or value < 0):
+        raise _Invalid("a number of seconds, 0 or more")
+    return float(value)
+
+
+def _byte_size_at_least(low: int) -> Callable[[object], int]:
+    def parse(value: object) -> int:
+        size = _byte_size(value)
+        if size < low:
+            raise _Invalid(f"a byte count of at least {low}")
+        return size
+    return parse
+
+
 _BYTE_UNITS = {
     "": 1, "b": 1,
     "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
@@ -216,6 +253,68 @@ class CacheConfig(_Section):
     max_bytes: int = _setting(
         0, _byte_size,
         "Cache quota in bytes, or a size like \"50GiB\" or \"500MB\"; 0 = no quota.")
+    policy: str = _setting(
+        "lru", _one_of("lru", "lfu", "gdsf"),
+        "Eviction policy: 'lru' (least recently used), 'lfu' (least frequently used) or "
+        "'gdsf' (size-aware: keeps small, popular titles).")
+    keep_prefix_seconds: float = _setting(
+        10.0, _non_negative_number,
+        "Eviction keeps this many seconds from the start of a title, so a later viewer "
+        "starts at once; 0 evicts whole titles.")
+    stall_timeout: float = _setting(
+        20.0, _positive_number,
+        "Seconds a viewer waits for bytes the fill has not brought before it gets a "
+        "clean end (RTCP BYE).")
+
+
+@dataclass(frozen=True)
+class OriginConfig(_Section):
+    """``[origin]``: where titles that are not cached come from."""
+
+    SECTION: ClassVar[str] = "origin"
+    DOC: ClassVar[str] = "The origin library that titles not in the cache are fetched from."
+
+    base_url: tuple[str, ...] = _setting(
+        (), _origin_urls,
+        "Origin folder URL (http://, https:// or file:///), or a list tried in order; "
+        "rtsp://kvod/PATH is fetched from BASE_URL + PATH. Empty: no origin.")
+    connect_timeout: float = _setting(
+        5.0, _positive_number, "Seconds to wait for a connection to the origin.")
+    read_timeout: float = _setting(
+        10.0, _positive_number,
+        "Seconds without a byte from the origin before a request is given up.")
+    retries: int = _setting(
+        6, _int_in(0, 1000, "an integer from 0 to 1000"),
+        "Retries of a failed request (with back-off) before the fill of a title stops.")
+    retry_delay: float = _setting(
+        0.5, _positive_number, "Seconds before the first retry; doubled for each next one.")
+    retry_max_delay: float = _setting(
+        10.0, _positive_number, "Longest wait between two retries, in seconds.")
+    chunk_bytes: int = _setting(
+        2**20, _byte_size_at_least(188 * 7),
+        "Bytes asked for in one Range request of a fill.")
+    probe_bytes: int = _setting(
+        256 * 2**10, _byte_size_at_least(188 * 7),
+        "Bytes fetched from the start of an unknown title on DESCRIBE (its PAT/PMT and "
+        "first seconds).")
+    tail_bytes: int = _setting(
+        64 * 2**10, _byte_size,
+        "Bytes fetched from the end of an unknown title on DESCRIBE, for its duration; "
+        "0 estimates it from the bit rate.")
+    max_fills: int = _setting(
+        4, _int_in(1, 10000, "an integer from 1 to 10000"), "Titles filled at once.")
+    requests_per_fill: int = _setting(
+        2, _int_in(1, 64, "an integer from 1 to 64"),
+        "Range requests in flight for one title.")
+    connections: int = _setting(
+        8, _int_in(1, 10000, "an integer from 1 to 10000"),
+        "Persistent connections kept open to each origin host.")
+
+    def _check(self) -> None:
+        if self.retry_max_delay < self.retry_delay:
+            raise ConfigError(
+                f"expected at least origin.retry_delay ({self.retry_delay}), "
+                f"got {self.retry_max_delay!r}", self.dotted("retry_max_delay"))
 
 
 @dataclass(frozen=True)
@@ -282,8 +381,8 @@ class AdminConfig(_Section):
 
 _SECTIONS: dict[str, type[_Section]] = {
     cls.SECTION: cls
-    for cls in (RtspConfig, RtcpConfig, CacheConfig, CatalogConfig, EngineConfig,
-                LogConfig, AdminConfig)
+    for cls in (RtspConfig, RtcpConfig, CacheConfig, OriginConfig, CatalogConfig,
+                EngineConfig, LogConfig, AdminConfig)
 }
 
 
@@ -294,6 +393,7 @@ class Config:
     rtsp: RtspConfig = field(default_factory=RtspConfig)
     rtcp: RtcpConfig = field(default_factory=RtcpConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
+    origin: OriginConfig = field(default_factory=OriginConfig)
     catalog: CatalogConfig = field(default_factory=CatalogConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
     log: LogConfig = field(default_factory=LogConfig)
@@ -373,6 +473,8 @@ def load_config(path: str | os.PathLike[str] | None) -> Config:
 
 
 def _toml_value(value: object) -> str:
+    if isinstance(value, (tuple, list)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     if isinstance(value, str):
         return '"' + "".join(_toml_char(c) for c in value) + '"'
     if isinstance(value, float):

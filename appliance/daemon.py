@@ -15,10 +15,13 @@ import time
 
 from twisted.application import service
 from twisted.internet import endpoints
-from twisted.internet.defer import gatherResults
+from twisted.internet.defer import Deferred, gatherResults
 
 from appliance.admin_http import admin_site
+from appliance.catalog_writer import CatalogWriter
 from appliance.config import Config
+from appliance.proxy_cache import ProxyCache
+from appliance.title_fill import FillSettings
 from appliance.rtsp_protocol import RtspFactory
 from appliance.rtsp_server import RtspServer
 from appliance.status import daemon_status
@@ -76,6 +79,29 @@ class SessionTimer(service.Service):
         return super().stopService()
 
 
+def make_cache(config: Config, reactor, catalog) -> ProxyCache:
+    """The proxy cache as ``config`` sets it up (the daemon's, or a CLI's own).
+
+    Fills record their ranges through a writer thread with its own catalog
+    connection; ``catalog`` (the caller's, used from the reactor thread)
+    leaves WAL checkpoints to that thread, so no commit here waits on one."""
+    origin = config.origin
+    catalog.db.execute("PRAGMA wal_autocheckpoint = 0")
+    return ProxyCache(
+        writer=CatalogWriter(reactor, config.catalog.path),
+        seek_timeout=config.cache.stall_timeout,
+        reactor=reactor, catalog=catalog, cache_dir=config.cache.dir,
+        base_urls=origin.base_url, max_fills=origin.max_fills,
+        connect_timeout=origin.connect_timeout, read_timeout=origin.read_timeout,
+        connections=origin.connections, max_bytes=config.cache.max_bytes,
+        policy=config.cache.policy, keep_prefix_seconds=config.cache.keep_prefix_seconds,
+        settings=FillSettings(
+            chunk_bytes=origin.chunk_bytes, requests_per_fill=origin.requests_per_fill,
+            retries=origin.retries, retry_delay=origin.retry_delay,
+            retry_max_delay=origin.retry_max_delay, probe_bytes=origin.probe_bytes,
+            tail_bytes=origin.tail_bytes))
+
+
 class KvodService(service.MultiService):
     """The daemon: catalog, engine, media backend, RTSP listener, timers."""
 
@@ -84,6 +110,7 @@ class KvodService(service.MultiService):
         self.config = config
         self.reactor = reactor
         self.catalog = open_catalog(config.catalog.path)
+        self.cache = make_cache(config, reactor, self.catalog)
         # KVOD_ENGINE_REFUSE=udp_segment,zerocopy,io_uring makes the engine act
         # as if the kernel refused those features: how tests show the fallback.
         refuse = [f for f in os.environ.get("KVOD_ENGINE_REFUSE", "").split(",") if f]
@@ -98,15 +125,17 @@ class KvodService(service.MultiService):
             port_min=config.rtsp.rtp_port_min, port_max=config.rtsp.rtp_port_max,
             sr_interval=config.rtcp.sr_interval,
             cname=f"kvod@{socket.gethostname()}",
-            on_alive=lambda session_id: self.server.touch(session_id, time.monotonic()))
+            on_alive=lambda session_id: self.server.touch(session_id, time.monotonic()),
+            fill_for=self.cache.fill_for, stall_timeout=config.cache.stall_timeout)
+        self.cache.in_use = self.media.playing
         self.server = RtspServer(titles=self.catalog, media=self.media,
                                  session_timeout=config.rtsp.session_timeout,
                                  max_sessions=config.rtsp.max_sessions,
-                                 server_name=config.rtsp.server_name)
+                                 server_name=config.rtsp.server_name, cache=self.cache)
         self.timer = SessionTimer(self.server, reactor)
         self.timer.setServiceParent(self)
         self.factory = RtspFactory(self.server, max_connections=config.rtsp.max_connections,
-                                   on_request=self.timer.rearm)
+                                   on_request=self.timer.rearm, cache=self.cache)
         self.exit_code = 0
         self.started = time.time()
         self.endpoint = endpoints.serverFromString(reactor, config.rtsp.listen)
@@ -121,10 +150,11 @@ class KvodService(service.MultiService):
     def startService(self) -> None:  # noqa: N802 (Twisted API)
         super().startService()
         self.media.start()
+        self.cache.resume_all()
         rtsp = self.endpoint.listen(self.factory)
         rtsp.addCallback(self._set_port, "port")
         rtsp.addErrback(self._listen_failed, "RTSP", self.config.rtsp.listen)
-        admin = self.admin_endpoint.listen(admin_site(self.status))
+        admin = self.admin_endpoint.listen(admin_site(self.status, self.cache))
         admin.addCallback(self._set_port, "admin_port")
         admin.addErrback(self._listen_failed, "admin HTTP", self.config.admin.listen)
         # READY only once every port listens (STYLE.md: Type=notify)
@@ -158,6 +188,8 @@ class KvodService(service.MultiService):
                 port.stopListening()
                 setattr(self, attr, None)
         d = super().stopService()
+        d.addBoth(lambda result: Deferred.fromCoroutine(self.cache.stop()).addBoth(
+            lambda _: result))
 
         def _release(result):
             self.engine.close()

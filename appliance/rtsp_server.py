@@ -47,6 +47,17 @@ NOT_ALLOWED_METHODS = ("ANNOUNCE", "RECORD", "REDIRECT")
 TRACK_PREFIX = "trackID="
 
 
+@dataclass(frozen=True)
+class NeedTitle:
+    """The answer to a request waits until title ``name`` is prepared (its
+    origin probed, its fill started): the adapter awaits the cache's
+    ``prepare(name)``, then hands the same request in again with
+    ``prepared=True``, or answers with :meth:`RtspServer.error_response`."""
+
+    name: str
+    npt_ns: int | None = None   # a PLAY ahead of the fill: make this time playable
+
+
 class RtspFailure(Exception):
     """Ends one request with ``status``; the message goes to the log."""
 
@@ -104,24 +115,46 @@ class RtspServer:
     """Answers RTSP requests and keeps the sessions they create."""
 
     def __init__(self, *, titles, media: MediaBackend, session_timeout: float = 60.0,
-                 max_sessions: int = 1000, server_name: str = "kvod"):
+                 max_sessions: int = 1000, server_name: str = "kvod", cache=None):
+        """``titles`` is the catalog (``get_title``, ``record_hit``); ``cache``,
+        if given, also says which titles are servable while they fill
+        (``servable(title)``) and which may be fetched (``can_fetch(name, title)``)."""
         self._titles = titles
+        self._cache = cache
         self._media = media
         self.session_timeout = session_timeout
         self.max_sessions = max_sessions
         self.server_name = server_name
         self.sessions: dict[str, Session] = {}
+        self._prepared = False
 
     # -- the entry points ---------------------------------------------------
 
-    def handle_request(self, request: Request, *, peer_host: str, now: float) -> Response:
-        """The response to ``request`` from a client at ``peer_host``."""
+    def handle_request(self, request: Request, *, peer_host: str, now: float,
+                       prepared: bool = False) -> Response | NeedTitle:
+        """The response to ``request`` from a client at ``peer_host``, or
+        :class:`NeedTitle` when the title must be fetched first (``prepared``:
+        it was, as far as it could be)."""
         try:
+            self._prepared = prepared
             return self._dispatch(request, peer_host, now)
+        except _NeedTitle as need:
+            return NeedTitle(need.name, need.npt_ns)
         except RtspFailure as exc:
             log.info("%s %s from %s: %d %s", request.method, request.target,
                      peer_host, exc.status, exc)
             return self._reply(request, exc.status, headers=exc.headers)
+        except Exception:
+            # A bug must end this request, not the connection or the daemon.
+            log.exception("%s %s from %s failed", request.method, request.target, peer_host)
+            return self._reply(request, 500)
+        finally:
+            self._prepared = False
+
+    def error_response(self, request: Request, status: int, message: str) -> Response:
+        """The answer to a request whose title could not be prepared."""
+        log.info("%s %s: %d %s", request.method, request.target, status, message)
+        return self._reply(request, status)
 
     def touch(self, session_id: str, now: float) -> None:
         """Note a sign of life (e.g. an RTCP receiver report) for a session."""
@@ -193,7 +226,7 @@ class RtspServer:
             raise RtspFailure(406, f"only application/sdp, not {accept!r}")
         url = parse_title_url(req.target)
         title = self._title(url.name)
-        self._titles.record_hit(title.name, now=now)
+        (self._cache or self._titles).record_hit(title.name, now=now)
         media = [SdpMedia(kind=_sdp_kind(t.media_type), payload_type=t.payload_type,
                           encoding=t.codec, clock_rate=t.clock_rate, fmtp=t.fmtp,
                           control=f"{TRACK_PREFIX}{t.track_index}")
@@ -201,7 +234,10 @@ class RtspServer:
         host = urlsplit(req.target).hostname or "0.0.0.0"
         sdp = build_sdp(session_name=title.name, origin_address=host,
                         session_id=title.id, session_version=int(title.created),
-                        duration_s=(title.duration_ns or 0) / 1e9 or None, media=media)
+                        # a filling title's length is an estimate until the fill
+                        # ends; a player clips at a range end that is too short
+                        duration_s=((title.duration_ns or 0) / 1e9 or None)
+                        if title.state == "complete" else None, media=media)
         return self._reply(req, 200, body=sdp.encode(),
                            headers=(("Content-Type", "application/sdp"),
                                     ("Content-Base", url.base)))
@@ -287,9 +323,14 @@ class RtspServer:
                 raise RtspFailure(457, f"bad Range {value!r}: {exc}") from None
             if rng.start is not None:
                 npt_ns = int(rng.start * 1e9)
-                if npt_ns > first.duration_ns:
+                if first.duration_ns and npt_ns > first.duration_ns:
                     raise RtspFailure(457, f"Range starts at {rng.start}s, "
                                            f"past the end ({first.duration_ns / 1e9:.3f}s)")
+        if npt_ns is not None and not self._prepared and any(
+                getattr(stream, "needs_seek", lambda _: False)(npt_ns)
+                for _, stream in streams):
+            # ahead of a running fill: its bytes are fetched first, then PLAY answers
+            raise _NeedTitle(session.title_name, npt_ns)
         if npt_ns is None and session.state is SessionState.PLAYING:
             # PLAY while playing without a new position changes nothing.
             start_ns = first.position_ns()
@@ -309,7 +350,9 @@ class RtspServer:
                 base = title_base_url(urlsplit(req.target).netloc, session.title_name)
                 infos.append((f"{base}{TRACK_PREFIX}{index}",
                               start.seq, start.rtptime))
-        headers = [("Range", format_range(start_ns / 1e9, first.duration_ns / 1e9))]
+        end = first.duration_ns / 1e9 if first.duration_ns else None
+        headers = [("Range", format_range(start_ns / 1e9, max(end, start_ns / 1e9)
+                                          if end is not None else None))]
         if infos:
             headers.append(("RTP-Info", format_rtp_info(infos)))
         log.info("session %s: PLAY %s from %.3f s", session.id, session.title_name,
@@ -330,11 +373,16 @@ class RtspServer:
 
     def _title(self, name: str):
         title = self._titles.get_title(name)
+        cache = self._cache
+        if title is not None and title.tracks and (
+                title.state == "complete" if cache is None else cache.servable(title)):
+            return title
+        if cache is not None and not self._prepared and cache.can_fetch(name, title):
+            raise _NeedTitle(name)
         if title is None:
             raise RtspFailure(404, f"no title {name!r}")
-        if title.state != "complete" or not title.tracks:
-            raise RtspFailure(404, f"title {name!r} is not ready ({title.state})")
-        return title
+        raise RtspFailure(404 if cache is None else 503,
+                          f"title {name!r} is not ready ({title.state})")
 
     def _session_id(self, req: Request) -> str | None:
         value = req.headers.get("Session")
@@ -383,6 +431,13 @@ class RtspServer:
         if session is not None:
             extra.append(("Session", format_session(session.id, int(self.session_timeout))))
         return response_for(req, status, headers=tuple(extra) + tuple(headers), body=body)
+
+
+class _NeedTitle(Exception):
+    def __init__(self, name: str, npt_ns: int | None = None):
+        super().__init__(name)
+        self.name = name
+        self.npt_ns = npt_ns
 
 
 def _sdp_kind(media_type: str) -> str:

@@ -9,6 +9,7 @@ nothing per packet; it polls the engine's counters once a second.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import socket
@@ -20,6 +21,7 @@ from twisted.internet.protocol import DatagramProtocol
 from twisted.internet.task import LoopingCall
 
 from appliance.client_quirks import NO_QUIRKS, ClientQuirks
+from appliance.title_fill import HintUpdate
 from appliance.media_ports import MediaUnavailable, PlayStart
 from rtpengine import rtcp
 from rtpengine.engine import Engine, EngineError
@@ -64,6 +66,7 @@ class UdpMediaStream:
         self.backend = backend
         self.session_id = session_id
         self.label = f"{session_id}/{track.track_index}"
+        self.title_name = title.name
         self.client_host = client_host
         self.client_ports = client_ports
         self.ssrc = random_ssrc()
@@ -73,8 +76,18 @@ class UdpMediaStream:
         self.quirks = quirks
         self.media_path = title.media_path
         self.payload_type = track.payload_type
-        self.hints = HintFile(track.hint_path)
-        self.duration_ns = title.duration_ns or self.hints.header.duration_ns
+        # a title still filling: hints that grow, and the fill to listen to
+        self.fill = backend.fill_for(title.name) if title.state != "complete" else None
+        update = self.fill.hints() if self.fill is not None else HintUpdate(
+            track.hint_path, None, False)
+        self.hints = HintFile(update.path, record_count=update.count)
+        self.main_hint_path = update.path
+        self.segment = None
+        # 0 (unknown) while the title fills: its duration is only an estimate
+        self.duration_ns = (title.duration_ns or self.hints.header.duration_ns
+                            if self.fill is None else 0)
+        self.waiting_since: float | None = None
+        self.fill_error = None
         self.loss_fraction = 0.0
         self.cumulative_lost = 0
         self.jitter = 0
@@ -87,15 +100,22 @@ class UdpMediaStream:
             self._bind_ports()
             media_fd = os.open(title.media_path, os.O_RDONLY | os.O_CLOEXEC)
             try:
-                hint_fd = os.open(track.hint_path, os.O_RDONLY | os.O_CLOEXEC)
+                hint_fd = os.open(update.path, os.O_RDONLY | os.O_CLOEXEC)
                 try:
+                    # only a filling title asks for growing hints, which
+                    # not every engine backend has (krtp has not)
+                    growing = {"growing": True} if update.growing else {}
                     self._stream = backend.engine.open_stream(
                         self._rtp_sock.fileno(), media_fd, hint_fd,
-                        ssrc=self.ssrc, seq0=self.seq0, ts0=self.ts0)
+                        ssrc=self.ssrc, seq0=self.seq0, ts0=self.ts0, **growing)
+                    if update.count is not None:
+                        self._stream.set_hints(hint_fd, update.count, growing=update.growing)
                 finally:
                     os.close(hint_fd)
             finally:
                 os.close(media_fd)
+            if self.fill is not None:
+                self.fill.attach(self)
         except BaseException:
             self.close()
             raise
@@ -125,9 +145,50 @@ class UdpMediaStream:
 
     # -- MediaStream ----------------------------------------------------------
 
+    def needs_seek(self, npt_ns: int) -> bool:
+        """Whether starting at ``npt_ns`` must wait for the fill (ahead of it)."""
+        fill = self.fill
+        return (fill is not None and not fill.covered(npt_ns)
+                and fill.segment_for(npt_ns) is None)
+
     def keyframe_at_or_before(self, npt_ns: int) -> tuple[int, int]:
+        fill = self.fill
+        if fill is not None:
+            # the hints that reach npt: the main ones, or a seek segment's
+            target = None if fill.covered(npt_ns) else fill.segment_for(npt_ns)
+            if target is not self.segment:
+                self._switch_hints(target, fill)
+        if not len(self.hints):
+            return 0, 0
         index = self.hints.keyframe_at_or_before(npt_ns)
         return index, self.hints.record(index).send_ns
+
+    def _switch_hints(self, segment, fill) -> None:
+        """Send from the main hints (``segment`` None) or a seek segment's,
+        positioned by the play() that follows."""
+        update = fill.hints() if segment is None else HintUpdate(
+            segment.path, segment.hints.count, True)
+        try:
+            self._apply(update, restart=True)
+        except (EngineError, OSError, ValueError) as exc:
+            log.error("stream %s: cannot move to %s: %s", self.label, update.path, exc)
+            return
+        if self.segment is not None:
+            fill.release(self.segment)
+        if segment is not None:
+            segment.users += 1
+        self.segment = segment
+
+    def _apply(self, update: HintUpdate, *, remap: bool = False, restart: bool = False) -> None:
+        fd = os.open(update.path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            self._stream.set_hints(fd, update.count, growing=update.growing, remap=remap,
+                                   restart=restart)
+        finally:
+            os.close(fd)
+        hints = HintFile(update.path, record_count=update.count)
+        self.hints.close()
+        self.hints = hints
 
     def position_ns(self) -> int:
         index = self._stream.stats().next_record
@@ -139,10 +200,13 @@ class UdpMediaStream:
         stats = self._stream.stats()
         first = stats.next_record if record is None else record
         first = min(first, len(self.hints) - 1)
-        rec = self.hints.record(first)
+        # a title whose first records are still to come starts at time 0
+        rec = self.hints.record(first) if first >= 0 else None
         # Dropped packets used up their sequence numbers, as network loss would.
         start = PlayStart(seq=seq_add(self.seq0, stats.packets_sent + stats.packets_dropped),
-                          rtptime=ts_add(self.ts0, rec.rtp_ts), npt_ns=rec.send_ns)
+                          rtptime=ts_add(self.ts0, rec.rtp_ts if rec else 0),
+                          npt_ns=rec.send_ns if rec else 0)
+        self.waiting_since = None
         self._cancel_bye()
         self._stream.play(start_record=record)
         self.bye_sent = False
@@ -159,7 +223,69 @@ class UdpMediaStream:
             self._bye_call.cancel()
         self._bye_call = None
 
+    # -- FillListener: the fill of a title this stream plays ------------------------
+
+    def hints_grew(self, update: HintUpdate) -> None:
+        """More records: hand them to the engine and to the seek table. A
+        stream on a seek segment moves to the main hints once they reach
+        where it is (the engine refuses them until then)."""
+        if self._stream is None:
+            return
+        segment = self.segment
+        if segment is not None and update.path != segment.path:
+            if update.path != self.hints_path_main():
+                return
+            try:
+                self._apply(update, remap=True)
+            except EngineError as exc:
+                if exc.errno != errno.ERANGE:
+                    log.error("stream %s: main hints refused: %s", self.label, exc)
+                return  # not there yet
+            except (OSError, ValueError) as exc:
+                log.error("stream %s: main hints refused: %s", self.label, exc)
+                return
+            self.segment = None
+            if self.fill is not None:
+                self.fill.release(segment)
+            log.info("stream %s: caught up with the fill's main hints", self.label)
+            return
+        if segment is None and update.path != self.hints_path_main():
+            return  # another viewer's seek segment
+        try:
+            self._apply(update)
+        except (EngineError, OSError, ValueError) as exc:
+            log.error("stream %s: new hints of %s refused: %s", self.label, update.path, exc)
+            return
+        if not update.growing and not self.duration_ns:
+            self.duration_ns = self.hints.header.duration_ns
+
+    def hints_path_main(self) -> str:
+        """The title's own hint file."""
+        return self.main_hint_path
+
+    def fill_stopped(self, error) -> None:
+        """The fill gave up: a stream waiting for bytes ends at the next tick."""
+        self.fill_error = error
+
+    def title_changed(self) -> None:
+        """What this stream sent belongs to an old version: end it now."""
+        log.warning("stream %s: the title changed at the origin; ending the stream",
+                    self.label)
+        self._end_early()
+
+    def _end_early(self) -> None:
+        if self._stream is None or self.bye_sent:
+            return
+        self._stream.pause()
+        self._send_rtcp(bye=True)
+
     def close(self) -> None:
+        if self.fill is not None:
+            self.fill.detach(self)
+            if self.segment is not None:
+                self.fill.release(self.segment)
+                self.segment = None
+            self.fill = None
         self._cancel_bye()
         if self._stream is not None:
             try:
@@ -206,10 +332,24 @@ class UdpMediaStream:
         self.backend.on_alive(self.session_id)
 
     def tick(self) -> None:
-        """Once a second: BYE when the track has ended."""
+        """Once a second: BYE when the track has ended, or when it has waited
+        for bytes longer than the stall timeout (or for a fill that stopped)."""
         if self._stream is None or self.bye_sent:
             return
-        if self._stream.stats().state != "ended" or self._bye_call is not None:
+        state = self._stream.stats().state
+        if state == "waiting":
+            now = time.monotonic()
+            if self.waiting_since is None:
+                self.waiting_since = now
+            if self.fill_error is not None or \
+                    now - self.waiting_since >= self.backend.stall_timeout:
+                why = self.fill_error or f"no bytes for {now - self.waiting_since:.0f} s"
+                log.warning("stream %s: waited for bytes that did not come (%s); ending it "
+                            "with BYE", self.label, why)
+                self._end_early()
+            return
+        self.waiting_since = None
+        if state != "ended" or self._bye_call is not None:
             return
         delay = 0.0
         if self.quirks.flush_pes_at_end and self._send_flush_trailer():
@@ -276,8 +416,12 @@ class UdpMediaBackend:
 
     def __init__(self, *, engine: Engine, reactor, port_min: int, port_max: int,
                  sr_interval: float, cname: str,
-                 on_alive: Callable[[str], None] = lambda session_id: None):
+                 on_alive: Callable[[str], None] = lambda session_id: None,
+                 fill_for: Callable[[str], object] = lambda name: None,
+                 stall_timeout: float = 20.0):
         self.engine = engine
+        self.fill_for = fill_for
+        self.stall_timeout = stall_timeout
         self.reactor = reactor
         self.port_min = port_min - port_min % 2
         self.port_max = port_max
@@ -317,6 +461,10 @@ class UdpMediaBackend:
 
     def forget(self, stream: UdpMediaStream) -> None:
         self.streams.discard(stream)
+
+    def playing(self, name: str) -> bool:
+        """Whether a stream of title ``name`` is open (it must not be evicted)."""
+        return any(s.title_name == name for s in self.streams)
 
     def port_candidates(self):
         """Even RTP ports to try, round-robin from where the last one was found."""

@@ -4,6 +4,8 @@ No Twisted here and nothing else of kvod's: the daemon, the CLI and the
 tests all use this package the same way.
 """
 
+from catalog.cache_entries import (CacheEntry, cache_entries, get_meta, keep_cached_below,
+                                   set_meta, set_priority)
 from catalog.db import (
     CatalogError,
     InvalidTitleName,
@@ -23,6 +25,12 @@ from catalog.titles import (
 )
 
 __all__ = [
+    "CacheEntry",
+    "cache_entries",
+    "get_meta",
+    "keep_cached_below",
+    "set_meta",
+    "set_priority",
     "MIGRATIONS",
     "STATES",
     "Catalog",

@@ -91,8 +91,24 @@ def _create_titles_tracks_ranges(db: Database) -> None:
     db["titles"].create_index(["last_access"])
 
 
+def _create_cache_meta(db: Database) -> None:
+    # Small numbers the cache keeps across restarts (the size-aware
+    # eviction policy's inflation value), one row per key.
+    db.execute(
+        """
+        CREATE TABLE cache_meta (
+            key TEXT PRIMARY KEY,
+            value REAL NOT NULL
+        )
+        """
+    )
+    # The size-aware policy's rank of a title, set when it is played.
+    db.execute("ALTER TABLE titles ADD COLUMN cache_priority REAL NOT NULL DEFAULT 0")
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "create_titles_tracks_ranges", _create_titles_tracks_ranges),
+    Migration(2, "create_cache_meta", _create_cache_meta),
 )
 
 

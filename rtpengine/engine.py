@@ -133,7 +133,7 @@ def _engine_stats(ptr) -> dict[str, int]:
 
 def _stream_open(ptr, sock_fd: int, media_fd: int, hint_fd: int, *,
                  ssrc: int, seq0: int, ts0: int, payload_type: int,
-                 dest: Optional[tuple] = None) -> int:
+                 dest: Optional[tuple] = None, flags: int = 0) -> int:
     p = ffi.new("struct kvod_stream_params *")
     p.sock_fd, p.media_fd, p.hint_fd = sock_fd, media_fd, hint_fd
     p.ssrc, p.seq0, p.ts0 = ssrc, seq0, ts0
@@ -142,6 +142,7 @@ def _stream_open(ptr, sock_fd: int, media_fd: int, hint_fd: int, *,
         family, port, addr, scope = dest
         p.dest_family, p.dest_port, p.dest_scope = family, port, scope
         ffi.memmove(p.dest_addr, addr, len(addr))
+    p.flags = flags
     return _check(lib.kvod_stream_open(ptr, p), "open stream")
 
 
@@ -157,6 +158,11 @@ def _stream_pause(ptr, sid: int) -> None:
 def _stream_set_fill_limit(ptr, sid: int, limit: int) -> None:
     _check(lib.kvod_stream_set_fill_limit(ptr, sid, limit),
            f"fill limit of stream {sid}")
+
+
+def _stream_set_hints(ptr, sid: int, hint_fd: int, record_count: int, flags: int) -> None:
+    _check(lib.kvod_stream_set_hints(ptr, sid, hint_fd, record_count, flags),
+           f"hints of stream {sid}")
 
 
 def _stream_stats(ptr, sid: int):
@@ -350,7 +356,8 @@ class Engine:
     def open_stream(self, sock: FileLike, media: FileLike, hints: FileLike, *,
                     ssrc: int, seq0: int, ts0: int,
                     payload_type: Optional[int] = None,
-                    dest: Optional[tuple] = None) -> "Stream":
+                    dest: Optional[tuple] = None,
+                    growing: bool = False) -> "Stream":
         """Open a stream of the track ``hints`` (hint file) over ``media``.
 
         ``sock`` is a UDP socket connected to the client; the engine keeps
@@ -360,14 +367,17 @@ class Engine:
         shared socket go out together, many clients per system call.
         ``media`` and ``hints`` are mapped read-only and may be closed
         after the call. ``payload_type`` defaults to the hint header's.
-        The stream starts idle: call :meth:`Stream.play`.
+        ``growing`` says a fill is still adding records: at the last one the
+        stream waits for :meth:`Stream.set_hints` instead of ending. The
+        stream starts idle: call :meth:`Stream.play`.
         """
         args = dict(ssrc=_in_range(ssrc, 32, "ssrc"),
                     seq0=_in_range(seq0, 16, "seq0"),
                     ts0=_in_range(ts0, 32, "ts0"),
                     payload_type=(lib.KVOD_PT_FROM_HINT if payload_type is None
                                   else _in_range(payload_type, 7, "payload type")),
-                    dest=None if dest is None else _dest(dest))
+                    dest=None if dest is None else _dest(dest),
+                    flags=lib.KVOD_HINTS_GROWING if growing else 0)
         fds = (_fd(sock, "socket"), _fd(media, "media"), _fd(hints, "hints"))
         with self._use() as ptr:
             sid = _stream_open(ptr, *fds, **args)
@@ -431,6 +441,30 @@ class Stream:
         limit = _in_range(limit, 64, "fill limit")
         with self._use() as (ptr, sid):
             _stream_set_fill_limit(ptr, sid, limit)
+
+    def set_hints(self, hints: FileLike, record_count: Optional[int] = None, *,
+                  growing: bool = False, remap: bool = False, restart: bool = False) -> None:
+        """Send from other hint records: ``record_count`` of those in
+        ``hints`` (None: the header's count).
+
+        Without ``remap`` they must start with the records the stream had
+        (its hint file grew) and the stream keeps its place; with it, the
+        stream moves to the first record at or after the media offset it
+        was about to send (refused if the new records end before it); with
+        ``restart``, it goes back to the first record, for a :meth:`play` that
+        positions it (a seek). ``growing`` says more records will come. A
+        stream waiting at its last record resumes (the next record leaves
+        at once), or ends if no more will come. ``hints`` may be closed
+        after the call.
+        """
+        count = (lib.KVOD_RECORDS_FROM_HINT if record_count is None
+                 else _in_range(record_count, 63, "record count"))
+        flags = ((lib.KVOD_HINTS_GROWING if growing else 0)
+                 | (lib.KVOD_HINTS_REMAP if remap else 0)
+                 | (lib.KVOD_HINTS_RESTART if restart else 0))
+        fd = _fd(hints, "hints")
+        with self._use() as (ptr, sid):
+            _stream_set_hints(ptr, sid, fd, count, flags)
 
     def stats(self) -> StreamStats:
         """A snapshot of the stream's state and counters."""

@@ -9,6 +9,8 @@ fixed-size and read with ``struct`` because there is one per packet.
 from __future__ import annotations
 
 import bisect
+import contextlib
+import dataclasses
 import mmap
 import os
 import struct
@@ -164,14 +166,73 @@ def write_hint_file(path: str | os.PathLike, header: HintHeader, records: bytes)
         os.close(dfd)
 
 
+class GrowingHintFile:
+    """A hint file a fill extends while streams read it: records are only
+    ever appended, never rewritten, so a mapping of an earlier size stays
+    valid.
+
+    Its header says 0 records (a reader that does not know better sees an
+    empty track); readers are told the count: ``HintFile(path,
+    record_count=n)`` and ``Stream.set_hints(fd, n)``. When the track is
+    complete, :func:`write_hint_file` replaces it (a new file, renamed over
+    this one) with the true header. It is not fsync'd: after a crash it is
+    rebuilt from the media bytes known to be on disk.
+    """
+
+    def __init__(self, path: str | os.PathLike, clock_rate: int, payload_type: int) -> None:
+        self.path = os.fspath(path)
+        self.count = 0
+        header = HintHeader(clock_rate=clock_rate, payload_type=payload_type,
+                            record_count=0, duration_ns=0)
+        # complete before it is visible under its name
+        tmp = f"{self.path}.tmp.{os.getpid()}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND | os.O_CLOEXEC,
+                     0o644)
+        try:
+            os.write(fd, header.pack())
+            os.replace(tmp, self.path)
+        except BaseException:
+            os.close(fd)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+        self._fd: int | None = fd
+
+    def append(self, records: bytes) -> int:
+        """Add packed records at the end; returns the record count now."""
+        if len(records) % RECORD_SIZE:
+            raise HintError(f"{len(records)} bytes are not whole {RECORD_SIZE}-byte records")
+        if self._fd is None:
+            raise HintError(f"{self.path}: closed")
+        view = memoryview(records)
+        while view:
+            view = view[os.write(self._fd, view):]
+        self.count += len(records) // RECORD_SIZE
+        return self.count
+
+    def close(self) -> None:
+        """Stop appending (the file stays)."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> "GrowingHintFile":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 class HintFile:
     """A read-only mapping of a hint file, validated on open.
 
     Records are read lazily from the mapping; seeking is a binary search on
     ``send_ns`` so opening a long title costs nothing per packet.
+    ``record_count`` overrides the header's count (a
+    :class:`GrowingHintFile` whose appender knows the count).
     """
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, record_count: int | None = None):
         self.path = os.fspath(path)
         with open(self.path, "rb") as f:
             size = os.fstat(f.fileno()).st_size
@@ -180,6 +241,8 @@ class HintFile:
             self._map = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ)
         try:
             self.header = HintHeader.parse(self._map[:HEADER_SIZE])
+            if record_count is not None:
+                self.header = dataclasses.replace(self.header, record_count=record_count)
             want = HEADER_SIZE + self.header.record_count * RECORD_SIZE
             if size < want:
                 raise HintError(f"{self.path}: {size} bytes, header promises {want}")

@@ -310,18 +310,22 @@ class KrtpEngine:
 
     def open_stream(self, sock, media, hints, *, ssrc: int, seq0: int, ts0: int,
                     payload_type: Optional[int] = None,
-                    dest: Optional[tuple] = None) -> "KrtpStream":
+                    dest: Optional[tuple] = None, growing: bool = False) -> "KrtpStream":
         """Open a stream of the track ``hints`` over ``media``.
 
         ``sock`` is a UDP socket connected to the client; the module keeps
         its own reference, so the caller may close its copy, and so it may
         ``media`` and ``hints``. The stream starts idle: call ``play``.
         ``dest`` (an unconnected socket shared by many clients) is the
-        user-space engine's alone: the module refuses it.
+        user-space engine's alone: the module refuses it, and so hint files
+        a fill is still growing (``growing``).
         """
         if dest is not None:
             raise KrtpError(errno.EOPNOTSUPP, "krtp sends on connected sockets only "
                                               "(no shared-socket dest)")
+        if growing:
+            raise KrtpError(errno.EOPNOTSUPP, "krtp streams complete titles only "
+                                              "(this one is still filling)")
         ssrc = _in_range(ssrc, 32, "ssrc")
         seq0 = _in_range(seq0, 16, "seq0")
         ts0 = _in_range(ts0, 32, "ts0")

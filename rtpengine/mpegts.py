@@ -359,29 +359,40 @@ class _Scan:
         return ffi.buffer(self.ix.records, self.ix.record_count * RECORD_SIZE)
 
 
+def finished_index(program: TsProgram, scan: "_Scan", size: int, name: str) -> TsIndex:
+    """What a finished scan of the whole file found; MediaError if it cannot be timed."""
+    ix = scan.ix
+    if not ix.pcr_count:
+        raise MediaError(f"{name}: no PCR on the PCR PID {program.pcr_pid:#x}")
+    if not ix.end_ticks:
+        raise MediaError(f"{name}: the PCR on PID {program.pcr_pid:#x} never "
+                         f"advances ({ix.pcr_count} PCRs): the stream cannot be timed")
+    video = program.video
+    return TsIndex(
+        size=size, packets=ix.packets, records=ix.record_count,
+        duration_ns=ix.duration_ns,
+        bitrate=size * 8 * 1_000_000_000 // ix.duration_ns,
+        pcr_pid=program.pcr_pid, streams=program.streams,
+        video_pid=video.pid if video else None, keyframes=ix.keyframes,
+        discontinuities=ix.discontinuities)
+
+
+def write_index_hints(scan: "_Scan", hint_path, index: TsIndex) -> None:
+    """Write a finished scan's records as the track's hint file (atomically)."""
+    header = HintHeader(clock_rate=CLOCK_RATE, payload_type=PAYLOAD_TYPE_MP2T,
+                        record_count=index.records, duration_ns=index.duration_ns)
+    write_hint_file(hint_path, header, scan.records())
+
+
 def _index_mapped(mm, cbuf, size: int, name: str, hint_path) -> TsIndex:
     _check_framing(mm, size, name)
     program = find_program(mm, cbuf, size, name)
     with _Scan(program) as scan:
         scan.scan(mm, cbuf, 0, size, name)
         scan.finish()
-        ix = scan.ix
-        if not ix.pcr_count:
-            raise MediaError(f"{name}: no PCR on the PCR PID {program.pcr_pid:#x}")
-        if not ix.end_ticks:
-            raise MediaError(f"{name}: the PCR on PID {program.pcr_pid:#x} never "
-                             f"advances ({ix.pcr_count} PCRs): the stream cannot be timed")
-        header = HintHeader(clock_rate=CLOCK_RATE, payload_type=PAYLOAD_TYPE_MP2T,
-                            record_count=ix.record_count, duration_ns=ix.duration_ns)
-        write_hint_file(hint_path, header, scan.records())
-        video = program.video
-        return TsIndex(
-            size=size, packets=ix.packets, records=ix.record_count,
-            duration_ns=ix.duration_ns,
-            bitrate=size * 8 * 1_000_000_000 // ix.duration_ns,
-            pcr_pid=program.pcr_pid, streams=program.streams,
-            video_pid=video.pid if video else None, keyframes=ix.keyframes,
-            discontinuities=ix.discontinuities)
+        index = finished_index(program, scan, size, name)
+        write_index_hints(scan, hint_path, index)
+        return index
 
 
 def index_mpegts(media_path: str | os.PathLike, hint_path: str | os.PathLike) -> TsIndex:

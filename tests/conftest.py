@@ -29,3 +29,20 @@ def ts_file() -> str:
 def short_ts_file() -> str:
     """A 3 s title for tests that stream many copies at once."""
     return make_ts(seconds=3, size="320x240", video_bitrate="500k")
+
+
+@pytest.fixture
+def receivers():
+    """Make loopback RTP receivers (tests.test_engine.Receiver); all are
+    closed at the end of the test."""
+    from tests.test_engine import Receiver
+    made = []
+
+    def make():
+        r = Receiver()
+        made.append(r)
+        return r
+
+    yield make
+    for r in made:
+        r.close()

@@ -25,7 +25,8 @@ class KvodDaemon:
     """A config folder, a catalog, and ``kvod serve`` running on loopback."""
 
     def __init__(self, folder: str, *, session_timeout: float = 60, extra: str = "",
-                 env: dict | None = None):
+                 env: dict | None = None, cache: str = ""):
+        """``extra`` is TOML added at the end; ``cache`` more keys of ``[cache]``."""
         self.folder = folder
         self.env = dict(os.environ, **(env or {}))
         self.port = free_tcp_port()
@@ -36,7 +37,7 @@ class KvodDaemon:
             f.write(f'[rtsp]\nlisten = "tcp:{self.port}:interface=127.0.0.1"\n'
                     f"session_timeout = {session_timeout}\n"
                     f"rtp_port_min = {rtp_min}\nrtp_port_max = {rtp_min + 400}\n"
-                    f'[cache]\ndir = "cache"\n[catalog]\npath = "catalog.db"\n'
+                    f'[cache]\ndir = "cache"\n{cache}[catalog]\npath = "catalog.db"\n'
                     f'[log]\nlevel = "debug"\n'
                     f'[admin]\nlisten = "tcp:{self.admin_port}:interface=127.0.0.1"\n{extra}')
         self.log_path = os.path.join(folder, "kvod.log")
@@ -78,6 +79,15 @@ class KvodDaemon:
                 return f.read()
         except FileNotFoundError:
             return ""
+
+    def kill(self) -> None:
+        """SIGKILL: the daemon dies wherever it is, as in a crash."""
+        if self.proc is None:
+            return
+        self.proc.kill()
+        self.proc.wait()
+        self._log.close()
+        self.proc = None
 
     def stop(self, timeout: float = 10) -> int:
         """SIGTERM, wait, and return the exit code (SIGKILL if it hangs)."""

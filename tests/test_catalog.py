@@ -38,6 +38,8 @@ TS_TRACK = dict(
     clock_rate=90000, hint_path="/cache/a/0.hint", packets=1200,
 )
 
+LATEST = MIGRATIONS[-1].version
+
 
 def _add(cat: Catalog, name: str = "films/big-buck-bunny.ts", **kw) -> Title:
     kw.setdefault("container", "mpegts")
@@ -76,7 +78,7 @@ def test_memory_catalog_via_open_and_via_database():
     for cat in (open_catalog(None), Catalog(Database(memory=True))):
         with cat:
             assert cat.db.execute("PRAGMA foreign_keys").fetchone()[0] == 1
-            assert cat.schema_version() == 1
+            assert cat.schema_version() == LATEST
             _add(cat)
             assert [t.name for t in cat.list_titles()] == ["films/big-buck-bunny.ts"]
 
@@ -94,14 +96,14 @@ def test_a_file_that_is_not_a_database_is_a_clear_error(tmp_path):
 def test_migrations_apply_once_and_reopen_is_idempotent(tmp_path):
     path = tmp_path / "catalog.db"
     db = Database(path)
-    assert migrate(db) == [1]
+    assert migrate(db) == [m.version for m in MIGRATIONS]
     assert migrate(db) == []
     db.close()
     open_catalog(path).close()
     open_catalog(path).close()
     rows = sqlite3.connect(path).execute(
         "SELECT version, name FROM schema_migrations").fetchall()
-    assert rows == [(1, "create_titles_tracks_ranges")]
+    assert rows == [(1, "create_titles_tracks_ranges"), (2, "create_cache_meta")]
 
 
 def _create_then_fail(db: Database) -> None:
@@ -113,11 +115,12 @@ def _create_then_fail(db: Database) -> None:
 def test_failing_migration_leaves_neither_tables_nor_record(tmp_path):
     cat = open_catalog(tmp_path / "catalog.db")
     _add(cat)
-    steps = (*MIGRATIONS, Migration(2, "doomed", _create_then_fail))
-    with pytest.raises(CatalogError, match=r"migration 2 \(doomed\) failed: disk on fire"):
+    steps = (*MIGRATIONS, Migration(LATEST + 1, "doomed", _create_then_fail))
+    with pytest.raises(CatalogError,
+                       match=rf"migration {LATEST + 1} \(doomed\) failed: disk on fire"):
         migrate(cat.db, steps)
     assert "doomed" not in _tables(cat.db)
-    assert cat.schema_version() == 1
+    assert cat.schema_version() == LATEST
     assert cat.get_title("films/big-buck-bunny.ts") is not None
     assert not cat.db.conn.in_transaction
 
@@ -161,12 +164,12 @@ def test_a_crash_mid_migration_keeps_the_old_version(tmp_path):
         def die(db):
             db.execute("CREATE TABLE half_done (x INTEGER)")
             os._exit(3)
-        migrate(connect({str(path)!r}), (*MIGRATIONS, Migration(2, "die", die)))
+        migrate(connect({str(path)!r}), (*MIGRATIONS, Migration({LATEST + 1}, "die", die)))
     """)
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=30)
     assert proc.returncode == 3, proc.stderr
     with open_catalog(path) as cat:
-        assert cat.schema_version() == 1
+        assert cat.schema_version() == LATEST
         assert "half_done" not in _tables(cat.db)
 
 
@@ -181,7 +184,7 @@ def test_newer_schema_is_refused_and_left_untouched(tmp_path):
     assert hashlib.sha256(path.read_bytes()).hexdigest() == before
     versions = sqlite3.connect(path).execute(
         "SELECT version FROM schema_migrations ORDER BY version").fetchall()
-    assert versions == [(1,), (7,)]
+    assert versions == [(m.version,) for m in MIGRATIONS] + [(7,)]
 
 
 def test_migration_versions_must_increase():

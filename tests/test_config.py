@@ -39,6 +39,20 @@ def test_defaults():
     assert (config.engine.threads, config.engine.strategy) == (0, "auto")
     assert config.log.level == "info"
     assert config.admin.listen == "tcp:8555:interface=127.0.0.1"
+    assert (config.cache.policy, config.cache.keep_prefix_seconds,
+            config.cache.stall_timeout) == ("lru", 10.0, 20.0)
+    assert config.origin.base_url == ()
+    assert (config.origin.chunk_bytes, config.origin.probe_bytes,
+            config.origin.tail_bytes) == (2**20, 256 * 2**10, 64 * 2**10)
+    assert (config.origin.max_fills, config.origin.requests_per_fill,
+            config.origin.retries) == (4, 2, 6)
+
+
+def test_origin_urls_one_or_a_list():
+    one = Config.from_dict({"origin": {"base_url": "http://127.0.0.1:8080/media"}})
+    assert one.origin.base_url == ("http://127.0.0.1:8080/media/",)
+    many = Config.from_dict({"origin": {"base_url": ["https://a/x/", "file:///srv/media"]}})
+    assert many.origin.base_url == ("https://a/x/", "file:///srv/media/")
 
 
 def test_empty_file_gives_defaults(tmp_path):
@@ -112,6 +126,16 @@ def test_relative_paths_resolve_against_the_config_folder(tmp_path):
     ({"engine": {"strategy": "carrier-pigeon"}},
      "engine.strategy: expected one of 'auto', 'gso', 'sendmmsg', 'read_send_rtp'"),
     ({"log": {"level": "loud"}}, "log.level: expected one of 'debug', 'info'"),
+    ({"origin": {"base_url": "ftp://x/"}}, "origin.base_url: expected an origin URL"),
+    ({"origin": {"base_url": ["http://a/", 5]}}, "origin.base_url: expected an origin URL"),
+    ({"origin": {"base_url": "file://relative/path"}}, "origin.base_url: expected an origin"),
+    ({"origin": {"base_url": "http://a/b c/"}}, "origin.base_url: expected an origin URL"),
+    ({"origin": {"chunk_bytes": 100}}, "origin.chunk_bytes: expected a byte count of at least"),
+    ({"origin": {"retry_delay": 5, "retry_max_delay": 1}},
+     r"origin.retry_max_delay: expected at least origin.retry_delay \(5.0\)"),
+    ({"origin": {"max_fills": 0}}, "origin.max_fills: expected an integer from 1"),
+    ({"cache": {"policy": "random"}}, "cache.policy: expected one of 'lru', 'lfu', 'gdsf'"),
+    ({"cache": {"keep_prefix_seconds": -1}}, "cache.keep_prefix_seconds: expected a number"),
 ])
 def test_invalid_values_name_the_key(data, message):
     with pytest.raises(ConfigError, match="^" + message) as info:
@@ -184,7 +208,7 @@ def test_bad_byte_sizes(text):
 def test_dump_defaults_loads_back_as_the_defaults(tmp_path):
     text = dump_defaults()
     assert "# " in text  # documented, not bare
-    for section in ("rtsp", "rtcp", "cache", "catalog", "engine", "log", "admin"):
+    for section in ("rtsp", "rtcp", "cache", "origin", "catalog", "engine", "log", "admin"):
         assert f"\n[{section}]\n" in text
     assert load_config(_write(tmp_path, text)) == Config()
 
@@ -205,6 +229,7 @@ def test_dump_config_round_trips_any_valid_config(name, timeout, size, path):
     config = Config.from_dict({
         "rtsp": {"server_name": name, "session_timeout": timeout},
         "cache": {"max_bytes": size, "dir": path},
+        "origin": {"base_url": ["http://a/", "file:///b/"]},
     })
     assert Config.from_dict(tomllib.loads(dump_config(config))) == config
 

@@ -391,3 +391,16 @@ def test_setup_passes_client_quirks(client, media):
     client("SETUP", f"{BASE}/movie/trackID=0", ("User-Agent", "GStreamer/1.22.0"),
            ("Transport", "RTP/AVP;unicast;client_port=5000-5001"))
     assert not media.quirks.flush_pes_at_end
+
+
+def test_a_bug_in_a_handler_answers_500_and_keeps_the_session(catalog):
+    class BrokenMedia(MemoryMedia):
+        def open_stream(self, **kwargs):
+            raise TypeError("a bug")
+    server = RtspServer(titles=catalog, media=BrokenMedia())
+    client = Client(server)
+    resp = client("SETUP", f"{BASE}/movie/trackID=0",
+                  ("Transport", "RTP/AVP;unicast;client_port=5000-5001"))
+    assert resp.status == 500
+    assert not server.sessions
+    assert client("OPTIONS", "*").status == 200

@@ -24,20 +24,6 @@ PER_PACKET_CALLS = {"read_send_rtp": 2, "read_writev": 2, "mmap_writev": 1,
 
 
 @pytest.fixture
-def receivers():
-    made: list[Receiver] = []
-
-    def make() -> Receiver:
-        r = Receiver()
-        made.append(r)
-        return r
-
-    yield make
-    for r in made:
-        r.close()
-
-
-@pytest.fixture
 def ts_title(ts_file, tmp_path):
     size = os.path.getsize(ts_file)
     return ts_file, write_hints(tmp_path / "ts.hint", chunk_records(size, 10 * 10**9))

@@ -495,13 +495,26 @@ static int map_file(int fd, const char *what, const uint8_t **map,
 	return 0;
 }
 
-static int check_record(const struct kvod_stream *s, uint64_t k)
+/* A hint file's mapping and what its header says, once checked. */
+struct hint_view {
+	const uint8_t *hint;
+	uint64_t hint_size;
+	const struct kvod_hint_record *recs;
+	uint64_t nrec;
+	const uint8_t *blob;
+	uint64_t blob_off;
+	uint64_t blob_size;
+	int payload_type;
+};
+
+static int check_record(const struct hint_view *v, uint64_t media_size,
+			uint64_t k)
 {
-	const struct kvod_hint_record *r = &s->recs[k];
+	const struct kvod_hint_record *r = &v->recs[k];
 	uint64_t off = le64toh(r->offset);
 	uint32_t len = le32toh(r->length);
 	bool blob = le16toh(r->flags) & KRTP_REC_BLOB;
-	uint64_t size = blob ? s->blob_size : s->media_size;
+	uint64_t size = blob ? v->blob_size : media_size;
 
 	if (r->prefix_len > KRTP_HINT_PREFIX_MAX)
 		return kvod_fail(EBADMSG, "record %llu: prefix_len %u > %u",
@@ -520,17 +533,23 @@ static int check_record(const struct kvod_stream *s, uint64_t k)
 	return 0;
 }
 
-/* The header and every record, checked once; pacer.c checks again when
- * it sends, because the file may change under the mapping. */
-static int check_hint(struct kvod_stream *s, int want_pt)
+/*
+ * The header of the mapping in @v and its records from @check_from on
+ * (the earlier ones were checked before, in this same file); @want_count
+ * is KVOD_RECORDS_FROM_HINT or a count the file must hold. pacer.c checks
+ * every record again when it sends, because the file may change under the
+ * mapping.
+ */
+static int check_hint(struct hint_view *v, uint64_t media_size,
+		      uint64_t want_count, uint64_t check_from)
 {
 	struct krtp_hint_header h;
 	uint64_t count, room, blob_off, k;
 
-	if (s->hint_size < sizeof(h))
+	if (v->hint_size < sizeof(h))
 		return kvod_fail(EBADMSG, "hint file truncated: %llu bytes",
-				 (unsigned long long)s->hint_size);
-	memcpy(&h, s->hint, sizeof(h));
+				 (unsigned long long)v->hint_size);
+	memcpy(&h, v->hint, sizeof(h));
 	if (memcmp(h.magic, KRTP_HINT_MAGIC, sizeof(h.magic)))
 		return kvod_fail(EBADMSG, "not a hint file (bad magic)");
 	if (le16toh(h.version) != KRTP_HINT_VERSION)
@@ -542,38 +561,74 @@ static int check_hint(struct kvod_stream *s, int want_pt)
 				 le16toh(h.header_size),
 				 le16toh(h.record_size),
 				 KRTP_HINT_HEADER_SIZE, KRTP_HINT_RECORD_SIZE);
-	count = le64toh(h.record_count);
-	room = (s->hint_size - KRTP_HINT_HEADER_SIZE) / KRTP_HINT_RECORD_SIZE;
-	if (count > room)
-		return kvod_fail(EBADMSG,
-				 "hint header promises %llu records, the file holds %llu",
-				 (unsigned long long)count,
-				 (unsigned long long)room);
+	room = (v->hint_size - KRTP_HINT_HEADER_SIZE) / KRTP_HINT_RECORD_SIZE;
+	if (want_count == KVOD_RECORDS_FROM_HINT) {
+		count = le64toh(h.record_count);
+		if (count > room)
+			return kvod_fail(EBADMSG,
+					 "hint header promises %llu records, the file holds %llu",
+					 (unsigned long long)count,
+					 (unsigned long long)room);
+	} else {
+		count = want_count;
+		if (count > room)
+			return kvod_fail(EBADMSG,
+					 "%llu records asked for, the hint file holds %llu",
+					 (unsigned long long)count,
+					 (unsigned long long)room);
+	}
 	blob_off = le64toh(h.blob_offset);
-	s->blob_size = le64toh(h.blob_size);
-	if (blob_off > s->hint_size || s->blob_size > s->hint_size - blob_off)
+	v->blob_size = le64toh(h.blob_size);
+	if (blob_off > v->hint_size || v->blob_size > v->hint_size - blob_off)
 		return kvod_fail(EBADMSG,
 				 "hint blob area lies outside the file");
-	s->blob = s->blob_size ? s->hint + blob_off : NULL;
-	s->blob_off = blob_off;
-	s->recs = (const struct kvod_hint_record *)
-		  (s->hint + KRTP_HINT_HEADER_SIZE);
-	s->nrec = count;
+	v->blob = v->blob_size ? v->hint + blob_off : NULL;
+	v->blob_off = blob_off;
+	v->recs = (const struct kvod_hint_record *)
+		  (v->hint + KRTP_HINT_HEADER_SIZE);
+	v->nrec = count;
+	v->payload_type = h.payload_type;
 
-	if (want_pt == KVOD_PT_FROM_HINT)
-		want_pt = h.payload_type;
-	if (want_pt < 0 || want_pt > 127)
-		return kvod_fail(EINVAL, "payload type %d is not in 0..127",
-				 want_pt);
-	s->pt = want_pt;
-
-	for (k = 0; k < count; k++) {
-		int err = check_record(s, k);
+	for (k = check_from; k < count; k++) {
+		int err = check_record(v, media_size, k);
 
 		if (err)
 			return err;
 	}
 	return 0;
+}
+
+static int map_hint(int fd, struct hint_view *v, uint64_t *dev, uint64_t *ino)
+{
+	int err;
+
+	memset(v, 0, sizeof(*v));
+	err = map_file(fd, "hint", &v->hint, &v->hint_size);
+	if (err)
+		return err;
+	err = kvod_file_id(fd, dev, ino);
+	if (err) {
+		if (v->hint)
+			munmap((void *)v->hint, v->hint_size);
+		v->hint = NULL;
+		return kvod_fail(-err, "hint fd %d: %s", fd, strerror(-err));
+	}
+	return 0;
+}
+
+static void use_hint(struct kvod_stream *s, const struct hint_view *v,
+		     uint64_t dev, uint64_t ino)
+{
+	s->hint = v->hint;
+	s->hint_size = v->hint_size;
+	s->hint_dev = dev;
+	s->hint_ino = ino;
+	s->recs = v->recs;
+	s->nrec = v->nrec;
+	s->blob = v->blob;
+	s->blob_off = v->blob_off;
+	s->blob_size = v->blob_size;
+	s->next_due = 0;	/* the cached due time was of the old records */
 }
 
 /*
@@ -646,14 +701,16 @@ KVOD_API int kvod_stream_open(struct kvod_engine *e,
 {
 	struct kvod_stream *s;
 	struct kvod_pacer *pacer;
+	struct hint_view v;
+	uint64_t hint_dev, hint_ino;
 	uint32_t slot = 0;
 	uint64_t ino = 0;
-	int err, sock, domain = 0;
+	int err, sock, domain = 0, want_pt;
 	bool shared;
 
 	if (!e || !p)
 		return kvod_fail(EINVAL, "no engine or no parameters");
-	if (p->flags)
+	if (p->flags & ~KVOD_HINTS_GROWING)
 		return kvod_fail(EINVAL, "unknown flags 0x%x", p->flags);
 	shared = p->dest_family != 0;
 	s = calloc(1, sizeof(*s));
@@ -674,12 +731,24 @@ KVOD_API int kvod_stream_open(struct kvod_engine *e,
 	err = map_file(p->media_fd, "media", &s->media, &s->media_size);
 	if (err)
 		goto err_sock;
-	err = map_file(p->hint_fd, "hint", &s->hint, &s->hint_size);
+	err = map_hint(p->hint_fd, &v, &hint_dev, &hint_ino);
 	if (err)
 		goto err_sock;
-	err = check_hint(s, p->payload_type);
+	/* stream_free() unmaps it from here on */
+	use_hint(s, &v, hint_dev, hint_ino);
+	err = check_hint(&v, s->media_size, KVOD_RECORDS_FROM_HINT, 0);
 	if (err)
 		goto err_sock;
+	use_hint(s, &v, hint_dev, hint_ino);
+	want_pt = p->payload_type == KVOD_PT_FROM_HINT ? v.payload_type :
+							 p->payload_type;
+	if (want_pt < 0 || want_pt > 127) {
+		err = kvod_fail(EINVAL, "payload type %d is not in 0..127",
+				want_pt);
+		goto err_sock;
+	}
+	s->pt = (uint8_t)want_pt;
+	s->growing = p->flags & KVOD_HINTS_GROWING;
 	if (!kvod_is_mmsg_strategy(e->strategy)) {
 		/* the research's paths read or sendfile from the files */
 		s->media_fd = dup_file(p->media_fd, "media");
@@ -791,12 +860,13 @@ KVOD_API int kvod_stream_play(struct kvod_engine *e, int id,
 	s->retry_at = 0;
 	s->err_pending = false;
 	if (k == s->nrec) {
-		s->state = KVOD_STATE_ENDED;
+		kvod_stream_at_last_record(s);
 	} else {
 		send_ns = le64toh(s->recs[k].send_ns);
 		/* due(k) = start: the schedule keeps the hint's spacing */
 		s->t0 = (int64_t)((uint64_t)start_mono_ns - send_ns);
 		s->state = KVOD_STATE_PLAYING;
+		s->wait_end = false;
 		kvod_pacer_kick(s->pacer);
 	}
 	kvod_pacer_unlock(s->pacer);
@@ -817,6 +887,39 @@ KVOD_API int kvod_stream_pause(struct kvod_engine *e, int id)
 	return 0;
 }
 
+/*
+ * A waiting stream whose wait may be over (more fill, more records) plays
+ * on; with pacer->lock held.
+ */
+static void resume_waiting(struct kvod_stream *s)
+{
+	int64_t now;
+
+	if (s->state != KVOD_STATE_WAITING)
+		return;
+	if (s->next_record >= s->nrec) {
+		/* still at the last record: it ends unless more will come */
+		if (!s->growing) {
+			s->state = KVOD_STATE_ENDED;
+			s->wait_end = false;
+		}
+		return;
+	}
+	now = kvod_now_ns();
+	if (s->wait_end) {
+		/* the new record leaves now, the schedule goes on from it */
+		s->t0 = (int64_t)((uint64_t)now -
+				  le64toh(s->recs[s->next_record].send_ns));
+		s->wait_end = false;
+	} else if (!s->unpaced && now > s->blocked_due) {
+		/* shift the rest of the schedule by the wait: no late burst */
+		s->t0 = (int64_t)((uint64_t)s->t0 +
+				  (uint64_t)(now - s->blocked_due));
+	}
+	s->state = KVOD_STATE_PLAYING;
+	kvod_pacer_kick(s->pacer);
+}
+
 KVOD_API int kvod_stream_set_fill_limit(struct kvod_engine *e, int id,
 					uint64_t limit)
 {
@@ -827,18 +930,147 @@ KVOD_API int kvod_stream_set_fill_limit(struct kvod_engine *e, int id,
 	if (!s)
 		return err;
 	s->fill_limit = limit;
-	if (s->state == KVOD_STATE_WAITING) {
-		int64_t now = kvod_now_ns();
-		int64_t waited = now - s->blocked_due;
-
-		/* shift the rest of the schedule by the wait: no late burst */
-		if (!s->unpaced && waited > 0)
-			s->t0 = (int64_t)((uint64_t)s->t0 + (uint64_t)waited);
-		s->state = KVOD_STATE_PLAYING;
-		kvod_pacer_kick(s->pacer);
-	}
+	resume_waiting(s);
 	kvod_pacer_unlock(s->pacer);
 	return 0;
+}
+
+/*
+ * The first record of @v at or after the media offset @s sends next, or
+ * -ERANGE if @v's records end before that offset: the stream would send
+ * again, later, the bytes between their end and where it is.
+ */
+static int64_t remap_next(const struct kvod_stream *s,
+			  const struct hint_view *v)
+{
+	uint64_t off = 0, lo = 0, hi = v->nrec, reach = 0;
+
+	if (s->next_record < s->nrec) {
+		off = le64toh(s->recs[s->next_record].offset);
+	} else if (s->nrec) {
+		const struct kvod_hint_record *last = &s->recs[s->nrec - 1];
+
+		off = le64toh(last->offset) + le32toh(last->length);
+	}
+	if (v->nrec) {
+		const struct kvod_hint_record *last = &v->recs[v->nrec - 1];
+
+		reach = le64toh(last->offset) + le32toh(last->length);
+	}
+	if (reach < off)
+		return -ERANGE;
+	while (lo < hi) {
+		uint64_t mid = lo + (hi - lo) / 2;
+
+		if (le64toh(v->recs[mid].offset) < off)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return (int64_t)lo;
+}
+
+KVOD_API int kvod_stream_set_hints(struct kvod_engine *e, int id,
+				   int hint_fd, uint64_t record_count,
+				   int flags)
+{
+	struct kvod_stream *s;
+	struct hint_view v;
+	uint64_t media_size, dev, ino, had_dev, had_ino, had_nrec;
+	uint64_t check_from = 0;
+	int64_t next;
+	const uint8_t *old;
+	uint64_t old_size;
+	int err, fd = -1;
+
+	if (flags & ~(KVOD_HINTS_GROWING | KVOD_HINTS_REMAP | KVOD_HINTS_RESTART) ||
+	    (flags & KVOD_HINTS_REMAP && flags & KVOD_HINTS_RESTART))
+		return kvod_fail(EINVAL, "unknown hint flags 0x%x", flags);
+	s = stream_get(e, id, &err);
+	if (!s)
+		return err;
+	media_size = s->media_size;
+	had_dev = s->hint_dev;
+	had_ino = s->hint_ino;
+	had_nrec = s->nrec;
+	kvod_pacer_unlock(s->pacer);
+
+	/* map and check without the pacer's lock: it may be many records */
+	err = map_hint(hint_fd, &v, &dev, &ino);
+	if (err)
+		return err;
+	/* the same file, grown: the records the stream has were checked */
+	if (!(flags & (KVOD_HINTS_REMAP | KVOD_HINTS_RESTART)) &&
+	    dev == had_dev && ino == had_ino)
+		check_from = had_nrec;
+	err = check_hint(&v, media_size, record_count, check_from);
+	if (err)
+		goto err_unmap;
+	/* the research's paths pread blob records through their own fd */
+	if (!kvod_is_mmsg_strategy(e->strategy)) {
+		fd = dup_file(hint_fd, "hint");
+		if (fd < 0) {
+			err = fd;
+			goto err_unmap;
+		}
+	}
+
+	s = stream_get(e, id, &err);
+	if (!s)
+		goto err_unmap;
+	if (check_from && (s->hint_dev != had_dev || s->hint_ino != had_ino ||
+			   s->nrec != had_nrec)) {
+		err = kvod_fail(EAGAIN, "stream %d got other hints meanwhile",
+				id);
+		goto err_unlock;
+	}
+	if (flags & KVOD_HINTS_RESTART) {
+		next = 0;
+	} else if (flags & KVOD_HINTS_REMAP) {
+		next = remap_next(s, &v);
+		if (next < 0) {
+			err = kvod_fail(ERANGE,
+					"the new hints end before the media offset stream %d is at",
+					id);
+			goto err_unlock;
+		}
+	} else if (s->next_record > v.nrec) {
+		err = kvod_fail(ERANGE,
+				"the new hints hold %llu records, the stream is at record %llu",
+				(unsigned long long)v.nrec,
+				(unsigned long long)s->next_record);
+		goto err_unlock;
+	} else {
+		next = (int64_t)s->next_record;
+	}
+	old = s->hint;
+	old_size = s->hint_size;
+	use_hint(s, &v, dev, ino);
+	if (fd >= 0) {
+		int had_fd = s->hint_fd;
+
+		s->hint_fd = fd;
+		fd = had_fd;
+	}
+	s->next_record = (uint64_t)next;
+	s->growing = flags & KVOD_HINTS_GROWING;
+	resume_waiting(s);
+	kvod_pacer_unlock(s->pacer);
+	/* the pacer only reads the mapping under its lock: no one uses it now */
+	if (old)
+		munmap((void *)old, old_size);
+	if (fd >= 0)
+		close(fd);
+	return 0;
+
+err_unlock:
+	kvod_pacer_unlock(s->pacer);
+err_unmap:
+	if (fd >= 0)
+		close(fd);
+	if (v.hint)
+		munmap((void *)v.hint, v.hint_size);
+	return err;
 }
 
 KVOD_API int kvod_stream_stats(struct kvod_engine *e, int id,

@@ -54,6 +54,24 @@
 /* kvod_stream_params.payload_type meaning "the hint header's" */
 #define KVOD_PT_FROM_HINT	-1
 
+/*
+ * kvod_stream_params.flags and kvod_stream_set_hints() flags.
+ * GROWING: the hint file is a prefix of the track that a fill is still
+ * extending; a stream at its last record waits (KVOD_STATE_WAITING) for
+ * kvod_stream_set_hints() instead of ending.
+ * REMAP (set_hints only): the new records may be cut differently; the
+ * stream moves to the first record at or after the media offset it was
+ * about to send (records sorted by offset, as MPEG-TS hints are); hints
+ * whose records end before that offset are refused (-ERANGE).
+ */
+#define KVOD_HINTS_GROWING	1
+#define KVOD_HINTS_REMAP	2
+/* set_hints only: back to the first record, for a play() that positions it */
+#define KVOD_HINTS_RESTART	4
+
+/* kvod_stream_set_hints() record_count meaning "the hint header's" */
+#define KVOD_RECORDS_FROM_HINT	0xffffffffffffffffULL
+
 struct kvod_engine;
 
 struct kvod_engine_opts {
@@ -80,7 +98,7 @@ struct kvod_stream_params {
 	uint32_t ssrc;
 	uint32_t ts0;		/* RTP timestamp of rtp_ts 0 */
 	uint16_t seq0;		/* sequence number of the first packet */
-	uint16_t flags;		/* reserved, must be 0 */
+	uint16_t flags;		/* 0 or KVOD_HINTS_GROWING */
 	/*
 	 * Destination of an unconnected (shared) socket: dest_family 0 means
 	 * the socket is connected to its one client. Streams sharing a
@@ -139,6 +157,16 @@ KVOD_API int kvod_stream_play(struct kvod_engine *e, int id,
 KVOD_API int kvod_stream_pause(struct kvod_engine *e, int id);
 KVOD_API int kvod_stream_set_fill_limit(struct kvod_engine *e, int id,
 					uint64_t limit);
+/*
+ * Give stream @id other hint records: those of @hint_fd (mapped read-only;
+ * the caller may close it), @record_count of them or the header's count.
+ * Without KVOD_HINTS_REMAP the new records start with the ones the stream
+ * had (a prefix that grew) and the stream keeps its place; a waiting
+ * stream resumes. The old mapping is released.
+ */
+KVOD_API int kvod_stream_set_hints(struct kvod_engine *e, int id,
+				   int hint_fd, uint64_t record_count,
+				   int flags);
 KVOD_API int kvod_stream_stats(struct kvod_engine *e, int id,
 			       struct kvod_stream_stats *out);
 KVOD_API int kvod_stream_close(struct kvod_engine *e, int id);

@@ -30,3 +30,15 @@ int kvod_map_file(int fd, const uint8_t **map, uint64_t *size)
 	*size = st.st_size;
 	return 0;
 }
+
+/* The device and inode of @fd: tells whether two descriptors name one file. */
+int kvod_file_id(int fd, uint64_t *dev, uint64_t *ino)
+{
+	struct stat st;
+
+	if (fstat(fd, &st) < 0)
+		return -errno;
+	*dev = st.st_dev;
+	*ino = st.st_ino;
+	return 0;
+}

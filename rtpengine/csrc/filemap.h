@@ -10,5 +10,6 @@
 #include <stdint.h>
 
 int kvod_map_file(int fd, const uint8_t **map, uint64_t *size);
+int kvod_file_id(int fd, uint64_t *dev, uint64_t *ino);
 
 #endif

@@ -43,6 +43,20 @@ int64_t kvod_stream_due(const struct kvod_stream *s, uint64_t k)
 	return (int64_t)((uint64_t)s->t0 + send_ns);
 }
 
+/*
+ * @s has sent its last record: it ends, or, while a fill still grows its
+ * hint file, waits for kvod_stream_set_hints(). With pacer->lock held.
+ */
+void kvod_stream_at_last_record(struct kvod_stream *s)
+{
+	if (s->growing) {
+		s->state = KVOD_STATE_WAITING;
+		s->wait_end = true;
+	} else {
+		s->state = KVOD_STATE_ENDED;
+	}
+}
+
 static void load_record(const struct kvod_stream *s, uint64_t k,
 			struct kvod_hint_record *r)
 {
@@ -485,7 +499,7 @@ static int64_t pacer_round(struct kvod_pacer *p, int64_t now)
 			}
 			s->retry_at = 0;
 			if (s->next_record >= s->nrec) {
-				s->state = KVOD_STATE_ENDED;
+				kvod_stream_at_last_record(s);
 				continue;
 			}
 			t = s->unpaced ? now : next_due(s);
@@ -507,7 +521,7 @@ static int64_t pacer_round(struct kvod_pacer *p, int64_t now)
 
 		if (s->state == KVOD_STATE_PLAYING &&
 		    s->next_record >= s->nrec)
-			s->state = KVOD_STATE_ENDED;
+			kvod_stream_at_last_record(s);
 		t = next_wake(s, now);
 		if (t < wake)
 			wake = t;

@@ -88,14 +88,7 @@ struct kvod_stream {
 	/* immutable after open */
 	const uint8_t *media;
 	uint64_t media_size;
-	const uint8_t *hint;		/* the whole hint file */
-	uint64_t hint_size;
-	const struct kvod_hint_record *recs;
-	uint64_t nrec;
-	const uint8_t *blob;
-	uint64_t blob_off;		/* of the blob area in the hint file */
-	uint64_t blob_size;
-	int media_fd, hint_fd;		/* read/sendfile strategies only */
+	int media_fd;			/* read/sendfile strategies only */
 	struct sockaddr_storage dest;	/* shared socket: the client */
 	socklen_t dest_len;
 	uint32_t ssrc;
@@ -104,6 +97,18 @@ struct kvod_stream {
 	uint8_t pt;
 
 	/* everything below is protected by pacer->lock */
+	/* the hints, swapped by kvod_stream_set_hints() while a fill grows them */
+	const uint8_t *hint;		/* the whole hint file */
+	uint64_t hint_size;
+	uint64_t hint_dev, hint_ino;	/* which file it is */
+	const struct kvod_hint_record *recs;
+	uint64_t nrec;
+	const uint8_t *blob;
+	uint64_t blob_off;		/* of the blob area in the hint file */
+	uint64_t blob_size;
+	int hint_fd;			/* read/sendfile strategies only */
+	bool growing;		/* KVOD_HINTS_GROWING: more records will come */
+	bool wait_end;		/* waiting at the last record for more */
 	int state;
 	int strategy;		/* KVOD_STRATEGY_*, in use now */
 	bool gso;
@@ -204,6 +209,7 @@ void kvod_pacer_kick(struct kvod_pacer *p);
 struct kvod_sock *kvod_pacer_find_sock(struct kvod_pacer *p, uint64_t ino);
 
 int64_t kvod_stream_due(const struct kvod_stream *s, uint64_t k);
+void kvod_stream_at_last_record(struct kvod_stream *s);
 
 /* send.c: the strategies' system calls */
 bool kvod_is_mmsg_strategy(int strategy);

@@ -348,6 +348,20 @@ static void index_packet(struct kvod_ts_index *ix, const uint8_t *p,
 }
 
 /*
+ * Begin the scan at packet @offset instead of the start of the file (a
+ * viewer's seek ahead, before the bytes in front are there). Times are
+ * then relative to the first PCR from @offset on. Only before any scan.
+ */
+KVOD_API int kvod_ts_index_start_at(struct kvod_ts_index *ix, uint64_t offset)
+{
+	if (!ix || ix->next_offset || ix->packets || ix->finished ||
+	    offset % KVOD_TS_PACKET_SIZE)
+		return KVOD_TS_ERR_ARG;
+	ix->next_offset = offset;
+	return KVOD_TS_OK;
+}
+
+/*
  * Scan the whole packets in [start, end) of buf, which holds the file
  * from offset 0. start must be next_offset: a growing file is scanned
  * piece by piece. On an error next_offset and error_offset name the

@@ -93,6 +93,7 @@ KVOD_API struct kvod_ts_index *kvod_ts_index_new(unsigned int pcr_pid,
 						 unsigned int video_pid,
 						 int video_codec);
 KVOD_API void kvod_ts_index_free(struct kvod_ts_index *ix);
+KVOD_API int kvod_ts_index_start_at(struct kvod_ts_index *ix, uint64_t offset);
 KVOD_API int kvod_ts_index_scan(struct kvod_ts_index *ix, const uint8_t *buf,
 				uint64_t start, uint64_t end);
 KVOD_API int kvod_ts_index_finish(struct kvod_ts_index *ix);

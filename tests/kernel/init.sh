@@ -1,7 +1,7 @@
 #!/bin/busybox sh
 # /init of the krtp test guest: load the 9p modules, mount the host's root
-# read-only at /host and the results folder read-write at
-# /host/tmp/results, run /tmp/results/run.sh there as root (chroot), keep
+# read-only at /host, the project at its own path above the guest's tmpfs
+# mounts, and the results folder read-write at /host/tmp/results, run /tmp/results/run.sh there as root (chroot), keep
 # its output, exit code and the kernel log, and power off.
 /bin/busybox --install -s /bin
 export PATH=/bin
@@ -26,6 +26,13 @@ mount -t tmpfs tmpfs /host/tmp
 mount -t tmpfs tmpfs /host/run
 mkdir -p /host/tmp/results
 mount -t 9p -o trans=virtio,version=9p2000.L results /host/tmp/results
+# the project itself, at its own path: it may lie under a tmpfs laid above
+if [ -f /host/tmp/results/project_root ]; then
+	root=$(cat /host/tmp/results/project_root)
+	mkdir -p "/host$root" 2>/dev/null
+	mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=262144 project "/host$root" ||
+		echo "init: cannot mount the project at $root"
+fi
 ip link set lo up
 echo "init: running the test script"
 chroot /host /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/tmp \

@@ -255,6 +255,10 @@ def run_in_guest(kernel: Kernel, script: str, *, timeout: float = 600,
         with open(os.path.join(res, "run.sh"), "w") as f:
             f.write(f"set -u\ncd {ROOT}\nexport GST_REGISTRY={gst_registry()} "
                     f"GST_REGISTRY_UPDATE=no\n{script}\n")
+        # The guest lays tmpfs over /tmp, /run and /dev/shm; a checkout there
+        # (CI's may be) is shared on its own and mounted at the same path.
+        with open(os.path.join(res, "project_root"), "w") as f:
+            f.write(ROOT)
         for name, data in (files or {}).items():
             with open(os.path.join(res, name), "wb") as f:
                 f.write(data)
@@ -268,7 +272,10 @@ def run_in_guest(kernel: Kernel, script: str, *, timeout: float = 600,
                          "multidevs=remap",
                "-device", "virtio-9p-pci,fsdev=hostroot,mount_tag=hostroot",
                "-fsdev", f"local,id=results,path={res},security_model=none",
-               "-device", "virtio-9p-pci,fsdev=results,mount_tag=results"]
+               "-device", "virtio-9p-pci,fsdev=results,mount_tag=results",
+               "-fsdev", f"local,id=project,path={ROOT},security_model=none,readonly=on,"
+                         "multidevs=remap",
+               "-device", "virtio-9p-pci,fsdev=project,mount_tag=project"]
         start = time.monotonic()
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, start_new_session=True)
@@ -287,7 +294,8 @@ def run_in_guest(kernel: Kernel, script: str, *, timeout: float = 600,
             except FileNotFoundError:
                 return ""
 
-        ours = {"run.sh", "rc", "output.log", "dmesg.txt", "console.log", *(files or {})}
+        ours = {"run.sh", "rc", "output.log", "dmesg.txt", "console.log", "project_root",
+                *(files or {})}
         left = {}
         for name in os.listdir(res):
             if name not in ours and os.path.isfile(os.path.join(res, name)):
