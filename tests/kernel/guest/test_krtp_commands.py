@@ -89,3 +89,38 @@ def test_streams_of_one_file_close_with_it(engine_factory, receivers, tmp_path, 
     e.close()                            # while they play
     with krtp.KrtpEngine() as probe:
         assert probe.info().streams == 0
+
+
+def test_what_the_module_does_not_stream_goes_to_user_space(engine_factory, receivers,
+                                                            tmp_path, tmpfs_copy,
+                                                            short_ts_file):
+    """A title still filling (growing hints) is streamed by the user-space
+    engine the kernel engine keeps; a krtp stream takes an unchanged hint
+    switch and refuses a growing one."""
+    from rtpengine.engine import Stream as UserspaceStream
+
+    media = tmpfs_copy(short_ts_file)
+    hints = write_hints(tmp_path / "u.hint", chunk_records(os.path.getsize(media), 3 * SEC))
+    kw = dict(ssrc=4, seq0=40, ts0=400)
+    want = expected(hints, media, **kw)
+    e = engine_factory()
+    rx = receivers()
+    sock = rx.sender()
+    with open(media, "rb") as m, open(hints, "rb") as h:
+        filling = e.open_stream(sock, m, h, growing=True, **kw)
+        assert isinstance(filling, UserspaceStream)
+        filling.play(unpaced=True)
+        assert rx.collect(len(want)) == want
+        filling.set_hints(h, len(want), growing=False)      # the fill completed
+    assert wait_state(filling, "ended").packets_sent == len(want)
+    status = e.status()
+    assert status["backend"] == "krtp" and "userspace" in status
+    filling.close()
+    rx2 = receivers()
+    with open(media, "rb") as m, open(hints, "rb") as h:
+        stream = e.open_stream(rx2.sender(), m, h, **kw)
+        stream.set_hints(h, len(want))                      # same records: fine
+        with pytest.raises(krtp.KrtpError) as exc:
+            stream.set_hints(h, len(want), growing=True)
+    assert exc.value.errno == errno.EOPNOTSUPP
+    sock.close()
