@@ -10,7 +10,9 @@ it is and why, for the daemon's log and status:
   the module cannot be used;
 - ``"userspace"``: the user-space engine even where the module is loaded.
 
-``strategy`` is the user-space engine's (it is not used for krtp).
+``strategy`` is the user-space engine's; with krtp it is the strategy of
+the user-space engine the kernel engine keeps for the streams the module
+does not take (titles still filling, shared sockets).
 """
 
 from __future__ import annotations
@@ -37,7 +39,8 @@ def open_engine(backend: str = "auto", threads: int = 0, strategy: str = "auto",
         ok, why = krtp.available(device)
         if ok:
             call = "krtpsendfile" if backend == "auto" else backend
-            eng = krtp.KrtpEngine(strategy=call, path=device)
+            eng = krtp.KrtpEngine(strategy=call, path=device, threads=threads,
+                                  userspace_strategy=strategy, refuse=tuple(refuse))
             eng.requested_strategy = backend
             return eng, f"kernel engine {call} ({why})"
         if backend != "auto":

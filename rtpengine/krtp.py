@@ -223,7 +223,8 @@ class KrtpEngine:
     """
 
     def __init__(self, threads: int = 0, strategy: str = "auto",
-                 path: str = DEVICE) -> None:
+                 path: str = DEVICE, *, userspace_strategy: Optional[str] = None,
+                 refuse: tuple[str, ...] = ()) -> None:
         if strategy == "auto":
             strategy = "krtpsendfile"
         if strategy not in STRATEGIES:
@@ -250,6 +251,21 @@ class KrtpEngine:
                          "krtpsendfile": bool(self.hello.features & FEAT_SENDFILE),
                          "krtpmsend": bool(self.hello.features & FEAT_MSEND)}
         self._streams: dict[int, "KrtpStream"] = {}
+        # what the module does not stream goes through a user-space engine,
+        # made when first needed (see open_stream)
+        self._userspace_args = dict(threads=threads, strategy=userspace_strategy or "auto",
+                                    refuse=refuse)
+        self._userspace = None
+
+    def _userspace_engine(self):
+        from .engine import Engine
+
+        with self._lock:
+            if self._fd is None:
+                raise KrtpError(errno.EBADF, "engine is closed")
+            if self._userspace is None:
+                self._userspace = Engine(**self._userspace_args)
+            return self._userspace
 
     @property
     def closed(self) -> bool:
@@ -266,10 +282,13 @@ class KrtpEngine:
         with self._lock:
             fd, self._fd = self._fd, None
             streams, self._streams = list(self._streams.values()), {}
+            userspace, self._userspace = self._userspace, None
         if fd is not None:
             os.close(fd)
         for s in streams:
             s._forget()
+        if userspace is not None:
+            userspace.close()
 
     def __enter__(self) -> "KrtpEngine":
         return self
@@ -306,6 +325,9 @@ class KrtpEngine:
                "runtime_refused": []}
         if not self.closed:
             out.update(self.stats())
+        userspace = self._userspace
+        if userspace is not None:
+            out["userspace"] = userspace.status()
         return out
 
     def open_stream(self, sock, media, hints, *, ssrc: int, seq0: int, ts0: int,
@@ -316,16 +338,17 @@ class KrtpEngine:
         ``sock`` is a UDP socket connected to the client; the module keeps
         its own reference, so the caller may close its copy, and so it may
         ``media`` and ``hints``. The stream starts idle: call ``play``.
-        ``dest`` (an unconnected socket shared by many clients) is the
-        user-space engine's alone: the module refuses it, and so hint files
-        a fill is still growing (``growing``).
+        The module streams complete titles on connected sockets. A stream
+        it cannot take, over an unconnected socket shared by many clients
+        (``dest``) or from hints a fill is still growing (``growing``), is
+        opened in a user-space engine this engine keeps for them (made on
+        first use, closed with it): that stream is the user-space engine's
+        :class:`~rtpengine.engine.Stream`, its stats say its strategy.
         """
-        if dest is not None:
-            raise KrtpError(errno.EOPNOTSUPP, "krtp sends on connected sockets only "
-                                              "(no shared-socket dest)")
-        if growing:
-            raise KrtpError(errno.EOPNOTSUPP, "krtp streams complete titles only "
-                                              "(this one is still filling)")
+        if dest is not None or growing:
+            return self._userspace_engine().open_stream(
+                sock, media, hints, ssrc=ssrc, seq0=seq0, ts0=ts0,
+                payload_type=payload_type, dest=dest, growing=growing)
         ssrc = _in_range(ssrc, 32, "ssrc")
         seq0 = _in_range(seq0, 16, "seq0")
         ts0 = _in_range(ts0, 32, "ts0")
@@ -427,6 +450,18 @@ class KrtpStream:
         """Never send media bytes at or beyond ``limit``; a waiting stream
         resumes, its schedule shifted by the wait."""
         self._cmd(IOC_FILL, _in_range(limit, 64, "fill limit"), "fill limit of")
+
+    def set_hints(self, hints, record_count: Optional[int] = None, *,
+                  growing: bool = False, remap: bool = False, restart: bool = False) -> None:
+        """The user-space engine's hint switch, for a complete title only:
+        the same records (a count equal to the stream's) change nothing;
+        anything else (a growing or different hint file) the module does not
+        do (EOPNOTSUPP)."""
+        if not (growing or remap or restart) and (
+                record_count is None or record_count == self.stats().record_count):
+            return
+        raise KrtpError(errno.EOPNOTSUPP, "krtp streams keep the hint records they were "
+                                          "opened with")
 
     def stats(self) -> KrtpStreamStats:
         sid = self._id

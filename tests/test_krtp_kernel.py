@@ -29,7 +29,8 @@ from tests.media import ROOT
 pytestmark = pytest.mark.skipif(qemu.qemu_available() is not None,
                                 reason=qemu.qemu_available() or "")
 
-GUEST_TESTS = ["tests/kernel/guest/test_krtp.py", "tests/kernel/guest/test_krtp_daemon.py",
+GUEST_TESTS = ["tests/kernel/guest/test_krtp_wire.py", "tests/kernel/guest/test_krtp_commands.py",
+               "tests/kernel/guest/test_krtp_hostile.py", "tests/kernel/guest/test_krtp_daemon.py",
                "tests/kernel/guest/test_unload.py"]
 GUEST_TIMEOUT = 900
 # kvod serve is slow to start under emulation: each kernel runs the daemon

@@ -24,6 +24,14 @@ from rtpengine.packetizer import packetize
 
 SEC = 1_000_000_000
 SO_RCVBUFFORCE = 33
+STRATEGIES = ["krtpsendfile", "krtpmsend"]
+# 6.5+ sends with MSG_SPLICE_PAGES; 6.1 with ->sendpage (both in GSO batches)
+SPLICE_KERNEL = tuple(int(x) for x in os.uname().release.split(".")[:2]) >= (6, 5)
+
+
+def raw_fd() -> int:
+    """A /dev/krtp descriptor before any handshake."""
+    return os.open(krtp.DEVICE, os.O_RDWR | os.O_CLOEXEC)
 
 
 def module_loaded() -> bool:
