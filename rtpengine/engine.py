@@ -20,6 +20,13 @@ strategy whose kernel feature is refused falls back to the next one
 per stream, at run time. Either way the engine logs a warning naming the
 refused feature, and :meth:`Engine.status` and :meth:`Stream.stats` say
 so: what ``kvod status`` shows.
+
+Pacing is per stream (``open_stream(pacing=)``): the engine's threads
+send each packet at its time ("engine"), or, where the fq qdisc is on the
+destination's interface, hand packets to the kernel ahead of time with
+their departure times (SO_TXTIME) and let fq release them ("kernel").
+"auto" asks :mod:`rtpengine.qdisc` which applies. A stream that asked for
+kernel pacing and did not get it says why (:attr:`Stream.pacing_reason`).
 """
 
 from __future__ import annotations
@@ -31,13 +38,14 @@ import socket
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Optional, Protocol, Union
+from typing import Callable, Iterable, Iterator, Optional, Protocol, Union
 
 from ._kvod_engine import ffi, lib
+from .qdisc import FqAnswer, detect_fq
 
 __all__ = ["Engine", "EngineError", "Stream", "StreamStats", "now_ns",
            "probe_features", "RECORD_CONTINUE", "STRATEGIES", "STATES",
-           "FEATURES"]
+           "FEATURES", "PACINGS"]
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +55,11 @@ _STRATEGY_NAMES = {v: k for k, v in STRATEGIES.items()}
 # kernel features the strategies need, by the names tests and logs use
 FEATURES = {"udp_segment": lib.KVOD_FEAT_UDP_SEGMENT,
             "zerocopy": lib.KVOD_FEAT_ZEROCOPY,
-            "io_uring": lib.KVOD_FEAT_IO_URING}
+            "io_uring": lib.KVOD_FEAT_IO_URING,
+            "txtime": lib.KVOD_FEAT_TXTIME}
+PACINGS = ("auto", "engine", "kernel")
+# the strategies that can hand their batches to the kernel ahead of time
+KERNEL_PACED_STRATEGIES = ("gso", "sendmmsg", "gso_zerocopy", "uring_gso")
 STATES = {lib.KVOD_STATE_IDLE: "idle", lib.KVOD_STATE_PLAYING: "playing",
           lib.KVOD_STATE_PAUSED: "paused", lib.KVOD_STATE_WAITING: "waiting",
           lib.KVOD_STATE_ENDED: "ended"}
@@ -94,10 +106,11 @@ def _feature_names(mask: int) -> list[str]:
 
 
 def _engine_new(threads: int, strategy: int, refuse: int = 0,
-                lookahead_ns: int = 0):
+                lookahead_ns: int = 0, kernel_lookahead_ns: int = 0):
     opts = ffi.new("struct kvod_engine_opts *")
     opts.threads, opts.strategy = threads, strategy
     opts.refuse, opts.lookahead_ns = refuse, lookahead_ns
+    opts.kernel_lookahead_ns = kernel_lookahead_ns
     ptr = lib.kvod_engine_new_opts(opts)
     if ptr == ffi.NULL:
         raise _error(ffi.errno or errno.ENOMEM, "engine")
@@ -190,6 +203,29 @@ def _in_range(value: int, bits: int, what: str) -> int:
     return value
 
 
+def _check_pacing(pacing: str) -> str:
+    if pacing not in PACINGS:
+        raise ValueError(f"unknown pacing {pacing!r}; known: {', '.join(PACINGS)}")
+    return pacing
+
+
+def _peer_host(fd: int) -> Optional[str]:
+    """The numeric address a connected socket sends to, or None."""
+    copy = os.dup(fd)
+    try:
+        s = socket.socket(fileno=copy)
+    except OSError:
+        os.close(copy)
+        return None
+    try:
+        peer = s.getpeername()
+    except OSError:
+        return None
+    finally:
+        s.close()
+    return peer[0] if isinstance(peer, tuple) else None
+
+
 def _dest(dest: tuple) -> tuple[int, int, bytes, int]:
     """(host, port[, flowinfo, scope]) of a numeric address, for C."""
     host, port = dest[0], _in_range(dest[1], 16, "destination port")
@@ -233,6 +269,9 @@ class StreamStats:
     strategy: str
     refused: tuple[str, ...] = ()
     shared: bool = False
+    #: "kernel": fq releases the packets at their time; "engine": the
+    #: engine's threads send them at their time
+    pacing: str = "engine"
 
 
 class Engine:
@@ -244,16 +283,22 @@ class Engine:
     feature is refused falls back (logged; see :attr:`fallback`).
     ``refuse`` names :data:`FEATURES` to treat as refused, to exercise
     the fallbacks. ``lookahead_ns`` (default 0.5 ms) is how far ahead of
-    its due time a packet may leave so that it shares a batch. Close the
-    engine (or use it as a context manager) to stop the threads; that
-    also closes its streams.
+    its due time a packet may leave so that it shares a batch.
+    ``pacing`` is the streams' default (see :meth:`open_stream`);
+    ``kernel_lookahead_ns`` (default 20 ms) is how far ahead kernel-paced
+    streams are handed to the kernel (again when half of it is left).
+    Close the engine (or use it as a context manager) to stop the
+    threads; that also closes its streams.
     """
 
     def __init__(self, threads: int = 0, strategy: str = "auto", *,
-                 refuse: Iterable[str] = (), lookahead_ns: int = 0) -> None:
+                 refuse: Iterable[str] = (), lookahead_ns: int = 0,
+                 pacing: str = "auto", kernel_lookahead_ns: int = 0,
+                 fq_detector: Optional[Callable[[str], FqAnswer]] = None) -> None:
         if strategy not in STRATEGIES:
             raise ValueError(f"unknown strategy {strategy!r}; "
                              f"known: {', '.join(STRATEGIES)}")
+        _check_pacing(pacing)
         mask = 0
         for name in refuse:
             if name not in FEATURES:
@@ -263,7 +308,8 @@ class Engine:
         self._busy = 0
         self._ptr = None
         ptr = _engine_new(threads, STRATEGIES[strategy], mask,
-                          _in_range(lookahead_ns, 63, "lookahead"))
+                          _in_range(lookahead_ns, 63, "lookahead"),
+                          _in_range(kernel_lookahead_ns, 63, "kernel lookahead"))
         try:
             self.requested_strategy: str = strategy
             self.strategy: str = _STRATEGY_NAMES[_engine_strategy(ptr)]
@@ -278,6 +324,12 @@ class Engine:
             raise
         self._ptr = ptr
         self._runtime_refused: set[str] = set()
+        self.pacing: str = pacing
+        self.kernel_lookahead_ns: int = kernel_lookahead_ns or 20_000_000
+        self._detect = fq_detector or detect_fq
+        #: open streams by id -> "kernel" or "engine", and why not kernel
+        self._pacing_of: dict[int, str] = {}
+        self._pacing_notes: set[str] = set()
         if self.fallback:
             log.warning("engine: %s", self.fallback)
 
@@ -337,11 +389,18 @@ class Engine:
         for and the one running, why they differ, the kernel features
         found, the threads, the counters, and which features streams had
         refused at run time (each also logged once when seen)."""
+        with self._cv:
+            paced = list(self._pacing_of.values())
         info = {"strategy": self.strategy,
                 "requested_strategy": self.requested_strategy,
                 "fallback": self.fallback, "features": dict(self.features),
                 "threads": self.threads,
-                "runtime_refused": sorted(self._runtime_refused)}
+                "runtime_refused": sorted(self._runtime_refused),
+                "pacing": self.pacing,
+                "kernel_lookahead_ms": self.kernel_lookahead_ns / 1e6,
+                "paced_streams": {"kernel": paced.count("kernel"),
+                                  "engine": paced.count("engine")},
+                "pacing_notes": sorted(self._pacing_notes)}
         if not self.closed:
             info.update(self.stats())
         return info
@@ -353,11 +412,33 @@ class Engine:
             log.warning("engine: stream %d: the kernel refused %s at run time; "
                         "it now uses %s", sid, ", ".join(sorted(new)), now_using)
 
+    def _choose_pacing(self, pacing: str, sock_fd: int,
+                       dest: Optional[tuple]) -> tuple[bool, str]:
+        """Whether to ask C for kernel pacing, and why (not)."""
+        if pacing == "engine":
+            return False, "engine pacing asked for"
+        if self.strategy not in KERNEL_PACED_STRATEGIES:
+            return False, f"strategy {self.strategy} paces in the engine"
+        if dest is not None:
+            return False, ("shared socket: fq holds all its clients in one flow "
+                           "(flow_limit); paced by the engine")
+        if pacing == "kernel":
+            return True, "kernel pacing asked for"
+        peer = _peer_host(sock_fd)
+        if peer is None:
+            return False, "socket has no peer address; paced by the engine"
+        answer = self._detect(peer)
+        # the interface's reason, not the peer's: status keeps a few notes
+        if answer.fq:
+            return True, f"auto: fq on the way ({answer.reason})"
+        return False, f"auto: no fq on the way, paced by the engine ({answer.reason})"
+
     def open_stream(self, sock: FileLike, media: FileLike, hints: FileLike, *,
                     ssrc: int, seq0: int, ts0: int,
                     payload_type: Optional[int] = None,
                     dest: Optional[tuple] = None,
-                    growing: bool = False) -> "Stream":
+                    growing: bool = False,
+                    pacing: Optional[str] = None) -> "Stream":
         """Open a stream of the track ``hints`` (hint file) over ``media``.
 
         ``sock`` is a UDP socket connected to the client; the engine keeps
@@ -370,7 +451,16 @@ class Engine:
         ``growing`` says a fill is still adding records: at the last one the
         stream waits for :meth:`Stream.set_hints` instead of ending. The
         stream starts idle: call :meth:`Stream.play`.
+
+        ``pacing`` (None: the engine's default): "engine", "kernel" (fq
+        releases the packets; asked for even where no fq is seen), or
+        "auto" (kernel where :mod:`rtpengine.qdisc` finds fq on the way to
+        the socket's peer). Kernel pacing needs a batched strategy, a
+        connected socket and SO_TXTIME; without them the engine paces the
+        stream and :attr:`Stream.pacing_reason` says why (also logged when
+        kernel pacing was asked for by name).
         """
+        pacing = _check_pacing(self.pacing if pacing is None else pacing)
         args = dict(ssrc=_in_range(ssrc, 32, "ssrc"),
                     seq0=_in_range(seq0, 16, "seq0"),
                     ts0=_in_range(ts0, 32, "ts0"),
@@ -379,9 +469,25 @@ class Engine:
                     dest=None if dest is None else _dest(dest),
                     flags=lib.KVOD_HINTS_GROWING if growing else 0)
         fds = (_fd(sock, "socket"), _fd(media, "media"), _fd(hints, "hints"))
+        kernel, why = self._choose_pacing(pacing, fds[0], dest)
+        if kernel:
+            args["flags"] |= lib.KVOD_PACE_KERNEL
         with self._use() as ptr:
             sid = _stream_open(ptr, *fds, **args)
-        return Stream(self, sid)
+            granted = bool(_stream_stats(ptr, sid).kernel_paced)
+        if kernel and not granted:
+            why = "the socket refused SO_TXTIME; paced by the engine"
+        if pacing == "kernel" and not granted:
+            log.warning("engine: stream %d: kernel pacing asked for, not used: %s", sid, why)
+        with self._cv:
+            self._pacing_of[sid] = "kernel" if granted else "engine"
+            if pacing != "engine" and not granted and len(self._pacing_notes) < 16:
+                self._pacing_notes.add(why)
+        return Stream(self, sid, pacing_reason=why)
+
+    def _forget(self, sid: int) -> None:
+        with self._cv:
+            self._pacing_of.pop(sid, None)
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else f"{self.threads} threads"
@@ -391,9 +497,11 @@ class Engine:
 class Stream:
     """One RTP stream of an :class:`Engine`. Made by :meth:`Engine.open_stream`."""
 
-    def __init__(self, engine: Engine, sid: int) -> None:
+    def __init__(self, engine: Engine, sid: int, pacing_reason: str = "") -> None:
         self._engine = engine
         self._id: Optional[int] = sid
+        #: why the stream is kernel- or engine-paced (see :attr:`StreamStats.pacing`)
+        self.pacing_reason = pacing_reason
 
     @property
     def id(self) -> Optional[int]:
@@ -483,7 +591,8 @@ class Stream:
             max_late_ns=s.max_late_ns, last_due_ns=s.last_due_ns,
             syscalls=s.syscalls, last_seq=s.last_seq, last_rtp_ts=s.last_rtp_ts,
             gso_fallback=bool(s.gso_fallback), strategy=strategy,
-            refused=refused, shared=bool(s.shared))
+            refused=refused, shared=bool(s.shared),
+            pacing="kernel" if s.kernel_paced else "engine")
 
     @property
     def closed(self) -> bool:
@@ -496,6 +605,7 @@ class Stream:
         sid, self._id = self._id, None
         if sid is None:
             return
+        self._engine._forget(sid)
         try:
             with self._engine._use() as ptr:
                 _stream_close(ptr, sid)

@@ -22,6 +22,7 @@
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
+#include <linux/net_tstamp.h>
 
 #include "kvod_types_check.h"
 #include "filemap.h"
@@ -94,6 +95,20 @@ static bool sockopt_taken(int level, int opt, int val)
 	return ok;
 }
 
+/* Does a fresh UDP socket take departure times on CLOCK_MONOTONIC? */
+static bool txtime_taken(void)
+{
+	struct sock_txtime t = { .clockid = CLOCK_MONOTONIC, .flags = 0 };
+	int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	bool ok;
+
+	if (fd < 0)
+		return false;
+	ok = setsockopt(fd, SOL_SOCKET, SO_TXTIME, &t, sizeof(t)) == 0;
+	close(fd);
+	return ok;
+}
+
 /*
  * What this kernel offers, asked rather than guessed from its version, so
  * that backports, missing features and sysctls that switch them off
@@ -109,6 +124,10 @@ KVOD_API uint32_t kvod_probe_features(void)
 		f |= KVOD_FEAT_ZEROCOPY;
 	if (kvod_uring_probe() == 0)
 		f |= KVOD_FEAT_IO_URING;
+	/* taken is not honoured: only the fq qdisc acts on it (Python's
+	 * rtpengine.qdisc tells where it is) */
+	if (txtime_taken())
+		f |= KVOD_FEAT_TXTIME;
 	return f;
 }
 
@@ -146,6 +165,8 @@ static const char *feature_name(uint32_t f)
 		return "SO_ZEROCOPY";
 	if (f & KVOD_FEAT_IO_URING)
 		return "io_uring";
+	if (f & KVOD_FEAT_TXTIME)
+		return "SO_TXTIME";
 	return "?";
 }
 
@@ -256,6 +277,13 @@ KVOD_API struct kvod_engine *kvod_engine_new_opts(
 				   (long long)o->lookahead_ns);
 		return NULL;
 	}
+	if (o->kernel_lookahead_ns < 0 ||
+	    o->kernel_lookahead_ns > 1000000000LL) {
+		errno = -kvod_fail(EINVAL,
+				   "bad options (kernel lookahead %lld ns is not in 0..1 s)",
+				   (long long)o->kernel_lookahead_ns);
+		return NULL;
+	}
 	have = kvod_probe_features() & ~o->refuse;
 	strategy = resolve_strategy(o->strategy, have, why, sizeof(why));
 
@@ -266,6 +294,8 @@ KVOD_API struct kvod_engine *kvod_engine_new_opts(
 	e->requested = o->strategy;
 	e->features = have;
 	e->lookahead_ns = o->lookahead_ns ? o->lookahead_ns : KVOD_LOOKAHEAD_NS;
+	e->klookahead_ns = o->kernel_lookahead_ns ? o->kernel_lookahead_ns :
+						    KVOD_KERNEL_LOOKAHEAD_NS;
 	snprintf(e->fallback, sizeof(e->fallback), "%s", why);
 	e->pacers = calloc(threads, sizeof(*e->pacers));
 	if (!e->pacers)
@@ -279,7 +309,8 @@ KVOD_API struct kvod_engine *kvod_engine_new_opts(
 			err = ENOMEM;
 			goto err_threads;
 		}
-		err = -kvod_pacer_init(e->pacers[i], strategy, e->lookahead_ns);
+		err = -kvod_pacer_init(e->pacers[i], strategy, e->lookahead_ns,
+				       e->klookahead_ns);
 		if (err) {
 			free(e->pacers[i]);
 			goto err_threads;
@@ -710,7 +741,7 @@ KVOD_API int kvod_stream_open(struct kvod_engine *e,
 
 	if (!e || !p)
 		return kvod_fail(EINVAL, "no engine or no parameters");
-	if (p->flags & ~KVOD_HINTS_GROWING)
+	if (p->flags & ~(KVOD_HINTS_GROWING | KVOD_PACE_KERNEL))
 		return kvod_fail(EINVAL, "unknown flags 0x%x", p->flags);
 	shared = p->dest_family != 0;
 	s = calloc(1, sizeof(*s));
@@ -774,6 +805,23 @@ KVOD_API int kvod_stream_open(struct kvod_engine *e,
 	s->fill_limit = s->media_size;
 	s->st.strategy = e->strategy;
 	s->st.shared = shared;
+	/*
+	 * Kernel pacing for the batched strategies (the research's per-packet
+	 * paths stay as they were measured) on connected sockets only. fq
+	 * queues a socket's packets as one flow and drops beyond flow_limit
+	 * (100 packets by default): a shared socket's clients would all queue
+	 * in that one flow, the kernel lookahead times their summed packet
+	 * rate, and lose packets as viewers grow. So they stay engine-paced
+	 * (and shared sockets already batch many clients per call).
+	 * kvod_pacer_add() then asks the socket for SO_TXTIME.
+	 */
+	if ((p->flags & KVOD_PACE_KERNEL) && !shared &&
+	    kvod_is_mmsg_strategy(e->strategy)) {
+		if (e->features & KVOD_FEAT_TXTIME)
+			s->kpaced = true;
+		else
+			s->st.refused |= KVOD_FEAT_TXTIME;
+	}
 
 	pthread_mutex_lock(&e->table_lock);
 	err = table_slot(e, &slot);
@@ -1090,6 +1138,7 @@ KVOD_API int kvod_stream_stats(struct kvod_engine *e, int id,
 	out->record_count = s->nrec;
 	out->next_record = s->next_record;
 	out->fill_limit = s->fill_limit;
+	out->kernel_paced = s->kpaced;
 	kvod_pacer_unlock(s->pacer);
 	return 0;
 }

@@ -38,6 +38,7 @@
 #define KVOD_FEAT_UDP_SEGMENT	1
 #define KVOD_FEAT_ZEROCOPY	2
 #define KVOD_FEAT_IO_URING	4
+#define KVOD_FEAT_TXTIME	8	/* SO_TXTIME: kernel pacing (fq) */
 
 #define KVOD_STATE_IDLE		0
 #define KVOD_STATE_PLAYING	1
@@ -68,6 +69,15 @@
 #define KVOD_HINTS_REMAP	2
 /* set_hints only: back to the first record, for a play() that positions it */
 #define KVOD_HINTS_RESTART	4
+/*
+ * open only: hand the stream's packets to the kernel ahead of time, each
+ * message stamped with its departure time (SO_TXTIME), for the fq qdisc
+ * to release on time. Honoured for the batched strategies (gso, sendmmsg,
+ * gso_zerocopy, uring_gso) on connected sockets; otherwise, or when the
+ * socket refuses SO_TXTIME, the engine paces the stream itself
+ * (kvod_stream_stats.kernel_paced says which).
+ */
+#define KVOD_PACE_KERNEL	8
 
 /* kvod_stream_set_hints() record_count meaning "the hint header's" */
 #define KVOD_RECORDS_FROM_HINT	0xffffffffffffffffULL
@@ -80,6 +90,9 @@ struct kvod_engine_opts {
 	uint32_t refuse;	/* KVOD_FEAT_* to treat as refused */
 	uint32_t reserved;	/* must be 0 */
 	int64_t lookahead_ns;	/* send what is due this soon; 0: 500 us */
+	/* kernel-paced streams: hand over what is due this soon, again when
+	 * less than half of it is queued; 0: 20 ms */
+	int64_t kernel_lookahead_ns;
 };
 
 struct kvod_engine_stats {
@@ -98,7 +111,7 @@ struct kvod_stream_params {
 	uint32_t ssrc;
 	uint32_t ts0;		/* RTP timestamp of rtp_ts 0 */
 	uint16_t seq0;		/* sequence number of the first packet */
-	uint16_t flags;		/* 0 or KVOD_HINTS_GROWING */
+	uint16_t flags;		/* KVOD_HINTS_GROWING, KVOD_PACE_KERNEL */
 	/*
 	 * Destination of an unconnected (shared) socket: dest_family 0 means
 	 * the socket is connected to its one client. Streams sharing a
@@ -120,6 +133,8 @@ struct kvod_stream_stats {
 	uint64_t payload_octets; /* RTP payload bytes sent (SR octet count) */
 	uint64_t packets_dropped; /* given up after a hard send error */
 	uint64_t send_errors;	/* failed send calls */
+	/* lateness: handed to the kernel minus due, when positive (a
+	 * kernel-paced packet is handed over early, and is not late) */
 	uint64_t late_1ms;	/* packets sent > 1 ms after their due time */
 	uint64_t late_5ms;	/* packets sent > 5 ms after their due time */
 	int64_t max_late_ns;
@@ -131,6 +146,7 @@ struct kvod_stream_stats {
 	uint8_t strategy;	/* KVOD_STRATEGY_*, in use now */
 	uint32_t refused;	/* KVOD_FEAT_* the kernel refused at run time */
 	uint32_t shared;	/* 1: sends from a shared socket */
+	uint32_t kernel_paced;	/* 1: the kernel releases its packets on time */
 };
 
 KVOD_API int64_t kvod_now_ns(void);

@@ -18,6 +18,16 @@
  * payload pointing straight into the mapped media (or hint blob) file.
  * The thread holds its lock while it works; API calls take it briefly
  * between rounds (see yield_to_api()).
+ *
+ * Kernel-paced streams (KVOD_PACE_KERNEL, for the fq qdisc) are handed
+ * over ahead of time instead: each message carries its first packet's due
+ * time (SCM_TXTIME, CLOCK_MONOTONIC) and fq holds it until then. Such a
+ * stream is filled up to the kernel lookahead (20 ms by default) and
+ * refilled when less than half of that is still queued, so the thread
+ * wakes about every kernel lookahead / 2 for it, not for every packet. A
+ * GSO message of such a stream only groups packets due within the
+ * (user) lookahead of its first one, so nothing leaves earlier than it
+ * would under user pacing.
  */
 #include <endian.h>
 #include <errno.h>
@@ -28,6 +38,7 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#include <linux/net_tstamp.h>
 
 #include "pacer.h"
 
@@ -119,11 +130,26 @@ static void batch_reset(struct kvod_batch *b)
 	b->nmsg = b->npkt = b->niov = b->nrun = 0;
 }
 
+/* departure times go to the kernel: the stream is kernel-paced and paced */
+static bool kernel_paced(const struct kvod_stream *s)
+{
+	return s->kpaced && !s->unpaced;
+}
+
+#define TXTIME_SPACE	CMSG_SPACE(sizeof(uint64_t))
+#define SEGMENT_SPACE	CMSG_SPACE(sizeof(uint16_t))
+
+/*
+ * The control messages of a message of @s: SCM_TXTIME (@due) for a
+ * kernel-paced stream, then UDP_SEGMENT (@seg) for a GSO one, which
+ * finish_message() drops again if no second segment comes.
+ */
 static void start_message(struct kvod_batch *b, const struct kvod_stream *s,
-			  size_t seg)
+			  size_t seg, int64_t due)
 {
 	unsigned int m = b->nmsg++;
 	struct msghdr *mh = &b->msgs[m].msg_hdr;
+	char *buf = b->cms[m].buf;
 	struct cmsghdr *cm;
 
 	memset(mh, 0, sizeof(*mh));
@@ -136,24 +162,42 @@ static void start_message(struct kvod_batch *b, const struct kvod_stream *s,
 	b->msg_first[m] = b->npkt;
 	b->msg_run[m] = b->nrun - 1;
 	b->runs[b->nrun - 1].nmsg++;
-	if (!s->gso)
+	if (!s->gso && !kernel_paced(s))
 		return;
-	/* dropped again by finish_message() if no second segment comes */
-	mh->msg_control = b->cms[m].buf;
-	mh->msg_controllen = sizeof(b->cms[m].buf);
-	cm = CMSG_FIRSTHDR(mh);
-	cm->cmsg_level = SOL_UDP;
-	cm->cmsg_type = UDP_SEGMENT;
-	cm->cmsg_len = CMSG_LEN(sizeof(uint16_t));
-	*(uint16_t *)CMSG_DATA(cm) = (uint16_t)seg;
+	mh->msg_control = buf;
+	if (kernel_paced(s)) {
+		uint64_t txtime = (uint64_t)due;
+
+		/* laid out by hand: CMSG_NXTHDR would read the stale bytes
+		 * after this header as the next one's length */
+		cm = (struct cmsghdr *)buf;
+		cm->cmsg_level = SOL_SOCKET;
+		cm->cmsg_type = SCM_TXTIME;
+		cm->cmsg_len = CMSG_LEN(sizeof(txtime));
+		memcpy(CMSG_DATA(cm), &txtime, sizeof(txtime));
+		mh->msg_controllen = TXTIME_SPACE;
+	}
+	if (s->gso) {
+		cm = (struct cmsghdr *)(buf + mh->msg_controllen);
+		cm->cmsg_level = SOL_UDP;
+		cm->cmsg_type = UDP_SEGMENT;
+		cm->cmsg_len = CMSG_LEN(sizeof(uint16_t));
+		*(uint16_t *)CMSG_DATA(cm) = (uint16_t)seg;
+		mh->msg_controllen += SEGMENT_SPACE;
+	}
 }
 
-static void finish_message(struct kvod_batch *b, unsigned int m)
+static void finish_message(struct kvod_batch *b, unsigned int m,
+			   const struct kvod_stream *s)
 {
-	/* a lone segment is a plain datagram; no need to ask for GSO */
+	struct msghdr *mh = &b->msgs[m].msg_hdr;
+
+	/* a lone segment is a plain datagram: no need to ask for GSO, but
+	 * a kernel-paced one keeps its departure time */
 	if (b->msg_pkts[m] == 1) {
-		b->msgs[m].msg_hdr.msg_control = NULL;
-		b->msgs[m].msg_hdr.msg_controllen = 0;
+		mh->msg_controllen = kernel_paced(s) ? TXTIME_SPACE : 0;
+		if (!mh->msg_controllen)
+			mh->msg_control = NULL;
 	}
 }
 
@@ -183,6 +227,8 @@ static unsigned int build(struct kvod_stream *s, struct kvod_batch *b,
 {
 	bool one_per_msg = !s->gso;
 	bool zc = s->sk->zerocopy;
+	bool kp = kernel_paced(s);
+	int64_t due0 = 0;	/* of the open message's first packet */
 	unsigned int added = 0, segs = 0, frags = 0;
 	size_t seg = 0, msg_bytes = 0;
 	bool open = false;	/* the last message may take more segments */
@@ -217,6 +263,9 @@ static unsigned int build(struct kvod_stream *s, struct kvod_batch *b,
 		size = KVOD_RTP_HEADER + r.prefix_len + r.length;
 		new_msg = !(open && size <= seg && segs < KVOD_GSO_SEGS &&
 			    msg_bytes + size <= KVOD_MAX_DATAGRAM);
+		/* the kernel releases a message at its first packet's time */
+		if (kp && !new_msg && due - due0 > s->pacer->lookahead_ns)
+			new_msg = true;
 		if (zc) {
 			/* pinned pages: the header's, and the payload's */
 			uintptr_t a = (uintptr_t)payload;
@@ -248,12 +297,13 @@ static unsigned int build(struct kvod_stream *s, struct kvod_batch *b,
 		}
 		if (new_msg) {
 			if (open)
-				finish_message(b, b->nmsg - 1);
+				finish_message(b, b->nmsg - 1, s);
 			seg = size;
 			segs = 1;
 			msg_bytes = size;
+			due0 = due;
 			open = !one_per_msg;
-			start_message(b, s, seg);
+			start_message(b, s, seg, due);
 		} else {
 			segs++;
 			msg_bytes += size;
@@ -288,7 +338,7 @@ static unsigned int build(struct kvod_stream *s, struct kvod_batch *b,
 		added++;
 	}
 	if (open)
-		finish_message(b, b->nmsg - 1);
+		finish_message(b, b->nmsg - 1, s);
 	return added;
 }
 
@@ -363,6 +413,14 @@ void kvod_send_failed(struct kvod_stream *s, struct kvod_batch *b,
 		s->retry_at = now + KVOD_RETRY_NS;
 		return;
 	}
+	if (kernel_paced(s) && (err == EINVAL || err == EOPNOTSUPP)) {
+		/* the departure time was refused after all: pace here; if
+		 * GSO was the cause, the next try finds that out */
+		s->kpaced = false;
+		s->st.kernel_paced = 0;
+		s->st.refused |= KVOD_FEAT_TXTIME;
+		return;
+	}
 	if (s->gso && b->msg_pkts[m] > 1 && gso_refused(err)) {
 		s->gso = false;
 		s->st.gso_fallback = 1;
@@ -411,7 +469,22 @@ static int64_t next_due(struct kvod_stream *s)
 	return s->next_due;
 }
 
-static int64_t next_wake(struct kvod_stream *s, int64_t now)
+/*
+ * When @s next needs its thread: at its next due packet, or, kernel-paced,
+ * when less than half of the kernel lookahead is still queued (what was
+ * handed over reaches up to the next due packet).
+ */
+static int64_t wake_due(struct kvod_pacer *p, struct kvod_stream *s)
+{
+	int64_t t = next_due(s), half = p->klookahead_ns / 2;
+
+	if (!kernel_paced(s) || t == INT64_MAX || t < INT64_MIN + half)
+		return t;
+	return t - half;
+}
+
+static int64_t next_wake(struct kvod_pacer *p, struct kvod_stream *s,
+			 int64_t now)
 {
 	if (s->state != KVOD_STATE_PLAYING)
 		return INT64_MAX;
@@ -419,14 +492,15 @@ static int64_t next_wake(struct kvod_stream *s, int64_t now)
 		return s->retry_at;
 	if (s->unpaced)
 		return now;
-	return next_due(s);
+	return wake_due(p, s);
 }
 
 /* Lay out what @s has due, flushing @b whenever it fills up. */
 static void fill_stream(struct kvod_pacer *p, struct kvod_batch *b,
 			struct kvod_stream *s, int64_t now)
 {
-	int64_t horizon = now + p->lookahead_ns;
+	int64_t horizon = now + (kernel_paced(s) ? p->klookahead_ns :
+						   p->lookahead_ns);
 	unsigned int budget = KVOD_STREAM_ROUND_PKTS;
 
 	while (budget && s->state == KVOD_STATE_PLAYING && !s->retry_at) {
@@ -502,7 +576,7 @@ static int64_t pacer_round(struct kvod_pacer *p, int64_t now)
 				kvod_stream_at_last_record(s);
 				continue;
 			}
-			t = s->unpaced ? now : next_due(s);
+			t = s->unpaced ? now : wake_due(p, s);
 			if (t > horizon) {
 				if (t < wake)
 					wake = t;
@@ -522,7 +596,7 @@ static int64_t pacer_round(struct kvod_pacer *p, int64_t now)
 		if (s->state == KVOD_STATE_PLAYING &&
 		    s->next_record >= s->nrec)
 			kvod_stream_at_last_record(s);
-		t = next_wake(s, now);
+		t = next_wake(p, s, now);
 		if (t < wake)
 			wake = t;
 	}
@@ -584,7 +658,8 @@ static void *pacer_main(void *arg)
 	return NULL;
 }
 
-int kvod_pacer_init(struct kvod_pacer *p, int strategy, int64_t lookahead)
+int kvod_pacer_init(struct kvod_pacer *p, int strategy, int64_t lookahead,
+		    int64_t klookahead)
 {
 	pthread_condattr_t ca;
 	int err;
@@ -592,6 +667,7 @@ int kvod_pacer_init(struct kvod_pacer *p, int strategy, int64_t lookahead)
 	memset(p, 0, sizeof(*p));
 	p->strategy = strategy;
 	p->lookahead_ns = lookahead;
+	p->klookahead_ns = klookahead;
 	p->batch = calloc(1, sizeof(*p->batch));
 	if (!p->batch)
 		return -ENOMEM;
@@ -700,6 +776,20 @@ struct kvod_sock *kvod_pacer_find_sock(struct kvod_pacer *p, uint64_t ino)
 	return NULL;
 }
 
+/* departure times on @sk's messages, on CLOCK_MONOTONIC as fq wants them */
+static int txtime_setup(struct kvod_sock *sk)
+{
+	struct sock_txtime t = {
+		.clockid = CLOCK_MONOTONIC,
+		.flags = 0,
+	};
+
+	if (setsockopt(sk->fd, SOL_SOCKET, SO_TXTIME, &t, sizeof(t)))
+		return -errno;
+	sk->txtime = true;
+	return 0;
+}
+
 /*
  * Add @s to @p, sending from the socket @fd (the engine's duplicate, which
  * this takes over: closed at once if @p already sends from that socket).
@@ -730,6 +820,12 @@ int kvod_pacer_add(struct kvod_pacer *p, struct kvod_stream *s, int fd,
 			p->socks->prev = sk;
 		p->socks = sk;
 	}
+	/* the socket refused SO_TXTIME: the engine paces the stream */
+	if (s->kpaced && !sk->txtime && txtime_setup(sk) < 0) {
+		s->kpaced = false;
+		s->st.refused |= KVOD_FEAT_TXTIME;
+	}
+	s->st.kernel_paced = s->kpaced;
 	if (p->strategy == KVOD_STRATEGY_GSO_ZEROCOPY && !sk->zerocopy) {
 		s->st.refused |= KVOD_FEAT_ZEROCOPY;
 		s->strategy = KVOD_STRATEGY_GSO;

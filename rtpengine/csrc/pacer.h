@@ -27,6 +27,10 @@
 #ifndef UDP_SEGMENT
 #define UDP_SEGMENT		103
 #endif
+#ifndef SO_TXTIME
+#define SO_TXTIME		61
+#define SCM_TXTIME		SO_TXTIME
+#endif
 
 #define KVOD_RTP_HEADER		12
 #define KVOD_HDR_ROOM		20	/* header + prefix, rounded up */
@@ -37,6 +41,8 @@
 #define KVOD_STREAM_ROUND_PKTS	2048	/* packets per stream per round */
 /* packets due this soon are sent now, so that they share a batch */
 #define KVOD_LOOKAHEAD_NS	500000LL
+/* kernel-paced streams: queued this far ahead (refilled at half) */
+#define KVOD_KERNEL_LOOKAHEAD_NS	20000000LL
 /* back-off after EAGAIN/ENOBUFS before the same batch is tried again */
 #define KVOD_RETRY_NS		1000000LL
 #define KVOD_ZC_SLOTS		4096	/* zero-copy header ring, per socket */
@@ -76,6 +82,7 @@ struct kvod_sock {
 	int domain;
 	bool shared;			/* unconnected: streams name clients */
 	bool zerocopy;			/* SO_ZEROCOPY is on */
+	bool txtime;			/* SO_TXTIME is on */
 	struct kvod_zc *zc;
 };
 
@@ -113,6 +120,7 @@ struct kvod_stream {
 	int strategy;		/* KVOD_STRATEGY_*, in use now */
 	bool gso;
 	bool unpaced;
+	bool kpaced;		/* KVOD_PACE_KERNEL, granted */
 	bool err_pending;	/* a hard error already hit this batch once */
 	uint64_t next_record;
 	uint64_t seq_count;	/* packets sent or dropped so far */
@@ -131,9 +139,9 @@ struct kvod_stream {
 	struct kvod_stream_stats st;
 };
 
-/* per message: room for UDP_SEGMENT */
+/* per message: room for SCM_TXTIME, then UDP_SEGMENT */
 union kvod_cmsg {
-	char buf[CMSG_SPACE(sizeof(uint16_t))];
+	char buf[CMSG_SPACE(sizeof(uint64_t)) + CMSG_SPACE(sizeof(uint16_t))];
 	struct cmsghdr align;
 };
 
@@ -176,6 +184,7 @@ struct kvod_pacer {
 	unsigned int nstreams;
 	int strategy;			/* the engine's */
 	int64_t lookahead_ns;
+	int64_t klookahead_ns;		/* kernel-paced streams' */
 	struct kvod_sock *socks;
 	struct kvod_batch *batch;
 	struct kvod_uring *uring;	/* uring_gso only */
@@ -189,6 +198,7 @@ struct kvod_engine {
 	char fallback[256];		/* why not the requested strategy */
 	int npacers;
 	int64_t lookahead_ns;
+	int64_t klookahead_ns;
 	struct kvod_pacer **pacers;
 	pthread_mutex_t table_lock;	/* taken before any pacer lock */
 	struct kvod_stream **slots;
@@ -196,7 +206,8 @@ struct kvod_engine {
 	uint32_t nslots;
 };
 
-int kvod_pacer_init(struct kvod_pacer *p, int strategy, int64_t lookahead);
+int kvod_pacer_init(struct kvod_pacer *p, int strategy, int64_t lookahead,
+		    int64_t klookahead);
 int kvod_pacer_start(struct kvod_pacer *p);
 void kvod_pacer_stop(struct kvod_pacer *p);
 void kvod_pacer_destroy(struct kvod_pacer *p);
