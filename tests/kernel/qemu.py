@@ -34,8 +34,9 @@ FETCH = os.path.join(ROOT, "packaging", "fetch-kernels")
 INIT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "init.sh")
 BUSYBOX = "/bin/busybox"
 QEMU = "qemu-system-x86_64"
-# modules the initramfs loads to reach the host's root (with what they need)
-BOOT_MODULES = ("virtio_pci", "9pnet_virtio", "9p")
+# modules the initramfs loads: to reach the host's root (with what they
+# need), and the fq qdisc for the kernel-pacing tests
+BOOT_MODULES = ("virtio_pci", "9pnet_virtio", "9p", "sch_fq")
 NICE = 10
 # what the kernel log must never show after a test run
 KERNEL_TROUBLE = re.compile(
