@@ -37,8 +37,10 @@ def test_every_strategy_has_a_name_in_c_and_python():
 
 
 def test_this_kernel_offers_every_feature():
-    # PLATFORM.md: UDP GSO, MSG_ZEROCOPY and io_uring are all present here
-    assert probe_features() == {"udp_segment": True, "zerocopy": True, "io_uring": True}
+    # PLATFORM.md: UDP GSO, MSG_ZEROCOPY and io_uring are all present here;
+    # SO_TXTIME is taken (and ignored: no fq, see tests/test_kernel_pacing.py)
+    assert probe_features() == {"udp_segment": True, "zerocopy": True, "io_uring": True,
+                                "txtime": True}
     with Engine(threads=1) as e:
         assert e.strategy == "gso" and e.fallback is None
         assert e.status()["features"] == probe_features()
@@ -357,7 +359,10 @@ def test_raw_engine_option_calls():
     assert lib.kvod_engine_new_opts(o) == ffi.NULL
     o.lookahead_ns, o.reserved = 0, 1
     assert lib.kvod_engine_new_opts(o) == ffi.NULL
-    o.reserved, o.refuse = 0, lib.KVOD_FEAT_UDP_SEGMENT
+    o.reserved, o.kernel_lookahead_ns = 0, -1
+    assert lib.kvod_engine_new_opts(o) == ffi.NULL
+    assert b"kernel lookahead" in ffi.string(lib.kvod_last_error())
+    o.kernel_lookahead_ns, o.refuse = 0, lib.KVOD_FEAT_UDP_SEGMENT
     o.strategy = lib.KVOD_STRATEGY_GSO
     e = lib.kvod_engine_new_opts(o)
     assert e != ffi.NULL
