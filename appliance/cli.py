@@ -301,18 +301,26 @@ def status(ctx: click.Context, as_json: bool) -> None:
         click.echo(f"engine fallback: {engine['fallback']}")
     if engine.get("runtime_refused"):
         click.echo(f"refused at run time: {', '.join(engine['runtime_refused'])}")
+    if "paced_streams" in engine:
+        paced = engine["paced_streams"]
+        click.echo(f"pacing: {engine['pacing']} (kernel lookahead "
+                   f"{engine['kernel_lookahead_ms']:g} ms): {paced['kernel']} stream(s) "
+                   f"kernel-paced (fq), {paced['engine']} engine-paced")
+        for note in engine.get("pacing_notes", []):
+            click.echo(f"pacing note: {note}")
     totals = info["totals"]
     click.echo(f"sessions: {totals['sessions']} ({totals['playing']} playing), "
                f"{totals['packets_sent']} packets sent")
     if info["sessions"]:
         click.echo(f"{'SESSION':<17} {'TITLE':<20} {'CLIENT':<22} {'STATE':<8} "
-                   f"{'SENT':>9} {'LOSS':>6} {'LATE>5ms':>8} STRATEGY")
+                   f"{'SENT':>9} {'LOSS':>6} {'LATE>5ms':>8} {'STRATEGY':<13} PACING")
     for session in info["sessions"]:
         for stream in session["streams"].values():
             click.echo(f"{session['id']:<17} {session['title'][:20]:<20} "
                        f"{stream['client'][:22]:<22} {session['state']:<8} "
                        f"{stream.get('packets_sent', 0):>9} {stream['loss_fraction']:>6.1%} "
-                       f"{stream.get('late_5ms', 0):>8} {stream.get('strategy', '-')}")
+                       f"{stream.get('late_5ms', 0):>8} {stream.get('strategy', '-'):<13} "
+                       f"{stream.get('pacing', '-')}")
 
 
 def _register_cache_commands() -> None:

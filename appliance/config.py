@@ -353,6 +353,11 @@ class EngineConfig(_Section):
         "auto", _one_of("auto", "userspace", "krtpsendfile", "krtpmsend"),
         "Which engine sends: 'auto' (the krtp kernel module's krtpsendfile when "
         "/dev/krtp answers, else user space), 'userspace', 'krtpsendfile' or 'krtpmsend'.")
+    pacing: str = _setting(
+        "auto", _one_of("auto", "engine", "kernel"),
+        "Who keeps the user-space engine's packets to their times: 'auto' (the kernel's "
+        "fq qdisc where it is on the client's interface, else the engine), 'engine', or "
+        "'kernel' (SO_TXTIME; without fq the kernel ignores the times).")
 
 
 @dataclass(frozen=True)

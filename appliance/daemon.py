@@ -116,7 +116,7 @@ class KvodService(service.MultiService):
         refuse = [f for f in os.environ.get("KVOD_ENGINE_REFUSE", "").split(",") if f]
         self.engine, self.engine_description = open_engine(
             config.engine.backend, threads=config.engine.threads,
-            strategy=config.engine.strategy, refuse=refuse)
+            strategy=config.engine.strategy, refuse=refuse, pacing=config.engine.pacing)
         log.info("engine: %s", self.engine_description)
         if self.engine.fallback:
             log.warning("engine fallback: %s", self.engine.fallback)
@@ -126,7 +126,8 @@ class KvodService(service.MultiService):
             sr_interval=config.rtcp.sr_interval,
             cname=f"kvod@{socket.gethostname()}",
             on_alive=lambda session_id: self.server.touch(session_id, time.monotonic()),
-            fill_for=self.cache.fill_for, stall_timeout=config.cache.stall_timeout)
+            fill_for=self.cache.fill_for, stall_timeout=config.cache.stall_timeout,
+            pacing=config.engine.pacing)
         self.cache.in_use = self.media.playing
         self.server = RtspServer(titles=self.catalog, media=self.media,
                                  session_timeout=config.rtsp.session_timeout,

@@ -107,7 +107,8 @@ class UdpMediaStream:
                     growing = {"growing": True} if update.growing else {}
                     self._stream = backend.engine.open_stream(
                         self._rtp_sock.fileno(), media_fd, hint_fd,
-                        ssrc=self.ssrc, seq0=self.seq0, ts0=self.ts0, **growing)
+                        ssrc=self.ssrc, seq0=self.seq0, ts0=self.ts0,
+                        pacing=backend.pacing, **growing)
                     if update.count is not None:
                         self._stream.set_hints(hint_fd, update.count, growing=update.growing)
                 finally:
@@ -312,6 +313,7 @@ class UdpMediaStream:
         if self._stream is not None:
             stats = self._stream.stats()
             out.update(state=stats.state, strategy=stats.strategy, refused=list(stats.refused),
+                       pacing=stats.pacing,
                        packets_sent=stats.packets_sent, payload_octets=stats.payload_octets,
                        packets_dropped=stats.packets_dropped, send_errors=stats.send_errors,
                        late_1ms=stats.late_1ms, late_5ms=stats.late_5ms,
@@ -418,8 +420,9 @@ class UdpMediaBackend:
                  sr_interval: float, cname: str,
                  on_alive: Callable[[str], None] = lambda session_id: None,
                  fill_for: Callable[[str], object] = lambda name: None,
-                 stall_timeout: float = 20.0):
+                 stall_timeout: float = 20.0, pacing: str = "auto"):
         self.engine = engine
+        self.pacing = pacing  # [engine] pacing, for every stream's open_stream
         self.fill_for = fill_for
         self.stall_timeout = stall_timeout
         self.reactor = reactor

@@ -28,10 +28,11 @@ AnyEngine = Union[Engine, krtp.KrtpEngine]
 
 
 def open_engine(backend: str = "auto", threads: int = 0, strategy: str = "auto",
-                refuse: Iterable[str] = (), device: str = krtp.DEVICE
-                ) -> tuple[AnyEngine, str]:
+                refuse: Iterable[str] = (), device: str = krtp.DEVICE,
+                pacing: str = "auto") -> tuple[AnyEngine, str]:
     """The engine to send with, and why it is that one. ``refuse`` goes to
-    the user-space engine (kernel features to treat as refused)."""
+    the user-space engine (kernel features to treat as refused), and
+    ``pacing`` (its streams' default: auto, engine or kernel)."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown engine backend {backend!r}; known: {', '.join(BACKENDS)}")
     why_not = ""
@@ -46,6 +47,6 @@ def open_engine(backend: str = "auto", threads: int = 0, strategy: str = "auto",
         if backend != "auto":
             raise EngineError(errno.ENODEV, f"engine backend {backend} asked for, but {why}")
         why_not = f"; krtp not used: {why}"
-    eng = Engine(threads=threads, strategy=strategy, refuse=refuse)
+    eng = Engine(threads=threads, strategy=strategy, refuse=refuse, pacing=pacing)
     return eng, (f"{eng.strategy} strategy (asked {strategy}), {eng.threads} thread(s), "
                  f"user space{why_not}")

@@ -238,3 +238,16 @@ def test_engine_strategies_are_the_engines():
     from appliance.config import ENGINE_STRATEGIES
     from rtpengine.engine import STRATEGIES
     assert tuple(STRATEGIES) == ENGINE_STRATEGIES
+
+
+def test_engine_pacing_key(tmp_path):
+    """[engine] pacing: auto by default, the engine's names, a clear error."""
+    from rtpengine.engine import PACINGS
+    assert Config().engine.pacing == "auto"
+    config = load_config(str(_write(tmp_path, '[engine]\npacing = "kernel"\n')))
+    assert config.engine.pacing == "kernel" and config.engine.strategy == "auto"
+    for name in PACINGS:
+        assert Config.from_dict({"engine": {"pacing": name}}).engine.pacing == name
+    with pytest.raises(ConfigError, match="engine.pacing: expected one of 'auto', 'engine', "
+                                          "'kernel'"):
+        Config.from_dict({"engine": {"pacing": "fq"}})

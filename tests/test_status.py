@@ -118,3 +118,37 @@ def test_prometheus_text_escapes_labels():
     text = prometheus_text(status)
     assert 'title="we\\"ird\\\\name\\n"' in text
     assert 'kvod_stream_packets_sent{session="A",title="we\\"ird\\\\name\\n",track="0"} 5' in text
+
+
+def test_status_shows_pacing(tmp_path, ts_file):
+    """[engine] pacing = "kernel" reaches the engine: the stream is
+    kernel-paced (here SO_TXTIME is taken and ignored), and kvod status
+    says so; the default, auto, finds no fq on lo and paces in the engine."""
+    for pacing, want, note in (("kernel", "kernel", None),
+                               ("auto", "engine", "lo: root qdisc is noqueue, not fq")):
+        (tmp_path / pacing).mkdir()
+        daemon = KvodDaemon(str(tmp_path / pacing), extra=f'[engine]\npacing = "{pacing}"\n')
+        daemon.add(ts_file, "movie")
+        daemon.start()
+        receiver = RtpReceiver()
+        client = RtspClient("127.0.0.1", daemon.port)
+        try:
+            url = client.url("movie")
+            session, _, _ = client.setup_udp(url + "/trackID=0", receiver.ports)
+            assert client.request("PLAY", url + "/", [("Session", session)]).status == 200
+            assert receiver.wait_for(20)
+            info = json.loads(daemon.kvod("status", "--json").stdout)
+            engine = info["engine"]
+            assert engine["pacing"] == pacing
+            assert engine["paced_streams"] == {want: 1, ({"kernel", "engine"} - {want}).pop(): 0}
+            assert info["sessions"][0]["streams"]["0"]["pacing"] == want
+            text = daemon.kvod("status").stdout
+            assert f"{engine['paced_streams']['kernel']} stream(s) kernel-paced" in text
+            assert text.rstrip().endswith(want)  # the stream's PACING column
+            if note:
+                assert any(note in n for n in engine["pacing_notes"])
+                assert "pacing note: auto: no fq on the way" in text
+        finally:
+            client.close()
+            receiver.close()
+            assert daemon.stop() == 0
