@@ -103,9 +103,11 @@ def _percentile(values: list[int], q: float) -> int:
 
 def run_once(media: str, hint: str, sessions: int, seconds: float, *, sample: int = 20,
              strategy: str = "auto", sink: str = "nic", shared: bool = True,
-             threads: int = 0, lookahead_ns: int = 0,
+             threads: int = 0, lookahead_ns: int = 0, pacing: str = "engine",
              progress: Progress = None) -> dict:
-    """Play ``sessions`` paced streams for ``seconds``; return the figures."""
+    """Play ``sessions`` paced streams for ``seconds``; return the figures.
+    ``pacing`` is every stream's (auto, engine, kernel); shared ports stay
+    engine-paced (see Engine.open_stream), so ``paced`` counts who paced."""
     with HintFile(hint) as hf:
         send_ns = [r.send_ns for r in hf]
         title_ns = hf.header.duration_ns
@@ -122,7 +124,7 @@ def run_once(media: str, hint: str, sessions: int, seconds: float, *, sample: in
         stack.callback(rx.kill)
         ports = json.loads(rx.stdout.readline())
         engine = stack.enter_context(Engine(threads=threads, strategy=strategy,
-                                            lookahead_ns=lookahead_ns))
+                                            lookahead_ns=lookahead_ns, pacing=pacing))
         m = stack.enter_context(open(media, "rb"))
         h = stack.enter_context(open(hint, "rb"))
 
@@ -212,6 +214,7 @@ def run_once(media: str, hint: str, sessions: int, seconds: float, *, sample: in
         stats1 = [s.stats() for s in streams]
         est1 = engine.stats()
         used = engine.strategy
+        paced = engine.status()["paced_streams"]
         for s in streams:
             s.pause()
         rx.stdin.close()
@@ -235,6 +238,7 @@ def run_once(media: str, hint: str, sessions: int, seconds: float, *, sample: in
     return {
         "sessions": sessions, "sample": sample, "seconds": round(wall, 3),
         "strategy": used, "ports": "shared" if shared else "per-session", "sink": sink,
+        "pacing": pacing, "paced": paced,
         "threads": engine.threads, "bitrate_mbps": round(bits / 1e6, 3),
         "packets": packets, "send_errors": delta("send_errors"),
         "packets_dropped": delta("packets_dropped"),
@@ -261,7 +265,8 @@ def _ok(r: dict) -> bool:
 def run_scale(counts: list[int], *, bitrate: str = "4M", seconds: float = 10.0,
               sample: int = 20, strategy: str = "auto", sink: str = "nic",
               shared: bool = True, search: bool = False, max_sessions: int = 16000,
-              lookahead_ns: int = 0, progress: Progress = None) -> dict:
+              lookahead_ns: int = 0, pacing: str = "engine",
+              progress: Progress = None) -> dict:
     """Runs for each of ``counts``; with ``search``, then the largest N
     keeping >= 99.9% within 5 ms (doubling, then bisecting, a few runs)."""
     import tempfile
@@ -270,7 +275,7 @@ def run_scale(counts: list[int], *, bitrate: str = "4M", seconds: float = 10.0,
     from .mpegts import index_mpegts
     media = bench_title(bitrate=bitrate, seconds=max(30, int(seconds) + 5))
     result: dict = {"title": media, "lookahead_ms": (lookahead_ns or 500_000) / 1e6,
-                    "runs": [], "search": None}
+                    "pacing": pacing, "runs": [], "search": None}
     with tempfile.TemporaryDirectory(prefix="kvod-bench-") as tmp:
         hint = os.path.join(tmp, "bench.hint")
         index_mpegts(media, hint)
@@ -282,7 +287,8 @@ def run_scale(counts: list[int], *, bitrate: str = "4M", seconds: float = 10.0,
                 if progress:
                     progress((done[0] + f) / steps)
             r = run_once(media, hint, n, secs, sample=sample, strategy=strategy, sink=sink,
-                         shared=shared, lookahead_ns=lookahead_ns, progress=prog)
+                         shared=shared, lookahead_ns=lookahead_ns, pacing=pacing,
+                         progress=prog)
             done[0] += 1
             return r
 
@@ -313,18 +319,26 @@ def run_scale(counts: list[int], *, bitrate: str = "4M", seconds: float = 10.0,
     return result
 
 
+def _paced(run: dict) -> str:
+    paced = run.get("paced", {})
+    return f"{paced.get('kernel', 0)}k/{paced.get('engine', run['sessions'])}e"
+
+
 def format_table(result: dict) -> str:
     """The human-readable table of :func:`run_scale`'s result."""
     lines = [f"title: {result['title']}, engine lookahead "
-             f"{result.get('lookahead_ms', 0.5)} ms (packets may leave that early)",
-             f"{'streams':>8} {'strategy':>9} {'ports':>11} {'Mb/s':>5} "
+             f"{result.get('lookahead_ms', 0.5)} ms (packets may leave that early), "
+             f"pacing {result.get('pacing', 'engine')} (kernel: SO_TXTIME, on time only "
+             f"under fq; paced column: kernel/engine streams)",
+             f"{'streams':>8} {'strategy':>9} {'ports':>11} {'paced':>11} {'Mb/s':>5} "
              f"{'CPU ms/stream-s':>15} {'calls/s':>8} {'<=1ms':>9} {'<=5ms':>9} "
              f"{'max late':>9} | {'sample <=1ms':>12} {'<=5ms':>9} {'p99 late':>9} "
              f"{'early max':>9}"]
     rows = result["runs"] + (result["search"]["probes"] if result["search"] else [])
     for r in rows:
         lines.append(
-            f"{r['sessions']:>8} {r['strategy']:>9} {r['ports']:>11} {r['bitrate_mbps']:>5.2f} "
+            f"{r['sessions']:>8} {r['strategy']:>9} {r['ports']:>11} {_paced(r):>11} "
+            f"{r['bitrate_mbps']:>5.2f} "
             f"{r['cpu_ms_per_stream_s']:>15.4f} {r['syscalls_per_s']:>8,} "
             f"{r['engine_within_1ms']:>9.4%} {r['engine_within_5ms']:>9.4%} "
             f"{r['engine_max_late_ms']:>7.2f}ms | "

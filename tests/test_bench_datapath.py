@@ -120,3 +120,24 @@ def test_scale_run_counts_every_stream(ports, short_ts_file, tmp_path):
     # not a unit test's (these machines are shared and noisy)
     assert 0 < r["engine_within_5ms"] <= 1 and 0 < r["sample_within_5ms"] <= 1
     assert "CPU ms/stream-s" in format_table({"title": "t", "runs": [r], "search": None})
+
+
+@needs_root
+def test_scale_run_with_kernel_pacing_says_who_paced(short_ts_file, tmp_path):
+    """--pacing kernel: per-session sockets are kernel-paced (SO_TXTIME,
+    ignored here: no fq), in the JSON and the table."""
+    from rtpengine.bench_scale import format_table, run_once
+    from rtpengine.mpegts import index_mpegts
+    hint = str(tmp_path / "s.hint")
+    index_mpegts(short_ts_file, hint)
+    r = run_once(short_ts_file, hint, 6, 1.0, sample=2, shared=False, pacing="kernel")
+    assert r["pacing"] == "kernel" and r["paced"] == {"kernel": 6, "engine": 0}
+    assert r["packets"] > 0 and r["send_errors"] == 0
+    table = format_table({"title": "t", "pacing": "kernel", "runs": [r], "search": None})
+    assert "pacing kernel" in table and " 6k/0e " in table
+
+
+def test_bench_streams_pacing_option_is_checked():
+    from appliance.cli import cli
+    bad = CliRunner().invoke(cli, ["bench", "streams", "--pacing", "fast"])
+    assert bad.exit_code == 2 and "'fast' is not one of 'engine', 'kernel', 'auto'" in bad.output
