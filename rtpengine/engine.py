@@ -210,8 +210,12 @@ def _check_pacing(pacing: str) -> str:
 
 
 def _peer_host(fd: int) -> Optional[str]:
-    """The numeric address a connected socket sends to, or None."""
-    copy = os.dup(fd)
+    """The numeric address a connected socket sends to, or None (a bad
+    descriptor is left to the C side to refuse, with its own message)."""
+    try:
+        copy = os.dup(fd)
+    except OSError:
+        return None
     try:
         s = socket.socket(fileno=copy)
     except OSError:

@@ -6,8 +6,9 @@ kernel's headers (without a warning), the kernel is booted under QEMU with
 software emulation, and tests/kernel/guest runs inside it as root: bytes
 on the guest's loopback against the reference packetiser, commands,
 hostile callers, process exits, GStreamer receiving a title whole from the
-module and from ``kvod serve`` on the krtp backend, unloading, and a clean
-kernel log.
+module and from ``kvod serve`` on the krtp backend, unloading, the user-space
+engine's kernel pacing under the fq qdisc (which this machine lacks), and a
+clean kernel log.
 ``dkms build`` is checked against the installed 6.1 headers.
 
 Kernel packages come from packaging/fetch-kernels (cached under
@@ -31,7 +32,7 @@ pytestmark = pytest.mark.skipif(qemu.qemu_available() is not None,
 
 GUEST_TESTS = ["tests/kernel/guest/test_krtp_wire.py", "tests/kernel/guest/test_krtp_commands.py",
                "tests/kernel/guest/test_krtp_hostile.py", "tests/kernel/guest/test_krtp_daemon.py",
-               "tests/kernel/guest/test_unload.py"]
+               "tests/kernel/guest/test_unload.py", "tests/kernel/guest/test_fq_pacing.py"]
 GUEST_TIMEOUT = 900
 # kvod serve is slow to start under emulation: each kernel runs the daemon
 # with one of the two calls (the module's own tests run both on both)
