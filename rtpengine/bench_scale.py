@@ -29,7 +29,7 @@ import time
 from contextlib import ExitStack
 from typing import Callable, Optional
 
-from .engine import Engine, now_ns
+from .engine import DEFAULT_LOOKAHEAD_NS, Engine, now_ns
 from .hintfile import HintFile
 
 SEC = 1_000_000_000
@@ -103,7 +103,7 @@ def _percentile(values: list[int], q: float) -> int:
 
 def run_once(media: str, hint: str, sessions: int, seconds: float, *, sample: int = 20,
              strategy: str = "auto", sink: str = "nic", shared: bool = True,
-             threads: int = 0, lookahead_ns: int = 0,
+             threads: int = 0, lookahead_ns: int = 0, burst_ns: int = 0,
              progress: Progress = None) -> dict:
     """Play ``sessions`` paced streams for ``seconds``; return the figures."""
     with HintFile(hint) as hf:
@@ -122,7 +122,7 @@ def run_once(media: str, hint: str, sessions: int, seconds: float, *, sample: in
         stack.callback(rx.kill)
         ports = json.loads(rx.stdout.readline())
         engine = stack.enter_context(Engine(threads=threads, strategy=strategy,
-                                            lookahead_ns=lookahead_ns))
+                                            lookahead_ns=lookahead_ns, burst_ns=burst_ns))
         m = stack.enter_context(open(media, "rb"))
         h = stack.enter_context(open(hint, "rb"))
 
@@ -242,6 +242,8 @@ def run_once(media: str, hint: str, sessions: int, seconds: float, *, sample: in
         "cpu_ms_per_stream_s": round(cpu * 1000 / stream_s, 4),
         "syscalls_per_s": round((est1["syscalls"] - est0["syscalls"]) / wall),
         "rounds_per_s": round((est1["rounds"] - est0["rounds"]) / wall),
+        "packets_per_syscall": round((est1["packets"] - est0["packets"])
+                                     / max(1, est1["syscalls"] - est0["syscalls"]), 2),
         "engine_within_1ms": round(1 - late1 / packets, 6) if packets else None,
         "engine_within_5ms": round(1 - late5 / packets, 6) if packets else None,
         "engine_max_late_ms": round(max(s.max_late_ns for s in stats1) / MS, 3),
@@ -261,7 +263,7 @@ def _ok(r: dict) -> bool:
 def run_scale(counts: list[int], *, bitrate: str = "4M", seconds: float = 10.0,
               sample: int = 20, strategy: str = "auto", sink: str = "nic",
               shared: bool = True, search: bool = False, max_sessions: int = 16000,
-              lookahead_ns: int = 0, progress: Progress = None) -> dict:
+              lookahead_ns: int = 0, burst_ns: int = 0, progress: Progress = None) -> dict:
     """Runs for each of ``counts``; with ``search``, then the largest N
     keeping >= 99.9% within 5 ms (doubling, then bisecting, a few runs)."""
     import tempfile
@@ -269,7 +271,9 @@ def run_scale(counts: list[int], *, bitrate: str = "4M", seconds: float = 10.0,
     from .bench_media import bench_title
     from .mpegts import index_mpegts
     media = bench_title(bitrate=bitrate, seconds=max(30, int(seconds) + 5))
-    result: dict = {"title": media, "lookahead_ms": (lookahead_ns or 500_000) / 1e6,
+    lookahead_ms = (lookahead_ns or DEFAULT_LOOKAHEAD_NS) / 1e6
+    result: dict = {"title": media, "lookahead_ms": lookahead_ms,
+                    "burst_ms": max(burst_ns / 1e6, lookahead_ms),
                     "runs": [], "search": None}
     with tempfile.TemporaryDirectory(prefix="kvod-bench-") as tmp:
         hint = os.path.join(tmp, "bench.hint")
@@ -282,7 +286,8 @@ def run_scale(counts: list[int], *, bitrate: str = "4M", seconds: float = 10.0,
                 if progress:
                     progress((done[0] + f) / steps)
             r = run_once(media, hint, n, secs, sample=sample, strategy=strategy, sink=sink,
-                         shared=shared, lookahead_ns=lookahead_ns, progress=prog)
+                         shared=shared, lookahead_ns=lookahead_ns, burst_ns=burst_ns,
+                         progress=prog)
             done[0] += 1
             return r
 
@@ -315,8 +320,8 @@ def run_scale(counts: list[int], *, bitrate: str = "4M", seconds: float = 10.0,
 
 def format_table(result: dict) -> str:
     """The human-readable table of :func:`run_scale`'s result."""
-    lines = [f"title: {result['title']}, engine lookahead "
-             f"{result.get('lookahead_ms', 0.5)} ms (packets may leave that early)",
+    lines = [f"title: {result['title']}, engine lookahead {result['lookahead_ms']} ms, "
+             f"burst {result['burst_ms']} ms (packets may leave that early)",
              f"{'streams':>8} {'strategy':>9} {'ports':>11} {'Mb/s':>5} "
              f"{'CPU ms/stream-s':>15} {'calls/s':>8} {'<=1ms':>9} {'<=5ms':>9} "
              f"{'max late':>9} | {'sample <=1ms':>12} {'<=5ms':>9} {'p99 late':>9} "

@@ -93,11 +93,15 @@ def _feature_names(mask: int) -> list[str]:
     return [name for name, bit in FEATURES.items() if mask & bit]
 
 
+#: the C engine's lookahead when none is asked for (KVOD_LOOKAHEAD_NS)
+DEFAULT_LOOKAHEAD_NS = 500_000
+
+
 def _engine_new(threads: int, strategy: int, refuse: int = 0,
-                lookahead_ns: int = 0):
+                lookahead_ns: int = 0, burst_ns: int = 0):
     opts = ffi.new("struct kvod_engine_opts *")
     opts.threads, opts.strategy = threads, strategy
-    opts.refuse, opts.lookahead_ns = refuse, lookahead_ns
+    opts.refuse, opts.lookahead_ns, opts.burst_ns = refuse, lookahead_ns, burst_ns
     ptr = lib.kvod_engine_new_opts(opts)
     if ptr == ffi.NULL:
         raise _error(ffi.errno or errno.ENOMEM, "engine")
@@ -244,13 +248,18 @@ class Engine:
     feature is refused falls back (logged; see :attr:`fallback`).
     ``refuse`` names :data:`FEATURES` to treat as refused, to exercise
     the fallbacks. ``lookahead_ns`` (default 0.5 ms) is how far ahead of
-    its due time a packet may leave so that it shares a batch. Close the
+    its due time a packet may leave so that it shares a batch. A stream
+    that is served also sends what it has due within ``burst_ns`` (at
+    least the lookahead), in one GSO message: a 4 Mb/s stream sends every
+    few milliseconds instead of every packet, and its packets leave at
+    most ``burst_ns`` early, never later. Close the
     engine (or use it as a context manager) to stop the threads; that
     also closes its streams.
     """
 
     def __init__(self, threads: int = 0, strategy: str = "auto", *,
-                 refuse: Iterable[str] = (), lookahead_ns: int = 0) -> None:
+                 refuse: Iterable[str] = (), lookahead_ns: int = 0,
+                 burst_ns: int = 0) -> None:
         if strategy not in STRATEGIES:
             raise ValueError(f"unknown strategy {strategy!r}; "
                              f"known: {', '.join(STRATEGIES)}")
@@ -263,7 +272,12 @@ class Engine:
         self._busy = 0
         self._ptr = None
         ptr = _engine_new(threads, STRATEGIES[strategy], mask,
-                          _in_range(lookahead_ns, 63, "lookahead"))
+                          _in_range(lookahead_ns, 63, "lookahead"),
+                          _in_range(burst_ns, 63, "burst"))
+        #: how early a packet may leave to share a batch, and to join its
+        #: stream's burst (the C engine's defaults and rule)
+        self.lookahead_ns: int = lookahead_ns or DEFAULT_LOOKAHEAD_NS
+        self.burst_ns: int = max(burst_ns, self.lookahead_ns)
         try:
             self.requested_strategy: str = strategy
             self.strategy: str = _STRATEGY_NAMES[_engine_strategy(ptr)]
@@ -341,6 +355,7 @@ class Engine:
                 "requested_strategy": self.requested_strategy,
                 "fallback": self.fallback, "features": dict(self.features),
                 "threads": self.threads,
+                "lookahead_ms": self.lookahead_ns / 1e6, "burst_ms": self.burst_ns / 1e6,
                 "runtime_refused": sorted(self._runtime_refused)}
         if not self.closed:
             info.update(self.stats())

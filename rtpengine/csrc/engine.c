@@ -250,10 +250,12 @@ KVOD_API struct kvod_engine *kvod_engine_new_opts(
 		return NULL;
 	}
 	if (o->reserved || o->lookahead_ns < 0 ||
-	    o->lookahead_ns > 1000000000LL) {
+	    o->lookahead_ns > 1000000000LL || o->burst_ns < 0 ||
+	    o->burst_ns > 1000000000LL) {
 		errno = -kvod_fail(EINVAL,
-				   "bad options (lookahead %lld ns is not in 0..1 s)",
-				   (long long)o->lookahead_ns);
+				   "bad options (lookahead %lld ns, burst %lld ns: each must be in 0..1 s)",
+				   (long long)o->lookahead_ns,
+				   (long long)o->burst_ns);
 		return NULL;
 	}
 	have = kvod_probe_features() & ~o->refuse;
@@ -266,6 +268,8 @@ KVOD_API struct kvod_engine *kvod_engine_new_opts(
 	e->requested = o->strategy;
 	e->features = have;
 	e->lookahead_ns = o->lookahead_ns ? o->lookahead_ns : KVOD_LOOKAHEAD_NS;
+	e->burst_ns = o->burst_ns > e->lookahead_ns ? o->burst_ns :
+		      e->lookahead_ns;
 	snprintf(e->fallback, sizeof(e->fallback), "%s", why);
 	e->pacers = calloc(threads, sizeof(*e->pacers));
 	if (!e->pacers)
@@ -279,7 +283,8 @@ KVOD_API struct kvod_engine *kvod_engine_new_opts(
 			err = ENOMEM;
 			goto err_threads;
 		}
-		err = -kvod_pacer_init(e->pacers[i], strategy, e->lookahead_ns);
+		err = -kvod_pacer_init(e->pacers[i], strategy, e->lookahead_ns,
+				       e->burst_ns);
 		if (err) {
 			free(e->pacers[i]);
 			goto err_threads;

@@ -80,6 +80,12 @@ struct kvod_engine_opts {
 	uint32_t refuse;	/* KVOD_FEAT_* to treat as refused */
 	uint32_t reserved;	/* must be 0 */
 	int64_t lookahead_ns;	/* send what is due this soon; 0: 500 us */
+	/*
+	 * A stream that has a packet due also sends what it has due this
+	 * soon after, as one GSO message: fewer, fuller sends for slow
+	 * streams, packets leaving at most this early. 0: the lookahead.
+	 */
+	int64_t burst_ns;
 };
 
 struct kvod_engine_stats {

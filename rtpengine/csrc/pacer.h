@@ -175,7 +175,8 @@ struct kvod_pacer {
 	atomic_int api_waiters;		/* API callers queued on lock */
 	unsigned int nstreams;
 	int strategy;			/* the engine's */
-	int64_t lookahead_ns;
+	int64_t lookahead_ns;		/* a stream is served this early */
+	int64_t burst_ns;		/* and then sends what is due this soon */
 	struct kvod_sock *socks;
 	struct kvod_batch *batch;
 	struct kvod_uring *uring;	/* uring_gso only */
@@ -189,6 +190,7 @@ struct kvod_engine {
 	char fallback[256];		/* why not the requested strategy */
 	int npacers;
 	int64_t lookahead_ns;
+	int64_t burst_ns;		/* >= lookahead_ns */
 	struct kvod_pacer **pacers;
 	pthread_mutex_t table_lock;	/* taken before any pacer lock */
 	struct kvod_stream **slots;
@@ -196,7 +198,8 @@ struct kvod_engine {
 	uint32_t nslots;
 };
 
-int kvod_pacer_init(struct kvod_pacer *p, int strategy, int64_t lookahead);
+int kvod_pacer_init(struct kvod_pacer *p, int strategy, int64_t lookahead,
+		    int64_t burst);
 int kvod_pacer_start(struct kvod_pacer *p);
 void kvod_pacer_stop(struct kvod_pacer *p);
 void kvod_pacer_destroy(struct kvod_pacer *p);
