@@ -77,6 +77,9 @@ def bench_datapath(size: str, payload: str, sink: str, offload: bool,
               show_default=True, help="One server port for all, or one per session.")
 @click.option("--lookahead-ms", default=0.5, show_default=True,
               help="How early a packet may leave to share a batch (engine lookahead).")
+@click.option("--offload", is_flag=True,
+              help="The nic sink takes GSO datagrams whole, as a NIC with UDP "
+                   "segmentation offload does (default: the kernel segments in software).")
 @click.option("--burst-ms", default=0.0, show_default=True,
               help="A stream that sends also sends what it has due this soon, in one "
                    "GSO message (engine burst; at least the lookahead).")
@@ -85,7 +88,7 @@ def bench_datapath(size: str, payload: str, sink: str, offload: bool,
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def bench_streams(sessions: str, bitrate: str, seconds: float, sample: int,
                   strategy: str, sink: str, ports: str, lookahead_ms: float,
-                  burst_ms: float, search: bool, as_json: bool) -> None:
+                  offload: bool, burst_ms: float, search: bool, as_json: bool) -> None:
     """CPU per stream-second and timeliness of N paced streams."""
     from rtpengine.bench_scale import format_table, run_scale
     from rtpengine.netns_sink import SinkError
@@ -95,7 +98,8 @@ def bench_streams(sessions: str, bitrate: str, seconds: float, sample: int,
             result = run_scale(counts, bitrate=bitrate, seconds=seconds, sample=sample,
                                strategy=strategy, sink=sink, shared=ports == "shared",
                                search=search, lookahead_ns=int(lookahead_ms * 1e6),
-                               burst_ns=int(burst_ms * 1e6), progress=progress)
+                               burst_ns=int(burst_ms * 1e6), offload=offload,
+                               progress=progress)
     except (SinkError, ValueError, RuntimeError) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(json.dumps(result, indent=2) if as_json else format_table(result))

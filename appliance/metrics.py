@@ -25,7 +25,7 @@ def prometheus_text(status: dict) -> str:
            [({"strategy": engine["strategy"], "requested": engine["requested_strategy"],
               "fallback": engine.get("fallback") or ""}, 1)])
     metric("kvod_engine_threads", "gauge", "Engine pacing threads.", [({}, engine["threads"])])
-    for key in ("rounds", "syscalls", "packets"):
+    for key in ("rounds", "syscalls", "packets", "messages"):
         metric(f"kvod_engine_{key}_total", "counter", f"Engine {key} since start.",
                [({}, engine.get(key, 0))])
     metric("kvod_sessions", "gauge", "RTSP sessions by state.",

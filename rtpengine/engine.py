@@ -132,7 +132,7 @@ def _engine_stats(ptr) -> dict[str, int]:
     out = ffi.new("struct kvod_engine_stats *")
     _check(lib.kvod_engine_stats(ptr, out), "engine stats")
     return {name: getattr(out, name) for name in
-            ("rounds", "syscalls", "packets", "zc_completions", "zc_copied")}
+            ("rounds", "syscalls", "packets", "messages", "zc_completions", "zc_copied")}
 
 
 def _stream_open(ptr, sock_fd: int, media_fd: int, hint_fd: int, *,
@@ -341,8 +341,9 @@ class Engine:
     def stats(self) -> dict[str, int]:
         """Engine-wide counters: pacing rounds that sent, system calls on
         the data path (sends, reads, cork toggles, completion reads),
-        packets sent, zero-copy completions and how many of them the
-        kernel copied after all."""
+        packets sent, messages sent (a GSO message of many packets counts
+        one), zero-copy completions and how many of them the kernel copied
+        after all."""
         with self._use() as ptr:
             return _engine_stats(ptr)
 

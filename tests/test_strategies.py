@@ -145,8 +145,14 @@ def test_a_burst_sends_a_slow_stream_in_fewer_fuller_messages(strategy, tmp_path
             stream.play(at_ns=start)
             got = rx.collect(len(want), timeout=4)
             st_ = wait_state(stream, "ended", timeout=4)
+            est = e.stats()
         assert got == want
         calls[burst] = st_.syscalls
+        assert est["packets"] == len(want)
+        if strategy == "sendmmsg":
+            assert est["messages"] == len(want)   # a datagram a packet
+        elif burst:
+            assert est["messages"] <= len(want) // 5  # the burst's packets, one message
         early = [start + i * 4 * MS - t for i, t in enumerate(rx.times)]
         assert max(early) <= (burst or MS) + 2 * MS     # never more than the burst early
         if burst:

@@ -388,6 +388,7 @@ KVOD_API int kvod_engine_stats(struct kvod_engine *e,
 		out->packets += p->st.packets;
 		out->zc_completions += p->st.zc_completions;
 		out->zc_copied += p->st.zc_copied;
+		out->messages += p->st.messages;
 		kvod_pacer_unlock(p);
 	}
 	return 0;

@@ -94,6 +94,7 @@ struct kvod_engine_stats {
 	uint64_t packets;	/* packets sent */
 	uint64_t zc_completions; /* zero-copy completions read */
 	uint64_t zc_copied;	/* of which the kernel copied after all */
+	uint64_t messages;	/* datagrams sent, a GSO message as one */
 };
 
 struct kvod_stream_params {

@@ -330,8 +330,10 @@ void kvod_account(struct kvod_batch *b, unsigned int m, unsigned int n,
 		s->seq_count += np;
 		s->batched -= np;
 		s->err_pending = false;
-		if (s->pacer)
+		if (s->pacer) {
 			s->pacer->st.packets += np;
+			s->pacer->st.messages++;
+		}
 	}
 }
 
