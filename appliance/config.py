@@ -46,6 +46,15 @@ def _positive_number(value: object) -> float:
     return float(value)
 
 
+def _number_in(low: float, high: float, what: str) -> Callable[[object], float]:
+    def parse(value: object) -> float:
+        if (isinstance(value, bool) or not isinstance(value, (int, float))
+                or not math.isfinite(value) or not low <= value <= high):
+            raise _Invalid(what)
+        return float(value)
+    return parse
+
+
 def _int_in(low: int, high: int, what: str) -> Callable[[object], int]:
     def parse(value: object) -> int:
         if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
@@ -353,6 +362,15 @@ class EngineConfig(_Section):
         "auto", _one_of("auto", "userspace", "krtpsendfile", "krtpmsend"),
         "Which engine sends: 'auto' (the krtp kernel module's krtpsendfile when "
         "/dev/krtp answers, else user space), 'userspace', 'krtpsendfile' or 'krtpmsend'.")
+    lookahead_ms: float = _setting(
+        0.5, _number_in(0.001, 1000, "milliseconds from 0.001 to 1000"),
+        "User-space engine: a packet due this soon is sent now, with every other "
+        "due as soon, in one batch.")
+    burst_ms: float = _setting(
+        4.0, _number_in(0, 1000, "milliseconds from 0 to 1000"),
+        "User-space engine: a stream that sends also sends what it has due this "
+        "soon (at least the lookahead), in one GSO message: a few packets a call "
+        "for a slow stream instead of one, each at most this early, never later.")
 
 
 @dataclass(frozen=True)

@@ -116,7 +116,9 @@ class KvodService(service.MultiService):
         refuse = [f for f in os.environ.get("KVOD_ENGINE_REFUSE", "").split(",") if f]
         self.engine, self.engine_description = open_engine(
             config.engine.backend, threads=config.engine.threads,
-            strategy=config.engine.strategy, refuse=refuse)
+            strategy=config.engine.strategy, refuse=refuse,
+            lookahead_ns=round(config.engine.lookahead_ms * 1e6),
+            burst_ns=round(config.engine.burst_ms * 1e6))
         log.info("engine: %s", self.engine_description)
         if self.engine.fallback:
             log.warning("engine fallback: %s", self.engine.fallback)
