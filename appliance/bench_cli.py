@@ -80,9 +80,10 @@ def bench_datapath(size: str, payload: str, sink: str, offload: bool,
 @click.option("--offload", is_flag=True,
               help="The nic sink takes GSO datagrams whole, as a NIC with UDP "
                    "segmentation offload does (default: the kernel segments in software).")
-@click.option("--burst-ms", default=0.0, show_default=True,
+@click.option("--burst-ms", default=4.0, show_default=True,
               help="A stream that sends also sends what it has due this soon, in one "
-                   "GSO message (engine burst; at least the lookahead).")
+                   "GSO message (engine burst, as [engine] burst_ms; at least the "
+                   "lookahead).")
 @click.option("--search", is_flag=True,
               help="Then search for the most streams keeping >= 99.9% within 5 ms.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
