@@ -18,7 +18,7 @@ import pytest
 from appliance.rtsp_client import RtpReceiver, RtspClient
 from rtpengine import rtcp
 from rtpengine.rtp import parse_rtp
-from tests.kvod_daemon import KVOD, KvodDaemon
+from tests.kvod_daemon import KVOD, KvodDaemon, free_udp_pair
 from tests.test_integration import (
     assert_contiguous,
     framemd5,
@@ -31,34 +31,12 @@ from tests.test_integration import (
 pytestmark = pytest.mark.integration
 
 
-def free_udp_pair() -> int:
-    """An even port whose pair is free on the IPv4 and IPv6 wildcards now."""
-    for _ in range(200):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            s.bind(("0.0.0.0", 0))
-            port = s.getsockname()[1]
-        if port % 2 or port >= 65534:
-            continue
-        try:
-            for p in (port, port + 1):
-                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-                    s.bind(("0.0.0.0", p))
-        except OSError:
-            continue
-        return port
-    raise OSError("no free UDP port pair")
-
-
 def shared_daemon(folder: str, *, session_timeout: float = 60) -> KvodDaemon:
     port = free_udp_pair()
-    d = KvodDaemon(folder, session_timeout=session_timeout,
-                   extra="[rtcp]\nsr_interval = 1.0\n")
     # the pair outside the per-session range: it must be the one used
-    with open(d.config) as f:
-        text = f.read()
-    with open(d.config, "w") as f:
-        f.write(text.replace("[rtsp]\n", f'[rtsp]\nserver_ports = "shared"\n'
-                                         f"shared_rtp_port = {port}\n", 1))
+    d = KvodDaemon(folder, session_timeout=session_timeout,
+                   rtsp=f'server_ports = "shared"\nshared_rtp_port = {port}\n',
+                   extra="[rtcp]\nsr_interval = 1.0\n")
     d.shared_port = port
     return d
 
