@@ -227,16 +227,37 @@ class RtspConfig(_Section):
     max_connections: int = _setting(
         1000, _int_in(1, 10**7, "a positive integer"), "Most RTSP connections at once.")
     server_name: str = _setting("kvod", _text, "Value of the RTSP 'Server' header.")
+    server_ports: str = _setting(
+        "per-session", _one_of("per-session", "shared"),
+        "Server RTP/RTCP ports: 'per-session' (a pair from rtp_port_min..rtp_port_max for "
+        "each stream) or 'shared' (every stream sends from the one pair shared_rtp_port, "
+        "+1, so one system call carries packets for many clients).")
+    shared_rtp_port: int = _setting(
+        0, _int_in(0, 65534, "0 or a port number from 1024 to 65534"),
+        "The even RTP port of the shared pair (RTCP uses the next one) when server_ports "
+        "is 'shared'; 0 = rtp_port_min.")
 
     def _check(self) -> None:
-        if self.rtp_port_min % 2:
+        for name in ("rtp_port_min", "shared_rtp_port"):
+            port = getattr(self, name)
+            if port % 2:
+                raise ConfigError(
+                    f"expected an even port (RTP even, RTCP odd), got {port!r}",
+                    self.dotted(name))
+        if 0 < self.shared_rtp_port < 1024:
             raise ConfigError(
-                f"expected an even port (RTP even, RTCP odd), got {self.rtp_port_min!r}",
-                self.dotted("rtp_port_min"))
+                f"expected 0 or a port number from 1024 to 65534, got {self.shared_rtp_port!r}",
+                self.dotted("shared_rtp_port"))
         if self.rtp_port_max <= self.rtp_port_min:
             raise ConfigError(
                 f"expected a port above rtsp.rtp_port_min ({self.rtp_port_min}), "
                 f"got {self.rtp_port_max!r}", self.dotted("rtp_port_max"))
+
+    @property
+    def shared_pair(self) -> tuple[int, int]:
+        """The (RTP, RTCP) server ports of ``server_ports = "shared"``."""
+        rtp = self.shared_rtp_port or self.rtp_port_min
+        return rtp, rtp + 1
 
 
 @dataclass(frozen=True)
