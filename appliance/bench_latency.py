@@ -7,6 +7,9 @@ other and times, for each:
 - ``play``: from sending PLAY to the arrival of the first RTP packet;
 - ``describe``: from sending DESCRIBE on a fresh connection (already
   connected) through SETUP and PLAY to the first RTP packet.
+
+``ports`` is the daemon's ``[rtsp] server_ports``: a pair bound per
+session, or the one shared pair.
 """
 
 from __future__ import annotations
@@ -55,7 +58,7 @@ def start_serve(config: str, port: int, timeout: float = 15) -> subprocess.Popen
 class _Daemon:
     """kvod serve in a temporary folder, for the length of a benchmark."""
 
-    def __init__(self, media_path: str):
+    def __init__(self, media_path: str, ports: str = "per-session"):
         self.tmp = tempfile.TemporaryDirectory(prefix="kvod-bench-")
         self.port = _free_port()
         admin_port = _free_port()
@@ -63,6 +66,7 @@ class _Daemon:
         with open(self.config, "w") as f:
             f.write(f'[rtsp]\nlisten = "tcp:{self.port}:interface=127.0.0.1"\n'
                     f'rtp_port_min = 40000\nrtp_port_max = 49998\n'
+                    f'server_ports = "{ports}"\n'
                     f'[cache]\ndir = "cache"\n[catalog]\npath = "catalog.db"\n'
                     f'[log]\nlevel = "warning"\n'
                     f'[admin]\nlisten = "tcp:{admin_port}:interface=127.0.0.1"\n')
@@ -106,9 +110,11 @@ def _one_session(port: int, name: str = "bench") -> tuple[float, float]:
 
 
 def run_latency(media_path: str, sessions: int = 50,
-                progress: Callable[[float], None] | None = None) -> dict:
-    """Time ``sessions`` start-ups against a fresh daemon; milliseconds."""
-    daemon = _Daemon(media_path)
+                progress: Callable[[float], None] | None = None,
+                ports: str = "per-session") -> dict:
+    """Time ``sessions`` start-ups against a fresh daemon whose server ports
+    are ``ports`` (``"per-session"`` or ``"shared"``); milliseconds."""
+    daemon = _Daemon(media_path, ports)
     try:
         _one_session(daemon.port)  # warm the page cache and the catalog
         describe, play = [], []
@@ -122,6 +128,7 @@ def run_latency(media_path: str, sessions: int = 50,
         daemon.close()
     return {
         "sessions": sessions,
+        "server_ports": ports,
         "play_to_first_rtp_ms": {"p50": round(_percentile(play, 0.5), 3),
                                  "p99": round(_percentile(play, 0.99), 3)},
         "describe_to_first_rtp_ms": {"p50": round(_percentile(describe, 0.5), 3),

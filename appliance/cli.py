@@ -301,6 +301,7 @@ def status(ctx: click.Context, as_json: bool) -> None:
         click.echo(f"engine fallback: {engine['fallback']}")
     if engine.get("runtime_refused"):
         click.echo(f"refused at run time: {', '.join(engine['runtime_refused'])}")
+    click.echo(_ports_line(info.get("server_ports") or {}))
     if "paced_streams" in engine:
         paced = engine["paced_streams"]
         click.echo(f"pacing: {engine['pacing']} (kernel lookahead "
@@ -321,6 +322,21 @@ def status(ctx: click.Context, as_json: bool) -> None:
                        f"{stream.get('packets_sent', 0):>9} {stream['loss_fraction']:>6.1%} "
                        f"{stream.get('late_5ms', 0):>8} {stream.get('strategy', '-'):<13} "
                        f"{stream.get('pacing', '-')}")
+
+
+def _ports_line(ports: dict) -> str:
+    """The status line of the server port pairs (``[rtsp] server_ports``)."""
+    if ports.get("mode") == "shared":
+        rtcp = ports.get("rtcp_in", {})
+        return (f"server ports: shared {ports['rtp']}-{ports['rtcp']} "
+                f"({', '.join(ports.get('families', [])) or 'not bound'}), "
+                f"{ports.get('streams', 0)} stream(s); RTCP in by address "
+                f"{rtcp.get('by_address', 0)}, by SSRC {rtcp.get('by_ssrc', 0)}, "
+                f"unknown {rtcp.get('unknown', 0)}")
+    if ports.get("mode") == "per-session":
+        low, high = ports["range"]
+        return f"server ports: per-session pairs from {low}-{high}"
+    return "server ports: unknown"
 
 
 def _register_cache_commands() -> None:

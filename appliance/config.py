@@ -46,6 +46,15 @@ def _positive_number(value: object) -> float:
     return float(value)
 
 
+def _number_in(low: float, high: float, what: str) -> Callable[[object], float]:
+    def parse(value: object) -> float:
+        if (isinstance(value, bool) or not isinstance(value, (int, float))
+                or not math.isfinite(value) or not low <= value <= high):
+            raise _Invalid(what)
+        return float(value)
+    return parse
+
+
 def _int_in(low: int, high: int, what: str) -> Callable[[object], int]:
     def parse(value: object) -> int:
         if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
@@ -218,16 +227,37 @@ class RtspConfig(_Section):
     max_connections: int = _setting(
         1000, _int_in(1, 10**7, "a positive integer"), "Most RTSP connections at once.")
     server_name: str = _setting("kvod", _text, "Value of the RTSP 'Server' header.")
+    server_ports: str = _setting(
+        "per-session", _one_of("per-session", "shared"),
+        "Server RTP/RTCP ports: 'per-session' (a pair from rtp_port_min..rtp_port_max for "
+        "each stream) or 'shared' (every stream sends from the one pair shared_rtp_port, "
+        "+1, so one system call carries packets for many clients).")
+    shared_rtp_port: int = _setting(
+        0, _int_in(0, 65534, "0 or a port number from 1024 to 65534"),
+        "The even RTP port of the shared pair (RTCP uses the next one) when server_ports "
+        "is 'shared'; 0 = rtp_port_min.")
 
     def _check(self) -> None:
-        if self.rtp_port_min % 2:
+        for name in ("rtp_port_min", "shared_rtp_port"):
+            port = getattr(self, name)
+            if port % 2:
+                raise ConfigError(
+                    f"expected an even port (RTP even, RTCP odd), got {port!r}",
+                    self.dotted(name))
+        if 0 < self.shared_rtp_port < 1024:
             raise ConfigError(
-                f"expected an even port (RTP even, RTCP odd), got {self.rtp_port_min!r}",
-                self.dotted("rtp_port_min"))
+                f"expected 0 or a port number from 1024 to 65534, got {self.shared_rtp_port!r}",
+                self.dotted("shared_rtp_port"))
         if self.rtp_port_max <= self.rtp_port_min:
             raise ConfigError(
                 f"expected a port above rtsp.rtp_port_min ({self.rtp_port_min}), "
                 f"got {self.rtp_port_max!r}", self.dotted("rtp_port_max"))
+
+    @property
+    def shared_pair(self) -> tuple[int, int]:
+        """The (RTP, RTCP) server ports of ``server_ports = "shared"``."""
+        rtp = self.shared_rtp_port or self.rtp_port_min
+        return rtp, rtp + 1
 
 
 @dataclass(frozen=True)
@@ -353,6 +383,15 @@ class EngineConfig(_Section):
         "auto", _one_of("auto", "userspace", "krtpsendfile", "krtpmsend"),
         "Which engine sends: 'auto' (the krtp kernel module's krtpsendfile when "
         "/dev/krtp answers, else user space), 'userspace', 'krtpsendfile' or 'krtpmsend'.")
+    lookahead_ms: float = _setting(
+        0.5, _number_in(0.001, 1000, "milliseconds from 0.001 to 1000"),
+        "User-space engine: a packet due this soon is sent now, with every other "
+        "due as soon, in one batch.")
+    burst_ms: float = _setting(
+        4.0, _number_in(0, 1000, "milliseconds from 0 to 1000"),
+        "User-space engine: a stream that sends also sends what it has due this "
+        "soon (at least the lookahead), in one GSO message: a few packets a call "
+        "for a slow stream instead of one, each at most this early, never later.")
     pacing: str = _setting(
         "auto", _one_of("auto", "engine", "kernel"),
         "Who keeps the user-space engine's packets to their times: 'auto' (the kernel's "

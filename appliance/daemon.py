@@ -25,6 +25,7 @@ from appliance.title_fill import FillSettings
 from appliance.rtsp_protocol import RtspFactory
 from appliance.rtsp_server import RtspServer
 from appliance.status import daemon_status
+from appliance.server_ports import server_ports
 from appliance.udp_media import UdpMediaBackend
 from catalog import open_catalog
 from rtpengine.backend import open_engine
@@ -116,13 +117,18 @@ class KvodService(service.MultiService):
         refuse = [f for f in os.environ.get("KVOD_ENGINE_REFUSE", "").split(",") if f]
         self.engine, self.engine_description = open_engine(
             config.engine.backend, threads=config.engine.threads,
-            strategy=config.engine.strategy, refuse=refuse, pacing=config.engine.pacing)
+            strategy=config.engine.strategy, refuse=refuse,
+            lookahead_ns=round(config.engine.lookahead_ms * 1e6),
+            burst_ns=round(config.engine.burst_ms * 1e6), pacing=config.engine.pacing)
         log.info("engine: %s", self.engine_description)
         if self.engine.fallback:
             log.warning("engine fallback: %s", self.engine.fallback)
         self.media = UdpMediaBackend(
             engine=self.engine, reactor=reactor,
-            port_min=config.rtsp.rtp_port_min, port_max=config.rtsp.rtp_port_max,
+            ports=server_ports(reactor, mode=config.rtsp.server_ports,
+                               port_min=config.rtsp.rtp_port_min,
+                               port_max=config.rtsp.rtp_port_max,
+                               shared_rtp_port=config.rtsp.shared_pair[0]),
             sr_interval=config.rtcp.sr_interval,
             cname=f"kvod@{socket.gethostname()}",
             on_alive=lambda session_id: self.server.touch(session_id, time.monotonic()),
@@ -146,11 +152,17 @@ class KvodService(service.MultiService):
 
     def status(self) -> dict:
         """The daemon's status snapshot (``/status``, ``kvod status``)."""
-        return daemon_status(engine=self.engine, server=self.server, started=self.started)
+        return daemon_status(engine=self.engine, server=self.server, started=self.started,
+                             ports=self.media.ports.status())
 
     def startService(self) -> None:  # noqa: N802 (Twisted API)
         super().startService()
-        self.media.start()
+        try:
+            self.media.start()
+        except OSError as exc:
+            pair = "-".join(map(str, self.config.rtsp.shared_pair))
+            self._listen_failed(None, "RTP/RTCP", f"shared server ports {pair} ({exc})")
+            return
         self.cache.resume_all()
         rtsp = self.endpoint.listen(self.factory)
         rtsp.addCallback(self._set_port, "port")
@@ -174,7 +186,8 @@ class KvodService(service.MultiService):
         _sd_notify(f"READY=1\nSTATUS=serving RTSP on port {rtsp.port}")
 
     def _listen_failed(self, failure, what: str, where: str) -> None:
-        log.error("cannot listen for %s on %s: %s", what, where, failure.getErrorMessage())
+        why = f": {failure.getErrorMessage()}" if failure is not None else ""
+        log.error("cannot listen for %s on %s%s", what, where, why)
         self.exit_code = 1
         if self.reactor.running:
             self.reactor.stop()

@@ -25,9 +25,18 @@ def prometheus_text(status: dict) -> str:
            [({"strategy": engine["strategy"], "requested": engine["requested_strategy"],
               "fallback": engine.get("fallback") or ""}, 1)])
     metric("kvod_engine_threads", "gauge", "Engine pacing threads.", [({}, engine["threads"])])
-    for key in ("rounds", "syscalls", "packets"):
+    for key in ("rounds", "syscalls", "packets", "messages"):
         metric(f"kvod_engine_{key}_total", "counter", f"Engine {key} since start.",
                [({}, engine.get(key, 0))])
+    ports = status.get("server_ports") or {}
+    if ports:
+        metric("kvod_server_ports_info", "gauge",
+               "Server RTP/RTCP port mode (1), and the shared RTP port (0 per session).",
+               [({"mode": ports["mode"], "rtp": ports.get("rtp", 0)}, 1)])
+    if ports.get("mode") == "shared":
+        metric("kvod_shared_rtcp_packets_total", "counter",
+               "RTCP packets on the shared port, by how they found their stream.",
+               [({"match": key}, value) for key, value in ports["rtcp_in"].items()])
     metric("kvod_sessions", "gauge", "RTSP sessions by state.",
            [({"state": state}, sum(1 for s in status["sessions"] if s["state"] == state))
             for state in ("ready", "playing")])

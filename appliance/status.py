@@ -18,8 +18,12 @@ def stream_status(stream) -> dict:
     return stream.status()
 
 
-def daemon_status(*, engine, server, started: float, now: float | None = None) -> dict:
-    """The snapshot: engine, sessions with their streams, and totals."""
+def daemon_status(*, engine, server, started: float, now: float | None = None,
+                  ports: dict | None = None) -> dict:
+    """The snapshot: engine, server ports, sessions with their streams, and totals.
+
+    ``ports`` is the server port policy's status (``appliance.server_ports``):
+    its mode, and the shared pair or the per-session range."""
     now = time.time() if now is None else now
     sessions = []
     for session in sorted(server.sessions.values(), key=lambda s: s.id):
@@ -36,6 +40,7 @@ def daemon_status(*, engine, server, started: float, now: float | None = None) -
         "pid": os.getpid(),
         "uptime_s": round(now - started, 3),
         "engine": engine.status(),
+        "server_ports": ports or {},
         "sessions": sessions,
         "totals": {
             "sessions": len(sessions),

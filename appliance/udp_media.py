@@ -1,10 +1,12 @@
-"""RTP over UDP unicast: server port pairs, the C engine, and RTCP.
+"""RTP over UDP unicast: the C engine, and RTCP.
 
-The real ``MediaBackend`` of the session layer. Each stream gets an even
-server RTP port (its socket, connected to the client, is handed to the
-engine, which sends every packet) and the next odd port for RTCP, which
-Twisted serves: receiver reports in, sender reports and BYE out. Python does
-nothing per packet; it polls the engine's counters once a second.
+The real ``MediaBackend`` of the session layer. Each stream leases a server
+port pair (``appliance.server_ports``): an even RTP port whose socket is
+handed to the engine, which sends every packet, and the next odd port for
+RTCP, which Twisted serves: receiver reports in, sender reports and BYE out.
+The pair is the stream's own, or one pair shared by every stream
+(``[rtsp] server_ports``). Python does nothing per packet; it polls the
+engine's counters once a second.
 """
 
 from __future__ import annotations
@@ -12,17 +14,16 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import socket
 import time
 from typing import Callable
 
-from twisted.internet import error as terror
-from twisted.internet.protocol import DatagramProtocol
 from twisted.internet.task import LoopingCall
 
 from appliance.client_quirks import NO_QUIRKS, ClientQuirks
 from appliance.title_fill import HintUpdate
 from appliance.media_ports import MediaUnavailable, PlayStart
+from appliance.rtcp_demux import report_blocks
+from appliance.server_ports import PerSessionPorts, SharedPorts
 from rtpengine import rtcp
 from rtpengine.engine import Engine, EngineError
 from rtpengine.hintfile import HintFile
@@ -35,26 +36,6 @@ log = logging.getLogger(__name__)
 POLL_INTERVAL = 1.0
 # Pause between the end-of-stream trailer and the RTCP BYE.
 TRAILER_TO_BYE = 0.25
-
-
-class RtcpPort(DatagramProtocol):
-    """The RTCP half of a stream's port pair."""
-
-    noisy = False  # one per session: Twisted's start/stop lines are noise
-
-    def __init__(self, stream: "UdpMediaStream"):
-        self.stream = stream
-
-    def datagramReceived(self, data: bytes, addr) -> None:  # noqa: N802 (Twisted API)
-        # Only the client this stream sends to may report on it.
-        if addr[0] != self.stream.client_host:
-            return
-        try:
-            packets = rtcp.parse_compound(data)
-        except rtcp.RtcpError as exc:
-            log.debug("stream %s: bad RTCP from %s: %s", self.stream.label, addr, exc)
-            return
-        self.stream.receiver_report(packets)
 
 
 class UdpMediaStream:
@@ -93,11 +74,11 @@ class UdpMediaStream:
         self.jitter = 0
         self.bye_sent = False
         self._bye_call = None
-        self._rtp_sock = None
-        self._rtcp_port = None
+        self._ports = None
         self._stream = None
         try:
-            self._bind_ports()
+            self._ports = backend.ports.lease(self)
+            self.server_ports = self._ports.server_ports
             media_fd = os.open(title.media_path, os.O_RDONLY | os.O_CLOEXEC)
             try:
                 hint_fd = os.open(update.path, os.O_RDONLY | os.O_CLOEXEC)
@@ -106,7 +87,7 @@ class UdpMediaStream:
                     # not every engine backend has (krtp has not)
                     growing = {"growing": True} if update.growing else {}
                     self._stream = backend.engine.open_stream(
-                        self._rtp_sock.fileno(), media_fd, hint_fd,
+                        self._ports.sock.fileno(), media_fd, hint_fd, dest=self._ports.dest,
                         ssrc=self.ssrc, seq0=self.seq0, ts0=self.ts0,
                         pacing=backend.pacing, **growing)
                     if update.count is not None:
@@ -120,29 +101,6 @@ class UdpMediaStream:
         except BaseException:
             self.close()
             raise
-
-    def _bind_ports(self) -> None:
-        family = socket.AF_INET6 if ":" in self.client_host else socket.AF_INET
-        wildcard = "::" if family == socket.AF_INET6 else "0.0.0.0"
-        for rtp_port in self.backend.port_candidates():
-            sock = socket.socket(family, socket.SOCK_DGRAM)
-            try:
-                sock.bind((wildcard, rtp_port))
-            except OSError:
-                sock.close()
-                continue
-            try:
-                port = self.backend.reactor.listenUDP(rtp_port + 1, RtcpPort(self),
-                                                      interface=wildcard)
-            except terror.CannotListenError:
-                sock.close()
-                continue
-            sock.connect((self.client_host, self.client_ports[0]))
-            self._rtp_sock, self._rtcp_port = sock, port
-            self.server_ports = (rtp_port, rtp_port + 1)
-            return
-        raise MediaUnavailable("no free RTP/RTCP port pair in "
-                               f"{self.backend.port_min}-{self.backend.port_max}")
 
     # -- MediaStream ----------------------------------------------------------
 
@@ -295,12 +253,9 @@ class UdpMediaStream:
             finally:
                 self._stream.close()
                 self._stream = None
-        if self._rtcp_port is not None:
-            self._rtcp_port.stopListening()
-            self._rtcp_port = None
-        if self._rtp_sock is not None:
-            self._rtp_sock.close()
-            self._rtp_sock = None
+        if self._ports is not None:
+            self._ports.close()
+            self._ports = None
         self.hints.close()
         self.backend.forget(self)
 
@@ -308,6 +263,7 @@ class UdpMediaStream:
         """Engine counters and the client's RTCP figures, JSON-able."""
         out = {"client": f"{self.client_host}:{self.client_ports[0]}-{self.client_ports[1]}",
                "server_ports": list(self.server_ports), "ssrc": f"{self.ssrc:08X}",
+               "ports": self.backend.ports.mode,
                "loss_fraction": self.loss_fraction, "cumulative_lost": self.cumulative_lost,
                "jitter": self.jitter}
         if self._stream is not None:
@@ -316,6 +272,7 @@ class UdpMediaStream:
                        pacing=stats.pacing,
                        packets_sent=stats.packets_sent, payload_octets=stats.payload_octets,
                        packets_dropped=stats.packets_dropped, send_errors=stats.send_errors,
+                       shared=stats.shared,
                        late_1ms=stats.late_1ms, late_5ms=stats.late_5ms,
                        max_late_ms=round(stats.max_late_ns / 1e6, 3),
                        next_record=stats.next_record, records=stats.record_count)
@@ -325,12 +282,11 @@ class UdpMediaStream:
 
     def receiver_report(self, packets) -> None:
         """Take loss and jitter from a client's RTCP and note it is alive."""
-        for packet in packets:
-            for block in getattr(packet, "reports", ()):
-                if block.ssrc == self.ssrc:
-                    self.loss_fraction = block.fraction_lost / 256
-                    self.cumulative_lost = block.cumulative_lost
-                    self.jitter = block.jitter
+        for block in report_blocks(packets):
+            if block.ssrc == self.ssrc:
+                self.loss_fraction = block.fraction_lost / 256
+                self.cumulative_lost = block.cumulative_lost
+                self.jitter = block.jitter
         self.backend.on_alive(self.session_id)
 
     def tick(self) -> None:
@@ -376,12 +332,7 @@ class UdpMediaStream:
             return False
         seq = seq_add(self.seq0, stats.packets_sent + stats.packets_dropped)
         header = RtpHeader(self.payload_type, seq, stats.last_rtp_ts, self.ssrc)
-        try:
-            self._rtp_sock.send(header.pack() + trailer)
-        except OSError as exc:
-            log.debug("stream %s: trailer not sent: %s", self.label, exc)
-            return False
-        return True
+        return self._ports is not None and self._ports.send_rtp(header.pack() + trailer)
 
     def send_sender_report(self) -> None:
         """An RTCP SR (+SDES CNAME) while the stream is sending."""
@@ -406,17 +357,14 @@ class UdpMediaStream:
         if bye:
             data += rtcp.build_bye(self.ssrc)
             self.bye_sent = True
-        if self._rtcp_port is not None:
-            try:
-                self._rtcp_port.write(data, (self.client_host, self.client_ports[1]))
-            except OSError as exc:  # the client's RTCP port may be gone
-                log.debug("stream %s: RTCP send failed: %s", self.label, exc)
+        if self._ports is not None:
+            self._ports.send_rtcp(data)
 
 
 class UdpMediaBackend:
     """Opens UDP streams for the session layer and runs their RTCP timers."""
 
-    def __init__(self, *, engine: Engine, reactor, port_min: int, port_max: int,
+    def __init__(self, *, engine: Engine, reactor, ports: PerSessionPorts | SharedPorts,
                  sr_interval: float, cname: str,
                  on_alive: Callable[[str], None] = lambda session_id: None,
                  fill_for: Callable[[str], object] = lambda name: None,
@@ -426,19 +374,19 @@ class UdpMediaBackend:
         self.fill_for = fill_for
         self.stall_timeout = stall_timeout
         self.reactor = reactor
-        self.port_min = port_min - port_min % 2
-        self.port_max = port_max
+        self.ports = ports
         self.sr_interval = sr_interval
         self.cname = cname
         self.on_alive = on_alive
         self.streams: set[UdpMediaStream] = set()
-        self._next_port = self.port_min
         self._sr_loop = LoopingCall(self._send_reports)
         self._poll_loop = LoopingCall(self._poll)
         self._sr_loop.clock = self._poll_loop.clock = reactor
 
     def start(self) -> None:
-        """Start the RTCP timers."""
+        """Bind the shared port pair if there is one (OSError if it cannot
+        be bound), and start the RTCP timers."""
+        self.ports.start()
         self._sr_loop.start(self.sr_interval, now=False)
         self._poll_loop.start(POLL_INTERVAL, now=False)
 
@@ -449,6 +397,7 @@ class UdpMediaBackend:
                 loop.stop()
         for stream in list(self.streams):
             stream.close()
+        self.ports.stop()
 
     def open_stream(self, *, session_id: str, title, track, client_host: str,
                     client_ports: tuple[int, int],
@@ -468,14 +417,6 @@ class UdpMediaBackend:
     def playing(self, name: str) -> bool:
         """Whether a stream of title ``name`` is open (it must not be evicted)."""
         return any(s.title_name == name for s in self.streams)
-
-    def port_candidates(self):
-        """Even RTP ports to try, round-robin from where the last one was found."""
-        count = (self.port_max - self.port_min) // 2
-        for i in range(count):
-            port = self.port_min + (self._next_port - self.port_min + 2 * i) % (2 * count)
-            yield port
-            self._next_port = port + 2
 
     def _send_reports(self) -> None:
         for stream in list(self.streams):

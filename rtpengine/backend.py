@@ -29,10 +29,13 @@ AnyEngine = Union[Engine, krtp.KrtpEngine]
 
 def open_engine(backend: str = "auto", threads: int = 0, strategy: str = "auto",
                 refuse: Iterable[str] = (), device: str = krtp.DEVICE,
+                lookahead_ns: int = 0, burst_ns: int = 0,
                 pacing: str = "auto") -> tuple[AnyEngine, str]:
-    """The engine to send with, and why it is that one. ``refuse`` goes to
-    the user-space engine (kernel features to treat as refused), and
-    ``pacing`` (its streams' default: auto, engine or kernel)."""
+    """The engine to send with, and why it is that one. ``refuse``,
+    ``lookahead_ns``, ``burst_ns`` and ``pacing`` (its streams' default:
+    auto, engine or kernel) go to the user-space engine (kernel features
+    to treat as refused, its batching; see
+    :class:`rtpengine.engine.Engine`)."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown engine backend {backend!r}; known: {', '.join(BACKENDS)}")
     why_not = ""
@@ -41,12 +44,14 @@ def open_engine(backend: str = "auto", threads: int = 0, strategy: str = "auto",
         if ok:
             call = "krtpsendfile" if backend == "auto" else backend
             eng = krtp.KrtpEngine(strategy=call, path=device, threads=threads,
-                                  userspace_strategy=strategy, refuse=tuple(refuse))
+                                  userspace_strategy=strategy, refuse=tuple(refuse),
+                                  lookahead_ns=lookahead_ns, burst_ns=burst_ns)
             eng.requested_strategy = backend
             return eng, f"kernel engine {call} ({why})"
         if backend != "auto":
             raise EngineError(errno.ENODEV, f"engine backend {backend} asked for, but {why}")
         why_not = f"; krtp not used: {why}"
-    eng = Engine(threads=threads, strategy=strategy, refuse=refuse, pacing=pacing)
+    eng = Engine(threads=threads, strategy=strategy, refuse=refuse,
+                 lookahead_ns=lookahead_ns, burst_ns=burst_ns, pacing=pacing)
     return eng, (f"{eng.strategy} strategy (asked {strategy}), {eng.threads} thread(s), "
                  f"user space{why_not}")

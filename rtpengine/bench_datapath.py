@@ -225,11 +225,14 @@ def build_bare() -> str:
     return out
 
 
-def run_bare(media: str, payload: int, sink) -> dict:
-    """The bare C loop's figures for the same sends to the same sink."""
+def run_bare(media: str, payload: int, sink, *, segs: int = 64, dests: int = 0,
+             total: int = 0) -> dict:
+    """The bare C loop's figures for the same sends to the same sink: at
+    most ``segs`` packets a message, to ``dests`` clients from one socket
+    in turn (0: one connected socket), ``total`` bytes (0: the file)."""
     exe = build_bare()
     host, port = sink.dest
-    cmd = [exe, media, str(payload), host, str(port)]
+    cmd = [exe, media, str(payload), host, str(port), str(segs), str(dests), str(total)]
     if sink.name:
         cmd = ["ip", "netns", "exec", sink.name] + cmd
     t0 = time.monotonic()
@@ -238,7 +241,8 @@ def run_bare(media: str, payload: int, sink) -> dict:
     if r.returncode:
         raise RuntimeError(f"bare loop: {r.stderr.strip()}")
     cpu, packets, calls = r.stdout.split()
-    gib = os.path.getsize(media) / GIB
+    # what was sent: the loop ends after the batch that passes ``total``
+    gib = (int(packets) * payload if total else os.path.getsize(media)) / GIB
     return {"strategy": "bare C loop (gso)", "cpu_s": float(cpu), "wall_s": round(wall, 4),
             "packets": int(packets), "syscalls": int(calls),
             "cpu_s_per_gib": round(float(cpu) / gib, 4),

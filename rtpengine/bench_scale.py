@@ -29,7 +29,7 @@ import time
 from contextlib import ExitStack
 from typing import Callable, Optional
 
-from .engine import Engine, now_ns
+from .engine import DEFAULT_LOOKAHEAD_NS, Engine, now_ns
 from .hintfile import HintFile
 
 SEC = 1_000_000_000
@@ -103,7 +103,8 @@ def _percentile(values: list[int], q: float) -> int:
 
 def run_once(media: str, hint: str, sessions: int, seconds: float, *, sample: int = 20,
              strategy: str = "auto", sink: str = "nic", shared: bool = True,
-             threads: int = 0, lookahead_ns: int = 0, pacing: str = "engine",
+             threads: int = 0, lookahead_ns: int = 0, burst_ns: int = 0,
+             offload: bool = False, pacing: str = "engine",
              progress: Progress = None) -> dict:
     """Play ``sessions`` paced streams for ``seconds``; return the figures.
     ``pacing`` is every stream's (auto, engine, kernel); shared ports stay
@@ -124,14 +125,15 @@ def run_once(media: str, hint: str, sessions: int, seconds: float, *, sample: in
         stack.callback(rx.kill)
         ports = json.loads(rx.stdout.readline())
         engine = stack.enter_context(Engine(threads=threads, strategy=strategy,
-                                            lookahead_ns=lookahead_ns, pacing=pacing))
+                                            lookahead_ns=lookahead_ns, burst_ns=burst_ns,
+                                            pacing=pacing))
         m = stack.enter_context(open(media, "rb"))
         h = stack.enter_context(open(hint, "rb"))
 
         # the capacity sink
         if sink == "nic":
             from .netns_sink import netns_sink
-            the_sink = stack.enter_context(netns_sink(offload=False))
+            the_sink = stack.enter_context(netns_sink(offload=offload))
             host = the_sink.dest[0]
 
             def sink_socket(connect_to):
@@ -217,6 +219,11 @@ def run_once(media: str, hint: str, sessions: int, seconds: float, *, sample: in
         paced = engine.status()["paced_streams"]
         for s in streams:
             s.pause()
+        floor = None
+        if sink == "nic" and est1["messages"] > est0["messages"]:
+            floor = _kernel_floor(media, the_sink, sessions if shared else 0,
+                                  (est1["packets"] - est0["packets"])
+                                  / (est1["messages"] - est0["messages"]), bits)
         rx.stdin.close()
         arrivals = json.loads(rx.stdout.read())
         rx.wait(timeout=30)
@@ -237,7 +244,8 @@ def run_once(media: str, hint: str, sessions: int, seconds: float, *, sample: in
     stream_s = sessions * wall
     return {
         "sessions": sessions, "sample": sample, "seconds": round(wall, 3),
-        "strategy": used, "ports": "shared" if shared else "per-session", "sink": sink,
+        "strategy": used, "ports": "shared" if shared else "per-session",
+        "sink": sink + (" (segmentation offload)" if offload and sink == "nic" else ""),
         "pacing": pacing, "paced": paced,
         "threads": engine.threads, "bitrate_mbps": round(bits / 1e6, 3),
         "packets": packets, "send_errors": delta("send_errors"),
@@ -246,6 +254,11 @@ def run_once(media: str, hint: str, sessions: int, seconds: float, *, sample: in
         "cpu_ms_per_stream_s": round(cpu * 1000 / stream_s, 4),
         "syscalls_per_s": round((est1["syscalls"] - est0["syscalls"]) / wall),
         "rounds_per_s": round((est1["rounds"] - est0["rounds"]) / wall),
+        "packets_per_syscall": round((est1["packets"] - est0["packets"])
+                                     / max(1, est1["syscalls"] - est0["syscalls"]), 2),
+        "packets_per_message": round((est1["packets"] - est0["packets"])
+                                     / max(1, est1["messages"] - est0["messages"]), 2),
+        "kernel_floor": floor,
         "engine_within_1ms": round(1 - late1 / packets, 6) if packets else None,
         "engine_within_5ms": round(1 - late5 / packets, 6) if packets else None,
         "engine_max_late_ms": round(max(s.max_late_ns for s in stats1) / MS, 3),
@@ -257,6 +270,19 @@ def run_once(media: str, hint: str, sessions: int, seconds: float, *, sample: in
     }
 
 
+def _kernel_floor(media: str, sink, dests: int, per_message: float, bits: float) -> dict:
+    """What the kernel alone spends on sends of this shape: the bare C loop
+    (rtpengine/csrc/bench_bare_gso.c), unpaced, in messages of as many
+    packets as the engine's averaged, to as many clients from one socket,
+    into the same sink; as ms of CPU per stream-second at this bitrate."""
+    from .bench_datapath import GIB, run_bare
+    segs = max(1, round(per_message))
+    r = run_bare(media, 1316, sink, segs=segs, dests=min(dests, 65535), total=256 << 20)
+    ms = r["cpu_s_per_gib"] * (bits / 8) / GIB * 1000
+    return {"packets_per_message": segs, "cpu_s_per_gib": r["cpu_s_per_gib"],
+            "cpu_ms_per_stream_s": round(ms, 4)}
+
+
 def _ok(r: dict) -> bool:
     return (r["engine_within_5ms"] or 0) >= 0.999 and \
         (r["sample_within_5ms"] is None or r["sample_within_5ms"] >= 0.999)
@@ -265,7 +291,8 @@ def _ok(r: dict) -> bool:
 def run_scale(counts: list[int], *, bitrate: str = "4M", seconds: float = 10.0,
               sample: int = 20, strategy: str = "auto", sink: str = "nic",
               shared: bool = True, search: bool = False, max_sessions: int = 16000,
-              lookahead_ns: int = 0, pacing: str = "engine",
+              lookahead_ns: int = 0, burst_ns: int = 0, offload: bool = False,
+              pacing: str = "engine",
               progress: Progress = None) -> dict:
     """Runs for each of ``counts``; with ``search``, then the largest N
     keeping >= 99.9% within 5 ms (doubling, then bisecting, a few runs)."""
@@ -274,8 +301,10 @@ def run_scale(counts: list[int], *, bitrate: str = "4M", seconds: float = 10.0,
     from .bench_media import bench_title
     from .mpegts import index_mpegts
     media = bench_title(bitrate=bitrate, seconds=max(30, int(seconds) + 5))
-    result: dict = {"title": media, "lookahead_ms": (lookahead_ns or 500_000) / 1e6,
-                    "pacing": pacing, "runs": [], "search": None}
+    lookahead_ms = (lookahead_ns or DEFAULT_LOOKAHEAD_NS) / 1e6
+    result: dict = {"title": media, "lookahead_ms": lookahead_ms,
+                    "burst_ms": max(burst_ns / 1e6, lookahead_ms), "pacing": pacing,
+                    "runs": [], "search": None}
     with tempfile.TemporaryDirectory(prefix="kvod-bench-") as tmp:
         hint = os.path.join(tmp, "bench.hint")
         index_mpegts(media, hint)
@@ -287,8 +316,8 @@ def run_scale(counts: list[int], *, bitrate: str = "4M", seconds: float = 10.0,
                 if progress:
                     progress((done[0] + f) / steps)
             r = run_once(media, hint, n, secs, sample=sample, strategy=strategy, sink=sink,
-                         shared=shared, lookahead_ns=lookahead_ns, pacing=pacing,
-                         progress=prog)
+                         shared=shared, lookahead_ns=lookahead_ns, burst_ns=burst_ns,
+                         offload=offload, pacing=pacing, progress=prog)
             done[0] += 1
             return r
 
@@ -326,20 +355,24 @@ def _paced(run: dict) -> str:
 
 def format_table(result: dict) -> str:
     """The human-readable table of :func:`run_scale`'s result."""
-    lines = [f"title: {result['title']}, engine lookahead "
-             f"{result.get('lookahead_ms', 0.5)} ms (packets may leave that early), "
+    lines = [f"title: {result['title']}, engine lookahead {result['lookahead_ms']} ms, "
+             f"burst {result['burst_ms']} ms (packets may leave that early), "
              f"pacing {result.get('pacing', 'engine')} (kernel: SO_TXTIME, on time only "
              f"under fq; paced column: kernel/engine streams)",
              f"{'streams':>8} {'strategy':>9} {'ports':>11} {'paced':>11} {'Mb/s':>5} "
-             f"{'CPU ms/stream-s':>15} {'calls/s':>8} {'<=1ms':>9} {'<=5ms':>9} "
+             f"{'CPU ms/stream-s':>15} {'floor':>6} {'pkt/msg':>7} {'calls/s':>8} "
+             f"{'<=1ms':>9} {'<=5ms':>9} "
              f"{'max late':>9} | {'sample <=1ms':>12} {'<=5ms':>9} {'p99 late':>9} "
              f"{'early max':>9}"]
     rows = result["runs"] + (result["search"]["probes"] if result["search"] else [])
     for r in rows:
+        floor = r.get("kernel_floor")
         lines.append(
             f"{r['sessions']:>8} {r['strategy']:>9} {r['ports']:>11} {_paced(r):>11} "
             f"{r['bitrate_mbps']:>5.2f} "
-            f"{r['cpu_ms_per_stream_s']:>15.4f} {r['syscalls_per_s']:>8,} "
+            f"{r['cpu_ms_per_stream_s']:>15.4f} "
+            + (f"{floor['cpu_ms_per_stream_s']:>6.3f} " if floor else f"{'-':>6} ")
+            + f"{r['packets_per_message']:>7.2f} {r['syscalls_per_s']:>8,} "
             f"{r['engine_within_1ms']:>9.4%} {r['engine_within_5ms']:>9.4%} "
             f"{r['engine_max_late_ms']:>7.2f}ms | "
             f"{(r['sample_within_1ms'] or 0):>12.4%} {(r['sample_within_5ms'] or 0):>9.4%} "
@@ -350,5 +383,7 @@ def format_table(result: dict) -> str:
                      f"{s['max_sessions_within_5ms']}"
                      + (f" (fails at {s['first_failing']})" if s["first_failing"] else
                         " (not limited within the search range)"))
+    lines.append("floor: the kernel's own cost for sends of that shape (a bare C loop, unpaced, "
+                 "same packets per message and clients, same sink), ms per stream-second")
     lines.append("a well-known C++ RTSP server measured here needs 5-17 ms per stream-second")
     return "\n".join(lines)

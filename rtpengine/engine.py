@@ -105,11 +105,15 @@ def _feature_names(mask: int) -> list[str]:
     return [name for name, bit in FEATURES.items() if mask & bit]
 
 
+#: the C engine's lookahead when none is asked for (KVOD_LOOKAHEAD_NS)
+DEFAULT_LOOKAHEAD_NS = 500_000
+
+
 def _engine_new(threads: int, strategy: int, refuse: int = 0,
-                lookahead_ns: int = 0, kernel_lookahead_ns: int = 0):
+                lookahead_ns: int = 0, burst_ns: int = 0, kernel_lookahead_ns: int = 0):
     opts = ffi.new("struct kvod_engine_opts *")
     opts.threads, opts.strategy = threads, strategy
-    opts.refuse, opts.lookahead_ns = refuse, lookahead_ns
+    opts.refuse, opts.lookahead_ns, opts.burst_ns = refuse, lookahead_ns, burst_ns
     opts.kernel_lookahead_ns = kernel_lookahead_ns
     ptr = lib.kvod_engine_new_opts(opts)
     if ptr == ffi.NULL:
@@ -141,7 +145,7 @@ def _engine_stats(ptr) -> dict[str, int]:
     out = ffi.new("struct kvod_engine_stats *")
     _check(lib.kvod_engine_stats(ptr, out), "engine stats")
     return {name: getattr(out, name) for name in
-            ("rounds", "syscalls", "packets", "zc_completions", "zc_copied")}
+            ("rounds", "syscalls", "packets", "messages", "zc_completions", "zc_copied")}
 
 
 def _stream_open(ptr, sock_fd: int, media_fd: int, hint_fd: int, *,
@@ -287,7 +291,11 @@ class Engine:
     feature is refused falls back (logged; see :attr:`fallback`).
     ``refuse`` names :data:`FEATURES` to treat as refused, to exercise
     the fallbacks. ``lookahead_ns`` (default 0.5 ms) is how far ahead of
-    its due time a packet may leave so that it shares a batch.
+    its due time a packet may leave so that it shares a batch. A stream
+    that is served also sends what it has due within ``burst_ns`` (at
+    least the lookahead), in one GSO message: a 4 Mb/s stream sends every
+    few milliseconds instead of every packet, and its packets leave at
+    most ``burst_ns`` early, never later.
     ``pacing`` is the streams' default (see :meth:`open_stream`);
     ``kernel_lookahead_ns`` (default 20 ms) is how far ahead kernel-paced
     streams are handed to the kernel (again when half of it is left).
@@ -297,7 +305,7 @@ class Engine:
 
     def __init__(self, threads: int = 0, strategy: str = "auto", *,
                  refuse: Iterable[str] = (), lookahead_ns: int = 0,
-                 pacing: str = "auto", kernel_lookahead_ns: int = 0,
+                 burst_ns: int = 0, pacing: str = "auto", kernel_lookahead_ns: int = 0,
                  fq_detector: Optional[Callable[[str], FqAnswer]] = None) -> None:
         if strategy not in STRATEGIES:
             raise ValueError(f"unknown strategy {strategy!r}; "
@@ -313,7 +321,12 @@ class Engine:
         self._ptr = None
         ptr = _engine_new(threads, STRATEGIES[strategy], mask,
                           _in_range(lookahead_ns, 63, "lookahead"),
+                          _in_range(burst_ns, 63, "burst"),
                           _in_range(kernel_lookahead_ns, 63, "kernel lookahead"))
+        #: how early a packet may leave to share a batch, and to join its
+        #: stream's burst (the C engine's defaults and rule)
+        self.lookahead_ns: int = lookahead_ns or DEFAULT_LOOKAHEAD_NS
+        self.burst_ns: int = max(burst_ns, self.lookahead_ns)
         try:
             self.requested_strategy: str = strategy
             self.strategy: str = _STRATEGY_NAMES[_engine_strategy(ptr)]
@@ -383,8 +396,9 @@ class Engine:
     def stats(self) -> dict[str, int]:
         """Engine-wide counters: pacing rounds that sent, system calls on
         the data path (sends, reads, cork toggles, completion reads),
-        packets sent, zero-copy completions and how many of them the
-        kernel copied after all."""
+        packets sent, messages sent (a GSO message of many packets counts
+        one), zero-copy completions and how many of them the kernel copied
+        after all."""
         with self._use() as ptr:
             return _engine_stats(ptr)
 
@@ -399,6 +413,7 @@ class Engine:
                 "requested_strategy": self.requested_strategy,
                 "fallback": self.fallback, "features": dict(self.features),
                 "threads": self.threads,
+                "lookahead_ms": self.lookahead_ns / 1e6, "burst_ms": self.burst_ns / 1e6,
                 "runtime_refused": sorted(self._runtime_refused),
                 "pacing": self.pacing,
                 "kernel_lookahead_ms": self.kernel_lookahead_ns / 1e6,

@@ -225,7 +225,8 @@ class KrtpEngine:
 
     def __init__(self, threads: int = 0, strategy: str = "auto",
                  path: str = DEVICE, *, userspace_strategy: Optional[str] = None,
-                 refuse: tuple[str, ...] = ()) -> None:
+                 refuse: tuple[str, ...] = (), lookahead_ns: int = 0,
+                 burst_ns: int = 0) -> None:
         if strategy == "auto":
             strategy = "krtpsendfile"
         if strategy not in STRATEGIES:
@@ -255,7 +256,8 @@ class KrtpEngine:
         # what the module does not stream goes through a user-space engine,
         # made when first needed (see open_stream)
         self._userspace_args = dict(threads=threads, strategy=userspace_strategy or "auto",
-                                    refuse=refuse)
+                                    refuse=refuse, lookahead_ns=lookahead_ns,
+                                    burst_ns=burst_ns)
         self._userspace = None
 
     def _userspace_engine(self):

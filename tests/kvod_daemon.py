@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 import signal
@@ -21,12 +22,38 @@ def free_tcp_port() -> int:
         return s.getsockname()[1]
 
 
+def _udp_free(family: int, port: int) -> bool:
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as s:
+            if family == socket.AF_INET6:
+                s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            s.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", port))
+    except OSError as exc:
+        return exc.errno == errno.EAFNOSUPPORT  # no IPv6 here: nothing to collide with
+    return True
+
+
+def free_udp_pair() -> int:
+    """An even port whose pair is free on the IPv4 and IPv6 wildcards now."""
+    for _ in range(200):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.bind(("0.0.0.0", 0))
+            port = s.getsockname()[1]
+        if port % 2 or port >= 65534:
+            continue
+        if all(_udp_free(family, port + i) for family in (socket.AF_INET, socket.AF_INET6)
+               for i in (0, 1)):
+            return port
+    raise OSError("no free UDP port pair")
+
+
 class KvodDaemon:
     """A config folder, a catalog, and ``kvod serve`` running on loopback."""
 
     def __init__(self, folder: str, *, session_timeout: float = 60, extra: str = "",
-                 env: dict | None = None, cache: str = ""):
-        """``extra`` is TOML added at the end; ``cache`` more keys of ``[cache]``."""
+                 env: dict | None = None, cache: str = "", rtsp: str = ""):
+        """``extra`` is TOML added at the end; ``cache`` and ``rtsp`` more keys
+        of ``[cache]`` and ``[rtsp]``."""
         self.folder = folder
         self.env = dict(os.environ, **(env or {}))
         self.port = free_tcp_port()
@@ -36,7 +63,7 @@ class KvodDaemon:
         with open(self.config, "w") as f:
             f.write(f'[rtsp]\nlisten = "tcp:{self.port}:interface=127.0.0.1"\n'
                     f"session_timeout = {session_timeout}\n"
-                    f"rtp_port_min = {rtp_min}\nrtp_port_max = {rtp_min + 400}\n"
+                    f"rtp_port_min = {rtp_min}\nrtp_port_max = {rtp_min + 400}\n{rtsp}"
                     f'[cache]\ndir = "cache"\n{cache}[catalog]\npath = "catalog.db"\n'
                     f'[log]\nlevel = "debug"\n'
                     f'[admin]\nlisten = "tcp:{self.admin_port}:interface=127.0.0.1"\n{extra}')

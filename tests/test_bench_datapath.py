@@ -111,7 +111,8 @@ def test_scale_run_counts_every_stream(ports, short_ts_file, tmp_path):
     hint = str(tmp_path / "s.hint")
     index_mpegts(short_ts_file, hint)
     before = netns_names()
-    r = run_once(short_ts_file, hint, 12, 1.0, sample=2, shared=ports == "shared")
+    r = run_once(short_ts_file, hint, 12, 1.0, sample=2, shared=ports == "shared",
+                 burst_ns=20_000_000)
     assert netns_names() == before
     assert r["sessions"] == 12 and r["ports"] == ports and r["send_errors"] == 0
     assert r["packets"] > 0 and r["sample_packets"] > 0
@@ -119,7 +120,34 @@ def test_scale_run_counts_every_stream(ports, short_ts_file, tmp_path):
     # fractions, counted; how timely they are is the benchmark's figure,
     # not a unit test's (these machines are shared and noisy)
     assert 0 < r["engine_within_5ms"] <= 1 and 0 < r["sample_within_5ms"] <= 1
-    assert "CPU ms/stream-s" in format_table({"title": "t", "runs": [r], "search": None})
+    # a 20 ms burst groups a stream's packets; the bare loop measured the
+    # kernel's cost for that shape
+    assert r["packets_per_message"] > 1.5
+    floor = r["kernel_floor"]
+    assert floor["packets_per_message"] == round(r["packets_per_message"])
+    assert floor["cpu_s_per_gib"] > 0 and floor["cpu_ms_per_stream_s"] > 0
+    table = format_table({"title": "t", "runs": [r], "search": None, "lookahead_ms": 0.5,
+                          "burst_ms": 20.0})
+    assert "CPU ms/stream-s" in table and "burst 20.0 ms" in table and "floor" in table
+
+
+@needs_root
+@pytest.mark.parametrize("segs,dests", [(1, 0), (3, 7), (64, 1)])
+def test_bare_loop_sends_the_shape_asked_for(segs, dests):
+    """The bare loop's message size, clients and byte count; the sink
+    frees every packet."""
+    media = bd.make_media(8 << 20)
+    with netns_sink(offload=False) as sink:
+        r = bd.run_bare(media, 1316, sink, segs=segs, dests=dests, total=24 << 20)
+        # the file three times over, in whole calls: a batch may pass the total
+        assert 24 << 20 <= r["packets"] * 1316 < (24 << 20) + 2048 * 1316
+        assert sink.dropped() >= r["packets"]
+        # a call takes at most 1024 messages: one packet each, or more
+        per_call = r["packets"] / r["syscalls"]
+        assert (per_call <= 1024) if segs == 1 else (per_call > 1024)
+    with pytest.raises(RuntimeError, match="SEGS"):
+        with netns_sink(offload=False) as sink:
+            bd.run_bare(media, 1316, sink, segs=65)
 
 
 @needs_root
@@ -133,7 +161,8 @@ def test_scale_run_with_kernel_pacing_says_who_paced(short_ts_file, tmp_path):
     r = run_once(short_ts_file, hint, 6, 1.0, sample=2, shared=False, pacing="kernel")
     assert r["pacing"] == "kernel" and r["paced"] == {"kernel": 6, "engine": 0}
     assert r["packets"] > 0 and r["send_errors"] == 0
-    table = format_table({"title": "t", "pacing": "kernel", "runs": [r], "search": None})
+    table = format_table({"title": "t", "pacing": "kernel", "runs": [r], "search": None,
+                          "lookahead_ms": 0.5, "burst_ms": 4.0})
     assert "pacing kernel" in table and " 6k/0e " in table
 
 

@@ -33,6 +33,8 @@ def test_defaults():
     assert (config.rtsp.rtp_port_min, config.rtsp.rtp_port_max) == (20000, 29999)
     assert (config.rtsp.max_sessions, config.rtsp.max_connections) == (1000, 1000)
     assert config.rtsp.server_name == "kvod"
+    assert (config.rtsp.server_ports, config.rtsp.shared_rtp_port) == ("per-session", 0)
+    assert config.rtsp.shared_pair == (20000, 20001)
     assert config.rtcp.sr_interval == 5.0
     assert (config.cache.dir, config.cache.max_bytes) == ("/var/lib/kvod/cache", 0)
     assert config.catalog.path == "/var/lib/kvod/catalog.db"
@@ -91,6 +93,18 @@ def test_overrides_from_a_file(tmp_path):
     assert config.admin == Config().admin
 
 
+def test_shared_server_ports(tmp_path):
+    path = _write(tmp_path, '[rtsp]\nserver_ports = "shared"\n'
+                              'rtp_port_min = 40000\nrtp_port_max = 40100\n')
+    config = load_config(path)
+    assert config.rtsp.server_ports == "shared"
+    assert config.rtsp.shared_pair == (40000, 40001)  # 0: the bottom of the range
+    config = Config.from_dict({"rtsp": {"server_ports": "shared", "shared_rtp_port": 5004}})
+    assert config.rtsp.shared_pair == (5004, 5005)
+    assert Config.from_dict(tomllib.loads(dump_config(config))) == config
+    assert '\nserver_ports = "per-session"\n' in dump_defaults()
+
+
 def test_relative_paths_resolve_against_the_config_folder(tmp_path):
     (tmp_path / "etc").mkdir()
     path = _write(tmp_path / "etc", '[cache]\ndir = "cache"\n[catalog]\npath = "../data/c.db"\n')
@@ -113,6 +127,15 @@ def test_relative_paths_resolve_against_the_config_folder(tmp_path):
     ({"rtsp": {"rtp_port_max": 70000}}, "rtsp.rtp_port_max: expected a port number"),
     ({"rtsp": {"rtp_port_min": 30000, "rtp_port_max": 30000}},
      r"rtsp.rtp_port_max: expected a port above rtsp.rtp_port_min \(30000\)"),
+    ({"rtsp": {"server_ports": "one"}},
+     "rtsp.server_ports: expected one of 'per-session', 'shared', got 'one'"),
+    ({"rtsp": {"server_ports": True}}, "rtsp.server_ports: expected one of"),
+    ({"rtsp": {"shared_rtp_port": 30001}},
+     "rtsp.shared_rtp_port: expected an even port .*, got 30001"),
+    ({"rtsp": {"shared_rtp_port": 80}},
+     "rtsp.shared_rtp_port: expected 0 or a port number from 1024 to 65534, got 80"),
+    ({"rtsp": {"shared_rtp_port": 65535}}, "rtsp.shared_rtp_port: expected 0 or a port"),
+    ({"rtsp": {"shared_rtp_port": "20000"}}, "rtsp.shared_rtp_port: expected 0 or a port"),
     ({"rtsp": {"max_sessions": 0}}, "rtsp.max_sessions: expected a positive integer, got 0"),
     ({"rtsp": {"max_connections": 2.5}}, "rtsp.max_connections: expected a positive integer"),
     ({"rtsp": {"server_name": "kvod\r\nX-Evil: 1"}}, "rtsp.server_name: expected a non-empty"),
@@ -123,6 +146,9 @@ def test_relative_paths_resolve_against_the_config_folder(tmp_path):
     ({"cache": {"dir": ""}}, "cache.dir: expected a non-empty path"),
     ({"catalog": {"path": 3}}, "catalog.path: expected a non-empty path, got 3"),
     ({"engine": {"threads": -1}}, "engine.threads: expected an integer from 0 to 4096"),
+    ({"engine": {"burst_ms": -1}}, "engine.burst_ms: expected milliseconds from 0 to 1000"),
+    ({"engine": {"burst_ms": float("nan")}}, "engine.burst_ms: expected milliseconds"),
+    ({"engine": {"lookahead_ms": 0}}, "engine.lookahead_ms: expected milliseconds from 0.001"),
     ({"engine": {"strategy": "carrier-pigeon"}},
      "engine.strategy: expected one of 'auto', 'gso', 'sendmmsg', 'read_send_rtp'"),
     ({"log": {"level": "loud"}}, "log.level: expected one of 'debug', 'info'"),

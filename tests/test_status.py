@@ -44,13 +44,18 @@ def test_status_lists_engine_and_playing_session(playing):
     info = json.loads(daemon.kvod("status", "--json").stdout)
     assert info["engine"]["strategy"] == "gso"
     assert info["engine"]["fallback"] is None
+    # the [engine] defaults reach the engine
+    assert (info["engine"]["lookahead_ms"], info["engine"]["burst_ms"]) == (0.5, 4.0)
     (listed,) = info["sessions"]
     assert listed["id"] == session and listed["title"] == "movie"
     assert listed["state"] == "playing"
     stream = listed["streams"]["0"]
     assert stream["packets_sent"] >= 20 and stream["state"] == "playing"
+    assert info["server_ports"]["mode"] == "per-session"
+    assert stream["shared"] is False and stream["ports"] == "per-session"
     text = daemon.kvod("status").stdout
     assert "engine: gso (asked auto)" in text
+    assert "server ports: per-session pairs from " in text
     assert session in text and "movie" in text
 
 
@@ -64,6 +69,47 @@ def test_metrics_are_prometheus_text(playing):
             if line.startswith("kvod_stream_packets_sent{") and session in line]
     assert len(sent) == 1 and int(sent[0].rsplit(" ", 1)[1]) > 0
     assert 'kvod_sessions{state="playing"} 1' in text
+
+
+@pytest.mark.parametrize("mode", ["per-session", "shared"])
+def test_client_receiver_reports_show_in_status(tmp_path, ts_file, mode):
+    """A client's RTCP receiver report, sent to the server RTCP port its
+    SETUP reply named, gives the session's loss and jitter figures."""
+    from rtpengine import rtcp
+    from rtpengine.rtp import parse_rtp
+    daemon = KvodDaemon(str(tmp_path), rtsp=f'server_ports = "{mode}"\n')
+    daemon.add(ts_file, "movie")
+    daemon.start()
+    receiver = RtpReceiver()
+    client = RtspClient("127.0.0.1", daemon.port)
+    try:
+        url = client.url("movie")
+        session, server_ports, _ = client.setup_udp(url + "/trackID=0", receiver.ports)
+        assert client.request("PLAY", url + "/", [("Session", session)]).status == 200
+        assert receiver.wait_for(1)
+        block = rtcp.ReportBlock(ssrc=parse_rtp(receiver.packets[0][1])[0].ssrc,
+                                 fraction_lost=128, cumulative_lost=7, highest_seq=1,
+                                 jitter=90, lsr=0, dlsr=0)
+        receiver.rtcp_sock.sendto(rtcp.build_receiver_report(1, (block,)),
+                                  ("127.0.0.1", server_ports[1]))
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            info = json.loads(daemon.kvod("status", "--json").stdout)
+            stream = info["sessions"][0]["streams"]["0"]
+            if stream["cumulative_lost"]:
+                break
+            time.sleep(0.1)
+        assert (stream["loss_fraction"], stream["cumulative_lost"], stream["jitter"]) == \
+            (0.5, 7, 90)
+        assert info["server_ports"]["mode"] == mode
+        assert stream["shared"] is (mode == "shared")
+        metrics = get(daemon, "/metrics")[1].decode()
+        assert f'kvod_server_ports_info{{mode="{mode}"' in metrics
+        assert "kvod_stream_jitter{" in metrics
+    finally:
+        client.close()
+        receiver.close()
+        assert daemon.stop() == 0
 
 
 def test_admin_http_is_read_only(playing):

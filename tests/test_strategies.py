@@ -125,6 +125,59 @@ def test_paced_strategies_keep_time(strategy, tmp_path, receivers):
     assert st_.late_5ms <= len(want) // 10 and rx.times[-1] - start >= 99 * 4 * MS * 0.95
 
 
+@pytest.mark.parametrize("strategy", ["gso", "sendmmsg"])
+def test_a_burst_sends_a_slow_stream_in_fewer_fuller_messages(strategy, tmp_path, receivers):
+    """A packet every 4 ms and a 40 ms burst: the stream is served about
+    every 40 ms with ten packets a call, each at most the burst early and
+    none held back; without a burst, a call a packet."""
+    media = tmp_path / "b.bin"
+    media.write_bytes(os.urandom(150 * 700))
+    hints = write_hints(tmp_path / "b.hint",
+                        chunk_records(150 * 700, 0, chunk=700, gap_ns=4 * MS))
+    kw = dict(ssrc=4, seq0=65500, ts0=7)
+    want = expected(hints, str(media), **kw)
+    from rtpengine.engine import now_ns
+    calls = {}
+    for burst in (0, 40 * MS):
+        rx = receivers()
+        with Engine(threads=1, strategy=strategy, burst_ns=burst) as e:
+            assert e.status()["burst_ms"] == (burst or e.lookahead_ns) / 1e6
+            stream = open_stream(e, rx.sender(), str(media), hints, **kw)
+            start = now_ns() + 20 * MS
+            stream.play(at_ns=start)
+            got = rx.collect(len(want), timeout=4)
+            st_ = wait_state(stream, "ended", timeout=4)
+            est = e.stats()
+        assert got == want
+        calls[burst] = st_.syscalls
+        assert est["packets"] == len(want)
+        if strategy == "sendmmsg":
+            assert est["messages"] == len(want)   # a datagram a packet
+        elif burst:
+            assert est["messages"] <= len(want) // 5  # the burst's packets, one message
+        early = [start + i * 4 * MS - t for i, t in enumerate(rx.times)]
+        assert max(early) <= (burst or MS) + 2 * MS     # never more than the burst early
+        if burst:
+            # most packets leave ahead of time, in groups
+            assert sum(1 for x in early if x > 8 * MS) >= len(want) // 2
+    # ten packets a call with the burst; a loaded machine only makes the
+    # burst-less stream batch more (late packets go out together)
+    assert calls[40 * MS] <= len(want) // 5 < calls[0]
+
+
+def test_burst_options_are_checked():
+    o = ffi.new("struct kvod_engine_opts *")
+    o.threads, o.burst_ns = 1, -1
+    assert lib.kvod_engine_new_opts(o) == ffi.NULL
+    assert ffi.errno == errno.EINVAL and b"burst" in ffi.string(lib.kvod_last_error())
+    o.burst_ns = 1_000_000_001
+    assert lib.kvod_engine_new_opts(o) == ffi.NULL
+    with pytest.raises(ValueError, match="burst"):
+        Engine(threads=1, burst_ns=-5)
+    with Engine(threads=1, lookahead_ns=2 * MS, burst_ns=MS) as e:
+        assert (e.lookahead_ns, e.burst_ns) == (2 * MS, 2 * MS)  # at least the lookahead
+
+
 # --- shared socket: one server port, many clients -------------------------------
 
 def shared_socket(family=socket.AF_INET) -> socket.socket:

@@ -6,7 +6,14 @@
  * hint records, no pacing, no locks, no accounting. Compiled by the bench
  * into build/ and run inside the sink's network namespace.
  *
- *   bench_bare_gso MEDIA PAYLOAD HOST PORT
+ *   bench_bare_gso MEDIA PAYLOAD HOST PORT [SEGS [DESTS [BYTES]]]
+ *
+ * SEGS (default 64) caps the segments of a message; DESTS > 0 sends from
+ * one unconnected socket to DESTS ports from PORT on, a message each in
+ * turn, as a shared server socket sends to many clients; BYTES (default:
+ * the file's size) is how much to send, the file over again if need be.
+ * `kvod bench streams` uses them to measure the kernel's cost for the
+ * shape of its sends (its "kernel floor").
  *
  * Prints "cpu_s packets calls": the user+system seconds of the send loop
  * alone (not of starting the process), as the engine is measured from
@@ -45,8 +52,10 @@ static uint8_t hdrs[CALL_PKTS][HDR];
 
 int main(int argc, char **argv)
 {
-	uint64_t off = 0, packets = 0, calls = 0;
+	uint64_t off = 0, packets = 0, calls = 0, total = 0, sent = 0;
 	struct sockaddr_in sin = { .sin_family = AF_INET };
+	static struct sockaddr_in dest[MSGS];
+	unsigned int max_segs = SEGS, dests = 0, next_dest = 0;
 	uint16_t seq = 0;
 	struct rusage ru0, ru;
 	size_t payload, size;
@@ -54,8 +63,20 @@ int main(int argc, char **argv)
 	struct stat st;
 	int fd, sock;
 
-	if (argc != 5) {
-		fprintf(stderr, "usage: %s MEDIA PAYLOAD HOST PORT\n", argv[0]);
+	if (argc < 5 || argc > 8) {
+		fprintf(stderr,
+			"usage: %s MEDIA PAYLOAD HOST PORT [SEGS [DESTS [BYTES]]]\n",
+			argv[0]);
+		return 2;
+	}
+	if (argc > 5)
+		max_segs = strtoul(argv[5], NULL, 10);
+	if (argc > 6)
+		dests = strtoul(argv[6], NULL, 10);
+	if (argc > 7)
+		total = strtoull(argv[7], NULL, 10);
+	if (max_segs < 1 || max_segs > SEGS || dests > 65535) {
+		fprintf(stderr, "SEGS must be in 1..%d, DESTS in 0..65535\n", SEGS);
 		return 2;
 	}
 	payload = strtoul(argv[2], NULL, 10);
@@ -66,19 +87,24 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	size = st.st_size;
+	if (!total)
+		total = size;
 	media = mmap(NULL, size, PROT_READ, MAP_SHARED, fd, 0);
 	sock = socket(AF_INET, SOCK_DGRAM, 0);
 	sin.sin_port = htons(atoi(argv[4]));
 	if (media == MAP_FAILED || sock < 0 ||
 	    inet_pton(AF_INET, argv[3], &sin.sin_addr) != 1 ||
-	    connect(sock, (struct sockaddr *)&sin, sizeof(sin)) < 0) {
+	    (!dests && connect(sock, (struct sockaddr *)&sin, sizeof(sin)))) {
 		perror("setup");
 		return 1;
 	}
 
 	getrusage(RUSAGE_SELF, &ru0);
-	while (off < size) {
+	while (sent < total) {
 		unsigned int nmsg = 0, npkt = 0, niov = 0;
+
+		if (off == size)
+			off = 0;	/* BYTES asks for more than the file */
 
 		while (nmsg < MSGS && off < size) {
 			struct msghdr *mh = &msgs[nmsg].msg_hdr;
@@ -89,7 +115,15 @@ int main(int argc, char **argv)
 
 			memset(mh, 0, sizeof(*mh));
 			mh->msg_iov = &iov[niov];
-			while (segs < SEGS && off < size &&
+			if (dests) {
+				dest[nmsg] = sin;
+				dest[nmsg].sin_port = htons(ntohs(sin.sin_port) +
+							    next_dest);
+				next_dest = (next_dest + 1) % dests;
+				mh->msg_name = &dest[nmsg];
+				mh->msg_namelen = sizeof(dest[nmsg]);
+			}
+			while (segs < max_segs && off < size &&
 			       bytes + seg <= MAX_DGRAM) {
 				size_t len = size - off < payload ?
 					     size - off : payload;
@@ -109,6 +143,7 @@ int main(int argc, char **argv)
 				iov[niov++].iov_len = len;
 				mh->msg_iovlen += 2;
 				off += len;
+				sent += len;
 				bytes += seg;
 				segs++;
 			}

@@ -271,10 +271,12 @@ KVOD_API struct kvod_engine *kvod_engine_new_opts(
 		return NULL;
 	}
 	if (o->reserved || o->lookahead_ns < 0 ||
-	    o->lookahead_ns > 1000000000LL) {
+	    o->lookahead_ns > 1000000000LL || o->burst_ns < 0 ||
+	    o->burst_ns > 1000000000LL) {
 		errno = -kvod_fail(EINVAL,
-				   "bad options (lookahead %lld ns is not in 0..1 s)",
-				   (long long)o->lookahead_ns);
+				   "bad options (lookahead %lld ns, burst %lld ns: each must be in 0..1 s)",
+				   (long long)o->lookahead_ns,
+				   (long long)o->burst_ns);
 		return NULL;
 	}
 	if (o->kernel_lookahead_ns < 0 ||
@@ -294,6 +296,8 @@ KVOD_API struct kvod_engine *kvod_engine_new_opts(
 	e->requested = o->strategy;
 	e->features = have;
 	e->lookahead_ns = o->lookahead_ns ? o->lookahead_ns : KVOD_LOOKAHEAD_NS;
+	e->burst_ns = o->burst_ns > e->lookahead_ns ? o->burst_ns :
+		      e->lookahead_ns;
 	e->klookahead_ns = o->kernel_lookahead_ns ? o->kernel_lookahead_ns :
 						    KVOD_KERNEL_LOOKAHEAD_NS;
 	snprintf(e->fallback, sizeof(e->fallback), "%s", why);
@@ -310,7 +314,7 @@ KVOD_API struct kvod_engine *kvod_engine_new_opts(
 			goto err_threads;
 		}
 		err = -kvod_pacer_init(e->pacers[i], strategy, e->lookahead_ns,
-				       e->klookahead_ns);
+				       e->burst_ns, e->klookahead_ns);
 		if (err) {
 			free(e->pacers[i]);
 			goto err_threads;
@@ -414,6 +418,7 @@ KVOD_API int kvod_engine_stats(struct kvod_engine *e,
 		out->packets += p->st.packets;
 		out->zc_completions += p->st.zc_completions;
 		out->zc_copied += p->st.zc_copied;
+		out->messages += p->st.messages;
 		kvod_pacer_unlock(p);
 	}
 	return 0;

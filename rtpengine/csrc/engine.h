@@ -90,6 +90,12 @@ struct kvod_engine_opts {
 	uint32_t refuse;	/* KVOD_FEAT_* to treat as refused */
 	uint32_t reserved;	/* must be 0 */
 	int64_t lookahead_ns;	/* send what is due this soon; 0: 500 us */
+	/*
+	 * A stream that has a packet due also sends what it has due this
+	 * soon after, as one GSO message: fewer, fuller sends for slow
+	 * streams, packets leaving at most this early. 0: the lookahead.
+	 */
+	int64_t burst_ns;
 	/* kernel-paced streams: hand over what is due this soon, again when
 	 * less than half of it is queued; 0: 20 ms */
 	int64_t kernel_lookahead_ns;
@@ -101,6 +107,7 @@ struct kvod_engine_stats {
 	uint64_t packets;	/* packets sent */
 	uint64_t zc_completions; /* zero-copy completions read */
 	uint64_t zc_copied;	/* of which the kernel copied after all */
+	uint64_t messages;	/* datagrams sent, a GSO message as one */
 };
 
 struct kvod_stream_params {

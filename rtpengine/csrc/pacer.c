@@ -2,8 +2,10 @@
 /*
  * The pacing threads. Each owns a shard of the streams, grouped by the
  * socket they send from; it sleeps until the earliest due packet of its
- * shard, then lays out in one batch what every stream has due within the
- * lookahead and hands the batch to the strategy's flush (send.c, uring.c):
+ * shard, then lays out in one batch, for every stream with a packet due
+ * within the lookahead, what that stream has due within the burst (at
+ * least the lookahead), and hands the batch to the strategy's flush
+ * (send.c, uring.c):
  *
  * - gso, gso_zerocopy, uring_gso: consecutive packets of equal size become
  *   one UDP_SEGMENT message (the last may be shorter);
@@ -378,8 +380,10 @@ void kvod_account(struct kvod_batch *b, unsigned int m, unsigned int n,
 		s->seq_count += np;
 		s->batched -= np;
 		s->err_pending = false;
-		if (s->pacer)
+		if (s->pacer) {
 			s->pacer->st.packets += np;
+			s->pacer->st.messages++;
+		}
 	}
 }
 
@@ -495,12 +499,18 @@ static int64_t next_wake(struct kvod_pacer *p, struct kvod_stream *s,
 	return wake_due(p, s);
 }
 
-/* Lay out what @s has due, flushing @b whenever it fills up. */
+/*
+ * Lay out what @s has due within the burst, flushing @b whenever it fills
+ * up. A stream is served once its next packet is due within the lookahead
+ * and then takes the whole burst, so a slow stream is served once every
+ * burst, with its packets in one GSO message, rather than once a packet.
+ * A kernel-paced stream takes the kernel lookahead instead.
+ */
 static void fill_stream(struct kvod_pacer *p, struct kvod_batch *b,
 			struct kvod_stream *s, int64_t now)
 {
 	int64_t horizon = now + (kernel_paced(s) ? p->klookahead_ns :
-						   p->lookahead_ns);
+						   p->burst_ns);
 	unsigned int budget = KVOD_STREAM_ROUND_PKTS;
 
 	while (budget && s->state == KVOD_STATE_PLAYING && !s->retry_at) {
@@ -659,7 +669,7 @@ static void *pacer_main(void *arg)
 }
 
 int kvod_pacer_init(struct kvod_pacer *p, int strategy, int64_t lookahead,
-		    int64_t klookahead)
+		    int64_t burst, int64_t klookahead)
 {
 	pthread_condattr_t ca;
 	int err;
@@ -667,6 +677,7 @@ int kvod_pacer_init(struct kvod_pacer *p, int strategy, int64_t lookahead,
 	memset(p, 0, sizeof(*p));
 	p->strategy = strategy;
 	p->lookahead_ns = lookahead;
+	p->burst_ns = burst;
 	p->klookahead_ns = klookahead;
 	p->batch = calloc(1, sizeof(*p->batch));
 	if (!p->batch)

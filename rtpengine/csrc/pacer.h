@@ -183,7 +183,8 @@ struct kvod_pacer {
 	atomic_int api_waiters;		/* API callers queued on lock */
 	unsigned int nstreams;
 	int strategy;			/* the engine's */
-	int64_t lookahead_ns;
+	int64_t lookahead_ns;		/* a stream is served this early */
+	int64_t burst_ns;		/* and then sends what is due this soon */
 	int64_t klookahead_ns;		/* kernel-paced streams' */
 	struct kvod_sock *socks;
 	struct kvod_batch *batch;
@@ -198,6 +199,7 @@ struct kvod_engine {
 	char fallback[256];		/* why not the requested strategy */
 	int npacers;
 	int64_t lookahead_ns;
+	int64_t burst_ns;		/* >= lookahead_ns */
 	int64_t klookahead_ns;
 	struct kvod_pacer **pacers;
 	pthread_mutex_t table_lock;	/* taken before any pacer lock */
@@ -207,7 +209,7 @@ struct kvod_engine {
 };
 
 int kvod_pacer_init(struct kvod_pacer *p, int strategy, int64_t lookahead,
-		    int64_t klookahead);
+		    int64_t burst, int64_t klookahead);
 int kvod_pacer_start(struct kvod_pacer *p);
 void kvod_pacer_stop(struct kvod_pacer *p);
 void kvod_pacer_destroy(struct kvod_pacer *p);
