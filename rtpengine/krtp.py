@@ -30,7 +30,7 @@ from typing import Optional
 
 from cffi import FFI
 
-from .engine import EngineError
+from .engine import EngineError, StreamStats
 from .hintfile import HEADER_SIZE, RECORD_SIZE
 
 __all__ = ["DEVICE", "KrtpEngine", "KrtpError", "KrtpStream", "KrtpStreamStats",
@@ -150,7 +150,7 @@ def available(path: str = DEVICE) -> tuple[bool, str]:
 
 
 @dataclass(frozen=True)
-class KrtpStreamStats:
+class KrtpStreamStats(StreamStats):
     """A snapshot of one stream: the user-space engine's fields and more.
 
     ``syscalls`` counts the kernel's socket send calls for the stream (one
@@ -160,28 +160,8 @@ class KrtpStreamStats:
     reference, ``copied_octets`` those that had to be copied.
     """
 
-    state: str
-    record_count: int
-    next_record: int
-    fill_limit: int
-    packets_sent: int
-    payload_octets: int
-    packets_dropped: int
-    send_errors: int
-    last_errno: int
-    late_1ms: int
-    late_5ms: int
-    max_late_ns: int
-    last_due_ns: int
-    syscalls: int
-    last_seq: int
-    last_rtp_ts: int
-    gso_fallback: bool
-    strategy: str
-    spliced_octets: int
-    copied_octets: int
-    refused: tuple[str, ...] = ()
-    shared: bool = False
+    spliced_octets: int = 0
+    copied_octets: int = 0
     pacing: str = "krtp"    # the module's own timer paces
 
 

@@ -179,6 +179,31 @@ def seqs(packets: list[bytes]) -> list[int]:
     return [struct.unpack_from("!H", p, 2)[0] for p in packets]
 
 
+def difference(got: list[bytes], want: list[bytes]) -> str:
+    """How two packet lists differ, for an assertion message: counts, packets
+    received twice, missing ones, and the first packet that differs (by
+    position), so that a rare failure says what happened."""
+    def key(p: bytes) -> tuple:
+        return struct.unpack_from("!I", p, 8)[0], struct.unpack_from("!H", p, 2)[0]
+    seen: dict[tuple, int] = {}
+    for p in got:
+        seen[key(p)] = seen.get(key(p), 0) + 1
+    twice = [k for k, n in seen.items() if n > 1]
+    wanted = {key(p) for p in want}
+    lines = [f"{len(got)} packets, {len(want)} wanted; (ssrc, seq) received more than "
+             f"once: {twice[:5]}; missing: {sorted(wanted - set(seen))[:5]}; "
+             f"unknown: {sorted(set(seen) - wanted)[:5]}"]
+    for i, (a, b) in enumerate(zip(got, want)):
+        if a != b:
+            at = next(j for j in range(min(len(a), len(b))) if a[j] != b[j]) \
+                if a[:len(b)] != b[:len(a)] else min(len(a), len(b))
+            lines.append(f"first difference: packet {i} (ssrc, seq) {key(a)} vs {key(b)}, "
+                         f"{len(a)} vs {len(b)} bytes, first differing byte {at}; "
+                         f"same bytes elsewhere in the list: {b in got}")
+            break
+    return "\n".join(lines)
+
+
 @pytest.fixture
 def ts_title(ts_file, tmp_path):
     """The 10 s TS title and hint records of 1316 bytes over it."""
