@@ -113,6 +113,22 @@ def test_kernel_pacing_needs_far_fewer_calls(paced, receivers):
         assert e.status()["kernel_lookahead_ms"] == 100.0
 
 
+def test_kernel_paced_messages_group_packets_within_the_burst(paced, receivers):
+    """fq releases a GSO message at its first packet's time: packets join
+    it only within the burst, so none leaves earlier than the engine would
+    send it. 2 ms apart: one a message with no burst, four with 7 ms."""
+    messages = {}
+    for burst in (0, 7 * MS):
+        rx = receivers()
+        with Engine(threads=1, strategy="gso", burst_ns=burst) as e:
+            stream, _ = play_paced(e, rx, paced, "kernel", ssrc=1, seq0=1, ts0=1)
+            assert len(rx.collect(300, timeout=10)) == 300
+            assert wait_state(stream, "ended").pacing == "kernel"
+            messages[burst] = e.stats()["messages"]
+    assert messages[0] == 300
+    assert 300 // 4 <= messages[7 * MS] <= 300 // 4 + 30, messages
+
+
 def test_auto_chooses_engine_pacing_here_and_says_why(paced, receivers, caplog):
     media, hints = paced
     caplog.set_level(logging.WARNING, logger="rtpengine.engine")

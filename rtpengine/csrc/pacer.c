@@ -27,9 +27,9 @@
  * stream is filled up to the kernel lookahead (20 ms by default) and
  * refilled when less than half of that is still queued, so the thread
  * wakes about every kernel lookahead / 2 for it, not for every packet. A
- * GSO message of such a stream only groups packets due within the
- * (user) lookahead of its first one, so nothing leaves earlier than it
- * would under user pacing.
+ * GSO message of such a stream only groups packets due within the burst
+ * of its first one, so nothing leaves earlier than it would under user
+ * pacing.
  */
 #include <endian.h>
 #include <errno.h>
@@ -266,7 +266,7 @@ static unsigned int build(struct kvod_stream *s, struct kvod_batch *b,
 		new_msg = !(open && size <= seg && segs < KVOD_GSO_SEGS &&
 			    msg_bytes + size <= KVOD_MAX_DATAGRAM);
 		/* the kernel releases a message at its first packet's time */
-		if (kp && !new_msg && due - due0 > s->pacer->lookahead_ns)
+		if (kp && !new_msg && due - due0 > s->pacer->burst_ns)
 			new_msg = true;
 		if (zc) {
 			/* pinned pages: the header's, and the payload's */
