@@ -337,12 +337,19 @@ def odd_records(media_size: int, blob_size: int) -> list[HintRecord]:
     return recs
 
 
-def test_unpaced_odd_records_match_packetizer(engine, tmp_path, receivers):
+def odd_title(tmp_path) -> tuple:
+    """A random 80 kB title and its odd records (see odd_records), with a
+    blob in the hint file: (media path, hint path)."""
     media = tmp_path / "odd.bin"
     media.write_bytes(os.urandom(80000))
     blob = bytes(range(256)) * 2
     hints = write_hints(tmp_path / "odd.hint", odd_records(80000, len(blob)),
                         payload_type=96, blob=blob)
+    return media, hints
+
+
+def test_unpaced_odd_records_match_packetizer(engine, tmp_path, receivers):
+    media, hints = odd_title(tmp_path)
     rx = receivers()
     kw = dict(ssrc=7, seq0=65000, ts0=0xFFFFFF00)
     want = expected(hints, str(media), **kw)

@@ -19,7 +19,7 @@ import pytest
 from rtpengine._kvod_engine import ffi, lib
 from rtpengine.engine import Engine, EngineError, now_ns
 from rtpengine.qdisc import FqAnswer
-from tests.test_engine import (MS, chunk_records, expected, odd_records, open_stream,
+from tests.test_engine import (MS, chunk_records, expected, odd_title, open_stream,
                                wait_state, write_hints)
 
 BATCHED = ["gso", "sendmmsg", "gso_zerocopy", "uring_gso"]
@@ -69,11 +69,7 @@ def test_kernel_paced_odd_records_match_packetizer(strategy, tmp_path, receivers
     longer than a GSO message, paced 1 us apart (within the user
     lookahead, so GSO messages group them) with the departure time on
     every message, lone datagrams included."""
-    media = tmp_path / "odd.bin"
-    media.write_bytes(os.urandom(80000))
-    blob = bytes(range(256)) * 2
-    hints = write_hints(tmp_path / "odd.hint", odd_records(80000, len(blob)),
-                        payload_type=96, blob=blob)
+    media, hints = odd_title(tmp_path)
     rx = receivers()
     kw = dict(ssrc=7, seq0=65000, ts0=0xFFFFFF00)
     with Engine(threads=1, strategy=strategy) as e:

@@ -15,7 +15,7 @@ from rtpengine._kvod_engine import ffi, lib
 from rtpengine.engine import FEATURES, STRATEGIES, Engine, EngineError, probe_features
 from rtpengine.hintfile import HintRecord
 from tests.test_engine import (MS, Receiver, chunk_records, difference, expected,
-                               odd_records, open_stream, seqs, wait_state, write_hints)
+                               odd_title, open_stream, seqs, wait_state, write_hints)
 
 ALL = [s for s in STRATEGIES if s != "auto"]
 # the research's per-packet paths, and the system calls each makes a packet
@@ -84,11 +84,7 @@ def test_ts_title_matches_packetizer(strategy, ts_title, receivers):
 def test_odd_records_match_packetizer(strategy, tmp_path, receivers):
     """Prefixes, BLOB payloads from the hint file, empty payloads, runs
     longer than a GSO message, the largest datagram."""
-    media = tmp_path / "odd.bin"
-    media.write_bytes(os.urandom(80000))
-    blob = bytes(range(256)) * 2
-    hints = write_hints(tmp_path / "odd.hint", odd_records(80000, len(blob)),
-                        payload_type=96, blob=blob)
+    media, hints = odd_title(tmp_path)
     rx = receivers()
     kw = dict(ssrc=7, seq0=65000, ts0=0xFFFFFF00)
     want = expected(hints, str(media), **kw)
