@@ -207,8 +207,17 @@ def difference(got: list[bytes], want: list[bytes]) -> str:
 @pytest.fixture
 def ts_title(ts_file, tmp_path):
     """The 10 s TS title and hint records of 1316 bytes over it."""
+    return ts_file, ts_title_hints(ts_file, tmp_path / "ts.hint")
+
+
+def ts_title_hints(ts_file: str, path) -> str:
+    """1316-byte records over the title, ending with a shorter one: the
+    title is as long as ffmpeg made it (one time in seven a multiple of
+    1316 bytes), so then the records leave its last TS packet out."""
     size = os.path.getsize(ts_file)
-    return ts_file, write_hints(tmp_path / "ts.hint", chunk_records(size, 10 * SEC))
+    if size % 1316 == 0:
+        size -= 188
+    return write_hints(path, chunk_records(size, 10 * SEC))
 
 
 @pytest.fixture

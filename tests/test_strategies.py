@@ -15,7 +15,8 @@ from rtpengine._kvod_engine import ffi, lib
 from rtpengine.engine import FEATURES, STRATEGIES, Engine, EngineError, probe_features
 from rtpengine.hintfile import HintRecord
 from tests.test_engine import (MS, Receiver, chunk_records, difference, expected,
-                               odd_title, open_stream, seqs, wait_state, write_hints)
+                               odd_title, open_stream, seqs, ts_title_hints, wait_state,
+                               write_hints)
 
 ALL = [s for s in STRATEGIES if s != "auto"]
 # the research's per-packet paths, and the system calls each makes a packet
@@ -25,8 +26,7 @@ PER_PACKET_CALLS = {"read_send_rtp": 2, "read_writev": 2, "mmap_writev": 1,
 
 @pytest.fixture
 def ts_title(ts_file, tmp_path):
-    size = os.path.getsize(ts_file)
-    return ts_file, write_hints(tmp_path / "ts.hint", chunk_records(size, 10 * 10**9))
+    return ts_file, ts_title_hints(ts_file, tmp_path / "ts.hint")
 
 
 def test_every_strategy_has_a_name_in_c_and_python():
