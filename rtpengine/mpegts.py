@@ -47,7 +47,9 @@ STREAM_CODECS = {
     0x81: "ac3", 0x87: "eac3",
 }
 VIDEO_CODECS = ("h264", "hevc", "mpeg2video", "mpeg1video")
-_SCAN_CODEC = {"h264": lib.KVOD_TS_CODEC_H264, "hevc": lib.KVOD_TS_CODEC_HEVC}
+AUDIO_CODECS = ("mp2", "aac", "aac_latm", "ac3", "eac3")
+_SCAN_CODEC = {"h264": lib.KVOD_TS_CODEC_H264, "hevc": lib.KVOD_TS_CODEC_HEVC,
+               **{codec: lib.KVOD_TS_CODEC_AUDIO for codec in AUDIO_CODECS}}
 
 # PSI sections (ISO/IEC 13818-1 2.4.4). The CRC is checked in C before
 # construct sees a section. Every length inside is bounded by the section
@@ -135,6 +137,14 @@ class TsProgram:
         """The first video stream, whose keyframes become seek points."""
         return next((s for s in self.streams if s.codec in VIDEO_CODECS), None)
 
+    @property
+    def seek_stream(self) -> TsStream | None:
+        """The stream whose random access points are the title's seek
+        points: the first video stream, or in a title without video the
+        first audio stream (every audio PES start)."""
+        return self.video or next((s for s in self.streams if s.codec in AUDIO_CODECS),
+                                  None)
+
 
 @dataclass(frozen=True)
 class TsIndex:
@@ -148,7 +158,7 @@ class TsIndex:
     pcr_pid: int
     streams: tuple[TsStream, ...]
     video_pid: int | None
-    keyframes: int              # random access points found on the video PID
+    keyframes: int              # random access points found (video, else audio PID)
     discontinuities: int = 0    # PCR timeline breaks bridged
 
 
@@ -328,9 +338,9 @@ class _Scan:
     """The C scan state, freed on every path (a context manager)."""
 
     def __init__(self, program: TsProgram):
-        video = program.video or TsStream(NULL_PID, 0, "unknown")
-        codec = _SCAN_CODEC.get(video.codec, lib.KVOD_TS_CODEC_OTHER)
-        self.ix = lib.kvod_ts_index_new(program.pcr_pid, video.pid, codec)
+        seek = program.seek_stream or TsStream(NULL_PID, 0, "unknown")
+        codec = _SCAN_CODEC.get(seek.codec, lib.KVOD_TS_CODEC_OTHER)
+        self.ix = lib.kvod_ts_index_new(program.pcr_pid, seek.pid, codec)
         if self.ix == ffi.NULL:
             raise MemoryError("cannot allocate the TS scan state")
 

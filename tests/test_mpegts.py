@@ -765,6 +765,12 @@ def test_c_packet_info_fields(guarded):
     assert info.keyframe_nal and info.payload_offset == PKT - len(pes(access_unit(0x09, 0x67)))
     assert not info_of(guarded, pkt, lib.KVOD_TS_CODEC_OTHER).keyframe_nal
     assert not info_of(guarded, pkt, lib.KVOD_TS_CODEC_HEVC).keyframe_nal   # 0x67 is HEVC type 51
+    # audio: any PES start is a way in; a continuation is not
+    audio = ts_packet(0x101, pes(b"\xff\xf1" + b"\x00" * 100), pusi=True)
+    assert info_of(guarded, audio, lib.KVOD_TS_CODEC_AUDIO).keyframe_nal
+    assert not info_of(guarded, audio, lib.KVOD_TS_CODEC_OTHER).keyframe_nal
+    assert not info_of(guarded, ts_packet(0x101, b"\x00" * 184),
+                       lib.KVOD_TS_CODEC_AUDIO).keyframe_nal
     # an extension past 299 is still read (and reduced by the scan)
     raw = bytearray(pkt)
     raw[11] = 0xFF
@@ -902,3 +908,26 @@ def test_c_records_grow_past_first_allocation(guarded):
     assert ix.record_count == 2999 and ix.keyframes == 2998
     assert ix.records[0].length == 2 * PKT        # PAT and PMT
     assert all(ix.records[i].offset == (i + 1) * PKT for i in range(1, 2999))
+
+
+def test_audio_only_titles_can_be_entered_at_every_audio_pes(tmp_path):
+    """Without video, seek points are the audio stream's PES starts (an
+    audio frame decodes on its own), not record 0 alone."""
+    path = make_other("audio-only-aac.ts", ["-vn"], ["-c:a", "aac"], seconds=6)
+    ix = index_mpegts(path, tmp_path / "a.hint")
+    recs = check_consistent(ix, tmp_path / "a.hint")
+    assert [s.codec for s in ix.streams] == ["aac"]
+    audio_pid = ix.streams[0].pid
+    data = open(path, "rb").read()
+    keys = [r for r in recs if r.flags & REC_KEYFRAME]
+    # every key record but the title's first starts an audio PES
+    for r in keys[1:]:
+        p = Packet(data[r.offset:r.offset + 188])
+        assert p.pid == audio_pid and p.pusi
+    # and a seek anywhere lands within a second before the time asked
+    times = [r.send_ns for r in keys]
+    for second in range(1, 6):
+        at = max(t for t in times if t <= second * 10**9)
+        assert second * 10**9 - at < 10**9, (second, at)
+    # the count is of the audio PES starts: record 0 is the title's start
+    assert keys[0].offset == 0 and ix.keyframes == len(keys) - 1 >= 15

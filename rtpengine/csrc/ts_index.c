@@ -120,6 +120,10 @@ static void parse_packet(const uint8_t *p, int codec,
 	    in->pusi && !in->tei && pos < KVOD_TS_PACKET_SIZE)
 		in->keyframe_nal = (uint8_t)pes_has_keyframe(p + pos,
 				KVOD_TS_PACKET_SIZE - pos, codec);
+	/* an audio PES starts with a whole frame, which decodes on its own */
+	if (codec == KVOD_TS_CODEC_AUDIO && in->pusi && !in->tei &&
+	    pos < KVOD_TS_PACKET_SIZE)
+		in->keyframe_nal = 1;
 }
 
 KVOD_API int kvod_ts_packet_info(const uint8_t *pkt, size_t len, int codec,

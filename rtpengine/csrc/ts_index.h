@@ -27,6 +27,7 @@ enum kvod_ts_codec {
 	KVOD_TS_CODEC_OTHER = 0,	/* random_access_indicator only */
 	KVOD_TS_CODEC_H264 = 1,		/* + NAL 5 (IDR) or 7 (SPS) */
 	KVOD_TS_CODEC_HEVC = 2,		/* + NAL 16..21 (IRAP) or 32 (VPS) */
+	KVOD_TS_CODEC_AUDIO = 3,	/* + every PES start (frames decode alone) */
 };
 
 enum kvod_ts_status {
