@@ -64,7 +64,7 @@ test-asan: deps
 
 bench: engine
 	$(KVOD) bench index
-	$(KVOD) bench datapath --size 256MiB --payload 512,1024,1316 --sink nic
+	$(KVOD) bench datapath --size 256MiB --payload 512,1024,1316 --sink nic --repeat 3
 	$(KVOD) bench streams --sessions 1,10,100,1000
 	$(KVOD) bench latency
 
