@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 import time
 import urllib.request
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator
 
 import pytest
 
@@ -21,22 +24,43 @@ def get(daemon: KvodDaemon, path: str) -> tuple[str, bytes]:
         return r.headers["Content-Type"], r.read()
 
 
-@pytest.fixture
-def playing(tmp_path, ts_file):
-    """A daemon with one session playing."""
-    daemon = KvodDaemon(str(tmp_path))
+@dataclass
+class Playing:
+    """A daemon with one session playing "movie" to a receiver."""
+
+    daemon: KvodDaemon
+    client: RtspClient
+    receiver: RtpReceiver
+    session: str
+    server_ports: tuple
+
+
+@contextmanager
+def play_movie(folder, ts_file: str, packets: int = 20, **daemon_kw) -> Iterator[Playing]:
+    """Start a daemon (``daemon_kw`` to KvodDaemon), add and play the
+    title until ``packets`` have come; stop everything after."""
+    daemon = KvodDaemon(str(folder), **daemon_kw)
     daemon.add(ts_file, "movie")
     daemon.start()
     receiver = RtpReceiver()
     client = RtspClient("127.0.0.1", daemon.port)
-    url = client.url("movie")
-    session, _, _ = client.setup_udp(url + "/trackID=0", receiver.ports)
-    assert client.request("PLAY", url + "/", [("Session", session)]).status == 200
-    assert receiver.wait_for(20)
-    yield daemon, session
-    client.close()
-    receiver.close()
-    assert daemon.stop() == 0
+    try:
+        url = client.url("movie")
+        session, server_ports, _ = client.setup_udp(url + "/trackID=0", receiver.ports)
+        assert client.request("PLAY", url + "/", [("Session", session)]).status == 200
+        assert receiver.wait_for(packets)
+        yield Playing(daemon, client, receiver, session, server_ports)
+    finally:
+        client.close()
+        receiver.close()
+        assert daemon.stop() == 0
+
+
+@pytest.fixture
+def playing(tmp_path, ts_file):
+    """A daemon with one session playing."""
+    with play_movie(tmp_path, ts_file) as p:
+        yield p.daemon, p.session
 
 
 def test_status_lists_engine_and_playing_session(playing):
@@ -77,16 +101,8 @@ def test_client_receiver_reports_show_in_status(tmp_path, ts_file, mode):
     SETUP reply named, gives the session's loss and jitter figures."""
     from rtpengine import rtcp
     from rtpengine.rtp import parse_rtp
-    daemon = KvodDaemon(str(tmp_path), rtsp=f'server_ports = "{mode}"\n')
-    daemon.add(ts_file, "movie")
-    daemon.start()
-    receiver = RtpReceiver()
-    client = RtspClient("127.0.0.1", daemon.port)
-    try:
-        url = client.url("movie")
-        session, server_ports, _ = client.setup_udp(url + "/trackID=0", receiver.ports)
-        assert client.request("PLAY", url + "/", [("Session", session)]).status == 200
-        assert receiver.wait_for(1)
+    with play_movie(tmp_path, ts_file, packets=1, rtsp=f'server_ports = "{mode}"\n') as p:
+        daemon, receiver, server_ports = p.daemon, p.receiver, p.server_ports
         block = rtcp.ReportBlock(ssrc=parse_rtp(receiver.packets[0][1])[0].ssrc,
                                  fraction_lost=128, cumulative_lost=7, highest_seq=1,
                                  jitter=90, lsr=0, dlsr=0)
@@ -106,10 +122,6 @@ def test_client_receiver_reports_show_in_status(tmp_path, ts_file, mode):
         metrics = get(daemon, "/metrics")[1].decode()
         assert f'kvod_server_ports_info{{mode="{mode}"' in metrics
         assert "kvod_stream_jitter{" in metrics
-    finally:
-        client.close()
-        receiver.close()
-        assert daemon.stop() == 0
 
 
 def test_admin_http_is_read_only(playing):
@@ -173,16 +185,9 @@ def test_status_shows_pacing(tmp_path, ts_file):
     for pacing, want, note in (("kernel", "kernel", None),
                                ("auto", "engine", "lo: root qdisc is noqueue, not fq")):
         (tmp_path / pacing).mkdir()
-        daemon = KvodDaemon(str(tmp_path / pacing), extra=f'[engine]\npacing = "{pacing}"\n')
-        daemon.add(ts_file, "movie")
-        daemon.start()
-        receiver = RtpReceiver()
-        client = RtspClient("127.0.0.1", daemon.port)
-        try:
-            url = client.url("movie")
-            session, _, _ = client.setup_udp(url + "/trackID=0", receiver.ports)
-            assert client.request("PLAY", url + "/", [("Session", session)]).status == 200
-            assert receiver.wait_for(20)
+        with play_movie(tmp_path / pacing, ts_file,
+                        extra=f'[engine]\npacing = "{pacing}"\n') as p:
+            daemon = p.daemon
             info = json.loads(daemon.kvod("status", "--json").stdout)
             engine = info["engine"]
             assert engine["pacing"] == pacing
@@ -194,7 +199,3 @@ def test_status_shows_pacing(tmp_path, ts_file):
             if note:
                 assert any(note in n for n in engine["pacing_notes"])
                 assert "pacing note: auto: no fq on the way" in text
-        finally:
-            client.close()
-            receiver.close()
-            assert daemon.stop() == 0
