@@ -29,7 +29,7 @@ import time
 from contextlib import ExitStack
 from typing import Callable, Optional
 
-from .engine import DEFAULT_LOOKAHEAD_NS, Engine, now_ns
+from .engine import Engine, batching, now_ns
 from .hintfile import HintFile
 
 SEC = 1_000_000_000
@@ -111,6 +111,7 @@ def run_once(media: str, hint: str, sessions: int, seconds: float, *, sample: in
     engine-paced (see Engine.open_stream), so ``paced`` counts who paced."""
     with HintFile(hint) as hf:
         send_ns = [r.send_ns for r in hf]
+        payload = max(r.length for r in hf)
         title_ns = hf.header.duration_ns
     bits = os.path.getsize(media) * 8 / (title_ns / SEC)
     warm = 0.5
@@ -219,11 +220,12 @@ def run_once(media: str, hint: str, sessions: int, seconds: float, *, sample: in
         paced = engine.status()["paced_streams"]
         for s in streams:
             s.pause()
+        sent, messages, calls, rounds = (est1[k] - est0[k] for k in
+                                         ("packets", "messages", "syscalls", "rounds"))
         floor = None
-        if sink == "nic" and est1["messages"] > est0["messages"]:
-            floor = _kernel_floor(media, the_sink, sessions if shared else 0,
-                                  (est1["packets"] - est0["packets"])
-                                  / (est1["messages"] - est0["messages"]), bits)
+        if sink == "nic" and messages:
+            floor = _kernel_floor(media, payload, the_sink, sessions if shared else 0,
+                                  sent / messages, bits)
         rx.stdin.close()
         arrivals = json.loads(rx.stdout.read())
         rx.wait(timeout=30)
@@ -252,12 +254,10 @@ def run_once(media: str, hint: str, sessions: int, seconds: float, *, sample: in
         "packets_dropped": delta("packets_dropped"),
         "cpu_s": round(cpu, 4),
         "cpu_ms_per_stream_s": round(cpu * 1000 / stream_s, 4),
-        "syscalls_per_s": round((est1["syscalls"] - est0["syscalls"]) / wall),
-        "rounds_per_s": round((est1["rounds"] - est0["rounds"]) / wall),
-        "packets_per_syscall": round((est1["packets"] - est0["packets"])
-                                     / max(1, est1["syscalls"] - est0["syscalls"]), 2),
-        "packets_per_message": round((est1["packets"] - est0["packets"])
-                                     / max(1, est1["messages"] - est0["messages"]), 2),
+        "syscalls_per_s": round(calls / wall),
+        "rounds_per_s": round(rounds / wall),
+        "packets_per_syscall": round(sent / max(1, calls), 2),
+        "packets_per_message": round(sent / max(1, messages), 2),
         "kernel_floor": floor,
         "engine_within_1ms": round(1 - late1 / packets, 6) if packets else None,
         "engine_within_5ms": round(1 - late5 / packets, 6) if packets else None,
@@ -270,14 +270,16 @@ def run_once(media: str, hint: str, sessions: int, seconds: float, *, sample: in
     }
 
 
-def _kernel_floor(media: str, sink, dests: int, per_message: float, bits: float) -> dict:
+def _kernel_floor(media: str, payload: int, sink, dests: int, per_message: float,
+                  bits: float) -> dict:
     """What the kernel alone spends on sends of this shape: the bare C loop
-    (rtpengine/csrc/bench_bare_gso.c), unpaced, in messages of as many
-    packets as the engine's averaged, to as many clients from one socket,
-    into the same sink; as ms of CPU per stream-second at this bitrate."""
+    (rtpengine/csrc/bench_bare_gso.c), unpaced, ``payload``-byte packets in
+    messages of as many packets as the engine's averaged, to as many
+    clients from one socket, into the same sink; as ms of CPU per
+    stream-second at this bitrate."""
     from .bench_datapath import GIB, run_bare
     segs = max(1, round(per_message))
-    r = run_bare(media, 1316, sink, segs=segs, dests=min(dests, 65535), total=256 << 20)
+    r = run_bare(media, payload, sink, segs=segs, dests=min(dests, 65535), total=256 << 20)
     ms = r["cpu_s_per_gib"] * (bits / 8) / GIB * 1000
     return {"packets_per_message": segs, "cpu_s_per_gib": r["cpu_s_per_gib"],
             "cpu_ms_per_stream_s": round(ms, 4)}
@@ -301,9 +303,9 @@ def run_scale(counts: list[int], *, bitrate: str = "4M", seconds: float = 10.0,
     from .bench_media import bench_title
     from .mpegts import index_mpegts
     media = bench_title(bitrate=bitrate, seconds=max(30, int(seconds) + 5))
-    lookahead_ms = (lookahead_ns or DEFAULT_LOOKAHEAD_NS) / 1e6
-    result: dict = {"title": media, "lookahead_ms": lookahead_ms,
-                    "burst_ms": max(burst_ns / 1e6, lookahead_ms), "pacing": pacing,
+    lookahead, burst = batching(lookahead_ns, burst_ns)
+    result: dict = {"title": media, "lookahead_ms": lookahead / 1e6,
+                    "burst_ms": burst / 1e6, "pacing": pacing,
                     "runs": [], "search": None}
     with tempfile.TemporaryDirectory(prefix="kvod-bench-") as tmp:
         hint = os.path.join(tmp, "bench.hint")

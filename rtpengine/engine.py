@@ -109,6 +109,13 @@ def _feature_names(mask: int) -> list[str]:
 DEFAULT_LOOKAHEAD_NS = 500_000
 
 
+def batching(lookahead_ns: int = 0, burst_ns: int = 0) -> tuple[int, int]:
+    """The (lookahead, burst) in ns an engine asked for these runs with:
+    the C engine's default lookahead, and a burst of at least it."""
+    lookahead = lookahead_ns or DEFAULT_LOOKAHEAD_NS
+    return lookahead, max(burst_ns, lookahead)
+
+
 def _engine_new(threads: int, strategy: int, refuse: int = 0,
                 lookahead_ns: int = 0, burst_ns: int = 0, kernel_lookahead_ns: int = 0):
     opts = ffi.new("struct kvod_engine_opts *")
@@ -325,8 +332,7 @@ class Engine:
                           _in_range(kernel_lookahead_ns, 63, "kernel lookahead"))
         #: how early a packet may leave to share a batch, and to join its
         #: stream's burst (the C engine's defaults and rule)
-        self.lookahead_ns: int = lookahead_ns or DEFAULT_LOOKAHEAD_NS
-        self.burst_ns: int = max(burst_ns, self.lookahead_ns)
+        self.lookahead_ns, self.burst_ns = batching(lookahead_ns, burst_ns)
         try:
             self.requested_strategy: str = strategy
             self.strategy: str = _STRATEGY_NAMES[_engine_strategy(ptr)]
