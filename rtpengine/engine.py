@@ -38,7 +38,7 @@ import socket
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator, Optional, Protocol, Union
+from typing import Callable, Iterable, Iterator, Optional, Protocol, TypeVar, Union
 
 from ._kvod_engine import ffi, lib
 from .qdisc import FqAnswer, detect_fq
@@ -289,7 +289,31 @@ class StreamStats:
     pacing: str = "engine"
 
 
-class Engine:
+_Self = TypeVar("_Self", bound="Closing")
+
+
+class Closing:
+    """What an engine or a stream is besides its close(): a context manager
+    that closes it, and a finaliser that closes it if its owner forgot
+    (errors then are swallowed: the interpreter may be going down)."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self: _Self) -> _Self:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+class Engine(Closing):
     """The C engine: its pacing threads and the streams they send.
 
     ``threads=0`` runs one pacing thread per online CPU. ``strategy`` is
@@ -385,19 +409,6 @@ class Engine:
                 self._cv.wait()
         if ptr is not None:
             _engine_free(ptr)
-
-    def __enter__(self) -> "Engine":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        try:
-            if getattr(self, "_ptr", None) is not None:
-                self.close()
-        except Exception:
-            pass
 
     def stats(self) -> dict[str, int]:
         """Engine-wide counters: pacing rounds that sent, system calls on
@@ -519,7 +530,7 @@ class Engine:
         return f"<Engine {self.strategy} {state}>"
 
 
-class Stream:
+class Stream(Closing):
     """One RTP stream of an :class:`Engine`. Made by :meth:`Engine.open_stream`."""
 
     def __init__(self, engine: Engine, sid: int, pacing_reason: str = "") -> None:
@@ -639,18 +650,6 @@ class Stream:
             # racing close() in another thread won
             if exc.errno not in (errno.EBADF, errno.ENOENT):
                 raise
-
-    def __enter__(self) -> "Stream":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:
-            pass
 
     def __repr__(self) -> str:
         return f"<Stream {self._id if self._id is not None else 'closed'}>"

@@ -30,7 +30,7 @@ from typing import Optional
 
 from cffi import FFI
 
-from .engine import EngineError, StreamStats
+from .engine import Closing, EngineError, StreamStats, _fd, _in_range
 from .hintfile import HEADER_SIZE, RECORD_SIZE
 
 __all__ = ["DEVICE", "KrtpEngine", "KrtpError", "KrtpStream", "KrtpStreamStats",
@@ -181,20 +181,7 @@ class ModuleInfo:
     max_streams: int
 
 
-def _fd(obj, what: str) -> int:
-    fd = obj if isinstance(obj, int) else obj.fileno()
-    if not isinstance(fd, int):
-        raise TypeError(f"{what}: want a file descriptor, got {obj!r}")
-    return fd
-
-
-def _in_range(value: int, bits: int, what: str) -> int:
-    if not isinstance(value, int) or not 0 <= value < 1 << bits:
-        raise ValueError(f"{what} {value!r} is not a {bits}-bit unsigned integer")
-    return value
-
-
-class KrtpEngine:
+class KrtpEngine(Closing):
     """One open /dev/krtp: the kernel's pacing threads and our streams.
 
     ``strategy`` is ``"krtpsendfile"`` (or ``"auto"``, the same) or
@@ -272,18 +259,6 @@ class KrtpEngine:
             s._forget()
         if userspace is not None:
             userspace.close()
-
-    def __enter__(self) -> "KrtpEngine":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:
-            pass
 
     def info(self) -> ModuleInfo:
         """The module's own counters (streams, page references held, ...)."""
@@ -388,7 +363,7 @@ class _Mapping:
             self._map = None
 
 
-class KrtpStream:
+class KrtpStream(Closing):
     """One stream of a :class:`KrtpEngine`."""
 
     def __init__(self, engine: KrtpEngine, sid: int, mapping: Optional[_Mapping]) -> None:
@@ -492,18 +467,6 @@ class KrtpStream:
             if self._mapping:
                 self._mapping.close()
                 self._mapping = None
-
-    def __enter__(self) -> "KrtpStream":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:
-            pass
 
     def __repr__(self) -> str:
         return f"<KrtpStream {self._id if self._id is not None else 'closed'}>"
