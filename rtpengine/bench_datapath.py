@@ -147,6 +147,24 @@ def _krtp_threads_cpu() -> float:
     return total / tick
 
 
+def _send_all(stream, nrec: int, progress: Progress):
+    """Play ``stream`` unpaced until it stops; its last stats."""
+    stream.play(unpaced=True)
+    while True:
+        st = stream.stats()
+        if st.state != "playing":
+            return st
+        if progress:
+            progress(st.next_record / nrec)
+        time.sleep(0.005)
+
+
+def _check_sent(what: str, st, nrec: int) -> None:
+    if st.packets_sent != nrec:
+        raise RuntimeError(f"{what}: sent {st.packets_sent} of {nrec} packets "
+                           f"({st.packets_dropped} dropped, errno {st.last_errno})")
+
+
 def run_krtp(call: str, media: str, hints: str, nrec: int, sink,
              progress: Progress = None) -> dict:
     """Send the whole title once through the module's ``call``; its figures."""
@@ -156,19 +174,10 @@ def run_krtp(call: str, media: str, hints: str, nrec: int, sink,
         stream = engine.open_stream(sock, m, h, ssrc=1, seq0=0, ts0=0)
         sock.close()
         cpu0, k0, t0 = _cpu(), _krtp_threads_cpu(), time.monotonic()
-        stream.play(unpaced=True)
-        while True:
-            st = stream.stats()
-            if st.state != "playing":
-                break
-            if progress:
-                progress(st.next_record / nrec)
-            time.sleep(0.005)
+        st = _send_all(stream, nrec, progress)
         wall = time.monotonic() - t0
         cpu = _cpu() - cpu0 + _krtp_threads_cpu() - k0
-    if st.packets_sent != nrec:
-        raise RuntimeError(f"{call}: sent {st.packets_sent} of {nrec} packets "
-                           f"({st.packets_dropped} dropped, errno {st.last_errno})")
+    _check_sent(call, st, nrec)
     gib = size / GIB
     return {"strategy": call, "cpu_s": round(cpu, 4), "wall_s": round(wall, 4),
             "packets": st.packets_sent, "syscalls": 0, "kernel_send_calls": st.syscalls,
@@ -190,20 +199,11 @@ def run_strategy(strategy: str, media: str, hints: str, nrec: int, sink,
         sock.close()
         before = engine.stats()
         cpu0, t0 = _cpu(), time.monotonic()
-        stream.play(unpaced=True)
-        while True:
-            st = stream.stats()
-            if st.state != "playing":
-                break
-            if progress:
-                progress(st.next_record / nrec)
-            time.sleep(0.005)
+        st = _send_all(stream, nrec, progress)
         cpu, wall = _cpu() - cpu0, time.monotonic() - t0
         after = engine.stats()
         used = engine.strategy
-    if st.packets_sent != nrec:
-        raise RuntimeError(f"{strategy}: sent {st.packets_sent} of {nrec} packets "
-                           f"({st.packets_dropped} dropped, errno {st.last_errno})")
+    _check_sent(strategy, st, nrec)
     gib = size / GIB
     calls = after["syscalls"] - before["syscalls"]
     return {"strategy": used, "cpu_s": round(cpu, 4), "wall_s": round(wall, 4),
