@@ -16,7 +16,7 @@ import click
 
 
 @contextlib.contextmanager
-def _progress(label: str, quiet: bool):
+def progress_bar(label: str, quiet: bool):
     """A progress bar on stderr fed fractions 0..1."""
     if quiet:
         yield lambda fraction: None
@@ -54,7 +54,7 @@ def bench_datapath(size: str, payload: str, sink: str, offload: bool,
     from rtpengine.netns_sink import SinkError
     payloads = tuple(int(p) for p in payload.split(",") if p.strip())
     try:
-        with _progress("datapath", as_json and not sys.stderr.isatty()) as progress:
+        with progress_bar("datapath", as_json and not sys.stderr.isatty()) as progress:
             result = run_datapath(size=parse_size(size), payloads=payloads, sink=sink,
                                   offload=offload, strategies=list(strategies) or None,
                                   repeat=repeat, progress=progress)
@@ -100,7 +100,7 @@ def bench_streams(sessions: str, bitrate: str, seconds: float, sample: int,
     from rtpengine.netns_sink import SinkError
     counts = [int(n) for n in sessions.split(",") if n.strip()]
     try:
-        with _progress("streams", as_json and not sys.stderr.isatty()) as progress:
+        with progress_bar("streams", as_json and not sys.stderr.isatty()) as progress:
             result = run_scale(counts, bitrate=bitrate, seconds=seconds, sample=sample,
                                strategy=strategy, sink=sink, shared=ports == "shared",
                                search=search, lookahead_ns=int(lookahead_ms * 1e6),
@@ -140,7 +140,7 @@ def bench_latency(sessions: int, bitrate: str, ports: str, as_json: bool) -> Non
     from appliance.bench_latency import run_latency
     from rtpengine.bench_media import bench_title
     media = bench_title(bitrate=bitrate, seconds=30)
-    with _progress("latency", as_json and not sys.stderr.isatty()) as progress:
+    with progress_bar("latency", as_json and not sys.stderr.isatty()) as progress:
         result = run_latency(media, sessions, progress=progress, ports=ports)
     if as_json:
         click.echo(json.dumps(result, indent=2))

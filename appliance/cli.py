@@ -16,7 +16,7 @@ import time
 
 import click
 
-from appliance.bench_cli import add_bench_commands
+from appliance.bench_cli import add_bench_commands, progress_bar
 
 DEFAULT_CONFIG = "/etc/kvod/kvod.toml"
 
@@ -369,9 +369,8 @@ def bench_proxy(misses: int, viewers: int, bitrate: str, big_mb: int, as_json: b
     from rtpengine.bench_media import bench_title
     media = bench_title(bitrate=bitrate, seconds=20)
     big = bench_title(bitrate="20M", seconds=max(10, big_mb * 8 // 20))
-    with click.progressbar(length=1000, label="proxy", file=sys.stderr) as bar:
-        result = run_proxy(media, big, misses=misses, viewers=viewers,
-                           progress=lambda f: bar.update(max(int(f * 1000) - bar.pos, 0)))
+    with progress_bar("proxy", quiet=False) as progress:
+        result = run_proxy(media, big, misses=misses, viewers=viewers, progress=progress)
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return
