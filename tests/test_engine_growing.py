@@ -53,8 +53,7 @@ def test_a_growing_stream_waits_at_its_last_record_and_goes_on(track, tmp_path, 
     want = expected(full, media, **kw)
     path = str(tmp_path / "growing.hint")
     with growing(path, packed[:30]) as hints, Engine(threads=1) as e:
-        with open(media, "rb") as m, open(path, "rb") as h, rx.sender() as sock:
-            stream = e.open_stream(sock, m, h, growing=True, **kw)
+        stream = open_stream(e, rx.sender(), media, path, growing=True, **kw)
         assert stream.stats().record_count == 0  # the header's count
         set_hints(stream, path, 30, growing=True)
         stream.play()
@@ -87,8 +86,7 @@ def test_growth_while_playing_keeps_every_packet_in_order(track, tmp_path, recei
     kw = dict(ssrc=8, seq0=1, ts0=1)
     path = str(tmp_path / "growing.hint")
     with growing(path, packed[:10]) as hints, Engine() as e:
-        with open(media, "rb") as m, open(path, "rb") as h, rx.sender() as sock:
-            stream = e.open_stream(sock, m, h, growing=True, **kw)
+        stream = open_stream(e, rx.sender(), media, path, growing=True, **kw)
         set_hints(stream, path, 10, growing=True)
         stream.play()
         for end in range(20, PACKETS + 1, 10):  # faster than the 5 ms pace
@@ -105,8 +103,7 @@ def test_play_at_the_end_of_a_growing_track_waits_for_records(track, tmp_path, r
     rx = receivers()
     path = str(tmp_path / "growing.hint")
     with growing(path, []) as hints, Engine(threads=1) as e:
-        with open(media, "rb") as m, open(path, "rb") as h, rx.sender() as sock:
-            stream = e.open_stream(sock, m, h, growing=True, ssrc=1, seq0=1, ts0=1)
+        stream = open_stream(e, rx.sender(), media, path, growing=True, ssrc=1, seq0=1, ts0=1)
         stream.play(start_record=0)
         assert wait_state(stream, "waiting").packets_sent == 0
         hints.append(b"".join(packed[:5]))
@@ -123,8 +120,7 @@ def test_not_growing_ends_at_the_last_record_as_before(track, tmp_path, receiver
     rx = receivers()
     path = str(tmp_path / "growing.hint")
     with growing(path, packed[:5]) as hints, Engine(threads=1) as e:
-        with open(media, "rb") as m, open(path, "rb") as h, rx.sender() as sock:
-            stream = e.open_stream(sock, m, h, ssrc=1, seq0=1, ts0=1)
+        stream = open_stream(e, rx.sender(), media, path, ssrc=1, seq0=1, ts0=1)
         set_hints(stream, path, hints.count)
         stream.play(unpaced=True)
         assert wait_state(stream, "ended").packets_sent == 5
@@ -135,8 +131,7 @@ def test_fill_limit_and_growth_together(track, tmp_path, receivers):
     rx = receivers()
     path = str(tmp_path / "growing.hint")
     with growing(path, packed[:50]) as hints, Engine(threads=1) as e:
-        with open(media, "rb") as m, open(path, "rb") as h, rx.sender() as sock:
-            stream = e.open_stream(sock, m, h, growing=True, ssrc=1, seq0=1, ts0=1)
+        stream = open_stream(e, rx.sender(), media, path, growing=True, ssrc=1, seq0=1, ts0=1)
         set_hints(stream, path, 50, growing=True)
         stream.set_fill_limit(20 * SIZE)
         stream.play(unpaced=True)
@@ -199,8 +194,7 @@ def test_set_hints_errors_leave_the_stream_as_it_was(track, tmp_path, receivers)
     rx = receivers()
     path = str(tmp_path / "growing.hint")
     with growing(path, packed[:20]) as hints, Engine(threads=1) as e:
-        with open(media, "rb") as m, open(path, "rb") as h, rx.sender() as sock:
-            stream = e.open_stream(sock, m, h, growing=True, ssrc=1, seq0=1, ts0=1)
+        stream = open_stream(e, rx.sender(), media, path, growing=True, ssrc=1, seq0=1, ts0=1)
         set_hints(stream, path, 20, growing=True)
         stream.play(unpaced=True)
         assert wait_state(stream, "waiting").next_record == 20
@@ -258,8 +252,7 @@ def test_the_old_mapping_is_released(track, tmp_path, receivers):
         with open(f"/proc/{os.getpid()}/maps") as f:
             return sum(name in line for line in f)
     with growing(path, packed[:20]) as hints, Engine(threads=1) as e:
-        with open(media, "rb") as m, open(path, "rb") as h, rx.sender() as sock:
-            stream = e.open_stream(sock, m, h, growing=True, ssrc=1, seq0=1, ts0=1)
+        stream = open_stream(e, rx.sender(), media, path, growing=True, ssrc=1, seq0=1, ts0=1)
         for n in range(21, 60):
             hints.append(packed[n - 1])
             set_hints(stream, path, n, growing=True)
