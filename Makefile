@@ -48,7 +48,7 @@ run: demo
 	$(KVOD) --config $(DEMO_CONFIG) serve
 
 test: engine kernels
-	$(PYTHON) -m pytest -q $(PYTEST_ARGS) tests
+	$(PYTHON) -m pytest -q -rxX $(PYTEST_ARGS) tests
 
 # The C under AddressSanitizer/UBSan, built into build/asan (the normal
 # modules stay as they are), then the engine and indexer tests against it.
