@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import socket
 import subprocess
 import time
@@ -318,5 +319,10 @@ def test_ffplay_from_the_readme_plays_to_the_end(daemon):
                             capture_output=True, text=True, timeout=30, env=env)
     elapsed = time.monotonic() - started
     assert result.returncode == 0, result.stderr
-    assert result.stderr.strip() == ""
+    # ffmpeg picks its client ports itself and, when one is taken by another
+    # process on this shared machine, says so and tries the next: not ours
+    errors = [line for line in result.stderr.splitlines()
+              if not re.fullmatch(r"\[udp @ 0x[0-9a-f]+\] bind failed: Address already in use",
+                                  line)]
+    assert errors == [], result.stderr
     assert 2.5 < elapsed < 10
