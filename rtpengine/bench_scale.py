@@ -208,12 +208,14 @@ def run_once(media: str, hint: str, sessions: int, seconds: float, *, sample: in
         stats0 = [s.stats() for s in streams]
         est0 = engine.stats()
         cpu0, t0 = _cpu(), time.monotonic()
+        faults0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         end = t0 + seconds
         while (now := time.monotonic()) < end:
             if progress:
                 progress((now - t0) / seconds)
             time.sleep(min(0.2, end - now))
         cpu, wall = _cpu() - cpu0, time.monotonic() - t0
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults0
         stats1 = [s.stats() for s in streams]
         est1 = engine.stats()
         used = engine.strategy
@@ -256,6 +258,7 @@ def run_once(media: str, hint: str, sessions: int, seconds: float, *, sample: in
         "cpu_ms_per_stream_s": round(cpu * 1000 / stream_s, 4),
         "syscalls_per_s": round(calls / wall),
         "rounds_per_s": round(rounds / wall),
+        "page_faults_per_s": round(faults / wall),
         "packets_per_syscall": round(sent / max(1, calls), 2),
         "packets_per_message": round(sent / max(1, messages), 2),
         "kernel_floor": floor,

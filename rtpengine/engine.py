@@ -419,6 +419,13 @@ class Engine(Closing):
         with self._use() as ptr:
             return _engine_stats(ptr)
 
+    def check(self) -> None:
+        """Verify the pacing threads' schedules (every playing stream is
+        on one, in order); raises EngineError (EUCLEAN) saying what is
+        wrong. For tests and diagnostics: it takes each thread's lock."""
+        with self._use() as ptr:
+            _check(lib.kvod_engine_check(ptr), "engine check")
+
     def status(self) -> dict:
         """What ``kvod status`` shows of the engine: the strategy asked
         for and the one running, why they differ, the kernel features

@@ -424,6 +424,25 @@ KVOD_API int kvod_engine_stats(struct kvod_engine *e,
 	return 0;
 }
 
+KVOD_API int kvod_engine_check(struct kvod_engine *e)
+{
+	int i;
+
+	if (!e)
+		return kvod_fail(EINVAL, "no engine");
+	for (i = 0; i < e->npacers; i++) {
+		struct kvod_pacer *p = e->pacers[i];
+		const char *wrong;
+
+		kvod_pacer_lock(p);
+		wrong = kvod_pacer_check(p);
+		kvod_pacer_unlock(p);
+		if (wrong)
+			return kvod_fail(EUCLEAN, "thread %d: %s", i, wrong);
+	}
+	return 0;
+}
+
 /*
  * A private copy of a UDP socket: connected to its client, or (@shared)
  * unconnected, the client named per stream. *ino identifies the kernel
@@ -920,7 +939,7 @@ KVOD_API int kvod_stream_play(struct kvod_engine *e, int id,
 		s->t0 = (int64_t)((uint64_t)start_mono_ns - send_ns);
 		s->state = KVOD_STATE_PLAYING;
 		s->wait_end = false;
-		kvod_pacer_kick(s->pacer);
+		kvod_pacer_kick(s->pacer, s);
 	}
 	kvod_pacer_unlock(s->pacer);
 	return 0;
@@ -970,7 +989,7 @@ static void resume_waiting(struct kvod_stream *s)
 				  (uint64_t)(now - s->blocked_due));
 	}
 	s->state = KVOD_STATE_PLAYING;
-	kvod_pacer_kick(s->pacer);
+	kvod_pacer_kick(s->pacer, s);
 }
 
 KVOD_API int kvod_stream_set_fill_limit(struct kvod_engine *e, int id,
@@ -1107,6 +1126,8 @@ KVOD_API int kvod_stream_set_hints(struct kvod_engine *e, int id,
 	}
 	s->next_record = (uint64_t)next;
 	s->growing = flags & KVOD_HINTS_GROWING;
+	if (s->state == KVOD_STATE_PLAYING)
+		kvod_pacer_kick(s->pacer, s);	/* its next due time moved */
 	resume_waiting(s);
 	kvod_pacer_unlock(s->pacer);
 	/* the pacer only reads the mapping under its lock: no one uses it now */

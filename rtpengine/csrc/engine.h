@@ -171,6 +171,8 @@ KVOD_API int kvod_engine_features(struct kvod_engine *e);
 KVOD_API const char *kvod_engine_fallback(struct kvod_engine *e);
 KVOD_API int kvod_engine_stats(struct kvod_engine *e,
 			       struct kvod_engine_stats *out);
+/* 0, or -EUCLEAN if a pacing thread's schedule is unsound (tests, status) */
+KVOD_API int kvod_engine_check(struct kvod_engine *e);
 
 KVOD_API int kvod_stream_open(struct kvod_engine *e,
 			      const struct kvod_stream_params *p);

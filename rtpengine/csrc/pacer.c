@@ -548,37 +548,134 @@ static void fill_stream(struct kvod_pacer *p, struct kvod_batch *b,
 	}
 }
 
+/* --- the schedule: a binary min-heap of streams by wake time --------- */
+
+static void heap_put(struct kvod_pacer *p, unsigned int i,
+		     struct kvod_sched e)
+{
+	p->heap[i] = e;
+	e.s->heap_pos = i;
+}
+
+static void heap_up(struct kvod_pacer *p, unsigned int i)
+{
+	struct kvod_sched e = p->heap[i];
+
+	while (i > 1 && p->heap[i / 2].wake > e.wake) {
+		heap_put(p, i, p->heap[i / 2]);
+		i /= 2;
+	}
+	heap_put(p, i, e);
+}
+
+static void heap_down(struct kvod_pacer *p, unsigned int i)
+{
+	struct kvod_sched e = p->heap[i];
+
+	for (;;) {
+		unsigned int c = 2 * i;
+
+		if (c > p->nheap)
+			break;
+		if (c < p->nheap && p->heap[c + 1].wake < p->heap[c].wake)
+			c++;
+		if (p->heap[c].wake >= e.wake)
+			break;
+		heap_put(p, i, p->heap[c]);
+		i = c;
+	}
+	heap_put(p, i, e);
+}
+
+/* @s needs the thread at @wake (INT64_MAX: not until an API call) */
+static void schedule(struct kvod_pacer *p, struct kvod_stream *s,
+		     int64_t wake)
+{
+	unsigned int i = s->heap_pos;
+
+	if (wake == INT64_MAX) {
+		if (!i)
+			return;
+		s->heap_pos = 0;
+		if (i != p->nheap--) {
+			struct kvod_stream *last = p->heap[p->nheap + 1].s;
+
+			heap_put(p, i, p->heap[p->nheap + 1]);
+			heap_up(p, i);
+			heap_down(p, last->heap_pos);
+		}
+		return;
+	}
+	if (!i) {
+		/* room for every stream was made by kvod_pacer_add() */
+		i = ++p->nheap;
+		p->heap[i].s = s;
+		p->heap[i].wake = wake;
+		heap_up(p, i);
+		return;
+	}
+	p->heap[i].wake = wake;
+	heap_up(p, i);
+	heap_down(p, s->heap_pos);
+}
+
+/* the stream due first, if it is due by @horizon, out of the heap */
+static struct kvod_stream *pop_due(struct kvod_pacer *p, int64_t horizon)
+{
+	struct kvod_stream *s;
+
+	if (!p->nheap || p->heap[1].wake > horizon)
+		return NULL;
+	s = p->heap[1].s;
+	schedule(p, s, INT64_MAX);
+	return s;
+}
+
 /*
- * One pass over the thread's streams; returns when it next needs to run.
- * A stream with nothing due within the lookahead costs a look at its
- * cached due time; the streams that sent are looked at again after the
- * last flush, for their next due time.
+ * One round: the streams due within the lookahead come off the schedule,
+ * grouped by socket (a sendmmsg batch holds one socket's messages), are
+ * served, and go back on it at their next wake. Returns when the thread
+ * next needs to run.
  */
 static int64_t pacer_round(struct kvod_pacer *p, int64_t now)
 {
 	struct kvod_batch *b = p->batch;
 	bool uring = p->strategy == KVOD_STRATEGY_URING_GSO && p->uring;
 	int64_t horizon = now + p->lookahead_ns;
-	int64_t wake = INT64_MAX;
 	struct kvod_stream *work = NULL;
-	struct kvod_sock *sk;
+	struct kvod_sock *socks = NULL, **socks_tail = &socks, *sk;
 	struct kvod_stream *s;
 
+	while ((s = pop_due(p, horizon))) {
+		sk = s->sk;
+		if (!sk->due) {
+			sk->due_tail = &sk->due;
+			sk->due_next = NULL;
+			*socks_tail = sk;
+			socks_tail = &sk->due_next;
+		}
+		s->due_next = NULL;
+		*sk->due_tail = s;
+		sk->due_tail = &s->due_next;
+	}
+
 	batch_reset(b);
-	for (sk = p->socks; sk; sk = sk->next) {
+	for (sk = socks; sk; sk = sk->due_next) {
+		struct kvod_stream *next;
+
 		if (!uring && b->nmsg)
 			flush(p, b, now);
 		b->sk = sk;
 		if (sk->zc && sk->zc->first_id != sk->zc->next_id)
 			kvod_zc_reap(p, sk);
-		for (s = sk->streams; s; s = s->next) {
+		for (s = sk->due; s; s = next) {
 			int64_t t;
 
+			next = s->due_next;
 			if (s->state != KVOD_STATE_PLAYING)
-				continue;
+				continue;	/* off the schedule until played */
 			if (s->retry_at > now) {
-				if (s->retry_at < wake)
-					wake = s->retry_at;
+				schedule(p, s, s->retry_at);
 				continue;
 			}
 			s->retry_at = 0;
@@ -588,29 +685,25 @@ static int64_t pacer_round(struct kvod_pacer *p, int64_t now)
 			}
 			t = s->unpaced ? now : wake_due(p, s);
 			if (t > horizon) {
-				if (t < wake)
-					wake = t;
+				schedule(p, s, t);
 				continue;
 			}
 			fill_stream(p, b, s, now);
 			s->touched = work;
 			work = s;
 		}
+		sk->due = NULL;
 	}
 	flush(p, b, now);
 
 	now = kvod_now_ns();
 	for (s = work; s; s = s->touched) {
-		int64_t t;
-
 		if (s->state == KVOD_STATE_PLAYING &&
 		    s->next_record >= s->nrec)
 			kvod_stream_at_last_record(s);
-		t = next_wake(p, s, now);
-		if (t < wake)
-			wake = t;
+		schedule(p, s, next_wake(p, s, now));
 	}
-	return wake;
+	return p->nheap ? p->heap[1].wake : INT64_MAX;
 }
 
 /*
@@ -645,7 +738,8 @@ static void *pacer_main(void *arg)
 
 	pthread_mutex_lock(&p->lock);
 	while (!p->stop) {
-		int64_t wake = pacer_round(p, kvod_now_ns());
+		int64_t start = kvod_now_ns();
+		int64_t wake = pacer_round(p, start);
 
 		/*
 		 * Sleep until the earliest due packet; that round then takes
@@ -656,6 +750,15 @@ static void *pacer_main(void *arg)
 			yield_to_api(p);
 			continue;
 		}
+		/*
+		 * This round took what was due within a lookahead of its
+		 * start, so nothing is late if the next one comes a lookahead
+		 * later: streams falling due one by one then share a round
+		 * instead of waking the thread each (a wake-up costs more than
+		 * most rounds' sends).
+		 */
+		if (wake < start + p->lookahead_ns)
+			wake = start + p->lookahead_ns;
 		if (wake == INT64_MAX) {
 			pthread_cond_wait(&p->cond, &p->lock);
 		} else {
@@ -758,6 +861,8 @@ void kvod_pacer_destroy(struct kvod_pacer *p)
 	pthread_mutex_destroy(&p->lock);
 	kvod_uring_free(p->uring);
 	p->uring = NULL;
+	free(p->heap);
+	p->heap = NULL;
 	if (p->batch)
 		free(p->batch->readbuf);
 	free(p->batch);
@@ -811,6 +916,15 @@ int kvod_pacer_add(struct kvod_pacer *p, struct kvod_stream *s, int fd,
 {
 	struct kvod_sock *sk = kvod_pacer_find_sock(p, ino);
 
+	if (p->nstreams + 2 > p->heap_cap) {
+		unsigned int cap = p->heap_cap ? 2 * p->heap_cap : 64;
+		struct kvod_sched *h = realloc(p->heap, cap * sizeof(*h));
+
+		if (!h)
+			return -ENOMEM;
+		p->heap = h;
+		p->heap_cap = cap;
+	}
 	if (sk) {
 		close(fd);
 	} else {
@@ -859,6 +973,7 @@ void kvod_pacer_remove(struct kvod_pacer *p, struct kvod_stream *s)
 {
 	struct kvod_sock *sk = s->sk;
 
+	schedule(p, s, INT64_MAX);
 	if (s->prev)
 		s->prev->next = s->next;
 	else
@@ -881,8 +996,48 @@ void kvod_pacer_remove(struct kvod_pacer *p, struct kvod_stream *s)
 	free(sk);
 }
 
-/* called with p->lock held, after a command changed what is due */
-void kvod_pacer_kick(struct kvod_pacer *p)
+/*
+ * Whether @p's schedule is sound, with p->lock held: the heap keeps its
+ * order and positions, and holds every playing stream (a stream missing
+ * from it would never be sent again). Returns NULL or what is wrong.
+ */
+const char *kvod_pacer_check(const struct kvod_pacer *p)
 {
+	const struct kvod_sock *sk;
+	const struct kvod_stream *s;
+	unsigned int i, listed = 0;
+
+	if (p->nheap >= p->heap_cap && p->nheap)
+		return "the heap outgrew its room";
+	for (i = 1; i <= p->nheap; i++) {
+		if (p->heap[i].s->heap_pos != i)
+			return "a stream does not know its heap position";
+		if (i > 1 && p->heap[i / 2].wake > p->heap[i].wake)
+			return "the heap is out of order";
+	}
+	for (sk = p->socks; sk; sk = sk->next) {
+		for (s = sk->streams; s; s = s->next) {
+			if (s->heap_pos) {
+				listed++;
+				if (s->heap_pos > p->nheap ||
+				    p->heap[s->heap_pos].s != s)
+					return "a stream's heap position is stale";
+			} else if (s->state == KVOD_STATE_PLAYING) {
+				return "a playing stream is off the schedule";
+			}
+		}
+	}
+	if (listed != p->nheap)
+		return "the heap holds streams the thread does not";
+	return NULL;
+}
+
+/*
+ * Called with p->lock held, after a command changed what @s has due: the
+ * next round looks at it (and puts it back on the schedule at its wake).
+ */
+void kvod_pacer_kick(struct kvod_pacer *p, struct kvod_stream *s)
+{
+	schedule(p, s, INT64_MIN);
 	pthread_cond_signal(&p->cond);
 }

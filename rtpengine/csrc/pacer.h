@@ -84,6 +84,9 @@ struct kvod_sock {
 	bool zerocopy;			/* SO_ZEROCOPY is on */
 	bool txtime;			/* SO_TXTIME is on */
 	struct kvod_zc *zc;
+	/* this round's due streams, in the order they fell due */
+	struct kvod_stream *due, **due_tail;
+	struct kvod_sock *due_next;	/* next socket with due streams */
 };
 
 struct kvod_stream {
@@ -135,6 +138,9 @@ struct kvod_stream {
 	uint64_t due_rec;
 	int64_t due_t0;
 	struct kvod_stream *touched;	/* next in the round's work list */
+	struct kvod_stream *due_next;	/* next in its socket's due list */
+	/* where it sits in pacer->heap (1-based; 0: not there) */
+	unsigned int heap_pos;
 	/* the counters; the state fields are filled in when read */
 	struct kvod_stream_stats st;
 };
@@ -174,6 +180,12 @@ struct kvod_batch {
 
 struct kvod_uring;
 
+/* a heap entry: the key lives here, so sifting reads no stream */
+struct kvod_sched {
+	int64_t wake;
+	struct kvod_stream *s;
+};
+
 struct kvod_pacer {
 	pthread_mutex_t lock;
 	pthread_cond_t cond;		/* on CLOCK_MONOTONIC */
@@ -187,6 +199,13 @@ struct kvod_pacer {
 	int64_t burst_ns;		/* and then sends what is due this soon */
 	int64_t klookahead_ns;		/* kernel-paced streams' */
 	struct kvod_sock *socks;
+	/*
+	 * The streams that may need the thread, by when (a binary min-heap,
+	 * 1-based): a round takes only those due within the lookahead, so
+	 * its cost follows the streams it serves, not the streams it has.
+	 */
+	struct kvod_sched *heap;
+	unsigned int nheap, heap_cap;
 	struct kvod_batch *batch;
 	struct kvod_uring *uring;	/* uring_gso only */
 	struct kvod_engine_stats st;
@@ -218,7 +237,8 @@ void kvod_pacer_unlock(struct kvod_pacer *p);
 int kvod_pacer_add(struct kvod_pacer *p, struct kvod_stream *s, int fd,
 		   uint64_t ino, int domain, bool shared);
 void kvod_pacer_remove(struct kvod_pacer *p, struct kvod_stream *s);
-void kvod_pacer_kick(struct kvod_pacer *p);
+void kvod_pacer_kick(struct kvod_pacer *p, struct kvod_stream *s);
+const char *kvod_pacer_check(const struct kvod_pacer *p);
 struct kvod_sock *kvod_pacer_find_sock(struct kvod_pacer *p, uint64_t ino);
 
 int64_t kvod_stream_due(const struct kvod_stream *s, uint64_t k);
