@@ -66,6 +66,8 @@ bench: engine
 	$(KVOD) bench index
 	$(KVOD) bench datapath --size 256MiB --payload 512,1024,1316 --sink nic --repeat 3
 	$(KVOD) bench streams --sessions 1,10,100,1000
+	# packets within 5 ms of their time both ways (the default burst sends up to 20 ms early)
+	$(KVOD) bench streams --sessions 1000 --burst-ms 4
 	$(KVOD) bench latency
 
 clean:

@@ -75,12 +75,12 @@ def bench_datapath(size: str, payload: str, sink: str, offload: bool,
               show_default=True, help="Where the other streams go (nic needs root).")
 @click.option("--ports", type=click.Choice(["shared", "per-session"]), default="shared",
               show_default=True, help="One server port for all, or one per session.")
-@click.option("--lookahead-ms", default=0.5, show_default=True,
+@click.option("--lookahead-ms", default=2.0, show_default=True,
               help="How early a packet may leave to share a batch (engine lookahead).")
 @click.option("--offload", is_flag=True,
               help="The nic sink takes GSO datagrams whole, as a NIC with UDP "
                    "segmentation offload does (default: the kernel segments in software).")
-@click.option("--burst-ms", default=4.0, show_default=True,
+@click.option("--burst-ms", default=20.0, show_default=True,
               help="A stream that sends also sends what it has due this soon, in one "
                    "GSO message (engine burst, as [engine] burst_ms; at least the "
                    "lookahead).")

@@ -69,7 +69,7 @@ def test_status_lists_engine_and_playing_session(playing):
     assert info["engine"]["strategy"] == "gso"
     assert info["engine"]["fallback"] is None
     # the [engine] defaults reach the engine
-    assert (info["engine"]["lookahead_ms"], info["engine"]["burst_ms"]) == (0.5, 4.0)
+    assert (info["engine"]["lookahead_ms"], info["engine"]["burst_ms"]) == (2.0, 20.0)
     (listed,) = info["sessions"]
     assert listed["id"] == session and listed["title"] == "movie"
     assert listed["state"] == "playing"
