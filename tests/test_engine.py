@@ -734,6 +734,48 @@ def test_engine_close_with_open_streams(paced_title, receivers):
     assert exc.value.errno == errno.EBADF
 
 
+def mappings_of(path: str) -> int:
+    """How many mappings of ``path`` this process has."""
+    path = os.path.realpath(path)
+    with open("/proc/self/maps") as f:
+        return sum(1 for line in f if line.rstrip("\n").endswith(" " + path))
+
+
+def test_streams_of_one_title_share_its_mappings(paced_title, receivers, tmp_path):
+    """Viewers of one title share one mapping of its media and hint files
+    (page tables once, not per viewer); the last one out unmaps them. A
+    hint file that grew is a new mapping; the old one goes with its last
+    user."""
+    media, hints = paced_title
+    rx = receivers()
+    with Engine(threads=2) as e:
+        streams = [open_stream(e, rx.sender(), media, hints, ssrc=i, seq0=i, ts0=i)
+                   for i in range(5)]
+        assert (mappings_of(media), mappings_of(hints)) == (1, 1)
+        grown = tmp_path / "grown.hint"
+        recs = chunk_records(200 * 500, 0, chunk=500, gap_ns=5 * MS)
+        write_hints(grown, recs[:100])
+        with open(grown, "rb") as h:
+            streams[0].set_hints(h, growing=True)
+        write_hints(grown, recs)  # the same file, grown
+        with open(grown, "rb") as h:
+            streams[0].set_hints(h)
+            streams[1].set_hints(h)
+        assert (mappings_of(hints), mappings_of(grown)) == (1, 1)
+        for s in streams:
+            s.play(unpaced=True)
+        for i, s in enumerate(streams):
+            assert wait_state(s, "ended").state == "ended", i
+        for s in streams[2:]:
+            s.close()
+        assert (mappings_of(media), mappings_of(hints), mappings_of(grown)) == (1, 0, 1)
+        streams[0].close()
+        streams[1].close()
+        assert (mappings_of(media), mappings_of(grown)) == (0, 0)
+    got = rx.collect(5 * 200)
+    assert len(got) == 5 * 200
+
+
 def test_engine_check_raw_call():
     assert lib.kvod_engine_check(ffi.NULL) == -errno.EINVAL
     with Engine(threads=2) as e:

@@ -220,10 +220,8 @@ static void engine_stop_pacers(struct kvod_engine *e)
 
 static void stream_free(struct kvod_stream *s)
 {
-	if (s->media)
-		munmap((void *)s->media, s->media_size);
-	if (s->hint)
-		munmap((void *)s->hint, s->hint_size);
+	kvod_maps_put(s->maps, s->media);
+	kvod_maps_put(s->maps, s->hint);
 	if (s->media_fd >= 0)
 		close(s->media_fd);
 	if (s->hint_fd >= 0)
@@ -292,6 +290,7 @@ KVOD_API struct kvod_engine *kvod_engine_new_opts(
 	e = calloc(1, sizeof(*e));
 	if (!e)
 		goto err_nomem;
+	kvod_maps_init(&e->maps);
 	e->strategy = strategy;
 	e->requested = o->strategy;
 	e->features = have;
@@ -333,6 +332,7 @@ err_threads:
 		free(e->pacers[i]);
 	}
 	pthread_mutex_destroy(&e->table_lock);
+	kvod_maps_destroy(&e->maps);
 	free(e->pacers);
 	free(e);
 	errno = -kvod_fail(err, "cannot start pacing threads: %s",
@@ -341,6 +341,7 @@ err_threads:
 err_pacers:
 	free(e->pacers);
 err_engine:
+	kvod_maps_destroy(&e->maps);
 	free(e);
 err_nomem:
 	errno = -kvod_fail(ENOMEM, "out of memory");
@@ -369,6 +370,7 @@ KVOD_API void kvod_engine_free(struct kvod_engine *e)
 		free(e->pacers[j]);
 	}
 	pthread_mutex_destroy(&e->table_lock);
+	kvod_maps_destroy(&e->maps);
 	free(e->pacers);
 	free(e->slots);
 	free(e->gens);
@@ -536,10 +538,11 @@ static int dup_file(int fd, const char *what)
 	return copy;
 }
 
-static int map_file(int fd, const char *what, const uint8_t **map,
-		    uint64_t *size)
+static int map_file(struct kvod_maps *maps, int fd, const char *what,
+		    const uint8_t **map, uint64_t *size, uint64_t *dev,
+		    uint64_t *ino)
 {
-	int err = kvod_map_file(fd, map, size);
+	int err = kvod_maps_get(maps, fd, map, size, dev, ino);
 
 	if (err == -EINVAL)
 		return kvod_fail(EINVAL, "%s fd %d is not a regular file",
@@ -653,22 +656,11 @@ static int check_hint(struct hint_view *v, uint64_t media_size,
 	return 0;
 }
 
-static int map_hint(int fd, struct hint_view *v, uint64_t *dev, uint64_t *ino)
+static int map_hint(struct kvod_maps *maps, int fd, struct hint_view *v,
+		    uint64_t *dev, uint64_t *ino)
 {
-	int err;
-
 	memset(v, 0, sizeof(*v));
-	err = map_file(fd, "hint", &v->hint, &v->hint_size);
-	if (err)
-		return err;
-	err = kvod_file_id(fd, dev, ino);
-	if (err) {
-		if (v->hint)
-			munmap((void *)v->hint, v->hint_size);
-		v->hint = NULL;
-		return kvod_fail(-err, "hint fd %d: %s", fd, strerror(-err));
-	}
-	return 0;
+	return map_file(maps, fd, "hint", &v->hint, &v->hint_size, dev, ino);
 }
 
 static void use_hint(struct kvod_stream *s, const struct hint_view *v,
@@ -757,7 +749,7 @@ KVOD_API int kvod_stream_open(struct kvod_engine *e,
 	struct kvod_stream *s;
 	struct kvod_pacer *pacer;
 	struct hint_view v;
-	uint64_t hint_dev, hint_ino;
+	uint64_t hint_dev, hint_ino, media_dev, media_ino;
 	uint32_t slot = 0;
 	uint64_t ino = 0;
 	int err, sock, domain = 0, want_pt;
@@ -771,6 +763,7 @@ KVOD_API int kvod_stream_open(struct kvod_engine *e,
 	s = calloc(1, sizeof(*s));
 	if (!s)
 		return kvod_fail(ENOMEM, "out of memory");
+	s->maps = &e->maps;
 	s->media_fd = -1;
 	s->hint_fd = -1;
 	sock = take_socket(p->sock_fd, shared, &domain, &ino);
@@ -783,10 +776,11 @@ KVOD_API int kvod_stream_open(struct kvod_engine *e,
 		if (err)
 			goto err_sock;
 	}
-	err = map_file(p->media_fd, "media", &s->media, &s->media_size);
+	err = map_file(&e->maps, p->media_fd, "media", &s->media,
+		       &s->media_size, &media_dev, &media_ino);
 	if (err)
 		goto err_sock;
-	err = map_hint(p->hint_fd, &v, &hint_dev, &hint_ino);
+	err = map_hint(&e->maps, p->hint_fd, &v, &hint_dev, &hint_ino);
 	if (err)
 		goto err_sock;
 	/* stream_free() unmaps it from here on */
@@ -1052,7 +1046,6 @@ KVOD_API int kvod_stream_set_hints(struct kvod_engine *e, int id,
 	uint64_t check_from = 0;
 	int64_t next;
 	const uint8_t *old;
-	uint64_t old_size;
 	int err, fd = -1;
 
 	if (flags & ~(KVOD_HINTS_GROWING | KVOD_HINTS_REMAP | KVOD_HINTS_RESTART) ||
@@ -1068,7 +1061,7 @@ KVOD_API int kvod_stream_set_hints(struct kvod_engine *e, int id,
 	kvod_pacer_unlock(s->pacer);
 
 	/* map and check without the pacer's lock: it may be many records */
-	err = map_hint(hint_fd, &v, &dev, &ino);
+	err = map_hint(&e->maps, hint_fd, &v, &dev, &ino);
 	if (err)
 		return err;
 	/* the same file, grown: the records the stream has were checked */
@@ -1116,7 +1109,6 @@ KVOD_API int kvod_stream_set_hints(struct kvod_engine *e, int id,
 		next = (int64_t)s->next_record;
 	}
 	old = s->hint;
-	old_size = s->hint_size;
 	use_hint(s, &v, dev, ino);
 	if (fd >= 0) {
 		int had_fd = s->hint_fd;
@@ -1130,9 +1122,9 @@ KVOD_API int kvod_stream_set_hints(struct kvod_engine *e, int id,
 		kvod_pacer_kick(s->pacer, s);	/* its next due time moved */
 	resume_waiting(s);
 	kvod_pacer_unlock(s->pacer);
-	/* the pacer only reads the mapping under its lock: no one uses it now */
-	if (old)
-		munmap((void *)old, old_size);
+	/* the pacer only reads the mapping under its lock: this stream is
+	 * done with it (others may still play it) */
+	kvod_maps_put(&e->maps, old);
 	if (fd >= 0)
 		close(fd);
 	return 0;
@@ -1142,8 +1134,7 @@ err_unlock:
 err_unmap:
 	if (fd >= 0)
 		close(fd);
-	if (v.hint)
-		munmap((void *)v.hint, v.hint_size);
+	kvod_maps_put(&e->maps, v.hint);
 	return err;
 }
 

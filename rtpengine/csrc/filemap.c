@@ -1,17 +1,46 @@
 // SPDX-License-Identifier: GPL-2.0
 #include <errno.h>
 #include <stddef.h>
+#include <stdlib.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 
 #include "filemap.h"
 
 /*
- * Map the regular file @fd read-only, whole; an empty file maps to NULL.
- * Returns 0 or -errno (-EINVAL if @fd is not a regular file).
+ * One mapping per file for every stream of an engine that plays it: a
+ * title's pages then sit in one set of page tables, faulted in once,
+ * instead of once per viewer (a 4 GB title is 8 MB of page tables per
+ * mapping once read through).
  */
-int kvod_map_file(int fd, const uint8_t **map, uint64_t *size)
+struct kvod_map_entry {
+	struct kvod_map_entry *next;
+	uint64_t dev, ino, size;
+	const uint8_t *map;
+	unsigned int refs;
+};
+
+void kvod_maps_init(struct kvod_maps *m)
 {
+	pthread_mutex_init(&m->lock, NULL);
+	m->list = NULL;
+}
+
+/* after every kvod_maps_put(): nothing is left to unmap */
+void kvod_maps_destroy(struct kvod_maps *m)
+{
+	pthread_mutex_destroy(&m->lock);
+}
+
+/*
+ * The whole of regular file @fd, mapped read-only: shared with the other
+ * holders of the same file (device, inode) at the same size. Also says
+ * which file it is. Returns 0 or -errno (-EINVAL: not a regular file).
+ */
+int kvod_maps_get(struct kvod_maps *m, int fd, const uint8_t **map,
+		  uint64_t *size, uint64_t *dev, uint64_t *ino)
+{
+	struct kvod_map_entry *en;
 	struct stat st;
 	void *p;
 
@@ -21,24 +50,65 @@ int kvod_map_file(int fd, const uint8_t **map, uint64_t *size)
 		return -errno;
 	if (!S_ISREG(st.st_mode))
 		return -EINVAL;
+	*dev = st.st_dev;
+	*ino = st.st_ino;
 	if (st.st_size == 0)
 		return 0;
+	pthread_mutex_lock(&m->lock);
+	for (en = m->list; en; en = en->next) {
+		if (en->dev == *dev && en->ino == *ino &&
+		    en->size == (uint64_t)st.st_size) {
+			en->refs++;
+			*map = en->map;
+			*size = en->size;
+			pthread_mutex_unlock(&m->lock);
+			return 0;
+		}
+	}
+	en = calloc(1, sizeof(*en));
+	if (!en) {
+		pthread_mutex_unlock(&m->lock);
+		return -ENOMEM;
+	}
 	p = mmap(NULL, st.st_size, PROT_READ, MAP_SHARED, fd, 0);
-	if (p == MAP_FAILED)
-		return -errno;
+	if (p == MAP_FAILED) {
+		int err = -errno;
+
+		pthread_mutex_unlock(&m->lock);
+		free(en);
+		return err;
+	}
+	en->dev = *dev;
+	en->ino = *ino;
+	en->size = st.st_size;
+	en->map = p;
+	en->refs = 1;
+	en->next = m->list;
+	m->list = en;
+	pthread_mutex_unlock(&m->lock);
 	*map = p;
 	*size = st.st_size;
 	return 0;
 }
 
-/* The device and inode of @fd: tells whether two descriptors name one file. */
-int kvod_file_id(int fd, uint64_t *dev, uint64_t *ino)
+/* Done with @map (from kvod_maps_get(); NULL is fine): the last holder
+ * unmaps it. */
+void kvod_maps_put(struct kvod_maps *m, const uint8_t *map)
 {
-	struct stat st;
+	struct kvod_map_entry **pp, *en;
 
-	if (fstat(fd, &st) < 0)
-		return -errno;
-	*dev = st.st_dev;
-	*ino = st.st_ino;
-	return 0;
+	if (!map)
+		return;
+	pthread_mutex_lock(&m->lock);
+	for (pp = &m->list; (en = *pp); pp = &en->next) {
+		if (en->map != map)
+			continue;
+		if (--en->refs == 0) {
+			*pp = en->next;
+			munmap((void *)en->map, en->size);
+			free(en);
+		}
+		break;
+	}
+	pthread_mutex_unlock(&m->lock);
 }

@@ -7,9 +7,21 @@
 #ifndef KVOD_FILEMAP_H
 #define KVOD_FILEMAP_H
 
+#include <pthread.h>
 #include <stdint.h>
 
-int kvod_map_file(int fd, const uint8_t **map, uint64_t *size);
-int kvod_file_id(int fd, uint64_t *dev, uint64_t *ino);
+struct kvod_map_entry;
+
+/* an engine's file mappings, shared by the streams that play a file */
+struct kvod_maps {
+	pthread_mutex_t lock;
+	struct kvod_map_entry *list;
+};
+
+void kvod_maps_init(struct kvod_maps *m);
+void kvod_maps_destroy(struct kvod_maps *m);
+int kvod_maps_get(struct kvod_maps *m, int fd, const uint8_t **map,
+		  uint64_t *size, uint64_t *dev, uint64_t *ino);
+void kvod_maps_put(struct kvod_maps *m, const uint8_t *map);
 
 #endif

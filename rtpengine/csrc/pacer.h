@@ -19,6 +19,7 @@
 #include "krtp.h"
 #include "kvod_types.h"
 #include "engine.h"
+#include "filemap.h"
 
 /* for C libraries older than the kernel feature */
 #ifndef SOL_UDP
@@ -96,6 +97,7 @@ struct kvod_stream {
 	int id;
 
 	/* immutable after open */
+	struct kvod_maps *maps;		/* the engine's, which hold media, hint */
 	const uint8_t *media;
 	uint64_t media_size;
 	int media_fd;			/* read/sendfile strategies only */
@@ -222,6 +224,7 @@ struct kvod_engine {
 	int64_t klookahead_ns;
 	struct kvod_pacer **pacers;
 	pthread_mutex_t table_lock;	/* taken before any pacer lock */
+	struct kvod_maps maps;		/* media and hint files, shared */
 	struct kvod_stream **slots;
 	uint16_t *gens;
 	uint32_t nslots;
