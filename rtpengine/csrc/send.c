@@ -82,6 +82,29 @@ static void zc_commit(struct kvod_sock *sk, const struct kvod_batch *b,
 	}
 }
 
+/*
+ * A zero-copy message failed. EAGAIN/ENOBUFS come before the kernel built
+ * the datagram (msg_zerocopy_realloc() failed, or the id was given back
+ * by net_zcopy_put_abort()). Any other error may come after: a datagram
+ * udp_send_skb() refuses (UDP GSO on an SO_NO_CHECK socket, too many
+ * segments) or that ip_local_out() drops has used an id, and its
+ * completion is queued at once. Take an id for it, with no header slots
+ * and already done: if the kernel did not use one, every later message is
+ * released one completion late, never early.
+ */
+static void zc_failed(struct kvod_sock *sk, int err)
+{
+	struct kvod_zc *zc = sk->zc;
+	uint32_t id;
+
+	if (err == EAGAIN || err == EWOULDBLOCK || err == ENOBUFS ||
+	    err == EINTR)
+		return;
+	id = zc->next_id++;
+	zc->msg_end[id % KVOD_ZC_SLOTS] = zc->tail;
+	zc->done[id % KVOD_ZC_SLOTS] = 1;
+}
+
 static void zc_complete(struct kvod_pacer *p, struct kvod_zc *zc,
 			uint32_t lo, uint32_t hi, bool copied)
 {
@@ -199,6 +222,8 @@ void kvod_flush_mmsg(struct kvod_pacer *p, struct kvod_batch *b, int64_t now)
 		if (err == EINTR)
 			continue;
 		run = &b->runs[b->msg_run[m]];
+		if (sk->zerocopy)
+			zc_failed(sk, err);
 		kvod_send_failed(run->s, b, m, err, now);
 		/*
 		 * A full socket buffer stops every stream behind it too, and
@@ -294,6 +319,27 @@ static int cork(struct kvod_pacer *p, struct kvod_stream *s, int on)
 	return 0;
 }
 
+/*
+ * Throw away what is corked on the socket (rtp_sendfile's header, or
+ * sendfile_more's MSG_MORE header) after a failure UDP did not see itself,
+ * such as a sendfile() that read nothing from a file that shrank: UDP
+ * flushes its pending frames when an append fails (udp_sendmsg() calls
+ * udp_flush_pending_frames()), and an append longer than any datagram
+ * fails in __ip_append_data() with EMSGSIZE before anything is copied.
+ * Otherwise uncorking would send the header alone, or the next packet
+ * would go out behind the stale header.
+ */
+static void discard_corked(struct kvod_pacer *p, struct kvod_stream *s,
+			   struct kvod_batch *b)
+{
+	struct iovec iov = {
+		.iov_base = b->readbuf,
+		.iov_len = KVOD_MAX_DATAGRAM + KVOD_HDR_ROOM,
+	};
+
+	send_msg(p, s, &iov, 1, MSG_MORE);
+}
+
 /* One packet, message @m of @b, the strategy's way; 0 or an errno. */
 static int send_one(struct kvod_pacer *p, struct kvod_batch *b,
 		    struct kvod_stream *s, unsigned int m)
@@ -334,7 +380,8 @@ static int send_one(struct kvod_pacer *p, struct kvod_batch *b,
 		err = send_msg(p, s, &hdr, 1, 0);
 		if (!err && len)
 			err = send_file(p, s, fd, b->src_off[k], len);
-		/* on error the kernel already dropped the corked bytes */
+		if (err)
+			discard_corked(p, s, b);
 		err2 = cork(p, s, 0);
 		return err ? err : err2;
 	case KVOD_STRATEGY_SENDFILE_MORE:
@@ -344,7 +391,10 @@ static int send_one(struct kvod_pacer *p, struct kvod_batch *b,
 		if (err)
 			return err;
 		/* the last piece of a sendfile ends the datagram */
-		return send_file(p, s, fd, b->src_off[k], len);
+		err = send_file(p, s, fd, b->src_off[k], len);
+		if (err)
+			discard_corked(p, s, b);
+		return err;
 	}
 	return EINVAL;
 }

@@ -12,6 +12,7 @@
  */
 #include <errno.h>
 #include <liburing.h>
+#include <sched.h>
 #include <stdlib.h>
 
 #include "pacer.h"
@@ -45,7 +46,12 @@ int kvod_uring_new(struct kvod_uring **u)
 
 	if (!r)
 		return -ENOMEM;
-	err = io_uring_queue_init(KVOD_MAX_MSGS, &r->ring, 0);
+	/* SUBMIT_ALL: an SQE that fails before issue does not stop the
+	 * ones after it (io_submit_sqes()); kernels before 5.18 refuse it */
+	err = io_uring_queue_init(KVOD_MAX_MSGS, &r->ring,
+				  IORING_SETUP_SUBMIT_ALL);
+	if (err == -EINVAL)
+		err = io_uring_queue_init(KVOD_MAX_MSGS, &r->ring, 0);
 	if (err) {
 		free(r);
 		return err;
@@ -83,26 +89,44 @@ void kvod_flush_uring(struct kvod_pacer *p, struct kvod_batch *b,
 			sqe->flags |= IOSQE_IO_LINK;
 		u->res[m] = -ECANCELED;
 	}
-	do {
-		r = io_uring_submit_and_wait(&u->ring, b->nmsg);
-		p->st.syscalls++;
-	} while (r == -EINTR);
-	t = kvod_now_ns();	/* after the sends, as in send.c */
-	io_uring_for_each_cqe(&u->ring, head, cqe) {
-		uint64_t idx = io_uring_cqe_get_data64(cqe);
+	/*
+	 * Every SQE gets exactly one CQE, and the batch (the msghdrs the SQEs
+	 * point to) is reused as soon as this returns: wait for all of them.
+	 * io_uring_enter() returns without waiting when it consumed fewer SQEs
+	 * than asked (io_submit_sqes() stops at an SQE that fails before issue
+	 * unless IORING_SETUP_SUBMIT_ALL, or when it cannot allocate a
+	 * request); the rest would stay in the SQ ring and go out with the
+	 * next batch, under this batch's indices.
+	 */
+	while (seen < b->nmsg) {
+		unsigned int n = 0;
 
-		if (idx < b->nmsg)
-			u->res[idx] = cqe->res;
-		seen++;
-	}
-	io_uring_cq_advance(&u->ring, seen);
-	if (r < 0 && !seen) {
-		/* the submission itself failed: every run sees the error */
+		r = io_uring_submit_and_wait(&u->ring, b->nmsg - seen);
+		p->st.syscalls++;
+		io_uring_for_each_cqe(&u->ring, head, cqe) {
+			uint64_t idx = io_uring_cqe_get_data64(cqe);
+
+			if (idx < b->nmsg)
+				u->res[idx] = cqe->res;
+			n++;
+		}
+		io_uring_cq_advance(&u->ring, n);
+		seen += n;
+		if (r >= 0 || n || r == -EINTR)
+			continue;
+		if (r == -EAGAIN || r == -EBUSY || r == -ENOMEM) {
+			sched_yield();	/* no request could be had: try again */
+			continue;
+		}
+		if (io_uring_sq_ready(&u->ring) < b->nmsg - seen)
+			continue;	/* some are in flight: wait for them */
+		/* the ring itself is broken: every run sees the error */
 		for (i = 0; i < b->nrun; i++)
 			kvod_send_failed(b->runs[i].s, b, b->runs[i].msg, -r,
 					 now);
 		return;
 	}
+	t = kvod_now_ns();	/* after the sends, as in send.c */
 	for (i = 0; i < b->nrun; i++) {
 		struct kvod_run *run = &b->runs[i];
 		unsigned int ok = 0;
