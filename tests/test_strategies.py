@@ -325,10 +325,7 @@ def test_shared_socket_bad_destinations(tmp_path, receivers):
     ("uring_gso", ["io_uring", "udp_segment"], "sendmmsg", "gso refused UDP_SEGMENT"),
     ("auto", ["udp_segment"], "sendmmsg", None),
     ("auto", [], "gso", None),
-    pytest.param("rtp_sendfile", list(FEATURES), "rtp_sendfile", None,
-                 marks=pytest.mark.xfail(strict=False, reason=(
-                     "known defect, open in issue 3: under heavy load rtp_sendfile "
-                     "has sent packets whose bytes differ from the reference"))),
+    ("rtp_sendfile", list(FEATURES), "rtp_sendfile", None),
 ])
 def test_refused_features_fall_back_and_say_so(asked, refuse, runs, words, caplog,
                                                ts_title, receivers):
@@ -357,9 +354,6 @@ def test_refused_features_fall_back_and_say_so(asked, refuse, runs, words, caplo
         assert st_.strategy == runs
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "known defect, open in issue 3: once in a clean CI run a uring_gso stream "
-    "falling back at run time delivered 1151 of 1152 packets"))
 def test_gso_refused_at_run_time_is_logged_and_reported(ts_title, receivers, caplog):
     """A socket that may not send without checksums refuses GSO: the
     stream falls back to sendmmsg, loses nothing, and says so."""
@@ -383,10 +377,6 @@ def test_gso_refused_at_run_time_is_logged_and_reported(ts_title, receivers, cap
     assert "refused udp_segment at run time" in caplog.text
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "known defect, open in issue 3: under heavy load gso_zerocopy has sent one "
-    "datagram twice per play (3459 of 3456 packets, from the test's own senders); "
-    "not the default strategy"))
 def test_zerocopy_completions_release_every_header(ts_title, receivers):
     media, hints = ts_title
     rx = receivers()
