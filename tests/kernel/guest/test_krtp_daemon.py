@@ -32,7 +32,8 @@ def test_daemon_serves_a_title_through_krtp(tmp_path, backend):
                                "protocols=udp", "!", "rtpmp2tdepay", "!", "filesink",
                                f"location={out}"],
                               capture_output=True, text=True, timeout=120)
-        assert proc.returncode == 0, proc.stdout + proc.stderr
+        # the daemon's log says what it did, should the client fail
+        assert proc.returncode == 0, f"{proc.stdout}{proc.stderr}\n--- kvod log ---\n{d.log()}"
         assert sha256(out) == sha256(title)
         # kvod status names the kernel engine and its counters
         status = d.kvod("status").stdout
