@@ -93,3 +93,32 @@ def test_checkpatch_is_clean():
     assert totals and r.returncode == 0, r.stdout + r.stderr
     assert all(line.startswith("total: 0 errors, 0 warnings, 0 checks") for line in totals), \
         r.stdout
+
+
+def test_a_guest_that_dies_while_booting_is_booted_again(monkeypatch):
+    """An emulator crash before init runs the script is retried; a script
+    that ran and failed, or a second dead boot, is reported as it is."""
+    dead = qemu.GuestResult(rc=None, output="", dmesg="", seconds=5, files={},
+                            console="Oops: int3\nKernel panic - not syncing")
+    ran = qemu.GuestResult(rc=1, output="F", dmesg="", seconds=60, files={},
+                           console=f"{qemu.SCRIPT_STARTED}\nreboot")
+    boots = []
+
+    def boot(results):
+        def fake(kernel, script, **kw):
+            boots.append(script)
+            return results.pop(0)
+        return fake
+
+    monkeypatch.setattr(qemu, "_boot_and_run", boot([dead, ran]))
+    r = qemu.run_in_guest(None, "true")
+    assert (r.rc, len(boots)) == (1, 2)
+    assert "boot 1 died before the script ran" in r.console and "Oops: int3" in r.console
+    boots.clear()
+    monkeypatch.setattr(qemu, "_boot_and_run", boot([ran]))
+    assert qemu.run_in_guest(None, "true").rc == 1 and len(boots) == 1
+    boots.clear()
+    monkeypatch.setattr(qemu, "_boot_and_run", boot([dead, dead]))
+    r = qemu.run_in_guest(None, "true")
+    assert r.rc is None and len(boots) == 2
+    assert r.console.count("died before the script ran") == 2
