@@ -127,8 +127,9 @@ class Receiver:
         that grew."""
         now = loopback_counters()
         lost = {k: now[k] - v for k, v in self.kernel_before.items() if now[k] > v}
-        if self.drops():
-            lost["socket_drops"] = self.drops()
+        drops = self.drops()
+        if drops:
+            lost["socket_drops"] = drops
         return lost
 
     def close(self) -> None:
@@ -162,10 +163,8 @@ def check_stream(got: list[bytes], want: list[bytes], rx: Receiver, st=None) -> 
     (its counters say so, and the engine counts it sent) is not either."""
     if got == want:
         return
-    def key(p: bytes) -> tuple:
-        return struct.unpack_from("!I", p, 8)[0], struct.unpack_from("!H", p, 2)[0]
-    order = {key(p): i for i, p in enumerate(want)}
-    if sorted(got, key=lambda p: order.get(key(p), -1)) == want:
+    order = {ssrc_seq(p): i for i, p in enumerate(want)}
+    if sorted(got, key=lambda p: order.get(ssrc_seq(p), -1)) == want:
         return  # every packet once and byte-identical: only arrival order differs
     lost = rx.kernel_losses()
     engine_sent_all = st is None or (st.packets_sent == len(want) and
@@ -240,6 +239,11 @@ def wait_state(stream: Stream, state: str, timeout: float = 5.0):
         time.sleep(0.005)
 
 
+def ssrc_seq(packet: bytes) -> tuple[int, int]:
+    """An RTP packet's (SSRC, sequence number): which packet it is."""
+    return struct.unpack_from("!I", packet, 8)[0], struct.unpack_from("!H", packet, 2)[0]
+
+
 def seqs(packets: list[bytes]) -> list[int]:
     return [struct.unpack_from("!H", p, 2)[0] for p in packets]
 
@@ -248,13 +252,11 @@ def difference(got: list[bytes], want: list[bytes]) -> str:
     """How two packet lists differ, for an assertion message: counts, packets
     received twice, missing ones, and the first packet that differs (by
     position), so that a rare failure says what happened."""
-    def key(p: bytes) -> tuple:
-        return struct.unpack_from("!I", p, 8)[0], struct.unpack_from("!H", p, 2)[0]
     seen: dict[tuple, int] = {}
     for p in got:
-        seen[key(p)] = seen.get(key(p), 0) + 1
+        seen[ssrc_seq(p)] = seen.get(ssrc_seq(p), 0) + 1
     twice = [k for k, n in seen.items() if n > 1]
-    wanted = {key(p) for p in want}
+    wanted = {ssrc_seq(p) for p in want}
     lines = [f"{len(got)} packets, {len(want)} wanted; (ssrc, seq) received more than "
              f"once: {twice[:5]}; missing: {sorted(wanted - set(seen))[:5]}; "
              f"unknown: {sorted(set(seen) - wanted)[:5]}"]
@@ -262,7 +264,7 @@ def difference(got: list[bytes], want: list[bytes]) -> str:
         if a != b:
             at = next(j for j in range(min(len(a), len(b))) if a[j] != b[j]) \
                 if a[:len(b)] != b[:len(a)] else min(len(a), len(b))
-            lines.append(f"first difference: packet {i} (ssrc, seq) {key(a)} vs {key(b)}, "
+            lines.append(f"first difference: packet {i} (ssrc, seq) {ssrc_seq(a)} vs {ssrc_seq(b)}, "
                          f"{len(a)} vs {len(b)} bytes, first differing byte {at}; "
                          f"same bytes elsewhere in the list: {b in got}")
             break
@@ -692,7 +694,6 @@ def test_fifty_streams_at_once(short_title, receivers):
         for rx, kw in zip(rxs, params):
             want = expected(hints, media, **kw)
             assert rx.collect(len(want)) == want
-
 
 
 def test_one_thread_schedule_survives_streams_coming_and_going(paced_title, receivers):

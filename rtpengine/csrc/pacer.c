@@ -396,6 +396,13 @@ static void drop(struct kvod_stream *s, uint64_t n, int err)
 	s->st.last_errno = err;
 }
 
+/* the socket's buffer is full (or the kernel short of memory): the send
+ * was refused before anything went out, and may be tried again later */
+bool kvod_send_full(int err)
+{
+	return err == EAGAIN || err == EWOULDBLOCK || err == ENOBUFS;
+}
+
 static bool gso_refused(int err)
 {
 	return err == EIO || err == EINVAL || err == ENOPROTOOPT ||
@@ -412,7 +419,7 @@ void kvod_send_failed(struct kvod_stream *s, struct kvod_batch *b,
 {
 	s->st.send_errors++;
 	s->st.last_errno = err;
-	if (err == EAGAIN || err == EWOULDBLOCK || err == ENOBUFS) {
+	if (kvod_send_full(err)) {
 		/* the same packets again later: nothing is skipped */
 		s->retry_at = now + KVOD_RETRY_NS;
 		return;

@@ -261,6 +261,7 @@ void kvod_account(struct kvod_batch *b, unsigned int m, unsigned int n,
 		  int64_t t_send);
 void kvod_send_failed(struct kvod_stream *s, struct kvod_batch *b,
 		      unsigned int m, int err, int64_t now);
+bool kvod_send_full(int err);
 /* uring.c */
 int kvod_uring_probe(void);
 int kvod_uring_new(struct kvod_uring **u);

@@ -97,8 +97,7 @@ static void zc_failed(struct kvod_sock *sk, int err)
 	struct kvod_zc *zc = sk->zc;
 	uint32_t id;
 
-	if (err == EAGAIN || err == EWOULDBLOCK || err == ENOBUFS ||
-	    err == EINTR)
+	if (kvod_send_full(err) || err == EINTR)
 		return;
 	id = zc->next_id++;
 	zc->msg_end[id % KVOD_ZC_SLOTS] = zc->tail;
@@ -230,8 +229,7 @@ void kvod_flush_mmsg(struct kvod_pacer *p, struct kvod_batch *b, int64_t now)
 		 * zero-copy headers must go out in ring order: both stop here
 		 * and build again next round.
 		 */
-		if (sk->zerocopy || err == EAGAIN || err == EWOULDBLOCK ||
-		    err == ENOBUFS) {
+		if (sk->zerocopy || kvod_send_full(err)) {
 			unsigned int i;
 
 			for (i = b->msg_run[m] + 1; i < b->nrun; i++)
