@@ -17,8 +17,8 @@ deps:
 	@packaging/install-deps
 
 # Both cffi modules, rebuilt when any C source, header or the build script changes.
-$(ENGINE_STAMP): $(CSRC) rtpengine/build_engine.py
-	$(PYTHON) -m rtpengine.build_engine
+$(ENGINE_STAMP): $(CSRC) rtpengine/csrc/build.py
+	$(PYTHON) -m rtpengine.csrc.build
 	@mkdir -p build && touch $@
 
 engine: deps $(ENGINE_STAMP)
@@ -55,7 +55,7 @@ test: engine kernels
 ASAN_DIR := build/asan
 test-asan: deps
 	KVOD_EXTRA_CFLAGS="-fsanitize=address,undefined -fno-omit-frame-pointer" \
-		KVOD_BUILD_DEST=$(ASAN_DIR) $(PYTHON) -m rtpengine.build_engine
+		KVOD_BUILD_DEST=$(ASAN_DIR) $(PYTHON) -m rtpengine.csrc.build
 	KVOD_EXT_DIR=$(CURDIR)/$(ASAN_DIR) LD_PRELOAD=$$(gcc -print-file-name=libasan.so) \
 		ASAN_OPTIONS=detect_leaks=0 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
 		$(PYTHON) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS) \

@@ -1,6 +1,6 @@
 """``python3 -m appliance`` is the kvod CLI."""
 import sys
 
-from appliance.cli import main
+from appliance.cli.main import main
 
 sys.exit(main())

@@ -21,7 +21,7 @@ from typing import Callable
 from twisted.internet.defer import Deferred
 from twisted.web import resource, server
 
-from appliance.cache_quota import cache_status
+from appliance.cache.quota import cache_status
 from appliance.metrics import prometheus_text
 
 log = logging.getLogger(__name__)

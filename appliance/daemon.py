@@ -18,15 +18,15 @@ from twisted.internet import endpoints
 from twisted.internet.defer import Deferred, gatherResults
 
 from appliance.admin_http import admin_site
-from appliance.catalog_writer import CatalogWriter
+from appliance.cache.catalog_writer import CatalogWriter
 from appliance.config import Config
-from appliance.proxy_cache import ProxyCache
-from appliance.title_fill import FillSettings
-from appliance.rtsp_protocol import RtspFactory
-from appliance.rtsp_server import RtspServer
+from appliance.cache.proxy import ProxyCache
+from appliance.cache.fill import FillSettings
+from appliance.rtsp_adapter import RtspFactory, SessionTimer
+from appliance.rtsp.sessions import RtspServer
 from appliance.status import daemon_status
-from appliance.server_ports import server_ports
-from appliance.udp_media import UdpMediaBackend
+from appliance.media.server_ports import server_ports
+from appliance.media.udp import UdpMediaBackend
 from catalog import open_catalog
 from rtpengine.backend import open_engine
 
@@ -42,42 +42,6 @@ def _sd_notify(message: str) -> None:
     except ImportError:
         return
     sd_daemon.notify(message)
-
-
-class SessionTimer(service.Service):
-    """Arms one callLater for the session layer's next timer, re-armed on use."""
-
-    def __init__(self, server: RtspServer, reactor, clock=time.monotonic):
-        self.server = server
-        self.reactor = reactor
-        self.clock = clock
-        self._call = None
-
-    def rearm(self) -> None:
-        """Schedule ``handle_timer`` for the server's current deadline."""
-        if not self.running:
-            return
-        if self._call is not None and self._call.active():
-            self._call.cancel()
-        self._call = None
-        deadline = self.server.get_timer()
-        if deadline is not None:
-            delay = max(deadline - self.clock(), 0.0) + 0.01
-            self._call = self.reactor.callLater(delay, self._fire)
-
-    def _fire(self) -> None:
-        self._call = None
-        self.server.handle_timer(self.clock())
-        self.rearm()
-
-    def startService(self) -> None:  # noqa: N802 (Twisted API)
-        super().startService()
-        self.rearm()
-
-    def stopService(self):  # noqa: N802 (Twisted API)
-        if self._call is not None and self._call.active():
-            self._call.cancel()
-        return super().stopService()
 
 
 def make_cache(config: Config, reactor, catalog) -> ProxyCache:

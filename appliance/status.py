@@ -22,7 +22,7 @@ def daemon_status(*, engine, server, started: float, now: float | None = None,
                   ports: dict | None = None) -> dict:
     """The snapshot: engine, server ports, sessions with their streams, and totals.
 
-    ``ports`` is the server port policy's status (``appliance.server_ports``):
+    ``ports`` is the server port policy's status (``appliance.media.server_ports``):
     its mode, and the shared pair or the per-session range."""
     now = time.time() if now is None else now
     sessions = []

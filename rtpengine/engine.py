@@ -170,9 +170,11 @@ def _stream_open(ptr, sock_fd: int, media_fd: int, hint_fd: int, *,
     return _check(lib.kvod_stream_open(ptr, p), "open stream")
 
 
-def _stream_play(ptr, sid: int, start_record: int, start_ns: int, flags: int) -> None:
-    _check(lib.kvod_stream_play(ptr, sid, start_record, start_ns, flags),
+def _stream_play(ptr, sid: int, start_record: int, start_ns: int, flags: int) -> StartPoint:
+    out = ffi.new("struct kvod_play_start *")
+    _check(lib.kvod_stream_play(ptr, sid, start_record, start_ns, flags, out),
            f"play stream {sid}")
+    return StartPoint(record=out.record, seq=out.seq, rtp_ts=out.rtp_ts, send_ns=out.send_ns)
 
 
 def _stream_pause(ptr, sid: int) -> None:
@@ -252,6 +254,19 @@ def _dest(dest: tuple) -> tuple[int, int, bytes, int]:
         scope = dest[3] if family == socket.AF_INET6 and len(dest) > 3 else 0
         return family, port, addr, scope
     raise ValueError(f"destination {host!r} is not a numeric IP address")
+
+
+@dataclass(frozen=True)
+class StartPoint:
+    """Where ``play()`` started a stream: the record it sends first (at the
+    end of the title, the last record's time), that packet's sequence
+    number and RTP timestamp (what RTP-Info announces), and its send time
+    from the track start (the npt it starts at)."""
+
+    record: int
+    seq: int
+    rtp_ts: int
+    send_ns: int
 
 
 @dataclass(frozen=True)
@@ -566,8 +581,9 @@ class Stream(Closing):
                 raise
 
     def play(self, start_record: Optional[int] = None, at_ns: Optional[int] = None,
-             unpaced: bool = False) -> None:
-        """Send from ``start_record`` (None: where the stream stopped).
+             unpaced: bool = False) -> StartPoint:
+        """Send from ``start_record`` (None: where the stream stopped), and
+        say where it starts.
 
         Record k leaves at ``at_ns + send_ns[k] - send_ns[start_record]``
         on the :func:`now_ns` clock (``at_ns`` None: now). Sequence numbers
@@ -579,7 +595,7 @@ class Stream(Closing):
         at = 0 if at_ns is None else _in_range(at_ns, 63, "start time")
         flags = lib.KVOD_PLAY_UNPACED if unpaced else 0
         with self._use() as (ptr, sid):
-            _stream_play(ptr, sid, rec, at, flags)
+            return _stream_play(ptr, sid, rec, at, flags)
 
     def pause(self) -> None:
         """Stop sending; a later ``play()`` continues at the next record."""

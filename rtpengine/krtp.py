@@ -30,8 +30,8 @@ from typing import Optional
 
 from cffi import FFI
 
-from .engine import Closing, EngineError, StreamStats, _fd, _in_range
-from .hintfile import HEADER_SIZE, RECORD_SIZE
+from .engine import Closing, EngineError, StartPoint, StreamStats, _fd, _in_range
+from .hintfile import HEADER_SIZE, RECORD_SIZE, HintRecord
 
 __all__ = ["DEVICE", "KrtpEngine", "KrtpError", "KrtpStream", "KrtpStreamStats",
            "ModuleInfo", "STRATEGIES", "available", "now_ns"]
@@ -226,6 +226,26 @@ class KrtpEngine(Closing):
                                     refuse=refuse, lookahead_ns=lookahead_ns,
                                     burst_ns=burst_ns)
         self._userspace = None
+        self._hint_files: dict[tuple[int, int], _HintFile] = {}
+
+    def _hint_file(self, fd: int) -> "_HintFile":
+        """The engine's shared handle on the hint file open at ``fd``: one
+        descriptor per file however many streams play it."""
+        st = os.fstat(fd)
+        key = (st.st_dev, st.st_ino)
+        with self._lock:
+            shared = self._hint_files.get(key)
+            if shared is None:
+                shared = self._hint_files[key] = _HintFile(os.dup(fd), key)
+            shared.users += 1
+            return shared
+
+    def _release_hint_file(self, shared: "_HintFile") -> None:
+        with self._lock:
+            shared.users -= 1
+            if shared.users == 0:
+                self._hint_files.pop(shared.key, None)
+                os.close(shared.fd)
 
     def _userspace_engine(self):
         from .engine import Engine
@@ -333,7 +353,8 @@ class KrtpEngine(Closing):
                 mapping.close()
             raise
         sid = OPEN.unpack(buf)[8]
-        stream = KrtpStream(self, sid, mapping)
+        stream = KrtpStream(self, sid, mapping, seq0=seq0, ts0=ts0,
+                            hints=self._hint_file(hint_fd))
         with self._lock:
             self._streams[sid] = stream
         return stream
@@ -363,13 +384,27 @@ class _Mapping:
             self._map = None
 
 
+class _HintFile:
+    """A descriptor of a hint file that an engine's streams share."""
+
+    def __init__(self, fd: int, key: tuple[int, int]) -> None:
+        self.fd = fd
+        self.key = key
+        self.users = 0
+
+
 class KrtpStream(Closing):
     """One stream of a :class:`KrtpEngine`."""
 
-    def __init__(self, engine: KrtpEngine, sid: int, mapping: Optional[_Mapping]) -> None:
+    def __init__(self, engine: KrtpEngine, sid: int, mapping: Optional[_Mapping], *,
+                 seq0: int, ts0: int, hints: _HintFile) -> None:
         self._engine = engine
         self._id: Optional[int] = sid
         self._mapping = mapping
+        # what play() needs to say where it starts: the module's ABI only
+        # takes a record, so the record's time is read from the hint file
+        self._seq0, self._ts0 = seq0, ts0
+        self._hints: Optional[_HintFile] = hints
 
     @property
     def id(self) -> Optional[int]:
@@ -387,17 +422,38 @@ class KrtpStream(Closing):
         _ioctl(self._engine._require(), request, buf, f"{what} stream {sid}")
 
     def play(self, start_record: Optional[int] = None, at_ns: Optional[int] = None,
-             unpaced: bool = False) -> None:
+             unpaced: bool = False) -> StartPoint:
         """Send from ``start_record`` (None: where it stopped), record k at
-        ``at_ns + send_ns[k] - send_ns[start_record]`` (``at_ns`` None: now)."""
+        ``at_ns + send_ns[k] - send_ns[start_record]`` (``at_ns`` None: now);
+        returns where it starts, as the user-space engine's ``play`` does."""
         sid = self._id
         if sid is None:
             raise KrtpError(errno.EBADF, "stream is closed")
         rec = RECORD_CONTINUE if start_record is None else _in_range(
             start_record, 63, "start record")
         at = 0 if at_ns is None else _in_range(at_ns, 63, "start time")
+        st = self.stats()
+        if st.state == "playing" and (start_record is None or start_record <= st.record_count):
+            # a seek: stop it first, so that no packet leaves between
+            # reading where it stands and starting it again
+            self.pause()
+            st = self.stats()
         buf = bytearray(PLAY.pack(sid, PLAY_UNPACED if unpaced else 0, rec, at))
         _ioctl(self._engine._require(), IOC_PLAY, buf, f"play stream {sid}")
+        return self._start_point(st.next_record if start_record is None else start_record, st)
+
+    def _start_point(self, record: int, st: KrtpStreamStats) -> StartPoint:
+        seq = (self._seq0 + st.packets_sent + st.packets_dropped) & 0xFFFF
+        last = min(record, st.record_count - 1)
+        hints = self._hints
+        if last < 0 or hints is None:
+            return StartPoint(record=record, seq=seq, rtp_ts=self._ts0, send_ns=0)
+        raw = os.pread(hints.fd, RECORD_SIZE, HEADER_SIZE + last * RECORD_SIZE)
+        if len(raw) < RECORD_SIZE:  # the file shrank under the stream
+            return StartPoint(record=record, seq=seq, rtp_ts=self._ts0, send_ns=0)
+        r = HintRecord.unpack_from(raw, 0)
+        return StartPoint(record=record, seq=seq, rtp_ts=(self._ts0 + r.rtp_ts) & 0xFFFFFFFF,
+                          send_ns=r.send_ns)
 
     def pause(self) -> None:
         """Stop sending; a later ``play()`` continues at the next record."""
@@ -443,12 +499,18 @@ class KrtpStream(Closing):
             gso_fallback=bool(flags & STATS_NO_GSO), strategy=MODES.get(mode, str(mode)),
             spliced_octets=spliced, copied_octets=copied)
 
-    def _forget(self) -> None:
-        # the engine closed /dev/krtp, which took the stream with it
-        self._id = None
+    def _release(self) -> None:
         if self._mapping:
             self._mapping.close()
             self._mapping = None
+        hints, self._hints = self._hints, None
+        if hints is not None:
+            self._engine._release_hint_file(hints)
+
+    def _forget(self) -> None:
+        # the engine closed /dev/krtp, which took the stream with it
+        self._id = None
+        self._release()
 
     def close(self) -> None:
         """Stop and free the stream; a no-op once it or its engine is closed."""
@@ -464,9 +526,7 @@ class KrtpStream(Closing):
                 raise
         finally:
             self._engine._closed_stream(sid)
-            if self._mapping:
-                self._mapping.close()
-                self._mapping = None
+            self._release()
 
     def __repr__(self) -> str:
         return f"<KrtpStream {self._id if self._id is not None else 'closed'}>"

@@ -11,7 +11,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from tests.media import make_ts  # noqa: E402
+from tests.helpers.titles import make_ts  # noqa: E402
 
 # tests/kernel/guest runs inside the QEMU guest (tests/test_krtp_kernel.py
 # boots it), as root against the krtp module; never on the host itself
@@ -35,7 +35,7 @@ def short_ts_file() -> str:
 def receivers():
     """Make loopback RTP receivers (tests.test_engine.Receiver); all are
     closed at the end of the test."""
-    from tests.test_engine import Receiver
+    from tests.helpers.engine import Receiver
     made = []
 
     def make():

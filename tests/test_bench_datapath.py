@@ -11,8 +11,8 @@ import subprocess
 import pytest
 from click.testing import CliRunner
 
-from rtpengine import bench_datapath as bd
-from rtpengine.netns_sink import netns_sink
+from rtpengine.bench import datapath as bd
+from rtpengine.bench.netns_sink import netns_sink
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root")
 
@@ -92,7 +92,7 @@ def test_datapath_run_on_loopback_has_every_figure():
 
 
 def test_cli_datapath_json(monkeypatch):
-    from appliance.cli import cli
+    from appliance.cli.main import cli
     result = CliRunner().invoke(cli, ["bench", "datapath", "--size", "2MiB", "--json",
                                       "--strategy", "gso", "--strategy", "sendmmsg"])
     assert result.exit_code == 0, result.output
@@ -106,8 +106,8 @@ def test_cli_datapath_json(monkeypatch):
 @pytest.mark.parametrize("ports", ["shared", "per-session"])
 def test_scale_run_counts_every_stream(ports, short_ts_file, tmp_path):
     """A few paced streams to the namespace sink, two sampled on arrival."""
-    from rtpengine.bench_scale import format_table, run_once
-    from rtpengine.mpegts import index_mpegts
+    from rtpengine.bench.scale import format_table, run_once
+    from rtpengine.index.mpegts import index_mpegts
     hint = str(tmp_path / "s.hint")
     index_mpegts(short_ts_file, hint)
     before = netns_names()
@@ -154,8 +154,8 @@ def test_bare_loop_sends_the_shape_asked_for(segs, dests):
 def test_scale_run_with_kernel_pacing_says_who_paced(short_ts_file, tmp_path):
     """--pacing kernel: per-session sockets are kernel-paced (SO_TXTIME,
     ignored here: no fq), in the JSON and the table."""
-    from rtpengine.bench_scale import format_table, run_once
-    from rtpengine.mpegts import index_mpegts
+    from rtpengine.bench.scale import format_table, run_once
+    from rtpengine.index.mpegts import index_mpegts
     hint = str(tmp_path / "s.hint")
     index_mpegts(short_ts_file, hint)
     r = run_once(short_ts_file, hint, 6, 1.0, sample=2, shared=False, pacing="kernel")
@@ -167,6 +167,6 @@ def test_scale_run_with_kernel_pacing_says_who_paced(short_ts_file, tmp_path):
 
 
 def test_bench_streams_pacing_option_is_checked():
-    from appliance.cli import cli
+    from appliance.cli.main import cli
     bad = CliRunner().invoke(cli, ["bench", "streams", "--pacing", "fast"])
     assert bad.exit_code == 2 and "'fast' is not one of 'engine', 'kernel', 'auto'" in bad.output

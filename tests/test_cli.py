@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from tests.kvod_daemon import KvodDaemon
+from tests.helpers.daemon import KvodDaemon
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ import pytest
 from rtpengine._kvod_engine import ffi, lib
 from rtpengine.engine import Engine, EngineError, now_ns
 from rtpengine.hintfile import GrowingHintFile, HintFile, HintRecord
-from tests.test_engine import (MS, chunk_records, expected, open_stream,
+from tests.helpers.engine import (MS, chunk_records, expected, open_stream,
                                wait_state, write_hints)
 
 PACKETS = 200

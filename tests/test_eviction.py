@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from appliance import cache_sim
-from appliance.eviction import POLICIES, Eviction, Usage, gdsf_priority, plan
+from appliance.bench import cache_sim
+from appliance.cache.eviction import POLICIES, Eviction, Usage, gdsf_priority, plan
 
 MB = 1 << 20
 

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from appliance.fill_plan import back_off, next_request
+from appliance.cache.fill_plan import back_off, next_request
 from catalog.byte_ranges import add, normalize, total
 
 

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.media import ROOT
+from tests.helpers.titles import ROOT
 from rtpengine import hintfile
 from rtpengine.hintfile import (HEADER_SIZE, HINT_HEADER, MAX_RECORDS, RECORD, RECORD_SIZE,
                                 REC_BLOB, REC_KEYFRAME, REC_MARKER, HintError, HintFile,

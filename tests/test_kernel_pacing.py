@@ -19,7 +19,7 @@ import pytest
 from rtpengine._kvod_engine import ffi, lib
 from rtpengine.engine import Engine, EngineError, now_ns
 from rtpengine.qdisc import FqAnswer
-from tests.test_engine import (MS, chunk_records, expected, odd_title, open_stream,
+from tests.helpers.engine import (MS, chunk_records, expected, odd_title, open_stream,
                                wait_state, write_hints)
 
 BATCHED = ["gso", "sendmmsg", "gso_zerocopy", "uring_gso"]

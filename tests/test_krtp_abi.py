@@ -13,7 +13,7 @@ import subprocess
 import pytest
 
 from rtpengine import krtp
-from tests.media import ROOT
+from tests.helpers.titles import ROOT
 
 UAPI = os.path.join(ROOT, "kernel", "uapi")
 

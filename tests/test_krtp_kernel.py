@@ -25,7 +25,7 @@ import subprocess
 import pytest
 
 from tests.kernel import qemu
-from tests.media import ROOT
+from tests.helpers.titles import ROOT
 
 pytestmark = pytest.mark.skipif(qemu.qemu_available() is not None,
                                 reason=qemu.qemu_available() or "")

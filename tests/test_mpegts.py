@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.media import MEDIA_DIR, ROOT, make_ts
+from tests.helpers.titles import MEDIA_DIR, ROOT, make_ts
 
 
 def _ensure_built() -> None:
@@ -29,16 +29,16 @@ def _ensure_built() -> None:
                ("ts_index.c", "ts_index.h", "kvod_types.h", "kvod_types_check.h")]
     sources.append(os.path.join(ROOT, "kernel", "uapi", "krtp.h"))
     if not built or max(map(os.path.getmtime, sources)) > os.path.getmtime(built[0]):
-        from rtpengine import build_engine
+        from rtpengine.csrc import build as build_engine
         build_engine.build("_kvod_index")
 
 
 _ensure_built()
 
-from rtpengine.errors import MediaError  # noqa: E402
+from rtpengine.index.errors import MediaError  # noqa: E402
 from rtpengine.hintfile import (REC_BLOB, REC_DISCONTINUITY, REC_KEYFRAME,  # noqa: E402
                                 REC_MARKER, HintFile, HintHeader)
-from rtpengine.mpegts import (TsIndex, index_mpegts, parse_pat, parse_pmt,  # noqa: E402
+from rtpengine.index.mpegts import (TsIndex, index_mpegts, parse_pat, parse_pmt,  # noqa: E402
                               stream_codec)
 from rtpengine._kvod_index import ffi, lib  # noqa: E402
 

@@ -9,10 +9,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from rtpengine.errors import MediaError
+from rtpengine.index.errors import MediaError
 from rtpengine.hintfile import RECORD_SIZE, HintFile
-from rtpengine.mpegts import index_mpegts
-from rtpengine.mpegts_growing import GrowingTsIndex, estimate_duration_ns
+from rtpengine.index.mpegts import index_mpegts
+from rtpengine.index.mpegts_growing import GrowingTsIndex, estimate_duration_ns
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +120,7 @@ def test_duration_estimate_from_head_and_tail(reference):
 
 def test_a_seek_ahead_index_matches_the_full_index_from_its_first_keyframe(reference):
     from rtpengine.hintfile import HintRecord
-    from rtpengine.mpegts_growing import first_pcr
+    from rtpengine.index.mpegts_growing import first_pcr
     data, index, records, _ = reference
     full = [HintRecord.unpack_from(records, i * RECORD_SIZE)
             for i in range(len(records) // RECORD_SIZE)]
@@ -149,7 +149,7 @@ def test_a_seek_ahead_index_matches_the_full_index_from_its_first_keyframe(refer
 def test_seek_ahead_index_arguments():
     with pytest.raises(ValueError):
         GrowingTsIndex("x", start=188)  # no program or first PCR
-    from rtpengine.mpegts import TsProgram
+    from rtpengine.index.mpegts import TsProgram
     program = TsProgram(1, 0x100, 0x101, (), 0)
     with pytest.raises(ValueError):
         GrowingTsIndex("x", start=100, program=program, origin_pcr=0)
@@ -161,7 +161,7 @@ def test_concurrent_feeds_of_one_index_do_not_race(ts_file):
     kvod_ts_index_scan with an empty range)."""
     import threading
 
-    from rtpengine.mpegts_growing import GrowingTsIndex
+    from rtpengine.index.mpegts_growing import GrowingTsIndex
     data = open(ts_file, "rb").read()
     for _ in range(20):
         index = GrowingTsIndex("race")

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from appliance.origin import (FileOrigin, OriginChanged, OriginNotFound, OriginProtocolError,
+from appliance.cache.origin import (FileOrigin, OriginChanged, OriginNotFound, OriginProtocolError,
                               Validator, parse_content_range)
 
 

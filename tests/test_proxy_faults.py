@@ -1,7 +1,7 @@
 """The proxy cache when the origin misbehaves: a title that changes
 mid-fill, cut bodies, 5xx, a wrong Content-Range, an origin that is gone.
 
-The origin is the small in-test server of ``tests.origin_server`` (nginx
+The origin is the small in-test server of ``tests.helpers.origins`` (nginx
 cannot make these faults on demand); the daemon and the viewers are real.
 """
 
@@ -15,11 +15,11 @@ import time
 
 import pytest
 
-from appliance.rtsp_client import RtpReceiver, RtspClient
+from appliance.bench.rtsp_client import RtpReceiver, RtspClient
 from rtpengine.rtp import parse_rtp
-from tests.kvod_daemon import KvodDaemon, free_tcp_port
-from tests.origin_server import FaultOrigin
-from tests.test_integration import assert_contiguous, gst_finished, gst_receive, sha256
+from tests.helpers.daemon import KvodDaemon, free_tcp_port
+from tests.helpers.origins import FaultOrigin
+from tests.helpers.players import assert_contiguous, gst_finished, gst_receive, sha256
 
 pytestmark = pytest.mark.integration
 

@@ -14,11 +14,11 @@ import time
 
 import pytest
 
-from appliance.rtsp_client import RtpReceiver, RtspClient
+from appliance.bench.rtsp_client import RtpReceiver, RtspClient
 from rtpengine.rtp import parse_rtp
-from tests.kvod_daemon import KvodDaemon
-from tests.origin_server import NginxOrigin
-from tests.test_integration import assert_contiguous, framemd5, gst_finished, gst_receive, sha256
+from tests.helpers.daemon import KvodDaemon
+from tests.helpers.origins import NginxOrigin
+from tests.helpers.players import assert_contiguous, framemd5, gst_finished, gst_receive, sha256
 
 
 pytestmark = pytest.mark.integration

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from appliance.rtcp_demux import RtcpDemux, plain_host, reported_ssrcs
+from appliance.media.rtcp_demux import RtcpDemux, plain_host, reported_ssrcs
 from rtpengine import rtcp
 
 

@@ -7,11 +7,11 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
-from appliance.daemon import SessionTimer
-from appliance.rtsp_protocol import RtspFactory
-from appliance.rtsp_server import RtspServer
+from appliance.rtsp_adapter import SessionTimer
+from appliance.rtsp_adapter import RtspFactory
+from appliance.rtsp.sessions import RtspServer
 from catalog import open_catalog
-from tests.test_rtsp_server import MemoryMedia
+from tests.helpers.memory_media import MemoryMedia
 
 PEER = IPv4Address("TCP", "127.0.0.1", 40000)
 

@@ -7,75 +7,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from appliance.media_ports import MediaUnavailable, PlayStart
 from appliance.rtsp import Request, parse_range, parse_rtp_info, parse_session, parse_transport
-from appliance.rtsp_server import RtspServer, parse_title_url, RtspFailure
-from appliance.session_states import SessionState
+from appliance.rtsp.sessions import RtspServer, parse_title_url, RtspFailure
+from appliance.rtsp.session_states import SessionState
 from catalog import open_catalog
+from tests.helpers.memory_media import SECOND, MemoryMedia
 
 HOST = "127.0.0.1"
 BASE = "rtsp://127.0.0.1:8554"
-SECOND = 1_000_000_000
-
-
-class MemoryStream:
-    """A stream with one record a second and a keyframe every 2 s."""
-
-    def __init__(self, ports, duration_ns):
-        self.server_ports = ports
-        self.ssrc = 0x1234ABCD
-        self.duration_ns = duration_ns
-        self.next_record = 0
-        self.sent = 0
-        self.playing = False
-        self.closed = False
-
-    def keyframe_at_or_before(self, npt_ns):
-        index = min(npt_ns // SECOND, self.duration_ns // SECOND - 1) // 2 * 2
-        return index, index * SECOND
-
-    def position_ns(self):
-        return self.next_record * SECOND
-
-    def play(self, record):
-        assert not self.closed
-        if record is not None:
-            self.next_record = record
-        self.playing = True
-        return PlayStart(seq=(100 + self.sent) & 0xFFFF, rtptime=self.next_record * 90000,
-                         npt_ns=self.next_record * SECOND)
-
-    def advance(self, packets):
-        """What the engine would do while playing."""
-        if self.playing:
-            self.sent += packets
-            self.next_record += 1
-
-    def pause(self):
-        self.playing = False
-
-    def has_ended(self):
-        return False
-
-    def close(self):
-        self.closed = True
-        self.playing = False
-
-
-class MemoryMedia:
-    def __init__(self, fail=False):
-        self.opened = []
-        self.fail = fail
-        self.port = 20000
-
-    def open_stream(self, *, session_id, title, track, client_host, client_ports, quirks):
-        if self.fail:
-            raise MediaUnavailable("no ports")
-        self.port += 2
-        stream = MemoryStream((self.port, self.port + 1), title.duration_ns)
-        self.opened.append((session_id, client_host, client_ports, stream))
-        self.quirks = quirks
-        return stream
 
 
 @pytest.fixture

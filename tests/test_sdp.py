@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from appliance.sdp import (MAX_SDP_BYTES, SdpError, SdpMedia, SessionDescription, build_sdp,
+from appliance.rtsp.sdp import (MAX_SDP_BYTES, SdpError, SdpMedia, SessionDescription, build_sdp,
                            parse_sdp)
 from rtpengine.rtp import RtpHeader
 

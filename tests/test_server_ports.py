@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from appliance.media_ports import MediaUnavailable
-from appliance.server_ports import PerSessionPorts, SharedPorts, server_ports
+from appliance.rtsp.media_api import MediaUnavailable
+from appliance.media.server_ports import PerSessionPorts, SharedPorts, server_ports
 from rtpengine import rtcp
-from tests.kvod_daemon import free_udp_pair
+from tests.helpers.daemon import free_udp_pair
 
 
 class FakeUdpPort:
@@ -211,7 +211,7 @@ def test_a_pair_in_use_is_an_error_and_nothing_stays_bound():
 def test_the_engine_sends_every_client_from_the_shared_socket(shared, clients, tmp_path):
     from rtpengine.engine import Engine
     from rtpengine.rtp import parse_rtp
-    from tests.test_engine import chunk_records, wait_state, write_hints
+    from tests.helpers.engine import chunk_records, wait_state, write_hints
     ports, _ = shared
     media = tmp_path / "m.bin"
     media.write_bytes(bytes(range(250)) * 20)

@@ -15,11 +15,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from appliance.rtsp_client import RtpReceiver, RtspClient
+from appliance.bench.rtsp_client import RtpReceiver, RtspClient
 from rtpengine import rtcp
 from rtpengine.rtp import parse_rtp
-from tests.kvod_daemon import KVOD, KvodDaemon, free_udp_pair
-from tests.test_integration import (
+from tests.helpers.daemon import KVOD, KvodDaemon, free_udp_pair
+from tests.helpers.players import (
     assert_contiguous,
     framemd5,
     gst_finished,

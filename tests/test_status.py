@@ -11,10 +11,10 @@ from typing import Iterator
 
 import pytest
 
-from appliance.cli import _admin_address
+from appliance.cli.common import admin_address as _admin_address
 from appliance.metrics import prometheus_text
-from appliance.rtsp_client import RtpReceiver, RtspClient
-from tests.kvod_daemon import KvodDaemon
+from appliance.bench.rtsp_client import RtpReceiver, RtspClient
+from tests.helpers.daemon import KvodDaemon
 
 pytestmark = pytest.mark.integration
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import subprocess
 
-from rtpengine.ts_trailer import flush_packet, last_continuity, pes_flush_trailer
+from rtpengine.index.ts_trailer import flush_packet, last_continuity, pes_flush_trailer
 
 
 def _frames(path: str) -> list[str]:
@@ -18,7 +18,7 @@ def _frames(path: str) -> list[str]:
 def test_trailer_names_each_pes_pid_with_its_next_counter(ts_file):
     data = open(ts_file, "rb").read()
     last = last_continuity(data)
-    assert set(last) == {0x100, 0x101}  # H.264 and AAC of tests.media
+    assert set(last) == {0x100, 0x101}  # H.264 and AAC of tests.helpers.titles
     trailer = pes_flush_trailer(data)
     assert len(trailer) == 188 * len(last)
     for i, (pid, cc) in enumerate(last.items()):

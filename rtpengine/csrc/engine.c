@@ -26,7 +26,9 @@
 
 #include "kvod_types_check.h"
 #include "filemap.h"
+#include "clock.h"
 #include "pacer.h"
+#include "send.h"
 
 #define KVOD_MAX_THREADS	256
 /* id = generation << KVOD_SLOT_BITS | slot; a stale id is caught by the
@@ -56,10 +58,7 @@ KVOD_API const char *kvod_last_error(void)
 
 KVOD_API int64_t kvod_now_ns(void)
 {
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+	return kvod_clock_ns();
 }
 
 static const char *const strategy_names[KVOD_STRATEGY_COUNT] = {
@@ -894,9 +893,26 @@ static struct kvod_stream *stream_get(struct kvod_engine *e, int id, int *err)
 	return s;
 }
 
+/* what @s sends first when it plays from record @k */
+static void play_start(const struct kvod_stream *s, uint64_t k,
+		       struct kvod_play_start *out)
+{
+	/* at the end: the last record's time (a title still empty: 0) */
+	uint64_t r = k < s->nrec ? k : s->nrec - 1;
+
+	out->record = k;
+	out->seq = (uint16_t)(s->seq0 + s->seq_count);
+	out->rtp_ts = s->ts0;
+	out->send_ns = 0;
+	if (s->nrec) {
+		out->rtp_ts += le32toh(s->recs[r].rtp_ts);
+		out->send_ns = (int64_t)le64toh(s->recs[r].send_ns);
+	}
+}
+
 KVOD_API int kvod_stream_play(struct kvod_engine *e, int id,
 			      uint64_t start_record, int64_t start_mono_ns,
-			      int flags)
+			      int flags, struct kvod_play_start *out)
 {
 	struct kvod_stream *s;
 	uint64_t k, send_ns;
@@ -921,6 +937,8 @@ KVOD_API int kvod_stream_play(struct kvod_engine *e, int id,
 	}
 	if (!start_mono_ns)
 		start_mono_ns = kvod_now_ns();
+	if (out)
+		play_start(s, k, out);
 	s->next_record = k;
 	s->unpaced = flags & KVOD_PLAY_UNPACED;
 	s->retry_at = 0;

@@ -130,6 +130,19 @@ struct kvod_stream_params {
 	uint32_t dest_scope;	/* IPv6 scope id */
 };
 
+/*
+ * Where kvod_stream_play() started a stream, read under the lock that
+ * orders it with the sends: the record it sends first (the last one when
+ * it starts at the end), that record's sequence number and RTP timestamp
+ * (for RTP-Info) and its send time relative to the track (the npt).
+ */
+struct kvod_play_start {
+	uint64_t record;
+	int64_t send_ns;
+	uint32_t rtp_ts;
+	uint16_t seq;
+};
+
 struct kvod_stream_stats {
 	int32_t state;		/* KVOD_STATE_* */
 	int32_t last_errno;	/* of the last failed send, 0 if none */
@@ -178,7 +191,7 @@ KVOD_API int kvod_stream_open(struct kvod_engine *e,
 			      const struct kvod_stream_params *p);
 KVOD_API int kvod_stream_play(struct kvod_engine *e, int id,
 			      uint64_t start_record, int64_t start_mono_ns,
-			      int flags);
+			      int flags, struct kvod_play_start *out);
 KVOD_API int kvod_stream_pause(struct kvod_engine *e, int id);
 KVOD_API int kvod_stream_set_fill_limit(struct kvod_engine *e, int id,
 					uint64_t limit);

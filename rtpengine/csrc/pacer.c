@@ -2,10 +2,10 @@
 /*
  * The pacing threads. Each owns a shard of the streams, grouped by the
  * socket they send from; it sleeps until the earliest due packet of its
- * shard, then lays out in one batch, for every stream with a packet due
- * within the lookahead, what that stream has due within the burst (at
- * least the lookahead), and hands the batch to the strategy's flush
- * (send.c, uring.c):
+ * shard, then has batch.c lay out in one batch, for every stream with a
+ * packet due within the lookahead, what that stream has due within the
+ * burst (at least the lookahead), and hands the batch to the strategy's
+ * flush (send.c, uring.c), which also counts what went out:
  *
  * - gso, gso_zerocopy, uring_gso: consecutive packets of equal size become
  *   one UDP_SEGMENT message (the last may be shorter);
@@ -16,8 +16,7 @@
  * port, many clients named in msg_name) go out in one call per round;
  * io_uring batches take every socket of the thread in one submission.
  *
- * Every message's iovec alternates [RTP header + prefix][payload], the
- * payload pointing straight into the mapped media (or hint blob) file.
+ * This file owns the schedule and the streams' states; it never sends.
  * The thread holds its lock while it works; API calls take it briefly
  * between rounds (see yield_to_api()).
  *
@@ -42,18 +41,23 @@
 #include <unistd.h>
 #include <linux/net_tstamp.h>
 
+#include "batch.h"
+#include "clock.h"
 #include "pacer.h"
+#include "send.h"
 
-enum { PAYLOAD_OK, PAYLOAD_UNFILLED, PAYLOAD_BAD };
-/* why build() stopped adding packets of a stream */
-enum { STOP_NONE, STOP_UNFILLED, STOP_BAD, STOP_FULL, STOP_RING };
-
-int64_t kvod_stream_due(const struct kvod_stream *s, uint64_t k)
+static void flush(struct kvod_pacer *p, struct kvod_batch *b, int64_t now)
 {
-	uint64_t send_ns = le64toh(s->recs[k].send_ns);
-
-	/* unsigned: a hostile send_ns wraps instead of overflowing */
-	return (int64_t)((uint64_t)s->t0 + send_ns);
+	if (b->nmsg) {
+		p->st.rounds++;
+		if (p->strategy == KVOD_STRATEGY_URING_GSO && p->uring)
+			kvod_flush_uring(p, b, now);
+		else if (kvod_is_mmsg_strategy(p->strategy))
+			kvod_flush_mmsg(p, b, now);
+		else
+			kvod_flush_classic(p, b, now);
+	}
+	kvod_batch_reset(b);
 }
 
 /*
@@ -68,403 +72,6 @@ void kvod_stream_at_last_record(struct kvod_stream *s)
 	} else {
 		s->state = KVOD_STATE_ENDED;
 	}
-}
-
-static void load_record(const struct kvod_stream *s, uint64_t k,
-			struct kvod_hint_record *r)
-{
-	/* a private copy: the mapping may change under us, the copy cannot */
-	memcpy(r, &s->recs[k], sizeof(*r));
-	r->offset = le64toh(r->offset);
-	r->length = le32toh(r->length);
-	r->rtp_ts = le32toh(r->rtp_ts);
-	r->flags = le16toh(r->flags);
-}
-
-static int payload_of(const struct kvod_stream *s,
-		      const struct kvod_hint_record *r, const uint8_t **ptr)
-{
-	if (r->prefix_len > KRTP_HINT_PREFIX_MAX ||
-	    KVOD_RTP_HEADER + r->prefix_len + (uint64_t)r->length >
-	    KVOD_MAX_DATAGRAM)
-		return PAYLOAD_BAD;
-	if (r->flags & KRTP_REC_BLOB) {
-		if (r->offset > s->blob_size ||
-		    r->length > s->blob_size - r->offset)
-			return PAYLOAD_BAD;
-		*ptr = r->length ? s->blob + r->offset : NULL;
-		return PAYLOAD_OK;
-	}
-	if (r->offset > s->media_size || r->length > s->media_size - r->offset)
-		return PAYLOAD_BAD;
-	if (r->offset + r->length > s->fill_limit)
-		return PAYLOAD_UNFILLED;
-	*ptr = r->length ? s->media + r->offset : NULL;
-	return PAYLOAD_OK;
-}
-
-static void put_header(uint8_t *h, const struct kvod_stream *s,
-		       const struct kvod_hint_record *r, uint16_t seq,
-		       uint32_t ts)
-{
-	h[0] = 0x80;
-	h[1] = (r->flags & KRTP_REC_MARKER ? 0x80 : 0) | s->pt;
-	h[2] = seq >> 8;
-	h[3] = seq;
-	h[4] = ts >> 24;
-	h[5] = ts >> 16;
-	h[6] = ts >> 8;
-	h[7] = ts;
-	h[8] = s->ssrc >> 24;
-	h[9] = s->ssrc >> 16;
-	h[10] = s->ssrc >> 8;
-	h[11] = s->ssrc;
-	memcpy(h + KVOD_RTP_HEADER, r->prefix, r->prefix_len);
-}
-
-
-static void batch_reset(struct kvod_batch *b)
-{
-	unsigned int i;
-
-	for (i = 0; i < b->nrun; i++)
-		b->runs[i].s->batched = 0;
-	b->nmsg = b->npkt = b->niov = b->nrun = 0;
-}
-
-/* departure times go to the kernel: the stream is kernel-paced and paced */
-static bool kernel_paced(const struct kvod_stream *s)
-{
-	return s->kpaced && !s->unpaced;
-}
-
-#define TXTIME_SPACE	CMSG_SPACE(sizeof(uint64_t))
-#define SEGMENT_SPACE	CMSG_SPACE(sizeof(uint16_t))
-
-/*
- * The control messages of a message of @s: SCM_TXTIME (@due) for a
- * kernel-paced stream, then UDP_SEGMENT (@seg) for a GSO one, which
- * finish_message() drops again if no second segment comes.
- */
-static void start_message(struct kvod_batch *b, const struct kvod_stream *s,
-			  size_t seg, int64_t due)
-{
-	unsigned int m = b->nmsg++;
-	struct msghdr *mh = &b->msgs[m].msg_hdr;
-	char *buf = b->cms[m].buf;
-	struct cmsghdr *cm;
-
-	memset(mh, 0, sizeof(*mh));
-	mh->msg_iov = &b->iov[b->niov];
-	if (s->sk->shared) {
-		mh->msg_name = (void *)&s->dest;
-		mh->msg_namelen = s->dest_len;
-	}
-	b->msg_pkts[m] = 0;
-	b->msg_first[m] = b->npkt;
-	b->msg_run[m] = b->nrun - 1;
-	b->runs[b->nrun - 1].nmsg++;
-	if (!s->gso && !kernel_paced(s))
-		return;
-	mh->msg_control = buf;
-	if (kernel_paced(s)) {
-		uint64_t txtime = (uint64_t)due;
-
-		/* laid out by hand: CMSG_NXTHDR would read the stale bytes
-		 * after this header as the next one's length */
-		cm = (struct cmsghdr *)buf;
-		cm->cmsg_level = SOL_SOCKET;
-		cm->cmsg_type = SCM_TXTIME;
-		cm->cmsg_len = CMSG_LEN(sizeof(txtime));
-		memcpy(CMSG_DATA(cm), &txtime, sizeof(txtime));
-		mh->msg_controllen = TXTIME_SPACE;
-	}
-	if (s->gso) {
-		cm = (struct cmsghdr *)(buf + mh->msg_controllen);
-		cm->cmsg_level = SOL_UDP;
-		cm->cmsg_type = UDP_SEGMENT;
-		cm->cmsg_len = CMSG_LEN(sizeof(uint16_t));
-		*(uint16_t *)CMSG_DATA(cm) = (uint16_t)seg;
-		mh->msg_controllen += SEGMENT_SPACE;
-	}
-}
-
-static void finish_message(struct kvod_batch *b, unsigned int m,
-			   const struct kvod_stream *s)
-{
-	struct msghdr *mh = &b->msgs[m].msg_hdr;
-
-	/* a lone segment is a plain datagram: no need to ask for GSO, but
-	 * a kernel-paced one keeps its departure time */
-	if (b->msg_pkts[m] == 1) {
-		mh->msg_controllen = kernel_paced(s) ? TXTIME_SPACE : 0;
-		if (!mh->msg_controllen)
-			mh->msg_control = NULL;
-	}
-}
-
-/* Where the header of the next packet goes: the zero-copy ring keeps it
- * until the kernel is done with it; otherwise the batch. */
-static uint8_t *header_room(struct kvod_batch *b, struct kvod_sock *sk)
-{
-	struct kvod_zc *zc = sk->zc;
-	uint64_t slot;
-
-	if (!zc)
-		return b->hdr[b->npkt];
-	if (zc->tail + zc->reserved - zc->head >= KVOD_ZC_SLOTS)
-		return NULL;
-	slot = (zc->tail + zc->reserved++) % KVOD_ZC_SLOTS;
-	return zc->hdr[slot];
-}
-
-/*
- * Append to @b the packets of @s due by @horizon, from where the stream
- * (with what it already has in the batch) stands, at most @budget.
- * Returns how many it added; *stop says why it stopped.
- */
-static unsigned int build(struct kvod_stream *s, struct kvod_batch *b,
-			  int64_t now, int64_t horizon, unsigned int budget,
-			  int *stop)
-{
-	bool one_per_msg = !s->gso;
-	bool zc = s->sk->zerocopy;
-	bool kp = kernel_paced(s);
-	int64_t due0 = 0;	/* of the open message's first packet */
-	unsigned int added = 0, segs = 0, frags = 0;
-	size_t seg = 0, msg_bytes = 0;
-	bool open = false;	/* the last message may take more segments */
-	uint64_t k = s->next_record + s->batched;
-
-	*stop = STOP_NONE;
-	for (; k < s->nrec && added < budget; k++) {
-		struct kvod_hint_record r;
-		const uint8_t *payload = NULL;
-		int64_t due = s->unpaced ? now : kvod_stream_due(s, k);
-		struct msghdr *mh;
-		uint8_t *hdr;
-		uint16_t seq;
-		uint32_t ts;
-		size_t size;
-		bool new_msg;
-		int rc;
-
-		if (due > horizon)
-			break;
-		load_record(s, k, &r);
-		rc = payload_of(s, &r, &payload);
-		if (rc == PAYLOAD_UNFILLED) {
-			*stop = STOP_UNFILLED;
-			s->blocked_due = due;
-			break;
-		}
-		if (rc == PAYLOAD_BAD) {
-			*stop = STOP_BAD;
-			break;
-		}
-		size = KVOD_RTP_HEADER + r.prefix_len + r.length;
-		new_msg = !(open && size <= seg && segs < KVOD_GSO_SEGS &&
-			    msg_bytes + size <= KVOD_MAX_DATAGRAM);
-		/* the kernel releases a message at its first packet's time */
-		if (kp && !new_msg && due - due0 > s->pacer->burst_ns)
-			new_msg = true;
-		if (zc) {
-			/* pinned pages: the header's, and the payload's */
-			uintptr_t a = (uintptr_t)payload;
-			unsigned int need = 1 + (r.length ?
-				(a + r.length - 1) / 4096 - a / 4096 + 1 : 0);
-
-			if (!new_msg && frags + need > KVOD_ZC_FRAGS)
-				new_msg = true;
-			frags = new_msg ? need : frags + need;
-		}
-		if (b->npkt == KVOD_MAX_PKTS ||
-		    (new_msg && b->nmsg == KVOD_MAX_MSGS)) {
-			*stop = STOP_FULL;
-			break;
-		}
-		hdr = header_room(b, s->sk);
-		if (!hdr) {
-			*stop = STOP_RING;
-			break;
-		}
-		if (!added) {
-			/* a new run of this stream's messages */
-			struct kvod_run *run = &b->runs[b->nrun++];
-
-			run->s = s;
-			run->msg = b->nmsg;
-			run->nmsg = 0;
-			run->pkt = b->npkt;
-		}
-		if (new_msg) {
-			if (open)
-				finish_message(b, b->nmsg - 1, s);
-			seg = size;
-			segs = 1;
-			msg_bytes = size;
-			due0 = due;
-			open = !one_per_msg;
-			start_message(b, s, seg, due);
-		} else {
-			segs++;
-			msg_bytes += size;
-			/* only the last segment may be shorter */
-			if (size < seg)
-				open = false;
-		}
-
-		seq = (uint16_t)(s->seq0 + s->seq_count + s->batched);
-		ts = s->ts0 + r.rtp_ts;
-		put_header(hdr, s, &r, seq, ts);
-		mh = &b->msgs[b->nmsg - 1].msg_hdr;
-		b->iov[b->niov].iov_base = hdr;
-		b->iov[b->niov].iov_len = KVOD_RTP_HEADER + r.prefix_len;
-		b->niov++;
-		mh->msg_iovlen++;
-		if (r.length) {
-			b->iov[b->niov].iov_base = (void *)payload;
-			b->iov[b->niov].iov_len = r.length;
-			b->niov++;
-			mh->msg_iovlen++;
-		}
-		b->msg_pkts[b->nmsg - 1]++;
-		b->due[b->npkt] = due;
-		b->octets[b->npkt] = r.prefix_len + r.length;
-		b->rtp_ts[b->npkt] = ts;
-		b->src_blob[b->npkt] = !!(r.flags & KRTP_REC_BLOB);
-		b->src_off[b->npkt] = r.offset +
-				      (b->src_blob[b->npkt] ? s->blob_off : 0);
-		b->npkt++;
-		s->batched++;
-		added++;
-	}
-	if (open)
-		finish_message(b, b->nmsg - 1, s);
-	return added;
-}
-
-/*
- * Messages @m .. @m + @n - 1 of @b went out at @t_send: count their
- * packets as sent and move their streams on.
- */
-void kvod_account(struct kvod_batch *b, unsigned int m, unsigned int n,
-		  int64_t t_send)
-{
-	struct kvod_stream *last = NULL;
-	unsigned int i, j;
-
-	for (i = m; i < m + n; i++) {
-		struct kvod_stream *s = b->runs[b->msg_run[i]].s;
-		unsigned int first = b->msg_first[i], np = b->msg_pkts[i];
-
-		if (s != last)
-			s->st.syscalls++;	/* this call carried it */
-		last = s;
-		for (j = first; j < first + np; j++) {
-			int64_t late = s->unpaced ? 0 : t_send - b->due[j];
-
-			if (late > 1000000)
-				s->st.late_1ms++;
-			if (late > 5000000)
-				s->st.late_5ms++;
-			if (late > s->st.max_late_ns)
-				s->st.max_late_ns = late;
-			s->st.payload_octets += b->octets[j];
-		}
-		s->st.packets_sent += np;
-		s->st.last_seq = (uint16_t)(s->seq0 + s->seq_count + np - 1);
-		s->st.last_rtp_ts = b->rtp_ts[first + np - 1];
-		s->st.last_due_ns = b->due[first + np - 1];
-		s->next_record += np;
-		s->seq_count += np;
-		s->batched -= np;
-		s->err_pending = false;
-		if (s->pacer) {
-			s->pacer->st.packets += np;
-			s->pacer->st.messages++;
-		}
-	}
-}
-
-/* give up on packets: they use their sequence numbers, as a loss would */
-static void drop(struct kvod_stream *s, uint64_t n, int err)
-{
-	s->next_record += n;
-	s->seq_count += n;
-	s->st.packets_dropped += n;
-	s->st.last_errno = err;
-}
-
-/* the socket's buffer is full (or the kernel short of memory): the send
- * was refused before anything went out, and may be tried again later */
-bool kvod_send_full(int err)
-{
-	return err == EAGAIN || err == EWOULDBLOCK || err == ENOBUFS;
-}
-
-static bool gso_refused(int err)
-{
-	return err == EIO || err == EINVAL || err == ENOPROTOOPT ||
-	       err == EOPNOTSUPP || err == EMSGSIZE;
-}
-
-/*
- * Message @m of @b (of stream @s) could not be sent: @err. The stream's
- * later messages in the batch are not sent either; they are built again
- * next round.
- */
-void kvod_send_failed(struct kvod_stream *s, struct kvod_batch *b,
-		      unsigned int m, int err, int64_t now)
-{
-	s->st.send_errors++;
-	s->st.last_errno = err;
-	if (kvod_send_full(err)) {
-		/* the same packets again later: nothing is skipped */
-		s->retry_at = now + KVOD_RETRY_NS;
-		return;
-	}
-	if (kernel_paced(s) && (err == EINVAL || err == EOPNOTSUPP)) {
-		/* the departure time was refused after all: pace here; if
-		 * GSO was the cause, the next try finds that out */
-		s->kpaced = false;
-		s->st.kernel_paced = 0;
-		s->st.refused |= KVOD_FEAT_TXTIME;
-		return;
-	}
-	if (s->gso && b->msg_pkts[m] > 1 && gso_refused(err)) {
-		s->gso = false;
-		s->st.gso_fallback = 1;
-		s->st.refused |= KVOD_FEAT_UDP_SEGMENT;
-		s->strategy = KVOD_STRATEGY_SENDMMSG;
-		s->st.strategy = KVOD_STRATEGY_SENDMMSG;
-		return;
-	}
-	/*
-	 * UDP reports an ICMP error (ECONNREFUSED from a closed client port)
-	 * on the next send, which then sends nothing: try once more before
-	 * deciding that this batch itself cannot be sent.
-	 */
-	if (!s->err_pending) {
-		s->err_pending = true;
-		return;
-	}
-	s->err_pending = false;
-	drop(s, b->msg_pkts[m], err);
-}
-
-static void flush(struct kvod_pacer *p, struct kvod_batch *b, int64_t now)
-{
-	if (b->nmsg) {
-		p->st.rounds++;
-		if (p->strategy == KVOD_STRATEGY_URING_GSO && p->uring)
-			kvod_flush_uring(p, b, now);
-		else if (kvod_is_mmsg_strategy(p->strategy))
-			kvod_flush_mmsg(p, b, now);
-		else
-			kvod_flush_classic(p, b, now);
-	}
-	batch_reset(b);
 }
 
 /* when record next_record is due, from the cache when it still holds */
@@ -489,7 +96,7 @@ static int64_t wake_due(struct kvod_pacer *p, struct kvod_stream *s)
 {
 	int64_t t = next_due(s), half = p->klookahead_ns / 2;
 
-	if (!kernel_paced(s) || t == INT64_MAX || t < INT64_MIN + half)
+	if (!kvod_kernel_paced(s) || t == INT64_MAX || t < INT64_MIN + half)
 		return t;
 	return t - half;
 }
@@ -516,7 +123,7 @@ static int64_t next_wake(struct kvod_pacer *p, struct kvod_stream *s,
 static void fill_stream(struct kvod_pacer *p, struct kvod_batch *b,
 			struct kvod_stream *s, int64_t now)
 {
-	int64_t horizon = now + (kernel_paced(s) ? p->klookahead_ns :
+	int64_t horizon = now + (kvod_kernel_paced(s) ? p->klookahead_ns :
 						   p->burst_ns);
 	unsigned int budget = KVOD_STREAM_ROUND_PKTS;
 
@@ -526,28 +133,28 @@ static void fill_stream(struct kvod_pacer *p, struct kvod_batch *b,
 
 		if (s->next_record + s->batched >= s->nrec)
 			return;
-		n = build(s, b, now, horizon, budget, &stop);
+		n = kvod_batch_build(s, b, now, horizon, budget, &stop);
 		budget -= n;
 		switch (stop) {
-		case STOP_FULL:
+		case KVOD_STOP_FULL:
 			flush(p, b, now);
 			b->sk = s->sk;
 			continue;
-		case STOP_RING:
+		case KVOD_STOP_RING:
 			flush(p, b, now);
 			b->sk = s->sk;
 			kvod_zc_reap(p, s->sk);
 			if (s->sk->zc->tail - s->sk->zc->head >= KVOD_ZC_SLOTS)
 				s->retry_at = now + KVOD_RETRY_NS / 4;
 			continue;
-		case STOP_UNFILLED:
+		case KVOD_STOP_UNFILLED:
 			if (!n && !s->batched)
 				s->state = KVOD_STATE_WAITING;
 			return;
-		case STOP_BAD:
+		case KVOD_STOP_BAD:
 			if (n || s->batched)
 				return;
-			drop(s, 1, ERANGE);
+			kvod_stream_drop(s, 1, ERANGE);
 			continue;
 		default:
 			return;
@@ -666,7 +273,7 @@ static int64_t pacer_round(struct kvod_pacer *p, int64_t now)
 		sk->due_tail = &s->due_next;
 	}
 
-	batch_reset(b);
+	kvod_batch_reset(b);
 	for (sk = socks; sk; sk = sk->due_next) {
 		struct kvod_stream *next;
 
@@ -703,7 +310,7 @@ static int64_t pacer_round(struct kvod_pacer *p, int64_t now)
 	}
 	flush(p, b, now);
 
-	now = kvod_now_ns();
+	now = kvod_clock_ns();
 	for (s = work; s; s = s->touched) {
 		if (s->state == KVOD_STATE_PLAYING &&
 		    s->next_record >= s->nrec)
@@ -745,7 +352,7 @@ static void *pacer_main(void *arg)
 
 	pthread_mutex_lock(&p->lock);
 	while (!p->stop) {
-		int64_t start = kvod_now_ns();
+		int64_t start = kvod_clock_ns();
 		int64_t wake = pacer_round(p, start);
 
 		/*
@@ -753,7 +360,7 @@ static void *pacer_main(void *arg)
 		 * along whatever falls due within the lookahead, so a thread
 		 * of many streams wakes once per batch, not once per packet.
 		 */
-		if (wake <= kvod_now_ns()) {
+		if (wake <= kvod_clock_ns()) {
 			yield_to_api(p);
 			continue;
 		}

@@ -24,7 +24,8 @@
 #include <sys/sendfile.h>
 #include <unistd.h>
 
-#include "pacer.h"
+#include "clock.h"
+#include "send.h"
 
 #ifndef SO_ZEROCOPY
 #define SO_ZEROCOPY		60
@@ -35,6 +36,117 @@
 #ifndef UDP_CORK
 #define UDP_CORK		1
 #endif
+
+/* --- accounting ------------------------------------------------------- */
+
+/*
+ * Messages @m .. @m + @n - 1 of @b went out at @t_send: count their
+ * packets as sent and move their streams on.
+ */
+void kvod_account(struct kvod_batch *b, unsigned int m, unsigned int n,
+		  int64_t t_send)
+{
+	struct kvod_stream *last = NULL;
+	unsigned int i, j;
+
+	for (i = m; i < m + n; i++) {
+		struct kvod_stream *s = b->runs[b->msg_run[i]].s;
+		unsigned int first = b->msg_first[i], np = b->msg_pkts[i];
+
+		if (s != last)
+			s->st.syscalls++;	/* this call carried it */
+		last = s;
+		for (j = first; j < first + np; j++) {
+			int64_t late = s->unpaced ? 0 : t_send - b->due[j];
+
+			if (late > 1000000)
+				s->st.late_1ms++;
+			if (late > 5000000)
+				s->st.late_5ms++;
+			if (late > s->st.max_late_ns)
+				s->st.max_late_ns = late;
+			s->st.payload_octets += b->octets[j];
+		}
+		s->st.packets_sent += np;
+		s->st.last_seq = (uint16_t)(s->seq0 + s->seq_count + np - 1);
+		s->st.last_rtp_ts = b->rtp_ts[first + np - 1];
+		s->st.last_due_ns = b->due[first + np - 1];
+		s->next_record += np;
+		s->seq_count += np;
+		s->batched -= np;
+		s->err_pending = false;
+		if (s->pacer) {
+			s->pacer->st.packets += np;
+			s->pacer->st.messages++;
+		}
+	}
+}
+
+/* give up on packets: they use their sequence numbers, as a loss would */
+void kvod_stream_drop(struct kvod_stream *s, uint64_t n, int err)
+{
+	s->next_record += n;
+	s->seq_count += n;
+	s->st.packets_dropped += n;
+	s->st.last_errno = err;
+}
+
+/* the socket's buffer is full (or the kernel short of memory): the send
+ * was refused before anything went out, and may be tried again later */
+bool kvod_send_full(int err)
+{
+	return err == EAGAIN || err == EWOULDBLOCK || err == ENOBUFS;
+}
+
+static bool gso_refused(int err)
+{
+	return err == EIO || err == EINVAL || err == ENOPROTOOPT ||
+	       err == EOPNOTSUPP || err == EMSGSIZE;
+}
+
+/*
+ * Message @m of @b (of stream @s) could not be sent: @err. The stream's
+ * later messages in the batch are not sent either; they are built again
+ * next round.
+ */
+void kvod_send_failed(struct kvod_stream *s, struct kvod_batch *b,
+		      unsigned int m, int err, int64_t now)
+{
+	s->st.send_errors++;
+	s->st.last_errno = err;
+	if (kvod_send_full(err)) {
+		/* the same packets again later: nothing is skipped */
+		s->retry_at = now + KVOD_RETRY_NS;
+		return;
+	}
+	if (kvod_kernel_paced(s) && (err == EINVAL || err == EOPNOTSUPP)) {
+		/* the departure time was refused after all: pace here; if
+		 * GSO was the cause, the next try finds that out */
+		s->kpaced = false;
+		s->st.kernel_paced = 0;
+		s->st.refused |= KVOD_FEAT_TXTIME;
+		return;
+	}
+	if (s->gso && b->msg_pkts[m] > 1 && gso_refused(err)) {
+		s->gso = false;
+		s->st.gso_fallback = 1;
+		s->st.refused |= KVOD_FEAT_UDP_SEGMENT;
+		s->strategy = KVOD_STRATEGY_SENDMMSG;
+		s->st.strategy = KVOD_STRATEGY_SENDMMSG;
+		return;
+	}
+	/*
+	 * UDP reports an ICMP error (ECONNREFUSED from a closed client port)
+	 * on the next send, which then sends nothing: try once more before
+	 * deciding that this batch itself cannot be sent.
+	 */
+	if (!s->err_pending) {
+		s->err_pending = true;
+		return;
+	}
+	s->err_pending = false;
+	kvod_stream_drop(s, b->msg_pkts[m], err);
+}
 
 bool kvod_is_mmsg_strategy(int strategy)
 {
@@ -208,7 +320,7 @@ void kvod_flush_mmsg(struct kvod_pacer *p, struct kvod_batch *b, int64_t now)
 		r = sendmmsg(sk->fd, b->msgs + m, b->nmsg - m, flags);
 		/* stamped after the call: a call of a thousand messages takes
 		 * milliseconds, and its last packet is only out at the end */
-		t = kvod_now_ns();
+		t = kvod_clock_ns();
 		p->st.syscalls++;
 		if (r > 0) {
 			if (sk->zerocopy)
@@ -406,7 +518,7 @@ void kvod_flush_classic(struct kvod_pacer *p, struct kvod_batch *b,
 		struct kvod_run *run = &b->runs[b->msg_run[m]];
 		uint64_t before = p->st.syscalls;
 		int err = send_one(p, b, run->s, m);
-		int64_t t = kvod_now_ns();
+		int64_t t = kvod_clock_ns();
 
 		/* every call made for the packet counts for its stream
 		 * (kvod_account() counts one) */

@@ -7,7 +7,7 @@
  * The scan works on [start, end) of a buffer that holds the file from
  * offset 0, and carries its state in struct kvod_ts_index, so a growing
  * file can be indexed in pieces; the PSI tables (PAT/PMT) are parsed once
- * in Python (rtpengine/mpegts.py), which then configures the scan.
+ * in Python (rtpengine/index/mpegts.py), which then configures the scan.
  */
 #ifndef KVOD_TS_INDEX_H
 #define KVOD_TS_INDEX_H

@@ -15,7 +15,8 @@
 #include <sched.h>
 #include <stdlib.h>
 
-#include "pacer.h"
+#include "clock.h"
+#include "send.h"
 
 struct kvod_uring {
 	struct io_uring ring;
@@ -126,7 +127,7 @@ void kvod_flush_uring(struct kvod_pacer *p, struct kvod_batch *b,
 					 now);
 		return;
 	}
-	t = kvod_now_ns();	/* after the sends, as in send.c */
+	t = kvod_clock_ns();	/* after the sends, as in send.c */
 	for (i = 0; i < b->nrun; i++) {
 		struct kvod_run *run = &b->runs[i];
 		unsigned int ok = 0;

@@ -15,7 +15,7 @@ import argparse
 import json
 import sys
 
-from rtpengine.bench_datapath import format_table
+from rtpengine.bench.datapath import format_table
 from tests.kernel import qemu
 
 

@@ -19,8 +19,8 @@ import pytest
 
 from rtpengine.engine import Engine, now_ns
 from rtpengine.qdisc import FqDetector
-from tests.test_engine import MS, Receiver, chunk_records, expected, open_stream, wait_state
-from tests.test_engine import write_hints as write_engine_hints
+from tests.helpers.engine import MS, Receiver, chunk_records, expected, open_stream, wait_state
+from tests.helpers.engine import write_hints as write_engine_hints
 
 LOOKAHEAD = 200 * MS
 GAP = 3 * MS

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import errno
 import os
+import struct
 import time
 
 import pytest
 
 from rtpengine import krtp
-from tests.kernel.guest.conftest import (SEC, chunk_records, expected, open_stream,
-                                         wait_state, write_hints)
+from tests.helpers.engine import SEC, chunk_records, expected, open_stream, wait_state, write_hints
 
 
 # --- commands --------------------------------------------------------------------
@@ -124,3 +124,24 @@ def test_what_the_module_does_not_stream_goes_to_user_space(engine_factory, rece
             stream.set_hints(h, len(want), growing=True)
     assert exc.value.errno == errno.EOPNOTSUPP
     sock.close()
+
+
+def test_play_says_where_it_starts(engine_factory, receivers, tmp_path, tmpfs_copy, ts_file):
+    # as the user-space engine's play(): the first packet's seq, RTP time, npt
+    media = tmpfs_copy(ts_file)
+    recs = chunk_records(os.path.getsize(media), 10 * SEC)
+    hints = write_hints(tmp_path / "s.hint", recs)
+    kw = dict(ssrc=7, seq0=65530, ts0=0xFFFFFF00)
+    rx = receivers()
+    stream = open_stream(engine_factory(), rx.sender(), media, hints, **kw)
+    start = stream.play()
+    first = struct.unpack_from("!HI", rx.collect(1)[0], 2)
+    assert (start.record, start.seq, start.rtp_ts, start.send_ns) == (0, *first, 0)
+    time.sleep(0.3)
+    start = stream.play(start_record=500)       # a seek while playing
+    st = wait_state(stream, "ended")
+    got = rx.settle()
+    before = st.packets_sent - (len(recs) - 500)
+    assert struct.unpack_from("!HI", got[before], 2) == (start.seq, start.rtp_ts)
+    assert start.record == 500 and start.send_ns == recs[500].send_ns
+    assert start.seq == (65530 + before) & 0xFFFF

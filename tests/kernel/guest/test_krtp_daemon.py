@@ -9,9 +9,9 @@ import subprocess
 import pytest
 
 from rtpengine import krtp
-from tests.kvod_daemon import KvodDaemon
-from tests.media import make_ts
-from tests.test_integration import gst_finished
+from tests.helpers.daemon import KvodDaemon
+from tests.helpers.titles import make_ts
+from tests.helpers.players import gst_finished
 
 
 def sha256(path) -> str:

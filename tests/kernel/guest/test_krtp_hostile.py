@@ -20,8 +20,8 @@ import pytest
 
 from rtpengine import krtp
 from rtpengine.hintfile import REC_BLOB, HintRecord
-from tests.kernel.guest.conftest import (SEC, STRATEGIES, chunk_records, expected,
-                                         open_stream, raw_fd, wait_state, write_hints)
+from tests.helpers.engine import SEC, chunk_records, expected, open_stream, wait_state, write_hints
+from tests.helpers.krtp import STRATEGIES, raw_fd
 
 
 # --- hostile callers --------------------------------------------------------------

@@ -19,10 +19,9 @@ import pytest
 
 from rtpengine import krtp
 from rtpengine.hintfile import REC_BLOB, REC_MARKER, HintRecord
-from tests.kernel.guest.conftest import (SEC, SPLICE_KERNEL, STRATEGIES, chunk_records,
-                                         expected, open_stream, raw_fd, wait_state,
-                                         write_hints)
-from tests.test_engine import difference
+from tests.helpers.engine import SEC, chunk_records, expected, open_stream, wait_state, write_hints
+from tests.helpers.krtp import SPLICE_KERNEL, STRATEGIES, raw_fd
+from tests.helpers.engine import difference
 
 
 # --- the ABI handshake ---------------------------------------------------------

@@ -1,0 +1,101 @@
+"""Start-up latency of a real daemon: DESCRIBE or PLAY to the first RTP packet.
+
+Runs ``kvod serve`` as a child process on loopback with a throw-away
+catalog holding one title, then opens ``sessions`` sessions one after the
+other and times, for each:
+
+- ``play``: from sending PLAY to the arrival of the first RTP packet;
+- ``describe``: from sending DESCRIBE on a fresh connection (already
+  connected) through SETUP and PLAY to the first RTP packet.
+
+``ports`` is the daemon's ``[rtsp] server_ports``: a pair bound per
+session, or the one shared pair.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import tempfile
+import time
+from typing import Callable
+
+from appliance.bench.daemon import ServeProcess, free_tcp_port, loopback_config
+from appliance.bench.rtsp_client import RtpReceiver, RtspClient
+from rtpengine.bench.stats import percentile
+
+
+class _Daemon:
+    """kvod serve in a temporary folder, for the length of a benchmark."""
+
+    def __init__(self, media_path: str, ports: str = "per-session"):
+        self.tmp = tempfile.TemporaryDirectory(prefix="kvod-bench-")
+        self.port = free_tcp_port()
+        config = os.path.join(self.tmp.name, "kvod.toml")
+        with open(config, "w") as f:
+            f.write(loopback_config(self.port, free_tcp_port(),
+                                    rtsp=f'rtp_port_min = 40000\nrtp_port_max = 49998\n'
+                                         f'server_ports = "{ports}"\n',
+                                    sections='[cache]\ndir = "cache"\n'))
+        self.serve = ServeProcess(config, self.port, os.path.join(self.tmp.name, "kvod.log"))
+        subprocess.run(self.serve.command("catalog", "add", media_path, "--name", "bench"),
+                       check=True, capture_output=True, timeout=300)
+        self.serve.start()
+
+    def close(self) -> None:
+        try:
+            self.serve.stop()
+        except TimeoutError:
+            pass  # killed; a benchmark has nothing more to say about it
+        self.tmp.cleanup()
+
+
+def _one_session(port: int, name: str = "bench") -> tuple[float, float]:
+    receiver = RtpReceiver()
+    client = RtspClient("127.0.0.1", port)
+    try:
+        url = client.url(name)
+        t_describe = time.monotonic_ns()
+        resp = client.request("DESCRIBE", url, [("Accept", "application/sdp")])
+        if resp.status != 200:
+            raise RuntimeError(f"DESCRIBE answered {resp.status}")
+        session, _, _ = client.setup_udp(url + "/trackID=0", receiver.ports)
+        t_play = time.monotonic_ns()
+        resp = client.request("PLAY", url + "/", [("Session", session), ("Range", "npt=0-")])
+        if resp.status != 200:
+            raise RuntimeError(f"PLAY answered {resp.status}")
+        if not receiver.wait_for(1, timeout=5):
+            raise RuntimeError("no RTP packet within 5 s of PLAY")
+        first = receiver.packets[0][0]
+        client.request("TEARDOWN", url + "/", [("Session", session)])
+        return (first - t_describe) / 1e6, (first - t_play) / 1e6
+    finally:
+        client.close()
+        receiver.close()
+
+
+def run_latency(media_path: str, sessions: int = 50,
+                progress: Callable[[float], None] | None = None,
+                ports: str = "per-session") -> dict:
+    """Time ``sessions`` start-ups against a fresh daemon whose server ports
+    are ``ports`` (``"per-session"`` or ``"shared"``); milliseconds."""
+    daemon = _Daemon(media_path, ports)
+    try:
+        _one_session(daemon.port)  # warm the page cache and the catalog
+        describe, play = [], []
+        for i in range(sessions):
+            d, p = _one_session(daemon.port)
+            describe.append(d)
+            play.append(p)
+            if progress:
+                progress((i + 1) / sessions)
+    finally:
+        daemon.close()
+    return {
+        "sessions": sessions,
+        "server_ports": ports,
+        "play_to_first_rtp_ms": {"p50": round(percentile(play, 0.5), 3),
+                                 "p99": round(percentile(play, 0.99), 3)},
+        "describe_to_first_rtp_ms": {"p50": round(percentile(describe, 0.5), 3),
+                                     "p99": round(percentile(describe, 0.99), 3)},
+    }

@@ -1,0 +1,163 @@
+"""The proxy cache measured against a local nginx origin (``kvod bench proxy``).
+
+Runs nginx (Debian's nginx-light) and ``kvod serve`` as child processes on
+loopback, in a temporary folder, and measures:
+
+- miss -> first packet: DESCRIBE of a title the cache has never seen
+  (probe, catalog entry, fill start) through SETUP and PLAY to the first
+  RTP packet, over ``misses`` distinct titles; the same for hits;
+- origin bytes per title byte: ``viewers`` viewers of one uncached title
+  at once, bytes the origin sent (its access log) over the title's size;
+- fill throughput: a large title prefetched through the daemon, against
+  what a plain HTTP client reads from the same origin.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import threading
+import time
+import urllib.request
+from typing import Callable, Optional
+
+from appliance.bench.daemon import ServeProcess, free_tcp_port, loopback_config
+from appliance.bench.latency import _one_session
+from appliance.bench.nginx_origin import NginxOrigin
+from appliance.bench.rtsp_client import RtpReceiver, RtspClient
+from rtpengine.bench.stats import percentile
+
+
+class _ProxyDaemon:
+    """kvod serve with an origin, in ``folder``."""
+
+    def __init__(self, folder: str, base_url: str) -> None:
+        self.port = free_tcp_port()
+        self.admin_port = free_tcp_port()
+        config = os.path.join(folder, "kvod.toml")
+        with open(config, "w") as f:
+            f.write(loopback_config(self.port, self.admin_port,
+                                    rtsp="rtp_port_min = 40000\nrtp_port_max = 49998\n",
+                                    sections=f'[origin]\nbase_url = "{base_url}"\n'
+                                             f'[cache]\ndir = "cache"\n'))
+        self.serve = ServeProcess(config, self.port, os.path.join(folder, "kvod.log"))
+        self.serve.start()
+
+    def admin(self, method: str, path: str) -> dict:
+        req = urllib.request.Request(f"http://127.0.0.1:{self.admin_port}{path}", method=method,
+                                     data=b"" if method == "POST" else None)
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return json.loads(resp.read())
+
+    def wait_complete(self, name: str, timeout: float = 600) -> float:
+        """Seconds until ``name`` is complete."""
+        started = time.monotonic()
+        while time.monotonic() - started < timeout:
+            titles = {t["name"]: t for t in self.admin("GET", "/cache")["titles"]}
+            if titles.get(name, {}).get("state") == "complete":
+                return time.monotonic() - started
+            time.sleep(0.02)
+        raise RuntimeError(f"{name} not complete after {timeout} s")
+
+    def close(self) -> None:
+        try:
+            self.serve.stop(15)
+        except TimeoutError:
+            pass  # killed; a benchmark has nothing more to say about it
+
+
+def _viewer(port: int, name: str, seconds: float, out: list) -> None:
+    receiver = RtpReceiver()
+    client = RtspClient("127.0.0.1", port)
+    try:
+        url = client.url(name)
+        client.request("DESCRIBE", url)
+        session, _, _ = client.setup_udp(url + "/trackID=0", receiver.ports)
+        client.request("PLAY", url + "/", [("Session", session)])
+        time.sleep(seconds)
+        client.request("TEARDOWN", url + "/", [("Session", session)])
+        out.append(len(receiver.packets))
+    finally:
+        client.close()
+        receiver.close()
+
+
+def _read_all(url: str) -> tuple[int, float]:
+    started = time.monotonic()
+    n = 0
+    with urllib.request.urlopen(url, timeout=60) as resp:
+        while chunk := resp.read(1 << 20):
+            n += len(chunk)
+    return n, time.monotonic() - started
+
+
+def run_proxy(media_path: str, big_path: str, *, misses: int = 50, viewers: int = 4,
+              progress: Optional[Callable[[float], None]] = None) -> dict:
+    """Measure the miss path, shared fills and fill throughput; milliseconds and MB/s."""
+    with tempfile.TemporaryDirectory(prefix="kvod-bench-proxy-") as tmp:
+        library = os.path.join(tmp, "library")
+        os.makedirs(os.path.join(library, "miss"))
+        for i in range(misses + 1):
+            os.symlink(media_path, os.path.join(library, "miss", f"t{i}.ts"))
+        os.symlink(media_path, os.path.join(library, "shared.ts"))
+        os.symlink(big_path, os.path.join(library, "big.ts"))
+        os.makedirs(os.path.join(tmp, "nginx"))
+        nginx = NginxOrigin(os.path.join(tmp, "nginx"), library)
+        daemon = None
+        try:
+            daemon = _ProxyDaemon(tmp, nginx.base_url)
+            _one_session(daemon.port, f"miss/t{misses}.ts")  # warm up imports and pools
+            miss_describe, miss_play = [], []
+            for i in range(misses):
+                d, p = _one_session(daemon.port, f"miss/t{i}.ts")
+                miss_describe.append(d)
+                miss_play.append(p)
+                if progress:
+                    progress(0.6 * (i + 1) / misses)
+            daemon.wait_complete(f"miss/t{misses - 1}.ts")
+            hit_describe = [_one_session(daemon.port, f"miss/t{i}.ts")[0]
+                            for i in range(min(misses, 20))]
+
+            counts: list[int] = []
+            threads = [threading.Thread(target=_viewer, args=(daemon.port, "shared.ts", 2.0,
+                                                               counts)) for _ in range(viewers)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(60)
+            daemon.wait_complete("shared.ts")
+            shared_ratio = nginx.bytes_sent("shared.ts") / os.path.getsize(media_path)
+            if progress:
+                progress(0.7)
+
+            size, _ = _read_all(nginx.base_url + "big.ts")   # warms the page cache
+            _, origin_s = _read_all(nginx.base_url + "big.ts")
+            sent_before = nginx.bytes_sent("big.ts")
+            started = time.monotonic()
+            daemon.admin("POST", "/cache/prefetch?name=big.ts")
+            daemon.wait_complete("big.ts")
+            fill_s = time.monotonic() - started
+            big_ratio = (nginx.bytes_sent("big.ts") - sent_before) / size
+            if progress:
+                progress(1.0)
+        finally:
+            if daemon is not None:
+                daemon.close()
+            nginx.stop()
+
+    def pct(values: list[float]) -> dict:
+        return {"p50": round(percentile(values, 0.5), 3),
+                "p99": round(percentile(values, 0.99), 3)}
+    return {
+        "misses": misses,
+        "miss_describe_to_first_rtp_ms": pct(miss_describe),
+        "miss_play_to_first_rtp_ms": pct(miss_play),
+        "hit_describe_to_first_rtp_ms": pct(hit_describe),
+        "shared_fill": {"viewers": viewers, "origin_bytes_per_title_byte": round(shared_ratio, 4),
+                        "packets_per_viewer": counts},
+        "fill": {"title_bytes": size, "fill_s": round(fill_s, 3),
+                 "fill_mb_per_s": round(size / fill_s / 1e6, 1),
+                 "origin_read_mb_per_s": round(size / origin_s / 1e6, 1),
+                 "origin_bytes_per_title_byte": round(big_ratio, 4)},
+    }

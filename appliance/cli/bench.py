@@ -1,0 +1,199 @@
+"""``kvod bench …``: every benchmark as a click command.
+
+The benchmarks themselves live in ``rtpengine/bench`` (data path) and
+``appliance/bench`` (control plane) and import lazily, so ``kvod --help``
+stays instant.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from appliance.cli.common import human_bytes, progress_bar
+
+
+@click.group()
+def bench() -> None:
+    """Measure the data path."""
+
+
+@bench.command("datapath")
+@click.option("--size", default="1GiB", show_default=True, help="Size of the title sent.")
+@click.option("--payload", default="1316", show_default=True,
+              help="RTP payload bytes; a comma list runs each (e.g. 512,1024,1316).")
+@click.option("--sink", type=click.Choice(["loopback", "nic"]), default="loopback",
+              show_default=True,
+              help="loopback: a 127.0.0.1 socket that never reads; nic: an ifb device "
+                   "in a private network namespace (root) that frees every packet.")
+@click.option("--offload", is_flag=True,
+              help="nic sink: leave UDP segmentation to the device (default: software).")
+@click.option("--strategy", "strategies", multiple=True,
+              help="Only these strategies (repeatable); default all.")
+@click.option("--repeat", default=1, show_default=True,
+              help="Runs of each strategy, interleaved; the least CPU counts.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def bench_datapath(size: str, payload: str, sink: str, offload: bool,
+                   strategies: tuple[str, ...], repeat: int, as_json: bool) -> None:
+    """CPU per GiB of every send strategy, side by side (the research's table)."""
+    from rtpengine.bench.datapath import format_table, parse_size, run_datapath
+    from rtpengine.bench.netns_sink import SinkError
+    payloads = tuple(int(p) for p in payload.split(",") if p.strip())
+    try:
+        with progress_bar("datapath", as_json and not sys.stderr.isatty()) as progress:
+            result = run_datapath(size=parse_size(size), payloads=payloads, sink=sink,
+                                  offload=offload, strategies=list(strategies) or None,
+                                  repeat=repeat, progress=progress)
+    except (SinkError, ValueError, RuntimeError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(json.dumps(result, indent=2) if as_json else format_table(result))
+
+
+@bench.command("streams")
+@click.option("--sessions", default="1000", show_default=True,
+              help="Paced streams (a comma list runs each).")
+@click.option("--bitrate", default="4M", show_default=True, help="Bit rate of the title.")
+@click.option("--seconds", default=10.0, show_default=True, help="Length of each run.")
+@click.option("--sample", default=20, show_default=True,
+              help="Streams also sent to real receivers on loopback, timed on arrival.")
+@click.option("--strategy", default="auto", show_default=True, help="Engine send strategy.")
+@click.option("--sink", type=click.Choice(["nic", "loopback"]), default="nic",
+              show_default=True, help="Where the other streams go (nic needs root).")
+@click.option("--ports", type=click.Choice(["shared", "per-session"]), default="shared",
+              show_default=True, help="One server port for all, or one per session.")
+@click.option("--lookahead-ms", default=2.0, show_default=True,
+              help="How early a packet may leave to share a batch (engine lookahead).")
+@click.option("--offload", is_flag=True,
+              help="The nic sink takes GSO datagrams whole, as a NIC with UDP "
+                   "segmentation offload does (default: the kernel segments in software).")
+@click.option("--burst-ms", default=20.0, show_default=True,
+              help="A stream that sends also sends what it has due this soon, in one "
+                   "GSO message (engine burst, as [engine] burst_ms; at least the "
+                   "lookahead).")
+@click.option("--pacing", type=click.Choice(["engine", "kernel", "auto"]), default="engine",
+              show_default=True,
+              help="Who keeps packets to time: the engine, the kernel (SO_TXTIME: on time "
+                   "only under the fq qdisc; shared ports stay engine-paced), or auto (fq seen).")
+@click.option("--search", is_flag=True,
+              help="Then search for the most streams keeping >= 99.9% within 5 ms.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def bench_streams(sessions: str, bitrate: str, seconds: float, sample: int,
+                  strategy: str, sink: str, ports: str, lookahead_ms: float,
+                  offload: bool, burst_ms: float, pacing: str, search: bool,
+                  as_json: bool) -> None:
+    """CPU per stream-second and timeliness of N paced streams."""
+    from rtpengine.bench.scale import format_table, run_scale
+    from rtpengine.bench.netns_sink import SinkError
+    counts = [int(n) for n in sessions.split(",") if n.strip()]
+    try:
+        with progress_bar("streams", as_json and not sys.stderr.isatty()) as progress:
+            result = run_scale(counts, bitrate=bitrate, seconds=seconds, sample=sample,
+                               strategy=strategy, sink=sink, shared=ports == "shared",
+                               search=search, lookahead_ns=int(lookahead_ms * 1e6),
+                               burst_ns=int(burst_ms * 1e6), offload=offload,
+                               pacing=pacing,
+                               progress=progress)
+    except (SinkError, ValueError, RuntimeError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(json.dumps(result, indent=2) if as_json else format_table(result))
+
+
+@bench.command("index")
+@click.option("--size-mb", default=200, show_default=True, help="Size of the title indexed.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def bench_index(size_mb: int, as_json: bool) -> None:
+    """MPEG-TS indexing speed (MB/s) on a page-cached file."""
+    from rtpengine.bench import index as bi
+    result = bi.run(size_mb=size_mb)
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    click.echo(f"indexed {result['path']} ({result['size_bytes'] / 2**20:.1f} MiB, "
+               f"{result['records']} records, {result['runs']} runs, page-cached)")
+    click.echo(f"  best   {result['mb_per_s_best']:10.1f} MB/s")
+    click.echo(f"  median {result['mb_per_s_median']:10.1f} MB/s   (target >= 300 MB/s)")
+    click.echo(f"  {result['records_per_s'] / 1e6:.2f} M records/s")
+
+
+@bench.command("latency")
+@click.option("--sessions", default=50, show_default=True, help="Sessions timed.")
+@click.option("--bitrate", default="4M", show_default=True, help="Bit rate of the title.")
+@click.option("--ports", type=click.Choice(["per-session", "shared"]), default="per-session",
+              show_default=True, help="The daemon's [rtsp] server_ports.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def bench_latency(sessions: int, bitrate: str, ports: str, as_json: bool) -> None:
+    """Start-up latency of a real daemon: PLAY or DESCRIBE to the first RTP packet."""
+    from appliance.bench.latency import run_latency
+    from rtpengine.bench.media import bench_title
+    media = bench_title(bitrate=bitrate, seconds=30)
+    with progress_bar("latency", as_json and not sys.stderr.isatty()) as progress:
+        result = run_latency(media, sessions, progress=progress, ports=ports)
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    click.echo(f"start-up latency over {result['sessions']} sessions on loopback, "
+               f"{ports} server ports "
+               "(a well-known C++ server measured here: 0.3 ms / 1.4 ms):")
+    for key, label in (("play_to_first_rtp_ms", "PLAY -> first RTP"),
+                       ("describe_to_first_rtp_ms", "DESCRIBE -> first RTP")):
+        click.echo(f"  {label:<22} p50 {result[key]['p50']:.3f} ms  p99 {result[key]['p99']:.3f} ms")
+
+
+@bench.command("proxy")
+@click.option("--misses", default=50, show_default=True, help="Uncached titles timed.")
+@click.option("--viewers", default=4, show_default=True,
+              help="Viewers of one uncached title at once.")
+@click.option("--bitrate", default="4M", show_default=True, help="Bit rate of the titles.")
+@click.option("--big-mb", default=150, show_default=True,
+              help="Size of the title filled for throughput (MB, at 20 Mb/s).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def bench_proxy(misses: int, viewers: int, bitrate: str, big_mb: int, as_json: bool) -> None:
+    """Miss -> first packet latency, shared fills, fill throughput (local nginx origin)."""
+    from appliance.bench.proxy import run_proxy
+    from rtpengine.bench.media import bench_title
+    media = bench_title(bitrate=bitrate, seconds=20)
+    big = bench_title(bitrate="20M", seconds=max(10, big_mb * 8 // 20))
+    with progress_bar("proxy", quiet=False) as progress:
+        result = run_proxy(media, big, misses=misses, viewers=viewers, progress=progress)
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    m, h = result["miss_describe_to_first_rtp_ms"], result["hit_describe_to_first_rtp_ms"]
+    click.echo(f"miss DESCRIBE -> first RTP over {misses} titles: p50 {m['p50']:.2f} ms  "
+               f"p99 {m['p99']:.2f} ms (goal p99 <= 50 ms)")
+    click.echo(f"hit  DESCRIBE -> first RTP:                  p50 {h['p50']:.2f} ms  "
+               f"p99 {h['p99']:.2f} ms")
+    s, f = result["shared_fill"], result["fill"]
+    click.echo(f"{s['viewers']} viewers of one uncached title: "
+               f"{s['origin_bytes_per_title_byte']:.4f} origin bytes per title byte")
+    click.echo(f"fill of {f['title_bytes'] / 1e6:.0f} MB: {f['fill_mb_per_s']:.1f} MB/s "
+               f"(the origin read plainly: {f['origin_read_mb_per_s']:.1f} MB/s), "
+               f"{f['origin_bytes_per_title_byte']:.4f} origin bytes per title byte")
+
+
+@bench.command("cache")
+@click.option("--titles", default=500, show_default=True)
+@click.option("--requests", default=20000, show_default=True)
+@click.option("--alpha", default=0.8, show_default=True, help="Zipf exponent.")
+@click.option("--cache-fraction", default=0.10, show_default=True,
+              help="Cache size as a share of the library's bytes.")
+@click.option("--keep-fraction", default=0.0, show_default=True,
+              help="Share of each title tail eviction keeps.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def bench_cache(titles: int, requests: int, alpha: float, cache_fraction: float,
+                keep_fraction: float, as_json: bool) -> None:
+    """Byte hit ratio of each eviction policy on a synthetic Zipf trace."""
+    from appliance.bench.cache_sim import run
+    result = run(titles=titles, requests=requests, alpha=alpha,
+                 cache_fraction=cache_fraction, keep_fraction=keep_fraction)
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    click.echo(f"Zipf({alpha}) over {titles} titles, {requests} plays, cache at "
+               f"{cache_fraction:.0%} of the library ({human_bytes(result['capacity_bytes'])})")
+    click.echo(f"{'policy':>7} {'byte hit ratio':>15} {'hit ratio':>10} {'evictions':>10}")
+    for name, p in result["policies"].items():
+        click.echo(f"{name:>7} {p['byte_hit_ratio']:>15.4f} {p['hit_ratio']:>10.4f} "
+                   f"{p['evictions']:>10}")

@@ -1,0 +1,167 @@
+"""What every ``kvod`` subcommand shares: the config and catalog openers,
+the way to the running daemon's admin endpoint, and output helpers.
+
+One admin-address parser lives here: every command that talks to the
+daemon (``status``, ``cache …``) reads ``[admin] listen`` the same way, so
+no command can conclude "no daemon runs" from a listen form another
+command understands.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+import urllib.error
+import urllib.parse
+import urllib.request
+from typing import Iterator, Optional
+
+import click
+
+DEFAULT_CONFIG = "/etc/kvod/kvod.toml"
+ADMIN_TIMEOUT = 5.0
+
+
+def load_config(path: Optional[str]):
+    """The Config at ``path`` (or the default file, or built-in defaults);
+    a bad file is a one-line click error."""
+    from appliance.config import ConfigError
+    from appliance.config import load_config as load
+    if path is None and os.path.exists(DEFAULT_CONFIG):
+        path = DEFAULT_CONFIG
+    try:
+        return load(path)
+    except (ConfigError, OSError) as exc:
+        raise click.ClickException(f"config: {exc}") from None
+
+
+def config_of(ctx: click.Context):
+    """The Config named by the group's ``--config``, loaded once per run."""
+    root = ctx.find_root()
+    root.ensure_object(dict)
+    if "config" not in root.obj:
+        root.obj["config"] = load_config(root.obj.get("config_path"))
+    return root.obj["config"]
+
+
+def open_catalog(config):
+    """The catalog of ``config``; a bad catalog is a one-line click error."""
+    from catalog import CatalogError
+    from catalog import open_catalog as open_db
+    try:
+        return open_db(config.catalog.path)
+    except CatalogError as exc:
+        raise click.ClickException(f"catalog {config.catalog.path}: {exc}") from None
+
+
+def _split_unescaped(text: str, sep: str) -> list[str]:
+    """``text`` split at each ``sep`` not escaped by a backslash, with the
+    escapes removed (Twisted's endpoint string quoting)."""
+    parts, current, chars = [], [], iter(text)
+    for char in chars:
+        if char == "\\":
+            current.append(next(chars, ""))
+        elif char == sep:
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+    parts.append("".join(current))
+    return parts
+
+
+def admin_address(listen: str) -> Optional[tuple[str, int]]:
+    """(host, port) at which a client reaches a server listening on the
+    Twisted endpoint string ``listen``, or None when it is not TCP.
+
+    Understands every TCP form Twisted's ``serverFromString`` takes:
+    ``tcp:PORT``, ``tcp:port=PORT``, positional or keyword ``interface``
+    and ``backlog``, ``tcp6:``, and backslash-escaped colons in IPv6
+    interfaces. A wildcard interface is reached on loopback.
+    """
+    kind, *args = _split_unescaped(listen, ":")
+    if kind not in ("tcp", "tcp6"):
+        return None
+    positional = [a for a in args if "=" not in a]
+    options = dict(a.split("=", 1) for a in args if "=" in a)
+    # serverFromString's TCP parser takes (port, interface, backlog) positionally
+    names = ("port", "interface", "backlog")
+    for name, value in zip(names, positional):
+        options.setdefault(name, value)
+    try:
+        port = int(options["port"])
+    except (KeyError, ValueError):
+        return None
+    host = options.get("interface", "")
+    if host in ("", "0.0.0.0"):
+        host = "::1" if kind == "tcp6" and host == "" else "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    return host, port
+
+
+def admin_url(config) -> Optional[str]:
+    """``http://host:port`` of the daemon's admin endpoint, if it is TCP."""
+    address = admin_address(config.admin.listen)
+    if address is None:
+        return None
+    host, port = address
+    return f"http://{'[' + host + ']' if ':' in host else host}:{port}"
+
+
+def admin_call(config, method: str, path: str, **query) -> Optional[tuple[int, dict]]:
+    """(status, JSON) from the daemon, or None when no daemon answers."""
+    base = admin_url(config)
+    if base is None:
+        return None
+    url = base + path + ("?" + urllib.parse.urlencode(query) if query else "")
+    req = urllib.request.Request(url, method=method, data=b"" if method == "POST" else None)
+    try:
+        with urllib.request.urlopen(req, timeout=ADMIN_TIMEOUT) as resp:
+            return resp.status, json.loads(resp.read() or b"{}")
+    except urllib.error.HTTPError as exc:
+        try:
+            return exc.code, json.loads(exc.read() or b"{}")
+        except ValueError:
+            return exc.code, {"error": exc.reason}
+    except (urllib.error.URLError, OSError, ValueError):
+        return None
+
+
+def human_bytes(n: Optional[int]) -> str:
+    """``n`` bytes as people read them: ``512 B``, ``1.5 MiB``; ``-`` for None."""
+    if n is None:
+        return "-"
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return str(n)
+
+
+def duration(ns: Optional[int]) -> str:
+    """A duration in ns as ``h:mm:ss.mmm``; ``-`` when unknown."""
+    if not ns:
+        return "-"
+    s = ns / 1e9
+    return f"{int(s // 3600)}:{int(s % 3600 // 60):02d}:{s % 60:06.3f}"
+
+
+@contextlib.contextmanager
+def progress_bar(label: str, quiet: bool) -> Iterator:
+    """A progress bar on stderr fed fractions 0..1."""
+    if quiet:
+        yield lambda fraction: None
+        return
+    with click.progressbar(length=1000, label=label, file=sys.stderr) as bar:
+        done = [0]
+
+        def progress(fraction: float) -> None:
+            step = int(min(max(fraction, 0.0), 1.0) * 1000)
+            if step > done[0]:
+                bar.update(step - done[0])
+                done[0] = step
+        yield progress

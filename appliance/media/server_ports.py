@@ -1,0 +1,283 @@
+"""The server's RTP/RTCP UDP ports: one pair per stream, or one pair for all.
+
+``[rtsp] server_ports`` picks the mode:
+
+- ``"per-session"``: each stream binds the next free even port of
+  ``rtp_port_min..rtp_port_max`` for RTP (a socket connected to its client,
+  handed to the engine) and the odd one above for RTCP;
+- ``"shared"``: the backend binds one pair (``shared_rtp_port``, +1) per
+  address family, unconnected. Every stream's engine stream sends from the
+  one RTP socket and names its client, so the engine batches many clients
+  into one system call; RTCP to clients goes out by ``sendto`` from the one
+  RTCP socket, and RTCP from clients is handed to its stream by
+  :class:`appliance.media.rtcp_demux.RtcpDemux`.
+
+Both give a stream a :class:`PortLease`: the socket for the engine, the
+destination to name (shared only), and how to send the few packets Python
+sends itself. Closing a lease releases only what the stream owns.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+from typing import Callable, Iterator, Protocol
+
+from twisted.internet import error as terror
+from twisted.internet.protocol import DatagramProtocol
+
+from appliance.rtsp.media_api import MediaUnavailable
+from appliance.media.rtcp_demux import RtcpDemux, plain_host
+from rtpengine import rtcp
+
+log = logging.getLogger(__name__)
+
+# One socket sends for every client: room for the batches of many streams.
+SHARED_SNDBUF = 8 << 20
+# Nobody reads RTP arriving at the server (NAT openers of some clients).
+SHARED_RCVBUF = 1 << 16
+
+
+class ReportTaker(Protocol):
+    """What a lease's owner does with RTCP from its client."""
+
+    label: str
+    client_host: str
+    client_ports: tuple[int, int]
+    ssrc: int
+
+    def receiver_report(self, packets) -> None:
+        """Take the figures of a parsed compound RTCP packet from the client."""
+
+
+class RtcpPort(DatagramProtocol):
+    """A server RTCP socket: parses what arrives and hands it to ``deliver``."""
+
+    noisy = False  # one per session in per-session mode: Twisted's lines are noise
+
+    def __init__(self, label: str, deliver: Callable[[tuple, list], None]):
+        self.label = label
+        self.deliver = deliver
+
+    def datagramReceived(self, data: bytes, addr) -> None:  # noqa: N802 (Twisted API)
+        try:
+            packets = rtcp.parse_compound(data)
+        except rtcp.RtcpError as exc:
+            log.debug("%s: bad RTCP from %s: %s", self.label, addr, exc)
+            return
+        self.deliver(addr, packets)
+
+
+class PortLease:
+    """A stream's use of a server port pair, owned or shared."""
+
+    def __init__(self, *, sock: socket.socket, rtcp_port, server_ports: tuple[int, int],
+                 client_host: str, client_ports: tuple[int, int], shared: bool,
+                 release: Callable[[], None], label: str):
+        self.sock = sock
+        self.rtcp_port = rtcp_port
+        self.server_ports = server_ports
+        self.client_host = client_host
+        self.client_ports = client_ports
+        self.shared = shared
+        self.label = label
+        self._release: Callable[[], None] | None = release
+
+    @property
+    def dest(self) -> tuple[str, int] | None:
+        """The engine's ``dest``: the client's RTP address on a shared socket."""
+        return (self.client_host, self.client_ports[0]) if self.shared else None
+
+    def send_rtp(self, data: bytes) -> bool:
+        """One RTP packet to the client; False if the send failed."""
+        try:
+            self.sock.sendto(data, (self.client_host, self.client_ports[0]))
+        except OSError as exc:
+            log.debug("stream %s: RTP not sent: %s", self.label, exc)
+            return False
+        return True
+
+    def send_rtcp(self, data: bytes) -> None:
+        """One compound RTCP packet to the client's RTCP port."""
+        try:
+            self.rtcp_port.write(data, (self.client_host, self.client_ports[1]))
+        except OSError as exc:  # the client's RTCP port may be gone
+            log.debug("stream %s: RTCP send failed: %s", self.label, exc)
+
+    def close(self) -> None:
+        """Give back what the stream holds; a shared pair stays open."""
+        release, self._release = self._release, None
+        if release is not None:
+            release()
+
+
+class PerSessionPorts:
+    """A pair of its own for each stream, from ``port_min..port_max``."""
+
+    mode = "per-session"
+
+    def __init__(self, reactor, port_min: int, port_max: int):
+        self.reactor = reactor
+        self.port_min = port_min - port_min % 2
+        self.port_max = port_max
+        self._next_port = self.port_min
+
+    def start(self) -> None:
+        """Nothing to bind before the first stream."""
+
+    def stop(self) -> None:
+        """Nothing of its own to close: streams close their pairs."""
+
+    def candidates(self) -> Iterator[int]:
+        """Even RTP ports to try, round-robin from where the last one was found."""
+        count = (self.port_max - self.port_min) // 2
+        for i in range(count):
+            port = self.port_min + (self._next_port - self.port_min + 2 * i) % (2 * count)
+            yield port
+            self._next_port = port + 2
+
+    def lease(self, stream: ReportTaker) -> PortLease:
+        """Bind a free pair for ``stream``; its RTCP reaches only ``stream``."""
+        host = stream.client_host
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        wildcard = "::" if family == socket.AF_INET6 else "0.0.0.0"
+
+        def deliver(addr, packets) -> None:
+            # only the client this stream sends to may report on it
+            if addr[0] == host:
+                stream.receiver_report(packets)
+        for rtp_port in self.candidates():
+            sock = socket.socket(family, socket.SOCK_DGRAM)
+            try:
+                sock.bind((wildcard, rtp_port))
+            except OSError:
+                sock.close()
+                continue
+            try:
+                port = self.reactor.listenUDP(
+                    rtp_port + 1, RtcpPort(f"stream {stream.label}", deliver),
+                    interface=wildcard)
+            except terror.CannotListenError:
+                sock.close()
+                continue
+            try:
+                sock.connect((host, stream.client_ports[0]))
+            except OSError:
+                port.stopListening()
+                sock.close()
+                raise
+
+            def release(sock=sock, port=port) -> None:
+                port.stopListening()
+                sock.close()
+            return PortLease(sock=sock, rtcp_port=port, server_ports=(rtp_port, rtp_port + 1),
+                             client_host=host, client_ports=stream.client_ports,
+                             shared=False, release=release, label=stream.label)
+        raise MediaUnavailable(
+            f"no free RTP/RTCP port pair in {self.port_min}-{self.port_max}")
+
+    def status(self) -> dict:
+        """The mode and the range, JSON-able."""
+        return {"mode": self.mode, "range": [self.port_min, self.port_max]}
+
+
+class SharedPorts:
+    """One RTP/RTCP pair per address family that every stream sends from."""
+
+    mode = "shared"
+
+    def __init__(self, reactor, rtp_port: int):
+        self.reactor = reactor
+        self.server_ports = (rtp_port, rtp_port + 1)
+        self.demux: RtcpDemux = RtcpDemux()
+        # per family: (RTP socket for the engine, Twisted RTCP port)
+        self._pairs: dict[int, tuple[socket.socket, object]] = {}
+
+    def start(self) -> None:
+        """Bind the pair on IPv4, and on IPv6 where the host has it.
+
+        Raises OSError when the IPv4 pair cannot be bound (in use)."""
+        self._bind(socket.AF_INET)
+        try:
+            self._bind(socket.AF_INET6)
+        except OSError as exc:
+            if exc.errno not in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL):
+                self.stop()
+                raise
+            log.info("shared server ports: no IPv6 here (%s); IPv4 clients only", exc)
+
+    def _bind(self, family: int) -> None:
+        wildcard = "::" if family == socket.AF_INET6 else "0.0.0.0"
+        socks = []
+        try:
+            for port in self.server_ports:
+                sock = socket.socket(family, socket.SOCK_DGRAM)
+                socks.append(sock)
+                if family == socket.AF_INET6:
+                    # the IPv4 pair has the same numbers
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                sock.bind((wildcard, port))
+            rtp, rtcp_sock = socks
+            rtp.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SHARED_SNDBUF)
+            rtp.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SHARED_RCVBUF)
+            rtcp_sock.setblocking(False)
+            name = "IPv6" if family == socket.AF_INET6 else "IPv4"
+            # Twisted listens on a duplicate of the RTCP socket (it has no
+            # IPV6_V6ONLY option of its own, hence the adoption)
+            port = self.reactor.adoptDatagramPort(
+                rtcp_sock.fileno(), family,
+                RtcpPort(f"shared RTCP port ({name})", self._deliver))
+        except BaseException:
+            for sock in socks:
+                sock.close()
+            raise
+        rtcp_sock.close()
+        self._pairs[family] = (rtp, port)
+        log.info("shared server ports %d-%d bound (%s)", *self.server_ports, name)
+
+    def stop(self) -> None:
+        """Close the pair; streams still open can no longer send."""
+        for rtp, port in self._pairs.values():
+            port.stopListening()
+            rtp.close()
+        self._pairs.clear()
+
+    def _deliver(self, addr, packets) -> None:
+        streams = self.demux.route(addr, packets)
+        if not streams:
+            log.debug("shared RTCP port: a report from %s for no stream of ours", addr[:2])
+        for stream in streams:
+            stream.receiver_report(packets)
+
+    def lease(self, stream: ReportTaker) -> PortLease:
+        """Send ``stream`` from the shared pair and route its client's RTCP to it."""
+        host = plain_host(stream.client_host)
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        pair = self._pairs.get(family)
+        if pair is None:
+            raise MediaUnavailable(
+                f"no shared {'IPv6' if family == socket.AF_INET6 else 'IPv4'} server port "
+                f"pair for client {host}")
+        rtp, port = pair
+        self.demux.add(stream, host=host, rtcp_port=stream.client_ports[1], ssrc=stream.ssrc)
+        return PortLease(sock=rtp, rtcp_port=port, server_ports=self.server_ports,
+                         client_host=host, client_ports=stream.client_ports, shared=True,
+                         release=lambda: self.demux.remove(stream), label=stream.label)
+
+    def status(self) -> dict:
+        """The mode, the pair, the families bound and how RTCP was matched."""
+        return {"mode": self.mode, "rtp": self.server_ports[0], "rtcp": self.server_ports[1],
+                "families": sorted("IPv6" if f == socket.AF_INET6 else "IPv4"
+                                   for f in self._pairs),
+                "streams": len(self.demux), "rtcp_in": self.demux.counters()}
+
+
+def server_ports(reactor, *, mode: str, port_min: int, port_max: int,
+                 shared_rtp_port: int = 0) -> PerSessionPorts | SharedPorts:
+    """The port policy of ``[rtsp] server_ports``; ``shared_rtp_port`` 0 is ``port_min``."""
+    if mode == "shared":
+        return SharedPorts(reactor, shared_rtp_port or port_min - port_min % 2)
+    if mode == "per-session":
+        return PerSessionPorts(reactor, port_min, port_max)
+    raise ValueError(f"unknown server_ports mode {mode!r}")

@@ -1,0 +1,424 @@
+"""RTP over UDP unicast: the C engine, and RTCP.
+
+The real ``MediaBackend`` of the session layer. Each stream leases a server
+port pair (``appliance.media.server_ports``): an even RTP port whose socket is
+handed to the engine, which sends every packet, and the next odd port for
+RTCP, which Twisted serves: receiver reports in, sender reports and BYE out.
+The pair is the stream's own, or one pair shared by every stream
+(``[rtsp] server_ports``). Python does nothing per packet; it polls the
+engine's counters once a second.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import time
+from typing import Callable
+
+from twisted.internet.task import LoopingCall
+
+from appliance.rtsp.client_quirks import NO_QUIRKS, ClientQuirks
+from appliance.cache.fill import HintUpdate
+from appliance.rtsp.media_api import MediaUnavailable, PlayStart
+from appliance.media.rtcp_demux import report_blocks
+from appliance.media.server_ports import PerSessionPorts, SharedPorts
+from rtpengine import rtcp
+from rtpengine.engine import Engine, EngineError
+from rtpengine.hintfile import HintFile
+from rtpengine.rtp import RtpHeader, random_seq, random_ssrc, random_ts, seq_add, ts_add
+from rtpengine.index.ts_trailer import TAIL_BYTES, pes_flush_trailer
+
+log = logging.getLogger(__name__)
+
+# How often ended streams are noticed (BYE) and counters refreshed.
+POLL_INTERVAL = 1.0
+# Pause between the end-of-stream trailer and the RTCP BYE.
+TRAILER_TO_BYE = 0.25
+
+
+class UdpMediaStream:
+    """One track streamed to one client over an RTP/RTCP UDP port pair."""
+
+    def __init__(self, backend: "UdpMediaBackend", *, session_id: str, title, track,
+                 client_host: str, client_ports: tuple[int, int],
+                 quirks: ClientQuirks = NO_QUIRKS):
+        self.backend = backend
+        self.session_id = session_id
+        self.label = f"{session_id}/{track.track_index}"
+        self.title_name = title.name
+        self.client_host = client_host
+        self.client_ports = client_ports
+        self.ssrc = random_ssrc()
+        self.seq0 = random_seq()
+        self.ts0 = random_ts()
+        self.clock_rate = track.clock_rate
+        self.quirks = quirks
+        self.media_path = title.media_path
+        self.payload_type = track.payload_type
+        # a title still filling: hints that grow, and the fill to listen to
+        self.fill = backend.fill_for(title.name) if title.state != "complete" else None
+        update = self.fill.hints() if self.fill is not None else HintUpdate(
+            track.hint_path, None, False)
+        self.hints = HintFile(update.path, record_count=update.count)
+        self.main_hint_path = update.path
+        self.segment = None
+        # 0 (unknown) while the title fills: its duration is only an estimate
+        self.duration_ns = (title.duration_ns or self.hints.header.duration_ns
+                            if self.fill is None else 0)
+        self.waiting_since: float | None = None
+        self.fill_error = None
+        self.loss_fraction = 0.0
+        self.cumulative_lost = 0
+        self.jitter = 0
+        self.bye_sent = False
+        self._bye_call = None
+        self._ports = None
+        self._stream = None
+        try:
+            self._ports = backend.ports.lease(self)
+            self.server_ports = self._ports.server_ports
+            media_fd = os.open(title.media_path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                hint_fd = os.open(update.path, os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    # only a filling title asks for growing hints, which
+                    # not every engine backend has (krtp has not)
+                    growing = {"growing": True} if update.growing else {}
+                    self._stream = backend.engine.open_stream(
+                        self._ports.sock.fileno(), media_fd, hint_fd, dest=self._ports.dest,
+                        ssrc=self.ssrc, seq0=self.seq0, ts0=self.ts0,
+                        pacing=backend.pacing, **growing)
+                    if update.count is not None:
+                        self._stream.set_hints(hint_fd, update.count, growing=update.growing)
+                finally:
+                    os.close(hint_fd)
+            finally:
+                os.close(media_fd)
+            if self.fill is not None:
+                self.fill.attach(self)
+        except BaseException:
+            self.close()
+            raise
+
+    # -- MediaStream ----------------------------------------------------------
+
+    def needs_seek(self, npt_ns: int) -> bool:
+        """Whether starting at ``npt_ns`` must wait for the fill (ahead of it)."""
+        fill = self.fill
+        return (fill is not None and not fill.covered(npt_ns)
+                and fill.segment_for(npt_ns) is None)
+
+    def keyframe_at_or_before(self, npt_ns: int) -> tuple[int, int]:
+        fill = self.fill
+        if fill is not None:
+            # the hints that reach npt: the main ones, or a seek segment's
+            target = None if fill.covered(npt_ns) else fill.segment_for(npt_ns)
+            if target is not self.segment:
+                self._switch_hints(target, fill)
+        if not len(self.hints):
+            return 0, 0
+        index = self.hints.keyframe_at_or_before(npt_ns)
+        return index, self.hints.record(index).send_ns
+
+    def _switch_hints(self, segment, fill) -> None:
+        """Send from the main hints (``segment`` None) or a seek segment's,
+        positioned by the play() that follows."""
+        update = fill.hints() if segment is None else HintUpdate(
+            segment.path, segment.hints.count, True)
+        try:
+            self._apply(update, restart=True)
+        except (EngineError, OSError, ValueError) as exc:
+            log.error("stream %s: cannot move to %s: %s", self.label, update.path, exc)
+            return
+        if self.segment is not None:
+            fill.release(self.segment)
+        if segment is not None:
+            segment.users += 1
+        self.segment = segment
+
+    def _apply(self, update: HintUpdate, *, remap: bool = False, restart: bool = False) -> None:
+        fd = os.open(update.path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            self._stream.set_hints(fd, update.count, growing=update.growing, remap=remap,
+                                   restart=restart)
+        finally:
+            os.close(fd)
+        hints = HintFile(update.path, record_count=update.count)
+        self.hints.close()
+        self.hints = hints
+
+    def position_ns(self) -> int:
+        index = self._stream.stats().next_record
+        if index >= len(self.hints):
+            return self.duration_ns
+        return self.hints.record(index).send_ns
+
+    def play(self, record: int | None) -> PlayStart:
+        self.waiting_since = None
+        self._cancel_bye()
+        # the engine says where it started, read under the lock that
+        # orders it with the sends (dropped packets used up their sequence
+        # numbers, as network loss would)
+        start = self._stream.play(start_record=record)
+        self.bye_sent = False
+        return PlayStart(seq=start.seq, rtptime=start.rtp_ts, npt_ns=start.send_ns)
+
+    def pause(self) -> None:
+        self._stream.pause()
+
+    def has_ended(self) -> bool:
+        return self._stream is not None and self._stream.stats().state == "ended"
+
+    def _cancel_bye(self) -> None:
+        if self._bye_call is not None and self._bye_call.active():
+            self._bye_call.cancel()
+        self._bye_call = None
+
+    # -- FillListener: the fill of a title this stream plays ------------------------
+
+    def hints_grew(self, update: HintUpdate) -> None:
+        """More records: hand them to the engine and to the seek table. A
+        stream on a seek segment moves to the main hints once they reach
+        where it is (the engine refuses them until then)."""
+        if self._stream is None:
+            return
+        segment = self.segment
+        if segment is not None and update.path != segment.path:
+            if update.path != self.hints_path_main():
+                return
+            try:
+                self._apply(update, remap=True)
+            except EngineError as exc:
+                if exc.errno != errno.ERANGE:
+                    log.error("stream %s: main hints refused: %s", self.label, exc)
+                return  # not there yet
+            except (OSError, ValueError) as exc:
+                log.error("stream %s: main hints refused: %s", self.label, exc)
+                return
+            self.segment = None
+            if self.fill is not None:
+                self.fill.release(segment)
+            log.info("stream %s: caught up with the fill's main hints", self.label)
+            return
+        if segment is None and update.path != self.hints_path_main():
+            return  # another viewer's seek segment
+        try:
+            self._apply(update)
+        except (EngineError, OSError, ValueError) as exc:
+            log.error("stream %s: new hints of %s refused: %s", self.label, update.path, exc)
+            return
+        if not update.growing and not self.duration_ns:
+            self.duration_ns = self.hints.header.duration_ns
+
+    def hints_path_main(self) -> str:
+        """The title's own hint file."""
+        return self.main_hint_path
+
+    def fill_stopped(self, error) -> None:
+        """The fill gave up: a stream waiting for bytes ends at the next tick."""
+        self.fill_error = error
+
+    def title_changed(self) -> None:
+        """What this stream sent belongs to an old version: end it now."""
+        log.warning("stream %s: the title changed at the origin; ending the stream",
+                    self.label)
+        self._end_early()
+
+    def _end_early(self) -> None:
+        if self._stream is None or self.bye_sent:
+            return
+        self._stream.pause()
+        self._send_rtcp(bye=True)
+
+    def close(self) -> None:
+        if self.fill is not None:
+            self.fill.detach(self)
+            if self.segment is not None:
+                self.fill.release(self.segment)
+                self.segment = None
+            self.fill = None
+        self._cancel_bye()
+        if self._stream is not None:
+            try:
+                if not self.bye_sent and self._stream.stats().packets_sent:
+                    self._send_rtcp(bye=True)
+            finally:
+                self._stream.close()
+                self._stream = None
+        if self._ports is not None:
+            self._ports.close()
+            self._ports = None
+        self.hints.close()
+        self.backend.forget(self)
+
+    def status(self) -> dict:
+        """Engine counters and the client's RTCP figures, JSON-able."""
+        out = {"client": f"{self.client_host}:{self.client_ports[0]}-{self.client_ports[1]}",
+               "server_ports": list(self.server_ports), "ssrc": f"{self.ssrc:08X}",
+               "ports": self.backend.ports.mode,
+               "loss_fraction": self.loss_fraction, "cumulative_lost": self.cumulative_lost,
+               "jitter": self.jitter}
+        if self._stream is not None:
+            stats = self._stream.stats()
+            out.update(state=stats.state, strategy=stats.strategy, refused=list(stats.refused),
+                       pacing=stats.pacing,
+                       packets_sent=stats.packets_sent, payload_octets=stats.payload_octets,
+                       packets_dropped=stats.packets_dropped, send_errors=stats.send_errors,
+                       shared=stats.shared,
+                       late_1ms=stats.late_1ms, late_5ms=stats.late_5ms,
+                       max_late_ms=round(stats.max_late_ns / 1e6, 3),
+                       next_record=stats.next_record, records=stats.record_count)
+        return out
+
+    # -- RTCP -------------------------------------------------------------------
+
+    def receiver_report(self, packets) -> None:
+        """Take loss and jitter from a client's RTCP and note it is alive."""
+        for block in report_blocks(packets):
+            if block.ssrc == self.ssrc:
+                self.loss_fraction = block.fraction_lost / 256
+                self.cumulative_lost = block.cumulative_lost
+                self.jitter = block.jitter
+        self.backend.on_alive(self.session_id)
+
+    def tick(self) -> None:
+        """Once a second: BYE when the track has ended, or when it has waited
+        for bytes longer than the stall timeout (or for a fill that stopped)."""
+        if self._stream is None or self.bye_sent:
+            return
+        state = self._stream.stats().state
+        if state == "waiting":
+            now = time.monotonic()
+            if self.waiting_since is None:
+                self.waiting_since = now
+            if self.fill_error is not None or \
+                    now - self.waiting_since >= self.backend.stall_timeout:
+                why = self.fill_error or f"no bytes for {now - self.waiting_since:.0f} s"
+                log.warning("stream %s: waited for bytes that did not come (%s); ending it "
+                            "with BYE", self.label, why)
+                self._end_early()
+            return
+        self.waiting_since = None
+        if state != "ended" or self._bye_call is not None:
+            return
+        delay = 0.0
+        if self.quirks.flush_pes_at_end and self._send_flush_trailer():
+            # ffmpeg reads RTCP before RTP when both are waiting: a BYE right
+            # behind the trailer would end its session before the trailer.
+            delay = TRAILER_TO_BYE
+        self._bye_call = self.backend.reactor.callLater(delay, self._end)
+
+    def _end(self) -> None:
+        if self._stream is not None and not self.bye_sent:
+            self._send_rtcp(bye=True)
+            log.info("stream %s: ended, BYE sent", self.label)
+
+    def _send_flush_trailer(self) -> bool:
+        """One RTP packet after the last record that closes open PES packets."""
+        stats = self._stream.stats()
+        with open(self.media_path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            f.seek(max(0, size - TAIL_BYTES - size % 188))
+            trailer = pes_flush_trailer(f.read())
+        if not trailer:
+            return False
+        seq = seq_add(self.seq0, stats.packets_sent + stats.packets_dropped)
+        header = RtpHeader(self.payload_type, seq, stats.last_rtp_ts, self.ssrc)
+        return self._ports is not None and self._ports.send_rtp(header.pack() + trailer)
+
+    def send_sender_report(self) -> None:
+        """An RTCP SR (+SDES CNAME) while the stream is sending."""
+        if self._stream is None or self.bye_sent:
+            return
+        if self._stream.stats().state in ("playing", "waiting"):
+            self._send_rtcp(bye=False)
+
+    def _send_rtcp(self, *, bye: bool) -> None:
+        stats = self._stream.stats()
+        now_mono = time.monotonic_ns()
+        # The RTP time "now" extrapolates from the last packet's schedule, so
+        # receivers can map RTP time to wall time (RFC 3550 section 6.4.1).
+        rtp_now = stats.last_rtp_ts
+        if stats.state in ("playing", "waiting") and stats.packets_sent:
+            elapsed = max(now_mono - stats.last_due_ns, 0)
+            rtp_now = ts_add(stats.last_rtp_ts, elapsed * self.clock_rate // 1_000_000_000)
+        data = rtcp.build_sender_report(
+            self.ssrc, time.time(), rtp_now, stats.packets_sent & 0xFFFFFFFF,
+            stats.payload_octets & 0xFFFFFFFF)
+        data += rtcp.build_sdes_cname(self.ssrc, self.backend.cname)
+        if bye:
+            data += rtcp.build_bye(self.ssrc)
+            self.bye_sent = True
+        if self._ports is not None:
+            self._ports.send_rtcp(data)
+
+
+class UdpMediaBackend:
+    """Opens UDP streams for the session layer and runs their RTCP timers."""
+
+    def __init__(self, *, engine: Engine, reactor, ports: PerSessionPorts | SharedPorts,
+                 sr_interval: float, cname: str,
+                 on_alive: Callable[[str], None] = lambda session_id: None,
+                 fill_for: Callable[[str], object] = lambda name: None,
+                 stall_timeout: float = 20.0, pacing: str = "auto"):
+        self.engine = engine
+        self.pacing = pacing  # [engine] pacing, for every stream's open_stream
+        self.fill_for = fill_for
+        self.stall_timeout = stall_timeout
+        self.reactor = reactor
+        self.ports = ports
+        self.sr_interval = sr_interval
+        self.cname = cname
+        self.on_alive = on_alive
+        self.streams: set[UdpMediaStream] = set()
+        self._sr_loop = LoopingCall(self._send_reports)
+        self._poll_loop = LoopingCall(self._poll)
+        self._sr_loop.clock = self._poll_loop.clock = reactor
+
+    def start(self) -> None:
+        """Bind the shared port pair if there is one (OSError if it cannot
+        be bound), and start the RTCP timers."""
+        self.ports.start()
+        self._sr_loop.start(self.sr_interval, now=False)
+        self._poll_loop.start(POLL_INTERVAL, now=False)
+
+    def stop(self) -> None:
+        """Stop the timers and close every stream."""
+        for loop in (self._sr_loop, self._poll_loop):
+            if loop.running:
+                loop.stop()
+        for stream in list(self.streams):
+            stream.close()
+        self.ports.stop()
+
+    def open_stream(self, *, session_id: str, title, track, client_host: str,
+                    client_ports: tuple[int, int],
+                    quirks: ClientQuirks = NO_QUIRKS) -> UdpMediaStream:
+        try:
+            stream = UdpMediaStream(self, session_id=session_id, title=title, track=track,
+                                    client_host=client_host, client_ports=client_ports,
+                                    quirks=quirks)
+        except (EngineError, OSError) as exc:
+            raise MediaUnavailable(str(exc)) from exc
+        self.streams.add(stream)
+        return stream
+
+    def forget(self, stream: UdpMediaStream) -> None:
+        self.streams.discard(stream)
+
+    def playing(self, name: str) -> bool:
+        """Whether a stream of title ``name`` is open (it must not be evicted)."""
+        return any(s.title_name == name for s in self.streams)
+
+    def _send_reports(self) -> None:
+        for stream in list(self.streams):
+            stream.send_sender_report()
+
+    def _poll(self) -> None:
+        for stream in list(self.streams):
+            try:
+                stream.tick()
+            except EngineError:
+                log.exception("stream %s: engine error", stream.label)

@@ -1,0 +1,66 @@
+"""What the RTSP session layer needs from the media side, as protocols.
+
+The session layer (``appliance.rtsp.sessions``) is sans-IO: it never opens a
+socket or a file. It asks a ``MediaBackend`` for a ``MediaStream`` per
+SETUP; the real backend (``appliance.media.udp``) binds UDP ports and drives
+the C engine, and tests use an in-memory one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from appliance.rtsp.client_quirks import ClientQuirks
+
+
+class MediaUnavailable(Exception):
+    """The backend cannot open a stream now (no ports, no engine slot)."""
+
+
+@dataclass(frozen=True)
+class PlayStart:
+    """Where a PLAY started: the first packet's sequence number and RTP time."""
+
+    seq: int
+    rtptime: int
+    npt_ns: int
+
+
+class MediaStream(Protocol):
+    """One track of one session, sending RTP to one client."""
+
+    server_ports: tuple[int, int]
+    ssrc: int
+    duration_ns: int
+
+    def needs_seek(self, npt_ns: int) -> bool:
+        """Whether starting at ``npt_ns`` must wait for the fill to fetch
+        the bytes there first (a seek ahead of the fill): the session layer
+        then answers :class:`~appliance.rtsp.sessions.NeedTitle` with the time."""
+
+    def keyframe_at_or_before(self, npt_ns: int) -> tuple[int, int]:
+        """(record index, its npt in ns) of the keyframe to start ``npt_ns`` at."""
+
+    def position_ns(self) -> int:
+        """The npt of the next packet to send."""
+
+    def play(self, record: int | None) -> PlayStart:
+        """Start sending now, from ``record`` or (None) where it stopped."""
+
+    def pause(self) -> None:
+        """Stop sending; play(None) continues without a sequence gap."""
+
+    def has_ended(self) -> bool:
+        """True once the last packet of the track has been sent."""
+
+    def close(self) -> None:
+        """Stop and release sockets, files and the engine stream."""
+
+
+class MediaBackend(Protocol):
+    """Opens streams for the session layer."""
+
+    def open_stream(self, *, session_id: str, title, track, client_host: str,
+                    client_ports: tuple[int, int], quirks: ClientQuirks) -> MediaStream:
+        """A stream of ``track`` to ``client_host``; raises MediaUnavailable."""

@@ -1,0 +1,194 @@
+"""The Twisted edge of RTSP: bytes in, bytes out, nothing else.
+
+Feeds ``dataReceived`` into the sans-IO ``RTSPConnection``, hands each
+request to the session layer with the clock and the peer's address, and
+writes what ``send()`` returns. A protocol error is answered with the
+status it carries and ends that connection only.
+
+``SessionTimer`` arms the one ``callLater`` the session layer's timers
+need (idle sessions expire).
+
+When the session layer answers :class:`NeedTitle` (a title that must come
+from the origin first), the adapter awaits the cache's ``prepare`` and
+hands the request in again; requests behind it on the connection wait, so
+responses keep their order.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+from twisted.application import service
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import Factory, Protocol
+
+from appliance.rtsp import (
+    ConnectionClosed,
+    InterleavedFrame,
+    RemoteProtocolError,
+    Request,
+    Response,
+    RTSPConnection,
+)
+from appliance.rtsp.sessions import NeedTitle, RtspServer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class _ProtocolError:
+    """A bad request in the queue: answered with ``status``, then the connection ends."""
+
+    status: int
+
+
+class RtspProtocol(Protocol):
+    """One RTSP control connection."""
+
+    def __init__(self, server: RtspServer, on_request: Callable[[], None],
+                 clock: Callable[[], float] = time.monotonic, cache=None):
+        self.server = server
+        self.conn = RTSPConnection(our_role="server")
+        self._on_request = on_request
+        self._clock = clock
+        self._cache = cache
+        self._queue: deque = deque()
+        self._waiting: Optional[Deferred] = None
+        self._gone = False
+
+    def dataReceived(self, data: bytes) -> None:  # noqa: N802 (Twisted API)
+        try:
+            events = self.conn.receive_data(data)
+        except RemoteProtocolError as exc:
+            # Requests pipelined ahead of the bad one still get their answers.
+            peer = self.transport.getPeer()
+            log.info("RTSP from %s:%s: %s (answered %d)", peer.host, peer.port,
+                     exc, exc.status)
+            self._queue.extend(exc.events)
+            self._queue.append(_ProtocolError(exc.status))
+            self._drain()
+            return
+        self._queue.extend(events)
+        self._drain()
+
+    def _drain(self) -> None:
+        while self._queue and self._waiting is None and not self._gone:
+            event = self._queue.popleft()
+            if isinstance(event, _ProtocolError):  # after the requests before it
+                self.transport.write(self.conn.send_error(event.status))
+                self.transport.loseConnection()
+                self._queue.clear()
+                return
+            if isinstance(event, Request):
+                self._answer(event, prepared=False)
+            elif isinstance(event, ConnectionClosed):
+                self.transport.loseConnection()
+                self._queue.clear()
+                return
+            elif isinstance(event, (InterleavedFrame, Response)):
+                # RTCP over TCP or a client's stray response: nothing to do.
+                continue
+
+    def _answer(self, request: Request, *, prepared: bool) -> None:
+        response = self.server.handle_request(
+            request, peer_host=self.transport.getPeer().host, now=self._clock(),
+            prepared=prepared)
+        if isinstance(response, NeedTitle):
+            self._prepare(request, response.name, response.npt_ns)
+            return
+        self.transport.write(self.conn.send(response))
+        self._on_request()
+
+    def _prepare(self, request: Request, name: str, npt_ns: Optional[int]) -> None:
+        self._waiting = Deferred.fromCoroutine(self._cache.prepare(name, npt_ns=npt_ns))
+
+        def prepared(_):
+            self._waiting = None
+            if not self._gone:
+                self._answer(request, prepared=True)
+                self._drain()
+
+        def failed(failure):
+            self._waiting = None
+            status = getattr(failure.value, "status", 500)
+            if status == 500:
+                log.error("preparing %s: %s", name, failure.getTraceback())
+            if not self._gone:
+                self.transport.write(self.conn.send(self.server.error_response(
+                    request, status, f"{name}: {failure.getErrorMessage()}")))
+                self._on_request()
+                self._drain()
+        self._waiting.addCallbacks(prepared, failed)
+
+    def connectionLost(self, reason=None) -> None:  # noqa: N802 (Twisted API)
+        self._gone = True
+        factory = getattr(self, "factory", None)
+        if factory is not None:
+            factory.connection_closed()
+
+
+class RtspFactory(Factory):
+    """Makes an ``RtspProtocol`` per connection, up to a limit."""
+
+    def __init__(self, server: RtspServer, *, max_connections: int,
+                 on_request: Callable[[], None], clock: Callable[[], float] = time.monotonic,
+                 cache=None):
+        self.server = server
+        self.cache = cache
+        self.max_connections = max_connections
+        self.connections = 0
+        self._on_request = on_request
+        self._clock = clock
+
+    def buildProtocol(self, addr):  # noqa: N802 (Twisted API)
+        if self.connections >= self.max_connections:
+            log.warning("refusing RTSP connection from %s: %d open", addr.host,
+                        self.connections)
+            return None
+        self.connections += 1
+        proto = RtspProtocol(self.server, self._on_request, self._clock, cache=self.cache)
+        proto.factory = self
+        return proto
+
+    def connection_closed(self) -> None:
+        self.connections -= 1
+
+
+class SessionTimer(service.Service):
+    """Arms one callLater for the session layer's next timer, re-armed on use."""
+
+    def __init__(self, server: RtspServer, reactor, clock=time.monotonic):
+        self.server = server
+        self.reactor = reactor
+        self.clock = clock
+        self._call = None
+
+    def rearm(self) -> None:
+        """Schedule ``handle_timer`` for the server's current deadline."""
+        if not self.running:
+            return
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+        deadline = self.server.get_timer()
+        if deadline is not None:
+            delay = max(deadline - self.clock(), 0.0) + 0.01
+            self._call = self.reactor.callLater(delay, self._fire)
+
+    def _fire(self) -> None:
+        self._call = None
+        self.server.handle_timer(self.clock())
+        self.rearm()
+
+    def startService(self) -> None:  # noqa: N802 (Twisted API)
+        super().startService()
+        self.rearm()
+
+    def stopService(self):  # noqa: N802 (Twisted API)
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        return super().stopService()

@@ -1,0 +1,103 @@
+"""The real kvod daemon as a process, for integration tests."""
+
+from __future__ import annotations
+
+import errno
+import os
+import random
+import socket
+import subprocess
+
+from appliance.bench.daemon import ROOT, ServeProcess, free_tcp_port, loopback_config
+
+PYTHON = "/usr/bin/python3"
+KVOD = [PYTHON, os.path.join(ROOT, "bin", "kvod")]
+
+__all__ = ["KVOD", "KvodDaemon", "ROOT", "free_tcp_port", "free_udp_pair"]
+
+
+def _udp_free(family: int, port: int) -> bool:
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as s:
+            if family == socket.AF_INET6:
+                s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            s.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", port))
+    except OSError as exc:
+        return exc.errno == errno.EAFNOSUPPORT  # no IPv6 here: nothing to collide with
+    return True
+
+
+def free_udp_pair() -> int:
+    """An even port whose pair is free on the IPv4 and IPv6 wildcards now."""
+    for _ in range(200):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.bind(("0.0.0.0", 0))
+            port = s.getsockname()[1]
+        if port % 2 or port >= 65534:
+            continue
+        if all(_udp_free(family, port + i) for family in (socket.AF_INET, socket.AF_INET6)
+               for i in (0, 1)):
+            return port
+    raise OSError("no free UDP port pair")
+
+
+class KvodDaemon:
+    """A config folder, a catalog, and ``kvod serve`` running on loopback."""
+
+    def __init__(self, folder: str, *, session_timeout: float = 60, extra: str = "",
+                 env: dict | None = None, cache: str = "", rtsp: str = "",
+                 admin_listen: str = "tcp:{port}:interface=127.0.0.1"):
+        """``extra`` is TOML added at the end; ``cache`` and ``rtsp`` more keys
+        of ``[cache]`` and ``[rtsp]``; ``admin_listen`` the admin endpoint, with
+        ``{port}`` for a free port."""
+        self.folder = folder
+        self.port = free_tcp_port()
+        self.admin_port = free_tcp_port()
+        rtp_min = random.randrange(30000, 60000, 2)
+        self.config = os.path.join(folder, "kvod.toml")
+        with open(self.config, "w") as f:
+            f.write(loopback_config(
+                self.port, self.admin_port, log_level="debug", admin_listen=admin_listen,
+                rtsp=f"session_timeout = {session_timeout}\n"
+                     f"rtp_port_min = {rtp_min}\nrtp_port_max = {rtp_min + 400}\n{rtsp}",
+                sections=f'[cache]\ndir = "cache"\n{cache}{extra}'))
+        self.log_path = os.path.join(folder, "kvod.log")
+        self.serve = ServeProcess(self.config, self.port, self.log_path,
+                                  env=dict(os.environ, **(env or {})))
+
+    @property
+    def proc(self) -> subprocess.Popen | None:
+        """The running ``kvod serve``, if any."""
+        return self.serve.proc
+
+    def kvod(self, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
+        """Run a kvod CLI command against this daemon's config."""
+        return subprocess.run(KVOD + ["--config", self.config, *args], capture_output=True,
+                              text=True, check=check, timeout=timeout)
+
+    def add(self, path: str, name: str) -> None:
+        """Add ``path`` as title ``name``."""
+        self.kvod("catalog", "add", path, "--name", name)
+
+    def start(self, timeout: float = 15) -> None:
+        """Start ``kvod serve`` and wait until RTSP accepts connections."""
+        self.serve.start(timeout)
+
+    def url(self, name: str) -> str:
+        """The RTSP URL of title ``name``."""
+        return f"rtsp://127.0.0.1:{self.port}/{name}"
+
+    def log(self) -> str:
+        """Everything the daemon has logged."""
+        return self.serve.log()
+
+    def kill(self) -> None:
+        """SIGKILL: the daemon dies wherever it is, as in a crash."""
+        self.serve.kill()
+
+    def stop(self, timeout: float = 10) -> int:
+        """SIGTERM, wait, and return the exit code (SIGKILL if it hangs)."""
+        try:
+            return self.serve.stop(timeout)
+        except TimeoutError as exc:
+            raise RuntimeError(str(exc)) from None

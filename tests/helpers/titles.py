@@ -1,0 +1,41 @@
+"""Test titles made with the real ffmpeg, cached under build/test-media."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+MEDIA_DIR = os.path.join(ROOT, "build", "test-media")
+
+
+def make_ts(seconds: float = 10, size: str = "640x360", rate: int = 25,
+            gop: int = 25, video_bitrate: str = "1M", audio: bool = True,
+            name: str | None = None) -> str:
+    """An H.264(+AAC) MPEG-TS of ``seconds``, a keyframe every ``gop`` frames.
+
+    Made once per parameter set and reused across runs; written to a
+    temporary name and renamed so a killed run leaves no half file.
+    """
+    key = f"{seconds}-{size}-{rate}-{gop}-{video_bitrate}-{audio}"
+    name = name or f"ts-{hashlib.sha1(key.encode()).hexdigest()[:12]}.ts"
+    path = os.path.join(MEDIA_DIR, name)
+    if os.path.exists(path):
+        return path
+    os.makedirs(MEDIA_DIR, exist_ok=True)
+    tmp = path + f".tmp{os.getpid()}.ts"
+    cmd = ["ffmpeg", "-nostdin", "-loglevel", "error", "-y",
+           "-f", "lavfi", "-i", f"testsrc2=size={size}:rate={rate}"]
+    if audio:
+        cmd += ["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000"]
+    cmd += ["-t", str(seconds), "-c:v", "libx264", "-preset", "ultrafast",
+            "-tune", "zerolatency", "-pix_fmt", "yuv420p",
+            "-g", str(gop), "-keyint_min", str(gop), "-sc_threshold", "0",
+            "-b:v", video_bitrate, "-maxrate", video_bitrate, "-bufsize", video_bitrate]
+    if audio:
+        cmd += ["-c:a", "aac", "-b:a", "96k"]
+    cmd += ["-f", "mpegts", tmp]
+    subprocess.run(cmd, check=True, timeout=300)
+    os.replace(tmp, path)
+    return path
