@@ -22,7 +22,7 @@ from twisted.internet.defer import Deferred
 from twisted.web import resource, server
 
 from appliance.cache.quota import cache_status
-from appliance.metrics import prometheus_text
+from appliance.metrics import CONTENT_TYPE, DaemonMetrics
 
 log = logging.getLogger(__name__)
 
@@ -108,14 +108,16 @@ class _Leaf(resource.Resource):
         return self.render_GET(request)
 
 
-def admin_site(status: Callable[[], dict], cache=None) -> server.Site:
-    """The admin site: ``status()`` as /status (JSON) and /metrics
-    (Prometheus), and the proxy cache's /cache when there is one."""
+def admin_site(status: Callable[[], dict], cache=None,
+               metrics: DaemonMetrics | None = None) -> server.Site:
+    """The admin site: ``status()`` as /status (JSON), ``metrics`` (by
+    default the status's own series) as /metrics (Prometheus), and the proxy
+    cache's /cache when there is one."""
+    metrics = metrics or DaemonMetrics(status)
     root = resource.Resource()
     root.putChild(b"status", _Leaf(lambda: (json.dumps(status(), indent=2).encode() + b"\n",
                                             b"application/json")))
-    root.putChild(b"metrics", _Leaf(lambda: (prometheus_text(status()).encode(),
-                                             b"text/plain; version=0.0.4; charset=utf-8")))
+    root.putChild(b"metrics", _Leaf(lambda: (metrics.text(), CONTENT_TYPE.encode())))
     if cache is not None:
         root.putChild(b"cache", CacheAdmin(cache))
     site = _QuietSite(root)

@@ -2,24 +2,34 @@
 
 ``make_service(config, reactor)`` opens the catalog, starts the C engine,
 listens for RTSP, and arms the session-expiry timer; ``kvod serve`` runs it.
-systemd readiness (READY=1 once the catalog is migrated and every port
-listens) and the watchdog are sent when the daemon runs under systemd.
+Under systemd (``Type=notify``) it sends READY=1 once the catalog is
+migrated and every port listens, a STATUS= line every few seconds,
+WATCHDOG=1 while the data path makes progress, and STOPPING=1 before every
+session gets its RTCP BYE. SIGHUP (``systemctl reload``) re-reads the
+config file and applies what can change at run time (``appliance.reload``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
+import signal
 import socket
 import time
+from typing import Optional
 
 from twisted.application import service
-from twisted.internet import endpoints
+from twisted.internet import endpoints, task
 from twisted.internet.defer import Deferred, gatherResults
 
 from appliance.admin_http import admin_site
 from appliance.cache.catalog_writer import CatalogWriter
-from appliance.config import Config
+from appliance.cache.origin import HttpOrigin
+from appliance.config import Config, ConfigError, OriginConfig, load_config
+from appliance.metrics import DaemonMetrics
+from appliance.reload import plan
+from appliance import supervision
 from appliance.cache.proxy import ProxyCache
 from appliance.cache.fill import FillSettings
 from appliance.rtsp_adapter import RtspFactory, SessionTimer
@@ -32,16 +42,17 @@ from rtpengine.backend import open_engine
 
 log = logging.getLogger(__name__)
 
+#: seconds between two STATUS= lines under systemd
+STATUS_INTERVAL = 5.0
 
-def _sd_notify(message: str) -> None:
-    """Tell systemd ``message`` when running under it (NOTIFY_SOCKET set)."""
-    if not os.environ.get("NOTIFY_SOCKET"):
-        return
-    try:
-        from systemd import daemon as sd_daemon
-    except ImportError:
-        return
-    sd_daemon.notify(message)
+
+def fill_settings(origin: OriginConfig) -> FillSettings:
+    """How fills fetch, from the ``[origin]`` section."""
+    return FillSettings(
+        chunk_bytes=origin.chunk_bytes, requests_per_fill=origin.requests_per_fill,
+        retries=origin.retries, retry_delay=origin.retry_delay,
+        retry_max_delay=origin.retry_max_delay, probe_bytes=origin.probe_bytes,
+        tail_bytes=origin.tail_bytes)
 
 
 def make_cache(config: Config, reactor, catalog) -> ProxyCache:
@@ -60,19 +71,18 @@ def make_cache(config: Config, reactor, catalog) -> ProxyCache:
         connect_timeout=origin.connect_timeout, read_timeout=origin.read_timeout,
         connections=origin.connections, max_bytes=config.cache.max_bytes,
         policy=config.cache.policy, keep_prefix_seconds=config.cache.keep_prefix_seconds,
-        settings=FillSettings(
-            chunk_bytes=origin.chunk_bytes, requests_per_fill=origin.requests_per_fill,
-            retries=origin.retries, retry_delay=origin.retry_delay,
-            retry_max_delay=origin.retry_max_delay, probe_bytes=origin.probe_bytes,
-            tail_bytes=origin.tail_bytes))
+        settings=fill_settings(origin))
 
 
 class KvodService(service.MultiService):
     """The daemon: catalog, engine, media backend, RTSP listener, timers."""
 
-    def __init__(self, config: Config, reactor):
+    def __init__(self, config: Config, reactor, config_path: Optional[str] = None):
+        """``config_path`` is the file ``config`` came from, read again on
+        reload (None: built-in defaults, nothing to reload)."""
         super().__init__()
         self.config = config
+        self.config_path = config_path
         self.reactor = reactor
         self.catalog = open_catalog(config.catalog.path)
         self.cache = make_cache(config, reactor, self.catalog)
@@ -105,19 +115,32 @@ class KvodService(service.MultiService):
                                  server_name=config.rtsp.server_name, cache=self.cache)
         self.timer = SessionTimer(self.server, reactor)
         self.timer.setServiceParent(self)
+        self.metrics = DaemonMetrics(self.status, self._cache_figures)
         self.factory = RtspFactory(self.server, max_connections=config.rtsp.max_connections,
-                                   on_request=self.timer.rearm, cache=self.cache)
+                                   on_request=self.timer.rearm, cache=self.cache,
+                                   on_answered=self.metrics.answered)
         self.exit_code = 0
         self.started = time.time()
         self.endpoint = endpoints.serverFromString(reactor, config.rtsp.listen)
         self.port = None
         self.admin_endpoint = endpoints.serverFromString(reactor, config.admin.listen)
         self.admin_port = None
+        self._status_line = supervision.StatusLine()
+        self._watchdog = supervision.Watchdog()
+        self._watchdog_failing = False
+        self._loops: list[task.LoopingCall] = []
 
     def status(self) -> dict:
         """The daemon's status snapshot (``/status``, ``kvod status``)."""
         return daemon_status(engine=self.engine, server=self.server, started=self.started,
-                             ports=self.media.ports.status())
+                             ports=self.media.ports.status(), traffic=self.media.traffic())
+
+    def _cache_figures(self) -> dict:
+        """The cache's figures for /metrics and the STATUS= line."""
+        cache = self.cache
+        return {"used_bytes": cache.quota.used(), "quota_bytes": cache.quota.max_bytes,
+                "hits": cache.hits, "misses": cache.misses, "fills": len(cache.fills),
+                "fill_errors": len(cache.errors)}
 
     def startService(self) -> None:  # noqa: N802 (Twisted API)
         super().startService()
@@ -131,7 +154,8 @@ class KvodService(service.MultiService):
         rtsp = self.endpoint.listen(self.factory)
         rtsp.addCallback(self._set_port, "port")
         rtsp.addErrback(self._listen_failed, "RTSP", self.config.rtsp.listen)
-        admin = self.admin_endpoint.listen(admin_site(self.status, self.cache))
+        admin = self.admin_endpoint.listen(admin_site(self.status, self.cache,
+                                                      metrics=self.metrics))
         admin.addCallback(self._set_port, "admin_port")
         admin.addErrback(self._listen_failed, "admin HTTP", self.config.admin.listen)
         # READY only once every port listens (STYLE.md: Type=notify)
@@ -147,7 +171,103 @@ class KvodService(service.MultiService):
         rtsp, admin = (p.getHost() for p in ports)
         log.info("listening for RTSP on %s:%d, admin HTTP on %s:%d",
                  rtsp.host, rtsp.port, admin.host, admin.port)
-        _sd_notify(f"READY=1\nSTATUS=serving RTSP on port {rtsp.port}")
+        supervision.notify(f"READY=1\nSTATUS=serving RTSP on port {rtsp.port}, "
+                           f"engine {self.engine.strategy}")
+        if not supervision.under_systemd():
+            return
+        self._every(STATUS_INTERVAL, self._send_status, now=True)
+        interval = supervision.watchdog_interval()
+        if interval is not None:
+            self._every(interval, self._send_watchdog, now=True)
+
+    def _every(self, seconds: float, work, now: bool = False) -> None:
+        loop = task.LoopingCall(work)
+        loop.clock = self.reactor
+        self._loops.append(loop)
+        loop.start(seconds, now=now).addErrback(
+            lambda failure: log.error("%s stopped: %s", work.__name__, failure.getTraceback()))
+
+    def _send_status(self) -> None:
+        line = self._status_line.line(self.status(), self._cache_figures(), time.monotonic())
+        supervision.notify(f"STATUS={line}")
+
+    def _send_watchdog(self) -> None:
+        snapshot = self.status()
+        progress = supervision.engine_progress(snapshot["engine"], snapshot)
+        if self._watchdog.healthy(progress):
+            if self._watchdog_failing:
+                log.warning("watchdog: the data path makes progress again")
+            self._watchdog_failing = False
+            supervision.notify("WATCHDOG=1")
+        elif not self._watchdog_failing:
+            self._watchdog_failing = True
+            log.error("watchdog: %d stream(s) playing but the engine sent nothing since "
+                      "the last check; not telling systemd we are alive",
+                      len(progress.playing))
+
+    # -- reload ---------------------------------------------------------------------
+
+    def reload(self) -> bool:
+        """Read the config file again and apply what can change while
+        running; a config that does not load is refused and the running
+        one stays. True if it was applied."""
+        if self.config_path is None:
+            log.warning("reload: kvod runs on built-in defaults (no config file); "
+                        "nothing to reload")
+            return False
+        supervision.notify("RELOADING=1")
+        try:
+            try:
+                new = load_config(self.config_path)
+            except (ConfigError, OSError) as exc:
+                log.error("reload refused, the running config stays: %s", exc)
+                return False
+            steps = plan(self.config, new)
+            for change in steps.restart:
+                log.warning("reload: %s changed (%r -> %r); it takes effect after a "
+                            "restart", change.key, change.old, change.new)
+            self.config = _with(self.config, new, [c.key for c in steps.runtime])
+            self._apply(self.config, {c.key for c in steps.runtime})
+            for change in steps.runtime:
+                log.info("reload: %s is now %r", change.key, change.new)
+            if not steps.runtime and not steps.restart:
+                log.info("reload: the config is unchanged")
+            return True
+        finally:
+            supervision.notify("READY=1")
+
+    def _apply(self, config: Config, keys: set[str]) -> None:
+        """Make the running objects follow ``config`` for ``keys``."""
+        rtsp, cache, origin = config.rtsp, config.cache, config.origin
+        self.server.session_timeout = rtsp.session_timeout
+        self.server.max_sessions = rtsp.max_sessions
+        self.server.server_name = rtsp.server_name
+        self.factory.max_connections = rtsp.max_connections
+        self.media.set_sr_interval(config.rtcp.sr_interval)
+        self.media.pacing = config.engine.pacing
+        self.media.stall_timeout = cache.stall_timeout
+        quota = self.cache.quota
+        quota.max_bytes, quota.policy = cache.max_bytes, cache.policy
+        quota.keep_prefix_seconds = cache.keep_prefix_seconds
+        self.cache.seek_timeout = cache.stall_timeout
+        self.cache.base_urls = origin.base_url
+        self.cache.max_fills = origin.max_fills
+        self.cache.settings = fill_settings(origin)
+        if keys & {"origin.connect_timeout", "origin.read_timeout", "origin.connections"}:
+            # new fills and probes use the new pool; running fills keep theirs
+            self.cache.http = HttpOrigin(self.reactor, connect_timeout=origin.connect_timeout,
+                                         read_timeout=origin.read_timeout,
+                                         connections=origin.connections)
+        if "log.level" in keys:
+            logging.getLogger().setLevel(getattr(logging, config.log.level.upper()))
+        if "rtsp.session_timeout" in keys:
+            self.timer.rearm()
+        if "cache.max_bytes" in keys or "cache.policy" in keys:
+            try:
+                quota.make_room(0)
+            except Exception as exc:  # over the new quota with nothing evictable
+                log.warning("reload: the cache is over its new quota and cannot shrink "
+                            "now: %s", exc)
 
     def _listen_failed(self, failure, what: str, where: str) -> None:
         why = f": {failure.getErrorMessage()}" if failure is not None else ""
@@ -157,7 +277,10 @@ class KvodService(service.MultiService):
             self.reactor.stop()
 
     def stopService(self):  # noqa: N802 (Twisted API)
-        _sd_notify("STOPPING=1")
+        supervision.notify("STOPPING=1")
+        for loop in self._loops:
+            if loop.running:
+                loop.stop()
         self.server.close_all()
         self.media.stop()
         for attr in ("port", "admin_port"):
@@ -176,15 +299,28 @@ class KvodService(service.MultiService):
         return d.addBoth(_release)
 
 
-def make_service(config: Config, reactor) -> KvodService:
+def _with(old: Config, new: Config, keys: list[str]) -> Config:
+    """``old`` with the values of ``keys`` (``section.name``) taken from ``new``."""
+    sections: dict[str, dict] = {}
+    for key in keys:
+        section, name = key.split(".", 1)
+        sections.setdefault(section, {})[name] = getattr(getattr(new, section), name)
+    return dataclasses.replace(old, **{
+        section: dataclasses.replace(getattr(old, section), **values)
+        for section, values in sections.items()})
+
+
+def make_service(config: Config, reactor, config_path: Optional[str] = None) -> KvodService:
     """Build the daemon's service tree for ``config`` on ``reactor``."""
-    return KvodService(config, reactor)
+    return KvodService(config, reactor, config_path)
 
 
-def run(config: Config) -> int:
-    """Run the daemon in the foreground until SIGINT/SIGTERM."""
+def run(config: Config, config_path: Optional[str] = None) -> int:
+    """Run the daemon in the foreground until SIGINT/SIGTERM; SIGHUP reloads
+    ``config_path``."""
     from twisted.internet import reactor
-    daemon = make_service(config, reactor)
+    daemon = make_service(config, reactor, config_path)
+    signal.signal(signal.SIGHUP, lambda signum, frame: reactor.callFromThread(daemon.reload))
     reactor.callWhenRunning(daemon.startService)
     reactor.addSystemEventTrigger("before", "shutdown", daemon.stopService)
     reactor.run()

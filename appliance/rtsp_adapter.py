@@ -50,8 +50,13 @@ class RtspProtocol(Protocol):
     """One RTSP control connection."""
 
     def __init__(self, server: RtspServer, on_request: Callable[[], None],
-                 clock: Callable[[], float] = time.monotonic, cache=None):
+                 clock: Callable[[], float] = time.monotonic, cache=None,
+                 on_answered: Callable[[str, float], None] = lambda method, seconds: None):
+        """``on_answered(method, seconds)`` hears how long each request took
+        from when its turn came to its answer (origin waits included)."""
         self.server = server
+        self._on_answered = on_answered
+        self._started: Optional[float] = None
         self.conn = RTSPConnection(our_role="server")
         self._on_request = on_request
         self._clock = clock
@@ -84,6 +89,7 @@ class RtspProtocol(Protocol):
                 self._queue.clear()
                 return
             if isinstance(event, Request):
+                self._started = self._clock()
                 self._answer(event, prepared=False)
             elif isinstance(event, ConnectionClosed):
                 self.transport.loseConnection()
@@ -100,7 +106,13 @@ class RtspProtocol(Protocol):
         if isinstance(response, NeedTitle):
             self._prepare(request, response.name, response.npt_ns)
             return
-        self.transport.write(self.conn.send(response))
+        self._write(request, self.conn.send(response))
+
+    def _write(self, request: Request, data: bytes) -> None:
+        self.transport.write(data)
+        if self._started is not None:
+            self._on_answered(request.method, self._clock() - self._started)
+            self._started = None
         self._on_request()
 
     def _prepare(self, request: Request, name: str, npt_ns: Optional[int]) -> None:
@@ -118,9 +130,8 @@ class RtspProtocol(Protocol):
             if status == 500:
                 log.error("preparing %s: %s", name, failure.getTraceback())
             if not self._gone:
-                self.transport.write(self.conn.send(self.server.error_response(
+                self._write(request, self.conn.send(self.server.error_response(
                     request, status, f"{name}: {failure.getErrorMessage()}")))
-                self._on_request()
                 self._drain()
         self._waiting.addCallbacks(prepared, failed)
 
@@ -136,8 +147,10 @@ class RtspFactory(Factory):
 
     def __init__(self, server: RtspServer, *, max_connections: int,
                  on_request: Callable[[], None], clock: Callable[[], float] = time.monotonic,
-                 cache=None):
+                 cache=None,
+                 on_answered: Callable[[str, float], None] = lambda method, seconds: None):
         self.server = server
+        self._on_answered = on_answered
         self.cache = cache
         self.max_connections = max_connections
         self.connections = 0
@@ -150,7 +163,8 @@ class RtspFactory(Factory):
                         self.connections)
             return None
         self.connections += 1
-        proto = RtspProtocol(self.server, self._on_request, self._clock, cache=self.cache)
+        proto = RtspProtocol(self.server, self._on_request, self._clock, cache=self.cache,
+                             on_answered=self._on_answered)
         proto.factory = self
         return proto
 

@@ -19,11 +19,12 @@ def stream_status(stream) -> dict:
 
 
 def daemon_status(*, engine, server, started: float, now: float | None = None,
-                  ports: dict | None = None) -> dict:
+                  ports: dict | None = None, traffic: dict | None = None) -> dict:
     """The snapshot: engine, server ports, sessions with their streams, and totals.
 
     ``ports`` is the server port policy's status (``appliance.media.server_ports``):
-    its mode, and the shared pair or the per-session range."""
+    its mode, and the shared pair or the per-session range. ``traffic`` is
+    what every stream since start sent (``UdpMediaBackend.traffic``)."""
     now = time.time() if now is None else now
     sessions = []
     for session in sorted(server.sessions.values(), key=lambda s: s.id):
@@ -41,6 +42,7 @@ def daemon_status(*, engine, server, started: float, now: float | None = None,
         "uptime_s": round(now - started, 3),
         "engine": engine.status(),
         "server_ports": ports or {},
+        "traffic": traffic or {},
         "sessions": sessions,
         "totals": {
             "sessions": len(sessions),

@@ -5,16 +5,12 @@ from __future__ import annotations
 import json
 import time
 import urllib.request
-from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Iterator
 
 import pytest
 
 from appliance.cli.common import admin_address as _admin_address
-from appliance.metrics import prometheus_text
-from appliance.bench.rtsp_client import RtpReceiver, RtspClient
-from tests.helpers.daemon import KvodDaemon
+from appliance.metrics import DaemonMetrics
+from tests.helpers.daemon import KvodDaemon, play_movie
 
 pytestmark = pytest.mark.integration
 
@@ -22,38 +18,6 @@ pytestmark = pytest.mark.integration
 def get(daemon: KvodDaemon, path: str) -> tuple[str, bytes]:
     with urllib.request.urlopen(f"http://127.0.0.1:{daemon.admin_port}{path}", timeout=5) as r:
         return r.headers["Content-Type"], r.read()
-
-
-@dataclass
-class Playing:
-    """A daemon with one session playing "movie" to a receiver."""
-
-    daemon: KvodDaemon
-    client: RtspClient
-    receiver: RtpReceiver
-    session: str
-    server_ports: tuple
-
-
-@contextmanager
-def play_movie(folder, ts_file: str, packets: int = 20, **daemon_kw) -> Iterator[Playing]:
-    """Start a daemon (``daemon_kw`` to KvodDaemon), add and play the
-    title until ``packets`` have come; stop everything after."""
-    daemon = KvodDaemon(str(folder), **daemon_kw)
-    daemon.add(ts_file, "movie")
-    daemon.start()
-    receiver = RtpReceiver()
-    client = RtspClient("127.0.0.1", daemon.port)
-    try:
-        url = client.url("movie")
-        session, server_ports, _ = client.setup_udp(url + "/trackID=0", receiver.ports)
-        assert client.request("PLAY", url + "/", [("Session", session)]).status == 200
-        assert receiver.wait_for(packets)
-        yield Playing(daemon, client, receiver, session, server_ports)
-    finally:
-        client.close()
-        receiver.close()
-        assert daemon.stop() == 0
 
 
 @pytest.fixture
@@ -88,11 +52,13 @@ def test_metrics_are_prometheus_text(playing):
     content_type, body = get(daemon, "/metrics")
     assert content_type.startswith("text/plain; version=0.0.4")
     text = body.decode()
-    assert "# TYPE kvod_stream_packets_sent counter" in text
-    sent = [line for line in text.splitlines()
-            if line.startswith("kvod_stream_packets_sent{") and session in line]
-    assert len(sent) == 1 and int(sent[0].rsplit(" ", 1)[1]) > 0
-    assert 'kvod_sessions{state="playing"} 1' in text
+    assert "# TYPE kvod_sent_packets_total counter" in text
+    sent = [line for line in text.splitlines() if line.startswith("kvod_sent_packets_total ")]
+    assert len(sent) == 1 and float(sent[0].rsplit(" ", 1)[1]) > 0
+    assert 'kvod_sessions{state="playing"} 1.0' in text
+    # aggregate series only: no label per session (an unbounded set)
+    assert session not in text and "movie" not in text
+    assert 'kvod_rtsp_request_seconds_count{method="PLAY"} 1.0' in text
 
 
 @pytest.mark.parametrize("mode", ["per-session", "shared"])
@@ -121,7 +87,6 @@ def test_client_receiver_reports_show_in_status(tmp_path, ts_file, mode):
         assert stream["shared"] is (mode == "shared")
         metrics = get(daemon, "/metrics")[1].decode()
         assert f'kvod_server_ports_info{{mode="{mode}"' in metrics
-        assert "kvod_stream_jitter{" in metrics
 
 
 def test_admin_http_is_read_only(playing):
@@ -168,14 +133,26 @@ def test_admin_address(listen, address):
     assert _admin_address(listen) == address
 
 
-def test_prometheus_text_escapes_labels():
+def test_metrics_have_no_per_session_labels_and_escape_values():
     status = {"uptime_s": 1.0, "engine": {"strategy": "gso", "requested_strategy": "auto",
-                                          "fallback": None, "threads": 2},
-              "sessions": [{"id": "A", "title": 'we"ird\\name\n', "state": "playing",
-                            "streams": {"0": {"packets_sent": 5}}}]}
-    text = prometheus_text(status)
-    assert 'title="we\\"ird\\\\name\\n"' in text
-    assert 'kvod_stream_packets_sent{session="A",title="we\\"ird\\\\name\\n",track="0"} 5' in text
+                                          "fallback": 'we"ird\\why\n', "threads": 2},
+              "sessions": [{"id": "SESSION1", "title": "a-title", "state": "playing",
+                            "streams": {"0": {"packets_sent": 5}}}],
+              "traffic": {"packets_sent": 7, "payload_octets": 9212}}
+    cache = {"used_bytes": 10, "quota_bytes": 100, "hits": 3, "misses": 1, "fills": 1,
+             "fill_errors": 0}
+    metrics = DaemonMetrics(lambda: status, lambda: cache)
+    metrics.answered("PLAY", 0.002)
+    metrics.answered("BOGUS", 0.1)
+    text = metrics.text().decode()
+    assert 'fallback="we\\"ird\\\\why\\n"' in text
+    assert "SESSION1" not in text and "a-title" not in text
+    assert "kvod_sent_packets_total 7.0" in text
+    assert "kvod_sent_payload_bytes_total 9212.0" in text
+    assert 'kvod_sessions{state="playing"} 1.0' in text
+    assert "kvod_cache_hits_total 3.0" in text and "kvod_fills 1.0" in text
+    assert 'kvod_rtsp_request_seconds_bucket{le="0.005",method="PLAY"} 1.0' in text
+    assert 'kvod_rtsp_request_seconds_count{method="other"} 1.0' in text
 
 
 def test_status_shows_pacing(tmp_path, ts_file):

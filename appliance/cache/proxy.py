@@ -53,6 +53,7 @@ class ProxyCache:
         self._preparing: dict[str, list[defer.Deferred]] = {}
         self._waiting: list[str] = []       # partial titles to resume when a slot frees
         self.misses = 0
+        self.hits = 0
         self.errors: dict[str, str] = {}    # why the last fill of a title stopped
         self.writer = writer
         self.seek_timeout = seek_timeout
@@ -68,6 +69,7 @@ class ProxyCache:
 
     def record_hit(self, name: str, now: float) -> None:
         """Count a play of ``name``."""
+        self.hits += 1
         self.quota.on_hit(name, now)
 
     def busy(self, name: str) -> bool:

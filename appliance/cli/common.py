@@ -29,12 +29,24 @@ def load_config(path: Optional[str]):
     a bad file is a one-line click error."""
     from appliance.config import ConfigError
     from appliance.config import load_config as load
-    if path is None and os.path.exists(DEFAULT_CONFIG):
-        path = DEFAULT_CONFIG
+    path = path if path is not None else _default_path()
     try:
         return load(path)
     except (ConfigError, OSError) as exc:
         raise click.ClickException(f"config: {exc}") from None
+
+
+def _default_path() -> Optional[str]:
+    return DEFAULT_CONFIG if os.path.exists(DEFAULT_CONFIG) else None
+
+
+def config_path(ctx: click.Context) -> Optional[str]:
+    """The config file this run reads (``--config``, ``KVOD_CONFIG``, or the
+    default file if it exists); None for built-in defaults."""
+    root = ctx.find_root()
+    root.ensure_object(dict)
+    given = root.obj.get("config_path")
+    return given if given is not None else _default_path()
 
 
 def config_of(ctx: click.Context):

@@ -16,7 +16,7 @@ import click
 from appliance.cli.bench import bench
 from appliance.cli.cache import cache
 from appliance.cli.catalog import catalog
-from appliance.cli.common import DEFAULT_CONFIG, admin_address, config_of
+from appliance.cli.common import DEFAULT_CONFIG, admin_address, config_of, config_path
 
 
 @click.group()
@@ -32,18 +32,20 @@ def cli(ctx: click.Context, config_path: str | None) -> None:
 @cli.command()
 @click.pass_context
 def serve(ctx: click.Context) -> None:
-    """Run the daemon in the foreground (Ctrl-C or SIGTERM stops it)."""
+    """Run the daemon in the foreground (Ctrl-C or SIGTERM stops it, SIGHUP
+    reloads the config file)."""
     config = config_of(ctx)
-    logging.basicConfig(level=getattr(logging, config.log.level.upper()),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        stream=sys.stderr)
+    level = getattr(logging, config.log.level.upper())
+    from appliance import supervision
+    if not supervision.journal_logging(level):
+        supervision.log_to_stderr(level)
     from twisted.python import log as twisted_log
     twisted_log.PythonLoggingObserver().start()
     if config.log.level != "debug":
         # Twisted logs every UDP port it opens; one per session is noise.
         logging.getLogger("twisted").setLevel(logging.WARNING)
     from appliance.daemon import run
-    sys.exit(run(config))
+    sys.exit(run(config, config_path(ctx)))
 
 
 @cli.command()

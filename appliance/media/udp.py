@@ -22,6 +22,7 @@ from twisted.internet.task import LoopingCall
 from appliance.rtsp.client_quirks import NO_QUIRKS, ClientQuirks
 from appliance.cache.fill import HintUpdate
 from appliance.rtsp.media_api import MediaUnavailable, PlayStart
+from appliance.rtsp.sessions import log_fields
 from appliance.media.rtcp_demux import report_blocks
 from appliance.media.server_ports import PerSessionPorts, SharedPorts
 from rtpengine import rtcp
@@ -32,6 +33,8 @@ from rtpengine.index.ts_trailer import TAIL_BYTES, pes_flush_trailer
 
 log = logging.getLogger(__name__)
 
+# the counters every stream adds to the daemon's totals
+TRAFFIC_KEYS = ("packets_sent", "payload_octets", "late_5ms", "send_errors")
 # How often ended streams are noticed (BYE) and counters refreshed.
 POLL_INTERVAL = 1.0
 # Pause between the end-of-stream trailer and the RTCP BYE.
@@ -47,6 +50,7 @@ class UdpMediaStream:
         self.backend = backend
         self.session_id = session_id
         self.label = f"{session_id}/{track.track_index}"
+        self.log = logging.LoggerAdapter(log, log_fields(session_id, title.name))
         self.title_name = title.name
         self.client_host = client_host
         self.client_ports = client_ports
@@ -130,7 +134,7 @@ class UdpMediaStream:
         try:
             self._apply(update, restart=True)
         except (EngineError, OSError, ValueError) as exc:
-            log.error("stream %s: cannot move to %s: %s", self.label, update.path, exc)
+            self.log.error("stream %s: cannot move to %s: %s", self.label, update.path, exc)
             return
         if self.segment is not None:
             fill.release(self.segment)
@@ -192,22 +196,22 @@ class UdpMediaStream:
                 self._apply(update, remap=True)
             except EngineError as exc:
                 if exc.errno != errno.ERANGE:
-                    log.error("stream %s: main hints refused: %s", self.label, exc)
+                    self.log.error("stream %s: main hints refused: %s", self.label, exc)
                 return  # not there yet
             except (OSError, ValueError) as exc:
-                log.error("stream %s: main hints refused: %s", self.label, exc)
+                self.log.error("stream %s: main hints refused: %s", self.label, exc)
                 return
             self.segment = None
             if self.fill is not None:
                 self.fill.release(segment)
-            log.info("stream %s: caught up with the fill's main hints", self.label)
+            self.log.info("stream %s: caught up with the fill's main hints", self.label)
             return
         if segment is None and update.path != self.hints_path_main():
             return  # another viewer's seek segment
         try:
             self._apply(update)
         except (EngineError, OSError, ValueError) as exc:
-            log.error("stream %s: new hints of %s refused: %s", self.label, update.path, exc)
+            self.log.error("stream %s: new hints of %s refused: %s", self.label, update.path, exc)
             return
         if not update.growing and not self.duration_ns:
             self.duration_ns = self.hints.header.duration_ns
@@ -222,7 +226,7 @@ class UdpMediaStream:
 
     def title_changed(self) -> None:
         """What this stream sent belongs to an old version: end it now."""
-        log.warning("stream %s: the title changed at the origin; ending the stream",
+        self.log.warning("stream %s: the title changed at the origin; ending the stream",
                     self.label)
         self._end_early()
 
@@ -242,8 +246,10 @@ class UdpMediaStream:
         self._cancel_bye()
         if self._stream is not None:
             try:
-                if not self.bye_sent and self._stream.stats().packets_sent:
+                final = self._stream.stats()
+                if not self.bye_sent and final.packets_sent:
                     self._send_rtcp(bye=True)
+                self.backend.retire(final)
             finally:
                 self._stream.close()
                 self._stream = None
@@ -252,6 +258,10 @@ class UdpMediaStream:
             self._ports = None
         self.hints.close()
         self.backend.forget(self)
+
+    def engine_stats(self):
+        """The engine's counters of this stream, or None once it is closed."""
+        return self._stream.stats() if self._stream is not None else None
 
     def status(self) -> dict:
         """Engine counters and the client's RTCP figures, JSON-able."""
@@ -296,7 +306,7 @@ class UdpMediaStream:
             if self.fill_error is not None or \
                     now - self.waiting_since >= self.backend.stall_timeout:
                 why = self.fill_error or f"no bytes for {now - self.waiting_since:.0f} s"
-                log.warning("stream %s: waited for bytes that did not come (%s); ending it "
+                self.log.warning("stream %s: waited for bytes that did not come (%s); ending it "
                             "with BYE", self.label, why)
                 self._end_early()
             return
@@ -313,7 +323,7 @@ class UdpMediaStream:
     def _end(self) -> None:
         if self._stream is not None and not self.bye_sent:
             self._send_rtcp(bye=True)
-            log.info("stream %s: ended, BYE sent", self.label)
+            self.log.info("stream %s: ended, BYE sent", self.label)
 
     def _send_flush_trailer(self) -> bool:
         """One RTP packet after the last record that closes open PES packets."""
@@ -373,6 +383,8 @@ class UdpMediaBackend:
         self.cname = cname
         self.on_alive = on_alive
         self.streams: set[UdpMediaStream] = set()
+        # what closed streams sent, so that the totals only ever grow
+        self._retired = dict.fromkeys(TRAFFIC_KEYS, 0)
         self._sr_loop = LoopingCall(self._send_reports)
         self._poll_loop = LoopingCall(self._poll)
         self._sr_loop.clock = self._poll_loop.clock = reactor
@@ -407,6 +419,27 @@ class UdpMediaBackend:
 
     def forget(self, stream: UdpMediaStream) -> None:
         self.streams.discard(stream)
+
+    def retire(self, final) -> None:
+        """Add a closing stream's last counters to the totals."""
+        for key in TRAFFIC_KEYS:
+            self._retired[key] += getattr(final, key)
+
+    def traffic(self) -> dict[str, int]:
+        """What every stream since start sent: packets, payload bytes, late
+        packets and failed sends (monotonic, for /metrics)."""
+        totals = dict(self._retired)
+        for stream in list(self.streams):
+            stats = stream.engine_stats()
+            if stats is not None:
+                for key in TRAFFIC_KEYS:
+                    totals[key] += getattr(stats, key)
+        return totals
+
+    def set_sr_interval(self, seconds: float) -> None:
+        """Send sender reports every ``seconds`` from the next one on."""
+        self.sr_interval = seconds
+        self._sr_loop.interval = seconds
 
     def playing(self, name: str) -> bool:
         """Whether a stream of title ``name`` is open (it must not be evicted)."""

@@ -47,6 +47,13 @@ NOT_ALLOWED_METHODS = ("ANNOUNCE", "RECORD", "REDIRECT")
 TRACK_PREFIX = "trackID="
 
 
+def log_fields(session_id: str, title: str) -> dict[str, str]:
+    """The ``extra`` of a log record about one session: under systemd they
+    become journal fields, so ``journalctl -u kvod SESSION_ID=…`` finds one
+    viewer's lines."""
+    return {"SESSION_ID": session_id, "TITLE": title}
+
+
 @dataclass(frozen=True)
 class NeedTitle:
     """The answer to a request waits until title ``name`` is prepared (its
@@ -170,7 +177,8 @@ class RtspServer:
             if now >= session.last_seen + self.session_timeout:
                 log.info("session %s (%s, %s) timed out after %.0f s of silence",
                          session.id, session.title_name, session.peer_host,
-                         now - session.last_seen)
+                         now - session.last_seen,
+                         extra=log_fields(session.id, session.title_name))
                 self._close(session)
 
     def close_all(self) -> None:
@@ -276,7 +284,8 @@ class RtspServer:
         if session is None:
             session = Session(session_id, title.name, peer_host, SessionState.READY, now)
             self.sessions[session_id] = session
-            log.info("session %s: %s for %s", session_id, title.name, peer_host)
+            log.info("session %s: %s for %s", session_id, title.name, peer_host,
+                     extra=log_fields(session_id, title.name))
         old = session.streams.pop(track_index, None)
         if old is not None:
             old.close()
@@ -354,7 +363,7 @@ class RtspServer:
         if infos:
             headers.append(("RTP-Info", format_rtp_info(infos)))
         log.info("session %s: PLAY %s from %.3f s", session.id, session.title_name,
-                 start_ns / 1e9)
+                 start_ns / 1e9, extra=log_fields(session.id, session.title_name))
         return self._reply(req, 200, session=session, headers=tuple(headers))
 
     def _pause(self, req: Request, session: Session) -> Response:
@@ -364,7 +373,8 @@ class RtspServer:
 
     def _teardown(self, req: Request, session: Session) -> Response:
         self._close(session)
-        log.info("session %s: TEARDOWN", session.id)
+        log.info("session %s: TEARDOWN", session.id,
+                 extra=log_fields(session.id, session.title_name))
         return self._reply(req, 200)
 
     # -- helpers ------------------------------------------------------------

@@ -7,13 +7,18 @@ import os
 import random
 import socket
 import subprocess
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator
 
 from appliance.bench.daemon import ROOT, ServeProcess, free_tcp_port, loopback_config
+from appliance.bench.rtsp_client import RtpReceiver, RtspClient
 
 PYTHON = "/usr/bin/python3"
 KVOD = [PYTHON, os.path.join(ROOT, "bin", "kvod")]
 
-__all__ = ["KVOD", "KvodDaemon", "ROOT", "free_tcp_port", "free_udp_pair"]
+__all__ = ["KVOD", "KvodDaemon", "Playing", "ROOT", "free_tcp_port", "free_udp_pair",
+           "play_movie"]
 
 
 def _udp_free(family: int, port: int) -> bool:
@@ -101,3 +106,35 @@ class KvodDaemon:
             return self.serve.stop(timeout)
         except TimeoutError as exc:
             raise RuntimeError(str(exc)) from None
+
+
+@dataclass
+class Playing:
+    """A daemon with one session playing "movie" to a receiver."""
+
+    daemon: KvodDaemon
+    client: RtspClient
+    receiver: RtpReceiver
+    session: str
+    server_ports: tuple
+
+
+@contextmanager
+def play_movie(folder, ts_file: str, packets: int = 20, **daemon_kw) -> Iterator[Playing]:
+    """Start a daemon (``daemon_kw`` to KvodDaemon), add and play the
+    title until ``packets`` have come; stop everything after."""
+    daemon = KvodDaemon(str(folder), **daemon_kw)
+    daemon.add(ts_file, "movie")
+    daemon.start()
+    receiver = RtpReceiver()
+    client = RtspClient("127.0.0.1", daemon.port)
+    try:
+        url = client.url("movie")
+        session, server_ports, _ = client.setup_udp(url + "/trackID=0", receiver.ports)
+        assert client.request("PLAY", url + "/", [("Session", session)]).status == 200
+        assert receiver.wait_for(packets)
+        yield Playing(daemon, client, receiver, session, server_ports)
+    finally:
+        client.close()
+        receiver.close()
+        assert daemon.stop() == 0
