@@ -27,6 +27,7 @@ from appliance.admin_http import admin_site
 from appliance.cache.catalog_writer import CatalogWriter
 from appliance.cache.origin import HttpOrigin
 from appliance.config import Config, ConfigError, OriginConfig, load_config
+from appliance.data_owner import share_with_group
 from appliance.metrics import DaemonMetrics
 from appliance.reload import plan
 from appliance import supervision
@@ -84,6 +85,8 @@ class KvodService(service.MultiService):
         self.config = config
         self.config_path = config_path
         self.reactor = reactor
+        # files the operators' kvod commands (the data's group) may change too
+        share_with_group(config.catalog.path)
         self.catalog = open_catalog(config.catalog.path)
         self.cache = make_cache(config, reactor, self.catalog)
         # KVOD_ENGINE_REFUSE=udp_segment,zerocopy,io_uring makes the engine act

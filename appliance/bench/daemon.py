@@ -43,11 +43,14 @@ class ServeProcess:
     """``kvod --config CONFIG serve``, started and stopped on demand."""
 
     def __init__(self, config: str, port: int, log_path: str,
-                 env: Optional[dict] = None) -> None:
+                 env: Optional[dict] = None, user: Optional[int] = None) -> None:
+        """``user``: run the daemon as that uid (and its group), as the
+        service runs as its own user."""
         self.config = config
         self.port = port
         self.log_path = log_path
         self.env = env
+        self.user = user
         self.proc: Optional[subprocess.Popen] = None
         self._log = None
 
@@ -58,8 +61,10 @@ class ServeProcess:
     def start(self, timeout: float = 15) -> None:
         """Start the daemon and return once RTSP accepts connections."""
         self._log = open(self.log_path, "ab")
+        as_user = {} if self.user is None else dict(user=self.user, group=self.user,
+                                                     extra_groups=[])
         self.proc = subprocess.Popen(self.command("serve"), cwd=ROOT, env=self.env,
-                                     stdout=self._log, stderr=subprocess.STDOUT)
+                                     stdout=self._log, stderr=subprocess.STDOUT, **as_user)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

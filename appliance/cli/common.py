@@ -58,10 +58,24 @@ def config_of(ctx: click.Context):
     return root.obj["config"]
 
 
+def act_as_data_owner(config) -> None:
+    """Make what this command writes usable by the daemon that owns the data
+    (``appliance.data_owner``): as root, become the data folder's owner; in
+    the shared group's layout, write group-writable files."""
+    from appliance.data_owner import DataOwnerError, become_owner, share_with_group
+    try:
+        become_owner(os.path.dirname(os.path.abspath(config.catalog.path)))
+    except DataOwnerError as exc:
+        raise click.ClickException(str(exc)) from None
+    share_with_group(config.catalog.path)
+
+
 def open_catalog(config):
-    """The catalog of ``config``; a bad catalog is a one-line click error."""
+    """The catalog of ``config``, opened as the data's owner (see
+    :func:`act_as_data_owner`); a bad catalog is a one-line click error."""
     from catalog import CatalogError
     from catalog import open_catalog as open_db
+    act_as_data_owner(config)
     try:
         return open_db(config.catalog.path)
     except CatalogError as exc:
