@@ -135,8 +135,10 @@ class KvodService(service.MultiService):
 
     def status(self) -> dict:
         """The daemon's status snapshot (``/status``, ``kvod status``)."""
-        return daemon_status(engine=self.engine, server=self.server, started=self.started,
-                             ports=self.media.ports.status(), traffic=self.media.traffic())
+        status = daemon_status(engine=self.engine, server=self.server, started=self.started,
+                               ports=self.media.ports.status(), traffic=self.media.traffic())
+        status["engine"]["description"] = self.engine_description
+        return status
 
     def _cache_figures(self) -> dict:
         """The cache's figures for /metrics and the STATUS= line."""

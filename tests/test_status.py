@@ -43,6 +43,7 @@ def test_status_lists_engine_and_playing_session(playing):
     assert stream["shared"] is False and stream["ports"] == "per-session"
     text = daemon.kvod("status").stdout
     assert "engine: gso (asked auto)" in text
+    assert "engine in use: gso strategy (asked auto)" in text and "user space" in text
     assert "server ports: per-session pairs from " in text
     assert session in text and "movie" in text
 

@@ -75,6 +75,8 @@ def status(ctx: click.Context, as_json: bool) -> None:
     features = " ".join(k for k, v in engine.get("features", {}).items() if v) or "none"
     click.echo(f"engine: {engine['strategy']} (asked {engine['requested_strategy']}), "
                f"{engine['threads']} thread(s), kernel features: {features}")
+    if engine.get("description"):
+        click.echo(f"engine in use: {engine['description']}")
     if engine.get("fallback"):
         click.echo(f"engine fallback: {engine['fallback']}")
     if engine.get("runtime_refused"):

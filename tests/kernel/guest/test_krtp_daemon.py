@@ -19,8 +19,10 @@ def sha256(path) -> str:
         return hashlib.sha256(f.read()).hexdigest()
 
 
-@pytest.mark.parametrize("backend", ["krtpsendfile", "krtpmsend"])
-def test_daemon_serves_a_title_through_krtp(tmp_path, backend):
+@pytest.mark.parametrize("backend,call", [("krtpsendfile", "krtpsendfile"),
+                                          ("krtpmsend", "krtpmsend"),
+                                          ("auto", "krtpsendfile")])
+def test_daemon_serves_a_title_through_krtp(tmp_path, backend, call):
     title = make_ts(seconds=3, size="320x240", video_bitrate="500k")
     with krtp.KrtpEngine() as probe:
         before = probe.info()
@@ -40,7 +42,9 @@ def test_daemon_serves_a_title_through_krtp(tmp_path, backend):
         assert sha256(out) == sha256(title)
         # kvod status names the kernel engine and its counters
         status = d.kvod("status").stdout
-        assert f"engine: {backend} (asked {backend})" in status, status
+        # "auto" picks the module by itself, and says so
+        assert f"engine: {call} (asked {backend})" in status, status
+        assert f"engine in use: kernel engine {call}" in status, status
         assert "kernel features: krtp" in status, status
         with krtp.KrtpEngine() as probe:
             after = probe.info()
@@ -50,4 +54,4 @@ def test_daemon_serves_a_title_through_krtp(tmp_path, backend):
         code = d.stop(timeout=60)
     log = d.log()
     assert code == 0, log
-    assert f"engine: kernel engine {backend}" in log, log
+    assert f"engine: kernel engine {call}" in log, log
