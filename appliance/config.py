@@ -216,6 +216,10 @@ class RtspConfig(_Section):
         "tcp:8554:interface=0.0.0.0", _endpoint,
         "Twisted server endpoint the RTSP server listens on "
         "(e.g. 'tcp:8554:interface=::', 'systemd:domain=INET:index=0').")
+    listen_backlog: int = _setting(
+        1024, _int_in(1, 65535, "an integer from 1 to 65535"),
+        "Connections the kernel queues before the daemon accepts them, for a TCP listen "
+        "endpoint that names no backlog= (a flash crowd of viewers connects at once).")
     session_timeout: float = _setting(
         60.0, _positive_number,
         "Seconds without a request or RTCP report before a session is torn down.")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import resource
 import signal
 import socket
 import time
@@ -28,6 +29,7 @@ from appliance.cache.catalog_writer import CatalogWriter
 from appliance.cache.origin import HttpOrigin
 from appliance.config import Config, ConfigError, OriginConfig, load_config
 from appliance.data_owner import share_with_group
+from appliance.endpoint_strings import with_backlog
 from appliance.metrics import DaemonMetrics
 from appliance.reload import plan
 from appliance import supervision
@@ -124,7 +126,8 @@ class KvodService(service.MultiService):
                                    on_answered=self.metrics.answered)
         self.exit_code = 0
         self.started = time.time()
-        self.endpoint = endpoints.serverFromString(reactor, config.rtsp.listen)
+        self.endpoint = endpoints.serverFromString(
+            reactor, with_backlog(config.rtsp.listen, config.rtsp.listen_backlog))
         self.port = None
         self.admin_endpoint = endpoints.serverFromString(reactor, config.admin.listen)
         self.admin_port = None
@@ -315,6 +318,25 @@ def _with(old: Config, new: Config, keys: list[str]) -> Config:
         for section, values in sections.items()})
 
 
+def _raise_open_files(config: Config) -> None:
+    """Take every descriptor the hard limit allows (a session holds several:
+    its RTSP connection, a UDP pair, the engine's duplicates), and say so
+    when that is short of what ``rtsp.max_sessions`` may need."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        want = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+            soft = want
+        except (ValueError, OSError) as exc:
+            log.warning("cannot raise the open-file limit from %d: %s", soft, exc)
+    need = config.rtsp.max_sessions * 5 + 256
+    if soft < need:
+        log.warning("open-file limit %d is short of the %d that rtsp.max_sessions = %d may "
+                    "need (raise LimitNOFILE, or lower max_sessions)", soft, need,
+                    config.rtsp.max_sessions)
+
+
 def make_service(config: Config, reactor, config_path: Optional[str] = None) -> KvodService:
     """Build the daemon's service tree for ``config`` on ``reactor``."""
     return KvodService(config, reactor, config_path)
@@ -324,6 +346,7 @@ def run(config: Config, config_path: Optional[str] = None) -> int:
     """Run the daemon in the foreground until SIGINT/SIGTERM; SIGHUP reloads
     ``config_path``."""
     from twisted.internet import reactor
+    _raise_open_files(config)
     daemon = make_service(config, reactor, config_path)
     signal.signal(signal.SIGHUP, lambda signum, frame: reactor.callFromThread(daemon.reload))
     reactor.callWhenRunning(daemon.startService)

@@ -9,6 +9,7 @@ import pytest
 
 from appliance.cli.common import admin_address, admin_url
 from appliance.config import Config
+from appliance.endpoint_strings import parse_endpoint, with_backlog
 from tests.helpers.daemon import KvodDaemon
 
 # every TCP form Twisted's serverFromString accepts, and what a client dials
@@ -64,3 +65,38 @@ def test_cache_commands_reach_a_daemon_whose_admin_listen_uses_keywords(tmp_path
         assert "evicted films/a" in d.log()
     finally:
         assert d.stop() == 0, d.log()
+
+
+@pytest.mark.parametrize("listen,want", [
+    ("tcp:8554:interface=0.0.0.0", "tcp:8554:interface=0.0.0.0:backlog=1024"),
+    ("tcp6:8554:interface=\\:\\:", "tcp6:8554:interface=\\:\\::backlog=1024"),
+    ("tcp:8554:interface=0.0.0.0:backlog=10", "tcp:8554:interface=0.0.0.0:backlog=10"),
+    ("tcp:8554:127.0.0.1:10", "tcp:8554:127.0.0.1:10"),
+    ("systemd:domain=INET:index=0", "systemd:domain=INET:index=0"),
+])
+def test_a_tcp_listener_gets_the_configured_backlog_unless_it_names_one(listen, want):
+    assert with_backlog(listen, 1024) == want
+    if want != listen:
+        assert parse_endpoint(want).options["backlog"] == "1024"
+
+
+@pytest.mark.integration
+def test_the_daemon_listens_with_a_flash_crowd_backlog_and_all_open_files(tmp_path):
+    import resource
+    import subprocess
+
+    d = KvodDaemon(str(tmp_path), rtsp="listen_backlog = 777\n")
+    low = 512
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    d.serve.preexec = lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (low, hard))
+    d.start()
+    try:
+        # ss shows a listener's backlog as its Send-Q
+        out = subprocess.run(["ss", "-ltnH", f"sport = :{d.port}"], capture_output=True,
+                             text=True, check=True).stdout.split()
+        assert out[2] == "777", out
+        with open(f"/proc/{d.proc.pid}/limits") as f:
+            line = next(x for x in f if x.startswith("Max open files"))
+        assert int(line.split()[3]) == hard
+    finally:
+        assert d.stop() == 0

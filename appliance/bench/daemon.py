@@ -51,6 +51,8 @@ class ServeProcess:
         self.log_path = log_path
         self.env = env
         self.user = user
+        #: run in the child before the daemon starts (tests: resource limits)
+        self.preexec = None
         self.proc: Optional[subprocess.Popen] = None
         self._log = None
 
@@ -64,7 +66,8 @@ class ServeProcess:
         as_user = {} if self.user is None else dict(user=self.user, group=self.user,
                                                      extra_groups=[])
         self.proc = subprocess.Popen(self.command("serve"), cwd=ROOT, env=self.env,
-                                     stdout=self._log, stderr=subprocess.STDOUT, **as_user)
+                                     stdout=self._log, stderr=subprocess.STDOUT,
+                                     preexec_fn=self.preexec, **as_user)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

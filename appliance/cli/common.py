@@ -20,6 +20,8 @@ from typing import Iterator, Optional
 
 import click
 
+from appliance.endpoint_strings import parse_endpoint
+
 DEFAULT_CONFIG = "/etc/kvod/kvod.toml"
 ADMIN_TIMEOUT = 5.0
 
@@ -82,22 +84,6 @@ def open_catalog(config):
         raise click.ClickException(f"catalog {config.catalog.path}: {exc}") from None
 
 
-def _split_unescaped(text: str, sep: str) -> list[str]:
-    """``text`` split at each ``sep`` not escaped by a backslash, with the
-    escapes removed (Twisted's endpoint string quoting)."""
-    parts, current, chars = [], [], iter(text)
-    for char in chars:
-        if char == "\\":
-            current.append(next(chars, ""))
-        elif char == sep:
-            parts.append("".join(current))
-            current = []
-        else:
-            current.append(char)
-    parts.append("".join(current))
-    return parts
-
-
 def admin_address(listen: str) -> Optional[tuple[str, int]]:
     """(host, port) at which a client reaches a server listening on the
     Twisted endpoint string ``listen``, or None when it is not TCP.
@@ -107,15 +93,10 @@ def admin_address(listen: str) -> Optional[tuple[str, int]]:
     and ``backlog``, ``tcp6:``, and backslash-escaped colons in IPv6
     interfaces. A wildcard interface is reached on loopback.
     """
-    kind, *args = _split_unescaped(listen, ":")
-    if kind not in ("tcp", "tcp6"):
+    parsed = parse_endpoint(listen)
+    if not parsed.tcp:
         return None
-    positional = [a for a in args if "=" not in a]
-    options = dict(a.split("=", 1) for a in args if "=" in a)
-    # serverFromString's TCP parser takes (port, interface, backlog) positionally
-    names = ("port", "interface", "backlog")
-    for name, value in zip(names, positional):
-        options.setdefault(name, value)
+    kind, options = parsed.kind, parsed.options
     try:
         port = int(options["port"])
     except (KeyError, ValueError):
