@@ -26,9 +26,10 @@ from rtpengine.bench.stats import percentile
 
 
 class _Daemon:
-    """kvod serve in a temporary folder, for the length of a benchmark."""
+    """kvod serve in a temporary folder, for the length of a benchmark, with
+    ``titles`` (name -> media path) in its catalog."""
 
-    def __init__(self, media_path: str, ports: str = "per-session"):
+    def __init__(self, titles: dict[str, str], ports: str = "per-session"):
         self.tmp = tempfile.TemporaryDirectory(prefix="kvod-bench-")
         self.port = free_tcp_port()
         config = os.path.join(self.tmp.name, "kvod.toml")
@@ -38,8 +39,9 @@ class _Daemon:
                                          f'server_ports = "{ports}"\n',
                                     sections='[cache]\ndir = "cache"\n'))
         self.serve = ServeProcess(config, self.port, os.path.join(self.tmp.name, "kvod.log"))
-        subprocess.run(self.serve.command("catalog", "add", media_path, "--name", "bench"),
-                       check=True, capture_output=True, timeout=300)
+        for name, media_path in titles.items():
+            subprocess.run(self.serve.command("catalog", "add", media_path, "--name", name),
+                           check=True, capture_output=True, timeout=1800)
         self.serve.start()
 
     def close(self) -> None:
@@ -74,28 +76,37 @@ def _one_session(port: int, name: str = "bench") -> tuple[float, float]:
         receiver.close()
 
 
+def _summary(values: list[float]) -> dict:
+    return {"p50": round(percentile(values, 0.5), 3), "p99": round(percentile(values, 0.99), 3)}
+
+
 def run_latency(media_path: str, sessions: int = 50,
                 progress: Callable[[float], None] | None = None,
-                ports: str = "per-session") -> dict:
-    """Time ``sessions`` start-ups against a fresh daemon whose server ports
-    are ``ports`` (``"per-session"`` or ``"shared"``); milliseconds."""
-    daemon = _Daemon(media_path, ports)
+                ports: str = "per-session", titles: dict[str, str] | None = None) -> dict:
+    """Time ``sessions`` start-ups of each title against one fresh daemon
+    whose server ports are ``ports`` (``"per-session"`` or ``"shared"``);
+    milliseconds. ``titles`` (label -> media path) replaces ``media_path``
+    for a side-by-side run; sessions alternate between them so that both
+    meet the same machine."""
+    titles = titles or {"bench": media_path}
+    daemon = _Daemon(titles, ports)
+    per_title: dict[str, tuple[list, list]] = {name: ([], []) for name in titles}
     try:
-        _one_session(daemon.port)  # warm the page cache and the catalog
-        describe, play = [], []
+        for name in titles:
+            _one_session(daemon.port, name)  # warm the page cache and the catalog
         for i in range(sessions):
-            d, p = _one_session(daemon.port)
-            describe.append(d)
-            play.append(p)
+            for name in titles:
+                d, p = _one_session(daemon.port, name)
+                per_title[name][0].append(d)
+                per_title[name][1].append(p)
             if progress:
                 progress((i + 1) / sessions)
     finally:
         daemon.close()
-    return {
-        "sessions": sessions,
-        "server_ports": ports,
-        "play_to_first_rtp_ms": {"p50": round(percentile(play, 0.5), 3),
-                                 "p99": round(percentile(play, 0.99), 3)},
-        "describe_to_first_rtp_ms": {"p50": round(percentile(describe, 0.5), 3),
-                                     "p99": round(percentile(describe, 0.99), 3)},
-    }
+    result = {"sessions": sessions, "server_ports": ports,
+              "titles": {name: {"describe_to_first_rtp_ms": _summary(d),
+                                "play_to_first_rtp_ms": _summary(p)}
+                         for name, (d, p) in per_title.items()}}
+    first = next(iter(result["titles"].values()))
+    result.update(first)  # the one-title keys, as before
+    return result

@@ -117,28 +117,81 @@ def bench_index(size_mb: int, as_json: bool) -> None:
     click.echo(f"  {result['records_per_s'] / 1e6:.2f} M records/s")
 
 
+#: live555 measured on this machine class with the same client and title
+#: (issue 15): p50 / p99 ms
+LIVE555 = {"describe_to_first_rtp_ms": (0.86, 1.45), "play_to_first_rtp_ms": (0.10, 0.30)}
+#: the start-up targets (issue 15): p99 ms
+TARGETS = {"describe_to_first_rtp_ms": 1.0, "play_to_first_rtp_ms": 0.3}
+
+
 @bench.command("latency")
-@click.option("--sessions", default=50, show_default=True, help="Sessions timed.")
+@click.option("--sessions", default=50, show_default=True, help="Sessions timed (per title).")
 @click.option("--bitrate", default="4M", show_default=True, help="Bit rate of the title.")
+@click.option("--title-minutes", default="0.5", show_default=True,
+              help="Lengths of the titles timed side by side, in minutes (e.g. 2,120); "
+                   "long ones are made by copying the 30 s title in a loop.")
 @click.option("--ports", type=click.Choice(["per-session", "shared"]), default="per-session",
               show_default=True, help="The daemon's [rtsp] server_ports.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def bench_latency(sessions: int, bitrate: str, ports: str, as_json: bool) -> None:
+def bench_latency(sessions: int, bitrate: str, title_minutes: str, ports: str,
+                  as_json: bool) -> None:
     """Start-up latency of a real daemon: PLAY or DESCRIBE to the first RTP packet."""
     from appliance.bench.latency import run_latency
-    from rtpengine.bench.media import bench_title
-    media = bench_title(bitrate=bitrate, seconds=30)
+    from rtpengine.bench.media import long_title
+    try:
+        minutes = [float(m) for m in title_minutes.split(",") if m.strip()]
+    except ValueError:
+        raise click.BadParameter(f"not a list of minutes: {title_minutes!r}") from None
+    titles = {f"{m:g}min": long_title(m, bitrate) for m in minutes}
     with progress_bar("latency", as_json and not sys.stderr.isatty()) as progress:
-        result = run_latency(media, sessions, progress=progress, ports=ports)
+        result = run_latency(next(iter(titles.values())), sessions, progress=progress,
+                             ports=ports, titles=titles)
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return
-    click.echo(f"start-up latency over {result['sessions']} sessions on loopback, "
-               f"{ports} server ports "
-               "(a well-known C++ server measured here: 0.3 ms / 1.4 ms):")
-    for key, label in (("play_to_first_rtp_ms", "PLAY -> first RTP"),
-                       ("describe_to_first_rtp_ms", "DESCRIBE -> first RTP")):
-        click.echo(f"  {label:<22} p50 {result[key]['p50']:.3f} ms  p99 {result[key]['p99']:.3f} ms")
+    click.echo(f"start-up latency over {result['sessions']} fresh sessions per title on "
+               f"loopback, {ports} server ports, cached titles at {bitrate}b/s:")
+    header = "".join(f"{name + ' title':>21}   " for name in result["titles"])
+    click.echo(f"  {'p50 / p99 ms':<30}{header}{'live555 here':>16}{'target p99':>13}")
+    for key, label in (("describe_to_first_rtp_ms", "DESCRIBE -> first RTP"),
+                       ("play_to_first_rtp_ms", "PLAY -> first RTP")):
+        cells = "".join(f"{t[key]['p50']:>10.3f} / {t[key]['p99']:<10.3f}"
+                        for t in result["titles"].values())
+        anchor = LIVE555[key]
+        click.echo(f"  {label:<30}{cells}{anchor[0]:>8.2f} / {anchor[1]:<7.2f}"
+                   f"{TARGETS[key]:>8.1f} ms")
+    if len(result["titles"]) > 1:
+        p99 = [t["describe_to_first_rtp_ms"]["p99"] for t in result["titles"].values()]
+        click.echo(f"  longest / shortest title, DESCRIBE -> first RTP p99: "
+                   f"{max(p99) / min(p99):.2f}x (target within 1.10x)")
+
+
+@bench.command("crowd")
+@click.option("--sessions", default=1000, show_default=True, help="Viewers in the crowd.")
+@click.option("--concurrency", default=100, show_default=True,
+              help="Sessions being set up at once.")
+@click.option("--bitrate", default="1M", show_default=True, help="Bit rate of the title.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def bench_crowd(sessions: int, concurrency: int, bitrate: str, as_json: bool) -> None:
+    """A flash crowd: every session's first RTP packet, PLAY latency, failures, CPU."""
+    from appliance.bench.crowd import run_crowd
+    from rtpengine.bench.media import bench_title
+    media = bench_title(bitrate=bitrate, seconds=30)
+    with progress_bar("crowd", as_json and not sys.stderr.isatty()) as progress:
+        result = run_crowd(media, sessions, concurrency, progress=progress)
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    click.echo(f"{sessions} sessions, {concurrency} set up at once, {bitrate}b/s title, "
+               f"loopback:")
+    click.echo(f"  every session's first RTP packet after {result['all_first_packet_ms']} ms "
+               f"(target 500 ms)")
+    p = result["play_to_first_rtp_ms"]
+    click.echo(f"  PLAY -> first RTP under the crowd: p50 {p['p50']:.3f} ms  "
+               f"p99 {p['p99']:.3f} ms")
+    click.echo(f"  failures: {result['failures']} (target 0)"
+               + "".join(f"\n    {e}" for e in result["failure_examples"]))
+    click.echo(f"  daemon CPU per session set up: {result['server_cpu_ms_per_session']:.3f} ms")
 
 
 @bench.command("proxy")

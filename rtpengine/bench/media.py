@@ -34,3 +34,23 @@ def bench_title(bitrate: str = "4M", seconds: int = 30, size: str = "1280x720") 
     ], check=True, timeout=600)
     os.replace(tmp, path)
     return path
+
+
+def long_title(minutes: float, bitrate: str = "4M") -> str:
+    """A title ``minutes`` long, made cheaply from the 30 s one by copying
+    it in a loop (no encoding): what a library of films looks like to the
+    control plane (a hint file of a two-hour film, its records)."""
+    if minutes <= 0.5:
+        return bench_title(bitrate=bitrate, seconds=max(1, round(minutes * 60)))
+    base = bench_title(bitrate=bitrate, seconds=30)
+    path = os.path.join(cache_dir(), f"bench-{bitrate}-{minutes:g}min.ts")
+    if os.path.exists(path):
+        return path
+    tmp = path + f".tmp{os.getpid()}.ts"
+    loops = int(minutes * 2) + 1
+    subprocess.run([
+        "ffmpeg", "-nostdin", "-loglevel", "error", "-y", "-stream_loop", str(loops),
+        "-i", base, "-c", "copy", "-t", str(minutes * 60), "-f", "mpegts", tmp,
+    ], check=True, timeout=1800)
+    os.replace(tmp, path)
+    return path

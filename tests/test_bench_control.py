@@ -1,0 +1,41 @@
+"""The control-plane benchmarks run end to end on a small scale (their
+figures are read by people from ``kvod bench``; here they must work and
+say what they measured)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+
+from appliance.bench.crowd import run_crowd
+from appliance.bench.latency import run_latency
+from tests.helpers.daemon import KVOD
+
+pytestmark = pytest.mark.integration
+
+
+def test_crowd_sets_up_every_session_and_times_its_first_packet(short_ts_file):
+    result = run_crowd(short_ts_file, sessions=30, concurrency=10, timeout=10)
+    assert result["failures"] == 0, result
+    assert 0 < result["all_first_packet_ms"] < 10_000
+    assert 0 < result["play_to_first_rtp_ms"]["p50"] <= result["play_to_first_rtp_ms"]["p99"]
+    assert result["server_cpu_ms_per_session"] > 0
+
+
+def test_latency_times_titles_side_by_side(ts_file, short_ts_file):
+    result = run_latency(ts_file, sessions=5, titles={"long": ts_file, "short": short_ts_file})
+    assert set(result["titles"]) == {"long", "short"}
+    for figures in result["titles"].values():
+        for key in ("describe_to_first_rtp_ms", "play_to_first_rtp_ms"):
+            assert 0 < figures[key]["p50"] <= figures[key]["p99"] < 1000
+    # the one-title keys stay for scripts that read them
+    assert result["play_to_first_rtp_ms"] == result["titles"]["long"]["play_to_first_rtp_ms"]
+
+
+def test_bench_crowd_command_prints_its_targets():
+    out = subprocess.run(KVOD + ["bench", "crowd", "--sessions", "20", "--concurrency", "5",
+                                 "--json"], capture_output=True, text=True, timeout=300,
+                         check=True).stdout
+    assert json.loads(out)["failures"] == 0
