@@ -10,6 +10,8 @@ from __future__ import annotations
 import errno
 import gc
 import os
+import ctypes
+import mmap
 import random
 import socket
 import struct
@@ -807,3 +809,62 @@ def test_play_says_where_it_starts(paced_title, receivers):
         assert start.record == len(recs) and start.send_ns == recs[-1].send_ns
         assert start.seq == seq_add(65530, len(got))
         assert start.rtp_ts == (0xFFFFFF00 + recs[-1].rtp_ts) & 0xFFFFFFFF
+
+
+def resident_pages(path: str) -> int:
+    """Pages of ``path`` in the page cache now (mincore over a mapping of
+    our own, which reads nothing in)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                          ctypes.c_int, ctypes.c_long)
+    libc.mincore.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p)
+    libc.munmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t)
+    size = os.path.getsize(path)
+    vec = ctypes.create_string_buffer((size + mmap.PAGESIZE - 1) // mmap.PAGESIZE)
+    with open(path, "rb") as f:
+        addr = libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, f.fileno(), 0)
+    if addr in (None, ctypes.c_void_p(-1).value):
+        raise OSError(ctypes.get_errno(), "mmap")
+    try:
+        if libc.mincore(addr, size, vec) != 0:
+            raise OSError(ctypes.get_errno(), "mincore")
+    finally:
+        libc.munmap(addr, size)
+    return sum(b & 1 for b in vec.raw)
+
+
+def test_a_hint_file_is_checked_once_not_per_open(tmp_path, receivers):
+    # SETUP used to read every record of the title (a two-hour film: 87 MB
+    # of records) on every open; now the engine remembers what it checked
+    # by file identity, and reads only what it sends
+    media = tmp_path / "m.bin"
+    media.write_bytes(bytes(range(256)) * 64)
+    count = 2_000_000                       # 64 MB of records, a long film's
+    hints = write_hints(tmp_path / "long.hint", [HintRecord(0, 100, i, i * MS, 0, b"")
+                                                 for i in range(count)])
+    rx = receivers()
+    total = os.path.getsize(hints) // mmap.PAGESIZE
+
+    def open_then_resident(engine) -> int:
+        # out of the page cache, then opened: what the open read
+        with open(hints, "rb") as f:
+            os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+        stream = open_stream(engine, rx.sender(), str(media), hints, ssrc=1, seq0=0, ts0=0)
+        stream.close()
+        return resident_pages(hints)
+
+    os.sync()
+    with Engine() as e:
+        first = open_then_resident(e)
+        again = [open_then_resident(e) for _ in range(3)]
+        assert first > total * 0.9, (first, total)     # every record read once
+        # then the header and what readahead brings around it
+        assert max(again) < total / 4, (again, total)
+        # rewritten in place, same size: checked again, and refused
+        with open(hints, "r+b") as f:
+            f.seek(64 + 32 * (count - 1))
+            f.write(HintRecord(1 << 40, 100, 0, 0, 0, b"").pack())
+        with pytest.raises(EngineError) as exc:
+            open_stream(e, rx.sender(), str(media), hints, ssrc=1, seq0=0, ts0=0)
+        assert exc.value.errno == errno.ERANGE and f"record {count - 1}" in str(exc.value)

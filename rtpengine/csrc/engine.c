@@ -784,9 +784,11 @@ KVOD_API int kvod_stream_open(struct kvod_engine *e,
 		goto err_sock;
 	/* stream_free() unmaps it from here on */
 	use_hint(s, &v, hint_dev, hint_ino);
-	err = check_hint(&v, s->media_size, KVOD_RECORDS_FROM_HINT, 0);
+	err = check_hint(&v, s->media_size, KVOD_RECORDS_FROM_HINT,
+			 kvod_maps_checked(&e->maps, p->hint_fd, s->media_size));
 	if (err)
 		goto err_sock;
+	kvod_maps_set_checked(&e->maps, p->hint_fd, s->media_size, v.nrec);
 	use_hint(s, &v, hint_dev, hint_ino);
 	want_pt = p->payload_type == KVOD_PT_FROM_HINT ? v.payload_type :
 							 p->payload_type;
@@ -1061,7 +1063,7 @@ KVOD_API int kvod_stream_set_hints(struct kvod_engine *e, int id,
 	struct kvod_stream *s;
 	struct hint_view v;
 	uint64_t media_size, dev, ino, had_dev, had_ino, had_nrec;
-	uint64_t check_from = 0;
+	uint64_t check_from = 0, known;
 	int64_t next;
 	const uint8_t *old;
 	int err, fd = -1;
@@ -1086,9 +1088,12 @@ KVOD_API int kvod_stream_set_hints(struct kvod_engine *e, int id,
 	if (!(flags & (KVOD_HINTS_REMAP | KVOD_HINTS_RESTART)) &&
 	    dev == had_dev && ino == had_ino)
 		check_from = had_nrec;
-	err = check_hint(&v, media_size, record_count, check_from);
+	known = kvod_maps_checked(&e->maps, hint_fd, media_size);
+	err = check_hint(&v, media_size, record_count,
+			 known > check_from ? known : check_from);
 	if (err)
 		goto err_unmap;
+	kvod_maps_set_checked(&e->maps, hint_fd, media_size, v.nrec);
 	/* the research's paths pread blob records through their own fd */
 	if (!kvod_is_mmsg_strategy(e->strategy)) {
 		fd = dup_file(hint_fd, "hint");

@@ -1,7 +1,9 @@
 // SPDX-License-Identifier: GPL-2.0
 #include <errno.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 
@@ -24,6 +26,8 @@ void kvod_maps_init(struct kvod_maps *m)
 {
 	pthread_mutex_init(&m->lock, NULL);
 	m->list = NULL;
+	memset(m->checked, 0, sizeof(m->checked));
+	m->checked_next = 0;
 }
 
 /* after every kvod_maps_put(): nothing is left to unmap */
@@ -110,5 +114,82 @@ void kvod_maps_put(struct kvod_maps *m, const uint8_t *map)
 		}
 		break;
 	}
+	pthread_mutex_unlock(&m->lock);
+}
+
+/*
+ * What identifies a file's contents without reading them: device, inode,
+ * size and both times. A rewrite in place changes ctime, which nobody can
+ * set back.
+ */
+static int identity(int fd, uint64_t media_size, struct kvod_checked *id)
+{
+	struct stat st;
+
+	if (fstat(fd, &st) < 0)
+		return -errno;
+	memset(id, 0, sizeof(*id));
+	id->dev = st.st_dev;
+	id->ino = st.st_ino;
+	id->size = st.st_size;
+	id->mtime_ns = (int64_t)st.st_mtim.tv_sec * 1000000000 + st.st_mtim.tv_nsec;
+	id->ctime_ns = (int64_t)st.st_ctim.tv_sec * 1000000000 + st.st_ctim.tv_nsec;
+	id->media_size = media_size;
+	return 0;
+}
+
+static bool same_file(const struct kvod_checked *a, const struct kvod_checked *b)
+{
+	return a->dev == b->dev && a->ino == b->ino && a->size == b->size &&
+	       a->mtime_ns == b->mtime_ns && a->ctime_ns == b->ctime_ns &&
+	       a->media_size == b->media_size;
+}
+
+/*
+ * How many records of hint file @fd, from the first, were checked against
+ * a media file of @media_size bytes while the file was as it is now (0 if
+ * none): a title opened again is not checked again (issue 15: SETUP cost
+ * grew with the title's length).
+ */
+uint64_t kvod_maps_checked(struct kvod_maps *m, int fd, uint64_t media_size)
+{
+	struct kvod_checked id;
+	uint64_t count = 0;
+	unsigned int i;
+
+	if (identity(fd, media_size, &id))
+		return 0;
+	pthread_mutex_lock(&m->lock);
+	for (i = 0; i < KVOD_CHECKED_MEMO; i++) {
+		if (m->checked[i].count && same_file(&m->checked[i], &id)) {
+			count = m->checked[i].count;
+			break;
+		}
+	}
+	pthread_mutex_unlock(&m->lock);
+	return count;
+}
+
+/* Remember that @count records of hint file @fd passed the checks. */
+void kvod_maps_set_checked(struct kvod_maps *m, int fd, uint64_t media_size,
+			   uint64_t count)
+{
+	struct kvod_checked id;
+	unsigned int i, slot;
+
+	if (!count || identity(fd, media_size, &id))
+		return;
+	id.count = count;
+	pthread_mutex_lock(&m->lock);
+	slot = m->checked_next;
+	for (i = 0; i < KVOD_CHECKED_MEMO; i++) {
+		if (m->checked[i].count && same_file(&m->checked[i], &id)) {
+			slot = i;
+			break;
+		}
+	}
+	if (slot == m->checked_next)
+		m->checked_next = (m->checked_next + 1) % KVOD_CHECKED_MEMO;
+	m->checked[slot] = id;
 	pthread_mutex_unlock(&m->lock);
 }
