@@ -128,7 +128,10 @@ package-files:
 	mv $(PACKAGE_DIR)/kvod.toml.tmp $(PACKAGE_DIR)/kvod.toml
 
 # Both packages, lintian, then install/upgrade/purge in a booted Debian 12
-# container (systemd-nspawn; its root is cached under build/nspawn).
-test-package: deb
+# container (systemd-nspawn; its root is cached under build/nspawn) and the
+# DKMS source built for Debian 12's and 13's kernels (build/kernels).
+# The measured figures land in build/package-figures.json.
+test-package: deb kernels
 	env PATH=$(DEB_PATH) lintian --fail-on error,warning --info build/deb/*.deb
-	$(PYTHON) -m pytest -q -rxX -p no:cacheprovider $(PYTEST_ARGS) tests/package
+	KVOD_PACKAGE_TESTS=1 $(PYTHON) -m pytest -q -rxX $(PYTEST_ARGS) tests/package
+	@cat build/package-figures.json
