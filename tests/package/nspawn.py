@@ -142,6 +142,11 @@ class Container:
         self.close()
 
     def boot(self, timeout: float = 60) -> None:
+        # copies left by runs that were killed before they could clean up
+        for stale in glob.glob(os.path.join(CACHE, "run-*")):
+            pid = stale.rsplit("-", 1)[1]
+            if pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
+                shutil.rmtree(stale, ignore_errors=True)
         shutil.rmtree(self.dir, ignore_errors=True)
         os.makedirs(self.dir)
         _run(["cp", "-a", "--reflink=auto", self.base, self.root], timeout=300)

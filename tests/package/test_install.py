@@ -222,6 +222,10 @@ def test_a_title_added_as_root_plays_in_a_real_client(container, tmp_path):
         f"received {out.stat().st_size if out.exists() else 0} of {os.path.getsize(title)} "
         f"bytes; gst-launch exited {proc.returncode}: {proc.stdout[-2000:]!r}\n"
         + c.sh("journalctl -u kvod --no-pager | tail -n 30", check=False).stdout)
+    # the CLI reaches the running service through its admin endpoint
+    status = json.loads(c.sh("kvod status --json").stdout)
+    assert status["pid"] == main_pid(c)
+    assert status["totals"]["sessions"] >= 0
 
 
 def test_kill_9_gets_the_daemon_restarted(container):
