@@ -309,6 +309,17 @@ def test_upgrade_keeps_catalog_cache_and_edited_config(container, debs, upgrade_
     assert "krtp/" in c.sh("dkms status").stdout
 
 
+@pytest.mark.xfail(strict=True, reason="kvod catalog add as root makes the title's cache folder "
+                   "root's; the service (user kvod) cannot remove it, and eviction's rmtree "
+                   "ignores the error ('0 B freed', exit 0). Issue 10, daemon/CLI side: chown "
+                   "to kvod, or ingest through the admin API")
+def test_the_service_can_evict_what_root_added(container):
+    c = container
+    evict = c.sh("kvod cache evict first", check=False, timeout=60)
+    assert evict.returncode == 0, evict.stdout
+    assert c.sh("find /var/lib/kvod/cache -type f").stdout.strip() == "", evict.stdout
+
+
 def test_purge_leaves_no_file_user_or_unit(container):
     c = container
     c.sh("apt-get purge -y -q kvod krtp-dkms", timeout=300)
