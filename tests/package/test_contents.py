@@ -92,3 +92,24 @@ def test_the_man_page_covers_every_command_and_renders_cleanly(kvod_tree):
     text = re.sub(r".\x08", "", render.stdout)
     for path in command_paths(cli, "kvod"):
         assert re.search(rf"^\s+{re.escape(path)}$", text, re.M), f"{path} missing"
+
+
+def test_krtp_dkms_holds_the_source_the_module_loader_and_the_device_rule(tmp_path):
+    debs = glob.glob(os.path.join(DEB_DIR, "krtp-dkms_*_all.deb"))
+    assert len(debs) == 1, debs
+    version = subprocess.run(["dpkg-deb", "-f", debs[0], "Version"], check=True,
+                             capture_output=True, text=True, timeout=30).stdout.strip()
+    subprocess.run(["dpkg-deb", "-x", debs[0], str(tmp_path)], check=True, timeout=60)
+    src = tmp_path / "usr" / "src" / f"krtp-{version}"
+    conf = (src / "dkms.conf").read_text()
+    assert f'PACKAGE_VERSION="{version}"' in conf and 'PACKAGE_NAME="krtp"' in conf
+    for name in ("Kbuild", "Makefile", "krtp_main.c", "uapi/krtp.h"):
+        assert (src / name).is_file(), name
+    assert (tmp_path / "usr/lib/modules-load.d/krtp.conf").read_text().split("\n")[-2] == "krtp"
+    rules = [line for line in (tmp_path / "lib/udev/rules.d/60-krtp-dkms.rules").read_text()
+             .splitlines() if line and not line.startswith("#")]
+    assert rules == ['KERNEL=="krtp", SUBSYSTEM=="misc", OWNER="root", GROUP="kvod", '
+                     'MODE="0660"']
+    depends = subprocess.run(["dpkg-deb", "-f", debs[0], "Depends", "Architecture"], check=True,
+                             capture_output=True, text=True, timeout=30).stdout
+    assert "dkms" in depends and "Architecture: all" in depends
