@@ -11,6 +11,7 @@ build/package-figures.json (make test-package prints them).
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import hashlib
 import json
@@ -267,45 +268,42 @@ def test_the_sandbox_leaves_the_engine_its_kernel_features(container):
              "systemctl restart kvod", timeout=60)
 
 
-def with_drop_in(c: Container, name: str, text: str) -> None:
+@contextlib.contextmanager
+def drop_in(c: Container, name: str, text: str):
+    """kvod.service with ``[Service] text`` added (in /run), then as it was
+    and running again, whatever the test did."""
     c.sh(f"mkdir -p /run/systemd/system/kvod.service.d && printf '[Service]\\n{text}\\n' "
          f"> /run/systemd/system/kvod.service.d/{name}.conf && systemctl daemon-reload")
-
-
-def without_drop_in(c: Container, name: str) -> None:
-    c.sh(f"rm -f /run/systemd/system/kvod.service.d/{name}.conf && systemctl daemon-reload && "
-         "systemctl reset-failed kvod; systemctl restart kvod", timeout=60)
-    wait_for(c, "systemctl is-active kvod", timeout=30)
+    try:
+        yield
+    finally:
+        c.sh(f"rm -f /run/systemd/system/kvod.service.d/{name}.conf && systemctl daemon-reload "
+             "&& systemctl reset-failed kvod; systemctl restart kvod", timeout=60)
+        wait_for(c, "systemctl is-active kvod", timeout=30)
 
 
 @pytest.mark.xfail(strict=True, reason="the daemon has no SIGHUP handler yet (issue 10, daemon "
                    "side): uncomment ExecReload= in debian/kvod.service with it")
 def test_reload_keeps_the_daemon_running(container):
     c = container
-    with_drop_in(c, "reload", "ExecReload=/bin/kill -HUP $MAINPID")
-    try:
+    with drop_in(c, "reload", "ExecReload=/bin/kill -HUP $MAINPID"):
         pid = main_pid(c)
         c.sh("systemctl reload kvod", check=False, timeout=30)
         time.sleep(2)
         assert c.sh("systemctl is-active kvod", check=False).stdout.strip() == "active"
         assert main_pid(c) == pid
-    finally:
-        without_drop_in(c, "reload")
 
 
 @pytest.mark.xfail(strict=True, reason="the daemon sends no WATCHDOG=1 yet (issue 10, daemon "
                    "side): uncomment WatchdogSec= in debian/kvod.service with it")
 def test_the_daemon_keeps_its_watchdog_fed(container):
     c = container
-    with_drop_in(c, "watchdog", "WatchdogSec=2s")
-    try:
+    with drop_in(c, "watchdog", "WatchdogSec=2s"):
         c.sh("systemctl restart kvod", timeout=60)
         pid = main_pid(c)
         time.sleep(5)  # two and a half intervals
         assert c.sh("systemctl show -p Result --value kvod").stdout.strip() != "watchdog"
         assert main_pid(c) == pid
-    finally:
-        without_drop_in(c, "watchdog")
 
 
 def test_upgrade_keeps_catalog_cache_and_edited_config(container, debs, upgrade_debs):
