@@ -87,7 +87,7 @@ def command_paths(group: click.Group, prefix: str) -> list[str]:
 def test_the_man_page_covers_every_command_and_renders_cleanly(kvod_tree):
     page = os.path.join(kvod_tree, "usr", "share", "man", "man1", "kvod.1.gz")
     render = subprocess.run(["man", "--warnings", "-l", page], capture_output=True, text=True,
-                            timeout=60, env={**os.environ, "MANWIDTH": "200", "MAN_KEEP_FORMATTING": ""})
+                            timeout=60, env={**os.environ, "MANWIDTH": "200"})
     assert render.returncode == 0 and render.stderr == "", render.stderr
     text = re.sub(r".\x08", "", render.stdout)
     for path in command_paths(cli, "kvod"):
