@@ -39,7 +39,7 @@ def test_code_is_private_and_the_engine_is_built(kvod_tree):
         assert f"/usr/lib/kvod/{package}/__init__.py" in files
     for module in ("_kvod_engine", "_kvod_index"):
         assert [f for f in files if re.fullmatch(
-            rf"/usr/lib/kvod/rtpengine/{module}\.cpython-.*\.so", f)], module
+            rf"/usr/lib/kvod/rtpengine/(.*/)?{module}\.cpython-.*\.so", f)], module
     assert not [f for f in files if f.endswith((".pyc", ".o")) or "/tests/" in f]
 
 
