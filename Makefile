@@ -9,19 +9,28 @@ CSRC := $(wildcard rtpengine/csrc/*.c rtpengine/csrc/*.h) kernel/uapi/krtp.h
 ENGINE_STAMP := build/.engine-stamp
 PYTEST_ARGS ?=
 
-.PHONY: all deps engine run demo test test-fast test-asan bench clean
+.PHONY: all deps engine engine-build run demo test test-fast test-asan bench clean
 
 all: engine
 
 deps:
 	@packaging/install-deps
 
+# The one command that builds both cffi modules (rtpengine/_kvod_*.so);
+# the Debian package build calls it too, through engine-build.
+ENGINE_BUILD := $(PYTHON) -m rtpengine.csrc.build
+
 # Both cffi modules, rebuilt when any C source, header or the build script changes.
 $(ENGINE_STAMP): $(CSRC) rtpengine/csrc/build.py
-	$(PYTHON) -m rtpengine.csrc.build
+	$(ENGINE_BUILD)
 	@mkdir -p build && touch $@
 
 engine: deps $(ENGINE_STAMP)
+
+# The same without installing anything (debian/rules: build dependencies
+# come from Build-Depends there).
+engine-build:
+	$(ENGINE_BUILD)
 
 # Three minutes of 720p H.264 + AAC in MPEG-TS, made once and kept.
 $(DEMO):
@@ -86,3 +95,43 @@ test-kernel: engine kernels
 # software emulation distorts absolute figures)
 bench-kernel: engine kernels
 	$(PYTHON) -m tests.kernel.bench
+
+# The Debian packages: build/deb/kvod_<version>_amd64.deb and
+# build/deb/krtp-dkms_<version>_all.deb, built from a copy of the tree in
+# build/deb-src (so the package build's clean and its compiler flags leave
+# this tree's engine alone), with Debian's Python first on PATH.
+DEB_VERSION := $(shell dpkg-parsechangelog -S Version 2>/dev/null)
+DEB_SRC := build/deb-src/kvod-$(DEB_VERSION)
+DEB_PATH := /usr/sbin:/usr/bin:/sbin:/bin
+PACKAGE_DIR := build/package
+.PHONY: deb package-files test-package
+
+deb: deps
+	rm -rf build/deb-src && mkdir -p $(DEB_SRC) build/deb
+	tar -cf - --exclude=./build --exclude=./.git --exclude='*.so' --exclude='*.o' \
+		--exclude=__pycache__ --exclude=.pytest_cache --exclude=.hypothesis . \
+		| tar -xf - -C $(DEB_SRC)
+	cd $(DEB_SRC) && env PATH=$(DEB_PATH) dpkg-buildpackage -us -uc -b
+	rm -rf build/deb/*.deb build/deb/dbgsym
+	mkdir -p build/deb/dbgsym && mv build/deb-src/*-dbgsym_*.deb build/deb/dbgsym/
+	mv build/deb-src/*.deb build/deb-src/*.buildinfo build/deb-src/*.changes build/deb/
+	@ls -l build/deb/*.deb
+
+# What debian/rules installs besides the code: the man page from the click
+# commands, the config file from appliance/config.py's definitions.
+package-files:
+	@mkdir -p $(PACKAGE_DIR)
+	$(PYTHON) packaging/kvod-manpage $(DEB_VERSION) > $(PACKAGE_DIR)/kvod.1.tmp
+	mv $(PACKAGE_DIR)/kvod.1.tmp $(PACKAGE_DIR)/kvod.1
+	$(PYTHON) packaging/kvod-toml > $(PACKAGE_DIR)/kvod.toml.tmp
+	$(PYTHON) packaging/kvod-toml --check $(PACKAGE_DIR)/kvod.toml.tmp
+	mv $(PACKAGE_DIR)/kvod.toml.tmp $(PACKAGE_DIR)/kvod.toml
+
+# Both packages, lintian, then install/upgrade/purge in a booted Debian 12
+# container (systemd-nspawn; its root is cached under build/nspawn) and the
+# DKMS source built for Debian 12's and 13's kernels (build/kernels).
+# The measured figures land in build/package-figures.json.
+test-package: deb kernels
+	env PATH=$(DEB_PATH) lintian --fail-on error,warning --info build/deb/*.deb
+	KVOD_PACKAGE_TESTS=1 $(PYTHON) -m pytest -q -rxX $(PYTEST_ARGS) tests/package
+	@cat build/package-figures.json

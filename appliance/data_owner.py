@@ -3,7 +3,8 @@ package makes it: the service user's, setgid to its group), and how a
 process that writes there keeps every file usable by the others.
 
 - The daemon and the group's members write files the group may change
-  (umask 002; the setgid folder gives them the group), so the service can
+  (group bits cleared from the umask; the setgid folder gives them the
+  group), so the service can
   later evict what an operator added, and the reverse.
 - ``kvod`` run as root becomes the folder's owner before it touches
   anything, so every file it makes is the service's.
@@ -37,7 +38,9 @@ def share_with_group(catalog_path: str) -> None:
         return
     if not (st.st_gid == os.getegid() or st.st_gid in os.getgroups() or os.geteuid() == 0):
         return
-    os.umask(0o002)
+    # the group may write; what the unit's UMask= says of others stays
+    old = os.umask(0)
+    os.umask(old & ~0o070)
     try:
         # an empty file is an empty database; SQLite keeps its mode
         os.close(os.open(catalog_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
