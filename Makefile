@@ -131,7 +131,7 @@ package-files:
 # container (systemd-nspawn; its root is cached under build/nspawn) and the
 # DKMS source built for Debian 12's and 13's kernels (build/kernels).
 # The measured figures land in build/package-figures.json.
-test-package: deb kernels
+test-package: engine deb kernels
 	env PATH=$(DEB_PATH) lintian --fail-on error,warning --info build/deb/*.deb
 	KVOD_PACKAGE_TESTS=1 $(PYTHON) -m pytest -q -rxX $(PYTEST_ARGS) tests/package
 	@cat build/package-figures.json

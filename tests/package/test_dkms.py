@@ -98,3 +98,41 @@ def test_the_package_source_builds_for_debian_13(tmp_path):
         assert vermagic(os.path.join(build, "krtp.ko")) == kernel
     finally:
         shutil.rmtree(build, ignore_errors=True)
+
+
+def test_the_packaged_module_loads_and_the_daemon_picks_it(tmp_path):
+    """What DKMS builds from the package, loaded in a Debian 12 guest: the
+    daemon's engine backend "auto" finds /dev/krtp, uses the kernel engine,
+    and a GStreamer client gets the title whole through it."""
+    from tests.helpers.titles import make_ts
+    from tests.kernel import qemu
+    if qemu.qemu_available() is not None:
+        pytest.skip(qemu.qemu_available())
+    # the guest sees the project read-only: its title is made here first
+    make_ts(seconds=3, size="320x240", video_bitrate="500k")
+    kernel = next(k for k in qemu.fetch_kernels(("6.1",)) if k.series == "6.1")
+    tree, name, version = unpacked_source(tmp_path)
+    # under build/: the guest lays a tmpfs over /tmp and would not see it
+    work = os.path.join(ROOT, "build", f"dkms-guest-{os.getpid()}")
+    shutil.rmtree(work, ignore_errors=True)
+    os.makedirs(os.path.join(work, "dkms"))
+    try:
+        trees = ["--sourcetree", os.path.dirname(tree), "--dkmstree",
+                 os.path.join(work, "dkms"), "--installtree", os.path.join(work, "installed")]
+        for action in (["add"], ["build", "-k", kernel.version]):
+            proc = subprocess.run(["dkms"] + action + ["-m", name, "-v", version] + trees,
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                  timeout=300)
+            assert proc.returncode == 0, proc.stdout
+        (ko,) = glob.glob(os.path.join(work, "dkms", name, version, kernel.version, "*",
+                                       "module", "krtp.ko*"))
+        if ko.endswith(".xz"):
+            subprocess.run(["xz", "-dk", ko], check=True, timeout=60)
+            ko = ko[:-3]
+        result = qemu.run_in_guest(
+            kernel, f"KRTP_KO={ko} python3 -m pytest -q -p no:cacheprovider -x "
+                    "tests/kernel/guest/test_krtp_daemon.py -k auto", timeout=600)
+        report = f"rc={result.rc}\n{result.output[-8000:]}\n{result.console[-2000:]}"
+        assert result.rc == 0 and "1 passed" in result.output, report
+    finally:
+        shutil.rmtree(work, ignore_errors=True)

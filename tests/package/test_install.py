@@ -307,7 +307,7 @@ def test_reload_applies_the_quota_while_a_viewer_plays_on(container, tmp_path):
     finally:
         if gst.poll() is None:
             gst.kill()
-        c.sh("cp /root/kvod.toml.saved /etc/kvod/kvod.toml && systemctl reload kvod",
+        c.sh("mv /root/kvod.toml.saved /etc/kvod/kvod.toml && systemctl reload kvod",
              timeout=60)
     journal = c.sh("journalctl -u kvod --no-pager", check=False).stdout
     assert "reload refused, the running config stays: cache.max_bytes" in journal, journal
@@ -396,8 +396,10 @@ def test_upgrade_keeps_catalog_cache_and_edited_config(container, debs, upgrade_
 
 def test_the_service_can_evict_what_root_added(container):
     c = container
-    evict = c.sh("kvod cache evict first", check=False, timeout=60)
-    assert evict.returncode == 0, evict.stdout
+    # both added by root; the service, as user kvod, removes their files
+    for name in ("first", "second"):
+        evict = c.sh(f"kvod cache evict {name}", check=False, timeout=60)
+        assert evict.returncode == 0, evict.stdout
     assert c.sh("find /var/lib/kvod/cache -type f").stdout.strip() == "", evict.stdout
 
 
