@@ -38,7 +38,8 @@ class CacheQuota:
     def __init__(self, catalog, *, max_bytes: int = 0, policy: str = "lru",
                  keep_prefix_seconds: float = 0.0,
                  busy: Callable[[str], bool] = lambda name: False,
-                 reserved: Callable[[], int] = lambda: 0) -> None:
+                 reserved: Callable[[], int] = lambda: 0,
+                 on_evict: Callable[[str], None] = lambda name: None) -> None:
         if policy not in eviction.POLICIES:
             raise ValueError(f"unknown eviction policy {policy!r}")
         self.catalog = catalog
@@ -47,6 +48,7 @@ class CacheQuota:
         self.keep_prefix_seconds = keep_prefix_seconds
         self.busy = busy
         self.reserved = reserved
+        self.on_evict = on_evict
         self.evicted_bytes = 0
 
     def used(self) -> int:
@@ -78,8 +80,10 @@ class CacheQuota:
 
     def make_room(self, need: int, *, ignore_quota: bool = False) -> int:
         """Evict so that ``need`` more bytes fit; returns the bytes evicted.
-        Raises CacheFull when they cannot fit. ``ignore_quota`` frees
-        ``need`` bytes whatever the quota says (the disk is full)."""
+        Raises CacheFull when they cannot fit, and then evicts nothing: bytes
+        given up for room that is not enough anyway would be lost for
+        nothing. ``ignore_quota`` frees ``need`` bytes whatever the quota
+        says (the disk is full)."""
         if ignore_quota:
             short = need
         else:
@@ -93,16 +97,17 @@ class CacheQuota:
                 return 0
         inflation = get_meta(self.catalog, INFLATION_KEY)
         cuts, inflation = eviction.plan(self.usages(), short, self.policy, inflation)
+        could = sum(cut.freed for cut in cuts)
+        if could < short:
+            if ignore_quota:
+                raise CacheFull(f"only {could} of {short} bytes could be freed; the rest is "
+                                "pinned or in use (nothing was evicted)")
+            raise CacheFull(f"{need} bytes do not fit: {self.used()} cached, "
+                            f"{self.reserved()} reserved by fills, quota {self.max_bytes}; "
+                            "the rest is pinned or in use (nothing was evicted)")
         freed = self.apply(cuts)
         if self.policy == "gdsf":
             set_meta(self.catalog, INFLATION_KEY, inflation)
-        if freed < short:
-            if ignore_quota:
-                raise CacheFull(f"only {freed} of {need} bytes could be freed; the rest is "
-                                "pinned or in use")
-            raise CacheFull(f"{need} bytes do not fit: {self.used()} cached, "
-                            f"{self.reserved()} reserved by fills, quota {self.max_bytes}; "
-                            "the rest is pinned or in use")
         return freed
 
     def apply(self, cuts: Iterable[eviction.Eviction]) -> int:
@@ -134,6 +139,7 @@ class CacheQuota:
                 os.truncate(title.media_path, title.size)
         freed = before - left
         self.evicted_bytes += freed
+        self.on_evict(name)
         log.info("evicted %s: %d bytes freed, %d kept (policy %s)", name, freed, left,
                  self.policy)
         return freed
