@@ -64,7 +64,7 @@ class CacheAdmin(resource.Resource):
         return self._json(request, 404, {"error": "no such resource"})
 
     def _prefetch(self, request, name: str):
-        d = Deferred.fromCoroutine(self.cache.prepare(name))
+        d = Deferred.fromCoroutine(self.cache.prefetch(name))
 
         def done(_):
             request.write(self._json(request, 202, {"name": name, "filling": True}))

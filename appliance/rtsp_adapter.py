@@ -114,6 +114,8 @@ class RtspProtocol(Protocol):
 
         def failed(failure):
             self._waiting = None
+            if self._gone:
+                return  # the client left (its wait was cancelled): nobody to answer
             status = getattr(failure.value, "status", 500)
             if status == 500:
                 log.error("preparing %s: %s", name, failure.getTraceback())
@@ -126,6 +128,10 @@ class RtspProtocol(Protocol):
 
     def connectionLost(self, reason=None) -> None:  # noqa: N802 (Twisted API)
         self._gone = True
+        if self._waiting is not None:
+            # nobody to answer: the title leaves the fill queue (or its probe
+            # stops) unless another client waits for it too
+            self._waiting.cancel()
         factory = getattr(self, "factory", None)
         if factory is not None:
             factory.connection_closed()

@@ -176,7 +176,7 @@ def _prefetch_here(config, names: tuple[str, ...], timeout: float) -> None:
     async def main() -> None:
         for name in names:
             try:
-                await cache.prepare(name)
+                await cache.prefetch(name)
             except Exception as exc:  # each title gets its own verdict
                 errors.append(f"{name}: {exc}")
         fills = [f for f in (cache.fill_for(n) for n in names) if f is not None]
