@@ -60,11 +60,14 @@ def make_cache(config: Config, reactor, catalog) -> ProxyCache:
         connect_timeout=origin.connect_timeout, read_timeout=origin.read_timeout,
         connections=origin.connections, max_bytes=config.cache.max_bytes,
         policy=config.cache.policy, keep_prefix_seconds=config.cache.keep_prefix_seconds,
+        probe_timeout=origin.probe_timeout, queue_timeout=origin.queue_timeout,
+        min_rate=origin.min_rate,
         settings=FillSettings(
             chunk_bytes=origin.chunk_bytes, requests_per_fill=origin.requests_per_fill,
             retries=origin.retries, retry_delay=origin.retry_delay,
             retry_max_delay=origin.retry_max_delay, probe_bytes=origin.probe_bytes,
-            tail_bytes=origin.tail_bytes))
+            tail_bytes=origin.tail_bytes, max_changes=origin.max_changes,
+            idle_timeout=origin.idle_timeout, probe_timeout=origin.probe_timeout))
 
 
 class KvodService(service.MultiService):
