@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 from twisted.application import service
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.protocol import Factory, Protocol
 
 from appliance.rtsp import (
@@ -116,8 +116,11 @@ class RtspProtocol(Protocol):
             self._waiting = None
             if self._gone:
                 return  # the client left (its wait was cancelled): nobody to answer
-            status = getattr(failure.value, "status", 500)
-            if status == 500:
+            if failure.check(CancelledError):
+                status = 503   # the daemon is stopping: the wait was called off
+            else:
+                status = getattr(failure.value, "status", 500)
+            if status == 500:  # not an origin's, a disk's or a client's doing: a bug
                 log.error("preparing %s: %s", name, failure.getTraceback())
             if not self._gone:
                 self.transport.write(self.conn.send(self.server.error_response(

@@ -131,6 +131,36 @@ def test_an_origin_without_range_support_is_read_once_front_to_back(tmp_path, ts
         assert d.stop() == 0, d.log()
 
 
+def test_a_range_less_title_that_changes_length_only_is_filled_again(tmp_path, ts_file,
+                                                                     short_ts_file):
+    """http.server's only validator is a Last-Modified of one-second
+    precision: a file rewritten within it is told apart by its length."""
+    old, new = open(ts_file, "rb").read(), open(short_ts_file, "rb").read()
+    root = tmp_path / "root"
+    root.mkdir()
+    path = root / "t.ts"
+
+    def rewrite(_path, count):
+        if count == 2:   # after the probe, before the fill's read
+            stat = os.stat(path)
+            path.write_bytes(new)
+            os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    origin = PlainOrigin(str(root), on_request=rewrite)
+    origin.publish("t.ts", old)
+    d = make_daemon(tmp_path, origin.base_url)
+    try:
+        d.start()
+        assert d.kvod("cache", "prefetch", "t.ts", timeout=60).returncode == 0
+        info = wait_state(d, "t.ts", "complete")
+        assert info["size"] == len(new)
+        assert sha256(info["media_path"]) == hashlib.sha256(new).hexdigest()
+        assert f"{len(new)} bytes, not {len(old)}: the title changed" in d.log()
+        assert len(origin.requests) <= 5, origin.requests
+    finally:
+        origin.stop()
+        assert d.stop() == 0, d.log()
+
+
 def test_an_origin_that_ignores_if_range_is_asked_without_it(tmp_path, ts_file):
     data = open(ts_file, "rb").read()
     origin = FaultOrigin({"t.ts": data}, ignore_if_range=True)

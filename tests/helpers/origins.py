@@ -234,7 +234,9 @@ class PlainOrigin:
     """Python's ``http.server`` serving ``folder`` under ``/media/``: 200 and
     the whole file for every GET (no Range, no ETag; Last-Modified)."""
 
-    def __init__(self, folder: str):
+    def __init__(self, folder: str, on_request=lambda path, count: None):
+        """``on_request(path, count)`` runs before the ``count``-th request
+        is answered (to change a file between two requests)."""
         self.folder = folder
         self.requests: list[str] = []
         origin = self
@@ -245,6 +247,7 @@ class PlainOrigin:
 
             def translate_path(self, path: str) -> str:
                 origin.requests.append(path)
+                on_request(path, len(origin.requests))
                 if path.startswith("/media/"):
                     path = path[len("/media"):]
                 return super().translate_path(path)
