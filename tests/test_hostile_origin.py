@@ -406,6 +406,27 @@ def test_a_content_length_longer_than_the_body_is_retried_then_given_up(tmp_path
 # -- disk full -----------------------------------------------------------------------------
 
 
+def test_a_title_larger_than_the_disk_is_refused_before_a_byte_is_written(tmp_path,
+                                                                          short_ts_file):
+    """The probe's Content-Range claims a petabyte: no sparse file of that
+    size, no fill, a 503 with the reason."""
+    origin = FaultOrigin({"t.ts": open(short_ts_file, "rb").read()}, fault=lambda p, s, e, n:
+                         ("content_range", f"bytes 0-{e - 1}/{10**15}"))
+    d = make_daemon(tmp_path, origin.base_url)
+    try:
+        d.start()
+        client = RtspClient("127.0.0.1", d.port, timeout=30)
+        assert client.request("DESCRIBE", client.url("t.ts")).status == 503
+        client.close()
+        assert "No space left on device" in d.log()
+        assert origin.requests("t.ts") == 1
+        assert not os.path.exists(os.path.join(d.folder, "cache", "titles", "t.ts"))
+    finally:
+        origin.stop()
+        assert d.stop() == 0, d.log()
+
+
+
 @pytest.fixture
 def small_disk(tmp_path):
     """A 5 MiB tmpfs for the cache folder (root only; skipped otherwise)."""

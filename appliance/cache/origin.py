@@ -273,7 +273,6 @@ class HttpOrigin:
         self.pool.retryAutomatically = False  # the fill retries, with back-off
         self.agent = Agent(reactor, connectTimeout=connect_timeout, pool=self.pool)
         self.bytes_fetched = 0
-        self.requests = 0
 
     async def close(self) -> None:
         """Close the pooled connections."""
@@ -291,7 +290,6 @@ class HttpOrigin:
         wait = self.read_timeout
         if deadline is not None:
             wait = min(wait, max(deadline - self.reactor.seconds(), 0.0))
-        self.requests += 1
         d = self.agent.request(b"GET", url.encode("ascii"), all_headers)
         timed_out = []
         timer = self.reactor.callLater(wait, lambda: (timed_out.append(True), d.cancel()))
