@@ -19,13 +19,13 @@ import time
 from typing import Callable, Optional
 
 from twisted.internet import defer
-from twisted.python.failure import Failure
 
 from appliance.cache.quota import CacheFull, CacheQuota, cache_status
 from appliance.cache.layout import title_folder
 from appliance.cache.origin import (FileOrigin, HttpOrigin, OriginError, OriginNotFound, Probe,
                                     OriginUnavailable, origin_for)
 from appliance.cache.fill import BadMedia, CacheWriteError, FillSettings, TitleFill
+from appliance.cache.fill_slots import FillSlots, SharedWait
 from catalog import InvalidTitleName, validate_title_name
 
 log = logging.getLogger(__name__)
@@ -35,54 +35,10 @@ log = logging.getLogger(__name__)
 _HINT_SHARE = 40
 
 
-class FillsBusy(OriginError):
-    """Every fill slot (``origin.max_fills``) stayed taken while a DESCRIBE
-    waited its turn (``origin.queue_timeout``)."""
-
-    status = 503
-    retryable = False
-
-
 def disk_free(folder: str) -> int:
     """Bytes an unprivileged writer may still use on ``folder``'s file system."""
     st = os.statvfs(folder)
     return st.f_bavail * st.f_frsize
-
-
-class _Shared:
-    """One piece of work that several callers await; a caller that goes away
-    (its Deferred cancelled) stops waiting, and when the last one has gone
-    the work is cancelled: a title nobody waits for any more leaves the
-    fill queue (or stops its probe)."""
-
-    def __init__(self, work: defer.Deferred) -> None:
-        self.waiters: list[defer.Deferred] = []
-        self.result = None
-        self.done = False
-        self.work = work
-        work.addBoth(self._fire)
-
-    def _fire(self, result):
-        self.done, self.result = True, result
-        waiters, self.waiters = self.waiters, []
-        for waiter in waiters:
-            (waiter.errback if isinstance(result, Failure) else waiter.callback)(result)
-        return None
-
-    def wait(self) -> defer.Deferred:
-        """A Deferred for this caller; cancel it to stop waiting."""
-        if self.done:
-            return defer.fail(self.result) if isinstance(self.result, Failure) \
-                else defer.succeed(self.result)
-        waiter: defer.Deferred = defer.Deferred(self._left)
-        self.waiters.append(waiter)
-        return waiter
-
-    def _left(self, waiter: defer.Deferred) -> None:
-        if waiter in self.waiters:
-            self.waiters.remove(waiter)
-        if not self.waiters and not self.done:
-            self.work.cancel()
 
 
 class ProxyCache:
@@ -108,16 +64,15 @@ class ProxyCache:
         self.max_fills = max_fills
         self.clock = clock
         self.probe_timeout = probe_timeout
-        self.queue_timeout = queue_timeout
         self.http = HttpOrigin(reactor, connect_timeout=connect_timeout,
                                read_timeout=read_timeout, connections=connections,
                                min_rate=min_rate)
         self.files = FileOrigin(reactor)
         self.fills: dict[str, TitleFill] = {}
         self.in_use: Callable[[str], bool] = lambda name: False
-        self._preparing: dict[str, _Shared] = {}
-        self._probing = 0                   # fill slots taken by probes and starts
-        self._queue: list[tuple[str, defer.Deferred]] = []   # waiting for a slot
+        self._preparing: dict[str, SharedWait] = {}
+        self.slots = FillSlots(reactor, limit=max_fills, queue_timeout=queue_timeout,
+                               running=self.running_fills)
         self._waiting: list[str] = []       # partial titles to resume when a slot frees
         self.misses = 0
         self.errors: dict[str, str] = {}    # why the last fill of a title stopped
@@ -214,7 +169,7 @@ class ProxyCache:
     async def _prepare_shared(self, name: str) -> None:
         shared = self._preparing.get(name)
         if shared is None:
-            shared = _Shared(defer.Deferred.fromCoroutine(self._prepare(name)))
+            shared = SharedWait(defer.Deferred.fromCoroutine(self._prepare(name)))
             if not shared.done:
                 self._preparing[name] = shared
                 shared.work.addBoth(lambda _: self._preparing.pop(name, None))
@@ -227,11 +182,12 @@ class ProxyCache:
         title = self.catalog.get_title(name)
         if title is not None and title.state == "complete":
             return
-        await self._take_slot(name)
+        await self.slots.take(name)
         try:
             await self._start(name)
         finally:
-            self._release_slot()
+            self.slots.release()
+            self._resume_waiting()
 
     async def _start(self, name: str) -> None:
         """Under a fill slot: resume or probe and create the fill of ``name``."""
@@ -285,54 +241,6 @@ class ProxyCache:
                     self.catalog.cached_bytes(title.name))
         self.errors[title.name] = str(error)
         return True
-
-    # -- fill slots ------------------------------------------------------------------
-
-    def _slot_free(self) -> bool:
-        return self.running_fills() + self._probing < self.max_fills
-
-    async def _take_slot(self, name: str) -> None:
-        """Wait for a fill slot (a probe counts as one: it is a connection);
-        FillsBusy after ``queue_timeout``; cancelled: out of the queue."""
-        if not self._queue and self._slot_free():
-            self._probing += 1
-            return
-        entry: tuple[str, defer.Deferred] = (name, defer.Deferred(
-            lambda d: self._leave_queue(entry)))
-        self._queue.append(entry)
-        log.info("%s waits for a fill slot (%d running, %d queued, origin.max_fills %d)",
-                 name, self.running_fills() + self._probing, len(self._queue), self.max_fills)
-        timer = self.reactor.callLater(self.queue_timeout, lambda: self._queue_timed_out(entry))
-        try:
-            await entry[1]
-        finally:
-            if timer.active():
-                timer.cancel()
-
-    def _leave_queue(self, entry) -> None:
-        if entry in self._queue:
-            self._queue.remove(entry)
-            log.info("%s left the fill queue: nobody waits for it any more", entry[0])
-
-    def _queue_timed_out(self, entry) -> None:
-        if entry in self._queue:
-            self._queue.remove(entry)
-            entry[1].errback(FillsBusy(
-                f"{entry[0]}: all {self.max_fills} fill slots stayed busy for "
-                f"{self.queue_timeout:g} s (origin.max_fills)"))
-
-    def _release_slot(self) -> None:
-        self._probing -= 1
-        self._grant()
-
-    def _grant(self) -> None:
-        """Hand free slots to the queue first, then to partial titles waiting
-        to resume (start-up)."""
-        while self._queue and self._slot_free():
-            name, d = self._queue.pop(0)
-            self._probing += 1
-            d.callback(None)
-        self._resume_waiting()
 
     async def _probe(self, name: str, title) -> Probe:
         urls = [title.origin_url] if title is not None and title.origin_url else [
@@ -417,7 +325,8 @@ class ProxyCache:
         if fill.error is not None:
             self.errors[fill.name] = str(fill.error)
             log.error("fill %s stopped: %s", fill.name, fill.error)
-        self._grant()
+        self.slots.grant()
+        self._resume_waiting()
 
     # -- restart ------------------------------------------------------------------
 
@@ -428,7 +337,7 @@ class ProxyCache:
         self._resume_waiting()
 
     def _resume_waiting(self) -> None:
-        while self._waiting and not self._queue and self._slot_free():
+        while self._waiting and not self.slots.queue and self.slots.free():
             name = self._waiting.pop(0)
             title = self.catalog.get_title(name)
             if title is None or title.state != "partial" or name in self.fills:
@@ -449,8 +358,7 @@ class ProxyCache:
     async def stop(self) -> None:
         """Stop every fill (what is durable stays recorded) and close connections."""
         self._waiting.clear()
-        for _name, d in list(self._queue):
-            d.cancel()
+        self.slots.cancel_all()
         fills = list(self.fills.values())
         await defer.DeferredList([defer.Deferred.fromCoroutine(f.stop()) for f in fills],
                                  consumeErrors=True)
