@@ -483,6 +483,22 @@ def test_a_disk_that_fills_mid_fill_costs_no_complete_title(tmp_path, ts_file, s
                 assert again.packets
             finally:
                 again.close()
+        # after a restart too: b cannot resume (some room, not enough for its
+        # rest), so its cached bytes are indexed again and served
+        os.truncate(small_disk / "filler", os.path.getsize(small_disk / "filler") - (256 << 10))
+        assert d.stop() == 0
+        d.start()
+        again = RtpReceiver()
+        try:
+            client = play(d, "b.ts", again)
+            assert wait_bye(again, 40), d.log()[-6000:]
+            client.close()
+            got = b"".join(parse_rtp(p)[1] for _, p in again.packets)
+            assert 0 < len(got) < len(data) and got == data[:len(got)]
+        finally:
+            again.close()
+        assert "cannot resume the fill of b.ts" in d.log()
+        assert title_info(d, "c.ts")["state"] == "complete"
     finally:
         receiver.close()
         origin.stop()

@@ -981,6 +981,12 @@ class TitleFill:
         self.done.callback(self)
         self._progressed()
 
+    def abandon(self, error: OriginError) -> None:
+        """A fill that will not run (no room for the rest of its title): its
+        files close, its hint records stay readable (``hints()`` still says
+        how many) and a stream that attaches learns ``error`` at once."""
+        self._end(error)
+
     async def stop(self) -> None:
         """Stop fetching, wait for the running fsync and scan, close the files.
         Bytes written but not yet recorded are fetched again next time."""

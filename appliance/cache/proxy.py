@@ -24,7 +24,7 @@ from appliance.cache.quota import CacheFull, CacheQuota, cache_status
 from appliance.cache.layout import title_folder
 from appliance.cache.origin import (FileOrigin, HttpOrigin, OriginError, OriginNotFound, Probe,
                                     OriginUnavailable, origin_for)
-from appliance.cache.fill import BadMedia, CacheWriteError, FillSettings, TitleFill
+from appliance.cache.fill import CacheWriteError, FillSettings, TitleFill
 from appliance.cache.fill_slots import FillSlots, SharedWait
 from catalog import InvalidTitleName, validate_title_name
 
@@ -232,8 +232,7 @@ class ProxyCache:
             except (OSError, OriginError) as exc:
                 log.warning("%s: cannot index its cached bytes either: %s", title.name, exc)
                 return False
-            fill.error = error
-            fill._end(error)   # files closed; its hint records stay for streams to read
+            fill.abandon(error)
             self.fills[title.name] = fill
         if not fill.hints().count:
             return False
