@@ -124,3 +124,17 @@ def test_make_room_evicts_nothing_when_eviction_cannot_make_enough(tmp_path, ign
                            ignore_quota=ignore_quota) == 3 * MB
     assert cat.cached_bytes("a") == 0
     cat.close()
+
+
+def test_make_room_never_gives_up_the_bytes_of_the_title_it_is_for(tmp_path):
+    from appliance.cache.quota import CacheQuota
+    # b, partial, is the least recently played: LRU would take it first
+    cat = _catalog_with(tmp_path, {"b": 1 * MB, "a": 3 * MB})
+    cat.set_state("b", "partial")
+    cat.record_hit("b", now=10.0)
+    cat.record_hit("a", now=20.0)
+    quota = CacheQuota(cat, max_bytes=5 * MB)
+    # room for b's other 2 MiB: 1 MiB must go, and it must not be b's own
+    assert quota.make_room(2 * MB, for_title="b") == 3 * MB
+    assert cat.cached_bytes("b") == 1 * MB and cat.cached_bytes("a") == 0
+    cat.close()

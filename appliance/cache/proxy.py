@@ -281,7 +281,7 @@ class ProxyCache:
         disk; nothing is evicted unless the evictions make room for all of
         them (CacheFull otherwise)."""
         need = max(need, 0)
-        self.quota.make_room(need)
+        self.quota.make_room(need, for_title=name)
         need += need // _HINT_SHARE
         os.makedirs(self.cache_dir, exist_ok=True)
         free = disk_free(self.cache_dir)
@@ -290,7 +290,7 @@ class ProxyCache:
         if short <= 0:
             return
         try:
-            freed = self.quota.make_room(short, ignore_quota=True)
+            freed = self.quota.make_room(short, ignore_quota=True, for_title=name)
         except CacheFull as exc:
             raise CacheFull(f"{os.strerror(errno.ENOSPC)}: {name} needs {need} bytes, the "
                             f"cache's file system has {free} free ({promised} promised to "

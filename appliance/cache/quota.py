@@ -78,12 +78,14 @@ class CacheQuota:
                                self.busy(e.name), self._keep(e))
                 for e in cache_entries(self.catalog) if e.cached]
 
-    def make_room(self, need: int, *, ignore_quota: bool = False) -> int:
+    def make_room(self, need: int, *, ignore_quota: bool = False,
+                  for_title: str | None = None) -> int:
         """Evict so that ``need`` more bytes fit; returns the bytes evicted.
         Raises CacheFull when they cannot fit, and then evicts nothing: bytes
         given up for room that is not enough anyway would be lost for
         nothing. ``ignore_quota`` frees ``need`` bytes whatever the quota
-        says (the disk is full)."""
+        says (the disk is full). ``for_title``: the title the room is for,
+        whose own bytes are never given up for it."""
         if ignore_quota:
             short = need
         else:
@@ -96,7 +98,8 @@ class CacheQuota:
             if short <= 0:
                 return 0
         inflation = get_meta(self.catalog, INFLATION_KEY)
-        cuts, inflation = eviction.plan(self.usages(), short, self.policy, inflation)
+        usages = [u for u in self.usages() if u.name != for_title]
+        cuts, inflation = eviction.plan(usages, short, self.policy, inflation)
         could = sum(cut.freed for cut in cuts)
         if could < short:
             if ignore_quota:
