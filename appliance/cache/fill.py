@@ -21,7 +21,13 @@ When every byte is durable, the final hint file is written (fsync, rename)
 and the title becomes ``complete``. A title that changed at the origin
 (If-Range answered 200, another ETag) is discarded: its viewers get a clean
 end, a new media file is made (never truncated under the engine's mapping)
-and the fill starts over.
+and the fill starts over, after a back-off, at most ``max_changes`` times
+in a row.
+
+An origin that answers a Range request with the whole title of the same
+version ignores If-Range or Range: the fill asks with Range alone, or reads
+the title once front to back. A fill that no viewer streams and no prefetch
+wants stops after ``idle_timeout`` and keeps its bytes.
 """
 
 from __future__ import annotations
@@ -929,8 +935,11 @@ class TitleFill:
                         "Last-Modified from now on, keeping the bytes", self.name,
                         old.etag, new.etag)
             self.validator = Validator(None, old.last_modified)
-            self.catalog.update_title(self.name, etag=None)
             self._quiet = False
+            try:
+                self.catalog.update_title(self.name, etag=None)
+            except TitleNotFound:
+                self._title_gone()
             return
         log.warning("fill %s: the title changed at the origin; discarding the partial copy "
                     "and starting over", self.name)
@@ -945,6 +954,8 @@ class TitleFill:
         try:
             self._start_copy(probe)
             self._enter_in_catalog(probe, self.catalog.get_title(self.name), now=time.time())
+        except TitleNotFound:
+            self._title_gone()
         except OriginError as exc:
             self._give_up(exc)
         except OSError as exc:
