@@ -309,10 +309,33 @@ def test_uncached_describes_queue_under_max_fills(tmp_path, short_ts_file):
         for n in names[:5]:
             wait_state(d, n, "complete", timeout=60)
         # a probe or a fill is one connection each, and never more than the slots
-        assert origin.most_active <= 2, origin.most_active
-        assert origin.most_paths <= 2
+        assert origin.most_at_once() <= 2, origin.spans
+        assert origin.most_at_once(titles=True) <= 2
         assert origin.requests("t5.ts") == 0
         assert "left the fill queue" in d.log()
+    finally:
+        origin.stop()
+        assert d.stop() == 0, d.log()
+
+
+def test_a_prefetch_of_more_titles_than_slots_fills_them_all_in_turn(tmp_path, short_ts_file):
+    data = open(short_ts_file, "rb").read()
+    names = ["a.ts", "b.ts", "c.ts"]
+    origin = FaultOrigin({n: data for n in names + ["d.ts"]},
+                         fault=lambda p, s, e, n: ("slow", 400_000) if n > 1 else None)
+    d = make_daemon(tmp_path, origin.base_url, max_fills="1", queue_timeout="0.5")
+    try:
+        d.start()
+        # one slot, and a queue timeout far shorter than a fill: an operator's
+        # list waits its turn instead of failing
+        done = d.kvod("cache", "prefetch", *names, check=False, timeout=90)
+        assert done.returncode == 0, (done.stderr, d.log()[-4000:])
+        for n in names:
+            assert title_info(d, n)["state"] == "complete"
+        assert origin.most_at_once(titles=True) <= 1, origin.spans
+        # a title the origin does not have, queued behind another: a clear error
+        failed = d.kvod("cache", "prefetch", "d.ts", "none.ts", check=False, timeout=60)
+        assert failed.returncode == 1 and "none.ts" in failed.stderr
     finally:
         origin.stop()
         assert d.stop() == 0, d.log()

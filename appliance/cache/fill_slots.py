@@ -54,10 +54,11 @@ class FillSlots:
         """Slots taken by probes and by running fills."""
         return self.running() + self.taken
 
-    async def take(self, name: str) -> None:
+    async def take(self, name: str, *, patient: bool = False) -> None:
         """Wait for a slot for ``name`` (FIFO); FillsBusy after the queue
-        timeout; cancelled: out of the queue. Give it back with
-        :meth:`release` (a fill that started counts in ``running()`` then)."""
+        timeout (``patient``: no time limit); cancelled: out of the queue.
+        Give it back with :meth:`release` (a fill that started counts in
+        ``running()`` then)."""
         if not self.queue and self.free():
             self.taken += 1
             return
@@ -66,11 +67,12 @@ class FillSlots:
         self.queue.append(entry)
         log.info("%s waits for a fill slot (%d in use, %d queued, origin.max_fills %d)",
                  name, self.in_use(), len(self.queue), self.limit)
-        timer = self.reactor.callLater(self.queue_timeout, self._timed_out, entry)
+        timer = None if patient else self.reactor.callLater(self.queue_timeout,
+                                                            self._timed_out, entry)
         try:
             await entry[1]
         finally:
-            if timer.active():
+            if timer is not None and timer.active():
                 timer.cancel()
 
     def _leave(self, entry) -> None:

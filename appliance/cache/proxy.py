@@ -74,6 +74,7 @@ class ProxyCache:
         self.slots = FillSlots(reactor, limit=max_fills, queue_timeout=queue_timeout,
                                running=self.running_fills)
         self._waiting: list[str] = []       # partial titles to resume when a slot frees
+        self._backlog: list[str] = []       # prefetches waiting for a slot
         self.misses = 0
         self.errors: dict[str, str] = {}    # why the last fill of a title stopped
         self.writer = writer
@@ -135,10 +136,16 @@ class ProxyCache:
         return bool(self.base_urls or (title is not None and title.origin_url))
 
     def status(self) -> dict:
-        """The cache's figures and titles (``kvod cache status``)."""
-        return cache_status(self.catalog, max_bytes=self.quota.max_bytes,
-                            policy=self.quota.policy, fills=self.fills, busy=self.busy,
-                            errors=self.errors)
+        """The cache's figures and titles (``kvod cache status``), the
+        prefetches waiting for a slot and those that failed before their
+        title was known (``prefetch_errors``)."""
+        status = cache_status(self.catalog, max_bytes=self.quota.max_bytes,
+                              policy=self.quota.policy, fills=self.fills, busy=self.busy,
+                              errors=self.errors)
+        known = {t["name"] for t in status["titles"]}
+        status["prefetch_queue"] = list(self._backlog)
+        status["prefetch_errors"] = {n: e for n, e in self.errors.items() if n not in known}
+        return status
 
     def fill_for(self, name: str) -> Optional[TitleFill]:
         """The running fill of ``name``, or None."""
@@ -147,47 +154,73 @@ class ProxyCache:
     # -- making titles servable ----------------------------------------------------
 
     async def prepare(self, name: str, npt_ns: Optional[int] = None, *,
-                      keep: bool = False) -> None:
+                      keep: bool = False, patient: bool = False) -> None:
         """Make ``name`` servable: resume its fill or probe the origin and start
         one; with ``npt_ns``, also make that time playable soon (a seek ahead
         of the fill: those bytes come first). Concurrent calls for one title
         share one probe; cancelling a call stops waiting (and the probe, or
         the place in the fill queue, when nobody else waits). ``keep``: a
-        prefetch, the fill runs on with no viewer. Raises OriginError or
-        CacheFull (their ``status`` is the RTSP answer)."""
-        await self._prepare_shared(name)
+        prefetch, the fill runs on with no viewer; ``patient``: wait for a
+        fill slot without a time limit. Raises OriginError or CacheFull
+        (their ``status`` is the RTSP answer)."""
+        await self._prepare_shared(name, patient)
         fill = self.fills.get(name)
         if keep and fill is not None:
             fill.keep = True
         if npt_ns is not None and fill is not None:
             await fill.seek(npt_ns, self.seek_timeout)
 
-    async def prefetch(self, name: str) -> None:
-        """Fill ``name`` whether anyone watches it or not."""
-        await self.prepare(name, keep=True)
+    async def prefetch(self, name: str, *, wait: bool = False) -> bool:
+        """Fill ``name`` whether anyone watches it or not. When every fill
+        slot is taken, ``name`` joins the prefetch backlog, started as slots
+        free up after the viewers' queue, and False is returned at once (an
+        operator may prefetch a whole list); ``wait``: wait for a slot
+        instead, however long (the CLI when no daemon runs)."""
+        fill = self.fills.get(name)
+        busy = fill is None or fill.error is not None or fill.stopped
+        if not wait and busy and (self.slots.queue or not self.slots.free()):
+            if name not in self._backlog:
+                self._backlog.append(name)
+                log.info("prefetch of %s: every fill slot is taken; it starts when one "
+                         "frees", name)
+            return False
+        await self.prepare(name, keep=True, patient=wait)
+        return True
 
-    async def _prepare_shared(self, name: str) -> None:
+    def _start_backlog(self) -> None:
+        while self._backlog and not self.slots.queue and self.slots.free():
+            name = self._backlog.pop(0)
+            d = defer.Deferred.fromCoroutine(self.prepare(name, keep=True))
+            d.addErrback(self._prefetch_failed, name)
+
+    def _prefetch_failed(self, failure, name: str) -> None:
+        # shown by status(): kvod cache prefetch waits on it
+        self.errors[name] = failure.getErrorMessage()
+        log.error("prefetch of %s failed: %s", name, failure.getErrorMessage())
+
+    async def _prepare_shared(self, name: str, patient: bool = False) -> None:
         shared = self._preparing.get(name)
         if shared is None:
-            shared = SharedWait(defer.Deferred.fromCoroutine(self._prepare(name)))
+            shared = SharedWait(defer.Deferred.fromCoroutine(self._prepare(name, patient)))
             if not shared.done:
                 self._preparing[name] = shared
                 shared.work.addBoth(lambda _: self._preparing.pop(name, None))
         await shared.wait()
 
-    async def _prepare(self, name: str) -> None:
+    async def _prepare(self, name: str, patient: bool = False) -> None:
         fill = self.fills.get(name)
         if fill is not None and fill.error is None and not fill.stopped:
             return
         title = self.catalog.get_title(name)
         if title is not None and title.state == "complete":
             return
-        await self.slots.take(name)
+        await self.slots.take(name, patient=patient)
         try:
             await self._start(name)
         finally:
             self.slots.release()
             self._resume_waiting()
+            self._start_backlog()
 
     async def _start(self, name: str) -> None:
         """Under a fill slot: resume or probe and create the fill of ``name``."""
@@ -326,6 +359,7 @@ class ProxyCache:
             log.error("fill %s stopped: %s", fill.name, fill.error)
         self.slots.grant()
         self._resume_waiting()
+        self._start_backlog()
 
     # -- restart ------------------------------------------------------------------
 
@@ -357,6 +391,7 @@ class ProxyCache:
     async def stop(self) -> None:
         """Stop every fill (what is durable stays recorded) and close connections."""
         self._waiting.clear()
+        self._backlog.clear()
         self.slots.cancel_all()
         fills = list(self.fills.values())
         await defer.DeferredList([defer.Deferred.fromCoroutine(f.stop()) for f in fills],

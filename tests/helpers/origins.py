@@ -43,7 +43,7 @@ class FaultOrigin:
     version (new bytes, new ETag). ``ignore_if_range``: any If-Range gets 200
     and the whole title; ``etag_per_request``: every answer has a new ETag
     (backends that disagree); ``last_modified``: a Last-Modified header that
-    never changes. ``active``/``most_active`` count requests being answered."""
+    never changes. ``most_at_once()`` says how many requests or titles were answered at once."""
 
     def __init__(self, titles: dict[str, bytes],
                  fault: Callable[[str, int, int, int], Optional[tuple]] = lambda *a: None,
@@ -59,10 +59,7 @@ class FaultOrigin:
         self.sent: dict[str, int] = defaultdict(int)
         self.log: list[tuple[str, str, str, int]] = []
         self.lock = threading.Lock()
-        self.active = 0
-        self.most_active = 0
-        self.active_paths: dict[str, int] = defaultdict(int)
-        self.most_paths = 0
+        self.spans: list[tuple[str, float, float]] = []   # (path, start, end) per request
         origin = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -72,11 +69,12 @@ class FaultOrigin:
                 pass
 
             def do_GET(self) -> None:  # noqa: N802 (stdlib API)
-                origin._enter(self.path)
+                started = time.monotonic()
                 try:
                     origin._serve(self)
                 finally:
-                    origin._leave(self.path)
+                    with origin.lock:
+                        origin.spans.append((self.path, started, time.monotonic()))
 
         class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
             daemon_threads = True
@@ -100,18 +98,26 @@ class FaultOrigin:
             self.titles[path] = data
             self.etags[path] = self._etag(data)
 
-    def _enter(self, path: str) -> None:
+    def most_at_once(self, *, titles: bool = False, slack: float = 0.05) -> int:
+        """The most requests (``titles``: the most titles, from the start of
+        a title's first request to the end of its last) answered at once.
+        ``slack`` seconds of an answer's end do not count: the client has
+        every byte before this server's thread notes that it is done."""
         with self.lock:
-            self.active += 1
-            self.most_active = max(self.most_active, self.active)
-            self.active_paths[path] += 1
-            self.most_paths = max(self.most_paths,
-                                  sum(1 for n in self.active_paths.values() if n))
-
-    def _leave(self, path: str) -> None:
-        with self.lock:
-            self.active -= 1
-            self.active_paths[path] -= 1
+            spans = list(self.spans)
+        if titles:
+            by_path: dict[str, tuple[float, float]] = {}
+            for path, start, end in spans:
+                first, last = by_path.get(path, (start, end))
+                by_path[path] = (min(first, start), max(last, end))
+            spans = [(p, s, e) for p, (s, e) in by_path.items()]
+        events = sorted([(s, 1) for _, s, e in spans] +
+                        [(max(s, e - slack), -1) for _, s, e in spans])
+        most = now = 0
+        for _, step in events:
+            now += step
+            most = max(most, now)
+        return most
 
     def requests(self, path: str) -> int:
         """How many requests asked for ``path`` so far."""
