@@ -161,6 +161,24 @@ def test_a_range_less_title_that_changes_length_only_is_filled_again(tmp_path, t
         assert d.stop() == 0, d.log()
 
 
+def test_an_empty_title_is_refused_clearly(tmp_path):
+    root = tmp_path / "root"
+    root.mkdir()
+    origin = PlainOrigin(str(root))
+    origin.publish("t.ts", b"")
+    d = make_daemon(tmp_path, origin.base_url)
+    try:
+        d.start()
+        client = RtspClient("127.0.0.1", d.port, timeout=30)
+        assert client.request("DESCRIBE", client.url("t.ts")).status == 502
+        client.close()
+        assert "empty title" in d.log()
+        assert len(origin.requests) == 1
+    finally:
+        origin.stop()
+        assert d.stop() == 0, d.log()
+
+
 def test_an_origin_that_ignores_if_range_is_asked_without_it(tmp_path, ts_file):
     data = open(ts_file, "rb").read()
     origin = FaultOrigin({"t.ts": data}, ignore_if_range=True)

@@ -438,6 +438,8 @@ class HttpOrigin:
                 raise OriginRefused(f"{url}: answered 416 (empty title?)")
             else:
                 raise OriginProtocolError(f"{url}: unexpected status {response.code}")
+            if not total:
+                raise OriginRefused(f"{url}: an empty title (0 bytes)")
         except OriginError:
             self._discard(response)
             raise
