@@ -6,7 +6,8 @@ running daemon because it streams and fills (``kvod cache prefetch``,
     GET  /status                    the daemon's status JSON (kvod status)
     GET  /metrics                   Prometheus text
     GET  /cache                     status JSON (cache_status)
-    POST /cache/prefetch?name=NAME  start filling NAME; 202, or the error
+    POST /cache/prefetch?name=NAME  start filling NAME (or queue it when every fill slot
+                                    is taken); 202, or the error
     POST /cache/evict?name=NAME     evict all of NAME; 409 if it is busy or pinned
 
 JSON in and out; a thin twisted.web adapter over ProxyCache.
@@ -64,10 +65,12 @@ class CacheAdmin(resource.Resource):
         return self._json(request, 404, {"error": "no such resource"})
 
     def _prefetch(self, request, name: str):
-        d = Deferred.fromCoroutine(self.cache.prepare(name))
+        d = Deferred.fromCoroutine(self.cache.prefetch(name))
 
-        def done(_):
-            request.write(self._json(request, 202, {"name": name, "filling": True}))
+        def done(started):
+            # not started: every fill slot is taken; it starts when one frees
+            request.write(self._json(request, 202, {"name": name, "filling": started,
+                                                    "queued": not started}))
             request.finish()
 
         def failed(failure):

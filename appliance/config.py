@@ -343,6 +343,30 @@ class OriginConfig(_Section):
     connections: int = _setting(
         8, _int_in(1, 10000, "an integer from 1 to 10000"),
         "Persistent connections kept open to each origin host.")
+    probe_timeout: float = _setting(
+        10.0, _positive_number,
+        "Seconds a DESCRIBE of an uncached title waits for the origin's probe, every try "
+        "and URL included; then it is answered 504.")
+    min_rate: int = _setting(
+        16 * 2**10, _byte_size_at_least(1),
+        "Slowest origin answer accepted, in bytes per second: a request's body must be "
+        "in within read_timeout + its length / min_rate seconds (an origin that sends a "
+        "byte now and then cannot hold a fill slot).")
+    queue_timeout: float = _setting(
+        15.0, _positive_number,
+        "Seconds a DESCRIBE waits for a fill slot when max_fills titles are probed or "
+        "filled already; then it is answered 503. A client that leaves takes its title "
+        "out of the queue.")
+    idle_timeout: float = _setting(
+        30.0, _positive_number,
+        "A fill that no viewer streams and no prefetch asked for stops after this many "
+        "seconds and keeps its bytes; the next DESCRIBE (or prefetch) resumes it.")
+    max_changes: int = _setting(
+        3, _int_in(0, 100, "an integer from 0 to 100"),
+        "Times in a row the title may change at the origin (another ETag or "
+        "Last-Modified, with no request that went through between) before its fill "
+        "gives up. An ETag that changes while size and Last-Modified stay is not a "
+        "change: the fill validates by Last-Modified instead.")
 
     def _check(self) -> None:
         if self.retry_max_delay < self.retry_delay:

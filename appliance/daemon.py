@@ -55,7 +55,8 @@ def fill_settings(origin: OriginConfig) -> FillSettings:
         chunk_bytes=origin.chunk_bytes, requests_per_fill=origin.requests_per_fill,
         retries=origin.retries, retry_delay=origin.retry_delay,
         retry_max_delay=origin.retry_max_delay, probe_bytes=origin.probe_bytes,
-        tail_bytes=origin.tail_bytes)
+        tail_bytes=origin.tail_bytes, max_changes=origin.max_changes,
+        idle_timeout=origin.idle_timeout, probe_timeout=origin.probe_timeout)
 
 
 def make_cache(config: Config, reactor, catalog) -> ProxyCache:
@@ -74,6 +75,8 @@ def make_cache(config: Config, reactor, catalog) -> ProxyCache:
         connect_timeout=origin.connect_timeout, read_timeout=origin.read_timeout,
         connections=origin.connections, max_bytes=config.cache.max_bytes,
         policy=config.cache.policy, keep_prefix_seconds=config.cache.keep_prefix_seconds,
+        probe_timeout=origin.probe_timeout, queue_timeout=origin.queue_timeout,
+        min_rate=origin.min_rate,
         settings=fill_settings(origin))
 
 
@@ -259,13 +262,18 @@ class KvodService(service.MultiService):
         quota.keep_prefix_seconds = cache.keep_prefix_seconds
         self.cache.seek_timeout = cache.stall_timeout
         self.cache.base_urls = origin.base_url
-        self.cache.max_fills = origin.max_fills
+        self.cache.max_fills = self.cache.slots.limit = origin.max_fills
+        self.cache.slots.queue_timeout = origin.queue_timeout
+        self.cache.slots.grant()  # a raised limit lets the queue move at once
+        self.cache.probe_timeout = origin.probe_timeout
         self.cache.settings = fill_settings(origin)
-        if keys & {"origin.connect_timeout", "origin.read_timeout", "origin.connections"}:
+        if keys & {"origin.connect_timeout", "origin.read_timeout", "origin.connections",
+                   "origin.min_rate"}:
             # new fills and probes use the new pool; running fills keep theirs
             self.cache.http = HttpOrigin(self.reactor, connect_timeout=origin.connect_timeout,
                                          read_timeout=origin.read_timeout,
-                                         connections=origin.connections)
+                                         connections=origin.connections,
+                                         min_rate=origin.min_rate)
         if "log.level" in keys:
             logging.getLogger().setLevel(getattr(logging, config.log.level.upper()))
         if "rtsp.session_timeout" in keys:

@@ -24,7 +24,8 @@ RUNTIME_KEYS = frozenset({
     "origin.base_url", "origin.connect_timeout", "origin.read_timeout", "origin.retries",
     "origin.retry_delay", "origin.retry_max_delay", "origin.chunk_bytes",
     "origin.probe_bytes", "origin.tail_bytes", "origin.max_fills",
-    "origin.requests_per_fill", "origin.connections",
+    "origin.requests_per_fill", "origin.connections", "origin.probe_timeout",
+    "origin.min_rate", "origin.queue_timeout", "origin.idle_timeout", "origin.max_changes",
     "engine.pacing",
     "log.level",
 })

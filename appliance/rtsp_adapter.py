@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 from twisted.application import service
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.protocol import Factory, Protocol
 
 from appliance.rtsp import (
@@ -126,8 +126,13 @@ class RtspProtocol(Protocol):
 
         def failed(failure):
             self._waiting = None
-            status = getattr(failure.value, "status", 500)
-            if status == 500:
+            if self._gone:
+                return  # the client left (its wait was cancelled): nobody to answer
+            if failure.check(CancelledError):
+                status = 503   # the daemon is stopping: the wait was called off
+            else:
+                status = getattr(failure.value, "status", 500)
+            if status == 500:  # not an origin's, a disk's or a client's doing: a bug
                 log.error("preparing %s: %s", name, failure.getTraceback())
             if not self._gone:
                 self._write(request, self.conn.send(self.server.error_response(
@@ -137,6 +142,10 @@ class RtspProtocol(Protocol):
 
     def connectionLost(self, reason=None) -> None:  # noqa: N802 (Twisted API)
         self._gone = True
+        if self._waiting is not None:
+            # nobody to answer: the title leaves the fill queue (or its probe
+            # stops) unless another client waits for it too
+            self._waiting.cancel()
         factory = getattr(self, "factory", None)
         if factory is not None:
             factory.connection_closed()

@@ -93,3 +93,48 @@ def test_policies_on_a_zipf_trace_behave_as_documented():
     for figures in p.values():
         assert figures["max_used_bytes"] <= result["capacity_bytes"]
         assert 0.2 < figures["byte_hit_ratio"] < 0.8
+
+
+# -- the quota on a real catalog (issue 11) -------------------------------------------------
+
+
+def _catalog_with(tmp_path, titles: dict[str, int]):
+    from catalog import open_catalog
+    cat = open_catalog(str(tmp_path / "catalog.db"))
+    for i, (name, size) in enumerate(titles.items()):
+        cat.add_title(name, container="mpegts", state="complete", now=float(i), size=size,
+                      media_path=None, folder=None, tracks=[])
+        cat.add_cached_range(name, 0, size)
+    return cat
+
+
+@pytest.mark.parametrize("ignore_quota", [False, True], ids=["quota", "disk-full"])
+def test_make_room_evicts_nothing_when_eviction_cannot_make_enough(tmp_path, ignore_quota):
+    from appliance.cache.quota import CacheFull, CacheQuota
+    cat = _catalog_with(tmp_path, {"a": 3 * MB, "b": 3 * MB})
+    cat.set_pinned("b", True)
+    quota = CacheQuota(cat, max_bytes=8 * MB)
+    # quota: 6 MiB more needs 4 freed; disk: 5 MiB to free. Only a (3 MiB)
+    # may go, which is not enough: a stays
+    with pytest.raises(CacheFull, match="nothing was evicted"):
+        quota.make_room(5 * MB if ignore_quota else 6 * MB, ignore_quota=ignore_quota)
+    assert cat.cached_bytes("a") == 3 * MB and cat.get_title("a").state == "complete"
+    # enough with a gone: a goes, as it must
+    assert quota.make_room(2 * MB if ignore_quota else 4 * MB,
+                           ignore_quota=ignore_quota) == 3 * MB
+    assert cat.cached_bytes("a") == 0
+    cat.close()
+
+
+def test_make_room_never_gives_up_the_bytes_of_the_title_it_is_for(tmp_path):
+    from appliance.cache.quota import CacheQuota
+    # b, partial, is the least recently played: LRU would take it first
+    cat = _catalog_with(tmp_path, {"b": 1 * MB, "a": 3 * MB})
+    cat.set_state("b", "partial")
+    cat.record_hit("b", now=10.0)
+    cat.record_hit("a", now=20.0)
+    quota = CacheQuota(cat, max_bytes=5 * MB)
+    # room for b's other 2 MiB: 1 MiB must go, and it must not be b's own
+    assert quota.make_room(2 * MB, for_title="b") == 3 * MB
+    assert cat.cached_bytes("b") == 1 * MB and cat.cached_bytes("a") == 0
+    cat.close()

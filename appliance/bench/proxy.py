@@ -32,14 +32,18 @@ from rtpengine.bench.stats import percentile
 class _ProxyDaemon:
     """kvod serve with an origin, in ``folder``."""
 
-    def __init__(self, folder: str, base_url: str) -> None:
+    def __init__(self, folder: str, base_url: str, max_fills: int = 4) -> None:
         self.port = free_tcp_port()
         self.admin_port = free_tcp_port()
         config = os.path.join(folder, "kvod.toml")
         with open(config, "w") as f:
             f.write(loopback_config(self.port, self.admin_port,
                                     rtsp="rtp_port_min = 40000\nrtp_port_max = 49998\n",
+                                    # the miss path is measured, not the fill
+                                    # queue: every miss gets its fill at once and
+                                    # runs on after its viewer leaves
                                     sections=f'[origin]\nbase_url = "{base_url}"\n'
+                                             f'max_fills = {max_fills}\nidle_timeout = 3600\n'
                                              f'[cache]\ndir = "cache"\n'))
         self.serve = ServeProcess(config, self.port, os.path.join(folder, "kvod.log"))
         self.serve.start()
@@ -106,7 +110,7 @@ def run_proxy(media_path: str, big_path: str, *, misses: int = 50, viewers: int 
         nginx = NginxOrigin(os.path.join(tmp, "nginx"), library)
         daemon = None
         try:
-            daemon = _ProxyDaemon(tmp, nginx.base_url)
+            daemon = _ProxyDaemon(tmp, nginx.base_url, max_fills=misses + 8)
             _one_session(daemon.port, f"miss/t{misses}.ts")  # warm up imports and pools
             miss_describe, miss_play = [], []
             for i in range(misses):

@@ -21,7 +21,13 @@ When every byte is durable, the final hint file is written (fsync, rename)
 and the title becomes ``complete``. A title that changed at the origin
 (If-Range answered 200, another ETag) is discarded: its viewers get a clean
 end, a new media file is made (never truncated under the engine's mapping)
-and the fill starts over.
+and the fill starts over, after a back-off, at most ``max_changes`` times
+in a row.
+
+An origin that answers a Range request with the whole title of the same
+version ignores If-Range or Range: the fill asks with Range alone, or reads
+the title once front to back. A fill that no viewer streams and no prefetch
+wants stops after ``idle_timeout`` and keeps its bytes.
 """
 
 from __future__ import annotations
@@ -39,7 +45,8 @@ from twisted.internet.task import deferLater
 
 from appliance.cache.fill_plan import back_off, next_request
 from appliance.cache.layout import hint_path, media_path
-from appliance.cache.origin import OriginChanged, OriginError, Probe, Validator
+from appliance.cache.origin import (OriginChanged, OriginError, Probe, RangesIgnored,
+                                    Validator)
 from appliance.cache.seek_ahead import SeekSegment, estimate_offset
 from catalog import TitleNotFound
 from catalog.byte_ranges import Range, add, end_from, subtract, union
@@ -80,6 +87,9 @@ class FillSettings:
     retry_max_delay: float = 10.0
     probe_bytes: int = 256 << 10
     tail_bytes: int = 64 << 10
+    max_changes: int = 3         # the title changed this often in a row: give up
+    idle_timeout: float = 30.0   # no viewer, no prefetch this long: stop, keep the bytes
+    probe_timeout: float = 10.0  # a re-probe (after a change) must be done by then
 
 
 @dataclass(frozen=True)
@@ -163,6 +173,19 @@ class TitleFill:
         self._turn = 0
         self.duration_ns: Optional[int] = None   # an estimate until complete
         self._tail_start: Optional[int] = None
+        # How to ask the origin: Range with If-Range; Range alone (an origin
+        # that ignores If-Range; each 206's validator is still checked); or
+        # one sequential read of the whole title (an origin without Range).
+        self.ranges = True
+        self.if_range = True
+        self._changes = 0          # the title changed this many times in a row
+        self._quiet = False        # closing the files: start no scan, no fsync
+        # kept: fills on for nobody (a prefetch, a resume at start-up);
+        # otherwise it stops once no viewer is attached for idle_timeout
+        self.keep = False
+        self._idle_since: Optional[float] = None
+        self._idle_call = None
+        self._last_count = 0       # hint records when the files closed
 
     # -- making it -----------------------------------------------------------
 
@@ -233,6 +256,12 @@ class TitleFill:
     def _start_copy(self, probe: Probe) -> None:
         self.size = probe.size
         self.validator = probe.validator
+        self.ranges = probe.ranges
+        self.if_range = True
+        if not probe.ranges:
+            log.warning("fill %s: %s ignores Range requests: the title is read once, "
+                        "front to back (no seek ahead, no resume mid-title)",
+                        self.name, probe.url)
         self._open_files(create=True)
         # indexed right below, in this thread: no scan may run beside it
         self._store(0, probe.head)
@@ -247,7 +276,7 @@ class TitleFill:
         """The title's last bytes come first: with the first ones they give its
         duration (for status, eviction prefixes and seeks ahead). Fetched by
         the fill, not the probe, so DESCRIBE waits for one request only."""
-        if self.duration_ns or not self.settings.tail_bytes:
+        if self.duration_ns or not self.settings.tail_bytes or not self.ranges:
             return
         start = max(self.contiguous(), self.size - self.settings.tail_bytes)
         if start < self.size:
@@ -292,13 +321,20 @@ class TitleFill:
     def _close_files(self) -> None:
         self._close_segments()
         if self._hints is not None:
+            self._last_count = self._hints.count
             self._hints.close()
             self._hints = None
         if self._index is not None:
             self._index.close()
             self._index = None
         if self._map is not None:
-            self._map.close()
+            try:
+                self._map.close()
+            except BufferError:
+                # a scan still holds a view of it (a bug: _settle_quietly
+                # waits for scans); the mapping goes with its last view
+                log.warning("fill %s: the media mapping is still in use; "
+                            "leaving it to the garbage collector", self.name)
             self._map = None
         if self._fd is not None:
             os.close(self._fd)
@@ -310,7 +346,8 @@ class TitleFill:
         """The hint file a new stream of this title opens now."""
         if self.complete:
             return HintUpdate(self.hint_path, None, False)
-        return HintUpdate(self.hint_path, self._hints.count if self._hints else 0, True)
+        return HintUpdate(self.hint_path,
+                          self._hints.count if self._hints else self._last_count, True)
 
     def attach(self, listener: FillListener) -> None:
         """Tell ``listener`` about new records until it detaches."""
@@ -342,7 +379,30 @@ class TitleFill:
             self._started = True
             self._run_d = defer.Deferred.fromCoroutine(self._run())
             self._run_d.addErrback(self._crashed)
+            self._check_idle()
         return self.done
+
+    def _check_idle(self) -> None:
+        """Once a second: a fill nobody watches (no stream attached) and
+        nobody asked for (no prefetch) stops after ``idle_timeout`` seconds
+        and keeps what it has; the next DESCRIBE resumes it."""
+        self._idle_call = None
+        if not self._running():
+            return
+        if self.listeners or self.keep:
+            self._idle_since = None
+        else:
+            now = self.reactor.seconds()
+            if self._idle_since is None:
+                self._idle_since = now
+            elif now - self._idle_since >= self.settings.idle_timeout:
+                log.info("fill %s: no viewer for %.0f s and no prefetch: stopping with %d of "
+                         "%d bytes (the next DESCRIBE resumes it)", self.name,
+                         now - self._idle_since, sum(e - s for s, e in self.held), self.size)
+                defer.Deferred.fromCoroutine(self.stop()).addErrback(self._crashed)
+                return
+        self._idle_call = self.reactor.callLater(min(1.0, self.settings.idle_timeout),
+                                                 self._check_idle)
 
     def _crashed(self, failure) -> None:
         log.error("fill %s: %s", self.name, failure.getTraceback())
@@ -353,7 +413,9 @@ class TitleFill:
             generation = self._generation
             workers = [defer.Deferred.fromCoroutine(self._worker(generation))
                        for _ in range(self.settings.requests_per_fill)]
-            await defer.DeferredList(workers)
+            for worker in workers:
+                worker.addErrback(self._crashed)
+            await defer.DeferredList(workers, consumeErrors=True)
             if generation != self._generation:
                 await self._restart_copy()
                 continue
@@ -385,6 +447,11 @@ class TitleFill:
                                        self.inflight.values(), [only.next_needed(self.held)])
                 if request is not None and request[0] < only.start:
                     return  # its bytes are all there or on their way
+            elif not self.ranges:
+                # one sequential read; the other workers have nothing to do
+                if self.inflight or self.contiguous() >= self.size:
+                    return
+                request = (self.contiguous(), self.size)
             else:
                 request = next_request(self.size, self.settings.chunk_bytes, self.held,
                                        self.inflight.values(), self._wanted())
@@ -392,20 +459,32 @@ class TitleFill:
                 return
             token = object()
             self.inflight[token] = request
-            d = defer.Deferred.fromCoroutine(self.origin.fetch(
-                self.url, request[0], request[1], self.validator, self._sink(generation),
-                size=self.size))
+            asked_if_range = self.if_range and bool(self.validator.if_range())
+            if self.ranges:
+                d = defer.Deferred.fromCoroutine(self.origin.fetch(
+                    self.url, request[0], request[1], self.validator, self._sink(generation),
+                    size=self.size, if_range=self.if_range))
+            else:
+                d = defer.Deferred.fromCoroutine(self.origin.fetch_whole(
+                    self.url, self.validator, self._sink(generation, skip=request[0]),
+                    size=self.size))
             self._fetches[token] = d
             try:
                 got = await d
                 self.bytes_fetched += got
                 self._failures = 0
+                self._changes = 0
             except defer.CancelledError:
                 return
+            except RangesIgnored as exc:
+                if generation == self._generation and not self.stopped:
+                    self._ask_differently(exc, asked_if_range)
+                continue
             except OriginChanged as exc:
                 if generation == self._generation:
-                    log.warning("fill %s: %s; discarding the partial copy and starting over",
-                                self.name, exc)
+                    self._changes += 1
+                    log.warning("fill %s: %s; change %d in a row: checking the title again",
+                                self.name, exc, self._changes)
                     self._generation += 1
                     self._cancel_fetches()
                 return
@@ -419,6 +498,28 @@ class TitleFill:
                 del self.inflight[token]
                 self._fetches.pop(token, None)
                 self._kick_sync()
+
+    def _ask_differently(self, exc: OriginError, asked_if_range: bool) -> None:
+        """The origin answered a Range request with the whole title of the
+        same version: ask without If-Range (each 206 is still checked
+        against the validator), and if it ignores Range itself, read the
+        title once front to back."""
+        if asked_if_range:
+            if self.if_range:
+                self.if_range = False
+                log.warning("fill %s: %s; the origin ignores If-Range: asking without it",
+                            self.name, exc)
+        elif self.ranges:
+            self.ranges = False
+            self.wants.pop(_TAIL, None)
+            self._tail_start = None
+            self._close_segments()
+            log.warning("fill %s: %s; the origin ignores Range: reading the title once, "
+                        "front to back", self.name, exc)
+
+    def _missing(self) -> int:
+        """Bytes of the title not held yet."""
+        return self.size - sum(e - s for s, e in self.held)
 
     def _wanted(self) -> list[int]:
         """Offsets to fetch from first, taken in turn: viewers' wants, the
@@ -435,6 +536,12 @@ class TitleFill:
     async def _retry_or_stop(self, request: Range, exc: OriginError) -> bool:
         self._failures += 1
         what = f"fill {self.name}: bytes {request[0]}-{request[1] - 1} from {self.url}: {exc}"
+        if no_space(exc) and not self._disk_full(self._missing()):
+            # eviction cannot make room for the rest: retrying cannot help,
+            # and no other title is given up for a fill that would fail anyway
+            exc = CacheWriteError(f"{exc}: the title's other {self._missing()} bytes do not "
+                                  "fit even after evicting what may go")
+            exc.retryable = False
         if not exc.retryable or self._failures > self.settings.retries:
             log.error("%s; giving up after %d tries", what, self._failures)
             self.error = exc
@@ -447,8 +554,6 @@ class TitleFill:
                          self.settings.retry_max_delay)
         log.warning("%s; retry %d of %d in %.1f s", what, self._failures,
                     self.settings.retries, delay)
-        if isinstance(exc, CacheWriteError):
-            self._disk_full(self.settings.chunk_bytes)
         token = object()
         self._fetches[token] = sleep = deferLater(self.reactor, delay, lambda: None)
         try:
@@ -478,10 +583,17 @@ class TitleFill:
                 f"cannot write {self.media_path}: {os.strerror(exc.errno)}") from exc
         self.held = add(self.held, offset, at)
 
-    def _sink(self, generation: int):
+    def _sink(self, generation: int, skip: int = 0):
+        """Where a request's bytes go; ``skip``: bytes below it are held
+        already (a sequential read from the start): dropped, not rewritten."""
         def sink(offset: int, data: bytes) -> None:
-            if generation != self._generation or self._fd is None:
-                raise CacheWriteError("the fill started over")
+            if generation != self._generation or self._fd is None or self.stopped:
+                raise CacheWriteError("the fill stopped or started over")
+            if offset < skip:
+                data = data[skip - offset:]
+                offset = skip
+                if not data:
+                    return
             self._store(offset, data)
             self._kick_index()
             if self._tail_start is not None:
@@ -496,7 +608,7 @@ class TitleFill:
         """fsync, then record what it made durable: at most once a
         SYNC_INTERVAL (a fast fill would otherwise fsync after every chunk),
         or ``now`` when the fill settles."""
-        if not self._started:
+        if not self._started or self._quiet:
             return
         if self._sync is not None:
             self._sync_again = True
@@ -572,7 +684,7 @@ class TitleFill:
         self._publish(ready)
 
     def _kick_index(self) -> None:
-        if not self._started:
+        if not self._started or self._quiet:
             return  # not started: create() and resume() index in their own thread
         self._feed_segments()
         if self._indexing is not None:
@@ -636,7 +748,7 @@ class TitleFill:
             hints.append(records)
         except OSError as exc:
             if exc.errno not in (errno.ENOSPC, errno.EDQUOT) or \
-                    not self._disk_full(max(len(records), self.settings.chunk_bytes)):
+                    not self._disk_full(max(len(records), self._missing())):
                 raise
             log.warning("fill %s: the disk was full for %s; evicted, writing again",
                         self.name, hints.path)
@@ -660,7 +772,7 @@ class TitleFill:
         """Make ``npt_ns`` playable soon: nothing to do if the main hints reach
         it, else a seek segment there, its bytes fetched first; returns when
         it is playable, the fill stopped, or ``timeout`` passed."""
-        if self.covered(npt_ns) or self.error is not None or self.stopped:
+        if self.covered(npt_ns) or self.error is not None or self.stopped or not self.ranges:
             return
         deadline = self.reactor.seconds() + timeout
         while not self.duration_ns and self._running():
@@ -785,8 +897,52 @@ class TitleFill:
         self._end(None)
 
     async def _restart_copy(self) -> None:
-        """The origin's title changed: forget every byte and begin again."""
+        """The origin's answer said the title changed: look again (after a
+        back-off) and begin again with the new version. An origin whose
+        ETag changes while the size and Last-Modified do not (backends that
+        disagree on ETags) is validated by Last-Modified from then on and
+        keeps its bytes; one that changes ``max_changes`` times in a row
+        with nothing fetched between is given up, with a clear error."""
         await self._settle_quietly()
+        if self._changes > self.settings.max_changes:
+            self._give_up(OriginChanged(
+                f"{self.url}: the title changed {self._changes} times in a row, with no "
+                "request between that went through: its validator (ETag) is not stable "
+                "(backends that disagree?); giving up"))
+            return
+        delay = back_off(self._changes, self.settings.retry_delay, self.settings.retry_max_delay)
+        token = object()
+        self._fetches[token] = sleep = deferLater(self.reactor, delay, lambda: None)
+        try:
+            await sleep
+            probe = await self.origin.probe(
+                self.url, self.settings.probe_bytes,
+                deadline=self.reactor.seconds() + self.settings.probe_timeout)
+        except defer.CancelledError:
+            return
+        except OriginError as exc:
+            self._give_up(OriginError(f"cannot start over: {exc}"))
+            return
+        finally:
+            self._fetches.pop(token, None)
+        if self.stopped:
+            return
+        old, new = self.validator, probe.validator
+        if probe.size == self.size and old.last_modified and \
+                old.last_modified == new.last_modified and old.etag != new.etag:
+            log.warning("fill %s: the ETag changed (%s, now %s) but not the size or "
+                        "Last-Modified: the origin's ETags are not stable; validating by "
+                        "Last-Modified from now on, keeping the bytes", self.name,
+                        old.etag, new.etag)
+            self.validator = Validator(None, old.last_modified)
+            self._quiet = False
+            try:
+                self.catalog.update_title(self.name, etag=None)
+            except TitleNotFound:
+                self._title_gone()
+            return
+        log.warning("fill %s: the title changed at the origin; discarding the partial copy "
+                    "and starting over", self.name)
         for listener in list(self.listeners):
             listener.title_changed()
         self.listeners.clear()
@@ -794,17 +950,32 @@ class TitleFill:
         self.catalog.clear_cached_ranges(self.name)
         self._close_files()
         self.held, self.durable = [], []
+        self._quiet = False
         try:
-            probe = await self.origin.probe(self.url, self.settings.probe_bytes)
             self._start_copy(probe)
             self._enter_in_catalog(probe, self.catalog.get_title(self.name), now=time.time())
+        except TitleNotFound:
+            self._title_gone()
         except OriginError as exc:
-            log.error("fill %s: cannot start over: %s", self.name, exc)
-            self.error = exc
+            self._give_up(exc)
+        except OSError as exc:
+            self._give_up(CacheWriteError(f"cannot start over: {exc}"))
+
+    def _give_up(self, exc: OriginError) -> None:
+        log.error("fill %s: %s", self.name, exc)
+        self.error = exc
+        for listener in list(self.listeners):
+            listener.fill_stopped(exc)
+        self._progressed()
 
     async def _settle_quietly(self) -> None:
-        pending = [d for d in (self._sync, self._indexing) if d is not None]
-        if pending:
+        """Wait until no fsync or scan runs, and start none: the files may be
+        closed after this (a scan holds a view of the mapping)."""
+        self._quiet = True
+        for _ in range(1000):
+            pending = [d for d in (self._sync, self._indexing) if d is not None]
+            if not pending:
+                return
             await defer.DeferredList(pending, consumeErrors=True)
 
     def _end(self, error: Optional[OriginError]) -> None:
@@ -812,12 +983,20 @@ class TitleFill:
             return
         if self._sync_call is not None and self._sync_call.active():
             self._sync_call.cancel()
+        if self._idle_call is not None and self._idle_call.active():
+            self._idle_call.cancel()
         if error is not None:
             self.error = error
         self._close_files()
         self._on_end(self)
         self.done.callback(self)
         self._progressed()
+
+    def abandon(self, error: OriginError) -> None:
+        """A fill that will not run (no room for the rest of its title): its
+        files close, its hint records stay readable (``hints()`` still says
+        how many) and a stream that attaches learns ``error`` at once."""
+        self._end(error)
 
     async def stop(self) -> None:
         """Stop fetching, wait for the running fsync and scan, close the files.

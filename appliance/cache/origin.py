@@ -22,7 +22,8 @@ from typing import Callable, Optional
 from urllib.parse import unquote, urlsplit
 
 from twisted.internet import defer, threads
-from twisted.internet.error import ConnectError, ConnectionDone, ConnectionLost, TimeoutError
+from twisted.internet.error import (ConnectError, ConnectingCancelledError, ConnectionDone,
+                                    ConnectionLost, DNSLookupError, TimeoutError)
 from twisted.internet.protocol import Protocol
 from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone, ResponseFailed
 from twisted.web.http import PotentialDataLoss
@@ -69,6 +70,21 @@ class OriginProtocolError(OriginError):
     """The origin answered, but not as asked (wrong Content-Range, short body)."""
 
 
+class OriginRefused(OriginProtocolError):
+    """The origin answered a 4xx other than 404/410 (or a redirect, which kvod
+    does not follow): asking again will not change its mind."""
+
+    retryable = False
+
+
+class RangesIgnored(OriginProtocolError):
+    """The origin answered a Range request with the whole title (200) of the
+    same version: it ignores ``Range`` (or ``If-Range``). Not a change of the
+    title; the fill asks differently (see TitleFill)."""
+
+    retryable = False
+
+
 @dataclass(frozen=True)
 class Validator:
     """What identifies one version of a title at the origin."""
@@ -103,6 +119,7 @@ class Probe:
     size: int
     validator: Validator
     head: bytes
+    ranges: bool = True    # False: the origin ignores Range (a sequential fill)
 
 
 def parse_content_range(value: Optional[str]) -> tuple[int, int, Optional[int]]:
@@ -121,19 +138,38 @@ class _Body(Protocol):
     """Hands a response body to a sink, bounded by the bytes expected."""
 
     def __init__(self, start: int, length: int, sink: Sink, reactor,
-                 read_timeout: float) -> None:
+                 read_timeout: float, deadline: Optional[float] = None,
+                 stop_after: Optional[int] = None) -> None:
+        """``deadline`` (reactor time): the whole body must be in by then, so a
+        byte now and then cannot hold a request open for ever; ``stop_after``:
+        end the request, successfully, once that many bytes came (the first
+        bytes of an answer that is longer than wanted)."""
         self.start = start
         self.length = length
         self.sink = sink
         self.received = 0
-        self.done: defer.Deferred = defer.Deferred()
+        # cancelled (the fill stopped): the connection goes, no byte more
+        self.done: defer.Deferred = defer.Deferred(lambda _d: self._cancelled())
         self._reactor = reactor
         self._read_timeout = read_timeout
         self._timer = None
+        self._deadline_call = None
+        self._deadline = deadline
+        self._stop_after = stop_after
+        self._enough = False
         self._error: Optional[OriginError] = None
 
     def connectionMade(self) -> None:  # noqa: N802 (Twisted API)
         self._arm()
+        if self._deadline is not None:
+            self._deadline_call = self._reactor.callLater(
+                max(self._deadline - self._reactor.seconds(), 0), self._too_slow)
+
+    def _too_slow(self) -> None:
+        self._deadline_call = None
+        self._abort(OriginUnavailable(
+            f"too slow: {self.received} of {self.length} bytes by the deadline",
+            received=self.received))
 
     def _arm(self) -> None:
         if self._timer is not None and self._timer.active():
@@ -146,6 +182,12 @@ class _Body(Protocol):
         self._abort(OriginUnavailable(
             f"no byte for {self._read_timeout:g} s after {self.received} of {self.length}",
             received=self.received))
+
+    def _cancelled(self) -> None:
+        if self._error is None:
+            self._error = OriginError("cancelled")
+        if self.transport is not None:
+            self.transport.loseConnection()
 
     def _abort(self, error: OriginError) -> None:
         if self._error is None:
@@ -176,13 +218,23 @@ class _Body(Protocol):
         if self._error is not None:
             self._error.received = self.received
             self.transport.loseConnection()
+        elif self._stop_after is not None and self.received >= self._stop_after:
+            self._enough = True
+            self.transport.loseConnection()
 
     def connectionLost(self, reason) -> None:  # noqa: N802 (Twisted API)
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
+        if self._deadline_call is not None and self._deadline_call.active():
+            self._deadline_call.cancel()
+        self._deadline_call = None
+        if self.done.called:  # cancelled
+            return
         if self._error is not None:
             self.done.errback(self._error)
+        elif self._enough:
+            self.done.callback(self.received)
         elif reason.check(ResponseDone, PotentialDataLoss) and self.received == self.length:
             self.done.callback(self.received)
         else:
@@ -201,12 +253,21 @@ def _validator_of(response) -> Validator:
 
 
 class HttpOrigin:
-    """Range requests over a pool of persistent HTTP connections."""
+    """Range requests over a pool of persistent HTTP connections.
+
+    Every request has deadlines: ``connect_timeout`` to connect,
+    ``read_timeout`` for the answer's headers and between two body bytes,
+    and the body as a whole by ``read_timeout + length / min_rate`` seconds
+    (or the caller's own deadline, e.g. the probe's), so an origin that sends
+    a byte now and then cannot keep a request, a fill slot or a DESCRIBE
+    waiting for ever.
+    """
 
     def __init__(self, reactor, *, connect_timeout: float = 5.0, read_timeout: float = 10.0,
-                 connections: int = 8) -> None:
+                 connections: int = 8, min_rate: float = 16 << 10) -> None:
         self.reactor = reactor
         self.read_timeout = read_timeout
+        self.min_rate = min_rate
         self.pool = HTTPConnectionPool(reactor, persistent=True)
         self.pool.maxPersistentPerHost = connections
         self.pool.retryAutomatically = False  # the fill retries, with back-off
@@ -217,26 +278,41 @@ class HttpOrigin:
         """Close the pooled connections."""
         await self.pool.closeCachedConnections()
 
-    async def _request(self, url: str, headers: dict[bytes, bytes]):
+    def _body_deadline(self, length: int, deadline: Optional[float]) -> float:
+        own = self.reactor.seconds() + self.read_timeout + length / self.min_rate
+        return own if deadline is None else min(own, deadline)
+
+    async def _request(self, url: str, headers: dict[bytes, bytes],
+                       deadline: Optional[float] = None):
         all_headers = Headers({b"user-agent": [USER_AGENT]})
         for name, value in headers.items():
             all_headers.setRawHeaders(name, [value])
+        wait = self.read_timeout
+        if deadline is not None:
+            wait = min(wait, max(deadline - self.reactor.seconds(), 0.0))
         d = self.agent.request(b"GET", url.encode("ascii"), all_headers)
-        timer = self.reactor.callLater(self.read_timeout, d.cancel)
+        timed_out = []
+        timer = self.reactor.callLater(wait, lambda: (timed_out.append(True), d.cancel()))
         try:
             return await d
-        except defer.CancelledError:
-            raise OriginUnavailable(f"{url}: no answer within {self.read_timeout:g} s") from None
-        except (ConnectError, TimeoutError) as exc:
+        except (defer.CancelledError, ConnectingCancelledError):
+            if not timed_out:
+                raise defer.CancelledError() from None  # the caller gave up: not the origin
+            raise OriginUnavailable(f"{url}: no answer within {wait:g} s") from None
+        except (ConnectError, TimeoutError, DNSLookupError) as exc:
             raise OriginUnavailable(f"{url}: cannot connect: {exc}") from None
         except (ResponseFailed, ConnectionLost, ConnectionDone) as exc:
             raise OriginUnavailable(f"{url}: connection failed: {_reasons(exc)}") from None
+        except Exception as exc:  # whatever the answer was, it is the origin's fault
+            raise OriginProtocolError(f"{url}: bad answer: {_reasons(exc)}") from None
         finally:
             if timer.active():
                 timer.cancel()
 
-    async def _body(self, response, start: int, length: int, sink: Sink) -> int:
-        body = _Body(start, length, sink, self.reactor, self.read_timeout)
+    async def _body(self, response, start: int, length: int, sink: Sink, *,
+                    deadline: Optional[float] = None, stop_after: Optional[int] = None) -> int:
+        body = _Body(start, length, sink, self.reactor, self.read_timeout,
+                     self._body_deadline(stop_after or length, deadline), stop_after)
         response.deliverBody(body)
         try:
             return await body.done
@@ -246,10 +322,17 @@ class HttpOrigin:
     @staticmethod
     def _check_status(url: str, response) -> None:
         code = response.code
+        phrase = response.phrase.decode("latin-1", "replace")[:100]
         if code in (404, 410):
-            raise OriginNotFound(f"{url}: {code} {response.phrase.decode('latin-1')}")
-        if code >= 500:
-            raise OriginUnavailable(f"{url}: {code} {response.phrase.decode('latin-1')}")
+            raise OriginNotFound(f"{url}: {code} {phrase}")
+        if code >= 500 or code in (408, 429):
+            raise OriginUnavailable(f"{url}: {code} {phrase}")
+        if 300 <= code < 400:
+            # not followed: a redirect loop or a move is the operator's to fix
+            raise OriginRefused(f"{url}: {code} {phrase} (redirects are not followed; "
+                                f"Location {_header(response, b'location')!r})")
+        if 400 <= code < 500 and code != 416:
+            raise OriginRefused(f"{url}: {code} {phrase}")
 
     @staticmethod
     def _discard(response) -> None:
@@ -257,26 +340,38 @@ class HttpOrigin:
         response.deliverBody(_Discard())
 
     async def fetch(self, url: str, start: int, end: int, validator: Validator,
-                    sink: Sink, *, size: int) -> int:
+                    sink: Sink, *, size: int, if_range: bool = True) -> int:
         """Bytes ``[start, end)`` of the title of ``size`` bytes into ``sink``.
 
-        If-Range carries ``validator``: an origin whose title changed answers
-        200 with the whole new title, which is refused (OriginChanged)
-        without reading it.
+        If-Range carries ``validator`` (unless ``if_range`` is False): an
+        origin whose title changed answers 200 with the whole new title,
+        which is refused (OriginChanged) without reading it. A 200 with the
+        same validator and size is an origin that ignores Range or If-Range
+        (RangesIgnored). Every 206 is checked against ``validator`` too.
         """
         headers = {b"range": f"bytes={start}-{end - 1}".encode()}
-        if validator.if_range():
+        if if_range and validator.if_range():
             headers[b"if-range"] = validator.if_range().encode("latin-1")
         response = await self._request(url, headers)
         try:
             self._check_status(url, response)
-            if response.code == 200 or response.code == 416:
-                raise OriginChanged(f"{url}: answered {response.code} to If-Range "
-                                    f"{validator.if_range()!r}: the title changed")
+            found = _validator_of(response)
+            if response.code == 200:
+                same = validator.matches(found) and (found.etag or found.last_modified
+                                                     or not validator.if_range())
+                if same and response.length == size:
+                    raise RangesIgnored(f"{url}: answered 200 (the whole title, same "
+                                        f"version) to a Range request")
+                raise OriginChanged(f"{url}: answered 200 to If-Range "
+                                    f"{validator.if_range()!r} with {found}, "
+                                    f"{response.length} bytes: the title changed")
+            if response.code == 416:
+                raise OriginChanged(f"{url}: answered 416 to bytes {start}-{end - 1}: "
+                                    "the title changed")
             if response.code != 206:
                 raise OriginProtocolError(f"{url}: unexpected status {response.code}")
-            if not validator.matches(_validator_of(response)):
-                raise OriginChanged(f"{url}: validator {_validator_of(response)} is not "
+            if not validator.matches(found):
+                raise OriginChanged(f"{url}: validator {found} is not "
                                     f"{validator}: the title changed")
             first, last, total = parse_content_range(_header(response, b"content-range"))
             if (first, last) != (start, end) or total not in (size, None):
@@ -288,41 +383,72 @@ class HttpOrigin:
             raise
         return await self._body(response, start, end - start, sink)
 
-    async def probe(self, url: str, head_bytes: int) -> Probe:
-        """The title's size and validator and its first ``head_bytes``, in one
-        Range request: its answer carries what a HEAD would (Content-Range
-        gives the size), and the bytes a viewer starts with."""
-        head, size, validator = await self._probe_part(url, 0, head_bytes - 1)
-        return Probe(url, size, validator, head)
-
-    async def _probe_part(self, url: str, first_byte: int, last_byte: int):
-        response = await self._request(url, {b"range": f"bytes={first_byte}-{last_byte}".encode()})
-        validator = _validator_of(response)
+    async def fetch_whole(self, url: str, validator: Validator, sink: Sink, *,
+                          size: int) -> int:
+        """The whole title, front to back, into ``sink``: for an origin that
+        ignores Range. The answer must be 200 of ``size`` bytes and the same
+        version (its validator, where it sends one)."""
+        response = await self._request(url, {})
         try:
             self._check_status(url, response)
-            if response.code == 200 and first_byte == 0:
+            if response.code != 200:
+                raise OriginProtocolError(f"{url}: unexpected status {response.code}")
+            found = _validator_of(response)
+            if not validator.matches(found):
+                raise OriginChanged(f"{url}: validator {found} is not {validator}: "
+                                    "the title changed")
+            if response.length != size:
+                raise OriginChanged(f"{url}: {response.length} bytes, not {size}: "
+                                    "the title changed")
+        except OriginError:
+            self._discard(response)
+            raise
+        return await self._body(response, 0, size, sink)
+
+    async def probe(self, url: str, head_bytes: int, *,
+                    deadline: Optional[float] = None) -> Probe:
+        """The title's size and validator and its first ``head_bytes``, in one
+        Range request: its answer carries what a HEAD would (Content-Range
+        gives the size), and the bytes a viewer starts with. An origin that
+        answers 200 (no Range support) with a Content-Length is read for
+        its first ``head_bytes`` only (``ranges=False``). ``deadline``
+        (reactor time) bounds the whole exchange."""
+        response = await self._request(url, {b"range": f"bytes=0-{head_bytes - 1}".encode()},
+                                       deadline)
+        validator = _validator_of(response)
+        ranges = True
+        try:
+            self._check_status(url, response)
+            if response.code == 200:
                 length = response.length
-                if not isinstance(length, int) or length > last_byte + 1:
-                    raise OriginProtocolError(f"{url}: ignores Range requests")
+                if not isinstance(length, int):
+                    raise OriginRefused(f"{url}: ignores Range requests and does not say "
+                                        "the title's length (no Content-Length)")
                 first, last, total = 0, length, length
+                ranges = length <= head_bytes   # the whole title came: nothing to range
             elif response.code == 206:
                 first, last, total = parse_content_range(_header(response, b"content-range"))
                 if total is None:
                     raise OriginProtocolError(f"{url}: does not say the title's size")
-                if first != first_byte or last > last_byte + 1:
+                if first != 0 or last > head_bytes:
                     raise OriginProtocolError(
-                        f"{url}: asked for bytes {first_byte}-{last_byte}, got Content-Range "
+                        f"{url}: asked for bytes 0-{head_bytes - 1}, got Content-Range "
                         f"{_header(response, b'content-range')!r}")
             elif response.code == 416:
-                raise OriginProtocolError(f"{url}: answered 416 (empty title?)")
+                raise OriginRefused(f"{url}: answered 416 (empty title?)")
             else:
                 raise OriginProtocolError(f"{url}: unexpected status {response.code}")
+            if not total:
+                raise OriginRefused(f"{url}: an empty title (0 bytes)")
         except OriginError:
             self._discard(response)
             raise
         parts: list[bytes] = []
-        await self._body(response, first, last - first, lambda _off, data: parts.append(data))
-        return b"".join(parts), total, validator
+        want = min(last - first, head_bytes)
+        await self._body(response, first, last - first, lambda _off, data: parts.append(data),
+                         deadline=deadline, stop_after=want if not ranges else None)
+        head = b"".join(parts)[:want]
+        return Probe(url, total, validator, head, ranges)
 
 
 class _Discard(Protocol):
@@ -388,15 +514,16 @@ class FileOrigin:
             os.close(fd)
 
     async def fetch(self, url: str, start: int, end: int, validator: Validator,
-                    sink: Sink, *, size: int) -> int:
+                    sink: Sink, *, size: int, if_range: bool = True) -> int:
         """Bytes ``[start, end)`` into ``sink``, as :meth:`HttpOrigin.fetch`."""
         data, _, _ = await threads.deferToThread(self._read, url, start, end, validator)
         sink(start, data)
         self.bytes_fetched += len(data)
         return len(data)
 
-    async def probe(self, url: str, head_bytes: int) -> Probe:
-        """As :meth:`HttpOrigin.probe`."""
+    async def probe(self, url: str, head_bytes: int, *,
+                    deadline: Optional[float] = None) -> Probe:
+        """As :meth:`HttpOrigin.probe` (a local read needs no deadline)."""
         head, size, validator = await threads.deferToThread(self._read, url, 0, head_bytes,
                                                             None)
         if not size:

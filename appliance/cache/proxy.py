@@ -12,7 +12,9 @@ PATH in turn.
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import time
 from typing import Callable, Optional
 
@@ -21,11 +23,22 @@ from twisted.internet import defer
 from appliance.cache.quota import CacheFull, CacheQuota, cache_status
 from appliance.cache.layout import title_folder
 from appliance.cache.origin import (FileOrigin, HttpOrigin, OriginError, OriginNotFound, Probe,
-                              origin_for)
-from appliance.cache.fill import BadMedia, FillSettings, TitleFill
+                                    OriginUnavailable, origin_for)
+from appliance.cache.fill import CacheWriteError, FillSettings, TitleFill
+from appliance.cache.fill_slots import FillSlots, SharedWait
 from catalog import InvalidTitleName, validate_title_name
 
 log = logging.getLogger(__name__)
+
+# Hint records take 32 bytes per 1316 media bytes (7 TS packets): room on disk
+# is asked for the media bytes and this share more.
+_HINT_SHARE = 40
+
+
+def disk_free(folder: str) -> int:
+    """Bytes an unprivileged writer may still use on ``folder``'s file system."""
+    st = os.statvfs(folder)
+    return st.f_bavail * st.f_frsize
 
 
 class ProxyCache:
@@ -37,7 +50,12 @@ class ProxyCache:
                  connections: int = 8, clock: Callable[[], float] = time.time,
                  max_bytes: int = 0, policy: str = "lru",
                  keep_prefix_seconds: float = 0.0, writer=None,
-                 seek_timeout: float = 10.0) -> None:
+                 seek_timeout: float = 10.0, probe_timeout: float = 10.0,
+                 queue_timeout: float = 15.0, min_rate: float = 16 << 10) -> None:
+        """``max_fills`` bounds the probes and fills that talk to origins at
+        once; a DESCRIBE beyond it waits in a queue for ``queue_timeout``
+        seconds (then 503). ``probe_timeout`` bounds a DESCRIBE's probe (then
+        504); ``min_rate`` (bytes/s) is the slowest body an origin may send."""
         self.reactor = reactor
         self.catalog = catalog
         self.cache_dir = cache_dir
@@ -45,13 +63,18 @@ class ProxyCache:
         self.settings = settings
         self.max_fills = max_fills
         self.clock = clock
+        self.probe_timeout = probe_timeout
         self.http = HttpOrigin(reactor, connect_timeout=connect_timeout,
-                               read_timeout=read_timeout, connections=connections)
+                               read_timeout=read_timeout, connections=connections,
+                               min_rate=min_rate)
         self.files = FileOrigin(reactor)
         self.fills: dict[str, TitleFill] = {}
         self.in_use: Callable[[str], bool] = lambda name: False
-        self._preparing: dict[str, list[defer.Deferred]] = {}
+        self._preparing: dict[str, SharedWait] = {}
+        self.slots = FillSlots(reactor, limit=max_fills, queue_timeout=queue_timeout,
+                               running=self.running_fills)
         self._waiting: list[str] = []       # partial titles to resume when a slot frees
+        self._backlog: list[str] = []       # prefetches waiting for a slot
         self.misses = 0
         self.hits = 0
         self.errors: dict[str, str] = {}    # why the last fill of a title stopped
@@ -59,7 +82,7 @@ class ProxyCache:
         self.seek_timeout = seek_timeout
         self.quota = CacheQuota(catalog, max_bytes=max_bytes, policy=policy,
                                 keep_prefix_seconds=keep_prefix_seconds, busy=self.busy,
-                                reserved=self.reserved)
+                                reserved=self.reserved, on_evict=self._evicted)
 
     # -- look-ups for the session layer (no I/O) ------------------------------
 
@@ -74,7 +97,19 @@ class ProxyCache:
 
     def busy(self, name: str) -> bool:
         """Whether ``name`` is streamed or filled now (it must not be evicted)."""
-        return name in self.fills or self.in_use(name)
+        fill = self.fills.get(name)
+        return (fill is not None and fill.error is None) or self.in_use(name)
+
+    def _evicted(self, name: str) -> None:
+        # a stopped fill kept so its bytes could be played: they are gone now
+        fill = self.fills.get(name)
+        if fill is not None and fill.error is not None:
+            del self.fills[name]
+
+    def running_fills(self) -> int:
+        """Fills that fetch now (or will, once their start-up is done)."""
+        return sum(1 for f in self.fills.values()
+                   if f.error is None and not f.stopped and not f.done.called)
 
     def reserved(self) -> int:
         """Bytes the running fills will still record (part of the quota already)."""
@@ -88,7 +123,9 @@ class ProxyCache:
         if title.state == "complete":
             return True
         fill = self.fills.get(title.name)
-        return title.state == "partial" and fill is not None and fill.error is None
+        # a fill that stopped (disk full, origin gone) still serves its bytes
+        return title.state == "partial" and fill is not None and (
+            fill.error is None or fill.hints().count > 0)
 
     def can_fetch(self, name: str, title=None) -> bool:
         """Whether :meth:`prepare` may make ``name`` servable."""
@@ -101,10 +138,16 @@ class ProxyCache:
         return bool(self.base_urls or (title is not None and title.origin_url))
 
     def status(self) -> dict:
-        """The cache's figures and titles (``kvod cache status``)."""
-        return cache_status(self.catalog, max_bytes=self.quota.max_bytes,
-                            policy=self.quota.policy, fills=self.fills, busy=self.busy,
-                            errors=self.errors)
+        """The cache's figures and titles (``kvod cache status``), the
+        prefetches waiting for a slot and those that failed before their
+        title was known (``prefetch_errors``)."""
+        status = cache_status(self.catalog, max_bytes=self.quota.max_bytes,
+                              policy=self.quota.policy, fills=self.fills, busy=self.busy,
+                              errors=self.errors)
+        known = {t["name"] for t in status["titles"]}
+        status["prefetch_queue"] = list(self._backlog)
+        status["prefetch_errors"] = {n: e for n, e in self.errors.items() if n not in known}
+        return status
 
     def fill_for(self, name: str) -> Optional[TitleFill]:
         """The running fill of ``name``, or None."""
@@ -112,67 +155,145 @@ class ProxyCache:
 
     # -- making titles servable ----------------------------------------------------
 
-    async def prepare(self, name: str, npt_ns: Optional[int] = None) -> None:
+    async def prepare(self, name: str, npt_ns: Optional[int] = None, *,
+                      keep: bool = False, patient: bool = False) -> None:
         """Make ``name`` servable: resume its fill or probe the origin and start
         one; with ``npt_ns``, also make that time playable soon (a seek ahead
         of the fill: those bytes come first). Concurrent calls for one title
-        share one probe. Raises OriginError (its ``status`` is the RTSP answer)."""
-        await self._prepare_shared(name)
+        share one probe; cancelling a call stops waiting (and the probe, or
+        the place in the fill queue, when nobody else waits). ``keep``: a
+        prefetch, the fill runs on with no viewer; ``patient``: wait for a
+        fill slot without a time limit. Raises OriginError or CacheFull
+        (their ``status`` is the RTSP answer)."""
+        await self._prepare_shared(name, patient)
         fill = self.fills.get(name)
+        if keep and fill is not None:
+            fill.keep = True
         if npt_ns is not None and fill is not None:
             await fill.seek(npt_ns, self.seek_timeout)
 
-    async def _prepare_shared(self, name: str) -> None:
-        waiters = self._preparing.get(name)
-        if waiters is not None:
-            d: defer.Deferred = defer.Deferred()
-            waiters.append(d)
-            await d
-            return
-        self._preparing[name] = []
-        try:
-            await self._prepare(name)
-        except BaseException as exc:
-            for d in self._preparing.pop(name):
-                d.errback(exc)
-            raise
-        for d in self._preparing.pop(name):
-            d.callback(None)
-
-    async def _prepare(self, name: str) -> None:
+    async def prefetch(self, name: str, *, wait: bool = False) -> bool:
+        """Fill ``name`` whether anyone watches it or not. When every fill
+        slot is taken, ``name`` joins the prefetch backlog, started as slots
+        free up after the viewers' queue, and False is returned at once (an
+        operator may prefetch a whole list); ``wait``: wait for a slot
+        instead, however long (the CLI when no daemon runs)."""
         fill = self.fills.get(name)
-        if fill is not None and fill.error is None:
+        busy = fill is None or fill.error is not None or fill.stopped
+        if not wait and busy and (self.slots.queue or not self.slots.free()):
+            if name not in self._backlog:
+                self._backlog.append(name)
+                log.info("prefetch of %s: every fill slot is taken; it starts when one "
+                         "frees", name)
+            return False
+        await self.prepare(name, keep=True, patient=wait)
+        return True
+
+    def _start_backlog(self) -> None:
+        while self._backlog and not self.slots.queue and self.slots.free():
+            name = self._backlog.pop(0)
+            d = defer.Deferred.fromCoroutine(self.prepare(name, keep=True))
+            d.addErrback(self._prefetch_failed, name)
+
+    def _prefetch_failed(self, failure, name: str) -> None:
+        # shown by status(): kvod cache prefetch waits on it
+        self.errors[name] = failure.getErrorMessage()
+        log.error("prefetch of %s failed: %s", name, failure.getErrorMessage())
+
+    async def _prepare_shared(self, name: str, patient: bool = False) -> None:
+        shared = self._preparing.get(name)
+        if shared is None:
+            shared = SharedWait(defer.Deferred.fromCoroutine(self._prepare(name, patient)))
+            if not shared.done:
+                self._preparing[name] = shared
+                shared.work.addBoth(lambda _: self._preparing.pop(name, None))
+        await shared.wait()
+
+    async def _prepare(self, name: str, patient: bool = False) -> None:
+        fill = self.fills.get(name)
+        if fill is not None and fill.error is None and not fill.stopped:
             return
         title = self.catalog.get_title(name)
         if title is not None and title.state == "complete":
             return
+        await self.slots.take(name, patient=patient)
+        try:
+            await self._start(name)
+        finally:
+            self.slots.release()
+            self._resume_waiting()
+            self._start_backlog()
+
+    async def _start(self, name: str) -> None:
+        """Under a fill slot: resume or probe and create the fill of ``name``."""
+        fill = self.fills.get(name)
+        if fill is not None and fill.error is None and not fill.stopped:
+            return  # started while this one waited for its slot
+        title = self.catalog.get_title(name)
+        if title is not None and title.state == "complete":
+            return
         if title is not None and title.state == "partial" and title.origin_url and title.size:
-            self.quota.make_room(title.size - self.catalog.cached_bytes(name))
-            self._launch(TitleFill.resume(title, **self._fill_args(name, title.origin_url)))
+            try:
+                self._make_room(name, title.size - self.catalog.cached_bytes(name))
+                self._launch(TitleFill.resume(title, **self._fill_args(name, title.origin_url)))
+            except (CacheFull, CacheWriteError, OSError) as exc:
+                error = _no_room(name, exc)
+                if self._serve_stopped(title, error):
+                    return
+                raise error from None
             return
         started = time.monotonic()
         probe = await self._probe(name, title)
-        if self.fills.get(name) is not None:  # another request won the race
-            return
-        self.quota.make_room(probe.size - (self.catalog.cached_bytes(name) if title else 0))
-        fill = TitleFill.create(probe, title=title, now=self.clock(),
-                                **self._fill_args(name, probe.url))
+        if self.fills.get(name) is not None and self.fills[name].error is None:
+            return  # another request won the race
+        try:
+            self._make_room(name, probe.size - (self.catalog.cached_bytes(name) if title else 0))
+            fill = TitleFill.create(probe, title=title, now=self.clock(),
+                                    **self._fill_args(name, probe.url))
+        except (CacheFull, CacheWriteError, OSError) as exc:
+            raise _no_room(name, exc) from None
         self.misses += 1
         log.info("miss %s: probed %s (%d bytes) in %.1f ms; filling", name, probe.url,
                  probe.size, (time.monotonic() - started) * 1000)
         self._launch(fill)
+
+    def _serve_stopped(self, title, error: OriginError) -> bool:
+        """A partial title whose fill cannot run: serve the bytes it has (its
+        viewers end cleanly where they stop). False if there are none."""
+        fill = self.fills.get(title.name)
+        if fill is None:
+            try:
+                fill = TitleFill.resume(title, **self._fill_args(title.name, title.origin_url))
+            except (OSError, OriginError) as exc:
+                log.warning("%s: cannot index its cached bytes either: %s", title.name, exc)
+                return False
+            fill.abandon(error)
+            self.fills[title.name] = fill
+        if not fill.hints().count:
+            return False
+        log.warning("%s: %s; serving the %d bytes it has", title.name, error,
+                    self.catalog.cached_bytes(title.name))
+        self.errors[title.name] = str(error)
+        return True
 
     async def _probe(self, name: str, title) -> Probe:
         urls = [title.origin_url] if title is not None and title.origin_url else [
             base + name for base in self.base_urls]
         if not urls:
             raise OriginNotFound(f"no origin is configured for {name!r}")
+        # one deadline for every try: DESCRIBE must get its answer in time
+        deadline = self.reactor.seconds() + self.probe_timeout
         error: Optional[OriginError] = None
         for url in urls:
             origin = origin_for(url, self.http, self.files)
             for attempt in range(2):
+                if self.reactor.seconds() >= deadline:
+                    raise OriginUnavailable(
+                        f"{name}: no probe answered within origin.probe_timeout "
+                        f"({self.probe_timeout:g} s); last: {error}")
                 try:
-                    return await origin.probe(url, self.settings.probe_bytes)
+                    return await origin.probe(url, self.settings.probe_bytes,
+                                              deadline=deadline)
                 except OriginNotFound as exc:
                     error = error if error is not None and error.status != 404 else exc
                     break
@@ -190,12 +311,37 @@ class ProxyCache:
                     folder=title_folder(self.cache_dir, name), settings=self.settings,
                     on_end=self._fill_ended, disk_full=self._disk_full, writer=self.writer)
 
-    def _disk_full(self, need: int) -> bool:
-        """The disk refused a write: give up other titles' bytes, whatever the quota."""
+    def _make_room(self, name: str, need: int) -> None:
+        """Room for ``need`` more bytes of ``name``, under the quota and on the
+        disk; nothing is evicted unless the evictions make room for all of
+        them (CacheFull otherwise)."""
+        need = max(need, 0)
+        self.quota.make_room(need, for_title=name)
+        need += need // _HINT_SHARE
+        os.makedirs(self.cache_dir, exist_ok=True)
+        free = disk_free(self.cache_dir)
+        promised = self.reserved()   # what running fills will still write
+        short = need + promised - free
+        if short <= 0:
+            return
         try:
-            freed = self.quota.make_room(need, ignore_quota=True)
+            freed = self.quota.make_room(short, ignore_quota=True, for_title=name)
         except CacheFull as exc:
-            log.error("the disk is full and nothing can be evicted: %s", exc)
+            raise CacheFull(f"{os.strerror(errno.ENOSPC)}: {name} needs {need} bytes, the "
+                            f"cache's file system has {free} free ({promised} promised to "
+                            f"running fills), and {exc}") from None
+        log.warning("the disk is full: evicted %d bytes to make room for %s", freed, name)
+
+    def _disk_full(self, need: int) -> bool:
+        """The disk refused a write of a fill that still needs ``need`` bytes:
+        give up other titles' bytes, whatever the quota, but only if that
+        makes room for all of them (a fill that would fail anyway must not
+        cost the cache its titles)."""
+        try:
+            freed = self.quota.make_room(need + need // _HINT_SHARE, ignore_quota=True)
+        except CacheFull as exc:
+            log.error("the disk is full and evicting cannot make room for the rest of the "
+                      "fill: %s", exc)
             return False
         log.warning("the disk is full: evicted %d bytes", freed)
         return True
@@ -206,12 +352,16 @@ class ProxyCache:
         fill.start()
 
     def _fill_ended(self, fill: TitleFill) -> None:
-        if self.fills.get(fill.name) is fill and (fill.error is None or not fill.listeners):
+        # a fill that failed stays, for later viewers of the bytes it has
+        if self.fills.get(fill.name) is fill and (fill.error is None or not fill.complete
+                                                  and fill.hints().count == 0):
             del self.fills[fill.name]
         if fill.error is not None:
             self.errors[fill.name] = str(fill.error)
             log.error("fill %s stopped: %s", fill.name, fill.error)
+        self.slots.grant()
         self._resume_waiting()
+        self._start_backlog()
 
     # -- restart ------------------------------------------------------------------
 
@@ -222,7 +372,7 @@ class ProxyCache:
         self._resume_waiting()
 
     def _resume_waiting(self) -> None:
-        while self._waiting and len(self.fills) < self.max_fills:
+        while self._waiting and not self.slots.queue and self.slots.free():
             name = self._waiting.pop(0)
             title = self.catalog.get_title(name)
             if title is None or title.state != "partial" or name in self.fills:
@@ -230,11 +380,12 @@ class ProxyCache:
             if not (title.origin_url and title.size):
                 continue
             try:
-                self.quota.make_room(title.size - self.catalog.cached_bytes(name))
+                self._make_room(name, title.size - self.catalog.cached_bytes(name))
                 fill = TitleFill.resume(title, **self._fill_args(name, title.origin_url))
-            except (OSError, BadMedia, CacheFull) as exc:
+            except (OSError, OriginError, CacheFull) as exc:
                 log.error("cannot resume the fill of %s: %s", name, exc)
                 continue
+            fill.keep = True   # it was filling when the daemon stopped
             log.info("resuming the fill of %s (%d of %d bytes cached)", name,
                      sum(e - s for s, e in fill.durable), fill.size)
             self._launch(fill)
@@ -242,9 +393,20 @@ class ProxyCache:
     async def stop(self) -> None:
         """Stop every fill (what is durable stays recorded) and close connections."""
         self._waiting.clear()
+        self._backlog.clear()
+        self.slots.cancel_all()
         fills = list(self.fills.values())
         await defer.DeferredList([defer.Deferred.fromCoroutine(f.stop()) for f in fills],
                                  consumeErrors=True)
         await self.http.close()
         if self.writer is not None:
             await self.writer.stop()
+
+
+def _no_room(name: str, exc: BaseException) -> OriginError:
+    """A fill that cannot start for want of room, as the error viewers get (503)."""
+    if isinstance(exc, OriginError):
+        return exc
+    if isinstance(exc, CacheFull):
+        return CacheWriteError(str(exc))
+    return CacheWriteError(f"{name}: cannot write to the cache: {exc}")

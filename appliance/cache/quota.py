@@ -38,7 +38,8 @@ class CacheQuota:
     def __init__(self, catalog, *, max_bytes: int = 0, policy: str = "lru",
                  keep_prefix_seconds: float = 0.0,
                  busy: Callable[[str], bool] = lambda name: False,
-                 reserved: Callable[[], int] = lambda: 0) -> None:
+                 reserved: Callable[[], int] = lambda: 0,
+                 on_evict: Callable[[str], None] = lambda name: None) -> None:
         if policy not in eviction.POLICIES:
             raise ValueError(f"unknown eviction policy {policy!r}")
         self.catalog = catalog
@@ -47,6 +48,7 @@ class CacheQuota:
         self.keep_prefix_seconds = keep_prefix_seconds
         self.busy = busy
         self.reserved = reserved
+        self.on_evict = on_evict
         self.evicted_bytes = 0
 
     def used(self) -> int:
@@ -76,10 +78,14 @@ class CacheQuota:
                                self.busy(e.name), self._keep(e))
                 for e in cache_entries(self.catalog) if e.cached]
 
-    def make_room(self, need: int, *, ignore_quota: bool = False) -> int:
+    def make_room(self, need: int, *, ignore_quota: bool = False,
+                  for_title: str | None = None) -> int:
         """Evict so that ``need`` more bytes fit; returns the bytes evicted.
-        Raises CacheFull when they cannot fit. ``ignore_quota`` frees
-        ``need`` bytes whatever the quota says (the disk is full)."""
+        Raises CacheFull when they cannot fit, and then evicts nothing: bytes
+        given up for room that is not enough anyway would be lost for
+        nothing. ``ignore_quota`` frees ``need`` bytes whatever the quota
+        says (the disk is full). ``for_title``: the title the room is for,
+        whose own bytes are never given up for it."""
         if ignore_quota:
             short = need
         else:
@@ -92,17 +98,19 @@ class CacheQuota:
             if short <= 0:
                 return 0
         inflation = get_meta(self.catalog, INFLATION_KEY)
-        cuts, inflation = eviction.plan(self.usages(), short, self.policy, inflation)
+        usages = [u for u in self.usages() if u.name != for_title]
+        cuts, inflation = eviction.plan(usages, short, self.policy, inflation)
+        could = sum(cut.freed for cut in cuts)
+        if could < short:
+            if ignore_quota:
+                raise CacheFull(f"only {could} of {short} bytes could be freed; the rest is "
+                                "pinned or in use (nothing was evicted)")
+            raise CacheFull(f"{need} bytes do not fit: {self.used()} cached, "
+                            f"{self.reserved()} reserved by fills, quota {self.max_bytes}; "
+                            "the rest is pinned or in use (nothing was evicted)")
         freed = self.apply(cuts)
         if self.policy == "gdsf":
             set_meta(self.catalog, INFLATION_KEY, inflation)
-        if freed < short:
-            if ignore_quota:
-                raise CacheFull(f"only {freed} of {need} bytes could be freed; the rest is "
-                                "pinned or in use")
-            raise CacheFull(f"{need} bytes do not fit: {self.used()} cached, "
-                            f"{self.reserved()} reserved by fills, quota {self.max_bytes}; "
-                            "the rest is pinned or in use")
         return freed
 
     def apply(self, cuts: Iterable[eviction.Eviction]) -> int:
@@ -134,6 +142,7 @@ class CacheQuota:
                 os.truncate(title.media_path, title.size)
         freed = before - left
         self.evicted_bytes += freed
+        self.on_evict(name)
         log.info("evicted %s: %d bytes freed, %d kept (policy %s)", name, freed, left,
                  self.policy)
         return freed

@@ -139,6 +139,9 @@ def cache_prefetch(ctx: click.Context, names: tuple[str, ...], timeout: float) -
             if answer is None:
                 raise click.ClickException("the daemon stopped answering")
             titles = {t["name"]: t for t in answer[1]["titles"] if t["name"] in names}
+            for name, error in answer[1].get("prefetch_errors", {}).items():
+                if name in names:   # failed before it was known (a prefetch that queued)
+                    raise click.ClickException(f"{name}: {error}")
             for t in titles.values():
                 if t.get("fill_error"):
                     raise click.ClickException(f"{t['name']}: {t['fill_error']}")
@@ -176,7 +179,7 @@ def _prefetch_here(config, names: tuple[str, ...], timeout: float) -> None:
     async def main() -> None:
         for name in names:
             try:
-                await cache.prepare(name)
+                await cache.prefetch(name, wait=True)
             except Exception as exc:  # each title gets its own verdict
                 errors.append(f"{name}: {exc}")
         fills = [f for f in (cache.fill_for(n) for n in names) if f is not None]

@@ -72,7 +72,8 @@ class UdpMediaStream:
         self.duration_ns = (title.duration_ns or self.hints.header.duration_ns
                             if self.fill is None else 0)
         self.waiting_since: float | None = None
-        self.fill_error = None
+        # a fill that stopped already: the stream plays what is there, then ends
+        self.fill_error = self.fill.error if self.fill is not None else None
         self.loss_fraction = 0.0
         self.cumulative_lost = 0
         self.jitter = 0

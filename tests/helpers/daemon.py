@@ -18,7 +18,20 @@ PYTHON = "/usr/bin/python3"
 KVOD = [PYTHON, os.path.join(ROOT, "bin", "kvod")]
 
 __all__ = ["KVOD", "KvodDaemon", "Playing", "ROOT", "free_tcp_port", "free_udp_pair",
-           "play_movie"]
+           "play_movie", "tracebacks"]
+
+
+def tracebacks(log: str) -> list[str]:
+    """The Python tracebacks in a daemon's log, each with the line before it
+    (what logged it) and its last lines (what it was): an origin, a file or a
+    client may make kvod log an error, never a traceback."""
+    lines = log.splitlines()
+    found = []
+    for i, line in enumerate(lines):
+        if line.startswith("Traceback (most recent call last)") or \
+                "Unhandled error in Deferred" in line:
+            found.append("\n".join(lines[max(i - 1, 0):i + 25]))
+    return found
 
 
 def _udp_free(family: int, port: int) -> bool:
@@ -47,7 +60,12 @@ def free_udp_pair() -> int:
 
 
 class KvodDaemon:
-    """A config folder, a catalog, and ``kvod serve`` running on loopback."""
+    """A config folder, a catalog, and ``kvod serve`` running on loopback.
+
+    ``KvodDaemon.started`` lists every daemon started, so a test module can
+    scan their logs after each test (:func:`tracebacks`)."""
+
+    started: list["KvodDaemon"] = []
 
     def __init__(self, folder: str, *, session_timeout: float = 60, extra: str = "",
                  env: dict | None = None, cache: str = "", rtsp: str = "",
@@ -86,6 +104,7 @@ class KvodDaemon:
 
     def start(self, timeout: float = 15) -> None:
         """Start ``kvod serve`` and wait until RTSP accepts connections."""
+        KvodDaemon.started.append(self)
         self.serve.start(timeout)
 
     def url(self, name: str) -> str:
