@@ -116,7 +116,7 @@ class SendfileBody:
             # the body is cut (a client never mistakes it for the bytes)
             log.warning("download of %s stopped after %d bytes: %s",
                         request.path.decode("latin-1"), self.sent, error)
-            self._transport.abortConnection()
+            self._transport.loseConnection()
         self.on_end(self.sent, error)
 
     # -- IPushProducer (the channel pauses us when its own writes back up) --------
