@@ -29,7 +29,9 @@ def parse_range(header: Optional[str], size: int) -> Optional[list[tuple[int, in
     """The ranges ``header`` asks of a representation of ``size`` bytes.
 
     None means "send the whole representation" (no header, another unit, a
-    malformed or oversized header, or ranges that cover everything anyway).
+    malformed or oversized header). A range that covers everything is still
+    a range: a cache asking ``bytes=0-`` wants a 206 with its Content-Range
+    (kvod's own fills refuse a 200 to a ranged If-Range request).
     Raises :class:`Unsatisfiable` when the header is valid but no range
     overlaps ``[0, size)``.
     """
@@ -66,13 +68,7 @@ def parse_range(header: Optional[str], size: int) -> Optional[list[tuple[int, in
         if any(p.strip() for p in parts):
             raise Unsatisfiable(f"no range of {header!r} overlaps 0-{size - 1}")
         return None
-    if _covers_all(ranges, size):
-        return None
     return ranges
-
-
-def _covers_all(ranges: list[tuple[int, int]], size: int) -> bool:
-    return len(ranges) == 1 and ranges[0] == (0, size)
 
 
 def content_range(start: int, end: int, size: int) -> str:
