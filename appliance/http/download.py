@@ -106,32 +106,37 @@ class TitleDownloads(resource.Resource):
         log.error("download %s failed: %s", request.path.decode("latin-1"),
                   failure.getTraceback())
         if not request._disconnected and not request.startedWriting:
-            _error(request, 500, "internal error")
+            error(request, 500, "internal error")
 
     async def _serve(self, request) -> None:
+        title = await self.servable_title(request, request.postpath)
+        if title is not None and not request._disconnected:
+            self.answer(request, title)
+
+    async def servable_title(self, request, path: list[bytes]):
+        """The title named by ``path`` once it has bytes to send, starting
+        its fill as DESCRIBE does; None after answering the error."""
         try:
-            name = validate_title_name("/".join(p.decode("utf-8") for p in request.postpath))
+            name = validate_title_name("/".join(p.decode("utf-8") for p in path))
         except (InvalidTitleName, UnicodeDecodeError) as exc:
-            _error(request, 404, f"no such title ({exc})")
-            return
+            error(request, 404, f"no such title ({exc})")
+            return None
         title = self.cache.get_title(name)
         if title is None or not self._has_bytes(title):
             if not self.cache.can_fetch(name, title):
-                _error(request, 404, f"no title {name!r}")
-                return
+                error(request, 404, f"no title {name!r}")
+                return None
             try:
                 await self.cache.prepare(name)
             except OriginError as exc:
                 code = {404: 404, 503: 503, 504: 504}.get(exc.status, 502)
-                _error(request, code, str(exc))
-                return
+                error(request, code, str(exc))
+                return None
             title = self.cache.get_title(name)
             if title is None or not self._has_bytes(title):
-                _error(request, 503, f"{name} cannot be served now")
-                return
-        if request._disconnected:
-            return
-        self._answer(request, title)
+                error(request, 503, f"{name} cannot be served now")
+                return None
+        return title
 
     def _has_bytes(self, title) -> bool:
         if title.state == "complete":
@@ -140,7 +145,8 @@ class TitleDownloads(resource.Resource):
         return title.state == "partial" and bool(title.size) and fill is not None \
             and fill.error is None
 
-    def _answer(self, request, title) -> None:
+    def answer(self, request, title) -> None:
+        """Answer a GET or HEAD of servable ``title``'s bytes."""
         size = title.size or os.stat(title.media_path).st_size
         etag = title_etag(title.name, title.created, size, title.etag, title.last_modified)
         modified = title.last_modified or http_date(title.created)
@@ -208,7 +214,8 @@ def _text(value: Optional[bytes]) -> Optional[str]:
     return None if value is None else value.decode("latin-1")
 
 
-def _error(request, code: int, message: str) -> None:
+def error(request, code: int, message: str) -> None:
+    """Answer ``code`` with ``message`` as plain text."""
     if request._disconnected:
         return
     body = (message + "\n").encode("utf-8", "replace")

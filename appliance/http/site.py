@@ -5,6 +5,7 @@ from __future__ import annotations
 from twisted.web import resource, server
 
 from appliance.http.download import TitleDownloads
+from appliance.http.hls import HlsPlaylists
 
 
 class HttpSite(server.Site):
@@ -25,4 +26,5 @@ def http_site(cache, reactor, target_duration: float = 6.0) -> HttpSite:
     root = resource.Resource()
     downloads = TitleDownloads(cache, reactor)
     root.putChild(b"titles", downloads)
+    root.putChild(b"hls", HlsPlaylists(downloads, target_duration))
     return HttpSite(root, downloads)

@@ -52,16 +52,18 @@ class KvodDaemon:
 
     def __init__(self, folder: str, *, session_timeout: float = 60, extra: str = "",
                  env: dict | None = None, cache: str = "", rtsp: str = "",
-                 admin_listen: str = "tcp:{port}:interface=127.0.0.1", http: bool = False):
+                 admin_listen: str = "tcp:{port}:interface=127.0.0.1", http: bool = False,
+                 http_keys: str = ""):
         """``extra`` is TOML added at the end; ``cache`` and ``rtsp`` more keys
         of ``[cache]`` and ``[rtsp]``; ``admin_listen`` the admin endpoint, with
-        ``{port}`` for a free port; ``http``: listen for HTTP on ``http_port``."""
+        ``{port}`` for a free port; ``http``: listen for HTTP on ``http_port`` (``http_keys``
+        more keys of ``[http]``)."""
         self.folder = folder
         self.port = free_tcp_port()
         self.admin_port = free_tcp_port()
         self.http_port = free_tcp_port() if http else None
         if http:
-            extra += f'\n[http]\nlisten = "tcp:{self.http_port}:interface=127.0.0.1"\n'
+            extra += f'\n[http]\nlisten = "tcp:{self.http_port}:interface=127.0.0.1"\n{http_keys}'
 
         rtp_min = random.randrange(30000, 60000, 2)
         self.config = os.path.join(folder, "kvod.toml")
