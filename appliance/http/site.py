@@ -1,4 +1,5 @@
-"""The HTTP listener's site: ``/titles/`` (downloads) and ``/hls/`` (playlists)."""
+"""The HTTP listener's site: ``/titles/`` (downloads), ``/hls/`` (playlists),
+``/player/`` (a page that plays a title) and ``/static/``."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from twisted.web import resource, server
 
 from appliance.http.download import TitleDownloads
 from appliance.http.hls import HlsPlaylists
+from appliance.http.pages import player_page, static_files
 
 
 class HttpSite(server.Site):
@@ -27,4 +29,6 @@ def http_site(cache, reactor, target_duration: float = 6.0) -> HttpSite:
     downloads = TitleDownloads(cache, reactor)
     root.putChild(b"titles", downloads)
     root.putChild(b"hls", HlsPlaylists(downloads, target_duration))
+    root.putChild(b"player", player_page())
+    root.putChild(b"static", static_files())
     return HttpSite(root, downloads)
