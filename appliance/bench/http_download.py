@@ -1,0 +1,120 @@
+"""kvod's HTTP download path against nginx-light serving the same file in
+the same run (``kvod bench download --http``).
+
+Both run as child processes on loopback: nginx with ``sendfile on`` (its
+``/media/``), ``kvod serve`` with ``[http] listen`` (its ``/titles/``), the
+title added to kvod's catalog from the very file nginx serves. curl
+downloads the title ``downloads`` times from each in turn into
+/dev/null; the figure is the server's CPU (user + system of every process
+and thread of it, from /proc) per GiB sent, and the throughput curl saw.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import tempfile
+import time
+from typing import Callable, Optional
+
+from appliance.bench.daemon import ROOT, ServeProcess, free_tcp_port, loopback_config
+from appliance.bench.nginx_origin import NginxOrigin
+
+GIB = 1 << 30
+Progress = Optional[Callable[[float], None]]
+
+
+def padded_ts(size: int, folder: str) -> str:
+    """An MPEG-TS of about ``size`` bytes: a small H.264 picture muxed at a
+    high constant rate (the rest null packets), so it is cheap to make and
+    to index; kept in ``folder``."""
+    seconds = 20
+    muxrate = max(size * 8 // seconds, 1_000_000)
+    path = os.path.join(folder, f"download-{size}.ts")
+    if os.path.exists(path):
+        return path
+    tmp = path + f".tmp{os.getpid()}.ts"
+    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-y", "-f", "lavfi",
+                    "-i", "testsrc2=size=320x240:rate=25", "-t", str(seconds),
+                    "-c:v", "libx264", "-preset", "ultrafast", "-b:v", "300k",
+                    "-muxrate", str(muxrate), "-f", "mpegts", tmp], check=True, timeout=600)
+    os.replace(tmp, path)
+    return path
+
+
+def process_cpu(pid: int) -> float:
+    """User + system seconds of process ``pid`` and of its children's
+    running processes (nginx's workers)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for p in [pid] + _children(pid):
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / tick
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(c) for c in f.read().split()]
+    except OSError:
+        return []
+
+
+def _measure(url: str, pid: int, downloads: int, size: int) -> dict:
+    cpu0, t0 = process_cpu(pid), time.monotonic()
+    for _ in range(downloads):
+        r = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{size_download}", url],
+                           capture_output=True, text=True, timeout=600)
+        if r.returncode or int(r.stdout or 0) != size:
+            raise RuntimeError(f"curl {url}: exit {r.returncode}, {r.stdout} of {size} bytes")
+    wall = time.monotonic() - t0
+    cpu = process_cpu(pid) - cpu0
+    gib = size * downloads / GIB
+    return {"cpu_s": round(cpu, 3), "wall_s": round(wall, 3),
+            "cpu_s_per_gib": round(cpu / gib, 4), "gbit_s": round(size * downloads * 8 / wall / 1e9, 3)}
+
+
+def run_http_download(size: int, media_dir: str, downloads: int = 5,
+                      progress: Progress = None) -> dict:
+    """kvod's /titles/ and nginx's sendfile, ``downloads`` times each."""
+    title = padded_ts(size, media_dir)
+    size = os.path.getsize(title)
+    with tempfile.TemporaryDirectory(prefix="kvod-bench-download-") as folder:
+        root = os.path.join(folder, "root")
+        os.makedirs(root)
+        os.symlink(title, os.path.join(root, "title.ts"))
+        os.makedirs(os.path.join(folder, "nginx"))
+        nginx = NginxOrigin(os.path.join(folder, "nginx"), root)
+        port, admin, http = free_tcp_port(), free_tcp_port(), free_tcp_port()
+        config = os.path.join(folder, "kvod.toml")
+        with open(config, "w") as f:
+            f.write(loopback_config(port, admin, sections=(
+                f'[http]\nlisten = "tcp:{http}:interface=127.0.0.1"\n'
+                '[cache]\ndir = "cache"\n')))
+        add = subprocess.run([os.path.join(ROOT, "bin", "kvod"), "--config", config, "catalog",
+                              "add", title, "--name", "title.ts"], capture_output=True,
+                             text=True, timeout=600)
+        if add.returncode:
+            nginx.stop()
+            raise RuntimeError(f"kvod catalog add: {add.stderr.strip()}")
+        daemon = ServeProcess(config, port, os.path.join(folder, "kvod.log"))
+        try:
+            daemon.start()
+            urls = {"kvod /titles/ (sendfile producer)":
+                    (f"http://127.0.0.1:{http}/titles/title.ts", daemon.proc.pid),
+                    "nginx-light (sendfile on)":
+                    (f"{nginx.base_url}title.ts", nginx.proc.pid)}
+            # warm the page cache and both servers once, then interleave
+            for url, _ in urls.values():
+                subprocess.run(["curl", "-s", "-o", "/dev/null", url], timeout=600, check=True)
+            servers = {name: _measure(url, pid, downloads, size)
+                       for name, (url, pid) in urls.items()}
+        finally:
+            daemon.stop()
+            nginx.stop()
+    return {"size": size, "downloads": downloads, "servers": servers}
