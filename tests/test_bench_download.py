@@ -33,3 +33,16 @@ def test_research_table_is_the_papers():
     assert research_figure("tcp", "sendfile_whole", 0) == 1.04
     assert research_figure("udp", "sendfile_whole", 0) is None
     assert RESEARCH_TABLE2[("udp", "mmap_send")] == {512: 9.40, 1024: 7.14, 2048: 6.54}
+
+
+def test_plots_mark_the_research_beside_ours(tmp_path):
+    from rtpengine.bench.plot import plot_datapath, plot_download
+    result = run_download(size=1 << 20, chunks=(1024,), sink="loopback", rtp_sendfile=False)
+    svg = plot_download(result, str(tmp_path / "download.svg"))
+    text = open(svg).read()
+    assert text.startswith("<?xml") and "research (Table 2)" in text
+    datapath = {"runs": {"1316": {"strategies": {
+        "read_writev": {"vs_read_writev": 1.0}, "rtp_sendfile": {"vs_read_writev": 0.9}}}},
+        "research_vs_rtp_sendfile": {"krtpsendfile": 0.73}}
+    text = open(plot_datapath(datapath, str(tmp_path / "datapath.svg"))).read()
+    assert "krtpsendfile" in text and "research" in text

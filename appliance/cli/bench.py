@@ -35,8 +35,11 @@ def bench() -> None:
 @click.option("--repeat", default=1, show_default=True,
               help="Runs of each strategy, interleaved; the least CPU counts.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False),
+              help="Also draw the figure (CPU relative to read_writev) into this SVG or PNG.")
 def bench_datapath(size: str, payload: str, sink: str, offload: bool,
-                   strategies: tuple[str, ...], repeat: int, as_json: bool) -> None:
+                   strategies: tuple[str, ...], repeat: int, as_json: bool,
+                   plot_path: str | None) -> None:
     """CPU per GiB of every send strategy, side by side (the research's table)."""
     from rtpengine.bench.datapath import format_table, parse_size, run_datapath
     from rtpengine.bench.netns_sink import SinkError
@@ -49,6 +52,9 @@ def bench_datapath(size: str, payload: str, sink: str, offload: bool,
     except (SinkError, ValueError, RuntimeError) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(json.dumps(result, indent=2) if as_json else format_table(result))
+    if plot_path:
+        from rtpengine.bench.plot import plot_datapath
+        click.echo(f"figure: {plot_datapath(result, plot_path)}", err=True)
 
 
 @bench.command("streams")
@@ -215,8 +221,10 @@ def bench_cache(titles: int, requests: int, alpha: float, cache_fraction: float,
 @click.option("--downloads", default=5, show_default=True,
               help="HTTP downloads from each server.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False),
+              help="Also draw the figure (CPU relative to sendfile) into this SVG or PNG.")
 def bench_download(size: str, chunk: str, sink: str, repeat: int, http: bool,
-                   downloads: int, as_json: bool) -> None:
+                   downloads: int, as_json: bool, plot_path: str | None) -> None:
     """CPU per GiB of the research's download mechanisms, and of kvod's HTTP path."""
     from rtpengine.bench.datapath import parse_size
     from rtpengine.bench.download import format_table, run_download
@@ -235,3 +243,6 @@ def bench_download(size: str, chunk: str, sink: str, repeat: int, http: bool,
     except (SinkError, ValueError, RuntimeError, OSError) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(json.dumps(result, indent=2) if as_json else format_table(result, web))
+    if plot_path:
+        from rtpengine.bench.plot import plot_download
+        click.echo(f"figure: {plot_download(result, plot_path)}", err=True)
