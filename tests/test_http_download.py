@@ -284,3 +284,29 @@ def test_200_downloads_at_once_keep_an_rtp_viewer_on_time(daemon, data):
     finally:
         client.close()
         receiver.close()
+
+
+def test_a_5gb_sparse_title_streams_with_flat_memory(daemon, tmp_path):
+    """A 5 GB title (sparse: no disk) entered in the catalog: 1 GiB of it
+    and its last bytes download while the daemon's RSS stays flat."""
+    from catalog import open_catalog
+    size = 5 * 10**9
+    big = str(tmp_path / "big.ts")
+    with open(big, "wb") as f:
+        f.truncate(size)
+        f.seek(size - 4)
+        f.write(b"tail")
+    with open_catalog(os.path.join(daemon.folder, "catalog.db")) as catalog:
+        catalog.add_title("big/sparse", container="mpegts", now=time.time(),
+                          media_path=big, size=size, state="complete")
+    rss = lambda: int(open(f"/proc/{daemon.proc.pid}/status").read()  # noqa: E731
+                      .split("VmRSS:")[1].split()[0])
+    before = rss()
+    proc = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code} %{size_download}",
+                           "-r", f"{3 * 10**9}-{3 * 10**9 + 2**30 - 1}",
+                           daemon.http_url("big/sparse")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.stdout == f"206 {2**30}"
+    assert curl(daemon.http_url("big/sparse"), "-r", "-4").body == b"tail"
+    grown_mib = (rss() - before) / 1024
+    assert grown_mib < 32, grown_mib
