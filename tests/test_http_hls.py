@@ -149,6 +149,8 @@ def test_a_filling_title_has_a_growing_event_playlist(tmp_path, ts_file):
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             answer = curl(url)
+            # the first request of an uncached title waits for its first segment
+            assert answer.status == 200, (answer.status, answer.body)
             if answer.status == 200:
                 text = answer.body.decode()
                 seen.append((len(parse_playlist(text)), "#EXT-X-ENDLIST" in text,

@@ -12,13 +12,17 @@ and thread of it, from /proc) per GiB sent, and the throughput curl saw.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
+import urllib.request
 import tempfile
 import time
 from typing import Callable, Optional
 
 from appliance.bench.daemon import ROOT, ServeProcess, free_tcp_port, loopback_config
 from appliance.bench.nginx_origin import NginxOrigin
+from rtpengine.bench.media import bench_title
+from rtpengine.bench.stats import percentile
 
 GIB = 1 << 30
 Progress = Optional[Callable[[float], None]]
@@ -79,15 +83,50 @@ def _measure(url: str, pid: int, downloads: int, size: int) -> dict:
             "cpu_s_per_gib": round(cpu / gib, 4), "gbit_s": round(size * downloads * 8 / wall / 1e9, 3)}
 
 
-def run_http_download(size: int, media_dir: str, downloads: int = 5,
+def _get(url: str, headers: Optional[dict] = None) -> bytes:
+    request = urllib.request.Request(url, headers=headers or {})
+    with urllib.request.urlopen(request, timeout=60) as r:
+        return r.read()
+
+
+def _first_segment_ms(base: str, name: str) -> float:
+    """Playlist GET to the last byte of its first segment, in ms."""
+    started = time.monotonic()
+    text = _get(f"{base}/hls/{name}/index.m3u8").decode()
+    length, offset = map(int, re.search(r"#EXT-X-BYTERANGE:(\d+)@(\d+)", text).groups())
+    body = _get(f"{base}/hls/{name}/media.ts",
+                {"Range": f"bytes={offset}-{offset + length - 1}"})
+    if len(body) != length:
+        raise RuntimeError(f"first segment of {name}: {len(body)} of {length} bytes")
+    return (time.monotonic() - started) * 1000
+
+
+def _hls_first_segment(base: str, titles: int) -> dict:
+    """HLS time to first segment of titles the cache has never seen (each
+    a miss: probe, fill, the first keyframe cut), then of the same titles
+    cached."""
+    misses = [_first_segment_ms(base, f"hls-{i}.ts") for i in range(titles)]
+    hits = [_first_segment_ms(base, f"hls-{i}.ts") for i in range(titles)]
+    return {"titles": titles, "target_duration_s": 6,
+            "miss_ms": {"p50": round(percentile(misses, 0.5), 1),
+                        "max": round(max(misses), 1)},
+            "hit_ms": {"p50": round(percentile(hits, 0.5), 1), "max": round(max(hits), 1)}}
+
+
+def run_http_download(size: int, media_dir: str, downloads: int = 5, hls_titles: int = 10,
                       progress: Progress = None) -> dict:
-    """kvod's /titles/ and nginx's sendfile, ``downloads`` times each."""
+    """kvod's /titles/ and nginx's sendfile, ``downloads`` times each; HLS
+    time to first segment of ``hls_titles`` 4 Mb/s titles, uncached then
+    cached."""
     title = padded_ts(size, media_dir)
     size = os.path.getsize(title)
     with tempfile.TemporaryDirectory(prefix="kvod-bench-download-") as folder:
         root = os.path.join(folder, "root")
         os.makedirs(root)
         os.symlink(title, os.path.join(root, "title.ts"))
+        hls_title = bench_title("4M", 30)
+        for i in range(hls_titles):
+            os.symlink(hls_title, os.path.join(root, f"hls-{i}.ts"))
         os.makedirs(os.path.join(folder, "nginx"))
         nginx = NginxOrigin(os.path.join(folder, "nginx"), root)
         port, admin, http = free_tcp_port(), free_tcp_port(), free_tcp_port()
@@ -95,6 +134,7 @@ def run_http_download(size: int, media_dir: str, downloads: int = 5,
         with open(config, "w") as f:
             f.write(loopback_config(port, admin, sections=(
                 f'[http]\nlisten = "tcp:{http}:interface=127.0.0.1"\n'
+                f'[origin]\nbase_url = "{nginx.base_url}"\n'
                 '[cache]\ndir = "cache"\n')))
         add = subprocess.run([os.path.join(ROOT, "bin", "kvod"), "--config", config, "catalog",
                               "add", title, "--name", "title.ts"], capture_output=True,
@@ -114,7 +154,8 @@ def run_http_download(size: int, media_dir: str, downloads: int = 5,
                 subprocess.run(["curl", "-s", "-o", "/dev/null", url], timeout=600, check=True)
             servers = {name: _measure(url, pid, downloads, size)
                        for name, (url, pid) in urls.items()}
+            hls = _hls_first_segment(f"http://127.0.0.1:{http}", hls_titles)
         finally:
             daemon.stop()
             nginx.stop()
-    return {"size": size, "downloads": downloads, "servers": servers}
+    return {"size": size, "downloads": downloads, "servers": servers, "hls": hls}

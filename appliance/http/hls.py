@@ -16,6 +16,7 @@ import os
 from collections import OrderedDict
 from typing import Optional
 
+from twisted.internet import task
 from twisted.internet.defer import Deferred
 from twisted.web import resource, server
 
@@ -28,6 +29,8 @@ log = logging.getLogger(__name__)
 
 PLAYLIST_TYPE = b"application/vnd.apple.mpegurl"
 MEDIA_NAME = "media.ts"
+#: seconds a playlist request waits for a filling title's first segment
+FIRST_SEGMENT_WAIT = 20.0
 #: playlists kept, by (hint file, records, complete): a long title's
 #: keyframe scan is done once, not at every player's reload
 CACHED_PLAYLISTS = 64
@@ -66,7 +69,21 @@ class HlsPlaylists(resource.Resource):
         if title.container != "mpegts" or not title.tracks:
             error(request, 415, f"{title.name}: HLS is for MPEG-TS titles")
             return
+        # a title that just started filling has no closed segment yet: the
+        # player's first request waits for one rather than failing
+        deadline = self.downloads.reactor.seconds() + FIRST_SEGMENT_WAIT
         text = self.playlist(title)
+        while text is None and self.downloads.reactor.seconds() < deadline \
+                and not request._disconnected:
+            filling = self._filling(title.name)
+            # read again: a short title's fill may have ended meanwhile
+            title = self.cache.get_title(title.name) or title
+            if not filling and title.state != "complete":
+                break
+            await task.deferLater(self.downloads.reactor, 0.05, lambda: None)
+            text = self.playlist(title)
+        if request._disconnected:
+            return
         if text is None:
             error(request, 503, f"{title.name}: nothing playable yet")
             return
@@ -79,6 +96,10 @@ class HlsPlaylists(resource.Resource):
         request.setHeader(b"Access-Control-Allow-Origin", b"*")
         request.write(body)
         request.finish()
+
+    def _filling(self, name: str) -> bool:
+        fill = self.cache.fill_for(name)
+        return fill is not None and fill.error is None and not fill.stopped
 
     def playlist(self, title) -> Optional[str]:
         """The playlist text of ``title`` now (None: no segment yet)."""
