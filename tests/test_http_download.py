@@ -310,3 +310,29 @@ def test_a_5gb_sparse_title_streams_with_flat_memory(daemon, tmp_path):
     assert curl(daemon.http_url("big/sparse"), "-r", "-4").body == b"tail"
     grown_mib = (rss() - before) / 1024
     assert grown_mib < 32, grown_mib
+
+
+def test_https_sends_the_same_bytes_through_tls(tmp_path, ts_file, data):
+    """An ``ssl:`` endpoint: sendfile cannot encrypt, so the body is read
+    into Python and written through TLS; the bytes and ranges are the same."""
+    from tests.helpers.daemon import free_tcp_port, wait_listening
+    key, cert = str(tmp_path / "key.pem"), str(tmp_path / "cert.pem")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key,
+                    "-out", cert, "-days", "1", "-subj", "/CN=127.0.0.1"],
+                   check=True, capture_output=True, timeout=60)
+    port = free_tcp_port()
+    d = KvodDaemon(str(tmp_path), extra=f'[http]\nlisten = "ssl:{port}:interface=127.0.0.1:'
+                                        f'privateKey={key}:certKey={cert}"\n')
+    d.add(ts_file, "movie")
+    d.start()
+    try:
+        wait_listening(port, 15)
+        url = f"https://127.0.0.1:{port}/titles/movie"
+        whole = curl(url, "-k")
+        assert (whole.status, whole.body) == (200, data)
+        part = curl(url, "-k", "-r", "1000-1999")
+        assert (part.status, part.body) == (206, data[1000:2000])
+        plain = curl(url.replace("https", "http"))
+        assert plain.status == 0 and plain.body == b""   # no plaintext on a TLS port
+    finally:
+        assert d.stop() == 0, d.log()

@@ -26,7 +26,7 @@ from appliance.cache.origin import OriginError
 from appliance.http.conditional import Conditions, evaluate, http_date, title_etag
 from appliance.http.ranges import (FilePart, Unsatisfiable, content_range, multipart_body,
                                    parse_range)
-from appliance.http.sendfile_body import SendfileBody
+from appliance.http.sendfile_body import ReadBody, SendfileBody, can_sendfile
 from catalog import InvalidTitleName, validate_title_name
 from catalog.byte_ranges import end_from, normalize
 
@@ -207,7 +207,8 @@ class TitleDownloads(resource.Resource):
             if not self.serving[name]:
                 del self.serving[name]
             self.bytes_sent += sent
-        SendfileBody(request, self.reactor, fd, pieces, source, on_end=ended).start()
+        body = SendfileBody if can_sendfile(request.channel.transport) else ReadBody
+        body(request, self.reactor, fd, pieces, source, on_end=ended).start()
 
 
 def _text(value: Optional[bytes]) -> Optional[str]:

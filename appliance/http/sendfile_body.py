@@ -207,3 +207,111 @@ class SendfileBody:
     def _poll(self) -> None:
         self._timer = None
         self._watch()
+
+
+def can_sendfile(transport) -> bool:
+    """Whether ``transport`` is a plain TCP socket sendfile may write to
+    directly (TLS must encrypt every byte in user space: no sendfile)."""
+    return (not interfaces.ISSLTransport.providedBy(transport)
+            and hasattr(transport, "dataBuffer") and hasattr(transport, "fileno"))
+
+
+@implementer(interfaces.IPushProducer)
+class ReadBody:
+    """The same body for a TLS connection: ``pread`` into Python, then the
+    TLS transport encrypts it (kTLS, which would let the kernel do it after
+    a sendfile, is not available through Twisted's pyOpenSSL transport).
+    One chunk in flight; the channel pauses us when its buffer fills."""
+
+    CHUNK = 256 << 10
+
+    def __init__(self, request, reactor, file_fd: int, pieces: list[Piece],
+                 source: ByteSource, on_end=lambda sent, error: None) -> None:
+        self.request = request
+        self.reactor = reactor
+        self.file_fd = file_fd
+        self.pieces = list(pieces)
+        self.source = source
+        self.on_end = on_end
+        self.sent = 0
+        self._paused = False
+        self._call = None
+        self._done = False
+        request.notifyFinish().addErrback(lambda _: self._end("client went away"))
+
+    def start(self) -> None:
+        """Write the headers, then the body."""
+        self.request.registerProducer(self, True)
+        self.request.write(b"")
+        self._schedule(0)
+
+    def _schedule(self, delay: float) -> None:
+        if not self._done and not self._paused and self._call is None:
+            self._call = self.reactor.callLater(delay, self._step)
+
+    def _step(self) -> None:
+        self._call = None
+        if self._done or self._paused:
+            return
+        if not self.pieces:
+            self._end(None)
+            return
+        piece = self.pieces[0]
+        if isinstance(piece, bytes):
+            self.pieces.pop(0)
+            self.request.write(piece)
+            self.sent += len(piece)
+        else:
+            ready = min(self.source.available(piece.start), piece.end)
+            if ready <= piece.start:
+                why = self.source.broken()
+                if why is not None:
+                    self._end(why)
+                    return
+                self.source.want(piece.start)
+                self._schedule(WAIT_POLL)
+                return
+            data = os.pread(self.file_fd, min(ready - piece.start, self.CHUNK), piece.start)
+            if not data:
+                self._end(f"the file ends at {piece.start}")
+                return
+            self.request.write(data)
+            self.sent += len(data)
+            rest = FilePart(piece.start + len(data), piece.end)
+            if rest.start >= rest.end:
+                self.pieces.pop(0)
+            else:
+                self.pieces[0] = rest
+        self._schedule(0)
+
+    def pauseProducing(self) -> None:  # noqa: N802 (Twisted API)
+        self._paused = True
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+
+    def resumeProducing(self) -> None:  # noqa: N802 (Twisted API)
+        self._paused = False
+        self._schedule(0)
+
+    def stopProducing(self) -> None:  # noqa: N802 (Twisted API)
+        self._end("stopped")
+
+    def _end(self, error: Optional[str]) -> None:
+        if self._done:
+            return
+        self._done = True
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self.source.want(None)
+        os.close(self.file_fd)
+        request = self.request
+        if request.producer is not None:
+            request.unregisterProducer()
+        if error is None:
+            request.finish()
+        elif not request._disconnected:
+            log.warning("download of %s stopped after %d bytes: %s",
+                        request.path.decode("latin-1"), self.sent, error)
+            request.channel.transport.loseConnection()
+        self.on_end(self.sent, error)
