@@ -1,9 +1,10 @@
 """kvod's HTTP download path against nginx-light serving the same file in
 the same run (``kvod bench download --http``).
 
-Both run as child processes on loopback: nginx with ``sendfile on`` (its
+All run as child processes on loopback: nginx with ``sendfile on`` (its
 ``/media/``), ``kvod serve`` with ``[http] listen`` (its ``/titles/``), the
-title added to kvod's catalog from the very file nginx serves. curl
+title added to kvod's catalog from the very file nginx serves, and a
+second kvod on an ``ssl:`` endpoint (the TLS path: pread and pyOpenSSL). curl
 downloads the title ``downloads`` times from each in turn into
 /dev/null; the figure is the server's CPU (user + system of every process
 and thread of it, from /proc) per GiB sent, and the throughput curl saw.
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import subprocess
 import urllib.request
 import tempfile
@@ -72,7 +74,7 @@ def _children(pid: int) -> list[int]:
 def _measure(url: str, pid: int, downloads: int, size: int) -> dict:
     cpu0, t0 = process_cpu(pid), time.monotonic()
     for _ in range(downloads):
-        r = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{size_download}", url],
+        r = subprocess.run(["curl", "-sk", "-o", "/dev/null", "-w", "%{size_download}", url],
                            capture_output=True, text=True, timeout=600)
         if r.returncode or int(r.stdout or 0) != size:
             raise RuntimeError(f"curl {url}: exit {r.returncode}, {r.stdout} of {size} bytes")
@@ -113,13 +115,42 @@ def _hls_first_segment(base: str, titles: int) -> dict:
             "hit_ms": {"p50": round(percentile(hits, 0.5), 1), "max": round(max(hits), 1)}}
 
 
+def _kvod(folder: str, title: str, listen: str, origin: str) -> ServeProcess:
+    """``kvod serve`` in ``folder`` with ``title`` added as title.ts, started."""
+    os.makedirs(folder, exist_ok=True)
+    port, admin = free_tcp_port(), free_tcp_port()
+    config = os.path.join(folder, "kvod.toml")
+    with open(config, "w") as f:
+        f.write(loopback_config(port, admin, sections=(
+            f'[http]\nlisten = "{listen}"\n[origin]\nbase_url = "{origin}"\n'
+            '[cache]\ndir = "cache"\n')))
+    add = subprocess.run([os.path.join(ROOT, "bin", "kvod"), "--config", config, "catalog",
+                          "add", title, "--name", "title.ts"], capture_output=True,
+                         text=True, timeout=600)
+    if add.returncode:
+        raise RuntimeError(f"kvod catalog add: {add.stderr.strip()}")
+    daemon = ServeProcess(config, port, os.path.join(folder, "kvod.log"))
+    daemon.start()
+    return daemon
+
+
+def _self_signed(folder: str) -> tuple[str, str]:
+    key, cert = os.path.join(folder, "key.pem"), os.path.join(folder, "cert.pem")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key,
+                    "-out", cert, "-days", "1", "-subj", "/CN=127.0.0.1"],
+                   check=True, capture_output=True, timeout=60)
+    return key, cert
+
+
 def run_http_download(size: int, media_dir: str, downloads: int = 5, hls_titles: int = 10,
-                      progress: Progress = None) -> dict:
-    """kvod's /titles/ and nginx's sendfile, ``downloads`` times each; HLS
-    time to first segment of ``hls_titles`` 4 Mb/s titles, uncached then
-    cached."""
+                      tls: bool = True, progress: Progress = None) -> dict:
+    """kvod's /titles/ (plain TCP: sendfile; and over TLS when ``tls``) and
+    nginx's sendfile, ``downloads`` times each, one server after the
+    other; HLS time to first segment of ``hls_titles`` 4 Mb/s titles,
+    uncached then cached."""
     title = padded_ts(size, media_dir)
     size = os.path.getsize(title)
+    daemons: list[ServeProcess] = []
     with tempfile.TemporaryDirectory(prefix="kvod-bench-download-") as folder:
         root = os.path.join(folder, "root")
         os.makedirs(root)
@@ -129,33 +160,44 @@ def run_http_download(size: int, media_dir: str, downloads: int = 5, hls_titles:
             os.symlink(hls_title, os.path.join(root, f"hls-{i}.ts"))
         os.makedirs(os.path.join(folder, "nginx"))
         nginx = NginxOrigin(os.path.join(folder, "nginx"), root)
-        port, admin, http = free_tcp_port(), free_tcp_port(), free_tcp_port()
-        config = os.path.join(folder, "kvod.toml")
-        with open(config, "w") as f:
-            f.write(loopback_config(port, admin, sections=(
-                f'[http]\nlisten = "tcp:{http}:interface=127.0.0.1"\n'
-                f'[origin]\nbase_url = "{nginx.base_url}"\n'
-                '[cache]\ndir = "cache"\n')))
-        add = subprocess.run([os.path.join(ROOT, "bin", "kvod"), "--config", config, "catalog",
-                              "add", title, "--name", "title.ts"], capture_output=True,
-                             text=True, timeout=600)
-        if add.returncode:
-            nginx.stop()
-            raise RuntimeError(f"kvod catalog add: {add.stderr.strip()}")
-        daemon = ServeProcess(config, port, os.path.join(folder, "kvod.log"))
         try:
-            daemon.start()
+            http = free_tcp_port()
+            daemons.append(_kvod(os.path.join(folder, "kvod"), title,
+                                 f"tcp:{http}:interface=127.0.0.1", nginx.base_url))
             urls = {"kvod /titles/ (sendfile producer)":
-                    (f"http://127.0.0.1:{http}/titles/title.ts", daemon.proc.pid),
+                    (f"http://127.0.0.1:{http}/titles/title.ts", daemons[0].proc.pid),
                     "nginx-light (sendfile on)":
                     (f"{nginx.base_url}title.ts", nginx.proc.pid)}
-            # warm the page cache and both servers once, then interleave
+            if tls:
+                key, cert = _self_signed(folder)
+                https = free_tcp_port()
+                daemons.append(_kvod(
+                    os.path.join(folder, "kvod-tls"), title,
+                    f"ssl:{https}:interface=127.0.0.1:privateKey={key}:certKey={cert}",
+                    nginx.base_url))
+                _wait_port(https)
+                urls["kvod /titles/ over TLS (pread + pyOpenSSL)"] = (
+                    f"https://127.0.0.1:{https}/titles/title.ts", daemons[1].proc.pid)
+            # warm the page cache and every server once
             for url, _ in urls.values():
-                subprocess.run(["curl", "-s", "-o", "/dev/null", url], timeout=600, check=True)
+                subprocess.run(["curl", "-sk", "-o", "/dev/null", url], timeout=600, check=True)
             servers = {name: _measure(url, pid, downloads, size)
                        for name, (url, pid) in urls.items()}
             hls = _hls_first_segment(f"http://127.0.0.1:{http}", hls_titles)
         finally:
-            daemon.stop()
+            for daemon in daemons:
+                daemon.stop()
             nginx.stop()
     return {"size": size, "downloads": downloads, "servers": servers, "hls": hls}
+
+
+def _wait_port(port: int, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
