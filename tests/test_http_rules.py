@@ -134,3 +134,19 @@ def test_etag_names_the_version():
     assert a == title_etag("a", 1.0, 100, '"o1"', None)
     assert a != title_etag("a", 1.0, 100, '"o2"', None)
     assert a != title_etag("a", 2.0, 100, '"o1"', None)
+
+
+def test_http_config_section():
+    from appliance.config import Config, ConfigError
+    default = Config()
+    assert default.http.listen == "none" and not default.http.enabled
+    assert default.http.target_duration == 6.0
+    on = Config.from_dict({"http": {"listen": "tcp:8080:interface=127.0.0.1",
+                                    "target_duration": 2}})
+    assert on.http.enabled and on.http.target_duration == 2.0
+    for bad, key in (({"listen": "8080"}, "http.listen"),
+                     ({"target_duration": 0.5}, "http.target_duration"),
+                     ({"lisen": "none"}, "http.lisen")):
+        with pytest.raises(ConfigError) as caught:
+            Config.from_dict({"http": bad})
+        assert caught.value.key == key
