@@ -163,7 +163,8 @@ class TitleDownloads(resource.Resource):
             if_range=header(b"if-range")), etag, modified)
         if decision.status is not None:
             request.setResponseCode(decision.status)
-            request.setHeader(b"Content-Length", b"0")
+            if decision.status != 304:   # a 304 has no body, nor a length of one
+                request.setHeader(b"Content-Length", b"0")
             request.finish()
             return
         ranges = None
