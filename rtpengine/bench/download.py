@@ -228,6 +228,12 @@ def format_table(result: dict, http: Optional[dict] = None) -> str:
         lines += ["", f"HTTP download of the same {http['size'] / GIB:.2f} GiB title, "
                       f"{http['downloads']} downloads each, curl on loopback (server CPU only):"]
         for name, r in http["servers"].items():
-            lines.append(f"  {name:34} {r['cpu_s_per_gib']:>7.3f} CPU s/GiB {r['gbit_s']:>7.2f} Gb/s")
+            lines.append(f"  {name:44} {r['cpu_s_per_gib']:>7.3f} CPU s/GiB {r['gbit_s']:>7.2f} Gb/s")
         lines.append("  research: not published (the paper measured no HTTP server)")
+        hls = http.get("hls")
+        if hls:
+            lines.append(f"HLS playlist + first segment ({hls['target_duration_s']} s target), "
+                         f"{hls['titles']} 4 Mb/s titles: uncached p50 {hls['miss_ms']['p50']} ms "
+                         f"(max {hls['miss_ms']['max']}), cached p50 {hls['hit_ms']['p50']} ms "
+                         f"(max {hls['hit_ms']['max']})")
     return "\n".join(lines)
