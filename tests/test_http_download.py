@@ -336,3 +336,33 @@ def test_https_sends_the_same_bytes_through_tls(tmp_path, ts_file, data):
         assert plain.status == 0 and plain.body == b""   # no plaintext on a TLS port
     finally:
         assert d.stop() == 0, d.log()
+
+
+def test_a_title_that_changes_mid_download_is_cut_not_mixed(tmp_path, data, short_ts_file):
+    """The origin swaps the title while a download of its fill runs: the
+    fill starts over on the new version, and the download stops with what
+    it had of the old one (never new bytes after old ones)."""
+    with open(short_ts_file, "rb") as f:
+        new = f.read()
+    origin = FaultOrigin({"changing.ts": data},
+                         fault=lambda p, s, e, n: ("slow", len(data) // 3))
+    d = KvodDaemon(str(tmp_path), http=True,
+                   extra=f'[origin]\nbase_url = "{origin.base_url}"\nchunk_bytes = "128KiB"\n'
+                         'requests_per_fill = 1\ntail_bytes = 0\n')
+    d.start()
+    try:
+        result = {}
+        thread = threading.Thread(target=lambda: result.update(a=curl(d.http_url("changing.ts"))))
+        thread.start()
+        time.sleep(1.0)
+        origin.change("changing.ts", new)
+        thread.join(60)
+        answer = result["a"]
+        assert answer.status == 200
+        assert answer.exit_code == 18, (answer.exit_code, len(answer.body))
+        assert 0 < len(answer.body) < len(data)
+        assert answer.body == data[:len(answer.body)]
+        assert "changed" in d.log()
+    finally:
+        assert d.stop() == 0, d.log()
+        origin.stop()

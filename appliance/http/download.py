@@ -41,16 +41,23 @@ def content_type(container: str) -> str:
 
 
 class FillSource:
-    """The bytes of a title while its fill runs: what the fill holds."""
+    """The bytes of a title while its fill runs: what the fill holds, of
+    the version the answer's headers named (a title that changes at the
+    origin starts its fill over: its new bytes must not follow the old)."""
 
     def __init__(self, fill, owner: object) -> None:
         self.fill = fill
         self.owner = owner
+        self.validator = fill.validator
 
     def available(self, pos: int) -> int:
+        if self.fill.validator != self.validator:
+            return pos
         return end_from(self.fill.held, pos)
 
     def broken(self) -> Optional[str]:
+        if self.fill.validator != self.validator:
+            return "the title changed at the origin"
         if self.fill.error is not None:
             return f"the fill stopped: {self.fill.error}"
         if self.fill.stopped:
