@@ -185,9 +185,8 @@ class KvodService(service.MultiService):
         if None in ports:
             return
         rtsp, admin = (p.getHost() for p in ports[:2])
-        log.info("listening for RTSP on %s:%d, admin HTTP on %s:%d%s",
-                 rtsp.host, rtsp.port, admin.host, admin.port,
-                 "".join(f", HTTP on {p.getHost().host}:{p.getHost().port}" for p in ports[2:]))
+        log.info("listening for RTSP on %s:%d, admin HTTP on %s:%d",
+                 rtsp.host, rtsp.port, admin.host, admin.port)
         supervision.notify(f"READY=1\nSTATUS=serving RTSP on port {rtsp.port}, "
                            f"engine {self.engine.strategy}")
         if not supervision.under_systemd():
