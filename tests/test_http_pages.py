@@ -46,7 +46,8 @@ def test_static_files_and_no_listing(daemon):
     base = f"http://127.0.0.1:{daemon.http_port}"
     assert curl(base + "/static/vendor/hls.min.js").status == 200
     assert curl(base + "/static/").status == 404
-    assert curl(base + "/static/../admin_http.py").status == 404
+    assert curl(base + "/static/../pages.py", "--path-as-is").status == 404
+    assert curl(base + "/static/%2e%2e/pages.py", "--path-as-is").status == 404
 
 
 def test_the_player_page_plays_a_title(daemon):
