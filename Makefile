@@ -9,9 +9,9 @@ CSRC := $(wildcard rtpengine/csrc/*.c rtpengine/csrc/*.h) kernel/uapi/krtp.h
 ENGINE_STAMP := build/.engine-stamp
 PYTEST_ARGS ?=
 
-.PHONY: all deps engine engine-build run demo test test-fast test-asan bench clean
+.PHONY: all deps engine engine-build web run demo test test-fast test-asan bench clean
 
-all: engine
+all: engine web
 
 deps:
 	@packaging/install-deps
@@ -31,6 +31,20 @@ engine: deps $(ENGINE_STAMP)
 # come from Build-Depends there).
 engine-build:
 	$(ENGINE_BUILD)
+
+# hls.js for the player page, from the npm registry at build time (the
+# version is pinned in packaging/web/package-lock.json), bundled into the
+# static files the daemon serves: no CDN at run time.
+WEB := packaging/web
+HLSJS := appliance/http/static/vendor/hls.min.js
+$(HLSJS): $(WEB)/package.json $(WEB)/package-lock.json
+	@command -v npm >/dev/null || apt-get install -y -q --no-install-recommends npm
+	cd $(WEB) && npm ci --no-audit --no-fund --loglevel=error
+	@mkdir -p $(dir $@)
+	cp $(WEB)/node_modules/hls.js/dist/hls.min.js $@
+	cp $(WEB)/node_modules/hls.js/LICENSE $(dir $@)hls.js.LICENSE
+
+web: $(HLSJS)
 
 # Three minutes of 720p H.264 + AAC in MPEG-TS, made once and kept.
 $(DEMO):
@@ -52,11 +66,11 @@ demo: engine $(DEMO) $(DEMO_CONFIG)
 	@$(KVOD) --config $(DEMO_CONFIG) catalog show demo >/dev/null 2>&1 || \
 		$(KVOD) --config $(DEMO_CONFIG) catalog add $(DEMO) --name demo
 
-run: demo
+run: demo web
 	@echo "serving rtsp://127.0.0.1:8554/demo (Ctrl-C stops); try: ffplay rtsp://127.0.0.1:8554/demo"
 	$(KVOD) --config $(DEMO_CONFIG) serve
 
-test: engine kernels
+test: engine kernels web
 	$(PYTHON) -m pytest -q -rxX $(PYTEST_ARGS) tests
 
 # The C under AddressSanitizer/UBSan, built into build/asan (the normal
@@ -80,7 +94,7 @@ bench: engine
 	$(KVOD) bench latency
 
 clean:
-	rm -rf build rtpengine/_kvod_*.so
+	rm -rf build rtpengine/_kvod_*.so appliance/http/static/vendor $(WEB)/node_modules
 
 # The krtp kernel module in Debian 12's and 13's kernels under QEMU (also in
 # `make test`); kernel packages are fetched once into build/kernels.
@@ -106,9 +120,12 @@ DEB_PATH := /usr/sbin:/usr/bin:/sbin:/bin
 PACKAGE_DIR := build/package
 .PHONY: deb package-files test-package
 
-deb: deps
+# hls.js is bundled before the copy (web): the package build does not
+# reach the npm registry
+deb: deps web
 	rm -rf build/deb-src && mkdir -p $(DEB_SRC) build/deb
 	tar -cf - --exclude=./build --exclude=./.git --exclude='*.so' --exclude='*.o' \
+		--exclude=node_modules \
 		--exclude=__pycache__ --exclude=.pytest_cache --exclude=.hypothesis . \
 		| tar -xf - -C $(DEB_SRC)
 	cd $(DEB_SRC) && env PATH=$(DEB_PATH) dpkg-buildpackage -us -uc -b

@@ -3,6 +3,7 @@ what the cache holds, and the cache commands that must go through the
 running daemon because it streams and fills (``kvod cache prefetch``,
 ``kvod cache evict``).
 
+    GET  /                          the live status page (appliance.http.pages)
     GET  /status                    the daemon's status JSON (kvod status)
     GET  /metrics                   Prometheus text
     GET  /cache                     status JSON (cache_status)
@@ -23,6 +24,7 @@ from twisted.internet.defer import Deferred
 from twisted.web import resource, server
 
 from appliance.cache.quota import cache_status
+from appliance.http.pages import static_files, status_page
 from appliance.metrics import CONTENT_TYPE, DaemonMetrics
 
 log = logging.getLogger(__name__)
@@ -123,6 +125,8 @@ def admin_site(status: Callable[[], dict], cache=None,
     root.putChild(b"metrics", _Leaf(lambda: (metrics.text(), CONTENT_TYPE.encode())))
     if cache is not None:
         root.putChild(b"cache", CacheAdmin(cache))
+    root.putChild(b"", status_page())
+    root.putChild(b"static", static_files())
     site = _QuietSite(root)
     site.displayTracebacks = False
     return site

@@ -454,10 +454,33 @@ class AdminConfig(_Section):
         "Twisted server endpoint the admin HTTP server listens on.")
 
 
+@dataclass(frozen=True)
+class HttpConfig(_Section):
+    """``[http]``: the cache over HTTP (downloads, HLS)."""
+
+    SECTION: ClassVar[str] = "http"
+    DOC: ClassVar[str] = ("The cache over HTTP: /titles/NAME downloads (Range, ETag; a valid "
+                          "origin for another kvod) and /hls/NAME/index.m3u8 playlists.")
+
+    listen: str = _setting(
+        "none", lambda v: v if v == "none" else _endpoint(v),
+        "Twisted server endpoint of the HTTP listener (e.g. 'tcp:8080:interface=0.0.0.0'); "
+        "'none' (the default) serves no HTTP: titles are then only for RTSP clients.")
+    target_duration: float = _setting(
+        6.0, _number_in(1, 60, "seconds from 1 to 60"),
+        "HLS: the longest a segment may be, in seconds; segments are cut at the first "
+        "keyframe at or after this much since the last cut.")
+
+    @property
+    def enabled(self) -> bool:
+        """Whether an HTTP listener is configured."""
+        return self.listen != "none"
+
+
 _SECTIONS: dict[str, type[_Section]] = {
     cls.SECTION: cls
     for cls in (RtspConfig, RtcpConfig, CacheConfig, OriginConfig, CatalogConfig,
-                EngineConfig, LogConfig, AdminConfig)
+                EngineConfig, LogConfig, AdminConfig, HttpConfig)
 }
 
 
@@ -473,6 +496,7 @@ class Config:
     engine: EngineConfig = field(default_factory=EngineConfig)
     log: LogConfig = field(default_factory=LogConfig)
     admin: AdminConfig = field(default_factory=AdminConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, base_dir: str | None = None) -> Config:

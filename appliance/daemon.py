@@ -30,6 +30,7 @@ from appliance.cache.origin import HttpOrigin
 from appliance.config import Config, ConfigError, OriginConfig, load_config
 from appliance.data_owner import share_with_group
 from appliance.endpoint_strings import with_backlog
+from appliance.http.site import http_site
 from appliance.metrics import DaemonMetrics
 from appliance.reload import plan
 from appliance import supervision
@@ -116,7 +117,9 @@ class KvodService(service.MultiService):
             on_alive=lambda session_id: self.server.touch(session_id, time.monotonic()),
             fill_for=self.cache.fill_for, stall_timeout=config.cache.stall_timeout,
             pacing=config.engine.pacing)
-        self.cache.in_use = self.media.playing
+        self.http_site = http_site(self.cache, reactor, config.http.target_duration)
+        # a title downloaded or played must not be evicted under its readers
+        self.cache.in_use = lambda name: self.media.playing(name) or self.http_site.busy(name)
         self.server = RtspServer(titles=self.catalog, media=self.media,
                                  session_timeout=config.rtsp.session_timeout,
                                  max_sessions=config.rtsp.max_sessions,
@@ -134,6 +137,7 @@ class KvodService(service.MultiService):
         self.port = None
         self.admin_endpoint = endpoints.serverFromString(reactor, config.admin.listen)
         self.admin_port = None
+        self.http_port = None
         self._status_line = supervision.StatusLine()
         self._watchdog = supervision.Watchdog()
         self._watchdog_failing = False
@@ -169,8 +173,15 @@ class KvodService(service.MultiService):
                                                       metrics=self.metrics))
         admin.addCallback(self._set_port, "admin_port")
         admin.addErrback(self._listen_failed, "admin HTTP", self.config.admin.listen)
+        listening = [rtsp, admin]
+        if self.config.http.enabled:
+            web = endpoints.serverFromString(self.reactor, self.config.http.listen).listen(
+                self.http_site)
+            web.addCallback(self._set_port, "http_port")
+            web.addErrback(self._listen_failed, "HTTP", self.config.http.listen)
+            listening.append(web)
         # READY only once every port listens (STYLE.md: Type=notify)
-        gatherResults([rtsp, admin], consumeErrors=True).addCallback(self._ready)
+        gatherResults(listening, consumeErrors=True).addCallback(self._ready)
 
     def _set_port(self, port, attr: str):
         setattr(self, attr, port)
@@ -179,7 +190,7 @@ class KvodService(service.MultiService):
     def _ready(self, ports) -> None:
         if None in ports:
             return
-        rtsp, admin = (p.getHost() for p in ports)
+        rtsp, admin = (p.getHost() for p in ports[:2])
         log.info("listening for RTSP on %s:%d, admin HTTP on %s:%d",
                  rtsp.host, rtsp.port, admin.host, admin.port)
         supervision.notify(f"READY=1\nSTATUS=serving RTSP on port {rtsp.port}, "
@@ -299,7 +310,7 @@ class KvodService(service.MultiService):
                 loop.stop()
         self.server.close_all()
         self.media.stop()
-        for attr in ("port", "admin_port"):
+        for attr in ("port", "admin_port", "http_port"):
             port = getattr(self, attr)
             if port is not None:
                 port.stopListening()

@@ -35,8 +35,11 @@ def bench() -> None:
 @click.option("--repeat", default=1, show_default=True,
               help="Runs of each strategy, interleaved; the least CPU counts.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False),
+              help="Also draw the figure (CPU relative to read_writev) into this SVG or PNG.")
 def bench_datapath(size: str, payload: str, sink: str, offload: bool,
-                   strategies: tuple[str, ...], repeat: int, as_json: bool) -> None:
+                   strategies: tuple[str, ...], repeat: int, as_json: bool,
+                   plot_path: str | None) -> None:
     """CPU per GiB of every send strategy, side by side (the research's table)."""
     from rtpengine.bench.datapath import format_table, parse_size, run_datapath
     from rtpengine.bench.netns_sink import SinkError
@@ -49,6 +52,9 @@ def bench_datapath(size: str, payload: str, sink: str, offload: bool,
     except (SinkError, ValueError, RuntimeError) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(json.dumps(result, indent=2) if as_json else format_table(result))
+    if plot_path:
+        from rtpengine.bench.plot import plot_datapath
+        click.echo(f"figure: {plot_datapath(result, plot_path)}", err=True)
 
 
 @bench.command("streams")
@@ -250,3 +256,46 @@ def bench_cache(titles: int, requests: int, alpha: float, cache_fraction: float,
     for name, p in result["policies"].items():
         click.echo(f"{name:>7} {p['byte_hit_ratio']:>15.4f} {p['hit_ratio']:>10.4f} "
                    f"{p['evictions']:>10}")
+
+
+@bench.command("download")
+@click.option("--size", default="256MiB", show_default=True, help="Size of the file sent.")
+@click.option("--chunk", default="512,1024,2048", show_default=True,
+              help="Send sizes in bytes (the research's Table 2 columns), a comma list.")
+@click.option("--sink", type=click.Choice(["loopback", "nic"]), default="nic",
+              show_default=True,
+              help="UDP sink: nic, an ifb device in a private network namespace (root) that "
+                   "frees every packet; loopback, a 127.0.0.1 socket that never reads.")
+@click.option("--repeat", default=1, show_default=True,
+              help="Runs of each mechanism; the least CPU counts.")
+@click.option("--http/--no-http", default=True, show_default=True,
+              help="Also kvod's HTTP download path against nginx-light (sendfile on), "
+                   "the same file in the same run.")
+@click.option("--downloads", default=5, show_default=True,
+              help="HTTP downloads from each server.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False),
+              help="Also draw the figure (CPU relative to sendfile) into this SVG or PNG.")
+def bench_download(size: str, chunk: str, sink: str, repeat: int, http: bool,
+                   downloads: int, as_json: bool, plot_path: str | None) -> None:
+    """CPU per GiB of the research's download mechanisms, and of kvod's HTTP path."""
+    from rtpengine.bench.datapath import parse_size
+    from rtpengine.bench.download import format_table, run_download
+    from rtpengine.bench.media import cache_dir
+    from rtpengine.bench.netns_sink import SinkError
+    chunks = tuple(int(c) for c in chunk.split(",") if c.strip())
+    try:
+        with progress_bar("download", as_json and not sys.stderr.isatty()) as progress:
+            result = run_download(size=parse_size(size), chunks=chunks, sink=sink,
+                                  repeat=repeat, progress=progress)
+        web = None
+        if http:
+            from appliance.bench.http_download import run_http_download
+            web = run_http_download(parse_size(size), cache_dir(), downloads=downloads)
+            result["http"] = web
+    except (SinkError, ValueError, RuntimeError, OSError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(json.dumps(result, indent=2) if as_json else format_table(result, web))
+    if plot_path:
+        from rtpengine.bench.plot import plot_download
+        click.echo(f"figure: {plot_download(result, plot_path)}", err=True)

@@ -7,6 +7,7 @@ import os
 import random
 import socket
 import subprocess
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator
@@ -69,13 +70,19 @@ class KvodDaemon:
 
     def __init__(self, folder: str, *, session_timeout: float = 60, extra: str = "",
                  env: dict | None = None, cache: str = "", rtsp: str = "",
-                 admin_listen: str = "tcp:{port}:interface=127.0.0.1"):
+                 admin_listen: str = "tcp:{port}:interface=127.0.0.1", http: bool = False,
+                 http_keys: str = ""):
         """``extra`` is TOML added at the end; ``cache`` and ``rtsp`` more keys
         of ``[cache]`` and ``[rtsp]``; ``admin_listen`` the admin endpoint, with
-        ``{port}`` for a free port."""
+        ``{port}`` for a free port; ``http``: listen for HTTP on ``http_port`` (``http_keys``
+        more keys of ``[http]``)."""
         self.folder = folder
         self.port = free_tcp_port()
         self.admin_port = free_tcp_port()
+        self.http_port = free_tcp_port() if http else None
+        if http:
+            extra += f'\n[http]\nlisten = "tcp:{self.http_port}:interface=127.0.0.1"\n{http_keys}'
+
         rtp_min = random.randrange(30000, 60000, 2)
         self.config = os.path.join(folder, "kvod.toml")
         with open(self.config, "w") as f:
@@ -106,6 +113,12 @@ class KvodDaemon:
         """Start ``kvod serve`` and wait until RTSP accepts connections."""
         KvodDaemon.started.append(self)
         self.serve.start(timeout)
+        if self.http_port is not None:
+            wait_listening(self.http_port, timeout)
+
+    def http_url(self, name: str) -> str:
+        """The HTTP download URL of title ``name``."""
+        return f"http://127.0.0.1:{self.http_port}/titles/{name}"
 
     def url(self, name: str) -> str:
         """The RTSP URL of title ``name``."""
@@ -125,6 +138,19 @@ class KvodDaemon:
             return self.serve.stop(timeout)
         except TimeoutError as exc:
             raise RuntimeError(str(exc)) from None
+
+
+def wait_listening(port: int, timeout: float) -> None:
+    """Return once a TCP connection to loopback ``port`` is accepted."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
 
 
 @dataclass
