@@ -1,0 +1,362 @@
+// SPDX-License-Identifier: GPL-2.0 WITH Linux-syscall-note
+/*
+ * MP4 indexer, per-sample part: sample tables -> RTP hint records.
+ *
+ * Nothing read from the file is trusted: the tables' counts must agree
+ * with each other, every sample must lie inside the file, every NAL
+ * length inside its sample, and the records are bounded in number, so a
+ * hostile file ends in an error code, never a read outside the mapping or
+ * unbounded memory.
+ */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kvod_types_check.h"
+#include "mp4_index.h"
+
+#define FIRST_RECORDS	1024
+#define MAX_NS		(INT64_C(1) << 62)
+
+#define H264_FU_A	28
+#define HEVC_FU		49
+
+static int grow_records(struct kvod_mp4_track *t)
+{
+	uint64_t cap = t->record_cap ? t->record_cap * 2 : FIRST_RECORDS;
+	struct kvod_hint_record *r;
+
+	if (t->record_count >= KVOD_MP4_MAX_RECORDS)
+		return KVOD_MP4_ERR_LIMIT;
+	if (cap > KVOD_MP4_MAX_RECORDS)
+		cap = KVOD_MP4_MAX_RECORDS;
+	r = realloc(t->records, (size_t)cap * sizeof(*r));
+	if (!r)
+		return KVOD_MP4_ERR_NOMEM;
+	t->records = r;
+	t->record_cap = cap;
+	return KVOD_MP4_OK;
+}
+
+static int add_record(struct kvod_mp4_track *t, uint64_t offset, uint32_t length,
+		      const uint8_t *prefix, uint8_t prefix_len)
+{
+	struct kvod_hint_record *rec;
+	int rc;
+
+	if (t->record_count == t->record_cap) {
+		rc = grow_records(t);
+		if (rc)
+			return rc;
+	}
+	rec = &t->records[t->record_count++];
+	memset(rec, 0, sizeof(*rec));
+	rec->offset = offset;
+	rec->length = length;
+	rec->prefix_len = prefix_len;
+	if (prefix_len)
+		memcpy(rec->prefix, prefix, prefix_len);
+	t->payload_bytes += length + prefix_len;
+	return KVOD_MP4_OK;
+}
+
+/* ticks (may be negative) in ns, or -1 if it does not fit */
+static int64_t ticks_ns(int64_t ticks, uint32_t timescale)
+{
+	__int128 ns = (__int128)ticks * 1000000000 / timescale;
+
+	if (ns >= MAX_NS || ns <= -MAX_NS)
+		return -1;
+	return (int64_t)ns;
+}
+
+static int table_error(struct kvod_mp4_track *t, int what, uint32_t sample)
+{
+	t->error_what = what;
+	t->error_sample = sample;
+	return KVOD_MP4_ERR_TABLE;
+}
+
+/* Cross-check the tables' sample counts before any sample is touched. */
+static int check_tables(struct kvod_mp4_track *t)
+{
+	uint64_t total = 0;
+	uint32_t i;
+
+	for (i = 0; i < t->stts_count; i++)
+		total += t->stts[2 * i];
+	if (total != t->sample_count)
+		return table_error(t, KVOD_MP4_BAD_STTS_TOTAL, 0);
+	if (t->ctts) {
+		total = 0;
+		for (i = 0; i < t->ctts_count; i++)
+			total += t->ctts[2 * i];
+		if (total != t->sample_count)
+			return table_error(t, KVOD_MP4_BAD_CTTS_TOTAL, 0);
+	}
+	total = 0;
+	for (i = 0; i < t->stsc_count; i++) {
+		uint32_t first = t->stsc[3 * i];
+		uint32_t next = i + 1 < t->stsc_count ? t->stsc[3 * (i + 1)] :
+			t->chunk_count + 1;
+
+		if (first == 0 || (i == 0 && first != 1) || next <= first ||
+		    next > t->chunk_count + 1)
+			return table_error(t, KVOD_MP4_BAD_STSC, 0);
+		total += (uint64_t)(next - first) * t->stsc[3 * i + 1];
+		/* bounded before it can overflow: chunks < 2^32, per chunk < 2^32 */
+		if (total > t->sample_count)
+			return table_error(t, KVOD_MP4_BAD_STSC_TOTAL, 0);
+	}
+	if (total != t->sample_count)
+		return table_error(t, KVOD_MP4_BAD_STSC_TOTAL, 0);
+	for (i = 0; i < t->stss_count; i++) {
+		if (t->stss[i] == 0 || t->stss[i] > t->sample_count ||
+		    (i && t->stss[i] <= t->stss[i - 1]))
+			return table_error(t, KVOD_MP4_BAD_STSS, i);
+	}
+	return KVOD_MP4_OK;
+}
+
+/* One NAL unit at [nal, nal + len) of the file: a single NAL packet or FUs. */
+static int add_nal(struct kvod_mp4_track *t, uint64_t nal, uint32_t len)
+{
+	uint32_t hdr = t->codec == KVOD_MP4_CODEC_HEVC ? 2 : 1;
+	uint8_t prefix[3];
+	uint8_t plen, type;
+	uint32_t room, left;
+	uint64_t at;
+	int rc, first = 1;
+
+	if (len <= t->max_payload)
+		return add_record(t, nal, len, NULL, 0);
+	if (t->codec == KVOD_MP4_CODEC_HEVC) {
+		/* PayloadHdr: the NAL header with type 49; FU header: S, E, type */
+		type = (t->media[nal] >> 1) & 0x3f;
+		prefix[0] = (t->media[nal] & 0x81) | (HEVC_FU << 1);
+		prefix[1] = t->media[nal + 1];
+		plen = 3;
+	} else {
+		/* FU indicator: F and NRI of the NAL, type 28; FU header: S, E, type */
+		type = t->media[nal] & 0x1f;
+		prefix[0] = (t->media[nal] & 0xe0) | H264_FU_A;
+		plen = 2;
+	}
+	room = t->max_payload - plen;
+	at = nal + hdr;
+	left = len - hdr;
+	while (left) {
+		uint32_t n = left < room ? left : room;
+
+		prefix[plen - 1] = type | (first ? 0x80 : 0) | (n == left ? 0x40 : 0);
+		rc = add_record(t, at, n, prefix, plen);
+		if (rc)
+			return rc;
+		at += n;
+		left -= n;
+		first = 0;
+	}
+	return KVOD_MP4_OK;
+}
+
+/* The NAL units of the sample at [off, off + size), each behind a length. */
+static int add_video_sample(struct kvod_mp4_track *t, uint64_t off, uint32_t size,
+			    uint32_t sample)
+{
+	uint32_t ls = t->nal_length_size;
+	uint32_t hdr = t->codec == KVOD_MP4_CODEC_HEVC ? 2 : 1;
+	uint64_t end = off + size;
+	uint64_t pos = off;
+	int rc;
+
+	while (pos < end) {
+		uint32_t len = 0, k;
+
+		if (end - pos < ls)
+			goto bad;
+		for (k = 0; k < ls; k++)
+			len = len << 8 | t->media[pos + k];
+		pos += ls;
+		if (len > end - pos)
+			goto bad;
+		if (len == 0)
+			continue;	/* nothing to send; players skip them too */
+		if (len < hdr)
+			goto bad;
+		rc = add_nal(t, pos, len);
+		if (rc)
+			return rc;
+		pos += len;
+	}
+	return KVOD_MP4_OK;
+bad:
+	t->error_sample = sample;
+	t->error_offset = pos;
+	return KVOD_MP4_ERR_NAL;
+}
+
+/* One AAC access unit: an AU header section (one 13+3-bit header) before it. */
+static int add_aac_sample(struct kvod_mp4_track *t, uint64_t off, uint32_t size)
+{
+	uint8_t prefix[4];
+	uint32_t room = t->max_payload - 4;
+	int rc;
+
+	if (size >= 1u << 13)
+		return KVOD_MP4_ERR_RANGE;	/* AU-size has 13 bits */
+	prefix[0] = 0;
+	prefix[1] = 16;				/* AU-headers-length in bits */
+	prefix[2] = size >> 5;
+	prefix[3] = (size & 0x1f) << 3;		/* AU-Index 0 */
+	/* RFC 3640 3.2.3: a fragment's AU-size is still the whole AU's */
+	while (size) {
+		uint32_t n = size < room ? size : room;
+
+		rc = add_record(t, off, n, prefix, 4);
+		if (rc)
+			return rc;
+		off += n;
+		size -= n;
+	}
+	return KVOD_MP4_OK;
+}
+
+KVOD_API void kvod_mp4_free(struct kvod_mp4_track *t)
+{
+	if (!t)
+		return;
+	free(t->records);
+	t->records = NULL;
+	t->record_count = 0;
+	t->record_cap = 0;
+}
+
+KVOD_API int kvod_mp4_index(struct kvod_mp4_track *t)
+{
+	uint32_t stsc_i = 0, stts_i = 0, stts_left, ctts_i = 0, ctts_left = 0;
+	uint32_t stss_i = 0, chunk, in_chunk, sample = 0;
+	uint64_t pos, dts = 0, bytes = 0;
+	int64_t prev_send = 0, send, pres;
+	int rc;
+
+	if (!t || !t->media || !t->stts || !t->stsc || !t->chunk_offsets ||
+	    !t->timescale || !t->clock_rate || t->records ||
+	    t->sample_count > KVOD_MP4_MAX_SAMPLES || t->max_payload < 64 ||
+	    t->max_payload > 65000)
+		return KVOD_MP4_ERR_ARG;
+	if ((t->codec == KVOD_MP4_CODEC_H264 || t->codec == KVOD_MP4_CODEC_HEVC) &&
+	    (t->nal_length_size < 1 || t->nal_length_size > 4))
+		return KVOD_MP4_ERR_ARG;
+	if (t->codec < KVOD_MP4_CODEC_H264 || t->codec > KVOD_MP4_CODEC_AAC)
+		return KVOD_MP4_ERR_ARG;
+	t->record_count = 0;
+	t->keyframes = 0;
+	t->payload_bytes = 0;
+	rc = check_tables(t);
+	if (rc)
+		return rc;
+
+	stts_left = t->stts_count ? t->stts[0] : 0;
+	if (t->ctts && t->ctts_count)
+		ctts_left = t->ctts[0];
+	for (chunk = 0; chunk < t->chunk_count && sample < t->sample_count; chunk++) {
+		uint32_t per_chunk;
+
+		if (stsc_i + 1 < t->stsc_count && chunk + 1 >= t->stsc[3 * (stsc_i + 1)])
+			stsc_i++;
+		per_chunk = t->stsc[3 * stsc_i + 1];
+		pos = t->chunk_offsets[chunk];
+		for (in_chunk = 0; in_chunk < per_chunk && sample < t->sample_count;
+		     in_chunk++, sample++) {
+			uint32_t size = t->sizes ? t->sizes[sample] : t->sample_size;
+			uint32_t delta, first_rec = (uint32_t)t->record_count;
+			int32_t cto = 0;
+			int sync;
+			uint64_t k, n;
+			int64_t dur_ns, rtp;
+
+			/* stts/ctts: totals are checked, so a run is always left */
+			while (!stts_left)
+				stts_left = t->stts[2 * ++stts_i];
+			delta = t->stts[2 * stts_i + 1];
+			stts_left--;
+			if (t->ctts) {
+				while (!ctts_left)
+					ctts_left = t->ctts[2 * ++ctts_i];
+				cto = (int32_t)t->ctts[2 * ctts_i + 1];
+				ctts_left--;
+			}
+			if (!t->stss) {
+				sync = 1;
+			} else {
+				sync = stss_i < t->stss_count && t->stss[stss_i] == sample + 1;
+				stss_i += sync;
+			}
+
+			if (!size) {
+				table_error(t, KVOD_MP4_BAD_SIZE, sample);
+				goto fail;
+			}
+			bytes += size;
+			if (pos > t->media_size || size > t->media_size - pos) {
+				t->error_sample = sample;
+				t->error_offset = pos;
+				rc = KVOD_MP4_ERR_RANGE;
+				goto out;
+			}
+			if (bytes > t->media_size) {
+				table_error(t, KVOD_MP4_BAD_SIZE, sample);
+				goto fail;
+			}
+			if (t->codec == KVOD_MP4_CODEC_AAC)
+				rc = add_aac_sample(t, pos, size);
+			else
+				rc = add_video_sample(t, pos, size, sample);
+			if (rc) {
+				if (!t->error_offset)
+					t->error_offset = pos;
+				t->error_sample = sample;
+				goto out;
+			}
+
+			/* times: RTP from the presentation time, sending in decode order */
+			pres = (int64_t)dts + cto - t->shift;
+			rtp = (int64_t)((__int128)pres * t->clock_rate / t->timescale);
+			send = ticks_ns((int64_t)dts - t->shift, t->timescale);
+			dur_ns = ticks_ns(delta, t->timescale);
+			if (send == -1 || dur_ns < 0 || ticks_ns(pres, t->timescale) == -1) {
+				table_error(t, KVOD_MP4_BAD_TIME, sample);
+				goto fail;
+			}
+			/* before the edit's start: sent at once, in order */
+			if (send < prev_send)
+				send = prev_send;
+			n = t->record_count - first_rec;
+			/* a sample's packets spread over its duration, not one burst */
+			for (k = 0; k < n; k++) {
+				struct kvod_hint_record *rec = &t->records[first_rec + k];
+
+				rec->rtp_ts = (uint32_t)rtp;
+				rec->send_ns = (uint64_t)send + (uint64_t)dur_ns * k / n;
+			}
+			if (n) {
+				t->records[t->record_count - 1].flags |= KRTP_REC_MARKER;
+				if (sync) {
+					t->records[first_rec].flags |= KRTP_REC_KEYFRAME;
+					t->keyframes++;
+				}
+			}
+			prev_send = send;
+			dts += delta;
+			pos += size;
+		}
+	}
+	send = ticks_ns((int64_t)dts - t->shift, t->timescale);
+	t->duration_ns = send > prev_send ? (uint64_t)send : (uint64_t)prev_send;
+	return KVOD_MP4_OK;
+fail:
+	rc = KVOD_MP4_ERR_TABLE;
+out:
+	kvod_mp4_free(t);
+	return rc;
+}
