@@ -328,7 +328,7 @@ KVOD_API int kvod_mp4_index(struct kvod_mp4_track *t)
 				table_error(t, KVOD_MP4_BAD_TIME, sample);
 				goto fail;
 			}
-			/* before the edit's start: sent at once, in order */
+			/* before the edit's start (or a lying stts): in order, at once */
 			if (send < prev_send)
 				send = prev_send;
 			n = t->record_count - first_rec;
@@ -340,13 +340,14 @@ KVOD_API int kvod_mp4_index(struct kvod_mp4_track *t)
 				rec->send_ns = (uint64_t)send + (uint64_t)dur_ns * k / n;
 			}
 			if (n) {
+				/* the next sample leaves no earlier than this one's last packet */
+				prev_send = (int64_t)t->records[t->record_count - 1].send_ns;
 				t->records[t->record_count - 1].flags |= KRTP_REC_MARKER;
 				if (sync) {
 					t->records[first_rec].flags |= KRTP_REC_KEYFRAME;
 					t->keyframes++;
 				}
 			}
-			prev_send = send;
 			dts += delta;
 			pos += size;
 		}
