@@ -303,3 +303,10 @@ def test_c_entry_point_refuses_bad_arguments():
     lib.kvod_mp4_free(ffi.NULL)
     tr.sample_count = lib.KVOD_MP4_MAX_SAMPLES + 1
     assert lib.kvod_mp4_index(tr) == lib.KVOD_MP4_ERR_ARG
+
+
+def test_bench_index_mp4_reports_samples_per_second():
+    from rtpengine.bench.index_mp4 import run
+    result = run(make_mp4(), runs=1)
+    assert result["samples"] == 100 + 189
+    assert result["samples_per_s_best"] > 0 and result["tracks"][0]["keyframes"] == 4
