@@ -11,6 +11,8 @@ import subprocess
 
 import pytest
 
+from hypothesis import HealthCheck, given, settings, strategies as st
+
 from rtpengine.hintfile import REC_KEYFRAME, REC_MARKER, HintFile
 from rtpengine.index.errors import MediaError
 from rtpengine.index.mp4 import MAX_PAYLOAD, index_mp4
@@ -70,14 +72,19 @@ def check_track(path: str, track, hints: HintFile, stream: dict) -> None:
     assert sum(1 for r in records if r.flags & REC_KEYFRAME) == track.keyframes
 
 
+FRAGMENTED = ("-movflags", "frag_keyframe+empty_moov")
+
+
 @pytest.mark.parametrize("kind", ["h264_aac", "h264_faststart", "hevc_aac", "aac_only",
-                                  "h264_only"])
+                                  "h264_only", "fragmented", "hevc_fragmented"])
 def test_tracks_equal_ffprobe_samples(kind, tmp_path):
     path = {"h264_aac": lambda: make_mp4(),
             "h264_faststart": lambda: make_mp4(faststart=True),
             "hevc_aac": lambda: make_mp4(video="hevc"),
             "aac_only": lambda: make_mp4(video=None),
-            "h264_only": lambda: make_mp4(audio=False)}[kind]()
+            "h264_only": lambda: make_mp4(audio=False),
+            "fragmented": lambda: make_mp4(extra=FRAGMENTED),
+            "hevc_fragmented": lambda: make_mp4(video="hevc", extra=FRAGMENTED)}[kind]()
     index, hints = indexed(path, tmp_path)
     streams = probe(path)
     by_kind = {("video" if s["codec"] in ("h264", "hevc") else "audio"): s
@@ -88,7 +95,7 @@ def test_tracks_equal_ffprobe_samples(kind, tmp_path):
         check_track(path, track, h, by_kind[track.kind])
         assert h.header.payload_type == track.payload_type
         assert h.header.clock_rate == track.clock_rate
-    assert abs(index.duration_ns - 4e9) < 0.1e9
+    assert abs(index.duration_ns - 4e9) <= 0.1e9
 
 
 def test_moov_first_and_last_give_the_same_packets(tmp_path):
@@ -202,6 +209,50 @@ def test_truncated_files(cut, tmp_path):
         index_mp4(tmp_path / "cut.mp4", lambda i: tmp_path / f"t{i}.hint")
 
 
+def _frag_edit(tmp_path, mutate) -> str:
+    with open(make_mp4(extra=FRAGMENTED), "rb") as f:
+        data = bytearray(f.read())
+    mutate(data, _boxes(bytes(data), (b"moof",))[0])
+    out = tmp_path / "hostile-frag.mp4"
+    out.write_bytes(bytes(data))
+    return str(out)
+
+
+def _trun(data, moof) -> int:
+    """Offset of the first trun in the first moof."""
+    at = bytes(data).index(b"trun", moof) - 4
+    return at
+
+
+@pytest.mark.parametrize("what,mutate,message", [
+    ("trun count lies", lambda d, m: struct.pack_into(">I", d, _trun(d, m) + 12, 10**6),
+     "samples need"),
+    ("trun data offset outside", lambda d, m: struct.pack_into(">i", d, _trun(d, m) + 16,
+                                                               2**31 - 1), "outside the file"),
+    ("moof size lies", lambda d, m: struct.pack_into(">I", d, m, 2**31), "runs past"),
+])
+def test_hostile_fragments_are_media_errors(what, mutate, message, tmp_path):
+    with pytest.raises(MediaError, match=message):
+        index_mp4(_frag_edit(tmp_path, mutate), lambda i: tmp_path / f"t{i}.hint")
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
+@given(edits=st.lists(st.tuples(st.integers(0, 2400), st.integers(0, 255)), min_size=1,
+                      max_size=8))
+def test_corrupted_fragmented_moov_and_moof(edits, tmp_path_factory):
+    """Byte flips in the moov and first moof of a fragmented file."""
+    with open(make_mp4(extra=FRAGMENTED), "rb") as f:
+        data = bytearray(f.read())
+    for at, value in edits:
+        data[at] = value
+    path = tmp_path_factory.mktemp("flip") / "f.mp4"
+    path.write_bytes(bytes(data))
+    try:
+        index_mp4(path, lambda i: path.parent / f"t{i}.hint")
+    except MediaError:
+        pass
+
+
 def test_no_hint_file_left_by_a_failure(tmp_path):
     path = _edit(tmp_path, lambda d: _set_u32(d, STBL + (b"stts",), 16, 99))
     with pytest.raises(MediaError):
@@ -211,7 +262,6 @@ def test_no_hint_file_left_by_a_failure(tmp_path):
 
 # ------------------------------------------------------------- hypothesis ---
 
-from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
 
 from rtpengine.index import mp4_boxes as bx  # noqa: E402
 from rtpengine._kvod_index import ffi, lib  # noqa: E402

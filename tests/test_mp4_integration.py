@@ -31,6 +31,7 @@ TITLES = {
     "hevc": dict(video="hevc"),
     "audio": dict(video=None),
     "video": dict(audio=False),
+    "fragmented": dict(extra=("-movflags", "frag_keyframe+empty_moov")),
 }
 
 
@@ -97,7 +98,7 @@ def test_ffmpeg_receives_every_frame_of_every_track(daemon, name):
         assert got == want, f"{name} {stream}: {len(got)} frames of {len(want)}"
 
 
-@pytest.mark.parametrize("name", ["movie", "hevc"])
+@pytest.mark.parametrize("name", ["movie", "hevc", "fragmented"])
 def test_gstreamer_decodes_both_tracks(daemon, name):
     out = subprocess.run(
         ["gst-launch-1.0", "rtspsrc", f"location={daemon.url(name)}", "protocols=udp",

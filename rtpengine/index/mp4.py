@@ -22,6 +22,7 @@ import array
 import base64
 import mmap
 import os
+import sys
 from dataclasses import dataclass
 from typing import Callable
 
@@ -373,30 +374,175 @@ def _index_trak(t: _Trak, mm, cmedia, size: int, name: str, hint_path) -> Mp4Tra
         lib.kvod_mp4_free(tr)
 
 
-def find_moov(mm, size: int, name: str) -> bx.Box:
-    """The moov box among the file's top-level boxes (first or last)."""
+def find_moov(mm, size: int, name: str) -> tuple[bx.Box, list[bx.Box]]:
+    """The moov box among the file's top-level boxes (first or last), and
+    the moof boxes of a fragmented file, in file order."""
     budget = [bx.MAX_BOXES]
     moov = None
+    moofs = []
     for box in bx.iter_boxes(mm, 0, size, name=name, budget=budget):
         if box.type == b"moov":
             if moov is not None:
                 raise MediaError(f"{name}: two moov boxes (at {moov.start} and {box.start})")
             moov = box
         elif box.type == b"moof":
-            raise MediaError(f"{name}: fragmented MP4 (moof at offset {box.start}) is not "
-                             f"supported yet")
+            moofs.append(box)
     if moov is None:
         raise MediaError(f"{name}: no moov box: not an MP4 kvod can index")
     if moov.end - moov.start > MAX_MOOV:
         raise MediaError(f"{name}: {moov.where()}: {moov.end - moov.start} bytes is over "
                          f"{MAX_MOOV}")
-    return moov
+    return moov, moofs
+
+
+class _FragmentTables:
+    """One track's samples gathered from its fragments' truns, as the
+    sample tables of a progressive file: each trun becomes a chunk, its
+    durations stts runs, its composition offsets ctts runs."""
+
+    def __init__(self) -> None:
+        self.sizes = array.array("I")
+        self.chunks = array.array("Q")
+        self.stsc = array.array("I")
+        self.stts = array.array("I")
+        self.ctts = array.array("I")
+        self.sync = array.array("I")
+        self.all_sync = True
+        self.count = 0
+        self.first_decode_time: int | None = None
+
+    def add_run(self, offset: int, n: int, rows: dict, name: str) -> None:
+        if self.count + n > lib.KVOD_MP4_MAX_SAMPLES:
+            raise MediaError(f"{name}: fragments hold more than "
+                             f"{lib.KVOD_MP4_MAX_SAMPLES} samples of one track")
+        self.chunks.append(offset)
+        self.stsc.extend((len(self.chunks), n, 1))
+        self.sizes.extend(rows["size"])
+        pairs = array.array("I", bytes(8 * n))
+        pairs[0::2] = array.array("I", [1]) * n
+        pairs[1::2] = rows["duration"]
+        self.stts.extend(pairs)
+        pairs[1::2] = rows["cto"]
+        self.ctts.extend(pairs)
+        flags = rows["flags"]
+        non_sync = [i for i, f in enumerate(flags) if f & bx.SAMPLE_IS_NON_SYNC] \
+            if len(set(flags)) > 1 or flags[0] & bx.SAMPLE_IS_NON_SYNC else []
+        if non_sync:
+            self.all_sync = False
+        if non_sync:
+            skip = set(non_sync)
+            self.sync.extend(self.count + i + 1 for i in range(n) if i not in skip)
+        else:
+            self.sync.extend(range(self.count + 1, self.count + n + 1))
+        self.count += n
+
+    def tables(self) -> dict:
+        return dict(sample_size=0, sample_count=self.count, sizes=self.sizes,
+                    chunk_offsets=self.chunks, stsc=self.stsc, stts=self.stts,
+                    ctts=self.ctts, stss=None if self.all_sync else self.sync)
+
+
+def _trex_defaults(mvex: bx.Box | None, buf, base: int, name: str) -> dict[int, object]:
+    if mvex is None:
+        raise MediaError(f"{name}: fragmented, but the moov has no mvex")
+    out = {}
+    for box in bx.children(buf, mvex, base=base, name=name):
+        if box.type == b"trex":
+            trex = bx.parse(bx.TREX, box, buf, base, name)
+            out[trex.track_id] = trex
+    return out
+
+
+def _read_fragments(mm, moofs: list[bx.Box], traks: list[_Trak], trex: dict,
+                    name: str) -> None:
+    """Replace the (empty) sample tables of ``traks`` with their fragments'."""
+    wanted = {t.track_id: _FragmentTables() for t in traks}
+    budget = [bx.MAX_BOXES]
+    for moof in moofs:
+        next_base = moof.start
+        for traf in bx.children(mm, moof, name=name, budget=budget):
+            if traf.type != b"traf":
+                continue
+            kids = bx.children(mm, traf, name=name, budget=budget)
+            tfhd_box = bx.find(kids, b"tfhd")
+            if tfhd_box is None:
+                raise MediaError(f"{name}: {traf.where()}: no tfhd")
+            tfhd = bx.parse(bx.TFHD, tfhd_box, mm, 0, name)
+            ft = wanted.get(tfhd.track_id)
+            defaults = trex.get(tfhd.track_id)
+            if ft is None:
+                continue
+            if defaults is None:
+                raise MediaError(f"{name}: track {tfhd.track_id} has no trex")
+            if tfhd.flags & bx.TFHD_BASE_DATA_OFFSET:
+                base = tfhd.base_data_offset
+            elif tfhd.flags & bx.TFHD_DEFAULT_BASE_IS_MOOF:
+                base = moof.start
+            else:
+                base = next_base
+            tfdt = bx.find(kids, b"tfdt")
+            if tfdt is not None and ft.first_decode_time is None:
+                ft.first_decode_time = bx.parse(bx.TFDT, tfdt, mm, 0, name) \
+                    .base_media_decode_time
+            default = {
+                "duration": tfhd.default_sample_duration
+                if tfhd.default_sample_duration is not None
+                else defaults.default_sample_duration,
+                "size": tfhd.default_sample_size if tfhd.default_sample_size is not None
+                else defaults.default_sample_size,
+                "flags": tfhd.default_sample_flags if tfhd.default_sample_flags is not None
+                else defaults.default_sample_flags,
+                "cto": 0,
+            }
+            data_end = base
+            for trun in (k for k in kids if k.type == b"trun"):
+                # a copy: a view would pin the mapping past an error
+                data = bytes(trun.data(mm))
+                head = bx.parse(bx.TRUN_HEADER, bx.Box(
+                    trun.type, trun.start, trun.body,
+                    min(trun.end, trun.body + 16)), mm, 0, name)
+                fields = [f for bit, f in bx.TRUN_SAMPLE_FIELDS if head.flags & bit]
+                at = 8 + 4 * ((head.data_offset is not None) +
+                              (head.first_sample_flags is not None))
+                n = head.sample_count
+                if n * 4 * len(fields) > len(data) - at:
+                    raise MediaError(f"{name}: {trun.where()}: {n} samples need "
+                                     f"{n * 4 * len(fields)} bytes, the box holds "
+                                     f"{len(data) - at}")
+                if n == 0:
+                    continue
+                table = array.array("I")
+                table.frombytes(data[at:at + n * 4 * len(fields)])
+                if sys.byteorder == "little":
+                    table.byteswap()
+                rows = {f: table[i::len(fields)] for i, f in enumerate(fields)}
+                for f, value in default.items():
+                    if f not in rows:
+                        rows[f] = array.array("I", [value]) * n
+                if head.first_sample_flags is not None:
+                    rows["flags"][0] = head.first_sample_flags
+                offset = base + head.data_offset if head.data_offset is not None \
+                    else data_end
+                if not 0 <= offset < 1 << 63:
+                    raise MediaError(f"{name}: {trun.where()}: data offset {offset}")
+                ft.add_run(offset, n, rows, name)
+                data_end = offset + sum(rows["size"])
+            next_base = data_end
+    for t in traks:
+        ft = wanted[t.track_id]
+        if t.tables["sample_count"]:
+            raise MediaError(f"{name}: track {t.track_id} has samples both in its moov "
+                             f"and in fragments (not supported)")
+        t.tables = ft.tables()
+        # the first fragment's decode time places the track on the timeline
+        t.shift -= ft.first_decode_time or 0
 
 
 def read_tracks(mm, size: int, name: str) -> tuple[bx.Box, list[_Trak]]:
     """Parse the moov: the video (H.264/H.265) and audio (AAC) tracks to serve,
-    video first, at most one of each."""
-    moov = find_moov(mm, size, name)
+    video first, at most one of each; a fragmented file's samples from its
+    moofs."""
+    moov, moofs = find_moov(mm, size, name)
     buf = bytes(mm[moov.start:moov.end])
     base = moov.start
     budget = [bx.MAX_BOXES]
@@ -412,7 +558,11 @@ def read_tracks(mm, size: int, name: str) -> tuple[bx.Box, list[_Trak]]:
             chosen[t.kind] = t
     if not chosen:
         raise MediaError(f"{name}: no H.264, H.265 or AAC track")
-    return moov, [chosen[k] for k in ("video", "audio") if k in chosen]
+    traks = [chosen[k] for k in ("video", "audio") if k in chosen]
+    if moofs:
+        _read_fragments(mm, moofs, traks, _trex_defaults(bx.find(kids, b"mvex"), buf, base,
+                                                         name), name)
+    return moov, traks
 
 
 def index_mp4(media_path: str | os.PathLike,

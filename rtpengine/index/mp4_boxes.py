@@ -130,6 +130,36 @@ ELST = cs.Struct(
                   "rate" / cs.Int32sb))),
     cs.Terminated,
 )
+TREX = cs.Struct("version" / cs.Int8ub, "flags" / cs.Int24ub, "track_id" / cs.Int32ub,
+                 "default_sample_description_index" / cs.Int32ub,
+                 "default_sample_duration" / cs.Int32ub,
+                 "default_sample_size" / cs.Int32ub,
+                 "default_sample_flags" / cs.Int32ub)
+TFHD_BASE_DATA_OFFSET = 0x000001
+TFHD_DEFAULT_BASE_IS_MOOF = 0x020000
+TFHD = cs.Struct(
+    "version" / cs.Int8ub, "flags" / cs.Int24ub, "track_id" / cs.Int32ub,
+    "base_data_offset" / cs.If(cs.this.flags & 0x01, cs.Int64ub),
+    "sample_description_index" / cs.If(cs.this.flags & 0x02, cs.Int32ub),
+    "default_sample_duration" / cs.If(cs.this.flags & 0x08, cs.Int32ub),
+    "default_sample_size" / cs.If(cs.this.flags & 0x10, cs.Int32ub),
+    "default_sample_flags" / cs.If(cs.this.flags & 0x20, cs.Int32ub),
+)
+TFDT = cs.Struct("version" / cs.Int8ub, "flags" / cs.Int24ub,
+                 "base_media_decode_time" / cs.IfThenElse(cs.this.version == 1, cs.Int64ub,
+                                                          cs.Int32ub))
+TRUN_DATA_OFFSET = 0x001
+TRUN_FIRST_SAMPLE_FLAGS = 0x004
+# per-sample fields, in the order they appear in each row
+TRUN_SAMPLE_FIELDS = ((0x100, "duration"), (0x200, "size"), (0x400, "flags"),
+                      (0x800, "cto"))
+TRUN_HEADER = cs.Struct(
+    "version" / cs.Int8ub, "flags" / cs.Int24ub, "sample_count" / cs.Int32ub,
+    "data_offset" / cs.If(cs.this.flags & TRUN_DATA_OFFSET, cs.Int32sb),
+    "first_sample_flags" / cs.If(cs.this.flags & TRUN_FIRST_SAMPLE_FLAGS, cs.Int32ub),
+)
+SAMPLE_IS_NON_SYNC = 0x00010000
+
 STSD_HEADER = cs.Struct("version" / cs.Int8ub, "flags" / cs.Int24ub,
                         "entry_count" / cs.Int32ub)
 # the fields of a visual sample entry before its child boxes (78 bytes)
