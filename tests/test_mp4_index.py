@@ -336,7 +336,8 @@ def test_c_entry_point_refuses_bad_arguments():
     one = ffi.new("uint32_t[3]", [1, 1, 1])
     offs = ffi.new("uint64_t[1]", [0])
     tr.media, tr.media_size = media, 16
-    tr.stts, tr.stts_count = ffi.new("uint32_t[2]", [1, 1]), 1
+    stts = ffi.new("uint32_t[2]", [1, 1])     # kept: the struct only points at it
+    tr.stts, tr.stts_count = stts, 1
     tr.stsc, tr.stsc_count, tr.chunk_offsets, tr.chunk_count = one, 1, offs, 1
     tr.sample_size, tr.sample_count = 16, 1
     tr.timescale = tr.clock_rate = 1000
