@@ -78,11 +78,14 @@ def bench_datapath(size: str, payload: str, sink: str, offload: bool,
                    "only under the fq qdisc; shared ports stay engine-paced), or auto (fq seen).")
 @click.option("--search", is_flag=True,
               help="Then search for the most streams keeping >= 99.9% within 5 ms.")
+@click.option("--media", type=click.Choice(["mpegts", "mp4"]), default="mpegts",
+              show_default=True,
+              help="mp4: the video track of the same title remuxed into MP4 (RFC 6184).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def bench_streams(sessions: str, bitrate: str, seconds: float, sample: int,
                   strategy: str, sink: str, ports: str, lookahead_ms: float,
                   offload: bool, burst_ms: float, pacing: str, search: bool,
-                  as_json: bool) -> None:
+                  media: str, as_json: bool) -> None:
     """CPU per stream-second and timeliness of N paced streams."""
     from rtpengine.bench.scale import format_table, run_scale
     from rtpengine.bench.netns_sink import SinkError
@@ -93,7 +96,7 @@ def bench_streams(sessions: str, bitrate: str, seconds: float, sample: int,
                                strategy=strategy, sink=sink, shared=ports == "shared",
                                search=search, lookahead_ns=int(lookahead_ms * 1e6),
                                burst_ns=int(burst_ms * 1e6), offload=offload,
-                               pacing=pacing,
+                               pacing=pacing, media_kind=media,
                                progress=progress)
     except (SinkError, ValueError, RuntimeError) as exc:
         raise click.ClickException(str(exc)) from None
@@ -140,12 +143,14 @@ def bench_index(size_mb: int, media: str, minutes: int, as_json: bool) -> None:
 @click.option("--bitrate", default="4M", show_default=True, help="Bit rate of the title.")
 @click.option("--ports", type=click.Choice(["per-session", "shared"]), default="per-session",
               show_default=True, help="The daemon's [rtsp] server_ports.")
+@click.option("--media", type=click.Choice(["mpegts", "mp4"]), default="mpegts",
+              show_default=True, help="The title's container (mp4: the same title remuxed).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def bench_latency(sessions: int, bitrate: str, ports: str, as_json: bool) -> None:
+def bench_latency(sessions: int, bitrate: str, ports: str, media: str, as_json: bool) -> None:
     """Start-up latency of a real daemon: PLAY or DESCRIBE to the first RTP packet."""
     from appliance.bench.latency import run_latency
-    from rtpengine.bench.media import bench_title
-    media = bench_title(bitrate=bitrate, seconds=30)
+    from rtpengine.bench.media import bench_mp4, bench_title
+    media = (bench_mp4 if media == "mp4" else bench_title)(bitrate=bitrate, seconds=30)
     with progress_bar("latency", as_json and not sys.stderr.isatty()) as progress:
         result = run_latency(media, sessions, progress=progress, ports=ports)
     if as_json:
