@@ -4,6 +4,7 @@ sample ffprobe finds (bytes, order, presentation time, keyframes)."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import struct
@@ -48,6 +49,18 @@ def expected_rtp(pts: int, time_base: tuple[int, int], clock: int) -> int:
     return (TS0 + pts * num * clock // den) & 0xFFFFFFFF
 
 
+def nal_type(nal: bytes, codec: str) -> int:
+    return (nal[0] >> 1) & 0x3F if codec == "hevc" else nal[0] & 0x1F
+
+
+def in_band_sets(track) -> list[bytes]:
+    """The parameter sets the SDP names, in the order they go in band."""
+    fmtp = dict(p.split("=", 1) for p in track.fmtp.split(";"))
+    keys = ("sprop-vps", "sprop-sps", "sprop-pps") if track.codec == "hevc" else \
+        ("sprop-parameter-sets",)
+    return [base64.b64decode(v) for k in keys for v in fmtp.get(k, "").split(",") if v]
+
+
 def check_track(path: str, track, hints: HintFile, stream: dict) -> None:
     with open(path, "rb") as f:
         media = f.read()
@@ -59,8 +72,17 @@ def check_track(path: str, track, hints: HintFile, stream: dict) -> None:
     samples = stream["packets"]
     if track.kind == "video":
         aus = depay_video(packets, track.codec)
-        assert [nals for _, nals in aus] == [
-            split_nals(media[pos:pos + size]) for _, pos, size, _ in samples]
+        # the SDP's parameter sets also go in band before each sync sample
+        # that lacks its own (players that ignore sprop-* join at keyframes)
+        sets = in_band_sets(track)
+        assert sets
+        want = []
+        for _, pos, size, key in samples:
+            nals = split_nals(media[pos:pos + size])
+            has_sps = any(nal_type(n, track.codec) == (33 if track.codec == "hevc" else 7)
+                          for n in nals)
+            want.append((sets if key and not has_sps else []) + nals)
+        assert [nals for _, nals in aus] == want
     else:
         aus = depay_aac(packets)
         assert [au for _, au in aus] == [media[pos:pos + size] for _, pos, size, _ in samples]
@@ -347,6 +369,12 @@ def test_c_entry_point_refuses_bad_arguments():
     tr.codec, tr.nal_length_size = lib.KVOD_MP4_CODEC_H264, 5
     assert lib.kvod_mp4_index(tr) == lib.KVOD_MP4_ERR_ARG
     tr.codec = lib.KVOD_MP4_CODEC_AAC
+    tr.param_set_count = 1                      # and no array
+    assert lib.kvod_mp4_index(tr) == lib.KVOD_MP4_ERR_ARG
+    sets = ffi.new("uint32_t[2]", [0, 0])       # an empty parameter set
+    tr.param_sets = sets
+    assert lib.kvod_mp4_index(tr) == lib.KVOD_MP4_ERR_ARG
+    tr.param_set_count = 0
     assert lib.kvod_mp4_index(tr) == lib.KVOD_MP4_OK
     assert tr.record_count == 1 and tr.records[0].length == 16
     assert bytes(tr.records[0].prefix[0:4]) == bytes([0, 16, 0, 16 << 3])

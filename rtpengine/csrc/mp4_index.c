@@ -195,6 +195,49 @@ bad:
 	return KVOD_MP4_ERR_NAL;
 }
 
+/* Whether the sample at [off, off + size) holds an SPS (its own parameter sets). */
+static int sample_has_sps(const struct kvod_mp4_track *t, uint64_t off, uint32_t size)
+{
+	uint32_t ls = t->nal_length_size;
+	uint64_t end = off + size, pos = off;
+
+	while (end - pos > ls) {
+		uint32_t len = 0, k;
+		uint8_t type;
+
+		for (k = 0; k < ls; k++)
+			len = len << 8 | t->media[pos + k];
+		pos += ls;
+		if (len == 0)
+			continue;
+		if (len > end - pos)
+			return 0;	/* add_video_sample() reports it */
+		if (t->codec == KVOD_MP4_CODEC_HEVC)
+			type = (t->media[pos] >> 1) & 0x3f;
+		else
+			type = t->media[pos] & 0x1f;
+		if (type == (t->codec == KVOD_MP4_CODEC_HEVC ? 33 : 7))
+			return 1;
+		pos += len;
+	}
+	return 0;
+}
+
+/* The parameter sets, from the blob area, as single NAL unit packets. */
+static int add_param_sets(struct kvod_mp4_track *t)
+{
+	uint32_t i;
+	int rc;
+
+	for (i = 0; i < t->param_set_count; i++) {
+		rc = add_record(t, t->param_sets[2 * i], t->param_sets[2 * i + 1], NULL, 0);
+		if (rc)
+			return rc;
+		t->records[t->record_count - 1].flags |= KRTP_REC_BLOB;
+	}
+	return KVOD_MP4_OK;
+}
+
 /* One AAC access unit: an AU header section (one 13+3-bit header) before it. */
 static int add_aac_sample(struct kvod_mp4_track *t, uint64_t off, uint32_t size)
 {
@@ -234,7 +277,7 @@ KVOD_API void kvod_mp4_free(struct kvod_mp4_track *t)
 KVOD_API int kvod_mp4_index(struct kvod_mp4_track *t)
 {
 	uint32_t stsc_i = 0, stts_i = 0, stts_left, ctts_i = 0, ctts_left = 0;
-	uint32_t stss_i = 0, chunk, in_chunk, sample = 0;
+	uint32_t stss_i = 0, chunk, in_chunk, sample = 0, i;
 	uint64_t pos, dts = 0, bytes = 0;
 	int64_t prev_send = 0, send, pres;
 	int rc;
@@ -249,6 +292,12 @@ KVOD_API int kvod_mp4_index(struct kvod_mp4_track *t)
 		return KVOD_MP4_ERR_ARG;
 	if (t->codec < KVOD_MP4_CODEC_H264 || t->codec > KVOD_MP4_CODEC_AAC)
 		return KVOD_MP4_ERR_ARG;
+	if (t->param_set_count && !t->param_sets)
+		return KVOD_MP4_ERR_ARG;
+	for (i = 0; i < t->param_set_count; i++) {
+		if (!t->param_sets[2 * i + 1] || t->param_sets[2 * i + 1] > t->max_payload)
+			return KVOD_MP4_ERR_ARG;
+	}
 	t->record_count = 0;
 	t->keyframes = 0;
 	t->payload_bytes = 0;
@@ -308,10 +357,16 @@ KVOD_API int kvod_mp4_index(struct kvod_mp4_track *t)
 				table_error(t, KVOD_MP4_BAD_SIZE, sample);
 				goto fail;
 			}
-			if (t->codec == KVOD_MP4_CODEC_AAC)
+			if (t->codec == KVOD_MP4_CODEC_AAC) {
 				rc = add_aac_sample(t, pos, size);
-			else
-				rc = add_video_sample(t, pos, size, sample);
+			} else {
+				rc = 0;
+				/* a player that joins here decodes without the SDP's sets */
+				if (sync && t->param_set_count && !sample_has_sps(t, pos, size))
+					rc = add_param_sets(t);
+				if (!rc)
+					rc = add_video_sample(t, pos, size, sample);
+			}
 			if (rc) {
 				if (!t->error_offset)
 					t->error_offset = pos;

@@ -72,6 +72,12 @@ struct kvod_mp4_track {
 	int32_t codec;			/* enum kvod_mp4_codec */
 	uint32_t nal_length_size;	/* 1..4 (video) */
 	uint32_t max_payload;		/* RTP payload bytes per packet, prefix included */
+	/*
+	 * parameter sets (from avcC/hvcC) sent in band before each sync sample
+	 * that lacks them: (offset, length) pairs in the hint file's blob area
+	 */
+	const uint32_t *param_sets;
+	uint32_t param_set_count;
 	const uint8_t *media;
 	uint64_t media_size;
 	/* results */

@@ -103,6 +103,7 @@ class _Trak:
     channels: int | None
     nal_length_size: int
     tables: dict
+    param_sets: tuple[bytes, ...] = ()
 
 
 def _b64(data: bytes) -> str:
@@ -171,9 +172,10 @@ def _video_config(entry: bx.Box, codec: str, buf, base: int, name: str):
         plid = bytes(sps[0][1:4]) if sps and len(sps[0]) >= 4 else \
             bytes((cfg.profile, cfg.compatibility, cfg.level))
         fmtp = f"packetization-mode=1;profile-level-id={plid.hex().upper()}"
-        if sps or pps:
-            fmtp += ";sprop-parameter-sets=" + ",".join(_b64(p) for p in sps + pps)
-        return fmtp, cfg.length_size_minus_one.value + 1
+        sets = [bytes(p) for p in sps + pps if p]
+        if sets:
+            fmtp += ";sprop-parameter-sets=" + ",".join(_b64(p) for p in sets)
+        return fmtp, cfg.length_size_minus_one.value + 1, tuple(sets)
     box = bx.find(kids, b"hvcC")
     if box is None:
         raise MediaError(f"{name}: {entry.where()}: no hvcC")
@@ -184,7 +186,8 @@ def _video_config(entry: bx.Box, codec: str, buf, base: int, name: str):
             sets[arr.nal_type].extend(bytes(n) for n in arr.nalus)
     parts = [f"sprop-{key}={','.join(_b64(n) for n in sets[t])}"
              for key, t in (("vps", 32), ("sps", 33), ("pps", 34)) if sets[t]]
-    return ";".join(parts) or "sprop-vps=", cfg.length_size_minus_one + 1
+    in_band = tuple(n for t in (32, 33, 34) for n in sets[t] if n)
+    return ";".join(parts) or "sprop-vps=", cfg.length_size_minus_one + 1, in_band
 
 
 def _audio_config(entry: bx.Box, buf, base: int, name: str):
@@ -285,12 +288,12 @@ def _read_trak(trak: bx.Box, buf, base: int, name: str, movie_ts: int,
         raise MediaError(f"{name}: track {track_id}: {head.entry_count} sample "
                          f"descriptions (kvod serves tracks with exactly one)")
     entry = entries[0]
-    channels, nls = None, 0
+    channels, nls, param_sets = None, 0, ()
     if handler == b"vide":
         codec = _VIDEO_ENTRIES.get(entry.type)
         if codec is None:
             return None
-        fmtp, nls = _video_config(entry, codec, buf, base, name)
+        fmtp, nls, param_sets = _video_config(entry, codec, buf, base, name)
         clock, kind = VIDEO_CLOCK, "video"
     else:
         if entry.type != b"mp4a":
@@ -299,7 +302,7 @@ def _read_trak(trak: bx.Box, buf, base: int, name: str, movie_ts: int,
         fmtp, clock, channels = _audio_config(entry, buf, base, name)
     shift = _elst_shift(kids, buf, base, name, movie_ts, timescale)
     return _Trak(track_id, kind, codec, timescale, shift, clock, fmtp, channels, nls,
-                 _tables(stbl, buf, base, name))
+                 _tables(stbl, buf, base, name), param_sets)
 
 
 def _index_trak(t: _Trak, mm, cmedia, size: int, name: str, hint_path) -> Mp4Track:
@@ -339,6 +342,17 @@ def _index_trak(t: _Trak, mm, cmedia, size: int, name: str, hint_path) -> Mp4Tra
     tr.max_payload = MAX_PAYLOAD
     tr.media = cmedia
     tr.media_size = size
+    # parameter sets that fit one packet go in band, from the blob area
+    sets = [p for p in t.param_sets if len(p) <= MAX_PAYLOAD]
+    blob = b"".join(sets)
+    if sets:
+        where_len = []
+        at = 0
+        for p in sets:
+            where_len += [at, len(p)]
+            at += len(p)
+        tr.param_sets, n = ptr("uint32_t", array.array("I", where_len))
+        tr.param_set_count = n // 2
     rc = lib.kvod_mp4_index(tr)
     where = f"{name}: track {t.track_id} ({t.codec})"
     try:
@@ -363,7 +377,7 @@ def _index_trak(t: _Trak, mm, cmedia, size: int, name: str, hint_path) -> Mp4Tra
         header = HintHeader(clock_rate=t.clock_rate, payload_type=PAYLOAD_TYPES[t.kind],
                             record_count=tr.record_count, duration_ns=tr.duration_ns)
         write_hint_file(hint_path, header,
-                        ffi.buffer(tr.records, tr.record_count * RECORD_SIZE))
+                        ffi.buffer(tr.records, tr.record_count * RECORD_SIZE), blob)
         return Mp4Track(track_id=t.track_id, kind=t.kind, codec=t.codec,
                         encoding=_ENCODING[t.codec], clock_rate=t.clock_rate,
                         payload_type=PAYLOAD_TYPES[t.kind], fmtp=t.fmtp,
