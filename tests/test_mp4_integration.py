@@ -185,3 +185,26 @@ def test_seek_starts_both_tracks_at_the_keyframe_before(daemon, tmp_path):
         v_wall = wall(reports[0][which], aus[0][0], 90000)
         a_wall = wall(reports[1][which], audio[0][0], 48000)
         assert abs(v_wall - (a_wall + (2.0 - a_pts))) < 0.04
+
+
+def test_a_remote_mp4_is_refused_clearly(tmp_path):
+    """The proxy fill indexes MPEG-TS only: a remote MP4 is answered 415 with
+    a reason, before anything is fetched or entered in the catalog."""
+    origin = tmp_path / "origin"
+    origin.mkdir()
+    (origin / "film.mp4").symlink_to(make_mp4())
+    (tmp_path / "k").mkdir()
+    d = KvodDaemon(str(tmp_path / "k"), extra=f'[origin]\nbase_url = ["file://{origin}/"]\n')
+    d.start()
+    try:
+        client = RtspClient("127.0.0.1", d.port)
+        try:
+            resp = client.request("DESCRIBE", client.url("film.mp4"),
+                                  [("Accept", "application/sdp")])
+        finally:
+            client.close()
+        assert resp.status == 415
+        assert json.loads(d.kvod("catalog", "list", "--json").stdout) == []
+        assert "is an MP4" in d.log()
+    finally:
+        assert d.stop() == 0, d.log()

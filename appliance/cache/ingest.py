@@ -17,12 +17,10 @@ from typing import Callable
 from appliance.cache.layout import hint_path, media_path, title_folder, track_hint_path
 from catalog import InvalidTitleName, TitleExists, validate_title_name
 from rtpengine.index.errors import MediaError
-from rtpengine.index.mp4 import index_mp4
+from rtpengine.index.mp4 import index_mp4, looks_like_mp4
 from rtpengine.index.mpegts import index_mpegts
 
 TS_SYNC = 0x47
-# the box types an ISO BMFF file starts with
-MP4_FIRST_BOXES = (b"ftyp", b"moov", b"mdat", b"free", b"skip", b"wide", b"styp")
 COPY_CHUNK = 8 << 20
 
 
@@ -38,7 +36,7 @@ def sniff_container(path: str) -> str:
         raise MediaError(f"{path}: empty file")
     if head[0] == TS_SYNC:
         return "mpegts"
-    if head[4:8] in MP4_FIRST_BOXES:
+    if looks_like_mp4(head):
         return "mp4"
     raise MediaError(f"{path}: not an MPEG-TS file (first byte 0x{head[0]:02x}, want 0x47) "
                      f"nor an MP4 (no ftyp, moov or mdat box first)")

@@ -24,6 +24,7 @@ from appliance.cache.origin import (FileOrigin, HttpOrigin, OriginError, OriginN
                               origin_for)
 from appliance.cache.fill import BadMedia, FillSettings, TitleFill
 from catalog import InvalidTitleName, validate_title_name
+from rtpengine.index.mp4 import looks_like_mp4
 
 log = logging.getLogger(__name__)
 
@@ -152,6 +153,9 @@ class ProxyCache:
             return
         started = time.monotonic()
         probe = await self._probe(name, title)
+        if looks_like_mp4(probe.head):
+            raise BadMedia(f"{probe.url} is an MP4: the proxy fills MPEG-TS only "
+                                   f"for now (kvod catalog add a local copy)")
         if self.fills.get(name) is not None:  # another request won the race
             return
         self.quota.make_room(probe.size - (self.catalog.cached_bytes(name) if title else 0))

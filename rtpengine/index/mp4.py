@@ -45,6 +45,8 @@ MAX_PAYLOAD = 1400
 MAX_MOOV = 256 << 20
 AAC_RATES = (96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000,
              11025, 8000, 7350)
+# the box types an ISO BMFF file may start with
+FIRST_BOX_TYPES = (b"ftyp", b"moov", b"mdat", b"free", b"skip", b"wide", b"styp")
 _VIDEO_ENTRIES = {b"avc1": "h264", b"avc3": "h264", b"hvc1": "hevc", b"hev1": "hevc"}
 _CODEC_ENUM = {"h264": lib.KVOD_MP4_CODEC_H264, "hevc": lib.KVOD_MP4_CODEC_HEVC,
                "aac": lib.KVOD_MP4_CODEC_AAC}
@@ -104,6 +106,11 @@ class _Trak:
     nal_length_size: int
     tables: dict
     param_sets: tuple[bytes, ...] = ()
+
+
+def looks_like_mp4(head: bytes) -> bool:
+    """Whether a file's first bytes are those of an MP4 (ISO BMFF) box."""
+    return len(head) >= 8 and head[4:8] in FIRST_BOX_TYPES
 
 
 def _b64(data: bytes) -> str:
