@@ -389,3 +389,60 @@ def test_bench_index_mp4_reports_samples_per_second():
     result = run(make_mp4(), runs=1)
     assert result["samples"] == 100 + 189
     assert result["samples_per_s_best"] > 0 and result["tracks"][0]["keyframes"] == 4
+
+
+# ----------------------------------------------------------- box helpers ---
+
+def _box(kind: bytes, payload: bytes) -> tuple[bytes, "bx.Box"]:
+    data = struct.pack(">I4s", 8 + len(payload), kind) + payload
+    return data, next(bx.iter_boxes(data, 0, len(data)))
+
+
+@pytest.mark.parametrize("field,packed,sizes", [
+    (4, bytes([0x12, 0x30]), [1, 2, 3]),
+    (8, bytes([7, 200, 255]), [7, 200, 255]),
+    (16, struct.pack(">3H", 1, 65535, 300), [1, 65535, 300]),
+])
+def test_stz2_sizes(field, packed, sizes):
+    data, box = _box(b"stz2", bytes(7) + bytes([field]) + struct.pack(">I", len(sizes)) + packed)
+    assert list(bx.stz2_table(box, data, 0, "t")) == sizes
+
+
+def test_stz2_count_lies_and_bad_field():
+    data, box = _box(b"stz2", bytes(7) + bytes([8]) + struct.pack(">I", 99) + bytes(3))
+    with pytest.raises(MediaError, match="need"):
+        bx.stz2_table(box, data, 0, "t")
+    data, box = _box(b"stz2", bytes(7) + bytes([12]) + struct.pack(">I", 1) + bytes(3))
+    with pytest.raises(MediaError, match="field size"):
+        bx.stz2_table(box, data, 0, "t")
+
+
+def test_co64_and_stco_offsets():
+    data, box = _box(b"co64", bytes(4) + struct.pack(">IQQ", 2, 1 << 40, 5))
+    assert list(bx.u64_table(box, data, 0, "t")) == [1 << 40, 5]
+    data, box = _box(b"stco", bytes(4) + struct.pack(">III", 2, 7, 9))
+    assert list(bx.u64_table(box, data, 0, "t")) == [7, 9]
+    data, box = _box(b"co64", bytes(4) + struct.pack(">IQ", 3, 1))
+    with pytest.raises(MediaError, match="offsets need"):
+        bx.u64_table(box, data, 0, "t")
+
+
+def test_esds_descriptors():
+    asc = bytes.fromhex("1190")
+    dsi = bytes([0x05, len(asc)]) + asc
+    dcd = bytes([0x04, 13 + len(dsi), 0x40, 0x15]) + bytes(11) + dsi
+    es = bytes([0x03, 3 + len(dcd)]) + b"\0\1\0" + dcd
+    assert bx.parse_esds(memoryview(bytes(4) + es), "t") == (0x40, asc)
+    # a size that runs past the box, and a truncated one
+    with pytest.raises(MediaError):
+        bx.parse_esds(memoryview(bytes(4) + bytes([0x03, 0x7F]) + es[2:]), "t")
+    with pytest.raises(MediaError):
+        bx.parse_esds(memoryview(bytes(4) + bytes([0x03, 0x80, 0x80])), "t")
+
+
+@given(st.binary(max_size=64))
+def test_esds_on_random_bytes(data):
+    try:
+        bx.parse_esds(memoryview(data), "t")
+    except MediaError:
+        pass

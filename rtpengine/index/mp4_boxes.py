@@ -253,14 +253,16 @@ def stz2_table(box: Box, buf, base: int, name: str) -> array.array:
     if need > len(data) - 12:
         raise MediaError(f"{name}: {box.where()}: {count} sizes need {need} bytes")
     raw = bytes(data[12:12 + need])
+    # (array("I", some_bytes) would read the bytes as 4-byte items: widen
+    # from a byte or short array instead)
     if field == 8:
-        return array.array("I", raw)
+        return array.array("I", array.array("B", raw))
     if field == 16:
         narrow = array.array("H", raw)
         if sys.byteorder == "little":
             narrow.byteswap()
         return array.array("I", narrow)
-    out = array.array("I", bytes(2 * len(raw)))
+    out = array.array("I", [0]) * (2 * len(raw))
     out[0::2] = array.array("I", (b >> 4 for b in raw))
     out[1::2] = array.array("I", (b & 15 for b in raw))
     del out[count:]
