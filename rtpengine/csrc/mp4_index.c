@@ -60,13 +60,15 @@ static int add_record(struct kvod_mp4_track *t, uint64_t offset, uint32_t length
 	return KVOD_MP4_OK;
 }
 
-/* ticks (may be negative) in ns, or -1 if it does not fit */
-static int64_t ticks_ns(int64_t ticks, uint32_t timescale)
+/* ticks (may be negative) in ns; *bad set if it does not fit 62 bits */
+static int64_t ticks_ns(int64_t ticks, uint32_t timescale, int *bad)
 {
 	__int128 ns = (__int128)ticks * 1000000000 / timescale;
 
-	if (ns >= MAX_NS || ns <= -MAX_NS)
-		return -1;
+	if (ns >= MAX_NS || ns <= -MAX_NS) {
+		*bad = 1;
+		return 0;
+	}
 	return (int64_t)ns;
 }
 
@@ -279,7 +281,8 @@ KVOD_API int kvod_mp4_index(struct kvod_mp4_track *t)
 	uint32_t stsc_i = 0, stts_i = 0, stts_left, ctts_i = 0, ctts_left = 0;
 	uint32_t stss_i = 0, chunk, in_chunk, sample = 0, i;
 	uint64_t pos, dts = 0, bytes = 0;
-	int64_t prev_send = 0, send, pres;
+	int64_t prev_send = 0, send, pres, pres_end, max_end = 0;
+	int bad = 0;
 	int rc;
 
 	if (!t || !t->media || !t->stts || !t->stsc || !t->chunk_offsets ||
@@ -377,12 +380,15 @@ KVOD_API int kvod_mp4_index(struct kvod_mp4_track *t)
 			/* times: RTP from the presentation time, sending in decode order */
 			pres = (int64_t)dts + cto - t->shift;
 			rtp = (int64_t)((__int128)pres * t->clock_rate / t->timescale);
-			send = ticks_ns((int64_t)dts - t->shift, t->timescale);
-			dur_ns = ticks_ns(delta, t->timescale);
-			if (send == -1 || dur_ns < 0 || ticks_ns(pres, t->timescale) == -1) {
+			send = ticks_ns((int64_t)dts - t->shift, t->timescale, &bad);
+			dur_ns = ticks_ns(delta, t->timescale, &bad);
+			pres_end = ticks_ns(pres + delta, t->timescale, &bad);
+			if (bad) {
 				table_error(t, KVOD_MP4_BAD_TIME, sample);
 				goto fail;
 			}
+			if (pres_end > max_end)
+				max_end = pres_end;
 			/* before the edit's start (or a lying stts): in order, at once */
 			if (send < prev_send)
 				send = prev_send;
@@ -407,8 +413,11 @@ KVOD_API int kvod_mp4_index(struct kvod_mp4_track *t)
 			pos += size;
 		}
 	}
-	send = ticks_ns((int64_t)dts - t->shift, t->timescale);
-	t->duration_ns = send > prev_send ? (uint64_t)send : (uint64_t)prev_send;
+	/* the track ends with its last frame shown or its last packet sent */
+	send = ticks_ns((int64_t)dts - t->shift, t->timescale, &bad);
+	if (send < prev_send)
+		send = prev_send;
+	t->duration_ns = (uint64_t)(send > max_end ? send : max_end);
 	return KVOD_MP4_OK;
 fail:
 	rc = KVOD_MP4_ERR_TABLE;
