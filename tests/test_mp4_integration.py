@@ -8,6 +8,7 @@ ffmpeg once and cached; streams are paced at the media rate.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import time
 
@@ -65,6 +66,12 @@ def test_catalog_add_lists_a_track_per_stream(daemon):
     assert info["container"] == "mp4"
     assert [(t["media_type"], t["codec"], t["clock_rate"]) for t in info["tracks"]] == [
         ("video", "H264", 90000), ("audio", "MPEG4-GENERIC", 48000)]
+
+
+def test_catalog_add_says_what_it_indexed(daemon):
+    out = daemon.kvod("catalog", "add", make_mp4(), "--name", "again").stdout
+    assert re.match(r"added again: 0:00:04.000, .* KiB, \d+ video \+ 189 audio packets", out), out
+    daemon.kvod("catalog", "rm", "again")
 
 
 def test_describe_has_a_media_section_per_track(daemon):

@@ -39,6 +39,7 @@ class Box(NamedTuple):
         return memoryview(buf)[self.body - base:self.end - base]
 
     def where(self) -> str:
+        """How an error names this box: its type and file offset."""
         return f"{self.type.decode('latin-1')!r} box at offset {self.start}"
 
 
