@@ -446,3 +446,32 @@ def test_esds_on_random_bytes(data):
         bx.parse_esds(memoryview(data), "t")
     except MediaError:
         pass
+
+
+# ------------------------------------------------------- through the engine ---
+
+@pytest.mark.parametrize("strategy", ["gso", "sendmmsg"])
+@pytest.mark.parametrize("kind", ["h264", "hevc"])
+def test_engine_sends_the_reference_packets_of_every_track(strategy, kind, tmp_path,
+                                                          receivers):
+    """The C engine sends exactly the reference packetiser's bytes for MP4
+    hints: prefix bytes (FU headers, AU headers) and BLOB records (the
+    in-band parameter sets) included."""
+    from rtpengine.engine import Engine
+    from tests.helpers.engine import check_stream, expected, open_stream, wait_state
+    path = make_mp4(video=kind)
+    index, hints = indexed(path, tmp_path)
+    for h in hints:
+        h.close()
+    with Engine(strategy=strategy) as engine:
+        for i, track in enumerate(index.tracks):
+            hint = str(tmp_path / f"track{i}.hint")
+            kw = dict(ssrc=0xC0FFEE + i, seq0=65500, ts0=TS0)
+            want = expected(hint, path, **kw)
+            rx = receivers()
+            stream = open_stream(engine, rx.sender(), path, hint, **kw)
+            stream.play(unpaced=True)
+            got = rx.collect(len(want))
+            st_ = wait_state(stream, "ended")
+            check_stream(got, want, rx, st_)
+            stream.close()
