@@ -14,7 +14,7 @@ import pytest
 
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from rtpengine.hintfile import REC_KEYFRAME, REC_MARKER, HintFile
+from rtpengine.hintfile import REC_BLOB, REC_KEYFRAME, REC_MARKER, HintFile
 from rtpengine.index.errors import MediaError
 from rtpengine.index.mp4 import MAX_PAYLOAD, index_mp4
 from rtpengine.packetizer import packetize
@@ -475,3 +475,56 @@ def test_engine_sends_the_reference_packets_of_every_track(strategy, kind, tmp_p
             st_ = wait_state(stream, "ended")
             check_stream(got, want, rx, st_)
             stream.close()
+
+
+# ----------------------------------------------------------- growing file ---
+
+@pytest.mark.parametrize("kw", [dict(), dict(faststart=True), dict(video="hevc")],
+                         ids=["moov_last", "moov_first", "hevc"])
+def test_growing_index_equals_the_whole_files(kw, tmp_path):
+    """Fed the file front to back (the moov and box headers there first, as a
+    fill fetches them), the growing index hands out exactly the records of
+    the whole file's index, each only once its bytes are all there."""
+    from rtpengine.index.mp4 import GrowingMp4Index
+    from rtpengine.hintfile import HEADER_SIZE, RECORD_SIZE, HintRecord
+    path = make_mp4(**kw)
+    with open(path, "rb") as f:
+        data = f.read()
+    index, hints = indexed(path, tmp_path)
+    whole = [h.records_bytes() for h in hints]
+    # a sparse file: only the top-level headers and the moov are there
+    buf = bytearray(len(data))
+    pos = 0
+    while pos < len(data):
+        size, kind = struct.unpack_from(">I4s", data, pos)
+        keep = size if kind == b"moov" else 8
+        buf[pos:pos + keep] = data[pos:pos + keep]
+        pos += size
+    got = [b""] * len(whole)
+    with GrowingMp4Index(buf, len(buf), "grow") as ix:
+        assert [t.codec for t in ix.tracks()] == [t.codec for t in index.tracks]
+        upto = 0
+        while not ix.complete:
+            upto = min(len(data), upto + 7919)
+            buf[:upto] = data[:upto]
+            for i, new in enumerate(ix.feed(upto)):
+                for k in range(0, len(new), RECORD_SIZE):
+                    rec = HintRecord.unpack_from(new, k)
+                    assert rec.flags & REC_BLOB or rec.offset + rec.length <= upto
+                got[i] += new
+            assert upto < len(data) or ix.complete
+        assert got == whole
+        assert ix.tracks() == list(index.tracks)
+        ix.write_hints(0, tmp_path / "grown.hint")
+    with open(tmp_path / "grown.hint", "rb") as a, open(tmp_path / "track0.hint", "rb") as b:
+        assert a.read() == b.read()
+
+
+def test_growing_index_needs_the_moov(tmp_path):
+    from rtpengine.index.mp4 import GrowingMp4Index
+    with open(make_mp4(), "rb") as f:
+        data = f.read()
+    buf = bytearray(len(data))
+    buf[:4096] = data[:4096]            # the moov is at the end, not there yet
+    with pytest.raises(MediaError):
+        GrowingMp4Index(buf, len(buf), "grow")

@@ -274,18 +274,14 @@ KVOD_API void kvod_mp4_free(struct kvod_mp4_track *t)
 	t->records = NULL;
 	t->record_count = 0;
 	t->record_cap = 0;
+	t->cursor.started = 0;	/* the next call starts over */
 }
 
-KVOD_API int kvod_mp4_index(struct kvod_mp4_track *t)
+static int check_args(const struct kvod_mp4_track *t)
 {
-	uint32_t stsc_i = 0, stts_i = 0, stts_left, ctts_i = 0, ctts_left = 0;
-	uint32_t stss_i = 0, chunk, in_chunk, sample = 0, i;
-	uint64_t pos, dts = 0, bytes = 0;
-	int64_t prev_send = 0, send, pres, pres_end, max_end = 0;
-	int bad = 0;
-	int rc;
+	uint32_t i;
 
-	if (!t || !t->media || !t->stts || !t->stsc || !t->chunk_offsets ||
+	if (!t->media || !t->stts || !t->stsc || !t->chunk_offsets ||
 	    !t->timescale || !t->clock_rate || t->records ||
 	    t->sample_count > KVOD_MP4_MAX_SAMPLES || t->max_payload < 64 ||
 	    t->max_payload > 65000)
@@ -301,123 +297,159 @@ KVOD_API int kvod_mp4_index(struct kvod_mp4_track *t)
 		if (!t->param_sets[2 * i + 1] || t->param_sets[2 * i + 1] > t->max_payload)
 			return KVOD_MP4_ERR_ARG;
 	}
-	t->record_count = 0;
-	t->keyframes = 0;
-	t->payload_bytes = 0;
-	rc = check_tables(t);
-	if (rc)
-		return rc;
+	return KVOD_MP4_OK;
+}
 
-	stts_left = t->stts_count ? t->stts[0] : 0;
-	if (t->ctts && t->ctts_count)
-		ctts_left = t->ctts[0];
-	for (chunk = 0; chunk < t->chunk_count && sample < t->sample_count; chunk++) {
-		uint32_t per_chunk;
+/*
+ * Index the samples from where the last call stopped, up to the first one
+ * whose bytes end beyond data_limit (0: no limit), so a file that fills
+ * front to back is indexed as it grows; the cursor lives in the struct.
+ */
+KVOD_API int kvod_mp4_index(struct kvod_mp4_track *t)
+{
+	struct kvod_mp4_cursor *c;
+	int64_t send, pres, pres_end;
+	int bad = 0;
+	int rc;
 
-		if (stsc_i + 1 < t->stsc_count && chunk + 1 >= t->stsc[3 * (stsc_i + 1)])
-			stsc_i++;
-		per_chunk = t->stsc[3 * stsc_i + 1];
-		pos = t->chunk_offsets[chunk];
-		for (in_chunk = 0; in_chunk < per_chunk && sample < t->sample_count;
-		     in_chunk++, sample++) {
-			uint32_t size = t->sizes ? t->sizes[sample] : t->sample_size;
-			uint32_t delta, first_rec = (uint32_t)t->record_count;
-			int32_t cto = 0;
-			int sync;
-			uint64_t k, n;
-			int64_t dur_ns, rtp;
-
-			/* stts/ctts: totals are checked, so a run is always left */
-			while (!stts_left)
-				stts_left = t->stts[2 * ++stts_i];
-			delta = t->stts[2 * stts_i + 1];
-			stts_left--;
-			if (t->ctts) {
-				while (!ctts_left)
-					ctts_left = t->ctts[2 * ++ctts_i];
-				cto = (int32_t)t->ctts[2 * ctts_i + 1];
-				ctts_left--;
-			}
-			if (!t->stss) {
-				sync = 1;
-			} else {
-				sync = stss_i < t->stss_count && t->stss[stss_i] == sample + 1;
-				stss_i += sync;
-			}
-
-			if (!size) {
-				table_error(t, KVOD_MP4_BAD_SIZE, sample);
-				goto fail;
-			}
-			bytes += size;
-			if (pos > t->media_size || size > t->media_size - pos) {
-				t->error_sample = sample;
-				t->error_offset = pos;
-				rc = KVOD_MP4_ERR_RANGE;
-				goto out;
-			}
-			if (bytes > t->media_size) {
-				table_error(t, KVOD_MP4_BAD_SIZE, sample);
-				goto fail;
-			}
-			if (t->codec == KVOD_MP4_CODEC_AAC) {
-				rc = add_aac_sample(t, pos, size);
-			} else {
-				rc = 0;
-				/* a player that joins here decodes without the SDP's sets */
-				if (sync && t->param_set_count && !sample_has_sps(t, pos, size))
-					rc = add_param_sets(t);
-				if (!rc)
-					rc = add_video_sample(t, pos, size, sample);
-			}
-			if (rc) {
-				if (!t->error_offset)
-					t->error_offset = pos;
-				t->error_sample = sample;
-				goto out;
-			}
-
-			/* times: RTP from the presentation time, sending in decode order */
-			pres = (int64_t)dts + cto - t->shift;
-			rtp = (int64_t)((__int128)pres * t->clock_rate / t->timescale);
-			send = ticks_ns((int64_t)dts - t->shift, t->timescale, &bad);
-			dur_ns = ticks_ns(delta, t->timescale, &bad);
-			pres_end = ticks_ns(pres + delta, t->timescale, &bad);
-			if (bad) {
-				table_error(t, KVOD_MP4_BAD_TIME, sample);
-				goto fail;
-			}
-			if (pres_end > max_end)
-				max_end = pres_end;
-			/* before the edit's start (or a lying stts): in order, at once */
-			if (send < prev_send)
-				send = prev_send;
-			n = t->record_count - first_rec;
-			/* a sample's packets spread over its duration, not one burst */
-			for (k = 0; k < n; k++) {
-				struct kvod_hint_record *rec = &t->records[first_rec + k];
-
-				rec->rtp_ts = (uint32_t)rtp;
-				rec->send_ns = (uint64_t)send + (uint64_t)dur_ns * k / n;
-			}
-			if (n) {
-				/* the next sample leaves no earlier than this one's last packet */
-				prev_send = (int64_t)t->records[t->record_count - 1].send_ns;
-				t->records[t->record_count - 1].flags |= KRTP_REC_MARKER;
-				if (sync) {
-					t->records[first_rec].flags |= KRTP_REC_KEYFRAME;
-					t->keyframes++;
-				}
-			}
-			dts += delta;
-			pos += size;
-		}
+	if (!t)
+		return KVOD_MP4_ERR_ARG;
+	c = &t->cursor;
+	if (!c->started) {
+		rc = check_args(t);
+		if (rc)
+			return rc;
+		t->record_count = 0;
+		t->keyframes = 0;
+		t->payload_bytes = 0;
+		rc = check_tables(t);
+		if (rc)
+			return rc;
+		memset(c, 0, sizeof(*c));
+		c->stts_left = t->stts_count ? t->stts[0] : 0;
+		if (t->ctts && t->ctts_count)
+			c->ctts_left = t->ctts[0];
+		c->started = 1;
 	}
+
+	while (c->sample < t->sample_count) {
+		uint32_t size = t->sizes ? t->sizes[c->sample] : t->sample_size;
+		uint32_t sample = c->sample;
+		uint32_t per_chunk, delta;
+		uint64_t first_rec = t->record_count;
+		int32_t cto = 0;
+		int sync;
+		uint64_t k, n;
+		int64_t dur_ns, rtp;
+
+		/* stsc and chunk totals are checked: a chunk with samples remains */
+		while (c->stsc_i + 1 < t->stsc_count &&
+		       c->chunk + 1 >= t->stsc[3 * (c->stsc_i + 1)])
+			c->stsc_i++;
+		per_chunk = t->stsc[3 * c->stsc_i + 1];
+		if (c->in_chunk >= per_chunk) {
+			c->chunk++;
+			c->in_chunk = 0;
+			continue;
+		}
+		if (c->in_chunk == 0)
+			c->pos = t->chunk_offsets[c->chunk];
+		if (t->data_limit && (c->pos > t->data_limit || size > t->data_limit - c->pos))
+			break;	/* not there yet: the next call goes on from here */
+
+		/* stts/ctts: totals are checked, so a run is always left */
+		while (!c->stts_left)
+			c->stts_left = t->stts[2 * ++c->stts_i];
+		delta = t->stts[2 * c->stts_i + 1];
+		c->stts_left--;
+		if (t->ctts) {
+			while (!c->ctts_left)
+				c->ctts_left = t->ctts[2 * ++c->ctts_i];
+			cto = (int32_t)t->ctts[2 * c->ctts_i + 1];
+			c->ctts_left--;
+		}
+		if (!t->stss) {
+			sync = 1;
+		} else {
+			sync = c->stss_i < t->stss_count && t->stss[c->stss_i] == sample + 1;
+			c->stss_i += sync;
+		}
+
+		if (!size) {
+			table_error(t, KVOD_MP4_BAD_SIZE, sample);
+			goto fail;
+		}
+		c->bytes += size;
+		if (c->pos > t->media_size || size > t->media_size - c->pos) {
+			t->error_sample = sample;
+			t->error_offset = c->pos;
+			rc = KVOD_MP4_ERR_RANGE;
+			goto out;
+		}
+		if (c->bytes > t->media_size) {
+			table_error(t, KVOD_MP4_BAD_SIZE, sample);
+			goto fail;
+		}
+		if (t->codec == KVOD_MP4_CODEC_AAC) {
+			rc = add_aac_sample(t, c->pos, size);
+		} else {
+			rc = 0;
+			/* a player that joins here decodes without the SDP's sets */
+			if (sync && t->param_set_count && !sample_has_sps(t, c->pos, size))
+				rc = add_param_sets(t);
+			if (!rc)
+				rc = add_video_sample(t, c->pos, size, sample);
+		}
+		if (rc) {
+			if (!t->error_offset)
+				t->error_offset = c->pos;
+			t->error_sample = sample;
+			goto out;
+		}
+
+		/* times: RTP from the presentation time, sending in decode order */
+		pres = (int64_t)c->dts + cto - t->shift;
+		rtp = (int64_t)((__int128)pres * t->clock_rate / t->timescale);
+		send = ticks_ns((int64_t)c->dts - t->shift, t->timescale, &bad);
+		dur_ns = ticks_ns(delta, t->timescale, &bad);
+		pres_end = ticks_ns(pres + delta, t->timescale, &bad);
+		if (bad) {
+			table_error(t, KVOD_MP4_BAD_TIME, sample);
+			goto fail;
+		}
+		if (pres_end > c->max_end)
+			c->max_end = pres_end;
+		/* before the edit's start (or a lying stts): in order, at once */
+		if (send < c->prev_send)
+			send = c->prev_send;
+		n = t->record_count - first_rec;
+		/* a sample's packets spread over its duration, not one burst */
+		for (k = 0; k < n; k++) {
+			struct kvod_hint_record *rec = &t->records[first_rec + k];
+
+			rec->rtp_ts = (uint32_t)rtp;
+			rec->send_ns = (uint64_t)send + (uint64_t)dur_ns * k / n;
+		}
+		if (n) {
+			/* the next sample leaves no earlier than this one's last packet */
+			c->prev_send = (int64_t)t->records[t->record_count - 1].send_ns;
+			t->records[t->record_count - 1].flags |= KRTP_REC_MARKER;
+			if (sync) {
+				t->records[first_rec].flags |= KRTP_REC_KEYFRAME;
+				t->keyframes++;
+			}
+		}
+		c->dts += delta;
+		c->pos += size;
+		c->in_chunk++;
+		c->sample++;
+	}
+	t->next_sample = c->sample;
 	/* the track ends with its last frame shown or its last packet sent */
-	send = ticks_ns((int64_t)dts - t->shift, t->timescale, &bad);
-	if (send < prev_send)
-		send = prev_send;
-	t->duration_ns = (uint64_t)(send > max_end ? send : max_end);
+	send = ticks_ns((int64_t)c->dts - t->shift, t->timescale, &bad);
+	if (send < c->prev_send)
+		send = c->prev_send;
+	t->duration_ns = (uint64_t)(send > c->max_end ? send : c->max_end);
 	return KVOD_MP4_OK;
 fail:
 	rc = KVOD_MP4_ERR_TABLE;

@@ -49,6 +49,25 @@ enum kvod_mp4_table_error {
 	KVOD_MP4_BAD_TIME = 7,		/* a time that does not fit 63 bits of ns */
 };
 
+/* where a growing track's indexing goes on (private to the indexer) */
+struct kvod_mp4_cursor {
+	uint64_t pos;
+	uint64_t dts;
+	uint64_t bytes;
+	int64_t prev_send;
+	int64_t max_end;
+	uint32_t sample;
+	uint32_t chunk;
+	uint32_t in_chunk;
+	uint32_t stsc_i;
+	uint32_t stts_i;
+	uint32_t stts_left;
+	uint32_t ctts_i;
+	uint32_t ctts_left;
+	uint32_t stss_i;
+	int32_t started;
+};
+
 struct kvod_mp4_track {
 	/* sample tables, host byte order */
 	const uint32_t *sizes;		/* stsz/stz2 entries, or NULL with sample_size */
@@ -80,8 +99,10 @@ struct kvod_mp4_track {
 	uint32_t param_set_count;
 	const uint8_t *media;
 	uint64_t media_size;
+	uint64_t data_limit;		/* index samples ending at or before it; 0: all */
 	/* results */
 	struct kvod_hint_record *records;	/* freed by kvod_mp4_free() */
+	uint32_t next_sample;		/* samples indexed so far */
 	uint64_t record_count;
 	uint64_t duration_ns;		/* end of the last sample on the send timeline */
 	uint64_t keyframes;
@@ -91,9 +112,14 @@ struct kvod_mp4_track {
 	uint64_t error_offset;
 	/* private */
 	uint64_t record_cap;
+	struct kvod_mp4_cursor cursor;
 };
 
-/* Index the track; on failure the results say where, records are freed. */
+/*
+ * Index the track (with data_limit, the samples that are there, and on from
+ * there at the next call); on failure the results say where, records are
+ * freed.
+ */
 KVOD_API int kvod_mp4_index(struct kvod_mp4_track *t);
 KVOD_API void kvod_mp4_free(struct kvod_mp4_track *t);
 /* KVOD_CDEF_END */

@@ -312,63 +312,74 @@ def _read_trak(trak: bx.Box, buf, base: int, name: str, movie_ts: int,
                  _tables(stbl, buf, base, name), param_sets)
 
 
-def _index_trak(t: _Trak, mm, cmedia, size: int, name: str, hint_path) -> Mp4Track:
-    """Run the C indexer over one track and write its hint file."""
-    tb = t.tables
-    keep = []       # the C reads these arrays: they live until it returns
+class _CTrack:
+    """One track's C indexer state (``struct kvod_mp4_track``) and the arrays
+    it points at, kept alive as long as it is; ``free()`` releases its
+    records."""
 
-    def ptr(ctype: str, table):
+    def __init__(self, t: _Trak, cmedia, size: int, name: str) -> None:
+        self.t = t
+        self.size = size
+        self.where = f"{name}: track {t.track_id} ({t.codec})"
+        tb = t.tables
+        self._keep: list = []       # the C reads these arrays
+        if tb["sizes"] is not None and len(tb["sizes"]) != tb["sample_count"]:
+            raise MediaError(f"{name}: track {t.track_id}: stsz lists {len(tb['sizes'])} "
+                             f"sizes for {tb['sample_count']} samples")
+        tr = self.tr = ffi.new("struct kvod_mp4_track *")
+        tr.sizes, _ = self._ptr("uint32_t", tb["sizes"])
+        tr.sample_size = tb["sample_size"]
+        tr.sample_count = tb["sample_count"]
+        tr.chunk_offsets, tr.chunk_count = self._ptr("uint64_t", tb["chunk_offsets"])
+        tr.stsc, n = self._ptr("uint32_t", tb["stsc"])
+        tr.stsc_count = n // 3
+        tr.stts, n = self._ptr("uint32_t", tb["stts"])
+        tr.stts_count = n // 2
+        tr.ctts, n = self._ptr("uint32_t", tb["ctts"])
+        tr.ctts_count = n // 2
+        tr.stss, tr.stss_count = self._ptr("uint32_t", tb["stss"])
+        tr.timescale = t.timescale
+        tr.shift = t.shift
+        tr.clock_rate = t.clock_rate
+        tr.codec = _CODEC_ENUM[t.codec]
+        tr.nal_length_size = t.nal_length_size
+        tr.max_payload = MAX_PAYLOAD
+        tr.media = cmedia
+        tr.media_size = size
+        # parameter sets that fit one packet go in band, from the blob area
+        sets = [p for p in t.param_sets if len(p) <= MAX_PAYLOAD]
+        self.blob = b"".join(sets)
+        if sets:
+            where_len = []
+            at = 0
+            for p in sets:
+                where_len += [at, len(p)]
+                at += len(p)
+            tr.param_sets, n = self._ptr("uint32_t", array.array("I", where_len))
+            tr.param_set_count = n // 2
+
+    def _ptr(self, ctype: str, table):
         if table is None:
             return ffi.NULL, 0
         if not len(table):
             c = ffi.new(f"{ctype}[1]")   # a valid pointer for an empty table
         else:
             c = ffi.from_buffer(f"{ctype}[]", table)
-        keep.append(c)
+        self._keep.append(c)
         return c, len(table)
-    tr = ffi.new("struct kvod_mp4_track *")
-    tr.sizes, _ = ptr("uint32_t", tb["sizes"])
-    if tb["sizes"] is not None and len(tb["sizes"]) != tb["sample_count"]:
-        raise MediaError(f"{name}: track {t.track_id}: stsz lists {len(tb['sizes'])} sizes "
-                         f"for {tb['sample_count']} samples")
-    tr.sample_size = tb["sample_size"]
-    tr.sample_count = tb["sample_count"]
-    tr.chunk_offsets, tr.chunk_count = ptr("uint64_t", tb["chunk_offsets"])
-    tr.stsc, n = ptr("uint32_t", tb["stsc"])
-    tr.stsc_count = n // 3
-    tr.stts, n = ptr("uint32_t", tb["stts"])
-    tr.stts_count = n // 2
-    tr.ctts, n = ptr("uint32_t", tb["ctts"])
-    tr.ctts_count = n // 2
-    tr.stss, tr.stss_count = ptr("uint32_t", tb["stss"])
-    tr.timescale = t.timescale
-    tr.shift = t.shift
-    tr.clock_rate = t.clock_rate
-    tr.codec = _CODEC_ENUM[t.codec]
-    tr.nal_length_size = t.nal_length_size
-    tr.max_payload = MAX_PAYLOAD
-    tr.media = cmedia
-    tr.media_size = size
-    # parameter sets that fit one packet go in band, from the blob area
-    sets = [p for p in t.param_sets if len(p) <= MAX_PAYLOAD]
-    blob = b"".join(sets)
-    if sets:
-        where_len = []
-        at = 0
-        for p in sets:
-            where_len += [at, len(p)]
-            at += len(p)
-        tr.param_sets, n = ptr("uint32_t", array.array("I", where_len))
-        tr.param_set_count = n // 2
-    rc = lib.kvod_mp4_index(tr)
-    where = f"{name}: track {t.track_id} ({t.codec})"
-    try:
+
+    def run(self, data_limit: int = 0) -> None:
+        """Index on (up to samples ending at ``data_limit``; 0: all of them)."""
+        tr = self.tr
+        tr.data_limit = data_limit
+        rc = lib.kvod_mp4_index(tr)
+        where = self.where
         if rc == lib.KVOD_MP4_ERR_TABLE:
             raise MediaError(f"{where}: {_TABLE_ERRORS.get(tr.error_what, 'bad tables')} "
                              f"(sample {tr.error_sample})")
         if rc == lib.KVOD_MP4_ERR_RANGE:
             raise MediaError(f"{where}: sample {tr.error_sample} at offset "
-                             f"{tr.error_offset} lies outside the file ({size} bytes) "
+                             f"{tr.error_offset} lies outside the file ({self.size} bytes) "
                              f"or is too large")
         if rc == lib.KVOD_MP4_ERR_NAL:
             raise MediaError(f"{where}: sample {tr.error_sample}: a NAL unit length at "
@@ -379,20 +390,50 @@ def _index_trak(t: _Trak, mm, cmedia, size: int, name: str, hint_path) -> Mp4Tra
             raise MemoryError(f"{where}: out of memory for hint records")
         if rc != lib.KVOD_MP4_OK:
             raise RuntimeError(f"kvod_mp4_index returned {rc}")
-        if not tr.record_count:
-            raise MediaError(f"{where}: no samples")
-        header = HintHeader(clock_rate=t.clock_rate, payload_type=PAYLOAD_TYPES[t.kind],
-                            record_count=tr.record_count, duration_ns=tr.duration_ns)
-        write_hint_file(hint_path, header,
-                        ffi.buffer(tr.records, tr.record_count * RECORD_SIZE), blob)
+
+    def records(self, start: int = 0) -> bytes:
+        """Packed records from ``start`` to the last one made."""
+        n = self.tr.record_count
+        if n <= start:
+            return b""
+        return ffi.buffer(self.tr.records + start, (n - start) * RECORD_SIZE)[:]
+
+    @property
+    def complete(self) -> bool:
+        return self.tr.next_sample == self.tr.sample_count
+
+    def header(self) -> HintHeader:
+        """The hint header of what is indexed so far."""
+        t = self.t
+        return HintHeader(clock_rate=t.clock_rate, payload_type=PAYLOAD_TYPES[t.kind],
+                          record_count=self.tr.record_count, duration_ns=self.tr.duration_ns)
+
+    def track(self) -> Mp4Track:
+        """What the catalog and the SDP need of the track."""
+        t = self.t
         return Mp4Track(track_id=t.track_id, kind=t.kind, codec=t.codec,
                         encoding=_ENCODING[t.codec], clock_rate=t.clock_rate,
                         payload_type=PAYLOAD_TYPES[t.kind], fmtp=t.fmtp,
-                        channels=t.channels, samples=tb["sample_count"],
-                        records=tr.record_count, keyframes=tr.keyframes,
-                        duration_ns=tr.duration_ns)
+                        channels=t.channels, samples=t.tables["sample_count"],
+                        records=self.tr.record_count, keyframes=self.tr.keyframes,
+                        duration_ns=self.tr.duration_ns)
+
+    def free(self) -> None:
+        lib.kvod_mp4_free(self.tr)
+
+
+def _index_trak(t: _Trak, cmedia, size: int, name: str, hint_path) -> Mp4Track:
+    """Run the C indexer over one track and write its hint file."""
+    ct = _CTrack(t, cmedia, size, name)
+    try:
+        ct.run()
+        if not ct.tr.record_count:
+            raise MediaError(f"{ct.where}: no samples")
+        write_hint_file(hint_path, ct.header(),
+                        ffi.buffer(ct.tr.records, ct.tr.record_count * RECORD_SIZE), ct.blob)
+        return ct.track()
     finally:
-        lib.kvod_mp4_free(tr)
+        ct.free()
 
 
 def find_moov(mm, size: int, name: str) -> tuple[bx.Box, list[bx.Box]]:
@@ -603,10 +644,82 @@ def index_mp4(media_path: str | os.PathLike,
         tracks = []
         with ffi.from_buffer(mm) as cmedia:
             for i, t in enumerate(traks):
-                tracks.append(_index_trak(t, mm, cmedia, size, name, hint_path_for(i)))
+                tracks.append(_index_trak(t, cmedia, size, name, hint_path_for(i)))
     finally:
         mm.close()
     duration = max(t.duration_ns for t in tracks)
     return Mp4Index(size=size, duration_ns=duration,
                     bitrate=size * 8 * 1_000_000_000 // duration if duration else 0,
                     moov_offset=moov.start, tracks=tuple(tracks))
+
+
+class GrowingMp4Index:
+    """A progressive MP4 indexed while its bytes arrive front to back (the
+    proxy fill's order once it holds the ``moov``, wherever that lies).
+
+    ``buf`` holds the whole file at its final size (a mapping of the sparse
+    file a fill writes); the top-level box headers and the ``moov`` must be
+    there when it is made. :meth:`feed` indexes every sample that ends at or
+    before the contiguous prefix it is told of, per track, and returns the
+    new records; they are final (appended, never changed), and together they
+    are exactly what :func:`index_mp4` writes. The C never reads a byte
+    beyond the prefix. Fragmented files are not handled here (their sample
+    tables arrive with their fragments).
+    """
+
+    def __init__(self, buf, size: int, name: str = "<mp4>") -> None:
+        self.name = name
+        self.size = size
+        self.moov, traks = read_tracks(buf, size, name)
+        if any(t.tables["sample_count"] == 0 for t in traks):
+            raise MediaError(f"{name}: fragmented or empty tracks cannot be indexed as "
+                             f"they grow")
+        self._cbuf = ffi.from_buffer(buf)
+        self._tracks = [_CTrack(t, self._cbuf, size, name) for t in traks]
+        self._sent = [0] * len(traks)
+
+    def feed(self, contiguous: int) -> list[bytes]:
+        """Index what the first ``contiguous`` bytes complete: per track, the
+        packed records made since the last call."""
+        out = []
+        for i, ct in enumerate(self._tracks):
+            if not ct.complete:
+                ct.run(max(1, min(contiguous, self.size)))
+            out.append(ct.records(self._sent[i]))
+            self._sent[i] = ct.tr.record_count
+        return out
+
+    @property
+    def complete(self) -> bool:
+        """Every sample of every track is indexed."""
+        return all(ct.complete for ct in self._tracks)
+
+    def tracks(self) -> list[Mp4Track]:
+        """The tracks (video first), with what is indexed so far."""
+        return [ct.track() for ct in self._tracks]
+
+    def blob(self, track: int) -> bytes:
+        """The blob area track ``track``'s BLOB records point into."""
+        return self._tracks[track].blob
+
+    def write_hints(self, track: int, path) -> None:
+        """Write a complete track's hint file (atomically), as index_mp4 does."""
+        ct = self._tracks[track]
+        if not ct.complete:
+            raise MediaError(f"{ct.where}: not indexed to its end yet")
+        write_hint_file(path, ct.header(), ct.records(), ct.blob)
+
+    def close(self) -> None:
+        """Free the C state (the buffer may then be unmapped)."""
+        for ct in self._tracks:
+            ct.free()
+        self._tracks = []
+        if self._cbuf is not None:
+            ffi.release(self._cbuf)
+            self._cbuf = None
+
+    def __enter__(self) -> "GrowingMp4Index":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
