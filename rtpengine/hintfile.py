@@ -135,14 +135,20 @@ class HintHeader:
                    flags=h.flags, blob_offset=h.blob_offset, blob_size=h.blob_size)
 
 
-def write_hint_file(path: str | os.PathLike, header: HintHeader, records: bytes) -> None:
+def write_hint_file(path: str | os.PathLike, header: HintHeader, records: bytes,
+                    blob: bytes = b"") -> None:
     """Write a hint file atomically: temporary name, fsync, rename, fsync dir.
 
     ``records`` is the concatenation of packed records (as the C indexer
-    returns them); its length must match ``header.record_count``.
+    returns them); its length must match ``header.record_count``. ``blob``
+    (bytes that BLOB records point into) follows the records, and the
+    header's blob fields are set to say where.
     """
     if len(records) != header.record_count * RECORD_SIZE:
         raise HintError(f"{len(records)} record bytes for {header.record_count} records")
+    if blob:
+        header = dataclasses.replace(header, blob_offset=HEADER_SIZE + len(records),
+                                     blob_size=len(blob))
     path = os.fspath(path)
     tmp = f"{path}.tmp.{os.getpid()}"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
@@ -150,6 +156,7 @@ def write_hint_file(path: str | os.PathLike, header: HintHeader, records: bytes)
         with os.fdopen(fd, "wb", closefd=True) as f:
             f.write(header.pack())
             f.write(records)
+            f.write(blob)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

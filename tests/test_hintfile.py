@@ -373,3 +373,16 @@ def test_keyframe_seek_prefers_first_keyframe_at_same_time(tmp_path):
         assert hints.keyframe_at_or_before(5_000_000) == 0
         assert hints.keyframe_at_or_before(10_000_000) == 3
         assert hints.keyframe_at_or_before(99_000_000) == 3
+
+
+def test_write_hint_file_with_a_blob_area(tmp_path):
+    from rtpengine.hintfile import REC_BLOB, HintRecord, write_hint_file
+    rec = HintRecord(3, 4, 0, 0, REC_BLOB, b"")
+    path = tmp_path / "b.hint"
+    write_hint_file(path, HintHeader(clock_rate=90000, payload_type=96, record_count=1,
+                                     duration_ns=0), rec.pack(), b"abcdefgh")
+    with HintFile(path) as h:
+        assert h.header.blob_offset == 64 + 32 and h.header.blob_size == 8
+        assert h.record(0) == rec
+        off = h.header.blob_offset + rec.offset
+        assert h._map[off:off + rec.length] == b"defg"

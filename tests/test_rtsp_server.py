@@ -343,3 +343,46 @@ def test_a_bug_in_a_handler_answers_500_and_keeps_the_session(catalog):
     assert resp.status == 500
     assert not server.sessions
     assert client("OPTIONS", "*").status == 200
+
+
+@pytest.fixture
+def mp4_client(catalog, media):
+    catalog.add_title(
+        "film", container="mp4", media_path="/nonexistent/media.ts", duration_ns=10 * SECOND,
+        size=1000, state="complete", now=0.0,
+        tracks=[dict(track_index=0, media_type="video", codec="H264", payload_type=96,
+                     clock_rate=90000, fmtp="packetization-mode=1;profile-level-id=640014",
+                     hint_path="/nonexistent/track0.hint", packets=10),
+                dict(track_index=1, media_type="audio", codec="MPEG4-GENERIC",
+                     payload_type=97, clock_rate=48000,
+                     fmtp="streamtype=5;mode=AAC-hbr;sizelength=13;indexlength=3;"
+                          "indexdeltalength=3;config=1190",
+                     hint_path="/nonexistent/track1.hint", packets=10)])
+    return Client(RtspServer(titles=catalog, media=media, session_timeout=60))
+
+
+def test_describe_of_an_mp4_title_has_a_section_per_track(mp4_client):
+    resp = mp4_client("DESCRIBE", f"{BASE}/film", ("Accept", "application/sdp"))
+    sdp = resp.body.decode()
+    assert "m=video 0 RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\n" in sdp
+    assert "m=audio 0 RTP/AVP 97\r\na=rtpmap:97 MPEG4-GENERIC/48000/2\r\n" in sdp
+    assert "a=control:trackID=0" in sdp and "a=control:trackID=1" in sdp
+
+
+def test_seek_starts_every_track_at_the_first_tracks_keyframe(mp4_client, media):
+    session, _ = mp4_client.setup(f"{BASE}/film/trackID=0")
+    resp = mp4_client("SETUP", f"{BASE}/film/trackID=1",
+                      ("Transport", "RTP/AVP;unicast;client_port=5002-5003"),
+                      ("Session", session))
+    assert resp.status == 200
+    audio = media.opened[1][3]
+    asked = []
+    plain = audio.keyframe_at_or_before
+    audio.keyframe_at_or_before = lambda npt: asked.append(npt) or plain(npt)
+    resp = mp4_client("PLAY", f"{BASE}/film/", ("Session", session), ("Range", "npt=5-"))
+    assert resp.status == 200
+    # the video's keyframe is at 4 s: the audio starts there, not at 5 s
+    assert asked == [4 * SECOND]
+    assert parse_range(resp.headers.get("Range")).start == 4.0
+    info = parse_rtp_info(resp.headers.get("RTP-Info"))
+    assert [i[0] for i in info] == [f"{BASE}/film/trackID=0", f"{BASE}/film/trackID=1"]

@@ -301,3 +301,17 @@ def test_ffprobe_reads_our_mpeg_ts_description(tmp_path: Path, short_ts_file: st
     assert "Duration: 00:00:03.00" in log                 # our a=range
     assert "service_provider: FFmpeg" in log              # the MPEG-TS SDT, so MP2T was demuxed
     assert "Video: h264" in log and "Audio: aac" in log
+
+
+def test_rtpmap_channels_of_aac_come_from_its_config():
+    from appliance.rtsp.sdp import rtpmap_channels
+    assert rtpmap_channels("MPEG4-GENERIC", "streamtype=5;config=1190") == 2
+    assert rtpmap_channels("mpeg4-generic", "config=1188;mode=AAC-hbr") == 1
+    assert rtpmap_channels("MPEG4-GENERIC", "config=119056E500") == 2      # with SBR signalling
+    assert rtpmap_channels("MPEG4-GENERIC", "config=11B8") == 8            # 7.1
+    assert rtpmap_channels("MPEG4-GENERIC", "config=1180") is None         # from a PCE
+    assert rtpmap_channels("MPEG4-GENERIC", "mode=AAC-hbr") is None
+    assert rtpmap_channels("MPEG4-GENERIC", None) is None
+    assert rtpmap_channels("H264", "config=1190") is None
+    # escape codes: object type 31+ and an explicit 24-bit rate
+    assert rtpmap_channels("MPEG4-GENERIC", "config=F81E01770040") == 2

@@ -14,9 +14,10 @@ import os
 import shutil
 from typing import Callable
 
-from appliance.cache.layout import hint_path, media_path, title_folder
+from appliance.cache.layout import hint_path, media_path, title_folder, track_hint_path
 from catalog import InvalidTitleName, TitleExists, validate_title_name
 from rtpengine.index.errors import MediaError
+from rtpengine.index.mp4 import index_mp4, looks_like_mp4
 from rtpengine.index.mpegts import index_mpegts
 
 TS_SYNC = 0x47
@@ -28,16 +29,17 @@ class IngestError(Exception):
 
 
 def sniff_container(path: str) -> str:
-    """The container of ``path`` from its first bytes ('mpegts' only, for now)."""
+    """The container of ``path`` from its first bytes: 'mpegts' or 'mp4'."""
     with open(path, "rb") as f:
         head = f.read(189)
     if not head:
         raise MediaError(f"{path}: empty file")
     if head[0] == TS_SYNC:
         return "mpegts"
-    if head[4:8] == b"ftyp":
-        raise MediaError(f"{path}: MP4 is not supported yet (MPEG-TS only)")
-    raise MediaError(f"{path}: not an MPEG-TS file (first byte 0x{head[0]:02x}, want 0x47)")
+    if looks_like_mp4(head):
+        return "mp4"
+    raise MediaError(f"{path}: not an MPEG-TS file (first byte 0x{head[0]:02x}, want 0x47) "
+                     f"nor an MP4 (no ftyp, moov or mdat box first)")
 
 
 def _link_or_copy(src: str, dest: str, progress: Callable[[int, int], None] | None) -> None:
@@ -58,6 +60,21 @@ def _link_or_copy(src: str, dest: str, progress: Callable[[int, int], None] | No
             fout.flush()
             os.fsync(fout.fileno())
     os.replace(tmp, dest)
+
+
+def _index(container: str, media: str, folder: str):
+    """Index ``media``: (the index, the catalog's track rows)."""
+    if container == "mp4":
+        index = index_mp4(media, lambda i: track_hint_path(folder, i))
+        return index, [dict(track_index=i, media_type=t.kind, codec=t.encoding,
+                            payload_type=t.payload_type, clock_rate=t.clock_rate,
+                            fmtp=t.fmtp, hint_path=track_hint_path(folder, i),
+                            packets=t.records)
+                       for i, t in enumerate(index.tracks)]
+    hint = hint_path(folder)
+    index = index_mpegts(media, hint)
+    return index, [dict(track_index=0, media_type="video", codec="MP2T", payload_type=33,
+                        clock_rate=90000, fmtp=None, hint_path=hint, packets=index.records)]
 
 
 def ingest_file(catalog, cache_dir: str, source: str, name: str, *, now: float,
@@ -82,19 +99,15 @@ def ingest_file(catalog, cache_dir: str, source: str, name: str, *, now: float,
     try:
         media = media_path(folder)
         _link_or_copy(os.path.abspath(source), media, progress)
-        hint = hint_path(folder)
         try:
-            index = index_mpegts(media, hint)
+            index, tracks = _index(container, media, folder)
         except MediaError as exc:
             raise IngestError(str(exc)) from None
         try:
             return catalog.add_title(
                 name, container=container, media_path=media, folder=folder,
                 size=index.size, duration_ns=index.duration_ns, bitrate=index.bitrate,
-                state="complete", now=now,
-                tracks=[dict(track_index=0, media_type="video", codec="MP2T",
-                             payload_type=33, clock_rate=90000, fmtp=None,
-                             hint_path=hint, packets=index.records)])
+                state="complete", now=now, tracks=tracks)
         except TitleExists as exc:
             raise IngestError(str(exc)) from None
     except BaseException:

@@ -7,6 +7,7 @@ its files here, so the layout is spelled once.
     <cache dir>/titles/<name, '/' percent-encoded>/
         media.ts          the title's bytes (sparse while a fill runs)
         track0.hint       its hint records (growing while a fill runs)
+        track<N>.hint     the hint records of track N (MP4 titles: video, then audio)
         seek<N>.hint      a seek segment's hints (a fill's, short-lived)
 """
 
@@ -36,6 +37,11 @@ def media_path(folder: str) -> str:
 def hint_path(folder: str) -> str:
     """The (first track's) hint file of the title whose folder is ``folder``."""
     return os.path.join(folder, HINT_NAME)
+
+
+def track_hint_path(folder: str, index: int) -> str:
+    """The hint file of track ``index`` of the title whose folder is ``folder``."""
+    return os.path.join(folder, f"track{index}.hint")
 
 
 def seek_hint_path(folder: str, number: int) -> str:

@@ -24,9 +24,10 @@ from appliance.cache.quota import CacheFull, CacheQuota, cache_status
 from appliance.cache.layout import title_folder
 from appliance.cache.origin import (FileOrigin, HttpOrigin, OriginError, OriginNotFound, Probe,
                                     OriginUnavailable, origin_for)
-from appliance.cache.fill import CacheWriteError, FillSettings, TitleFill
+from appliance.cache.fill import BadMedia, CacheWriteError, FillSettings, TitleFill
 from appliance.cache.fill_slots import FillSlots, SharedWait
 from catalog import InvalidTitleName, validate_title_name
+from rtpengine.index.mp4 import looks_like_mp4
 
 log = logging.getLogger(__name__)
 
@@ -244,6 +245,9 @@ class ProxyCache:
             return
         started = time.monotonic()
         probe = await self._probe(name, title)
+        if looks_like_mp4(probe.head):
+            raise BadMedia(f"{probe.url} is an MP4: the proxy fills MPEG-TS only "
+                           f"for now (kvod catalog add a local copy)")
         if self.fills.get(name) is not None and self.fills[name].error is None:
             return  # another request won the race
         try:

@@ -84,11 +84,14 @@ def bench_datapath(size: str, payload: str, sink: str, offload: bool,
                    "only under the fq qdisc; shared ports stay engine-paced), or auto (fq seen).")
 @click.option("--search", is_flag=True,
               help="Then search for the most streams keeping >= 99.9% within 5 ms.")
+@click.option("--media", type=click.Choice(["mpegts", "mp4"]), default="mpegts",
+              show_default=True,
+              help="mp4: the video track of the same title remuxed into MP4 (RFC 6184).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def bench_streams(sessions: str, bitrate: str, seconds: float, sample: int,
                   strategy: str, sink: str, ports: str, lookahead_ms: float,
                   offload: bool, burst_ms: float, pacing: str, search: bool,
-                  as_json: bool) -> None:
+                  media: str, as_json: bool) -> None:
     """CPU per stream-second and timeliness of N paced streams."""
     from rtpengine.bench.scale import format_table, run_scale
     from rtpengine.bench.netns_sink import SinkError
@@ -99,7 +102,7 @@ def bench_streams(sessions: str, bitrate: str, seconds: float, sample: int,
                                strategy=strategy, sink=sink, shared=ports == "shared",
                                search=search, lookahead_ns=int(lookahead_ms * 1e6),
                                burst_ns=int(burst_ms * 1e6), offload=offload,
-                               pacing=pacing,
+                               pacing=pacing, media_kind=media,
                                progress=progress)
     except (SinkError, ValueError, RuntimeError) as exc:
         raise click.ClickException(str(exc)) from None
@@ -107,10 +110,28 @@ def bench_streams(sessions: str, bitrate: str, seconds: float, sample: int,
 
 
 @bench.command("index")
-@click.option("--size-mb", default=200, show_default=True, help="Size of the title indexed.")
+@click.option("--size-mb", default=200, show_default=True,
+              help="Size of the MPEG-TS title indexed.")
+@click.option("--media", type=click.Choice(["mpegts", "mp4"]), default="mpegts",
+              show_default=True, help="mp4: a two-hour H.264 + AAC film (--minutes).")
+@click.option("--minutes", default=120, show_default=True, help="Length of the MP4 film.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def bench_index(size_mb: int, as_json: bool) -> None:
-    """MPEG-TS indexing speed (MB/s) on a page-cached file."""
+def bench_index(size_mb: int, media: str, minutes: int, as_json: bool) -> None:
+    """Indexing speed on a page-cached file: MPEG-TS (MB/s) or MP4 (samples/s)."""
+    if media == "mp4":
+        from rtpengine.bench import index_mp4 as bm
+        result = bm.run(minutes=minutes)
+        if as_json:
+            click.echo(json.dumps(result, indent=2))
+            return
+        click.echo(f"indexed {result['path']} ({result['size_bytes'] / 2**20:.1f} MiB, "
+                   f"{result['duration_s'] / 60:.0f} min, {result['samples']} samples, "
+                   f"{result['records']} records, {result['runs']} runs, page-cached)")
+        click.echo(f"  best   {result['seconds_best']:8.3f} s   "
+                   f"{result['samples_per_s_best'] / 1e6:.2f} M samples/s   "
+                   f"{result['mb_per_s_best']:.0f} MB/s")
+        click.echo(f"  median {result['seconds_median']:8.3f} s")
+        return
     from rtpengine.bench import index as bi
     result = bi.run(size_mb=size_mb)
     if as_json:
@@ -138,17 +159,24 @@ TARGETS = {"describe_to_first_rtp_ms": 1.0, "play_to_first_rtp_ms": 0.3}
                    "long ones are made by copying the 30 s title in a loop.")
 @click.option("--ports", type=click.Choice(["per-session", "shared"]), default="per-session",
               show_default=True, help="The daemon's [rtsp] server_ports.")
+@click.option("--media", type=click.Choice(["mpegts", "mp4"]), default="mpegts",
+              show_default=True, help="The title's container (mp4: the same title remuxed).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def bench_latency(sessions: int, bitrate: str, title_minutes: str, ports: str,
+def bench_latency(sessions: int, bitrate: str, title_minutes: str, ports: str, media: str,
                   as_json: bool) -> None:
     """Start-up latency of a real daemon: PLAY or DESCRIBE to the first RTP packet."""
     from appliance.bench.latency import run_latency
-    from rtpengine.bench.media import long_title
+    from rtpengine.bench.media import bench_mp4, long_title
     try:
         minutes = [float(m) for m in title_minutes.split(",") if m.strip()]
     except ValueError:
         raise click.BadParameter(f"not a list of minutes: {title_minutes!r}") from None
-    titles = {f"{m:g}min": long_title(m, bitrate) for m in minutes}
+    if media == "mp4":
+        if minutes != [0.5]:
+            raise click.BadParameter("--title-minutes is for MPEG-TS titles only")
+        titles = {"0.5min mp4": bench_mp4(bitrate=bitrate, seconds=30)}
+    else:
+        titles = {f"{m:g}min": long_title(m, bitrate) for m in minutes}
     with progress_bar("latency", as_json and not sys.stderr.isatty()) as progress:
         result = run_latency(next(iter(titles.values())), sessions, progress=progress,
                              ports=ports, titles=titles)

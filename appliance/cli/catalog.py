@@ -103,8 +103,15 @@ def catalog_add(ctx: click.Context, path: str, name: str | None, as_json: bool) 
         click.echo(json.dumps(_title_dict(title), indent=2))
     else:
         click.echo(f"added {title.name}: {duration(title.duration_ns)}, "
-                   f"{human_bytes(title.size)}, {title.tracks[0].packets} packets "
+                   f"{human_bytes(title.size)}, {_packets(title.tracks)} "
                    f"(indexed in {time.monotonic() - started:.2f} s)")
+
+
+def _packets(tracks) -> str:
+    """'1234 packets', or per track for a title of several."""
+    if len(tracks) == 1:
+        return f"{tracks[0].packets} packets"
+    return " + ".join(f"{t.packets} {t.media_type}" for t in tracks) + " packets"
 
 
 @catalog.command("list")

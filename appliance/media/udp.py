@@ -60,6 +60,7 @@ class UdpMediaStream:
         self.clock_rate = track.clock_rate
         self.quirks = quirks
         self.media_path = title.media_path
+        self.container = getattr(title, "container", "mpegts")
         self.payload_type = track.payload_type
         # a title still filling: hints that grow, and the fill to listen to
         self.fill = backend.fill_for(title.name) if title.state != "complete" else None
@@ -168,7 +169,13 @@ class UdpMediaStream:
         # numbers, as network loss would)
         start = self._stream.play(start_record=record)
         self.bye_sent = False
-        return PlayStart(seq=start.seq, rtptime=start.rtp_ts, npt_ns=start.send_ns)
+        rtptime = start.rtp_ts
+        if self.container == "mp4":
+            # RTP-Info's rtptime is the RTP time of the Range start (RFC 2326
+            # 12.33), the send time all tracks share; MP4 video's first packet
+            # carries its presentation time, later than that by the B-frame delay
+            rtptime = ts_add(self.ts0, start.send_ns * self.clock_rate // 1_000_000_000)
+        return PlayStart(seq=start.seq, rtptime=rtptime, npt_ns=start.send_ns)
 
     def pause(self) -> None:
         self._stream.pause()
@@ -315,7 +322,8 @@ class UdpMediaStream:
         if state != "ended" or self._bye_call is not None:
             return
         delay = 0.0
-        if self.quirks.flush_pes_at_end and self._send_flush_trailer():
+        if self.quirks.flush_pes_at_end and self.container == "mpegts" and \
+                self._send_flush_trailer():
             # ffmpeg reads RTCP before RTP when both are waiting: a BYE right
             # behind the trailer would end its session before the trailer.
             delay = TRAILER_TO_BYE
@@ -355,6 +363,14 @@ class UdpMediaStream:
         if stats.state in ("playing", "waiting") and stats.packets_sent:
             elapsed = max(now_mono - stats.last_due_ns, 0)
             rtp_now = ts_add(stats.last_rtp_ts, elapsed * self.clock_rate // 1_000_000_000)
+        if self.container == "mp4" and stats.packets_sent and \
+                0 < stats.next_record <= len(self.hints):
+            # MP4 video leaves in decode order with presentation-time stamps
+            # (B-frames); its send times are the one timeline all tracks
+            # share, so the SR anchors on the last packet's send time
+            elapsed = max(now_mono - stats.last_due_ns, 0)
+            sent = self.hints.record(stats.next_record - 1).send_ns + elapsed
+            rtp_now = ts_add(self.ts0, sent * self.clock_rate // 1_000_000_000)
         data = rtcp.build_sender_report(
             self.ssrc, time.time(), rtp_now, stats.packets_sent & 0xFFFFFFFF,
             stats.payload_octets & 0xFFFFFFFF)

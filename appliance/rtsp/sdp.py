@@ -65,6 +65,34 @@ class SdpMedia:
             raise ValueError("channels are for audio only, 1..255")
 
 
+_AAC_CONFIG_RE = re.compile(r"(?:^|;)\s*config=([0-9A-Fa-f]{4,})")
+
+
+def rtpmap_channels(encoding: str, fmtp: str | None) -> int | None:
+    """The channel count an ``rtpmap`` names for a stored track, where its
+    format says it: for MPEG4-GENERIC (RFC 3640) the AudioSpecificConfig's
+    channelConfiguration in ``config=`` (None when absent or 0: the
+    config itself then says, and RFC 3640 makes 1 the default)."""
+    if encoding.upper() != "MPEG4-GENERIC" or not fmtp:
+        return None
+    m = _AAC_CONFIG_RE.search(fmtp)
+    if not m:
+        return None
+    bits = int(m.group(1)[:16].ljust(16, "0"), 16)
+    pos = 64
+    aot = bits >> (pos - 5) & 31
+    pos -= 5
+    if aot == 31:
+        pos -= 6
+    index = bits >> (pos - 4) & 15
+    pos -= 4
+    if index == 15:
+        pos -= 24
+    channels = bits >> (pos - 4) & 15 if pos >= 4 else 0
+    # 1..6 are that many channels, 7 is 7.1 (8); others need the PCE
+    return {7: 8}.get(channels, channels) if 0 < channels < 8 else None
+
+
 def _sanitize_name(name: str) -> str:
     """One line of text: control characters become spaces, empty becomes " ".
 

@@ -30,7 +30,7 @@ from appliance.rtsp import (
     response_for,
 )
 from appliance.rtsp.headers import RangeError, TransportSpec
-from appliance.rtsp.sdp import SdpMedia, build_sdp
+from appliance.rtsp.sdp import SdpMedia, build_sdp, rtpmap_channels
 from appliance.rtsp.session_states import (
     TRANSITIONS,
     InvalidTransition,
@@ -236,7 +236,9 @@ class RtspServer:
         (self._cache or self._titles).record_hit(title.name, now=now)
         media = [SdpMedia(kind=_sdp_kind(t.media_type), payload_type=t.payload_type,
                           encoding=t.codec, clock_rate=t.clock_rate, fmtp=t.fmtp,
-                          control=f"{TRACK_PREFIX}{t.track_index}")
+                          control=f"{TRACK_PREFIX}{t.track_index}",
+                          channels=rtpmap_channels(t.codec, t.fmtp)
+                          if t.media_type == "audio" else None)
                  for t in title.tracks]
         host = urlsplit(req.target).hostname or "0.0.0.0"
         sdp = build_sdp(session_name=title.name, origin_address=host,
@@ -351,7 +353,10 @@ class RtspServer:
                     pos = stream.position_ns()
                 else:
                     stream.pause()
-                    record, pos = stream.keyframe_at_or_before(npt_ns)
+                    # the first track (video) picks the keyframe; the others
+                    # start at that instant, so audio and video stay together
+                    record, pos = stream.keyframe_at_or_before(
+                        npt_ns if start_ns is None else start_ns)
                 start = stream.play(record)
                 start_ns = pos if start_ns is None else start_ns
                 base = title_base_url(urlsplit(req.target).netloc, session.title_name)

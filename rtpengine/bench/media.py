@@ -54,3 +54,17 @@ def long_title(minutes: float, bitrate: str = "4M") -> str:
     ], check=True, timeout=1800)
     os.replace(tmp, path)
     return path
+
+
+def bench_mp4(bitrate: str = "4M", seconds: int = 30, size: str = "1280x720") -> str:
+    """The same title as :func:`bench_title`, remuxed (stream copy) into a
+    progressive MP4 with ``moov`` at the end; made once."""
+    src = bench_title(bitrate=bitrate, seconds=seconds, size=size)
+    path = os.path.splitext(src)[0] + ".mp4"
+    if os.path.exists(path):
+        return path
+    tmp = path + f".tmp{os.getpid()}.mp4"
+    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-y", "-i", src,
+                    "-map", "0", "-c", "copy", "-f", "mp4", tmp], check=True, timeout=600)
+    os.replace(tmp, path)
+    return path

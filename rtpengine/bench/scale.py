@@ -291,22 +291,29 @@ def run_scale(counts: list[int], *, bitrate: str = "4M", seconds: float = 10.0,
               sample: int = 20, strategy: str = "auto", sink: str = "nic",
               shared: bool = True, search: bool = False, max_sessions: int = 16000,
               lookahead_ns: int = 0, burst_ns: int = 0, offload: bool = False,
-              pacing: str = "engine",
+              pacing: str = "engine", media_kind: str = "mpegts",
               progress: Progress = None) -> dict:
     """Runs for each of ``counts``; with ``search``, then the largest N
-    keeping >= 99.9% within 5 ms (doubling, then bisecting, a few runs)."""
+    keeping >= 99.9% within 5 ms (doubling, then bisecting, a few runs).
+    ``media_kind`` "mp4" streams the video track of the same title remuxed
+    into MP4 (RFC 6184 packets pointing into the file) instead of RFC 2250."""
     import tempfile
 
-    from rtpengine.bench.media import bench_title
+    from rtpengine.bench.media import bench_mp4, bench_title
+    from rtpengine.index.mp4 import index_mp4
     from rtpengine.index.mpegts import index_mpegts
-    media = bench_title(bitrate=bitrate, seconds=max(30, int(seconds) + 5))
+    media = (bench_mp4 if media_kind == "mp4" else bench_title)(
+        bitrate=bitrate, seconds=max(30, int(seconds) + 5))
     lookahead, burst = batching(lookahead_ns, burst_ns)
     result: dict = {"title": media, "lookahead_ms": lookahead / 1e6,
                     "burst_ms": burst / 1e6, "pacing": pacing,
                     "runs": [], "search": None}
     with tempfile.TemporaryDirectory(prefix="kvod-bench-") as tmp:
         hint = os.path.join(tmp, "bench.hint")
-        index_mpegts(media, hint)
+        if media_kind == "mp4":
+            index_mp4(media, lambda i: hint if i == 0 else os.path.join(tmp, f"t{i}.hint"))
+        else:
+            index_mpegts(media, hint)
         steps = len(counts) + (8 if search else 0)
         done = [0]
 

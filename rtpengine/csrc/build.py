@@ -35,7 +35,8 @@ UAPI = os.path.join(ROOT, "kernel", "uapi")
 # module -> (headers whose marked parts form the cdef, in order; sources)
 # (libraries beyond pthread are in LIBRARIES)
 MODULES = {
-    "_kvod_index": (["kvod_types.h", "ts_index.h"], ["ts_index.c"]),
+    "_kvod_index": (["kvod_types.h", "ts_index.h", "mp4_index.h"],
+                    ["ts_index.c", "mp4_index.c"]),
     "_kvod_engine": (["kvod_types.h", "engine.h"],
                      ["engine.c", "pacer.c", "batch.c", "send.c", "uring.c",
                       "filemap.c"]),

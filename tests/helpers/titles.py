@@ -39,3 +39,42 @@ def make_ts(seconds: float = 10, size: str = "640x360", rate: int = 25,
     subprocess.run(cmd, check=True, timeout=300)
     os.replace(tmp, path)
     return path
+
+
+def make_mp4(seconds: float = 4, *, video: str | None = "h264", audio: bool = True,
+             faststart: bool = False, bframes: int = 2, size: str = "320x240",
+             rate: int = 25, gop: int = 25, video_bitrate: str = "600k",
+             extra: tuple[str, ...] = ()) -> str:
+    """A progressive MP4 made by ffmpeg: ``video`` 'h264' (B-frames, so
+    composition offsets and an edit list), 'hevc' or None; AAC audio;
+    ``moov`` at the end unless ``faststart``. Made once and cached."""
+    key = f"{seconds}-{video}-{audio}-{faststart}-{bframes}-{size}-{rate}-{gop}-" \
+          f"{video_bitrate}-{extra}"
+    path = os.path.join(MEDIA_DIR, f"mp4-{hashlib.sha1(key.encode()).hexdigest()[:12]}.mp4")
+    if os.path.exists(path):
+        return path
+    os.makedirs(MEDIA_DIR, exist_ok=True)
+    tmp = path + f".tmp{os.getpid()}.mp4"
+    cmd = ["ffmpeg", "-nostdin", "-loglevel", "error", "-y"]
+    if video:
+        cmd += ["-f", "lavfi", "-i", f"testsrc2=size={size}:rate={rate}"]
+    if audio:
+        cmd += ["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000"]
+    cmd += ["-t", str(seconds)]
+    if video == "h264":
+        cmd += ["-c:v", "libx264", "-preset", "veryfast", "-bf", str(bframes),
+                "-x264-params", "slices=2"]
+    elif video == "hevc":
+        cmd += ["-c:v", "libx265", "-preset", "ultrafast", "-x265-params",
+                f"bframes={bframes}:log-level=error", "-tag:v", "hvc1"]
+    if video:
+        cmd += ["-pix_fmt", "yuv420p", "-g", str(gop), "-keyint_min", str(gop),
+                "-sc_threshold", "0", "-b:v", video_bitrate]
+    if audio:
+        cmd += ["-c:a", "aac", "-b:a", "96k", "-ac", "2"]
+    if faststart:
+        cmd += ["-movflags", "+faststart"]
+    cmd += [*extra, "-f", "mp4", tmp]
+    subprocess.run(cmd, check=True, timeout=300)
+    os.replace(tmp, path)
+    return path
