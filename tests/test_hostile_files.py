@@ -1,0 +1,40 @@
+"""Media files changed, swapped or named against kvod (issue 11, "Media
+files"): no change to a file on disk, and no title name, may crash a
+command or the daemon, or leave a title that is not what it says."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from appliance.cache.layout import NAME_MAX, title_folder
+from tests.helpers.daemon import KvodDaemon
+
+# 85 segments of "a/" percent-encode to 85 * 4 - 3 = 337 bytes: more than
+# a file system's 255-byte file name limit, though a valid title name
+LONG_NAME = "/".join(["a"] * 85) + "x" * 80
+
+
+@pytest.fixture
+def kvod(tmp_path):
+    return KvodDaemon(str(tmp_path))
+
+
+def test_long_title_names_get_folders_the_file_system_takes(tmp_path):
+    folder = title_folder(str(tmp_path), LONG_NAME)
+    assert len(os.path.basename(folder).encode()) <= NAME_MAX
+    os.makedirs(folder)
+    # still one folder per name: a name sharing the long prefix differs
+    assert title_folder(str(tmp_path), LONG_NAME + "y") != folder
+    # and short names keep their readable folder
+    assert os.path.basename(title_folder(str(tmp_path), "a/b")) == "a%2Fb"
+
+
+def test_catalog_add_takes_a_name_whose_folder_would_be_too_long(kvod, short_ts_file):
+    assert len(LONG_NAME) <= 255
+    done = kvod.kvod("catalog", "add", short_ts_file, "--name", LONG_NAME, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr
+    listed = kvod.kvod("catalog", "show", LONG_NAME)
+    assert "complete" in listed.stdout
