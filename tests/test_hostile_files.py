@@ -38,3 +38,46 @@ def test_catalog_add_takes_a_name_whose_folder_would_be_too_long(kvod, short_ts_
     assert "Traceback" not in done.stderr
     listed = kvod.kvod("catalog", "show", LONG_NAME)
     assert "complete" in listed.stdout
+
+
+# --- a file that changes while it is indexed (or added) -----------------
+
+import shutil  # noqa: E402
+import signal  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+from tests.helpers.daemon import PYTHON, ROOT  # noqa: E402
+
+# Runs in a child: a SIGBUS would kill pytest itself. The file is cut to
+# 192 kB once the indexer has found the program (after it opened the file,
+# before its scan), the way an operator's copy or a fill's rollback would.
+SHRINK_WHILE_INDEXED = """
+import os, sys
+from rtpengine.index import mpegts
+path, hint = sys.argv[1], sys.argv[2]
+real = mpegts.find_program
+def find_then_shrink(*args, **kwargs):
+    found = real(*args, **kwargs)
+    os.truncate(path, 188 * 1024)  # packet and page aligned
+    return found
+mpegts.find_program = find_then_shrink
+try:
+    mpegts.index_mpegts(path, hint)
+except mpegts.MediaError as exc:
+    print("MediaError:", exc)
+    sys.exit(3)
+print("indexed")
+"""
+
+
+def test_indexer_does_not_fault_on_a_file_that_shrinks(tmp_path, ts_file):
+    path = str(tmp_path / "shrinking.ts")
+    shutil.copyfile(ts_file, path)
+    assert os.path.getsize(path) > 1 << 20
+    done = subprocess.run([PYTHON, "-c", SHRINK_WHILE_INDEXED, path, str(tmp_path / "t.hint")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode != -signal.SIGBUS, "the indexer died of SIGBUS"
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert "changed while it was indexed" in done.stdout
+    assert not (tmp_path / "t.hint").exists()
