@@ -81,3 +81,80 @@ def test_indexer_does_not_fault_on_a_file_that_shrinks(tmp_path, ts_file):
     assert done.returncode == 3, done.stdout + done.stderr
     assert "changed while it was indexed" in done.stdout
     assert not (tmp_path / "t.hint").exists()
+
+
+def test_catalog_add_keeps_its_own_copy_of_the_operators_file(kvod, tmp_path, short_ts_file):
+    source = str(tmp_path / "operator.ts")
+    shutil.copyfile(short_ts_file, source)
+    kvod.add(source, "mine")
+    cached = os.path.join(str(tmp_path), "cache", "titles", "mine", "media.ts")
+    with open(cached, "rb") as f:
+        before = f.read()
+    # the operator rewrites the source in place, then cuts it
+    with open(source, "r+b") as f:
+        f.write(b"\0" * 4096)
+    os.truncate(source, 188 * 10)
+    with open(cached, "rb") as f:
+        assert f.read() == before
+    assert os.stat(cached).st_ino != os.stat(source).st_ino
+
+
+def _ingest(tmp_path, source, name="t", **kwargs):
+    from appliance.cache.ingest import ingest_file
+    from catalog import open_catalog
+    catalog = open_catalog(str(tmp_path / "catalog.db"))
+    return catalog, ingest_file(catalog, str(tmp_path / "cache"), source, name, now=0.0,
+                                **kwargs)
+
+
+def test_ingest_refuses_a_source_that_changes_while_it_is_copied(tmp_path, short_ts_file):
+    from appliance.cache.ingest import IngestError
+    source = str(tmp_path / "operator.ts")
+    shutil.copyfile(short_ts_file, source)
+
+    def cut_source(done, total):
+        os.truncate(source, 188 * 100)
+
+    with pytest.raises(IngestError, match="changed while it was"):
+        _ingest(tmp_path, source, progress=cut_source)
+    assert not os.path.exists(str(tmp_path / "cache" / "titles" / "t"))
+
+
+def test_ingest_records_only_the_file_it_indexed(tmp_path, short_ts_file, monkeypatch):
+    """A file replaced after the scan (same path, other bytes) is not
+    recorded with the old file's size and duration."""
+    from appliance.cache import ingest
+    source = str(tmp_path / "operator.ts")
+    shutil.copyfile(short_ts_file, source)
+    real = ingest.index_mpegts
+
+    def index_then_replace(media, hint):
+        found = real(media, hint)
+        with open(media + ".new", "wb") as f:
+            f.write(open(media, "rb").read()[:188 * 100])
+        os.replace(media + ".new", media)
+        return found
+
+    monkeypatch.setattr(ingest, "index_mpegts", index_then_replace)
+    with pytest.raises(ingest.IngestError, match="changed while it was"):
+        catalog, _ = _ingest(tmp_path, source)
+    from catalog import open_catalog
+    assert open_catalog(str(tmp_path / "catalog.db")).get_title("t") is None
+
+
+def test_ingest_of_an_unreadable_file_is_a_clear_error(tmp_path, short_ts_file, monkeypatch):
+    """A file the daemon's user may not read (permissions, an I/O error)."""
+    from appliance.cache import ingest
+    import builtins
+    source = str(tmp_path / "locked.ts")
+    shutil.copyfile(short_ts_file, source)
+    real_open = builtins.open
+
+    def refuse(path, *args, **kwargs):
+        if os.fspath(path) == source:
+            raise PermissionError(13, "Permission denied", path)
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", refuse)
+    with pytest.raises(ingest.IngestError, match="Permission denied"):
+        _ingest(tmp_path, source)

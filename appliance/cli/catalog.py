@@ -81,7 +81,7 @@ def catalog_add(ctx: click.Context, path: str, name: str | None, as_json: bool) 
     name = name or os.path.splitext(os.path.basename(path))[0]
     db = open_catalog(config)
     started = time.monotonic()
-    # The bar appears only if the file must be copied (a hard link is instant).
+    # The bar appears once the copy reports progress (a reflink is one step).
     bar = None
 
     def progress(done: int, total: int) -> None:
