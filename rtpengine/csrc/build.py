@@ -36,9 +36,9 @@ UAPI = os.path.join(ROOT, "kernel", "uapi")
 # (libraries beyond pthread are in LIBRARIES)
 MODULES = {
     "_kvod_index": (["kvod_types.h", "ts_index.h"], ["ts_index.c"]),
-    "_kvod_engine": (["kvod_types.h", "engine.h"],
+    "_kvod_engine": (["kvod_types.h", "engine.h", "guard.h"],
                      ["engine.c", "pacer.c", "batch.c", "send.c", "uring.c",
-                      "filemap.c"]),
+                      "filemap.c", "guard.c"]),
 }
 
 # liburing (Debian: liburing-dev) for the uring_gso strategy
