@@ -96,7 +96,8 @@ class KvodService(service.MultiService):
             sr_interval=config.rtcp.sr_interval,
             cname=f"kvod@{socket.gethostname()}",
             on_alive=lambda session_id: self.server.touch(session_id, time.monotonic()),
-            fill_for=self.cache.fill_for, stall_timeout=config.cache.stall_timeout,
+            fill_for=self.cache.fill_for, on_damaged=self.cache.mark_damaged,
+            stall_timeout=config.cache.stall_timeout,
             pacing=config.engine.pacing)
         self.cache.in_use = self.media.playing
         self.server = RtspServer(titles=self.catalog, media=self.media,
@@ -117,7 +118,8 @@ class KvodService(service.MultiService):
     def status(self) -> dict:
         """The daemon's status snapshot (``/status``, ``kvod status``)."""
         return daemon_status(engine=self.engine, server=self.server, started=self.started,
-                             ports=self.media.ports.status())
+                             ports=self.media.ports.status(),
+                             damaged=self.catalog.damaged_titles())
 
     def startService(self) -> None:  # noqa: N802 (Twisted API)
         super().startService()

@@ -19,11 +19,12 @@ def stream_status(stream) -> dict:
 
 
 def daemon_status(*, engine, server, started: float, now: float | None = None,
-                  ports: dict | None = None) -> dict:
+                  ports: dict | None = None, damaged: list | None = None) -> dict:
     """The snapshot: engine, server ports, sessions with their streams, and totals.
 
     ``ports`` is the server port policy's status (``appliance.media.server_ports``):
-    its mode, and the shared pair or the per-session range."""
+    its mode, and the shared pair or the per-session range. ``damaged``: the
+    (name, why) of titles whose cached files changed under a stream."""
     now = time.time() if now is None else now
     sessions = []
     for session in sorted(server.sessions.values(), key=lambda s: s.id):
@@ -42,6 +43,7 @@ def daemon_status(*, engine, server, started: float, now: float | None = None,
         "engine": engine.status(),
         "server_ports": ports or {},
         "sessions": sessions,
+        "damaged_titles": [{"name": name, "why": why} for name, why in damaged or ()],
         "totals": {
             "sessions": len(sessions),
             "playing": sum(1 for s in sessions if s["state"] == "playing"),

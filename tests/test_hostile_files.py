@@ -282,3 +282,112 @@ def test_guarded_reads_and_other_faults(tmp_path):
     assert lines[2] == f"play {errno.EFAULT} failed", done.stdout + done.stderr
     assert "survived" not in done.stdout
     assert done.returncode == -signal.SIGBUS
+
+
+HINTFILE_CUT = """
+import os, sys
+from rtpengine.hintfile import HintError, HintFile
+from tests.helpers.engine import MS, chunk_records, write_hints
+path = write_hints(os.path.join(sys.argv[1], "t.hint"),
+                   chunk_records(2000 * 500, 0, chunk=500, gap_ns=5 * MS))
+hints = HintFile(path)
+os.truncate(path, 4096)
+try:
+    hints.keyframe_at_or_before(9 * 10**9)
+    print("read")
+except HintError as exc:
+    print("HintError", exc)
+"""
+
+
+def test_the_daemons_hint_reader_survives_a_hint_file_cut_short(tmp_path):
+    """The session layer seeks in the hint file it holds open (PLAY with a
+    Range): a file cut short meanwhile is an error, not SIGBUS."""
+    done = subprocess.run([PYTHON, "-c", HINTFILE_CUT, str(tmp_path)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode != -signal.SIGBUS, "the hint reader died of SIGBUS"
+    assert done.stdout.startswith("HintError"), done.stdout + done.stderr
+    assert "cut short" in done.stdout
+
+
+# --- the daemon: cached files cut short under its viewers ---------------------
+
+import json  # noqa: E402
+import re  # noqa: E402
+import time  # noqa: E402
+
+from appliance.bench.rtsp_client import RtpReceiver, RtspClient  # noqa: E402
+
+
+def _play(client: RtspClient, receiver: RtpReceiver, name: str):
+    url = client.url(name)
+    assert client.request("DESCRIBE", url, [("Accept", "application/sdp")]).status == 200
+    session, _, _ = client.setup_udp(url + "/trackID=0", receiver.ports)
+    resp = client.request("PLAY", url + "/", [("Session", session), ("Range", "npt=0-")])
+    assert resp.status == 200, resp
+    return session
+
+
+def _files(d: KvodDaemon, name: str) -> tuple[str, str]:
+    info = json.loads(d.kvod("catalog", "show", name, "--json").stdout)
+    return info["media_path"], info["tracks"][0]["hint_path"]
+
+
+def _wait(what, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if what():
+            return True
+        time.sleep(0.05)
+    return what()
+
+
+@pytest.mark.parametrize("cut", ["media", "hint"])
+def test_a_cached_file_cut_short_under_a_viewer(tmp_path, ts_file, short_ts_file, cut):
+    """The daemon survives; only that title's viewer is ended, with BYE;
+    the title is marked damaged (status, catalog list) and DESCRIBE of it
+    answers 503; the other title's viewer plays on; no traceback."""
+    d = KvodDaemon(str(tmp_path))
+    d.add(ts_file, "movie")
+    d.add(ts_file, "other")
+    d.start()
+    viewers = []
+    try:
+        for name in ("movie", "other"):
+            receiver, client = RtpReceiver(), RtspClient("127.0.0.1", d.port)
+            viewers.append((receiver, client))
+            _play(client, receiver, name)
+        assert _wait(lambda: len(viewers[0][0].packets) > 20, 5)
+        media, hint = _files(d, "movie")
+        # one page: the rest of its records / bytes lie past the end
+        os.truncate(media if cut == "media" else hint, 4096)
+        movie, other = viewers[0][0], viewers[1][0]
+        assert _wait(movie.got_bye, 5), "the viewer of the cut title was not ended"
+        assert d.proc.poll() is None, "the daemon died"
+        sent = len(other.packets)
+        time.sleep(0.5)
+        assert len(other.packets) > sent and not other.got_bye()
+        listed = d.kvod("catalog", "list").stdout
+        assert re.search(r"^movie\s+damaged", listed, re.M), listed
+        assert re.search(r"^other\s+complete", listed, re.M), listed
+        status = json.loads(d.kvod("status", "--json").stdout)
+        assert [t["name"] for t in status["damaged_titles"]] == ["movie"]
+        assert "damaged title: movie" in d.kvod("status").stdout
+        probe = RtspClient("127.0.0.1", d.port)
+        try:
+            answer = probe.request("DESCRIBE", probe.url("movie"),
+                                   [("Accept", "application/sdp")])
+            assert answer.status == 503
+            assert probe.request("DESCRIBE", probe.url("other"),
+                                 [("Accept", "application/sdp")]).status == 200
+        finally:
+            probe.close()
+    finally:
+        for receiver, client in viewers:
+            client.close()
+            receiver.close()
+        code = d.stop()
+    log = d.log()
+    assert code == 0, log
+    assert "Traceback" not in log
+    assert "title movie is damaged" in log

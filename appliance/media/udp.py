@@ -26,7 +26,7 @@ from appliance.media.rtcp_demux import report_blocks
 from appliance.media.server_ports import PerSessionPorts, SharedPorts
 from rtpengine import rtcp
 from rtpengine.engine import Engine, EngineError
-from rtpengine.hintfile import HintFile
+from rtpengine.hintfile import HintError, HintFile
 from rtpengine.rtp import RtpHeader, random_seq, random_ssrc, random_ts, seq_add, ts_add
 from rtpengine.index.ts_trailer import TAIL_BYTES, pes_flush_trailer
 
@@ -110,7 +110,27 @@ class UdpMediaStream:
         return (fill is not None and not fill.covered(npt_ns)
                 and fill.segment_for(npt_ns) is None)
 
+    def _files_damaged(self, why: str) -> None:
+        """The title's cached files were cut short or changed under this
+        stream: end it (RTCP BYE) and have the title marked damaged."""
+        log.warning("stream %s: %s; ending it with BYE", self.label, why)
+        try:
+            self._end_early()
+        finally:
+            self.backend.on_damaged(self.title_name, why)
+
+    def _damage_error(self, exc: Exception) -> MediaUnavailable:
+        why = f"the files of {self.title_name} changed under the stream ({exc})"
+        self._files_damaged(why)
+        return MediaUnavailable(why)
+
     def keyframe_at_or_before(self, npt_ns: int) -> tuple[int, int]:
+        try:
+            return self._keyframe_at_or_before(npt_ns)
+        except HintError as exc:
+            raise self._damage_error(exc) from None
+
+    def _keyframe_at_or_before(self, npt_ns: int) -> tuple[int, int]:
         fill = self.fill
         if fill is not None:
             # the hints that reach npt: the main ones, or a seek segment's
@@ -153,7 +173,10 @@ class UdpMediaStream:
         index = self._stream.stats().next_record
         if index >= len(self.hints):
             return self.duration_ns
-        return self.hints.record(index).send_ns
+        try:
+            return self.hints.record(index).send_ns
+        except HintError as exc:
+            raise self._damage_error(exc) from None
 
     def play(self, record: int | None) -> PlayStart:
         self.waiting_since = None
@@ -161,7 +184,12 @@ class UdpMediaStream:
         # the engine says where it started, read under the lock that
         # orders it with the sends (dropped packets used up their sequence
         # numbers, as network loss would)
-        start = self._stream.play(start_record=record)
+        try:
+            start = self._stream.play(start_record=record)
+        except EngineError as exc:
+            if exc.errno != errno.EFAULT:
+                raise
+            raise self._damage_error(exc) from None
         self.bye_sent = False
         return PlayStart(seq=start.seq, rtptime=start.rtp_ts, npt_ns=start.send_ns)
 
@@ -169,7 +197,7 @@ class UdpMediaStream:
         self._stream.pause()
 
     def has_ended(self) -> bool:
-        return self._stream is not None and self._stream.stats().state == "ended"
+        return self._stream is not None and self._stream.stats().state in ("ended", "failed")
 
     def _cancel_bye(self) -> None:
         if self._bye_call is not None and self._bye_call.active():
@@ -288,7 +316,14 @@ class UdpMediaStream:
         for bytes longer than the stall timeout (or for a fill that stopped)."""
         if self._stream is None or self.bye_sent:
             return
-        state = self._stream.stats().state
+        stats = self._stream.stats()
+        state = stats.state
+        if state == "failed":
+            self._files_damaged(
+                f"the files of {self.title_name} were cut short or changed under the "
+                f"stream ({errno.errorcode.get(stats.last_errno, stats.last_errno)}: "
+                f"{os.strerror(stats.last_errno)})")
+            return
         if state == "waiting":
             now = time.monotonic()
             if self.waiting_since is None:
@@ -362,10 +397,14 @@ class UdpMediaBackend:
                  sr_interval: float, cname: str,
                  on_alive: Callable[[str], None] = lambda session_id: None,
                  fill_for: Callable[[str], object] = lambda name: None,
+                 on_damaged: Callable[[str, str], None] = lambda name, why: None,
                  stall_timeout: float = 20.0, pacing: str = "auto"):
+        """``on_damaged(name, why)``: a stream found title ``name``'s cached
+        files cut short or changed (the cache marks it damaged)."""
         self.engine = engine
         self.pacing = pacing  # [engine] pacing, for every stream's open_stream
         self.fill_for = fill_for
+        self.on_damaged = on_damaged
         self.stall_timeout = stall_timeout
         self.reactor = reactor
         self.ports = ports
