@@ -391,3 +391,95 @@ def test_a_cached_file_cut_short_under_a_viewer(tmp_path, ts_file, short_ts_file
     assert code == 0, log
     assert "Traceback" not in log
     assert "title movie is damaged" in log
+
+
+def test_a_damaged_title_with_an_origin_is_fetched_again(tmp_path, ts_file):
+    from tests.helpers.origins import FaultOrigin
+    data = open(ts_file, "rb").read()       # 10 s: the cut comes well before its end
+    origin = FaultOrigin({"t.ts": data})
+    d = KvodDaemon(str(tmp_path), extra=f'[origin]\nbase_url = ["{origin.base_url}"]\n')
+    try:
+        d.start()
+
+        def info() -> dict:
+            return json.loads(d.kvod("catalog", "show", "t.ts", "--json").stdout)
+
+        receiver, client = RtpReceiver(), RtspClient("127.0.0.1", d.port)
+        try:
+            _play(client, receiver, "t.ts")
+            assert _wait(lambda: info()["state"] == "complete", 20)
+        finally:
+            client.close()
+            receiver.close()
+        receiver, client = RtpReceiver(), RtspClient("127.0.0.1", d.port)
+        try:
+            _play(client, receiver, "t.ts")
+            assert _wait(lambda: len(receiver.packets) > 20, 5)
+            os.truncate(info()["media_path"], 4096)
+            assert _wait(receiver.got_bye, 5)
+        finally:
+            client.close()
+            receiver.close()
+        assert _wait(lambda: info()["damaged"], 5)
+        # asked for again: fetched again, whole, and sound
+        receiver, client = RtpReceiver(), RtspClient("127.0.0.1", d.port)
+        try:
+            _play(client, receiver, "t.ts")
+            assert _wait(lambda: info()["state"] == "complete", 20)
+            assert _wait(receiver.got_bye, 15)
+        finally:
+            client.close()
+            receiver.close()
+        assert info()["damaged"] is None
+        with open(info()["media_path"], "rb") as f:
+            assert f.read() == data
+        assert b"".join(p[12:] for _, p in receiver.packets) == data
+    finally:
+        origin.stop()
+        code = d.stop()
+    log = d.log()
+    assert code == 0, log
+    assert "Traceback" not in log
+    assert "title t.ts is damaged" in log
+
+
+@pytest.mark.parametrize("change", ["cut media", "cut hint", "grow media", "unreadable"])
+def test_cached_files_changed_while_nobody_watches(tmp_path, short_ts_file, change):
+    """A title whose files no longer match the catalog when SETUP opens
+    them is refused with 503 and marked damaged (or, unreadable, refused
+    and named), never a traceback."""
+    d = KvodDaemon(str(tmp_path))
+    d.add(short_ts_file, "clip")
+    media, hint = _files(d, "clip")
+    if change == "cut media":
+        os.truncate(media, 188 * 100)
+    elif change == "cut hint":
+        os.truncate(hint, 64 + 32 * 10)
+    elif change == "grow media":
+        with open(media, "ab") as f:
+            f.write(b"\x47" + bytes(187))
+    d.start()
+    try:
+        if change == "unreadable":
+            # root reads anything: make the file a folder instead
+            os.unlink(media)
+            os.mkdir(media)
+        receiver, client = RtpReceiver(), RtspClient("127.0.0.1", d.port)
+        try:
+            url = client.url("clip")
+            client.request("DESCRIBE", url, [("Accept", "application/sdp")])
+            resp = client.request("SETUP", url + "/trackID=0",
+                                  [("Transport", f"RTP/AVP;unicast;client_port="
+                                                 f"{receiver.ports[0]}-{receiver.ports[1]}")])
+            assert resp.status == 503, resp
+            assert d.proc.poll() is None
+        finally:
+            client.close()
+            receiver.close()
+        if change != "unreadable":
+            assert re.search(r"^clip\s+damaged", d.kvod("catalog", "list").stdout, re.M)
+    finally:
+        code = d.stop()
+    log = d.log()
+    assert code == 0, log
+    assert "Traceback" not in log

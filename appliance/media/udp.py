@@ -21,7 +21,7 @@ from twisted.internet.task import LoopingCall
 
 from appliance.rtsp.client_quirks import NO_QUIRKS, ClientQuirks
 from appliance.cache.fill import HintUpdate
-from appliance.rtsp.media_api import MediaUnavailable, PlayStart
+from appliance.rtsp.media_api import MediaFilesBad, MediaUnavailable, PlayStart
 from appliance.media.rtcp_demux import report_blocks
 from appliance.media.server_ports import PerSessionPorts, SharedPorts
 from rtpengine import rtcp
@@ -61,7 +61,7 @@ class UdpMediaStream:
         self.fill = backend.fill_for(title.name) if title.state != "complete" else None
         update = self.fill.hints() if self.fill is not None else HintUpdate(
             track.hint_path, None, False)
-        self.hints = HintFile(update.path, record_count=update.count)
+        self.hints = self._open_hints(title, update)
         self.main_hint_path = update.path
         self.segment = None
         # 0 (unknown) while the title fills: its duration is only an estimate
@@ -79,7 +79,7 @@ class UdpMediaStream:
         try:
             self._ports = backend.ports.lease(self)
             self.server_ports = self._ports.server_ports
-            media_fd = os.open(title.media_path, os.O_RDONLY | os.O_CLOEXEC)
+            media_fd = self._open_media(title)
             try:
                 hint_fd = os.open(update.path, os.O_RDONLY | os.O_CLOEXEC)
                 try:
@@ -101,6 +101,41 @@ class UdpMediaStream:
         except BaseException:
             self.close()
             raise
+
+    # -- the title's files: what the catalog recorded, or refused --------------
+
+    def _bad_files(self, why: str, *, damaged: bool) -> MediaFilesBad:
+        log.warning("stream %s: %s", self.label, why)
+        if damaged:
+            self.backend.on_damaged(self.title_name, why)
+        return MediaFilesBad(why, damaged=damaged)
+
+    def _open_hints(self, title, update: HintUpdate) -> HintFile:
+        try:
+            return HintFile(update.path, record_count=update.count)
+        except HintError as exc:
+            raise self._bad_files(f"the hint file of {title.name} is damaged: {exc}",
+                                  damaged=True) from None
+        except OSError as exc:
+            # unreadable (permissions, a folder in its place): not damaged,
+            # the operator can mend it; named in the log
+            raise self._bad_files(f"cannot read {update.path}: {exc.strerror}",
+                                  damaged=False) from None
+
+    def _open_media(self, title) -> int:
+        try:
+            fd = os.open(title.media_path, os.O_RDONLY | os.O_CLOEXEC)
+            size = os.fstat(fd).st_size
+        except OSError as exc:
+            raise self._bad_files(f"cannot read {title.media_path}: {exc.strerror}",
+                                  damaged=False) from None
+        # a complete title's file is as long as the hints were made for:
+        # one cut short or grown (or another file put there) is not it
+        if title.state == "complete" and title.size is not None and size != title.size:
+            os.close(fd)
+            raise self._bad_files(f"{title.media_path} is {size} bytes, the catalog "
+                                  f"recorded {title.size}", damaged=True)
+        return fd
 
     # -- MediaStream ----------------------------------------------------------
 

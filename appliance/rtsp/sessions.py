@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from urllib.parse import quote, unquote, urlsplit
 
 from appliance.rtsp.client_quirks import quirks_for
-from appliance.rtsp.media_api import MediaBackend, MediaStream, MediaUnavailable
+from appliance.rtsp.media_api import MediaBackend, MediaFilesBad, MediaStream, MediaUnavailable
 from appliance.rtsp import (
     Request,
     Response,
@@ -271,6 +271,9 @@ class RtspServer:
                                              client_host=peer_host,
                                              client_ports=spec.client_port,
                                              quirks=quirks_for(req.headers.get("User-Agent")))
+        except MediaFilesBad as exc:
+            # the server's own files, not the client's request or its bandwidth
+            raise RtspFailure(503, f"cannot serve {title.name}: {exc}") from None
         except MediaUnavailable as exc:
             raise RtspFailure(453, f"cannot open a stream: {exc}") from None
         if session is None:
