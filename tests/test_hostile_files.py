@@ -483,3 +483,37 @@ def test_cached_files_changed_while_nobody_watches(tmp_path, short_ts_file, chan
     log = d.log()
     assert code == 0, log
     assert "Traceback" not in log
+
+
+def test_the_growing_index_reads_a_fills_file_cut_short_as_an_error(tmp_path, ts_file):
+    """A fill feeds its growing index from the file it writes. Through a
+    mapping, a page past the end of a file cut short meanwhile is SIGBUS
+    in the daemon (a race: between the cut and the fill's next write);
+    the fill now hands it a FileBytes (pread), whose short read is an
+    error for that title only."""
+    from rtpengine.index.mpegts import FileBytes, FileChanged
+    from rtpengine.index.mpegts_growing import GrowingTsIndex
+    path = str(tmp_path / "filling.ts")
+    shutil.copyfile(ts_file, path)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        index = GrowingTsIndex("t")
+        src = FileBytes(fd, path)
+        half = os.path.getsize(path) // 2
+        assert index.feed(src, half) > 0            # the same as over a buffer
+        with open(ts_file, "rb") as f:
+            whole = GrowingTsIndex("w")
+            assert whole.feed(f.read(), half) == index.ready()
+            whole.close()
+        os.truncate(path, 188 * 1024)
+        with pytest.raises(FileChanged, match="cut short"):
+            index.feed(src, os.path.getsize(ts_file))
+        index.close()
+    finally:
+        os.close(fd)
+
+
+def test_a_fill_never_maps_the_file_it_writes():
+    import inspect
+    from appliance.cache import fill
+    assert "mmap" not in inspect.getsource(fill)

@@ -409,6 +409,48 @@ class FileChanged(MediaError):
     """The file changed (size, time or identity) while it was read."""
 
 
+class FileBytes:
+    """The bytes of an open file, read with ``pread`` when asked for:
+    what a fill's growing index reads instead of a mapping of the file it
+    writes (a page past the end of a file cut short meanwhile would kill
+    the daemon with SIGBUS; a short read here is a :class:`FileChanged`).
+    Indexing and slicing read the file; ``fd`` stays the caller's."""
+
+    def __init__(self, fd: int, name: str) -> None:
+        self.fd = fd
+        self.name = name
+
+    def read(self, offset: int, size: int) -> bytes:
+        """Exactly ``size`` bytes at ``offset``, or FileChanged."""
+        data = os.pread(self.fd, size, offset)
+        while len(data) < size:
+            more = os.pread(self.fd, size - len(data), offset + len(data))
+            if not more:
+                raise FileChanged(f"{self.name}: the file was cut short: it ends at byte "
+                                  f"{offset + len(data)}, {offset + size} were there")
+            data += more
+        return data
+
+    def __getitem__(self, key):
+        if isinstance(key, slice):
+            start, stop, step = key.indices(1 << 62)
+            if step != 1:
+                raise ValueError("FileBytes slices have no step")
+            return self.read(start, max(stop - start, 0))
+        return self.read(key, 1)[0]
+
+
+def read_window(src, offset: int, size: int) -> bytes:
+    """``size`` bytes at ``offset`` of ``src``: a :class:`FileBytes` or any
+    buffer holding the file from offset 0."""
+    if isinstance(src, FileBytes):
+        return src.read(offset, size)
+    data = bytes(memoryview(src)[offset:offset + size])
+    if len(data) < size:
+        raise MediaError(f"buffer of {len(src)} bytes, asked for {offset + size}")
+    return data
+
+
 def file_identity(st: os.stat_result) -> tuple[int, int, int, int]:
     """What says a file is still the one that was read: device, inode,
     size and modification time."""
