@@ -491,7 +491,8 @@ def test_the_growing_index_reads_a_fills_file_cut_short_as_an_error(tmp_path, ts
     in the daemon (a race: between the cut and the fill's next write);
     the fill now hands it a FileBytes (pread), whose short read is an
     error for that title only."""
-    from rtpengine.index.mpegts import FileBytes, FileChanged
+    from rtpengine.index.errors import FileChanged
+    from rtpengine.index.file_reads import FileBytes
     from rtpengine.index.mpegts_growing import GrowingTsIndex
     path = str(tmp_path / "filling.ts")
     shutil.copyfile(ts_file, path)

@@ -44,7 +44,8 @@ from catalog import TitleNotFound
 from catalog.byte_ranges import Range, add, end_from, subtract, union
 from rtpengine.index.errors import MediaError
 from rtpengine.hintfile import RECORD_SIZE, GrowingHintFile, HintRecord
-from rtpengine.index.mpegts import CLOCK_RATE, PAYLOAD_TYPE_MP2T, FileBytes
+from rtpengine.index.file_reads import FileBytes
+from rtpengine.index.mpegts import CLOCK_RATE, PAYLOAD_TYPE_MP2T
 from rtpengine.index.mpegts_growing import GrowingTsIndex, estimate_duration_ns, first_pcr
 
 log = logging.getLogger(__name__)

@@ -24,7 +24,8 @@ from typing import Callable
 from appliance.cache.layout import hint_path, media_path, title_folder
 from catalog import InvalidTitleName, TitleExists, validate_title_name
 from rtpengine.index.errors import MediaError
-from rtpengine.index.mpegts import file_identity, index_mpegts
+from rtpengine.index.file_reads import file_identity
+from rtpengine.index.mpegts import index_mpegts
 
 TS_SYNC = 0x47
 COPY_CHUNK = 8 << 20

@@ -26,7 +26,8 @@ from typing import Iterator, NamedTuple
 
 import construct as cs
 
-from rtpengine.index.errors import MediaError
+from rtpengine.index.errors import FileChanged, MediaError
+from rtpengine.index.file_reads import file_identity, read_exactly
 from rtpengine.hintfile import RECORD_SIZE, HintHeader, write_hint_file
 
 try:
@@ -405,73 +406,9 @@ def write_index_hints(scan: "_Scan", hint_path, index: TsIndex) -> None:
     write_hint_file(hint_path, header, scan.records())
 
 
-class FileChanged(MediaError):
-    """The file changed (size, time or identity) while it was read."""
-
-
-class FileBytes:
-    """The bytes of an open file, read with ``pread`` when asked for:
-    what a fill's growing index reads instead of a mapping of the file it
-    writes (a page past the end of a file cut short meanwhile would kill
-    the daemon with SIGBUS; a short read here is a :class:`FileChanged`).
-    Indexing and slicing read the file; ``fd`` stays the caller's."""
-
-    def __init__(self, fd: int, name: str) -> None:
-        self.fd = fd
-        self.name = name
-
-    def read(self, offset: int, size: int) -> bytes:
-        """Exactly ``size`` bytes at ``offset``, or FileChanged."""
-        data = os.pread(self.fd, size, offset)
-        while len(data) < size:
-            more = os.pread(self.fd, size - len(data), offset + len(data))
-            if not more:
-                raise FileChanged(f"{self.name}: the file was cut short: it ends at byte "
-                                  f"{offset + len(data)}, {offset + size} were there")
-            data += more
-        return data
-
-    def __getitem__(self, key):
-        if isinstance(key, slice):
-            start, stop, step = key.indices(1 << 62)
-            if step != 1:
-                raise ValueError("FileBytes slices have no step")
-            return self.read(start, max(stop - start, 0))
-        return self.read(key, 1)[0]
-
-
-def read_window(src, offset: int, size: int) -> bytes:
-    """``size`` bytes at ``offset`` of ``src``: a :class:`FileBytes` or any
-    buffer holding the file from offset 0."""
-    if isinstance(src, FileBytes):
-        return src.read(offset, size)
-    data = bytes(memoryview(src)[offset:offset + size])
-    if len(data) < size:
-        raise MediaError(f"buffer of {len(src)} bytes, asked for {offset + size}")
-    return data
-
-
-def file_identity(st: os.stat_result) -> tuple[int, int, int, int]:
-    """What says a file is still the one that was read: device, inode,
-    size and modification time."""
-    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
-
-
-def _read_exactly(fd: int, buf: bytearray, offset: int, size: int, name: str) -> memoryview:
-    view = memoryview(buf)[:size]
-    got = 0
-    while got < size:
-        n = os.preadv(fd, [view[got:]], offset + got)
-        if n == 0:
-            raise FileChanged(f"{name}: the file changed while it was indexed: it ends "
-                              f"at byte {offset + got}, it had {offset + size}+ bytes")
-        got += n
-    return view
-
-
 def _index_fd(fd: int, size: int, name: str, hint_path) -> TsIndex:
     head = bytearray(min(size, HEAD_BYTES))
-    _read_exactly(fd, head, 0, len(head), name)
+    read_exactly(fd, head, 0, len(head), name)
     _check_framing(head, size, name)
     with ffi.from_buffer(head) as chead:
         program = find_program(head, chead, len(head), name)
@@ -479,7 +416,7 @@ def _index_fd(fd: int, size: int, name: str, hint_path) -> TsIndex:
     with _Scan(program) as scan, ffi.from_buffer(buf) as cbuf:
         for start in range(0, size, READ_BYTES):
             end = min(size, start + READ_BYTES)
-            _read_exactly(fd, buf, start, end - start, name)
+            read_exactly(fd, buf, start, end - start, name)
             scan.scan(head, cbuf, start, end, name, win_start=start)
         scan.finish()
         index = finished_index(program, scan, size, name)

@@ -29,9 +29,10 @@ from typing import Optional
 
 from rtpengine.index.errors import MediaError
 from rtpengine.hintfile import RECORD_SIZE
+from rtpengine.index.file_reads import read_window
 from rtpengine.index.mpegts import (PACKET_SIZE, PSI_SEARCH_BYTES, READ_BYTES, SYNC_BYTE, TsIndex,
                                    TsProgram, _Scan, _check_framing, ffi, find_program,
-                                   finished_index, lib, read_window, write_index_hints)
+                                   finished_index, lib, write_index_hints)
 
 _TIMES = struct.Struct("<IQ")     # rtp_ts, send_ns at offset 12 of a record
 KEYFRAME = 0x0002
