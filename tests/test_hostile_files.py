@@ -443,7 +443,8 @@ def test_a_damaged_title_with_an_origin_is_fetched_again(tmp_path, ts_file):
     assert "title t.ts is damaged" in log
 
 
-@pytest.mark.parametrize("change", ["cut media", "cut hint", "grow media", "unreadable"])
+@pytest.mark.parametrize("change", ["cut media", "cut hint", "grow media", "hint header",
+                                    "unreadable"])
 def test_cached_files_changed_while_nobody_watches(tmp_path, short_ts_file, change):
     """A title whose files no longer match the catalog when SETUP opens
     them is refused with 503 and marked damaged (or, unreadable, refused
@@ -458,6 +459,9 @@ def test_cached_files_changed_while_nobody_watches(tmp_path, short_ts_file, chan
     elif change == "grow media":
         with open(media, "ab") as f:
             f.write(b"\x47" + bytes(187))
+    elif change == "hint header":
+        with open(hint, "r+b") as f:
+            f.write(b"NOTAHINT")
     d.start()
     try:
         if change == "unreadable":
