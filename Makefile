@@ -60,7 +60,8 @@ test-asan: deps
 		ASAN_OPTIONS=detect_leaks=0 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
 		$(PYTHON) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS) \
 		tests/test_engine.py tests/test_strategies.py tests/test_mpegts.py \
-		tests/test_engine_growing.py tests/test_mpegts_growing.py tests/test_kernel_pacing.py
+		tests/test_engine_growing.py tests/test_mpegts_growing.py tests/test_kernel_pacing.py \
+		tests/test_hostile_files.py
 
 bench: engine
 	$(KVOD) bench index
