@@ -112,6 +112,11 @@ def _add_titles_damaged(db: Database) -> None:
     # column beside the fill state, not a state: a damaged title was
     # complete or partial, and fetching it again starts from either.
     db.execute("ALTER TABLE titles ADD COLUMN damaged TEXT")
+    # Which file a complete title's media file was when it was recorded
+    # (inode, modification time; NULL: not known): one replaced or
+    # rewritten since, even at the same size, is not what was indexed.
+    db.execute("ALTER TABLE titles ADD COLUMN media_inode INTEGER")
+    db.execute("ALTER TABLE titles ADD COLUMN media_mtime_ns INTEGER")
 
 
 MIGRATIONS: tuple[Migration, ...] = (

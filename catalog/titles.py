@@ -37,7 +37,7 @@ _NAME_CHARS = frozenset(string.ascii_letters + string.digits + "._-")
 _TITLE_COLUMNS = (
     "id", "name", "origin_url", "container", "media_path", "folder", "size",
     "duration_ns", "bitrate", "etag", "last_modified", "state", "pinned", "hits",
-    "last_access", "created", "damaged",
+    "last_access", "created", "damaged", "media_inode", "media_mtime_ns",
 )
 _TRACK_COLUMNS = (
     "id", "title_id", "track_index", "media_type", "codec", "payload_type",
@@ -120,6 +120,9 @@ class Title:
     tracks: tuple[Track, ...] = ()
     # why its cached files are not what was recorded (None: they are)
     damaged: str | None = None
+    # the media file that was indexed (None: not recorded)
+    media_inode: int | None = None
+    media_mtime_ns: int | None = None
 
 
 @dataclass(frozen=True)
@@ -219,6 +222,8 @@ _UPDATABLE = {
     "bitrate": lambda v: _check_count("bitrate", v, optional=True),
     "etag": lambda v: _check_text("etag", v, optional=True),
     "last_modified": lambda v: _check_text("last_modified", v, optional=True),
+    "media_inode": lambda v: _check_count("media_inode", v, optional=True),
+    "media_mtime_ns": lambda v: _check_count("media_mtime_ns", v, optional=True),
 }
 _UPDATABLE_PATHS = ("media_path", "folder")
 
@@ -342,7 +347,8 @@ class Catalog:
 
     def update_title(self, name: str, **changes: Any) -> Title:
         """Change descriptive fields (origin_url, container, media_path, folder, size,
-        duration_ns, bitrate, etag, last_modified) and return the updated title.
+        duration_ns, bitrate, etag, last_modified, media_inode, media_mtime_ns) and
+        return the updated title.
 
         A new ``size`` may not cut off a range already recorded as cached.
         """

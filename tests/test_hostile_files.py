@@ -447,7 +447,7 @@ def test_a_damaged_title_with_an_origin_is_fetched_again(tmp_path, ts_file):
 
 
 @pytest.mark.parametrize("change", ["cut media", "cut hint", "grow media", "hint header",
-                                    "unreadable"])
+                                    "rewrite media", "replace media", "unreadable"])
 def test_cached_files_changed_while_nobody_watches(tmp_path, short_ts_file, change):
     """A title whose files no longer match the catalog when SETUP opens
     them is refused with 503 and marked damaged (or, unreadable, refused
@@ -465,6 +465,13 @@ def test_cached_files_changed_while_nobody_watches(tmp_path, short_ts_file, chan
     elif change == "hint header":
         with open(hint, "r+b") as f:
             f.write(b"NOTAHINT")
+    elif change == "rewrite media":           # in place, the same size
+        with open(media, "r+b") as f:
+            f.seek(188 * 50)
+            f.write(b"\x47" + bytes(187))
+    elif change == "replace media":           # another file, the same size
+        shutil.copyfile(media, media + ".other")
+        os.replace(media + ".other", media)
     d.start()
     try:
         if change == "unreadable":

@@ -783,6 +783,10 @@ class TitleFill:
         self.catalog.update_title(self.name, duration_ns=index.duration_ns,
                                   bitrate=index.bitrate)
         self.catalog.replace_tracks(self.name, [self._track(index.records)])
+        # the file that was indexed, whole: what SETUP checks it against
+        st = os.fstat(self._fd)
+        self.catalog.update_title(self.name, media_inode=st.st_ino,
+                                  media_mtime_ns=st.st_mtime_ns)
         self.catalog.set_state(self.name, "complete")
         self.complete = True
         self.finished_at = time.monotonic()

@@ -143,7 +143,7 @@ def ingest_file(catalog, cache_dir: str, source: str, name: str, *, now: float,
             raise IngestError(f"{media}: the file changed while it was being indexed; "
                               f"add {source} again")
         try:
-            return catalog.add_title(
+            catalog.add_title(
                 name, container=container, media_path=media, folder=folder,
                 size=index.size, duration_ns=index.duration_ns, bitrate=index.bitrate,
                 state="complete", now=now,
@@ -152,6 +152,8 @@ def ingest_file(catalog, cache_dir: str, source: str, name: str, *, now: float,
                              hint_path=hint, packets=index.records)])
         except TitleExists as exc:
             raise IngestError(str(exc)) from None
+        # what SETUP checks the file against: the one that was indexed
+        return catalog.update_title(name, media_inode=after[1], media_mtime_ns=after[3])
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise

@@ -125,7 +125,8 @@ class UdpMediaStream:
     def _open_media(self, title) -> int:
         try:
             fd = os.open(title.media_path, os.O_RDONLY | os.O_CLOEXEC)
-            size = os.fstat(fd).st_size
+            st = os.fstat(fd)
+            size = st.st_size
         except OSError as exc:
             raise self._bad_files(f"cannot read {title.media_path}: {exc.strerror}",
                                   damaged=False) from None
@@ -135,6 +136,12 @@ class UdpMediaStream:
             os.close(fd)
             raise self._bad_files(f"{title.media_path} is {size} bytes, the catalog "
                                   f"recorded {title.size}", damaged=True)
+        # the same size, but another file or rewritten since it was indexed
+        if title.state == "complete" and title.media_inode is not None and (
+                st.st_ino, st.st_mtime_ns) != (title.media_inode, title.media_mtime_ns):
+            os.close(fd)
+            raise self._bad_files(f"{title.media_path} was replaced or rewritten since it "
+                                  f"was indexed", damaged=True)
         return fd
 
     # -- MediaStream ----------------------------------------------------------
