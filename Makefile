@@ -85,6 +85,7 @@ test-asan: deps
 		tests/test_engine.py tests/test_strategies.py tests/test_mpegts.py \
 		tests/test_engine_growing.py tests/test_mpegts_growing.py tests/test_kernel_pacing.py \
 		tests/test_mp4_index.py
+		tests/test_hostile_files.py
 
 bench: engine
 	$(KVOD) bench index

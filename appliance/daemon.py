@@ -115,7 +115,8 @@ class KvodService(service.MultiService):
             sr_interval=config.rtcp.sr_interval,
             cname=f"kvod@{socket.gethostname()}",
             on_alive=lambda session_id: self.server.touch(session_id, time.monotonic()),
-            fill_for=self.cache.fill_for, stall_timeout=config.cache.stall_timeout,
+            fill_for=self.cache.fill_for, on_damaged=self.cache.mark_damaged,
+            stall_timeout=config.cache.stall_timeout,
             pacing=config.engine.pacing)
         self.http_site = http_site(self.cache, reactor, config.http.target_duration)
         # a title downloaded or played must not be evicted under its readers
@@ -146,7 +147,8 @@ class KvodService(service.MultiService):
     def status(self) -> dict:
         """The daemon's status snapshot (``/status``, ``kvod status``)."""
         status = daemon_status(engine=self.engine, server=self.server, started=self.started,
-                               ports=self.media.ports.status(), traffic=self.media.traffic())
+                               ports=self.media.ports.status(), traffic=self.media.traffic(),
+                               damaged=self.catalog.damaged_titles())
         status["engine"]["description"] = self.engine_description
         return status
 

@@ -106,9 +106,23 @@ def _create_cache_meta(db: Database) -> None:
     db.execute("ALTER TABLE titles ADD COLUMN cache_priority REAL NOT NULL DEFAULT 0")
 
 
+def _add_titles_damaged(db: Database) -> None:
+    # Why a title's cached files are no longer what was recorded (a file
+    # cut short or changed under a stream); NULL while they are sound. A
+    # column beside the fill state, not a state: a damaged title was
+    # complete or partial, and fetching it again starts from either.
+    db.execute("ALTER TABLE titles ADD COLUMN damaged TEXT")
+    # Which file a complete title's media file was when it was recorded
+    # (inode, modification time; NULL: not known): one replaced or
+    # rewritten since, even at the same size, is not what was indexed.
+    db.execute("ALTER TABLE titles ADD COLUMN media_inode INTEGER")
+    db.execute("ALTER TABLE titles ADD COLUMN media_mtime_ns INTEGER")
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "create_titles_tracks_ranges", _create_titles_tracks_ranges),
     Migration(2, "create_cache_meta", _create_cache_meta),
+    Migration(3, "add_titles_damaged", _add_titles_damaged),
 )
 
 

@@ -37,7 +37,7 @@ _NAME_CHARS = frozenset(string.ascii_letters + string.digits + "._-")
 _TITLE_COLUMNS = (
     "id", "name", "origin_url", "container", "media_path", "folder", "size",
     "duration_ns", "bitrate", "etag", "last_modified", "state", "pinned", "hits",
-    "last_access", "created",
+    "last_access", "created", "damaged", "media_inode", "media_mtime_ns",
 )
 _TRACK_COLUMNS = (
     "id", "title_id", "track_index", "media_type", "codec", "payload_type",
@@ -118,6 +118,11 @@ class Title:
     last_access: float | None
     created: float
     tracks: tuple[Track, ...] = ()
+    # why its cached files are not what was recorded (None: they are)
+    damaged: str | None = None
+    # the media file that was indexed (None: not recorded)
+    media_inode: int | None = None
+    media_mtime_ns: int | None = None
 
 
 @dataclass(frozen=True)
@@ -217,6 +222,8 @@ _UPDATABLE = {
     "bitrate": lambda v: _check_count("bitrate", v, optional=True),
     "etag": lambda v: _check_text("etag", v, optional=True),
     "last_modified": lambda v: _check_text("last_modified", v, optional=True),
+    "media_inode": lambda v: _check_count("media_inode", v, optional=True),
+    "media_mtime_ns": lambda v: _check_count("media_mtime_ns", v, optional=True),
 }
 _UPDATABLE_PATHS = ("media_path", "folder")
 
@@ -340,7 +347,8 @@ class Catalog:
 
     def update_title(self, name: str, **changes: Any) -> Title:
         """Change descriptive fields (origin_url, container, media_path, folder, size,
-        duration_ns, bitrate, etag, last_modified) and return the updated title.
+        duration_ns, bitrate, etag, last_modified, media_inode, media_mtime_ns) and
+        return the updated title.
 
         A new ``size`` may not cut off a range already recorded as cached.
         """
@@ -386,6 +394,16 @@ class Catalog:
         """Set a title's fill state: ``remote``, ``partial`` or ``complete``."""
         _check_state(state)
         self._update_one(name, "UPDATE titles SET state = ? WHERE name = ?", (state, name))
+
+    def set_damaged(self, name: str, why: str | None) -> None:
+        """Mark a title's cached files as damaged (``why``), or sound again (None)."""
+        _check_text("damaged", why, optional=True)
+        self._update_one(name, "UPDATE titles SET damaged = ? WHERE name = ?", (why, name))
+
+    def damaged_titles(self) -> list[tuple[str, str]]:
+        """(name, why) of every title marked damaged, by name."""
+        return [tuple(r) for r in self.db.execute(
+            "SELECT name, damaged FROM titles WHERE damaged IS NOT NULL ORDER BY name")]
 
     def set_pinned(self, name: str, pinned: bool) -> None:
         """Pin (never evict) or unpin a title."""

@@ -62,7 +62,10 @@ PACINGS = ("auto", "engine", "kernel")
 KERNEL_PACED_STRATEGIES = ("gso", "sendmmsg", "gso_zerocopy", "uring_gso")
 STATES = {lib.KVOD_STATE_IDLE: "idle", lib.KVOD_STATE_PLAYING: "playing",
           lib.KVOD_STATE_PAUSED: "paused", lib.KVOD_STATE_WAITING: "waiting",
-          lib.KVOD_STATE_ENDED: "ended"}
+          lib.KVOD_STATE_ENDED: "ended",
+          # its media or hint file shrank or changed under it (last_errno says
+          # how); it sends no more until played again
+          lib.KVOD_STATE_FAILED: "failed"}
 RECORD_CONTINUE = lib.KVOD_RECORD_CONTINUE
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import bisect
 import contextlib
 import dataclasses
-import mmap
 import os
 import struct
 from dataclasses import dataclass
@@ -239,35 +238,64 @@ class GrowingHintFile:
 
 
 class HintFile:
-    """A read-only mapping of a hint file, validated on open.
+    """A read-only hint file, validated on open.
 
-    Records are read lazily from the mapping; seeking is a binary search on
-    ``send_ns`` so opening a long title costs nothing per packet.
+    Records are read lazily, a block at a time; seeking is a binary search
+    on ``send_ns`` so opening a long title costs nothing per packet.
     ``record_count`` overrides the header's count (a
     :class:`GrowingHintFile` whose appender knows the count).
+
+    Read with ``pread``, not mapped: the daemon holds this open while it
+    streams, and a mapped page past the end of a file cut short meanwhile
+    would kill it with SIGBUS; a short read is a :class:`HintError`.
     """
+
+    BLOCK = 256 * RECORD_SIZE       # records read at once (8 KiB)
 
     def __init__(self, path: str | os.PathLike, record_count: int | None = None):
         self.path = os.fspath(path)
-        with open(self.path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
+        self._fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        self._block: tuple[int, bytes] = (-1, b"")
+        try:
+            size = os.fstat(self._fd).st_size
             if size < HEADER_SIZE:
                 raise HintError(f"{self.path}: hint file truncated ({size} bytes)")
-            self._map = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ)
-        try:
-            self.header = HintHeader.parse(self._map[:HEADER_SIZE])
+            self.header = HintHeader.parse(self._pread(0, HEADER_SIZE))
             if record_count is not None:
                 self.header = dataclasses.replace(self.header, record_count=record_count)
             want = HEADER_SIZE + self.header.record_count * RECORD_SIZE
             if size < want:
                 raise HintError(f"{self.path}: {size} bytes, header promises {want}")
         except BaseException:
-            self._map.close()
+            self.close()
             raise
 
+    def _pread(self, offset: int, size: int) -> bytes:
+        data = os.pread(self._fd, size, offset)
+        if len(data) < size:
+            raise HintError(f"{self.path}: the hint file was cut short: it ends before "
+                            f"byte {offset + size}")
+        return data
+
+    def read_bytes(self, offset: int, size: int) -> bytes:
+        """``size`` bytes of the file at ``offset`` (fewer at its end)."""
+        return os.pread(self._fd, size, offset)
+
+    def _record_bytes(self, index: int) -> bytes:
+        """The 32 bytes of record ``index``, from the block that holds it."""
+        first = index - index % (self.BLOCK // RECORD_SIZE)
+        if self._block[0] != first:
+            count = min(self.BLOCK // RECORD_SIZE, self.header.record_count - first)
+            self._block = (first, self._pread(HEADER_SIZE + first * RECORD_SIZE,
+                                              count * RECORD_SIZE))
+        at = (index - first) * RECORD_SIZE
+        return self._block[1][at:at + RECORD_SIZE]
+
     def close(self) -> None:
-        """Unmap the file."""
-        self._map.close()
+        """Close the file (twice is fine)."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
 
     def __enter__(self) -> "HintFile":
         return self
@@ -282,7 +310,7 @@ class HintFile:
         """Return record ``index`` (0-based)."""
         if not 0 <= index < self.header.record_count:
             raise IndexError(index)
-        return HintRecord.unpack_from(self._map, HEADER_SIZE + index * RECORD_SIZE)
+        return HintRecord.unpack_from(self._record_bytes(index))
 
     def __iter__(self) -> Iterator[HintRecord]:
         for i in range(self.header.record_count):
@@ -290,10 +318,10 @@ class HintFile:
 
     def records_bytes(self) -> bytes:
         """All records as one bytes object (for tests and tools)."""
-        return self._map[HEADER_SIZE:HEADER_SIZE + self.header.record_count * RECORD_SIZE]
+        return self._pread(HEADER_SIZE, self.header.record_count * RECORD_SIZE)
 
     def _send_ns(self, index: int) -> int:
-        return struct.unpack_from("<Q", self._map, HEADER_SIZE + index * RECORD_SIZE + 16)[0]
+        return struct.unpack_from("<Q", self._record_bytes(index), 16)[0]
 
     def index_at(self, send_ns: int) -> int:
         """Index of the last record whose send time is at or before ``send_ns``."""
@@ -321,4 +349,4 @@ class HintFile:
         return i
 
     def _flags(self, index: int) -> int:
-        return struct.unpack_from("<H", self._map, HEADER_SIZE + index * RECORD_SIZE + 24)[0]
+        return struct.unpack_from("<H", self._record_bytes(index), 24)[0]

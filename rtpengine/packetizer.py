@@ -29,10 +29,9 @@ def packetize(hints: HintFile, media, *, ssrc: int, seq0: int, ts0: int,
                         bool(rec.flags & REC_MARKER))
         if rec.flags & REC_BLOB:
             # BLOB offsets are relative to the hint file's blob area.
-            src, off = hints._map, blob_base + rec.offset
+            payload = hints.read_bytes(blob_base + rec.offset, rec.length)
         else:
-            src, off = media, rec.offset
-        payload = bytes(src[off:off + rec.length])
+            payload = bytes(media[rec.offset:rec.offset + rec.length])
         if len(payload) != rec.length:
             raise ValueError(f"record {i} runs past the end of the media")
         yield hdr.pack() + rec.prefix + payload

@@ -103,7 +103,8 @@ def test_migrations_apply_once_and_reopen_is_idempotent(tmp_path):
     open_catalog(path).close()
     rows = sqlite3.connect(path).execute(
         "SELECT version, name FROM schema_migrations").fetchall()
-    assert rows == [(1, "create_titles_tracks_ranges"), (2, "create_cache_meta")]
+    assert rows == [(1, "create_titles_tracks_ranges"), (2, "create_cache_meta"),
+                    (3, "add_titles_damaged")]
 
 
 def _create_then_fail(db: Database) -> None:

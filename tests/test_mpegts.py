@@ -900,6 +900,43 @@ def test_c_scan_in_pieces_equals_one_scan(guarded, cuts):
     assert scan_records(data, cuts, guarded) == scan_records(data, [], guarded)
 
 
+def scan_windows(data: bytes, cuts, place) -> bytes:
+    """Each piece from its own buffer (the file read piece by piece)."""
+    ix = new_scan()
+    start = 0
+    for cut in sorted(set(cuts)) + [len(data) // PKT]:
+        end = max(start, cut * PKT)
+        win = place(data[start:end]) if end > start else ffi.NULL
+        assert lib.kvod_ts_index_scan_window(ix, win, start, start, end) == lib.KVOD_TS_OK
+        start = end
+    lib.kvod_ts_index_finish(ix)
+    return bytes(ffi.buffer(ix.records, ix.record_count * 32))
+
+
+@settings(max_examples=40, deadline=None)
+@given(cuts=st.lists(st.integers(0, 1500), max_size=12))
+def test_c_scan_of_windows_equals_one_scan(guarded, cuts):
+    data = synth(1500, key={100, 101, 700}, disc={400}, rai={1200},
+                 pcr=lambda k: None if k % 5 else (PCR0 + k * RATE if k < 900 else k * RATE))
+    assert scan_windows(data, cuts, guarded) == scan_records(data, [], guarded)
+
+
+def test_c_scan_window_checks_its_range(guarded):
+    data = synth(40)
+    ix = new_scan()
+    assert lib.kvod_ts_index_scan_window(ix, guarded(data[:10 * PKT]), 0, 0, 10 * PKT) == 0
+    # a window that starts after what is to be scanned cannot hold it
+    win = guarded(data[20 * PKT:])
+    assert lib.kvod_ts_index_scan_window(ix, win, 20 * PKT, 10 * PKT, 40 * PKT) == \
+        lib.KVOD_TS_ERR_ARG
+    data2 = bytearray(data)
+    data2[12 * PKT] = 0
+    win = guarded(bytes(data2[10 * PKT:]))
+    assert lib.kvod_ts_index_scan_window(ix, win, 10 * PKT, 10 * PKT, 40 * PKT) == \
+        lib.KVOD_TS_ERR_SYNC
+    assert ix.error_offset == 12 * PKT      # a file offset, not a window one
+
+
 def test_c_records_grow_past_first_allocation(guarded):
     # every video packet a keyframe: a record each, past the first 1024
     data = synth(3000, rai=set(range(2, 3000)))

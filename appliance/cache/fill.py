@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import errno
 import logging
-import mmap
 import os
 import time
 from dataclasses import dataclass
@@ -52,6 +51,7 @@ from catalog import TitleNotFound
 from catalog.byte_ranges import Range, add, end_from, subtract, union
 from rtpengine.index.errors import MediaError
 from rtpengine.hintfile import RECORD_SIZE, GrowingHintFile, HintRecord
+from rtpengine.index.file_reads import FileBytes
 from rtpengine.index.mpegts import CLOCK_RATE, PAYLOAD_TYPE_MP2T
 from rtpengine.index.mpegts_growing import GrowingTsIndex, estimate_duration_ns, first_pcr
 
@@ -154,7 +154,7 @@ class TitleFill:
         self._generation = 0
         self._failures = 0
         self._fd: Optional[int] = None
-        self._map: Optional[mmap.mmap] = None
+        self._media: Optional[FileBytes] = None     # the media file's bytes
         self._index: Optional[GrowingTsIndex] = None
         self._hints: Optional[GrowingHintFile] = None
         self._fetches: dict[object, defer.Deferred] = {}
@@ -245,7 +245,9 @@ class TitleFill:
         try:
             if os.fstat(fd).st_size < self.size:
                 os.ftruncate(fd, self.size)  # sparse: no block is written
-            self._map = mmap.mmap(fd, self.size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
+            # read with pread, not mapped: a page past the end of a file cut
+            # short under the fill would kill the daemon with SIGBUS
+            self._media = FileBytes(fd, self.media_path)
         except BaseException:
             os.close(fd)
             raise
@@ -285,13 +287,18 @@ class TitleFill:
 
     def _estimate_duration(self) -> None:
         start = self._tail_start
-        if start is None or end_from(self.held, start) < self.size or self._map is None \
+        if start is None or end_from(self.held, start) < self.size or self._media is None \
                 or self._index is None or self._index.program is None:
             return
         self._tail_start = None
         self.wants.pop(_TAIL, None)
-        head = self._map[:min(self.contiguous(), self.settings.probe_bytes)]
-        duration = estimate_duration_ns(head, self._map[start:self.size], start, self.size,
+        try:
+            head = self._media[:min(self.contiguous(), self.settings.probe_bytes)]
+            tail = self._media[start:self.size]
+        except MediaError as exc:       # the file was cut short under the fill
+            self._stop_with(BadMedia(f"{self.media_path}: {exc}"))
+            return
+        duration = estimate_duration_ns(head, tail, start, self.size,
                                         self._index.program.pcr_pid)
         if duration and not self.complete:
             self.duration_ns = duration
@@ -327,15 +334,7 @@ class TitleFill:
         if self._index is not None:
             self._index.close()
             self._index = None
-        if self._map is not None:
-            try:
-                self._map.close()
-            except BufferError:
-                # a scan still holds a view of it (a bug: _settle_quietly
-                # waits for scans); the mapping goes with its last view
-                log.warning("fill %s: the media mapping is still in use; "
-                            "leaving it to the garbage collector", self.name)
-            self._map = None
+        self._media = None
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
@@ -680,7 +679,7 @@ class TitleFill:
     def _index_sync(self) -> None:
         """Index the contiguous prefix now, in this thread (the probe's bytes)."""
         upto = self.contiguous()
-        ready = self._index.feed(self._map, upto, complete=upto == self.size)
+        ready = self._index.feed(self._media, upto, complete=upto == self.size)
         self._publish(ready)
 
     def _kick_index(self) -> None:
@@ -694,7 +693,7 @@ class TitleFill:
         if self._index is None or upto - upto % 188 <= self._index.scanned:
             return
         index, generation = self._index, self._generation
-        self._indexing = threads.deferToThread(index.feed, self._map, upto,
+        self._indexing = threads.deferToThread(index.feed, self._media, upto,
                                                complete=upto == self.size)
         self._indexing.addCallbacks(lambda ready: self._indexed(ready, generation),
                                     self._index_failed)
@@ -820,13 +819,17 @@ class TitleFill:
     def _segment_near(self, npt_ns: int) -> Optional[SeekSegment]:
         duration = self.duration_ns
         program = self._index.program if self._index is not None else None
-        if not duration or program is None or self._map is None:
+        if not duration or program is None or self._media is None:
             return None
         for seg in self.segments:
             # one whose bytes will reach the time soon enough
             if seg.npt_ns <= npt_ns <= (seg.last_ns or seg.npt_ns) + 5 * 10**9:
                 return seg
-        head = self._map[:min(self.contiguous(), 4 << 20)]
+        try:
+            head = self._media[:min(self.contiguous(), 4 << 20)]
+        except MediaError as exc:       # the file was cut short under the fill
+            log.warning("fill %s: %s", self.name, exc)
+            return None
         origin = first_pcr(head, program.pcr_pid)
         if origin is None:
             return None
@@ -844,11 +847,11 @@ class TitleFill:
         return seg
 
     def _feed_segments(self) -> None:
-        if self._map is None:
+        if self._media is None:
             return
         for seg in self.segments:
             try:
-                grew = seg.feed(self._map, self.held, append=lambda r, s=seg:
+                grew = seg.feed(self._media, self.held, append=lambda r, s=seg:
                                 self._append_hints(r, s.hints))
             except (MediaError, OSError) as exc:
                 log.warning("fill %s: seek segment at %d: %s", self.name, seg.start, exc)
@@ -886,6 +889,10 @@ class TitleFill:
         self.catalog.update_title(self.name, duration_ns=index.duration_ns,
                                   bitrate=index.bitrate)
         self.catalog.replace_tracks(self.name, [self._track(index.records)])
+        # the file that was indexed, whole: what SETUP checks it against
+        st = os.fstat(self._fd)
+        self.catalog.update_title(self.name, media_inode=st.st_ino,
+                                  media_mtime_ns=st.st_mtime_ns)
         self.catalog.set_state(self.name, "complete")
         self.complete = True
         self.finished_at = time.monotonic()

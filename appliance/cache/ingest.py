@@ -1,15 +1,22 @@
 """Ingest: put a media file into the cache and the catalog, or nothing.
 
-``kvod catalog add FILE`` lands here. The file is hard-linked into the
-title's cache folder when it is on the same filesystem (no copy, no extra
-space) and copied otherwise; it is indexed into hint files; only then is the
-title recorded in the catalog. Any failure removes what was made, so a
-title is either fully there or not at all.
+``kvod catalog add FILE`` lands here. The file is copied into the title's
+cache folder (a reflink where the file system shares blocks: btrfs, xfs;
+``copy_file_range`` in the kernel elsewhere); the copy is indexed into hint
+files; only then is the title recorded in the catalog. Any failure removes
+what was made, so a title is either fully there or not at all.
+
+A copy, not a hard link: a link shares the inode, so an operator who later
+rewrites or truncates the source in place changes a "complete" title under
+viewers. The copy is the cache's own; the source is checked (device,
+inode, size, mtime) before and after it is read, and the copy before and
+after it is indexed, so what is recorded is the file that was indexed.
 """
 
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import shutil
 from typing import Callable
@@ -18,10 +25,15 @@ from appliance.cache.layout import hint_path, media_path, title_folder, track_hi
 from catalog import InvalidTitleName, TitleExists, validate_title_name
 from rtpengine.index.errors import MediaError
 from rtpengine.index.mp4 import index_mp4, looks_like_mp4
+from rtpengine.index.file_reads import file_identity
 from rtpengine.index.mpegts import index_mpegts
 
 TS_SYNC = 0x47
 COPY_CHUNK = 8 << 20
+FICLONE = 0x40049409            # <linux/fs.h>: _IOW(0x94, 9, int)
+# a reflink or an in-kernel copy is not possible here: copy by hand
+_NO_FAST_COPY = (errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTTY,
+                 errno.EBADF, errno.EPERM)
 
 
 class IngestError(Exception):
@@ -42,23 +54,56 @@ def sniff_container(path: str) -> str:
                      f"nor an MP4 (no ftyp, moov or mdat box first)")
 
 
-def _link_or_copy(src: str, dest: str, progress: Callable[[int, int], None] | None) -> None:
+def _copy_range(fin: int, fout: int, size: int,
+                progress: Callable[[int, int], None] | None) -> int:
+    """Copy up to ``size`` bytes; returns how many there were."""
+    done = 0
+    fast = True
+    while done < size:
+        want = min(COPY_CHUNK, size - done)
+        n = 0
+        if fast:
+            try:
+                n = os.copy_file_range(fin, fout, want, done, done)
+            except OSError as exc:
+                if exc.errno not in _NO_FAST_COPY:
+                    raise
+                fast = False
+        if not fast:
+            chunk = os.pread(fin, want, done)
+            n = len(chunk)
+            view = memoryview(chunk)
+            while view:
+                view = view[os.pwrite(fout, view, done + n - len(view)):]
+        if n == 0:
+            break               # the source ends early: it shrank
+        done += n
+        if progress:
+            progress(done, size)
+    return done
+
+
+def _copy_private(src: str, dest: str, progress: Callable[[int, int], None] | None) -> None:
+    """Put the cache's own copy of ``src`` at ``dest`` (atomically), or
+    raise IngestError if ``src`` changed while it was read."""
     tmp = dest + ".part"
-    try:
-        os.link(src, tmp)
-    except OSError as exc:
-        if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
-            raise
-        total = os.path.getsize(src)
-        done = 0
-        with open(src, "rb") as fin, open(tmp, "wb") as fout:
-            while chunk := fin.read(COPY_CHUNK):
-                fout.write(chunk)
-                done += len(chunk)
-                if progress:
-                    progress(done, total)
-            fout.flush()
-            os.fsync(fout.fileno())
+    with open(src, "rb") as fin, open(tmp, "wb") as fout:
+        before = os.fstat(fin.fileno())
+        try:
+            fcntl.ioctl(fout.fileno(), FICLONE, fin.fileno())
+            copied = os.fstat(fout.fileno()).st_size
+            if progress:
+                progress(copied, before.st_size)
+        except OSError as exc:
+            if exc.errno not in _NO_FAST_COPY:
+                raise
+            copied = _copy_range(fin.fileno(), fout.fileno(), before.st_size, progress)
+        os.fsync(fout.fileno())
+        after = os.fstat(fin.fileno())
+    if file_identity(after) != file_identity(before) or copied != before.st_size:
+        raise IngestError(f"{src}: the file changed while it was being added "
+                          f"({before.st_size} bytes before, {after.st_size} after); "
+                          f"add it again once it is complete")
     os.replace(tmp, dest)
 
 
@@ -92,24 +137,36 @@ def ingest_file(catalog, cache_dir: str, source: str, name: str, *, now: float,
         container = sniff_container(source)
     except MediaError as exc:
         raise IngestError(str(exc)) from None
+    except OSError as exc:      # unreadable: permissions, an I/O error
+        raise IngestError(f"{source}: cannot read: {exc.strerror}") from None
     folder = title_folder(cache_dir, name)
     # A folder without a catalog entry is what a crashed ingest leaves.
     shutil.rmtree(folder, ignore_errors=True)
     os.makedirs(folder)
     try:
         media = media_path(folder)
-        _link_or_copy(os.path.abspath(source), media, progress)
+        try:
+            _copy_private(os.path.abspath(source), media, progress)
+        except OSError as exc:  # ENOSPC, EIO, a file made unreadable meanwhile
+            raise IngestError(f"cannot copy {source} into the cache: {exc.strerror}") from None
+        before = file_identity(os.stat(media))
         try:
             index, tracks = _index(container, media, folder)
         except MediaError as exc:
             raise IngestError(str(exc)) from None
+        after = file_identity(os.stat(media))
+        if after != before or after[2] != index.size:
+            raise IngestError(f"{media}: the file changed while it was being indexed; "
+                              f"add {source} again")
         try:
-            return catalog.add_title(
+            catalog.add_title(
                 name, container=container, media_path=media, folder=folder,
                 size=index.size, duration_ns=index.duration_ns, bitrate=index.bitrate,
                 state="complete", now=now, tracks=tracks)
         except TitleExists as exc:
             raise IngestError(str(exc)) from None
+        # what SETUP checks the file against: the one that was indexed
+        return catalog.update_title(name, media_inode=after[1], media_mtime_ns=after[3])
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise

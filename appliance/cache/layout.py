@@ -4,7 +4,7 @@ its files here, so the layout is spelled once.
 
 ::
 
-    <cache dir>/titles/<name, '/' percent-encoded>/
+    <cache dir>/titles/<name, '/' percent-encoded; hashed if over 255 bytes>/
         media.ts          the title's bytes (sparse while a fill runs)
         track0.hint       its hint records (growing while a fill runs)
         track<N>.hint     the hint records of track N (MP4 titles: video, then audio)
@@ -13,11 +13,13 @@ its files here, so the layout is spelled once.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from urllib.parse import quote
 
 MEDIA_NAME = "media.ts"
 HINT_NAME = "track0.hint"
+NAME_MAX = 255                  # bytes of one file name (ext4, xfs, btrfs, tmpfs)
 
 
 def title_folder(cache_dir: str, name: str) -> str:
@@ -25,8 +27,20 @@ def title_folder(cache_dir: str, name: str) -> str:
 
     Flat, with '/' percent-encoded: nested folders would put title ``a/b``
     inside title ``a``'s folder, and removing ``a`` would delete ``a/b``.
+    A valid name of 255 characters with many '/' encodes to up to ~760
+    bytes, past the file system's limit on one file name; such a name keeps
+    a readable head and ends in a hash of the whole name, so every valid
+    name has a folder and no two names share one.
     """
-    return os.path.join(cache_dir, "titles", quote(name, safe=""))
+    folder = quote(name, safe="")
+    if len(folder) > NAME_MAX:
+        digest = hashlib.sha256(name.encode()).hexdigest()[:32]
+        head = folder[:NAME_MAX - len(digest) - 1]
+        if "%" in head[-2:]:            # never end inside a %XX escape
+            head = head[:head.rindex("%")]
+        # '~' is in no title name: a hashed folder never equals a plain one
+        folder = f"{head}~{digest}"
+    return os.path.join(cache_dir, "titles", folder)
 
 
 def media_path(folder: str) -> str:

@@ -119,7 +119,7 @@ class ProxyCache:
 
     def servable(self, title) -> bool:
         """Whether ``title`` can be streamed now: complete, or filling."""
-        if not title.tracks:
+        if not title.tracks or title.damaged:
             return False
         if title.state == "complete":
             return True
@@ -130,6 +130,8 @@ class ProxyCache:
 
     def can_fetch(self, name: str, title=None) -> bool:
         """Whether :meth:`prepare` may make ``name`` servable."""
+        if title is not None and title.damaged:
+            return bool(title.origin_url)       # fetched again, whole
         if title is not None and title.state == "complete":
             return False
         try:
@@ -149,6 +151,19 @@ class ProxyCache:
         status["prefetch_queue"] = list(self._backlog)
         status["prefetch_errors"] = {n: e for n, e in self.errors.items() if n not in known}
         return status
+
+    def mark_damaged(self, name: str, why: str) -> None:
+        """A stream found ``name``'s cached files cut short or changed: it is
+        not served again as it is. A title with an origin is fetched again,
+        whole, when it is next asked for; one without must be added again."""
+        title = self.catalog.get_title(name)
+        if title is None or title.damaged:
+            return
+        self.catalog.set_damaged(name, why)
+        log.error("title %s is damaged: %s; %s", name, why,
+                  "it is fetched again from its origin when next asked for"
+                  if title.origin_url else
+                  f"remove it (kvod catalog rm {name}) and add its file again")
 
     def fill_for(self, name: str) -> Optional[TitleFill]:
         """The running fill of ``name``, or None."""
@@ -215,7 +230,7 @@ class ProxyCache:
         if fill is not None and fill.error is None and not fill.stopped:
             return
         title = self.catalog.get_title(name)
-        if title is not None and title.state == "complete":
+        if title is not None and title.state == "complete" and not title.damaged:
             return
         await self.slots.take(name, patient=patient)
         try:
@@ -233,7 +248,8 @@ class ProxyCache:
         title = self.catalog.get_title(name)
         if title is not None and title.state == "complete":
             return
-        if title is not None and title.state == "partial" and title.origin_url and title.size:
+        if title is not None and title.state == "partial" and title.origin_url and title.size \
+                and not title.damaged:
             try:
                 self._make_room(name, title.size - self.catalog.cached_bytes(name))
                 self._launch(TitleFill.resume(title, **self._fill_args(name, title.origin_url)))
@@ -256,6 +272,11 @@ class ProxyCache:
                                     **self._fill_args(name, probe.url))
         except (CacheFull, CacheWriteError, OSError) as exc:
             raise _no_room(name, exc) from None
+        if title is not None and title.damaged:
+            # a new media file (a new inode) and new hints: sound again
+            self.catalog.set_damaged(name, None)
+            log.info("title %s: damaged copy replaced; fetching it again from %s",
+                     name, probe.url)
         self.misses += 1
         log.info("miss %s: probed %s (%d bytes) in %.1f ms; filling", name, probe.url,
                  probe.size, (time.monotonic() - started) * 1000)

@@ -14,7 +14,8 @@ from appliance.cli.common import config_of, duration, human_bytes, open_catalog
 
 def _title_dict(title) -> dict:
     return {
-        "name": title.name, "state": title.state, "container": title.container,
+        "name": title.name, "state": title.state, "damaged": title.damaged,
+        "container": title.container,
         "size": title.size, "duration_s": round((title.duration_ns or 0) / 1e9, 3),
         "bitrate": title.bitrate, "pinned": bool(title.pinned), "hits": title.hits,
         "last_access": title.last_access, "origin_url": title.origin_url,
@@ -81,7 +82,7 @@ def catalog_add(ctx: click.Context, path: str, name: str | None, as_json: bool) 
     name = name or os.path.splitext(os.path.basename(path))[0]
     db = open_catalog(config)
     started = time.monotonic()
-    # The bar appears only if the file must be copied (a hard link is instant).
+    # The bar appears once the copy reports progress (a reflink is one step).
     bar = None
 
     def progress(done: int, total: int) -> None:
@@ -133,8 +134,13 @@ def catalog_list(ctx: click.Context, as_json: bool) -> None:
     width = max(len(t.name) for t in titles)
     click.echo(f"{'NAME':<{width}}  {'STATE':<8}  {'DURATION':>12}  {'SIZE':>10}  HITS")
     for t in titles:
-        click.echo(f"{t.name:<{width}}  {t.state:<8}  {duration(t.duration_ns):>12}  "
+        # damaged beats the fill state: it is what the operator must act on
+        state = "damaged" if t.damaged else t.state
+        click.echo(f"{t.name:<{width}}  {state:<8}  {duration(t.duration_ns):>12}  "
                    f"{human_bytes(t.size):>10}  {t.hits}")
+    for t in titles:
+        if t.damaged:
+            click.echo(f"{t.name}: damaged: {t.damaged}")
 
 
 @catalog.command("show")
@@ -154,7 +160,7 @@ def catalog_show(ctx: click.Context, name: str, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(info, indent=2))
         return
-    for key in ("name", "state", "container", "media_path", "origin_url"):
+    for key in ("name", "state", "damaged", "container", "media_path", "origin_url"):
         if info[key] is not None:
             click.echo(f"{key + ':':<12} {info[key]}")
     click.echo(f"{'duration:':<12} {duration(title.duration_ns)}")

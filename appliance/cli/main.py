@@ -89,6 +89,8 @@ def status(ctx: click.Context, as_json: bool) -> None:
                    f"kernel-paced (fq), {paced['engine']} engine-paced")
         for note in engine.get("pacing_notes", []):
             click.echo(f"pacing note: {note}")
+    for title in info.get("damaged_titles", []):
+        click.echo(f"damaged title: {title['name']}: {title['why']}")
     totals = info["totals"]
     click.echo(f"sessions: {totals['sessions']} ({totals['playing']} playing), "
                f"{totals['packets_sent']} packets sent")

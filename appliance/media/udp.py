@@ -21,13 +21,13 @@ from twisted.internet.task import LoopingCall
 
 from appliance.rtsp.client_quirks import NO_QUIRKS, ClientQuirks
 from appliance.cache.fill import HintUpdate
-from appliance.rtsp.media_api import MediaUnavailable, PlayStart
+from appliance.rtsp.media_api import MediaFilesBad, MediaUnavailable, PlayStart
 from appliance.rtsp.sessions import log_fields
 from appliance.media.rtcp_demux import report_blocks
 from appliance.media.server_ports import PerSessionPorts, SharedPorts
 from rtpengine import rtcp
 from rtpengine.engine import Engine, EngineError
-from rtpengine.hintfile import HintFile
+from rtpengine.hintfile import HintError, HintFile
 from rtpengine.rtp import RtpHeader, random_seq, random_ssrc, random_ts, seq_add, ts_add
 from rtpengine.index.ts_trailer import TAIL_BYTES, pes_flush_trailer
 
@@ -66,7 +66,7 @@ class UdpMediaStream:
         self.fill = backend.fill_for(title.name) if title.state != "complete" else None
         update = self.fill.hints() if self.fill is not None else HintUpdate(
             track.hint_path, None, False)
-        self.hints = HintFile(update.path, record_count=update.count)
+        self.hints = self._open_hints(title, update)
         self.main_hint_path = update.path
         self.segment = None
         # 0 (unknown) while the title fills: its duration is only an estimate
@@ -85,7 +85,7 @@ class UdpMediaStream:
         try:
             self._ports = backend.ports.lease(self)
             self.server_ports = self._ports.server_ports
-            media_fd = os.open(title.media_path, os.O_RDONLY | os.O_CLOEXEC)
+            media_fd = self._open_media(title)
             try:
                 hint_fd = os.open(update.path, os.O_RDONLY | os.O_CLOEXEC)
                 try:
@@ -108,6 +108,48 @@ class UdpMediaStream:
             self.close()
             raise
 
+    # -- the title's files: what the catalog recorded, or refused --------------
+
+    def _bad_files(self, why: str, *, damaged: bool) -> MediaFilesBad:
+        log.warning("stream %s: %s", self.label, why)
+        if damaged:
+            self.backend.on_damaged(self.title_name, why)
+        return MediaFilesBad(why, damaged=damaged)
+
+    def _open_hints(self, title, update: HintUpdate) -> HintFile:
+        try:
+            return HintFile(update.path, record_count=update.count)
+        except HintError as exc:
+            raise self._bad_files(f"the hint file of {title.name} is damaged: {exc}",
+                                  damaged=True) from None
+        except OSError as exc:
+            # unreadable (permissions, a folder in its place): not damaged,
+            # the operator can mend it; named in the log
+            raise self._bad_files(f"cannot read {update.path}: {exc.strerror}",
+                                  damaged=False) from None
+
+    def _open_media(self, title) -> int:
+        try:
+            fd = os.open(title.media_path, os.O_RDONLY | os.O_CLOEXEC)
+            st = os.fstat(fd)
+            size = st.st_size
+        except OSError as exc:
+            raise self._bad_files(f"cannot read {title.media_path}: {exc.strerror}",
+                                  damaged=False) from None
+        # a complete title's file is as long as the hints were made for:
+        # one cut short or grown (or another file put there) is not it
+        if title.state == "complete" and title.size is not None and size != title.size:
+            os.close(fd)
+            raise self._bad_files(f"{title.media_path} is {size} bytes, the catalog "
+                                  f"recorded {title.size}", damaged=True)
+        # the same size, but another file or rewritten since it was indexed
+        if title.state == "complete" and title.media_inode is not None and (
+                st.st_ino, st.st_mtime_ns) != (title.media_inode, title.media_mtime_ns):
+            os.close(fd)
+            raise self._bad_files(f"{title.media_path} was replaced or rewritten since it "
+                                  f"was indexed", damaged=True)
+        return fd
+
     # -- MediaStream ----------------------------------------------------------
 
     def needs_seek(self, npt_ns: int) -> bool:
@@ -116,7 +158,27 @@ class UdpMediaStream:
         return (fill is not None and not fill.covered(npt_ns)
                 and fill.segment_for(npt_ns) is None)
 
+    def _files_damaged(self, why: str) -> None:
+        """The title's cached files were cut short or changed under this
+        stream: end it (RTCP BYE) and have the title marked damaged."""
+        log.warning("stream %s: %s; ending it with BYE", self.label, why)
+        try:
+            self._end_early()
+        finally:
+            self.backend.on_damaged(self.title_name, why)
+
+    def _damage_error(self, exc: Exception) -> MediaUnavailable:
+        why = f"the files of {self.title_name} changed under the stream ({exc})"
+        self._files_damaged(why)
+        return MediaUnavailable(why)
+
     def keyframe_at_or_before(self, npt_ns: int) -> tuple[int, int]:
+        try:
+            return self._keyframe_at_or_before(npt_ns)
+        except HintError as exc:
+            raise self._damage_error(exc) from None
+
+    def _keyframe_at_or_before(self, npt_ns: int) -> tuple[int, int]:
         fill = self.fill
         if fill is not None:
             # the hints that reach npt: the main ones, or a seek segment's
@@ -159,7 +221,10 @@ class UdpMediaStream:
         index = self._stream.stats().next_record
         if index >= len(self.hints):
             return self.duration_ns
-        return self.hints.record(index).send_ns
+        try:
+            return self.hints.record(index).send_ns
+        except HintError as exc:
+            raise self._damage_error(exc) from None
 
     def play(self, record: int | None) -> PlayStart:
         self.waiting_since = None
@@ -167,7 +232,12 @@ class UdpMediaStream:
         # the engine says where it started, read under the lock that
         # orders it with the sends (dropped packets used up their sequence
         # numbers, as network loss would)
-        start = self._stream.play(start_record=record)
+        try:
+            start = self._stream.play(start_record=record)
+        except EngineError as exc:
+            if exc.errno != errno.EFAULT:
+                raise
+            raise self._damage_error(exc) from None
         self.bye_sent = False
         rtptime = start.rtp_ts
         if self.container == "mp4":
@@ -181,7 +251,7 @@ class UdpMediaStream:
         self._stream.pause()
 
     def has_ended(self) -> bool:
-        return self._stream is not None and self._stream.stats().state == "ended"
+        return self._stream is not None and self._stream.stats().state in ("ended", "failed")
 
     def _cancel_bye(self) -> None:
         if self._bye_call is not None and self._bye_call.active():
@@ -306,7 +376,14 @@ class UdpMediaStream:
         for bytes longer than the stall timeout (or for a fill that stopped)."""
         if self._stream is None or self.bye_sent:
             return
-        state = self._stream.stats().state
+        stats = self._stream.stats()
+        state = stats.state
+        if state == "failed":
+            self._files_damaged(
+                f"the files of {self.title_name} were cut short or changed under the "
+                f"stream ({errno.errorcode.get(stats.last_errno, stats.last_errno)}: "
+                f"{os.strerror(stats.last_errno)})")
+            return
         if state == "waiting":
             now = time.monotonic()
             if self.waiting_since is None:
@@ -389,10 +466,14 @@ class UdpMediaBackend:
                  sr_interval: float, cname: str,
                  on_alive: Callable[[str], None] = lambda session_id: None,
                  fill_for: Callable[[str], object] = lambda name: None,
+                 on_damaged: Callable[[str, str], None] = lambda name, why: None,
                  stall_timeout: float = 20.0, pacing: str = "auto"):
+        """``on_damaged(name, why)``: a stream found title ``name``'s cached
+        files cut short or changed (the cache marks it damaged)."""
         self.engine = engine
         self.pacing = pacing  # [engine] pacing, for every stream's open_stream
         self.fill_for = fill_for
+        self.on_damaged = on_damaged
         self.stall_timeout = stall_timeout
         self.reactor = reactor
         self.ports = ports

@@ -18,6 +18,15 @@ class MediaUnavailable(Exception):
     """The backend cannot open a stream now (no ports, no engine slot)."""
 
 
+class MediaFilesBad(MediaUnavailable):
+    """The title's cached files cannot be served: unreadable, or (``damaged``)
+    not what the catalog recorded, so the title was marked damaged."""
+
+    def __init__(self, message: str, *, damaged: bool) -> None:
+        super().__init__(message)
+        self.damaged = damaged
+
+
 @dataclass(frozen=True)
 class PlayStart:
     """Where a PLAY started: the first packet's sequence number and RTP time."""

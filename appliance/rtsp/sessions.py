@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from urllib.parse import quote, unquote, urlsplit
 
 from appliance.rtsp.client_quirks import quirks_for
-from appliance.rtsp.media_api import MediaBackend, MediaStream, MediaUnavailable
+from appliance.rtsp.media_api import MediaBackend, MediaFilesBad, MediaStream, MediaUnavailable
 from appliance.rtsp import (
     Request,
     Response,
@@ -281,6 +281,9 @@ class RtspServer:
                                              client_host=peer_host,
                                              client_ports=spec.client_port,
                                              quirks=quirks_for(req.headers.get("User-Agent")))
+        except MediaFilesBad as exc:
+            # the server's own files, not the client's request or its bandwidth
+            raise RtspFailure(503, f"cannot serve {title.name}: {exc}") from None
         except MediaUnavailable as exc:
             raise RtspFailure(453, f"cannot open a stream: {exc}") from None
         if session is None:
@@ -348,16 +351,19 @@ class RtspServer:
             infos = []
             start_ns = None
             for index, stream in streams:
-                if npt_ns is None:
-                    record = None
-                    pos = stream.position_ns()
-                else:
-                    stream.pause()
-                    # the first track (video) picks the keyframe; the others
-                    # start at that instant, so audio and video stay together
-                    record, pos = stream.keyframe_at_or_before(
-                        npt_ns if start_ns is None else start_ns)
-                start = stream.play(record)
+                try:
+                    if npt_ns is None:
+                        record = None
+                        pos = stream.position_ns()
+                    else:
+                        stream.pause()
+                        # the first track (video) picks the keyframe; the others
+                        # start at that instant, so audio and video stay together
+                        record, pos = stream.keyframe_at_or_before(
+                            npt_ns if start_ns is None else start_ns)
+                    start = stream.play(record)
+                except MediaUnavailable as exc:
+                    raise RtspFailure(503, f"cannot play {session.title_name}: {exc}") from None
                 start_ns = pos if start_ns is None else start_ns
                 base = title_base_url(urlsplit(req.target).netloc, session.title_name)
                 infos.append((f"{base}{TRACK_PREFIX}{index}",
@@ -388,12 +394,17 @@ class RtspServer:
         title = self._titles.get_title(name)
         cache = self._cache
         if title is not None and title.tracks and (
-                title.state == "complete" if cache is None else cache.servable(title)):
+                title.state == "complete" and not title.damaged if cache is None
+                else cache.servable(title)):
             return title
         if cache is not None and not prepared and cache.can_fetch(name, title):
             raise _NeedTitle(name)
         if title is None:
             raise RtspFailure(404, f"no title {name!r}")
+        if title.damaged:
+            # the log line says what the operator must do; the client learns
+            # that the server cannot serve it now, not that it never existed
+            raise RtspFailure(503, f"title {name!r} is damaged: {title.damaged}")
         raise RtspFailure(404 if cache is None else 503,
                           f"title {name!r} is not ready ({title.state})")
 

@@ -9,21 +9,26 @@
  * this lays out.
  */
 #include <endian.h>
+#include <errno.h>
 #include <string.h>
 
 #include "batch.h"
 
 enum { PAYLOAD_OK, PAYLOAD_UNFILLED, PAYLOAD_BAD };
 
-static void load_record(const struct kvod_stream *s, uint64_t k,
-			struct kvod_hint_record *r)
+static int load_record(struct kvod_stream *s, uint64_t k,
+		       struct kvod_hint_record *r)
 {
-	/* a private copy: the mapping may change under us, the copy cannot */
-	memcpy(r, &s->recs[k], sizeof(*r));
+	/* a private copy: the mapping may change under us, the copy cannot
+	 * (and a file cut short under it faults here, caught) */
+	if (kvod_stream_record(s, k, r))
+		return -EFAULT;
 	r->offset = le64toh(r->offset);
+	r->send_ns = le64toh(r->send_ns);
 	r->length = le32toh(r->length);
 	r->rtp_ts = le32toh(r->rtp_ts);
 	r->flags = le16toh(r->flags);
+	return 0;
 }
 
 static int payload_of(const struct kvod_stream *s,
@@ -178,7 +183,7 @@ unsigned int kvod_batch_build(struct kvod_stream *s, struct kvod_batch *b,
 	for (; k < s->nrec && added < budget; k++) {
 		struct kvod_hint_record r;
 		const uint8_t *payload = NULL;
-		int64_t due = s->unpaced ? now : kvod_stream_due(s, k);
+		int64_t due;
 		struct msghdr *mh;
 		uint8_t *hdr;
 		uint16_t seq;
@@ -187,9 +192,14 @@ unsigned int kvod_batch_build(struct kvod_stream *s, struct kvod_batch *b,
 		bool new_msg;
 		int rc;
 
+		if (load_record(s, k, &r)) {
+			*stop = KVOD_STOP_GONE;
+			break;
+		}
+		/* unsigned: a hostile send_ns wraps instead of overflowing */
+		due = s->unpaced ? now : (int64_t)((uint64_t)s->t0 + r.send_ns);
 		if (due > horizon)
 			break;
-		load_record(s, k, &r);
 		rc = payload_of(s, &r, &payload);
 		if (rc == PAYLOAD_UNFILLED) {
 			*stop = KVOD_STOP_UNFILLED;

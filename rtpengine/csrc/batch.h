@@ -12,6 +12,7 @@ enum {
 	KVOD_STOP_BAD,		/* the next record is out of bounds */
 	KVOD_STOP_FULL,		/* the batch is full: flush and go on */
 	KVOD_STOP_RING,		/* the zero-copy header ring is full */
+	KVOD_STOP_GONE,		/* the hint file lost the record: failed */
 };
 
 void kvod_batch_reset(struct kvod_batch *b);

@@ -37,9 +37,9 @@ UAPI = os.path.join(ROOT, "kernel", "uapi")
 MODULES = {
     "_kvod_index": (["kvod_types.h", "ts_index.h", "mp4_index.h"],
                     ["ts_index.c", "mp4_index.c"]),
-    "_kvod_engine": (["kvod_types.h", "engine.h"],
+    "_kvod_engine": (["kvod_types.h", "engine.h", "guard.h"],
                      ["engine.c", "pacer.c", "batch.c", "send.c", "uring.c",
-                      "filemap.c"]),
+                      "filemap.c", "guard.c"]),
 }
 
 # liburing (Debian: liburing-dev) for the uring_gso strategy

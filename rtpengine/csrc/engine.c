@@ -242,7 +242,7 @@ KVOD_API struct kvod_engine *kvod_engine_new_opts(
 	const struct kvod_engine_opts *o)
 {
 	struct kvod_engine *e;
-	int threads, strategy, err, i;
+	int threads, strategy, err, guard, i;
 	char why[256];
 	uint32_t have;
 
@@ -281,6 +281,12 @@ KVOD_API struct kvod_engine *kvod_engine_new_opts(
 		errno = -kvod_fail(EINVAL,
 				   "bad options (kernel lookahead %lld ns is not in 0..1 s)",
 				   (long long)o->kernel_lookahead_ns);
+		return NULL;
+	}
+	/* before any stream: hint records are read through guard.c */
+	guard = kvod_guard_init();
+	if (guard) {
+		errno = -kvod_fail(-guard, "cannot install the SIGBUS handler");
 		return NULL;
 	}
 	have = kvod_probe_features() & ~o->refuse;
@@ -597,8 +603,8 @@ static int check_record(const struct hint_view *v, uint64_t media_size,
  * every record again when it sends, because the file may change under the
  * mapping.
  */
-static int check_hint(struct hint_view *v, uint64_t media_size,
-		      uint64_t want_count, uint64_t check_from)
+static int check_hint_mapped(struct hint_view *v, uint64_t media_size,
+			     uint64_t want_count, uint64_t check_from)
 {
 	struct krtp_hint_header h;
 	uint64_t count, room, blob_off, k;
@@ -653,6 +659,32 @@ static int check_hint(struct hint_view *v, uint64_t media_size,
 			return err;
 	}
 	return 0;
+}
+
+struct check_args {
+	struct hint_view *v;
+	uint64_t media_size, want_count, check_from;
+};
+
+static int check_hint_call(void *arg)
+{
+	struct check_args *a = arg;
+
+	return check_hint_mapped(a->v, a->media_size, a->want_count,
+				 a->check_from);
+}
+
+/* check_hint_mapped(), safe against the file shrinking meanwhile */
+static int check_hint(struct hint_view *v, uint64_t media_size,
+		      uint64_t want_count, uint64_t check_from)
+{
+	struct check_args a = { v, media_size, want_count, check_from };
+	int err = kvod_guard_run(check_hint_call, &a);
+
+	if (err == -EFAULT)
+		return kvod_fail(EFAULT,
+				 "the hint file shrank while it was checked");
+	return err;
 }
 
 static int map_hint(struct kvod_maps *maps, int fd, struct hint_view *v,
@@ -895,21 +927,26 @@ static struct kvod_stream *stream_get(struct kvod_engine *e, int id, int *err)
 	return s;
 }
 
-/* what @s sends first when it plays from record @k */
-static void play_start(const struct kvod_stream *s, uint64_t k,
-		       struct kvod_play_start *out)
+/* what @s sends first when it plays from record @k; -EFAULT if its hint
+ * file lost that record (@s failed) */
+static int play_start(struct kvod_stream *s, uint64_t k,
+		      struct kvod_play_start *out)
 {
 	/* at the end: the last record's time (a title still empty: 0) */
 	uint64_t r = k < s->nrec ? k : s->nrec - 1;
+	struct kvod_hint_record rec;
 
 	out->record = k;
 	out->seq = (uint16_t)(s->seq0 + s->seq_count);
 	out->rtp_ts = s->ts0;
 	out->send_ns = 0;
 	if (s->nrec) {
-		out->rtp_ts += le32toh(s->recs[r].rtp_ts);
-		out->send_ns = (int64_t)le64toh(s->recs[r].send_ns);
+		if (kvod_stream_record(s, r, &rec))
+			return -EFAULT;
+		out->rtp_ts += le32toh(rec.rtp_ts);
+		out->send_ns = (int64_t)le64toh(rec.send_ns);
 	}
+	return 0;
 }
 
 KVOD_API int kvod_stream_play(struct kvod_engine *e, int id,
@@ -917,6 +954,7 @@ KVOD_API int kvod_stream_play(struct kvod_engine *e, int id,
 			      int flags, struct kvod_play_start *out)
 {
 	struct kvod_stream *s;
+	struct kvod_hint_record rec;
 	uint64_t k, send_ns;
 	int err;
 
@@ -939,8 +977,8 @@ KVOD_API int kvod_stream_play(struct kvod_engine *e, int id,
 	}
 	if (!start_mono_ns)
 		start_mono_ns = kvod_now_ns();
-	if (out)
-		play_start(s, k, out);
+	if (out && play_start(s, k, out))
+		goto gone;
 	s->next_record = k;
 	s->unpaced = flags & KVOD_PLAY_UNPACED;
 	s->retry_at = 0;
@@ -948,7 +986,9 @@ KVOD_API int kvod_stream_play(struct kvod_engine *e, int id,
 	if (k == s->nrec) {
 		kvod_stream_at_last_record(s);
 	} else {
-		send_ns = le64toh(s->recs[k].send_ns);
+		if (kvod_stream_record(s, k, &rec))
+			goto gone;
+		send_ns = le64toh(rec.send_ns);
 		/* due(k) = start: the schedule keeps the hint's spacing */
 		s->t0 = (int64_t)((uint64_t)start_mono_ns - send_ns);
 		s->state = KVOD_STATE_PLAYING;
@@ -957,6 +997,11 @@ KVOD_API int kvod_stream_play(struct kvod_engine *e, int id,
 	}
 	kvod_pacer_unlock(s->pacer);
 	return 0;
+
+gone:
+	kvod_pacer_unlock(s->pacer);
+	return kvod_fail(EFAULT, "stream %d: its hint file shrank under it",
+			 id);
 }
 
 KVOD_API int kvod_stream_pause(struct kvod_engine *e, int id)
@@ -979,6 +1024,7 @@ KVOD_API int kvod_stream_pause(struct kvod_engine *e, int id)
  */
 static void resume_waiting(struct kvod_stream *s)
 {
+	struct kvod_hint_record rec;
 	int64_t now;
 
 	if (s->state != KVOD_STATE_WAITING)
@@ -993,9 +1039,10 @@ static void resume_waiting(struct kvod_stream *s)
 	}
 	now = kvod_now_ns();
 	if (s->wait_end) {
+		if (kvod_stream_record(s, s->next_record, &rec))
+			return;		/* failed: the caller sees it */
 		/* the new record leaves now, the schedule goes on from it */
-		s->t0 = (int64_t)((uint64_t)now -
-				  le64toh(s->recs[s->next_record].send_ns));
+		s->t0 = (int64_t)((uint64_t)now - le64toh(rec.send_ns));
 		s->wait_end = false;
 	} else if (!s->unpaced && now > s->blocked_due) {
 		/* shift the rest of the schedule by the wait: no late burst */
@@ -1026,8 +1073,8 @@ KVOD_API int kvod_stream_set_fill_limit(struct kvod_engine *e, int id,
  * -ERANGE if @v's records end before that offset: the stream would send
  * again, later, the bytes between their end and where it is.
  */
-static int64_t remap_next(const struct kvod_stream *s,
-			  const struct hint_view *v)
+static int64_t remap_next_mapped(const struct kvod_stream *s,
+				 const struct hint_view *v)
 {
 	uint64_t off = 0, lo = 0, hi = v->nrec, reach = 0;
 
@@ -1054,6 +1101,31 @@ static int64_t remap_next(const struct kvod_stream *s,
 			hi = mid;
 	}
 	return (int64_t)lo;
+}
+
+struct remap_args {
+	const struct kvod_stream *s;
+	const struct hint_view *v;
+	int64_t next;
+};
+
+static int remap_call(void *arg)
+{
+	struct remap_args *a = arg;
+
+	a->next = remap_next_mapped(a->s, a->v);
+	return 0;
+}
+
+/* remap_next_mapped(), or -EFAULT if either hint file shrank meanwhile */
+static int64_t remap_next(const struct kvod_stream *s,
+			  const struct hint_view *v)
+{
+	struct remap_args a = { s, v, -ERANGE };
+
+	if (kvod_guard_run(remap_call, &a))
+		return -EFAULT;
+	return a.next;
 }
 
 KVOD_API int kvod_stream_set_hints(struct kvod_engine *e, int id,
@@ -1116,6 +1188,12 @@ KVOD_API int kvod_stream_set_hints(struct kvod_engine *e, int id,
 		next = 0;
 	} else if (flags & KVOD_HINTS_REMAP) {
 		next = remap_next(s, &v);
+		if (next == -EFAULT) {
+			err = kvod_fail(EFAULT,
+					"a hint file of stream %d shrank under it",
+					id);
+			goto err_unlock;
+		}
 		if (next < 0) {
 			err = kvod_fail(ERANGE,
 					"the new hints end before the media offset stream %d is at",

@@ -45,6 +45,9 @@
 #define KVOD_STATE_PAUSED	2
 #define KVOD_STATE_WAITING	3
 #define KVOD_STATE_ENDED	4
+/* its media or hint file shrank or changed under it: it sends no more
+ * (last_errno says how: EFAULT, ENODATA); the caller ends it */
+#define KVOD_STATE_FAILED	5
 
 /* kvod_stream_play() flags */
 #define KVOD_PLAY_UNPACED	1

@@ -114,6 +114,15 @@ void kvod_send_failed(struct kvod_stream *s, struct kvod_batch *b,
 {
 	s->st.send_errors++;
 	s->st.last_errno = err;
+	/*
+	 * The payload is gone: a page of the mapped file past its new end
+	 * (the kernel's copy faults: EFAULT, not SIGBUS), or a read of it
+	 * came back short. Every later packet would fail the same way.
+	 */
+	if (err == EFAULT || err == ENODATA) {
+		kvod_stream_fail(s, err);
+		return;
+	}
 	if (kvod_send_full(err)) {
 		/* the same packets again later: nothing is skipped */
 		s->retry_at = now + KVOD_RETRY_NS;
@@ -373,7 +382,7 @@ static int read_payload(struct kvod_pacer *p, int fd, void *buf, size_t len,
 		if (r < 0)
 			return errno;
 		if (r == 0)
-			return EIO;	/* the file shrank under us */
+			return ENODATA;	/* the file shrank under us */
 		got += r;
 	}
 	return 0;
@@ -415,7 +424,7 @@ static int send_file(struct kvod_pacer *p, struct kvod_stream *s, int fd,
 		if (r < 0)
 			return errno;
 		if (r == 0)
-			return EIO;
+			return ENODATA;	/* the file shrank under us */
 		sent += r;
 	}
 	return 0;

@@ -12,6 +12,7 @@
 #define KVOD_STREAM_H
 
 #include <endian.h>
+#include <errno.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -25,6 +26,7 @@
 #include "kvod_types.h"
 #include "engine.h"
 #include "filemap.h"
+#include "guard.h"
 
 /* for C libraries older than the kernel feature */
 #ifndef SOL_UDP
@@ -235,13 +237,42 @@ struct kvod_engine {
 	uint32_t nslots;
 };
 
-/* when record @k of @s is due */
-static inline int64_t kvod_stream_due(const struct kvod_stream *s, uint64_t k)
+/*
+ * @s cannot go on: its media or hint file shrank or changed under it
+ * (@err: EFAULT, a mapped page is gone; ENODATA, a read came back short).
+ * It sends nothing more; the caller sees the state and ends it.
+ */
+static inline void kvod_stream_fail(struct kvod_stream *s, int err)
 {
-	uint64_t send_ns = le64toh(s->recs[k].send_ns);
+	s->state = KVOD_STATE_FAILED;
+	s->st.last_errno = err;
+}
 
+/*
+ * Copy record @k of @s out of its mapping: 0, or -EFAULT (and @s failed)
+ * if the hint file no longer holds it. With pacer->lock held.
+ */
+static inline int kvod_stream_record(struct kvod_stream *s, uint64_t k,
+				     struct kvod_hint_record *r)
+{
+	if (kvod_guard_copy(r, &s->recs[k], sizeof(*r))) {
+		kvod_stream_fail(s, EFAULT);
+		return -EFAULT;
+	}
+	return 0;
+}
+
+/* when record @k of @s is due; INT64_MAX if it is gone (@s failed) */
+static inline int64_t kvod_stream_due(struct kvod_stream *s, uint64_t k)
+{
+	uint64_t send_ns;
+
+	if (kvod_guard_copy(&send_ns, &s->recs[k].send_ns, sizeof(send_ns))) {
+		kvod_stream_fail(s, EFAULT);
+		return INT64_MAX;
+	}
 	/* unsigned: a hostile send_ns wraps instead of overflowing */
-	return (int64_t)((uint64_t)s->t0 + send_ns);
+	return (int64_t)((uint64_t)s->t0 + le64toh(send_ns));
 }
 
 /* departure times go to the kernel: the stream is kernel-paced and paced */

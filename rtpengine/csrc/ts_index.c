@@ -366,22 +366,28 @@ KVOD_API int kvod_ts_index_start_at(struct kvod_ts_index *ix, uint64_t offset)
 }
 
 /*
- * Scan the whole packets in [start, end) of buf, which holds the file
- * from offset 0. start must be next_offset: a growing file is scanned
- * piece by piece. On an error next_offset and error_offset name the
- * packet that failed, and everything before it is indexed.
+ * Scan the whole packets in [start, end) of the file, whose bytes from
+ * offset win_start on are at win (win_start <= start): the file need not
+ * be in memory at once, so a caller may read it piece by piece instead of
+ * mapping it (a mapping of a file that shrinks faults). start must be
+ * next_offset: a growing file is scanned piece by piece. On an error
+ * next_offset and error_offset name the packet that failed, and
+ * everything before it is indexed.
  */
-KVOD_API int kvod_ts_index_scan(struct kvod_ts_index *ix, const uint8_t *buf,
-				uint64_t start, uint64_t end)
+KVOD_API int kvod_ts_index_scan_window(struct kvod_ts_index *ix,
+				       const uint8_t *win, uint64_t win_start,
+				       uint64_t start, uint64_t end)
 {
 	uint64_t off;
 	int ret = KVOD_TS_OK;
 
 	if (!ix || ix->finished || start != ix->next_offset ||
-	    bad_range(buf, start, end))
+	    start < win_start || bad_range(win, start, end))
 		return KVOD_TS_ERR_ARG;
 	for (off = start; off < end; off += KVOD_TS_PACKET_SIZE) {
-		if (buf[off] != KVOD_TS_SYNC_BYTE) {
+		const uint8_t *pkt = win + (off - win_start);
+
+		if (pkt[0] != KVOD_TS_SYNC_BYTE) {
 			ret = KVOD_TS_ERR_SYNC;
 			break;
 		}
@@ -390,12 +396,19 @@ KVOD_API int kvod_ts_index_scan(struct kvod_ts_index *ix, const uint8_t *buf,
 			ret = KVOD_TS_ERR_NOMEM;
 			break;
 		}
-		index_packet(ix, buf + off, off);
+		index_packet(ix, pkt, off);
 	}
 	if (ret)
 		ix->error_offset = off;
 	ix->next_offset = off;
 	return ret;
+}
+
+/* kvod_ts_index_scan_window() of a buffer that holds the file from 0 */
+KVOD_API int kvod_ts_index_scan(struct kvod_ts_index *ix, const uint8_t *buf,
+				uint64_t start, uint64_t end)
+{
+	return kvod_ts_index_scan_window(ix, buf, 0, start, end);
 }
 
 /*

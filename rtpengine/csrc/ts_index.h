@@ -97,6 +97,9 @@ KVOD_API void kvod_ts_index_free(struct kvod_ts_index *ix);
 KVOD_API int kvod_ts_index_start_at(struct kvod_ts_index *ix, uint64_t offset);
 KVOD_API int kvod_ts_index_scan(struct kvod_ts_index *ix, const uint8_t *buf,
 				uint64_t start, uint64_t end);
+KVOD_API int kvod_ts_index_scan_window(struct kvod_ts_index *ix,
+				       const uint8_t *win, uint64_t win_start,
+				       uint64_t start, uint64_t end);
 KVOD_API int kvod_ts_index_finish(struct kvod_ts_index *ix);
 /* KVOD_CDEF_END */
 

@@ -9,3 +9,7 @@ class MediaError(ValueError):
     The message names what is wrong and where (file and byte offset), so
     that an operator can tell a bad origin file from a kvod bug.
     """
+
+
+class FileChanged(MediaError):
+    """The file changed (size, time or identity) while it was read."""

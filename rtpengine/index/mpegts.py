@@ -3,7 +3,13 @@
 Python finds the program once (PAT, then PMT, parsed with construct from
 reassembled, CRC-checked sections); the per-packet scan that cuts records,
 finds keyframes and times every record from the PCR runs in C
-(``csrc/ts_index.c``) over a read-only mapping of the file.
+(``csrc/ts_index.c``) over the file read piece by piece with ``pread``.
+
+Not a mapping: touching a mapped page past the end of a file that shrank
+under us (an operator's copy still running, a truncate) raises SIGBUS and
+kills the process, and Python cannot catch it. A read of a shrunk file
+just comes back short, which is an error we can name. The extra copy into
+a 4 MB buffer costs less than the scan itself.
 
 Each record is up to 7 whole TS packets taken contiguously from the file
 (1316 bytes, RFC 2250); a keyframe on the video PID always starts a record,
@@ -14,14 +20,14 @@ discontinuities.
 
 from __future__ import annotations
 
-import mmap
 import os
 from dataclasses import dataclass
 from typing import Iterator, NamedTuple
 
 import construct as cs
 
-from rtpengine.index.errors import MediaError
+from rtpengine.index.errors import FileChanged, MediaError
+from rtpengine.index.file_reads import file_identity, read_exactly
 from rtpengine.hintfile import RECORD_SIZE, HintHeader, write_hint_file
 
 try:
@@ -39,6 +45,10 @@ PAYLOAD_TYPE_MP2T = 33          # RFC 3551 static payload type
 # after the PAT: real muxers repeat both every ~100 ms, so a file without
 # them this early is not a stream we can serve.
 PSI_SEARCH_BYTES = 4 << 20
+# find_program() reads no further than this: the PAT within the search
+# window, the PMT within one more window after it
+HEAD_BYTES = 2 * (PSI_SEARCH_BYTES // 188 * 188)
+READ_BYTES = (4 << 20) // 188 * 188    # one pread of the scan, whole packets
 MAX_SECTION_LENGTH = 1021       # ISO/IEC 13818-1: PSI section_length bound
 
 STREAM_CODECS = {
@@ -351,8 +361,10 @@ class _Scan:
         lib.kvod_ts_index_free(self.ix)
         self.ix = ffi.NULL
 
-    def scan(self, mm, cbuf, start: int, end: int, name: str) -> None:
-        rc = lib.kvod_ts_index_scan(self.ix, cbuf, start, end)
+    def scan(self, mm, cbuf, start: int, end: int, name: str, win_start: int = 0) -> None:
+        """Scan [start, end) of the file; ``cbuf`` holds its bytes from
+        ``win_start`` on, ``mm`` at least its first packets (for errors)."""
+        rc = lib.kvod_ts_index_scan_window(self.ix, cbuf, win_start, start, end)
         if rc == lib.KVOD_TS_ERR_SYNC:
             raise _sync_error(mm, len(mm), self.ix.error_offset, name)
         if rc == lib.KVOD_TS_ERR_NOMEM:
@@ -394,11 +406,18 @@ def write_index_hints(scan: "_Scan", hint_path, index: TsIndex) -> None:
     write_hint_file(hint_path, header, scan.records())
 
 
-def _index_mapped(mm, cbuf, size: int, name: str, hint_path) -> TsIndex:
-    _check_framing(mm, size, name)
-    program = find_program(mm, cbuf, size, name)
-    with _Scan(program) as scan:
-        scan.scan(mm, cbuf, 0, size, name)
+def _index_fd(fd: int, size: int, name: str, hint_path) -> TsIndex:
+    head = bytearray(min(size, HEAD_BYTES))
+    read_exactly(fd, head, 0, len(head), name)
+    _check_framing(head, size, name)
+    with ffi.from_buffer(head) as chead:
+        program = find_program(head, chead, len(head), name)
+    buf = bytearray(min(size, READ_BYTES))
+    with _Scan(program) as scan, ffi.from_buffer(buf) as cbuf:
+        for start in range(0, size, READ_BYTES):
+            end = min(size, start + READ_BYTES)
+            read_exactly(fd, buf, start, end - start, name)
+            scan.scan(head, cbuf, start, end, name, win_start=start)
         scan.finish()
         index = finished_index(program, scan, size, name)
         write_index_hints(scan, hint_path, index)
@@ -411,19 +430,22 @@ def index_mpegts(media_path: str | os.PathLike, hint_path: str | os.PathLike) ->
     The hint file (clock rate 90 kHz, payload type 33) is written
     atomically. Raises MediaError if the file is empty, truncated, not a
     188-byte-packet transport stream, or has no PAT, PMT or PCR to serve
-    it by.
+    it by; FileChanged (a MediaError) if it changed while it was read.
     """
     name = os.fspath(media_path)
     with open(name, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
+        fd = f.fileno()
+        before = file_identity(os.fstat(fd))
+        size = before[2]
         if size == 0:
             raise MediaError(f"{name}: empty file (0 bytes)")
-        mm = mmap.mmap(f.fileno(), size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
-    try:
         # one pass front to back: read ahead on a cold file, and let the
         # kernel drop what is behind us on a title larger than memory
-        mm.madvise(mmap.MADV_SEQUENTIAL)
-        with ffi.from_buffer(mm) as cbuf:
-            return _index_mapped(mm, cbuf, size, name, hint_path)
-    finally:
-        mm.close()
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+        index = _index_fd(fd, size, name, hint_path)
+        # a rewrite of the same size reads back whole but mixed: the
+        # modification time says the records may not match the bytes
+        if file_identity(os.fstat(fd)) != before:
+            os.unlink(hint_path)
+            raise FileChanged(f"{name}: the file changed while it was indexed")
+        return index

@@ -29,9 +29,10 @@ from typing import Optional
 
 from rtpengine.index.errors import MediaError
 from rtpengine.hintfile import RECORD_SIZE
-from rtpengine.index.mpegts import (PACKET_SIZE, PSI_SEARCH_BYTES, SYNC_BYTE, TsIndex, TsProgram, _Scan,
-                     _check_framing, ffi, find_program, finished_index, lib,
-                     write_index_hints)
+from rtpengine.index.file_reads import read_window
+from rtpengine.index.mpegts import (PACKET_SIZE, PSI_SEARCH_BYTES, READ_BYTES, SYNC_BYTE, TsIndex,
+                                   TsProgram, _Scan, _check_framing, ffi, find_program,
+                                   finished_index, lib, write_index_hints)
 
 _TIMES = struct.Struct("<IQ")     # rtp_ts, send_ns at offset 12 of a record
 KEYFRAME = 0x0002
@@ -103,36 +104,49 @@ class GrowingTsIndex:
     def _feed(self, mm, upto: int, *, complete: bool = False) -> int:
         """Scan the file's whole packets below ``upto``; returns ``ready()``.
 
-        ``mm`` is a buffer of the file from offset 0 holding at least
-        ``upto`` bytes, all of them filled; ``complete`` says ``upto`` is
-        the end of the file. Raises MediaError when the bytes cannot be a
-        transport stream kvod serves, as ``index_mpegts`` would.
+        ``mm`` is the file from offset 0 holding at least ``upto`` bytes,
+        all of them filled: a buffer, or (a fill's own file, never mapped)
+        a ``FileBytes``, read a window at a time. ``complete`` says
+        ``upto`` is the end of the file. Raises MediaError when the bytes
+        cannot be a transport stream kvod serves, as ``index_mpegts``
+        would (FileChanged if the file was cut short meanwhile).
         """
         if self._index is not None:
             raise MediaError(f"{self.name}: fed after finish")
+        # what _check_framing and its explanations read: the first packets
+        head = read_window(mm, 0, min(upto, 1024))
         if complete and upto % PACKET_SIZE:
-            _check_framing(mm, upto, self.name)
+            _check_framing(head, upto, self.name)
         whole = upto - upto % PACKET_SIZE
         if whole <= self.scanned:
             return self.ready()
-        if mm[0] != SYNC_BYTE or (whole > PACKET_SIZE and mm[PACKET_SIZE] != SYNC_BYTE):
-            _check_framing(mm, whole, self.name)
-        with ffi.from_buffer(mm) as cbuf:
-            if self._scan is None:
-                try:
-                    self.program = find_program(mm, cbuf, whole, self.name)
-                except MediaError:
-                    # not yet: the PAT or PMT may be in bytes still to come
-                    if complete or whole >= _PSI_WINDOW:
-                        raise
-                    return 0
-                self._scan = _Scan(self.program)
-            self._scan.scan(mm, cbuf, self.scanned, whole, self.name)
+        if head[0] != SYNC_BYTE or (whole > PACKET_SIZE and head[PACKET_SIZE] != SYNC_BYTE):
+            _check_framing(head, whole, self.name)
+        if self._scan is None:
+            # find_program reads no further than the PSI window
+            psi = read_window(mm, 0, min(whole, _PSI_WINDOW))
+            try:
+                with ffi.from_buffer(psi) as cpsi:
+                    self.program = find_program(psi, cpsi, len(psi), self.name)
+            except MediaError:
+                # not yet: the PAT or PMT may be in bytes still to come
+                if complete or whole >= _PSI_WINDOW:
+                    raise
+                return 0
+            self._scan = _Scan(self.program)
+        for start in range(self.scanned, whole, READ_BYTES):
+            end = min(whole, start + READ_BYTES)
+            window = read_window(mm, start, end - start)
+            with ffi.from_buffer(window) as cwin:
+                self._scan.scan(head, cwin, start, end, self.name, win_start=start)
+            self.scanned = end      # the C state is there: a later feed goes on from it
         if self._shift is None:
-            first = next(_pcrs(memoryview(mm)[self.start:whole], self.program.pcr_pid), None)
-            if first is not None:
-                self._shift = (first[1] - self._origin_pcr) % _PCR_MODULUS
-        self.scanned = whole
+            for start in range(self.start, whole, READ_BYTES):
+                window = read_window(mm, start, min(whole, start + READ_BYTES) - start)
+                first = next(_pcrs(window, self.program.pcr_pid), None)
+                if first is not None:
+                    self._shift = (first[1] - self._origin_pcr) % _PCR_MODULUS
+                    break
         return self.ready()
 
     def ready(self) -> int:
