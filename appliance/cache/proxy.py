@@ -246,7 +246,7 @@ class ProxyCache:
         if fill is not None and fill.error is None and not fill.stopped:
             return  # started while this one waited for its slot
         title = self.catalog.get_title(name)
-        if title is not None and title.state == "complete":
+        if title is not None and title.state == "complete" and not title.damaged:
             return
         if title is not None and title.state == "partial" and title.origin_url and title.size \
                 and not title.damaged:
