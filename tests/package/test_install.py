@@ -245,6 +245,51 @@ def test_kill_9_gets_the_daemon_restarted(container):
     assert c.sh(rtsp_probe()).stdout.startswith("RTSP/1.0 200")
 
 
+def test_kill_9_mid_fill_restarts_and_the_fill_resumes(container):
+    c = container
+    title = make_ts(seconds=8, size="320x240", video_bitrate="500k")
+    size = os.path.getsize(title)
+    origin = subprocess.Popen(c.in_network(["/usr/bin/python3", "-m",
+                                            "tests.package.slow_origin", title,
+                                            str(size // 6)]),
+                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    c.sh("cp /etc/kvod/kvod.toml /root/kvod.toml.saved")
+    try:
+        base = origin.stdout.readline().strip()
+        assert base.startswith("http://127.0.0.1:"), base
+        c.sh(f"sed -i 's|^#base_url = \\[\\]$|base_url = [\"{base}\"]|' /etc/kvod/kvod.toml && "
+             f"grep -q '^base_url = \\[\"{base}\"\\]$' /etc/kvod/kvod.toml && "
+             "systemctl reload kvod", timeout=30)
+        # the CLI asks the service to prefetch, then leaves: the fill goes on
+        c.sh("timeout 1 kvod cache prefetch slow.ts", check=False, timeout=30)
+
+        def cached() -> tuple[str, int]:
+            status = json.loads(c.sh("kvod cache status --json").stdout)
+            t = {x["name"]: x for x in status["titles"]}.get("slow.ts", {})
+            return t.get("state", ""), t.get("cached_bytes", 0)
+        deadline = time.monotonic() + 20
+        while not 0 < cached()[1] < size and time.monotonic() < deadline:
+            time.sleep(0.2)
+        state, held = cached()
+        assert state == "partial" and 0 < held < size, (state, held)
+        old = main_pid(c)
+        c.sh(f"kill -9 {old}")
+        wait_for(c, f"test \"$(systemctl show -p MainPID --value kvod)\" -ne {old} && "
+                    "systemctl is-active kvod", timeout=30)
+        # the restarted service resumes the partial fill and completes it
+        deadline = time.monotonic() + 40
+        while cached()[0] != "complete" and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert cached() == ("complete", size), cached()
+        got = c.sh("sha256sum /var/lib/kvod/cache/titles/slow.ts/media.ts").stdout.split()[0]
+        assert got == sha256(title)
+    finally:
+        origin.kill()
+        origin.wait()
+        c.sh("mv /root/kvod.toml.saved /etc/kvod/kvod.toml && systemctl reload kvod",
+             timeout=60)
+
+
 def test_the_sandbox_leaves_the_engine_its_kernel_features(container):
     # SystemCallFilter=@system-service (with @aio: io_uring) and
     # RestrictAddressFamilies must not cost the engine a send path: it
@@ -396,8 +441,9 @@ def test_upgrade_keeps_catalog_cache_and_edited_config(container, debs, upgrade_
 
 def test_the_service_can_evict_what_root_added(container):
     c = container
-    # both added by root; the service, as user kvod, removes their files
-    for name in ("first", "second"):
+    # added by root (and one filled by the service); the service, as user
+    # kvod, removes their files
+    for name in [t["name"] for t in json.loads(c.sh("kvod catalog list --json").stdout)]:
         evict = c.sh(f"kvod cache evict {name}", check=False, timeout=60)
         assert evict.returncode == 0, evict.stdout
     assert c.sh("find /var/lib/kvod/cache -type f").stdout.strip() == "", evict.stdout
