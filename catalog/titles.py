@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import os
+import sqlite3
 import string
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
@@ -28,6 +29,7 @@ from catalog.db import (
     connect,
     transaction,
 )
+from catalog.diagnosis import unusable
 from catalog.migrations import migrate, schema_version
 
 STATES = ("remote", "partial", "complete")
@@ -515,6 +517,11 @@ def open_catalog(path: str | os.PathLike[str] | None) -> Catalog:
     db = connect(path)
     try:
         return Catalog(db)
+    except sqlite3.Error as exc:
+        db.close()
+        if path is None:
+            raise CatalogError(f"cannot set up the catalog: {exc}") from exc
+        raise unusable(os.path.abspath(os.fspath(path)), exc) from None
     except BaseException:
         db.close()
         raise

@@ -46,6 +46,14 @@ def config_of(ctx: click.Context):
     return root.obj["config"]
 
 
+def catalog_failure(config, exc: Exception) -> click.ClickException:
+    """The one-line click error (exit code 1) for a catalog that cannot be opened."""
+    from catalog import CatalogUnusable
+    if isinstance(exc, CatalogUnusable):
+        return click.ClickException(str(exc))  # it names the file and what to do
+    return click.ClickException(f"catalog {config.catalog.path}: {exc}")
+
+
 def open_catalog(config):
     """The catalog of ``config``; a bad catalog is a one-line click error."""
     from catalog import CatalogError
@@ -53,7 +61,7 @@ def open_catalog(config):
     try:
         return open_db(config.catalog.path)
     except CatalogError as exc:
-        raise click.ClickException(f"catalog {config.catalog.path}: {exc}") from None
+        raise catalog_failure(config, exc) from None
 
 
 def _split_unescaped(text: str, sep: str) -> list[str]:

@@ -16,7 +16,7 @@ import click
 from appliance.cli.bench import bench
 from appliance.cli.cache import cache
 from appliance.cli.catalog import catalog
-from appliance.cli.common import DEFAULT_CONFIG, admin_address, config_of
+from appliance.cli.common import DEFAULT_CONFIG, admin_address, catalog_failure, config_of
 
 
 @click.group()
@@ -43,7 +43,14 @@ def serve(ctx: click.Context) -> None:
         # Twisted logs every UDP port it opens; one per session is noise.
         logging.getLogger("twisted").setLevel(logging.WARNING)
     from appliance.daemon import run
-    sys.exit(run(config))
+    from catalog import CatalogError
+    try:
+        code = run(config)
+    except CatalogError as exc:
+        # Raised while the daemon is built, before the reactor runs: an
+        # operator's problem (a damaged or inaccessible catalog), one line.
+        raise catalog_failure(config, exc) from None
+    sys.exit(code)
 
 
 @cli.command()
