@@ -240,6 +240,38 @@ def test_idle_session_is_reclaimed_after_timeout(client, media, server):
     assert server.get_timer() is None
 
 
+OTHER_HOST = "127.0.0.2"
+
+
+@pytest.mark.parametrize("method,url,headers", [
+    ("TEARDOWN", f"{BASE}/movie/", ()),
+    ("PAUSE", f"{BASE}/movie/", ()),
+    ("PLAY", f"{BASE}/movie/", (("Range", "npt=4-"),)),
+    ("SETUP", f"{BASE}/movie/trackID=0", (("Transport", "RTP/AVP;unicast;client_port=7000-7001"),)),
+    ("GET_PARAMETER", f"{BASE}/movie/", ()),
+    ("OPTIONS", "*", ()),
+])
+def test_a_session_id_from_another_host_is_454_and_changes_nothing(client, media, server,
+                                                                    method, url, headers):
+    """An id seen in the admin status or a capture does not let another
+    host tear down, move, re-target or keep alive a viewer's session."""
+    session, _ = client.setup()
+    assert client("PLAY", f"{BASE}/movie/", ("Session", session)).status == 200
+    stream = media.opened[0][3]
+    position = stream.position_ns()
+    client.now += 30
+    resp = client(method, url, ("Session", session), *headers, peer=OTHER_HOST)
+    assert resp.status == 454
+    assert session in server.sessions
+    assert server.sessions[session].state is SessionState.PLAYING
+    assert server.sessions[session].last_seen == client.now - 30  # not kept alive
+    assert stream.playing and not stream.closed and stream.position_ns() == position
+    assert len(media.opened) == 1  # no stream opened toward the stranger
+    # the viewer itself goes on as before
+    assert client("GET_PARAMETER", f"{BASE}/movie/", ("Session", session)).status == 200
+    assert client("TEARDOWN", f"{BASE}/movie/", ("Session", session)).status == 200
+
+
 def test_options_with_session_is_a_keepalive(client, server):
     session, _ = client.setup()
     client.now += 40
