@@ -16,7 +16,8 @@ import click
 from appliance.cli.bench import bench
 from appliance.cli.cache import cache
 from appliance.cli.catalog import catalog
-from appliance.cli.common import DEFAULT_CONFIG, admin_address, catalog_failure, config_of
+from appliance.cli.common import (DEFAULT_CONFIG, admin_address, admin_headers,
+                                  catalog_failure, config_of)
 
 
 @click.group()
@@ -66,9 +67,12 @@ def status(ctx: click.Context, as_json: bool) -> None:
         raise click.ClickException(f"admin.listen {listen!r}: kvod status needs a tcp endpoint")
     host, port = address
     url = f"http://{'[' + host + ']' if ':' in host else host}:{port}/status"
+    request = urllib.request.Request(url, headers=admin_headers(config_of(ctx)))
     try:
-        with urllib.request.urlopen(url, timeout=5) as reply:
+        with urllib.request.urlopen(request, timeout=5) as reply:
             info = json.load(reply)
+    except urllib.error.HTTPError as exc:
+        raise click.ClickException(f"kvod refused {url}: {exc.code} {exc.reason}") from None
     except (urllib.error.URLError, OSError) as exc:
         raise click.ClickException(f"kvod is not answering on {url} ({exc})") from None
     if as_json:
