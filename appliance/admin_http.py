@@ -187,6 +187,8 @@ class AdminSite(server.Site):
                          headers=_headers(request), local_host=local_host or "",
                          peer_host=getattr(peer, "host", None) or "::1")
         request.kvod_full = verdict.full
+        # Twisted names itself and its version to anyone; say less.
+        request.setHeader(b"server", b"kvod")
         if verdict.status:
             log.info("admin: %s %s from %s refused with %d: %s",
                      request.method.decode("latin-1", "replace")[:16],

@@ -100,8 +100,9 @@ def check_files(path: str) -> None:
             raise CatalogUnusable(path, f"{what} is {kind}, not a database file",
                                   f"move it aside (mv {name} {name}.damaged)")
     folder = os.path.dirname(path) or "."
+    effective = os.access in os.supports_effective_ids
     if os.path.isdir(folder) and not os.access(folder, os.W_OK | os.X_OK,
-                                               effective_ids=os.access in os.supports_effective_ids):
+                                               effective_ids=effective):
         raise CatalogUnusable(
             path, f"its folder {folder} is not writable, and SQLite must create "
                   f"{os.path.basename(path)}-wal and -shm there", _access_advice(path))

@@ -82,6 +82,12 @@ def test_the_listeners_own_names_are_served(daemon, host):
     assert status == 200 and "sessions" in body
 
 
+def test_the_server_header_names_no_version(daemon):
+    with urllib.request.urlopen(f"http://127.0.0.1:{daemon.admin_port}/status",
+                                timeout=10) as reply:
+        assert reply.headers["Server"] == "kvod"
+
+
 @pytest.mark.parametrize("headers", [
     {"Origin": "http://evil.example"},
     {"Origin": "null"},

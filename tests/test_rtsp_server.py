@@ -247,7 +247,8 @@ OTHER_HOST = "127.0.0.2"
     ("TEARDOWN", f"{BASE}/movie/", ()),
     ("PAUSE", f"{BASE}/movie/", ()),
     ("PLAY", f"{BASE}/movie/", (("Range", "npt=4-"),)),
-    ("SETUP", f"{BASE}/movie/trackID=0", (("Transport", "RTP/AVP;unicast;client_port=7000-7001"),)),
+    ("SETUP", f"{BASE}/movie/trackID=0",
+     (("Transport", "RTP/AVP;unicast;client_port=7000-7001"),)),
     ("GET_PARAMETER", f"{BASE}/movie/", ()),
     ("OPTIONS", "*", ()),
 ])
