@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from urllib.parse import quote, unquote, urlsplit
 
 from appliance.rtsp.client_quirks import quirks_for
+from catalog import CatalogError
 from appliance.rtsp.media_api import MediaBackend, MediaStream, MediaUnavailable
 from appliance.rtsp import (
     Request,
@@ -142,6 +143,11 @@ class RtspServer:
             log.info("%s %s from %s: %d %s", request.method, request.target,
                      peer_host, exc.status, exc)
             return self._reply(request, exc.status, headers=exc.headers)
+        except CatalogError as exc:
+            # The catalog file (damaged under the running daemon, say), not a
+            # bug: one line that says what to do, and the client may retry.
+            log.error("%s %s from %s: %s", request.method, request.target, peer_host, exc)
+            return self._reply(request, 503)
         except Exception:
             # A bug must end this request, not the connection or the daemon.
             log.exception("%s %s from %s failed", request.method, request.target, peer_host)
