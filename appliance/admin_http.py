@@ -190,9 +190,11 @@ class AdminSite(server.Site):
         # Twisted names itself and its version to anyone; say less.
         request.setHeader(b"server", b"kvod")
         if verdict.status:
-            log.info("admin: %s %s from %s refused with %d: %s",
-                     request.method.decode("latin-1", "replace")[:16],
-                     request.uri[:200].decode("latin-1", "replace"),
+            # %r: the method and URI are the client's bytes; escape sequences
+            # in them must not reach an operator's terminal as such
+            log.info("admin: %r %r from %s refused with %d: %s",
+                     request.method[:16].decode("latin-1"),
+                     request.uri[:200].decode("latin-1"),
                      getattr(peer, "host", peer), verdict.status, verdict.reason)
             return _Refusal(verdict)
         return super().getResourceFor(request)

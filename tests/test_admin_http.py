@@ -263,3 +263,14 @@ def test_off_loopback_without_a_token_warns_at_start_and_refuses_writes(tmp_path
     assert "the admin token could not be set up" in out["cli_evict_error"]
     assert out["session"] not in out["status"][1]
     assert out["stop"] == 0 and "Traceback" not in out["log"]
+
+
+def test_a_refused_request_is_logged_with_its_bytes_escaped(daemon):
+    with socket.create_connection(("127.0.0.1", daemon.admin_port), timeout=10) as s:
+        s.sendall(b"GET /status?\x1b[2J\x1b]0;owned\x07 HTTP/1.1\r\nHost: evil.example\r\n\r\n")
+        assert s.recv(4096).startswith(b"HTTP/1.1 421 ")
+    deadline = time.monotonic() + 10
+    while "owned" not in daemon.log() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    (line,) = [l for l in daemon.log().splitlines() if "owned" in l]
+    assert "\x1b" not in line and "\x07" not in line and "\\x1b[2J" in line
