@@ -31,6 +31,9 @@ _KINDS = (
     (stat.S_ISBLK, "a block device"),
 )
 
+# access() as the effective user, who is the one that opens the file.
+_EFFECTIVE = os.access in os.supports_effective_ids
+
 # SQLite result codes (primary, the low byte of the extended code).
 _CORRUPT, _NOTADB = 11, 26
 _READONLY, _CANTOPEN, _PERM, _AUTH = 8, 14, 3, 23
@@ -69,7 +72,7 @@ def _kind(mode: int) -> str | None:
 def check_files(path: str) -> None:
     """Refuse, before SQLite opens it, a catalog that is not a readable, writable
     plain file (or missing: then it is created), or whose folder cannot hold
-    the WAL files. Never reads from the file, so a FIFO cannot block this."""
+    the WAL files. Never opens the file, so a FIFO cannot block this."""
     for name in (path, *(path + suffix for suffix in SIDE_FILES)):
         what = "it" if name == path else name
         try:
@@ -85,24 +88,15 @@ def check_files(path: str) -> None:
                 path, f"{what} is {kind}, not a database file",
                 f"move it aside (mv {name} {name}.damaged) and kvod starts with an empty "
                 "catalog, or set [catalog] path to the catalog file")
-        try:
-            # O_NONBLOCK: should a FIFO appear between stat and open, the open
-            # returns at once; fstat below then refuses it.
-            fd = os.open(name, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
-        except OSError as exc:
+        # Only stat and access(), never open(): closing any descriptor of a
+        # database file drops every POSIX lock this process holds on it, and
+        # the daemon's other connections hold theirs while a thread opens one.
+        if not os.access(name, os.R_OK | os.W_OK, effective_ids=_EFFECTIVE):
             raise CatalogUnusable(path, f"cannot open {what} for reading and writing "
-                                        f"({exc.strerror})", _access_advice(path)) from None
-        try:
-            kind = _kind(os.fstat(fd).st_mode)
-        finally:
-            os.close(fd)
-        if kind is not None:
-            raise CatalogUnusable(path, f"{what} is {kind}, not a database file",
-                                  f"move it aside (mv {name} {name}.damaged)")
+                                        "(permission denied)", _access_advice(path))
     folder = os.path.dirname(path) or "."
-    effective = os.access in os.supports_effective_ids
     if os.path.isdir(folder) and not os.access(folder, os.W_OK | os.X_OK,
-                                               effective_ids=effective):
+                                               effective_ids=_EFFECTIVE):
         raise CatalogUnusable(
             path, f"its folder {folder} is not writable, and SQLite must create "
                   f"{os.path.basename(path)}-wal and -shm there", _access_advice(path))

@@ -90,6 +90,31 @@ def test_a_file_that_is_not_a_database_is_a_clear_error(tmp_path):
         open_catalog(path)
 
 
+def test_opening_a_second_connection_keeps_the_locks_of_the_first(tmp_path):
+    """The daemon's reactor connection reads while its writer thread opens
+    its own: the checks at open must not drop the first one's POSIX locks
+    (closing any descriptor of the file would), or another process's
+    checkpoint resets the WAL under a live reader."""
+    path = tmp_path / "catalog.db"
+    with open_catalog(path) as cat:
+        cat.db.execute("PRAGMA wal_autocheckpoint = 0")
+        _add(cat)
+        reader = open_catalog(path)
+        reader.db.execute("BEGIN")
+        assert len(reader.list_titles()) == 1  # a read transaction on the WAL snapshot
+        open_catalog(path).close()  # e.g. the writer thread's connection
+        script = textwrap.dedent(f"""
+            import sqlite3
+            conn = sqlite3.connect({str(path)!r}, timeout=1)
+            print(conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0])
+        """)
+        busy = subprocess.run([sys.executable, "-c", script], capture_output=True,
+                              text=True, timeout=30).stdout.strip()
+        reader.db.execute("COMMIT")
+        reader.close()
+    assert busy == "1", "the reader's lock was gone: the WAL could be reset under it"
+
+
 # -- migrations -----------------------------------------------------------
 
 

@@ -90,7 +90,7 @@ DAMAGE = {
     "wal-fifo": (lambda p: (_good_catalog(p), os.mkfifo(p + "-wal")), "-wal is a FIFO",
                  "move it aside"),
     "scrambled": (_scrambled, "damaged", "restore it from a backup"),
-    "unreadable": (_unreadable, "Permission denied", "kvod needs to read and write it"),
+    "unreadable": (_unreadable, "permission denied", "kvod needs to read and write it"),
     "read-only-folder": (_read_only_folder, "is not writable", "kvod needs to read and write"),
 }
 
