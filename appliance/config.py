@@ -84,6 +84,28 @@ def _path(value: object) -> str:
     return value
 
 
+def _optional_path(value: object) -> str:
+    if not isinstance(value, str) or "\x00" in value:
+        raise _Invalid("a path, or \"\" for none")
+    return value
+
+
+_HOST_NAME = re.compile(r"(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)"
+                        r"(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*")
+
+
+def _host_names(value: object) -> tuple[str, ...]:
+    expected = "a list of DNS host names like [\"kvod1.example.net\"]"
+    if not isinstance(value, (list, tuple)):
+        raise _Invalid(expected)
+    names = []
+    for item in value:
+        if not isinstance(item, str) or not _HOST_NAME.fullmatch(item.lower().rstrip(".")):
+            raise _Invalid(expected)
+        names.append(item.lower().rstrip("."))
+    return tuple(names)
+
+
 def _one_of(*choices: str) -> Callable[[object], str]:
     def parse(value: object) -> str:
         if value not in choices:
@@ -452,6 +474,18 @@ class AdminConfig(_Section):
     listen: str = _setting(
         "tcp:8555:interface=127.0.0.1", _endpoint,
         "Twisted server endpoint the admin HTTP server listens on.")
+    token_file: str = _setting(
+        "/var/lib/kvod/admin.token", _optional_path,
+        "File of the token that authenticates writes (POST /cache/...) when the admin "
+        "listener is not on loopback, sent as 'Authorization: Bearer TOKEN' (kvod's CLI "
+        "reads it from here); made 0640 at start if missing, so group kvod can read it; "
+        "relative to this file's folder if relative. \"\" turns authentication off "
+        "(a warning at start if the listener is not on loopback).", path=True)
+    names: tuple[str, ...] = _setting(
+        (), _host_names,
+        "Host names the admin listener answers for besides its IP addresses and "
+        "'localhost' (a request with any other Host gets 421: a defence against DNS "
+        "rebinding), e.g. [\"kvod1.example.net\"].")
 
 
 @dataclass(frozen=True)

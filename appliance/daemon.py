@@ -24,7 +24,9 @@ from twisted.application import service
 from twisted.internet import endpoints, task
 from twisted.internet.defer import Deferred, gatherResults
 
+from appliance.admin_access import AdminAccess
 from appliance.admin_http import admin_site
+from appliance.admin_token import TokenError, load_or_create_token
 from appliance.cache.catalog_writer import CatalogWriter
 from appliance.cache.origin import HttpOrigin
 from appliance.config import Config, ConfigError, OriginConfig, load_config
@@ -143,6 +145,8 @@ class KvodService(service.MultiService):
         self._watchdog = supervision.Watchdog()
         self._watchdog_failing = False
         self._loops: list[task.LoopingCall] = []
+        self.admin_site = admin_site(self.status, self.cache, metrics=self.metrics,
+                                     access=admin_access(config))
 
     def status(self) -> dict:
         """The daemon's status snapshot (``/status``, ``kvod status``)."""
@@ -171,9 +175,9 @@ class KvodService(service.MultiService):
         rtsp = self.endpoint.listen(self.factory)
         rtsp.addCallback(self._set_port, "port")
         rtsp.addErrback(self._listen_failed, "RTSP", self.config.rtsp.listen)
-        admin = self.admin_endpoint.listen(admin_site(self.status, self.cache,
-                                                      metrics=self.metrics))
+        admin = self.admin_endpoint.listen(self.admin_site)
         admin.addCallback(self._set_port, "admin_port")
+        admin.addCallback(self._admin_listening)
         admin.addErrback(self._listen_failed, "admin HTTP", self.config.admin.listen)
         listening = [rtsp, admin]
         if self.config.http.enabled:
@@ -187,6 +191,21 @@ class KvodService(service.MultiService):
 
     def _set_port(self, port, attr: str):
         setattr(self, attr, port)
+        return port
+
+    def _admin_listening(self, port):
+        host = getattr(port.getHost(), "host", None)
+        self.admin_site.listening_on(host)
+        access = self.admin_site.access
+        if not access.loopback_only and access.token is None:
+            if access.open_writes:
+                log.warning("the admin listener on %s is not on loopback and [admin] "
+                            "token_file is empty: anyone who reaches it can prefetch and "
+                            "evict titles; set token_file or listen on 127.0.0.1", host)
+            else:
+                log.warning("the admin listener on %s is not on loopback and has no "
+                            "token: writes (prefetch, evict) are refused until %s can be "
+                            "made or read", host, self.config.admin.token_file)
         return port
 
     def _ready(self, ports) -> None:
@@ -356,6 +375,23 @@ def _raise_open_files(config: Config) -> None:
         log.warning("open-file limit %d is short of the %d that rtsp.max_sessions = %d may "
                     "need (raise LimitNOFILE, or lower max_sessions)", soft, need,
                     config.rtsp.max_sessions)
+
+
+
+def admin_access(config: Config) -> AdminAccess:
+    """The admin listener's access policy from ``[admin]``: its names, and the
+    token of ``token_file`` (made now if missing; none if the key is empty)."""
+    token = None
+    path = config.admin.token_file
+    if path:
+        try:
+            token = load_or_create_token(path)
+        except TokenError as exc:
+            # Only writes from other hosts need it; _admin_listening says
+            # whether this listener is reached from them.
+            log.warning("%s", exc)
+    return AdminAccess(names=frozenset(config.admin.names), token=token,
+                       loopback_only=False, open_writes=not path)
 
 
 def make_service(config: Config, reactor, config_path: Optional[str] = None) -> KvodService:

@@ -8,6 +8,7 @@ from catalog.cache_entries import (CacheEntry, cache_entries, get_meta, keep_cac
                                    set_meta, set_priority)
 from catalog.db import (
     CatalogError,
+    CatalogUnusable,
     InvalidTitleName,
     TitleExists,
     TitleNotFound,
@@ -35,6 +36,7 @@ __all__ = [
     "STATES",
     "Catalog",
     "CatalogError",
+    "CatalogUnusable",
     "InvalidTitleName",
     "Migration",
     "Title",

@@ -25,6 +25,20 @@ class CatalogError(Exception):
     """The catalog refused an operation or could not be opened."""
 
 
+class CatalogUnusable(CatalogError):
+    """The catalog file cannot be used as it is: damaged, not a file, not
+    accessible. The message is one line naming the file, what is wrong and
+    what the operator can do about it."""
+
+    def __init__(self, path: str, problem: str, advice: str) -> None:
+        # One line, whatever SQLite's own message held (quick_check's are several).
+        problem = " ".join(problem.split())
+        super().__init__(f"catalog {path}: {problem}; {advice}")
+        self.path = path
+        self.problem = problem
+        self.advice = advice
+
+
 class TitleExists(CatalogError):
     """A title with this name is already in the catalog."""
 
@@ -41,26 +55,37 @@ def connect(path: str | os.PathLike[str] | None) -> Database:
     """Open the catalog database at ``path`` (``None``: in memory) and configure it.
 
     The parent folder of a file catalog is created if missing. The schema is
-    not touched here; see :func:`catalog.migrations.migrate`.
+    not touched here; see :func:`catalog.migrations.migrate`. A file that
+    cannot serve as the catalog (not a plain file, not accessible, damaged)
+    is a :class:`CatalogUnusable` saying what to do; nothing here blocks on
+    a FIFO or hands a damaged file on.
     """
+    from catalog.diagnosis import check_files, check_integrity, unusable
     if path is None:
         return configure(Database(memory=True))
-    path = os.fspath(path)
-    parent = os.path.dirname(os.path.abspath(path))
+    path = os.path.abspath(os.fspath(path))
+    parent = os.path.dirname(path)
     try:
         os.makedirs(parent, exist_ok=True)
-        conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000)
-    except (OSError, sqlite3.Error) as exc:
-        raise CatalogError(f"cannot open catalog {path}: {exc}") from exc
+    except OSError as exc:
+        raise CatalogError(f"cannot open catalog {path}: cannot create its folder "
+                           f"({exc.strerror})") from None
+    check_files(path)
     try:
-        return configure(Database(conn))
+        conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000)
+    except sqlite3.Error as exc:
+        raise unusable(path, exc) from None
+    try:
+        db = configure(Database(conn))
+        check_integrity(db, path)
+        return db
     except CatalogError:
         conn.close()
         raise
     except sqlite3.Error as exc:
         conn.close()
         # "file is not a database" surfaces on the first statement.
-        raise CatalogError(f"cannot open catalog {path}: {exc}") from exc
+        raise unusable(path, exc) from None
 
 
 def configure(db: Database) -> Database:

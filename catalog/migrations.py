@@ -10,16 +10,24 @@ sqlite-utils calls that use it, such as ``create_table`` and
 ``create_index``). Helpers that wrap themselves in ``with db.conn:``
 (``insert``, ``transform``, ...) commit early; the runner detects that and
 fails. ``executescript`` also commits first, so it is not used.
+
+Before each migration of a file catalog that held a schema already, the
+runner takes a safety copy with SQLite's backup API, ``PATH.vN.backup``
+beside the database (N: the version it holds), and names it in the error
+should the migration fail. A catalog created by this very run has nothing
+to keep and gets no copy.
 """
 
 from __future__ import annotations
 
+import os
+import sqlite3
 import time
 from typing import Callable, Iterable, NamedTuple, Sequence
 
 from sqlite_utils import Database
 
-from catalog.db import CatalogError, configure, transaction
+from catalog.db import CatalogError, configure, database_file, transaction
 
 MIGRATIONS_TABLE = "schema_migrations"
 
@@ -175,6 +183,9 @@ def migrate(
     for migration in migrations:
         if migration.version <= found:
             continue
+        copy = None
+        if found > 0 and database_file(db):
+            copy = safety_copy(db, schema_version(db))
         try:
             with transaction(db):
                 if schema_version(db) >= migration.version:
@@ -188,11 +199,58 @@ def migrate(
                     (migration.version, migration.name, clock()),
                 )
         except Exception as exc:
+            kept = f"; the catalog is unchanged, and a safety copy of it is {copy}" if copy else ""
             raise CatalogError(
-                f"migration {migration.version} ({migration.name}) failed: {exc}"
+                f"migration {migration.version} ({migration.name}) failed: {exc}{kept}"
             ) from exc
         applied.append(migration.version)
     return applied
+
+
+def safety_copy(db: Database, version: int) -> str | None:
+    """Copy the file catalog ``db`` (at schema ``version``) to ``PATH.vVERSION.backup``
+    with SQLite's backup API; return the copy's path.
+
+    The copy is written to a temporary name, synced and renamed, so a copy
+    under the final name is always whole. Returns None, keeping no copy,
+    when another process migrated the catalog past ``version`` meanwhile
+    (the copy would not be of ``version``). Raises :class:`CatalogError`
+    when the copy cannot be made: no migration runs without one.
+    """
+    path = database_file(db)
+    target = f"{path}.v{version}.backup"
+    temporary = f"{target}.{os.getpid()}.tmp"
+    try:
+        copy = sqlite3.connect(temporary)
+        try:
+            # Not inside the migration's transaction: a backup from a
+            # connection that holds the write lock waits for itself.
+            db.conn.backup(copy)
+            copied = schema_version(Database(copy))
+            # One self-contained file: no -wal beside the copy.
+            copy.execute("PRAGMA journal_mode = DELETE")
+        finally:
+            copy.close()
+        if copied != version:
+            os.unlink(temporary)
+            return None
+        with open(temporary, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(temporary, target)
+        folder = os.open(os.path.dirname(target), os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
+    except (OSError, sqlite3.Error) as exc:
+        try:
+            os.unlink(temporary)
+        except OSError:
+            pass
+        raise CatalogError(
+            f"cannot take the safety copy {target} before migrating the catalog from "
+            f"version {version} ({exc}); free space beside it and retry") from exc
+    return target
 
 
 def _ensure_migrations_table(db: Database) -> None:

@@ -12,11 +12,13 @@ thread that opened it; another thread opens its own with
 
 from __future__ import annotations
 
+import functools
 import math
 import os
+import sqlite3
 import string
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from sqlite_utils import Database
 
@@ -26,8 +28,10 @@ from catalog.db import (
     TitleExists,
     TitleNotFound,
     connect,
+    database_file,
     transaction,
 )
+from catalog.diagnosis import unusable
 from catalog.migrations import migrate, schema_version
 
 STATES = ("remote", "partial", "complete")
@@ -45,6 +49,18 @@ _TRACK_COLUMNS = (
 )
 _TITLE_SELECT = "SELECT " + ", ".join(_TITLE_COLUMNS) + " FROM titles"
 _TRACK_SELECT = "SELECT " + ", ".join(_TRACK_COLUMNS) + " FROM tracks"
+
+
+def _reading(method: Callable[..., Any]) -> Callable[..., Any]:
+    """A read that meets a damaged page (the file changed under a running
+    kvod) raises CatalogUnusable, one line with advice, not sqlite3's error."""
+    @functools.wraps(method)
+    def read(self: Catalog, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except sqlite3.DatabaseError as exc:
+            raise unusable(database_file(self.db) or ":memory:", exc) from None
+    return read
 
 
 def validate_title_name(name: object) -> str:
@@ -306,6 +322,7 @@ class Catalog:
             self._insert_tracks(cursor.lastrowid, specs)
         return self._get_required(name)
 
+    @_reading
     def get_title(self, name: str) -> Title | None:
         """The title called ``name`` with its tracks, or ``None``."""
         rows = list(self.db.query(_TITLE_SELECT + " WHERE name = ?", (name,)))
@@ -316,6 +333,7 @@ class Catalog:
         )
         return _title(rows[0], tuple(Track(**t) for t in tracks))
 
+    @_reading
     def list_titles(self, state: str | None = None) -> list[Title]:
         """All titles (or those in ``state``) with their tracks, ordered by name."""
         if state is None:
@@ -462,6 +480,7 @@ class Catalog:
             )
         return merged
 
+    @_reading
     def cached_ranges(self, name: str) -> list[tuple[int, int]]:
         """The cached ``(start, end)`` byte ranges of a title, sorted, end exclusive."""
         title_id = self._title_id(name)
@@ -471,6 +490,7 @@ class Catalog:
         ).fetchall()
         return [(start, end) for start, end in rows]
 
+    @_reading
     def cached_bytes(self, name: str) -> int:
         """How many bytes of a title are recorded as cached."""
         title_id = self._title_id(name)
@@ -485,6 +505,7 @@ class Catalog:
             title_id = self._title_id(name)
             self.db.execute("DELETE FROM cached_ranges WHERE title_id = ?", (title_id,))
 
+    @_reading
     def total_cached_bytes(self) -> int:
         """Bytes recorded as cached across all titles (what the cache quota counts)."""
         return self.db.execute(
@@ -533,6 +554,11 @@ def open_catalog(path: str | os.PathLike[str] | None) -> Catalog:
     db = connect(path)
     try:
         return Catalog(db)
+    except sqlite3.Error as exc:
+        db.close()
+        if path is None:
+            raise CatalogError(f"cannot set up the catalog: {exc}") from exc
+        raise unusable(os.path.abspath(os.fspath(path)), exc) from None
     except BaseException:
         db.close()
         raise

@@ -90,6 +90,31 @@ def test_a_file_that_is_not_a_database_is_a_clear_error(tmp_path):
         open_catalog(path)
 
 
+def test_opening_a_second_connection_keeps_the_locks_of_the_first(tmp_path):
+    """The daemon's reactor connection reads while its writer thread opens
+    its own: the checks at open must not drop the first one's POSIX locks
+    (closing any descriptor of the file would), or another process's
+    checkpoint resets the WAL under a live reader."""
+    path = tmp_path / "catalog.db"
+    with open_catalog(path) as cat:
+        cat.db.execute("PRAGMA wal_autocheckpoint = 0")
+        _add(cat)
+        reader = open_catalog(path)
+        reader.db.execute("BEGIN")
+        assert len(reader.list_titles()) == 1  # a read transaction on the WAL snapshot
+        open_catalog(path).close()  # e.g. the writer thread's connection
+        script = textwrap.dedent(f"""
+            import sqlite3
+            conn = sqlite3.connect({str(path)!r}, timeout=1)
+            print(conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0])
+        """)
+        busy = subprocess.run([sys.executable, "-c", script], capture_output=True,
+                              text=True, timeout=30).stdout.strip()
+        reader.db.execute("COMMIT")
+        reader.close()
+    assert busy == "1", "the reader's lock was gone: the WAL could be reset under it"
+
+
 # -- migrations -----------------------------------------------------------
 
 
@@ -186,6 +211,69 @@ def test_newer_schema_is_refused_and_left_untouched(tmp_path):
     versions = sqlite3.connect(path).execute(
         "SELECT version FROM schema_migrations ORDER BY version").fetchall()
     assert versions == [(m.version,) for m in MIGRATIONS] + [(7,)]
+
+
+def _add_column(db: Database) -> None:
+    db.execute("ALTER TABLE titles ADD COLUMN rating INTEGER")
+
+
+def test_a_migration_of_a_catalog_with_data_takes_a_safety_copy_first(tmp_path):
+    path = tmp_path / "catalog.db"
+    with open_catalog(path) as cat:
+        _add(cat)
+    assert list(tmp_path.glob("*.backup")) == []  # a new catalog has nothing to keep
+    db = Database(path)
+    steps = (*MIGRATIONS, Migration(LATEST + 1, "rating", _add_column),
+             Migration(LATEST + 2, "doomed", _create_then_fail))
+    copy = tmp_path / f"catalog.db.v{LATEST + 1}.backup"
+    with pytest.raises(CatalogError, match=rf"the catalog is unchanged, and a safety copy "
+                                           rf"of it is {copy}"):
+        migrate(db, steps)
+    db.close()
+    first = tmp_path / f"catalog.db.v{LATEST}.backup"
+    assert sorted(tmp_path.glob("*.backup")) == [first, copy]
+    # each copy is a whole catalog at its version, without a -wal of its own
+    for backup, version, columns in ((first, LATEST, False), (copy, LATEST + 1, True)):
+        conn = sqlite3.connect(backup)
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+        assert conn.execute("SELECT max(version) FROM schema_migrations").fetchone()[0] \
+            == version
+        assert conn.execute("SELECT name FROM titles").fetchall() == \
+            [("films/big-buck-bunny.ts",)]
+        assert ("rating" in [r[1] for r in conn.execute("PRAGMA table_info(titles)")]) \
+            is columns
+        conn.close()
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_no_migration_runs_without_its_safety_copy(tmp_path):
+    path = tmp_path / "catalog.db"
+    with open_catalog(path) as cat:
+        _add(cat)
+    (tmp_path / f"catalog.db.v{LATEST}.backup").mkdir()  # the copy cannot land
+    db = Database(path)
+    with pytest.raises(CatalogError, match=rf"cannot take the safety copy .*catalog.db"
+                                           rf".v{LATEST}.backup before migrating"):
+        migrate(db, (*MIGRATIONS, Migration(LATEST + 1, "rating", _add_column)))
+    assert migrate(db) == [] and db.execute(
+        "SELECT max(version) FROM schema_migrations").fetchone()[0] == LATEST
+    db.close()
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_scrambled_pages_are_found_at_open(tmp_path):
+    """SQLite opens a file whose schema page is good without complaint; the
+    damage below it must be found at open, not in a viewer's request."""
+    path = tmp_path / "catalog.db"
+    with open_catalog(path) as cat:
+        for i in range(200):
+            _add(cat, f"t{i}", origin_url="http://origin/" + "a" * 200)
+        cat.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    with open(path, "r+b") as f:
+        f.seek(2 * 4096)
+        f.write(b"\xa5" * 4096 * 3)
+    with pytest.raises(CatalogError, match=r"damaged .*; restore it from a backup"):
+        open_catalog(path)
 
 
 def test_migration_versions_must_increase():

@@ -240,6 +240,39 @@ def test_idle_session_is_reclaimed_after_timeout(client, media, server):
     assert server.get_timer() is None
 
 
+OTHER_HOST = "127.0.0.2"
+
+
+@pytest.mark.parametrize("method,url,headers", [
+    ("TEARDOWN", f"{BASE}/movie/", ()),
+    ("PAUSE", f"{BASE}/movie/", ()),
+    ("PLAY", f"{BASE}/movie/", (("Range", "npt=4-"),)),
+    ("SETUP", f"{BASE}/movie/trackID=0",
+     (("Transport", "RTP/AVP;unicast;client_port=7000-7001"),)),
+    ("GET_PARAMETER", f"{BASE}/movie/", ()),
+    ("OPTIONS", "*", ()),
+])
+def test_a_session_id_from_another_host_is_454_and_changes_nothing(client, media, server,
+                                                                    method, url, headers):
+    """An id seen in the admin status or a capture does not let another
+    host tear down, move, re-target or keep alive a viewer's session."""
+    session, _ = client.setup()
+    assert client("PLAY", f"{BASE}/movie/", ("Session", session)).status == 200
+    stream = media.opened[0][3]
+    position = stream.position_ns()
+    client.now += 30
+    resp = client(method, url, ("Session", session), *headers, peer=OTHER_HOST)
+    assert resp.status == 454
+    assert session in server.sessions
+    assert server.sessions[session].state is SessionState.PLAYING
+    assert server.sessions[session].last_seen == client.now - 30  # not kept alive
+    assert stream.playing and not stream.closed and stream.position_ns() == position
+    assert len(media.opened) == 1  # no stream opened toward the stranger
+    # the viewer itself goes on as before
+    assert client("GET_PARAMETER", f"{BASE}/movie/", ("Session", session)).status == 200
+    assert client("TEARDOWN", f"{BASE}/movie/", ("Session", session)).status == 200
+
+
 def test_options_with_session_is_a_keepalive(client, server):
     session, _ = client.setup()
     client.now += 40
@@ -386,3 +419,33 @@ def test_seek_starts_every_track_at_the_first_tracks_keyframe(mp4_client, media)
     assert parse_range(resp.headers.get("Range")).start == 4.0
     info = parse_rtp_info(resp.headers.get("RTP-Info"))
     assert [i[0] for i in info] == [f"{BASE}/film/trackID=0", f"{BASE}/film/trackID=1"]
+
+
+def test_a_catalog_damaged_under_the_server_is_503_and_one_log_line(tmp_path, media, caplog):
+    """The catalog file changes under a running daemon: requests get 503 and
+    the log one line with advice, never a traceback."""
+    import logging
+    import sqlite3
+
+    from sqlite_utils import Database
+
+    from catalog import Catalog
+    path = tmp_path / "catalog.db"
+    with open_catalog(path) as db:
+        for i in range(200):
+            db.add_title(f"t{i}", container="mpegts", now=0.0,
+                         origin_url="http://127.0.0.1:9/" + "a" * 200)
+        db.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    with open(path, "r+b") as f:
+        f.seek(2 * 4096)
+        f.write(b"\xa5" * 3 * 4096)
+    # a connection opened before the damage: no check at open stands between
+    titles = Catalog(Database(sqlite3.connect(path)))
+    server = RtspServer(titles=titles, media=media)
+    caplog.set_level(logging.INFO)
+    resp = Client(server)("DESCRIBE", f"{BASE}/t150")
+    titles.close()
+    assert resp.status == 503
+    assert not [r for r in caplog.records if r.exc_info]
+    (line,) = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert f"catalog {path}: damaged" in line and "move it aside" in line

@@ -35,6 +35,8 @@ def loopback_config(port: int, admin_port: int, *, log_level: str = "warning",
     return (f'[rtsp]\nlisten = "tcp:{port}:interface=127.0.0.1"\n{rtsp}'
             f'[log]\nlevel = "{log_level}"\n'
             f'[admin]\nlisten = "{admin_listen.format(port=admin_port)}"\n'
+            # in the config's folder, never the system's /var/lib/kvod
+            f'token_file = "admin.token"\n'
             f'[catalog]\npath = "catalog.db"\n'
             f'{sections}')
 

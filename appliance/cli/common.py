@@ -72,6 +72,14 @@ def act_as_data_owner(config) -> None:
     share_with_group(config.catalog.path)
 
 
+def catalog_failure(config, exc: Exception) -> click.ClickException:
+    """The one-line click error (exit code 1) for a catalog that cannot be opened."""
+    from catalog import CatalogUnusable
+    if isinstance(exc, CatalogUnusable):
+        return click.ClickException(str(exc))  # it names the file and what to do
+    return click.ClickException(f"catalog {config.catalog.path}: {exc}")
+
+
 def open_catalog(config):
     """The catalog of ``config``, opened as the data's owner (see
     :func:`act_as_data_owner`); a bad catalog is a one-line click error."""
@@ -81,7 +89,7 @@ def open_catalog(config):
     try:
         return open_db(config.catalog.path)
     except CatalogError as exc:
-        raise click.ClickException(f"catalog {config.catalog.path}: {exc}") from None
+        raise catalog_failure(config, exc) from None
 
 
 def admin_address(listen: str) -> Optional[tuple[str, int]]:
@@ -118,21 +126,36 @@ def admin_url(config) -> Optional[str]:
     return f"http://{'[' + host + ']' if ':' in host else host}:{port}"
 
 
+def admin_headers(config) -> dict[str, str]:
+    """The headers every admin request carries: the token of ``[admin]
+    token_file`` when this user can read it (writes to an admin listener off
+    loopback need it, and readers with it see session ids)."""
+    from appliance.admin_token import read_token
+    token = read_token(config.admin.token_file)
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
 def admin_call(config, method: str, path: str, **query) -> Optional[tuple[int, dict]]:
     """(status, JSON) from the daemon, or None when no daemon answers."""
     base = admin_url(config)
     if base is None:
         return None
     url = base + path + ("?" + urllib.parse.urlencode(query) if query else "")
-    req = urllib.request.Request(url, method=method, data=b"" if method == "POST" else None)
+    req = urllib.request.Request(url, method=method, data=b"" if method == "POST" else None,
+                                 headers=admin_headers(config))
     try:
         with urllib.request.urlopen(req, timeout=ADMIN_TIMEOUT) as resp:
             return resp.status, json.loads(resp.read() or b"{}")
     except urllib.error.HTTPError as exc:
         try:
-            return exc.code, json.loads(exc.read() or b"{}")
+            body = json.loads(exc.read() or b"{}")
         except ValueError:
-            return exc.code, {"error": exc.reason}
+            body = {"error": exc.reason}
+        if exc.code == 401 and isinstance(body, dict):
+            body["error"] = (f"{body.get('error', 'unauthorized')} (kvod reads the token "
+                             f"from {config.admin.token_file or '[admin] token_file'}, "
+                             "which needs read access: group kvod)")
+        return exc.code, body
     except (urllib.error.URLError, OSError, ValueError):
         return None
 

@@ -16,7 +16,8 @@ import click
 from appliance.cli.bench import bench
 from appliance.cli.cache import cache
 from appliance.cli.catalog import catalog
-from appliance.cli.common import DEFAULT_CONFIG, admin_address, config_of, config_path
+from appliance.cli.common import (DEFAULT_CONFIG, admin_address, admin_headers,
+                                  catalog_failure, config_of, config_path)
 
 
 @click.group()
@@ -45,7 +46,14 @@ def serve(ctx: click.Context) -> None:
         # Twisted logs every UDP port it opens; one per session is noise.
         logging.getLogger("twisted").setLevel(logging.WARNING)
     from appliance.daemon import run
-    sys.exit(run(config, config_path(ctx)))
+    from catalog import CatalogError
+    try:
+        code = run(config, config_path(ctx))
+    except CatalogError as exc:
+        # Raised while the daemon is built, before the reactor runs: an
+        # operator's problem (a damaged or inaccessible catalog), one line.
+        raise catalog_failure(config, exc) from None
+    sys.exit(code)
 
 
 @cli.command()
@@ -61,9 +69,12 @@ def status(ctx: click.Context, as_json: bool) -> None:
         raise click.ClickException(f"admin.listen {listen!r}: kvod status needs a tcp endpoint")
     host, port = address
     url = f"http://{'[' + host + ']' if ':' in host else host}:{port}/status"
+    request = urllib.request.Request(url, headers=admin_headers(config_of(ctx)))
     try:
-        with urllib.request.urlopen(url, timeout=5) as reply:
+        with urllib.request.urlopen(request, timeout=5) as reply:
             info = json.load(reply)
+    except urllib.error.HTTPError as exc:
+        raise click.ClickException(f"kvod refused {url}: {exc.code} {exc.reason}") from None
     except (urllib.error.URLError, OSError) as exc:
         raise click.ClickException(f"kvod is not answering on {url} ({exc})") from None
     if as_json:

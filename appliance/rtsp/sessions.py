@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from urllib.parse import quote, unquote, urlsplit
 
 from appliance.rtsp.client_quirks import quirks_for
+from catalog import CatalogError
 from appliance.rtsp.media_api import MediaBackend, MediaFilesBad, MediaStream, MediaUnavailable
 from appliance.rtsp import (
     Request,
@@ -149,6 +150,11 @@ class RtspServer:
             log.info("%s %s from %s: %d %s", request.method, request.target,
                      peer_host, exc.status, exc)
             return self._reply(request, exc.status, headers=exc.headers)
+        except CatalogError as exc:
+            # The catalog file (damaged under the running daemon, say), not a
+            # bug: one line that says what to do, and the client may retry.
+            log.error("%s %s from %s: %s", request.method, request.target, peer_host, exc)
+            return self._reply(request, 503)
         except Exception:
             # A bug must end this request, not the connection or the daemon.
             log.exception("%s %s from %s failed", request.method, request.target, peer_host)
@@ -195,14 +201,14 @@ class RtspServer:
             raise RtspFailure(551, f"unsupported option {require!r}",
                               headers=(("Unsupported", require),))
         if method == "OPTIONS":
-            self._keepalive(req, now, required=False)
+            self._keepalive(req, peer_host, now, required=False)
             return self._reply(req, 200, headers=(("Public", ", ".join(PUBLIC_METHODS)),))
         if method == "DESCRIBE":
             return self._describe(req, now, prepared)
         if method == "SETUP":
             return self._setup(req, peer_host, now, prepared)
         if method in ("PLAY", "PAUSE", "TEARDOWN"):
-            session = self._session_of(req, now)
+            session = self._session_of(req, peer_host, now)
             try:
                 new_state = next_state(session.state, method)
             except InvalidTransition as exc:
@@ -217,10 +223,10 @@ class RtspServer:
             session.state = new_state
             return response
         if method in ("GET_PARAMETER", "SET_PARAMETER"):
-            self._keepalive(req, now, required=False)
+            self._keepalive(req, peer_host, now, required=False)
             if method == "SET_PARAMETER" and req.body:
                 raise RtspFailure(451, "no parameters can be set")
-            return self._reply(req, 200, session=self._session_header(req))
+            return self._reply(req, 200, session=self._session_header(req, peer_host))
         if method in NOT_ALLOWED_METHODS:
             raise RtspFailure(405, f"{method} is not supported by a VoD server",
                               headers=(("Allow", ", ".join(PUBLIC_METHODS)),))
@@ -266,7 +272,7 @@ class RtspServer:
 
         session = None
         if req.headers.get("Session"):
-            session = self._session_of(req, now)
+            session = self._session_of(req, peer_host, now)
             if session.title_name != title.name:
                 raise RtspFailure(459, f"session {session.id} is for {session.title_name}")
             if session.state is not SessionState.READY:
@@ -417,23 +423,33 @@ class RtspServer:
         except ValueError:
             raise RtspFailure(454, f"malformed Session {value!r}") from None
 
-    def _session_of(self, req: Request, now: float) -> Session:
+    def _session_of(self, req: Request, peer_host: str, now: float) -> Session:
         session_id = self._session_id(req)
         if session_id is None:
             raise RtspFailure(454, f"{req.method} needs a Session header")
-        session = self.sessions.get(session_id)
+        session = self._own_session(session_id, peer_host)
         if session is None:
-            raise RtspFailure(454, f"no session {session_id!r}")
+            raise RtspFailure(454, f"no session {session_id!r} for {peer_host}")
         session.last_seen = now
         return session
 
-    def _keepalive(self, req: Request, now: float, required: bool) -> None:
-        if required or req.headers.get("Session"):
-            self._session_of(req, now)
+    def _own_session(self, session_id: str, peer_host: str) -> Session | None:
+        # A session belongs to the address that set it up: an id seen
+        # elsewhere (the admin status, a capture) must not let another host
+        # tear it down, redirect it or keep it alive. To that host it does
+        # not exist, the same 454 as an id never issued.
+        session = self.sessions.get(session_id)
+        if session is None or session.peer_host != peer_host:
+            return None
+        return session
 
-    def _session_header(self, req: Request) -> Session | None:
+    def _keepalive(self, req: Request, peer_host: str, now: float, required: bool) -> None:
+        if required or req.headers.get("Session"):
+            self._session_of(req, peer_host, now)
+
+    def _session_header(self, req: Request, peer_host: str) -> Session | None:
         session_id = self._session_id(req)
-        return self.sessions.get(session_id) if session_id else None
+        return self._own_session(session_id, peer_host) if session_id else None
 
     def _allowed(self, session: Session) -> str:
         methods = {m for (state, m) in TRANSITIONS if state is session.state}
