@@ -11,7 +11,7 @@ import pytest
 from appliance.admin_access import (AdminAccess, decide, host_allowed, redact_sessions,
                                     session_alias)
 from appliance.admin_token import TokenError, load_or_create_token, read_token
-from appliance.metrics import prometheus_text
+from appliance.metrics import DaemonMetrics
 
 TOKEN = "t" * 40
 LOOPBACK = AdminAccess(names=frozenset({"kvod1.example.net"}), token=TOKEN)
@@ -121,12 +121,12 @@ def test_redacted_status_and_metrics_hold_no_session_id():
                             "client": "10.0.0.8", "streams": {"0": {"packets_sent": 0}}}]}
     secret = os.urandom(32)
     redacted = redact_sessions(status, secret)
-    text = repr(redacted) + prometheus_text(redacted)
+    text = repr(redacted) + DaemonMetrics(lambda: redacted).text().decode()
     assert "2BF3B9AD8A795A3C" not in text and "0123456789ABCDEF" not in text
     aliases = [s["id"] for s in redacted["sessions"]]
     assert aliases == [session_alias(secret, "2BF3B9AD8A795A3C"),
                        session_alias(secret, "0123456789ABCDEF")]
-    assert len(set(aliases)) == 2  # the metrics series stay apart
+    assert len(set(aliases)) == 2  # two sessions stay two
     assert status["sessions"][0]["id"] == "2BF3B9AD8A795A3C"  # the original is untouched
 
 

@@ -242,7 +242,7 @@ def test_off_loopback_writes_need_the_token_and_readers_see_no_session_id(tmp_pa
     status, body = out["status"]
     assert status == 200 and session not in body and json.loads(body)["sessions"]
     status, body = out["metrics"]
-    assert status == 200 and session not in body and "kvod_stream_packets_sent" in body
+    assert status == 200 and session not in body and "kvod_sent_packets_total" in body
     status, body = out["status_token"]
     assert status == 200 and json.loads(body)["sessions"][0]["id"] == session
     assert out["evict"][0] == 401 and out["evict_wrong"][0] == 401
