@@ -25,6 +25,20 @@ def free_tcp_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_listening(port: int, timeout: float) -> None:
+    """Return once a TCP connection to loopback ``port`` is accepted
+    (OSError after ``timeout`` seconds)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
 def loopback_config(port: int, admin_port: int, *, log_level: str = "warning",
                     rtsp: str = "", sections: str = "",
                     admin_listen: str = "tcp:{port}:interface=127.0.0.1") -> str:

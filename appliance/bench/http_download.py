@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import subprocess
 import urllib.request
 import tempfile
 import time
 from typing import Callable, Optional
 
-from appliance.bench.daemon import ROOT, ServeProcess, free_tcp_port, loopback_config
+from appliance.bench.daemon import (ROOT, ServeProcess, free_tcp_port, loopback_config,
+                                    wait_listening)
 from appliance.bench.nginx_origin import NginxOrigin
 from rtpengine.bench.media import bench_title
 from rtpengine.bench.stats import percentile
@@ -175,7 +175,7 @@ def run_http_download(size: int, media_dir: str, downloads: int = 5, hls_titles:
                     os.path.join(folder, "kvod-tls"), title,
                     f"ssl:{https}:interface=127.0.0.1:privateKey={key}:certKey={cert}",
                     nginx.base_url))
-                _wait_port(https)
+                wait_listening(https, 15)
                 urls["kvod /titles/ over TLS (pread + pyOpenSSL)"] = (
                     f"https://127.0.0.1:{https}/titles/title.ts", daemons[1].proc.pid)
             # warm the page cache and every server once
@@ -189,15 +189,3 @@ def run_http_download(size: int, media_dir: str, downloads: int = 5, hls_titles:
                 daemon.stop()
             nginx.stop()
     return {"size": size, "downloads": downloads, "servers": servers, "hls": hls}
-
-
-def _wait_port(port: int, timeout: float = 15) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)

@@ -7,19 +7,19 @@ import os
 import random
 import socket
 import subprocess
-import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator
 
-from appliance.bench.daemon import ROOT, ServeProcess, free_tcp_port, loopback_config
+from appliance.bench.daemon import (ROOT, ServeProcess, free_tcp_port, loopback_config,
+                                    wait_listening)
 from appliance.bench.rtsp_client import RtpReceiver, RtspClient
 
 PYTHON = "/usr/bin/python3"
 KVOD = [PYTHON, os.path.join(ROOT, "bin", "kvod")]
 
 __all__ = ["KVOD", "KvodDaemon", "Playing", "ROOT", "free_tcp_port", "free_udp_pair",
-           "play_movie", "tracebacks"]
+           "play_movie", "tracebacks", "wait_listening"]
 
 
 def tracebacks(log: str) -> list[str]:
@@ -138,19 +138,6 @@ class KvodDaemon:
             return self.serve.stop(timeout)
         except TimeoutError as exc:
             raise RuntimeError(str(exc)) from None
-
-
-def wait_listening(port: int, timeout: float) -> None:
-    """Return once a TCP connection to loopback ``port`` is accepted."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
 
 
 @dataclass
