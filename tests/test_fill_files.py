@@ -41,8 +41,8 @@ def test_no_scan_starts_while_the_files_are_being_closed(tmp_path, ts_file):
         # ... and no new one may start: the files are about to close
         assert fill._indexing is None
         assert settled.called
-        fill._close_files()   # no BufferError: nothing holds the mapping
-        assert fill._map is None
+        fill._close_files()   # nothing reads the files any more
+        assert fill._media is None
     finally:
         fill._close_files()
         cat.close()

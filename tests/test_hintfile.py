@@ -385,4 +385,5 @@ def test_write_hint_file_with_a_blob_area(tmp_path):
         assert h.header.blob_offset == 64 + 32 and h.header.blob_size == 8
         assert h.record(0) == rec
         off = h.header.blob_offset + rec.offset
-        assert h._map[off:off + rec.length] == b"defg"
+    with open(path, "rb") as f:
+        assert f.read()[off:off + rec.length] == b"defg"

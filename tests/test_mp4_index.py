@@ -240,6 +240,16 @@ def _frag_edit(tmp_path, mutate) -> str:
     return str(out)
 
 
+def _set_tfdt(data, moof, value: int) -> None:
+    """The first moof's tfdt base decode time, as a 64-bit (version 1) field."""
+    at = bytes(data).index(b"tfdt", moof) - 4
+    version = data[at + 8]
+    if version == 1:
+        struct.pack_into(">Q", data, at + 12, value)
+    else:
+        struct.pack_into(">I", data, at + 12, value & 0xFFFFFFFF)
+
+
 def _trun(data, moof) -> int:
     """Offset of the first trun in the first moof."""
     at = bytes(data).index(b"trun", moof) - 4
@@ -252,6 +262,8 @@ def _trun(data, moof) -> int:
     ("trun data offset outside", lambda d, m: struct.pack_into(">i", d, _trun(d, m) + 16,
                                                                2**31 - 1), "outside the file"),
     ("moof size lies", lambda d, m: struct.pack_into(">I", d, m, 2**31), "runs past"),
+    # found by the byte-flip fuzzing below: a decode time no timeline holds
+    ("tfdt beyond any timeline", lambda d, m: _set_tfdt(d, m, 2**63 + 12345), "beyond any"),
 ])
 def test_hostile_fragments_are_media_errors(what, mutate, message, tmp_path):
     with pytest.raises(MediaError, match=message):

@@ -598,6 +598,9 @@ def _read_fragments(mm, moofs: list[bx.Box], traks: list[_Trak], trex: dict,
         t.tables = ft.tables()
         # the first fragment's decode time places the track on the timeline
         t.shift -= ft.first_decode_time or 0
+        if abs(t.shift) > 1 << 40:
+            raise MediaError(f"{name}: track {t.track_id}: its first fragment starts at "
+                             f"decode time {ft.first_decode_time}, beyond any timeline")
 
 
 def read_tracks(mm, size: int, name: str) -> tuple[bx.Box, list[_Trak]]:
