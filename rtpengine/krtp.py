@@ -445,10 +445,19 @@ class KrtpStream(Closing):
     def _start_point(self, record: int, st: KrtpStreamStats) -> StartPoint:
         seq = (self._seq0 + st.packets_sent + st.packets_dropped) & 0xFFFF
         last = min(record, st.record_count - 1)
-        hints = self._hints
-        if last < 0 or hints is None:
+        if last < 0:
             return StartPoint(record=record, seq=seq, rtp_ts=self._ts0, send_ns=0)
-        raw = os.pread(hints.fd, RECORD_SIZE, HEADER_SIZE + last * RECORD_SIZE)
+        # pinned while read: a close() from another thread must not close
+        # (and so free for reuse) the descriptor under the pread
+        with self._engine._lock:
+            hints = self._hints
+            if hints is None:
+                raise KrtpError(errno.EBADF, "stream is closed")
+            hints.users += 1
+        try:
+            raw = os.pread(hints.fd, RECORD_SIZE, HEADER_SIZE + last * RECORD_SIZE)
+        finally:
+            self._engine._release_hint_file(hints)
         if len(raw) < RECORD_SIZE:  # the file shrank under the stream
             return StartPoint(record=record, seq=seq, rtp_ts=self._ts0, send_ns=0)
         r = HintRecord.unpack_from(raw, 0)
