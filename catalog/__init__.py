@@ -6,13 +6,13 @@ tests all use this package the same way.
 
 from catalog.cache_entries import (CacheEntry, cache_entries, get_meta, keep_cached_below,
                                    set_meta, set_priority)
-from catalog.db import (
+from catalog.db import transaction
+from catalog.errors import (
     CatalogError,
     CatalogUnusable,
     InvalidTitleName,
     TitleExists,
     TitleNotFound,
-    transaction,
 )
 from catalog.migrations import MIGRATIONS, Migration, migrate
 from catalog.titles import (

@@ -11,7 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from catalog.db import CatalogError, TitleNotFound, transaction
+from catalog.db import transaction
+from catalog.errors import CatalogError, TitleNotFound
 
 
 @dataclass(frozen=True)

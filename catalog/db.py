@@ -16,39 +16,12 @@ from typing import Iterator
 
 from sqlite_utils import Database
 
+from catalog.diagnosis import check_files, check_integrity, unusable
+from catalog.errors import CatalogError
+
 # Long enough to ride out another process's migration or bulk write, short
 # enough that a wedged writer is reported instead of hanging the daemon.
 BUSY_TIMEOUT_MS = 5000
-
-
-class CatalogError(Exception):
-    """The catalog refused an operation or could not be opened."""
-
-
-class CatalogUnusable(CatalogError):
-    """The catalog file cannot be used as it is: damaged, not a file, not
-    accessible. The message is one line naming the file, what is wrong and
-    what the operator can do about it."""
-
-    def __init__(self, path: str, problem: str, advice: str) -> None:
-        # One line, whatever SQLite's own message held (quick_check's are several).
-        problem = " ".join(problem.split())
-        super().__init__(f"catalog {path}: {problem}; {advice}")
-        self.path = path
-        self.problem = problem
-        self.advice = advice
-
-
-class TitleExists(CatalogError):
-    """A title with this name is already in the catalog."""
-
-
-class TitleNotFound(CatalogError):
-    """No title with this name is in the catalog."""
-
-
-class InvalidTitleName(CatalogError):
-    """A title name is not a safe, path-like name."""
 
 
 def connect(path: str | os.PathLike[str] | None) -> Database:
@@ -60,7 +33,6 @@ def connect(path: str | os.PathLike[str] | None) -> Database:
     is a :class:`CatalogUnusable` saying what to do; nothing here blocks on
     a FIFO or hands a damaged file on.
     """
-    from catalog.diagnosis import check_files, check_integrity, unusable
     if path is None:
         return configure(Database(memory=True))
     path = os.path.abspath(os.fspath(path))

@@ -17,7 +17,7 @@ import stat
 
 from sqlite_utils import Database
 
-from catalog.db import CatalogUnusable
+from catalog.errors import CatalogUnusable
 
 # Beside the database SQLite keeps these; each must be a plain file too, or
 # SQLite would read from (and maybe block on) whatever stands there.

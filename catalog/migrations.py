@@ -27,7 +27,8 @@ from typing import Callable, Iterable, NamedTuple, Sequence
 
 from sqlite_utils import Database
 
-from catalog.db import CatalogError, configure, database_file, transaction
+from catalog.db import configure, database_file, transaction
+from catalog.errors import CatalogError
 
 MIGRATIONS_TABLE = "schema_migrations"
 

@@ -23,14 +23,11 @@ from typing import Any, Callable, Iterable, Mapping
 from sqlite_utils import Database
 
 from catalog.db import (
-    CatalogError,
-    InvalidTitleName,
-    TitleExists,
-    TitleNotFound,
     connect,
     database_file,
     transaction,
 )
+from catalog.errors import CatalogError, InvalidTitleName, TitleExists, TitleNotFound
 from catalog.diagnosis import unusable
 from catalog.migrations import migrate, schema_version
 
