@@ -17,9 +17,8 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
-import time
 
+from rtpengine.bench.index import timed_runs
 from rtpengine.bench.media import cache_dir
 from rtpengine.index.mp4 import index_mp4
 
@@ -48,25 +47,14 @@ def long_mp4(minutes: int = 120) -> str:
     return path
 
 
-def _warm(path: str) -> None:
-    with open(path, "rb") as f:
-        while f.read(1 << 24):
-            pass
-
-
 def run(path: str | None = None, minutes: int = 120, runs: int = 5) -> dict:
     """Index ``path`` (or a looped film of ``minutes``) ``runs`` times, the
     file in the page cache; each run is the whole ``index_mp4`` call, hint
     files written. Returns seconds, samples/s and MB/s (best and median)."""
     path = path or long_mp4(minutes)
     size = os.path.getsize(path)
-    _warm(path)
-    times = []
-    with tempfile.TemporaryDirectory(prefix="kvod-bench-index-") as tmp:
-        for _ in range(max(1, runs)):
-            t0 = time.perf_counter()
-            ix = index_mp4(path, lambda i: os.path.join(tmp, f"track{i}.hint"))
-            times.append(time.perf_counter() - t0)
+    times, ix = timed_runs(path, runs, lambda p, tmp: index_mp4(
+        p, lambda i: os.path.join(tmp, f"track{i}.hint")))
     best, median = min(times), statistics.median(times)
     samples = sum(t.samples for t in ix.tracks)
     return {
