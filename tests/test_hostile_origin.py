@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import subprocess
 import threading
 import time
 
@@ -22,6 +21,7 @@ import pytest
 
 from appliance.bench.rtsp_client import RtpReceiver, RtspClient
 from rtpengine.rtp import parse_rtp
+from tests.helpers import disks
 from tests.helpers.daemon import KvodDaemon, tracebacks
 from tests.helpers.origins import FaultOrigin, PlainOrigin
 from tests.helpers.players import assert_contiguous, gst_finished, gst_receive, sha256
@@ -471,14 +471,8 @@ def test_a_title_larger_than_the_disk_is_refused_before_a_byte_is_written(tmp_pa
 @pytest.fixture
 def small_disk(tmp_path):
     """A 5 MiB tmpfs for the cache folder (root only; skipped otherwise)."""
-    folder = tmp_path / "kvod" / "cache"
-    folder.mkdir(parents=True)
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=5m", "tmpfs", str(folder)],
-                             capture_output=True)
-    if mounted.returncode:
-        pytest.skip(f"cannot mount a tmpfs: {mounted.stderr.decode().strip()}")
-    yield folder
-    subprocess.run(["umount", "-l", str(folder)], check=False)
+    with disks.small_disk(tmp_path / "kvod" / "cache", "5m") as folder:
+        yield folder
 
 
 def test_a_disk_that_fills_mid_fill_costs_no_complete_title(tmp_path, ts_file, short_ts_file,

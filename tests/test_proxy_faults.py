@@ -10,13 +10,13 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-import subprocess
 import time
 
 import pytest
 
 from appliance.bench.rtsp_client import RtpReceiver, RtspClient
 from rtpengine.rtp import parse_rtp
+from tests.helpers import disks
 from tests.helpers.daemon import KvodDaemon, free_tcp_port, tracebacks
 from tests.helpers.origins import FaultOrigin
 from tests.helpers.players import assert_contiguous, gst_finished, gst_receive, sha256
@@ -253,14 +253,8 @@ def test_a_viewer_that_seeks_ahead_of_the_fill_gets_that_range_first(tmp_path, t
 @pytest.fixture
 def small_disk(tmp_path):
     """A 2 MiB tmpfs for the cache folder (root only; skipped otherwise)."""
-    folder = tmp_path / "kvod" / "cache"
-    folder.mkdir(parents=True)
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(folder)],
-                             capture_output=True)
-    if mounted.returncode:
-        pytest.skip(f"cannot mount a tmpfs: {mounted.stderr.decode().strip()}")
-    yield folder
-    subprocess.run(["umount", "-l", str(folder)], check=False)
+    with disks.small_disk(tmp_path / "kvod" / "cache", "2m") as folder:
+        yield folder
 
 
 def test_a_full_disk_evicts_then_fails_cleanly(tmp_path, ts_file, small_disk):
