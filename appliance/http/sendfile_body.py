@@ -56,6 +56,21 @@ def transport_idle(transport) -> bool:
 
 
 @implementer(interfaces.IPushProducer, interfaces.IWriteDescriptor)
+def _end_request(request, sent: int, error: Optional[str]) -> None:
+    """Finish a download's request, or, cut by ``error`` after ``sent``
+    bytes, close its connection: the headers promised a length, and closing
+    early is how HTTP says the body is cut (a client never mistakes it for
+    the bytes)."""
+    if request.producer is not None:
+        request.unregisterProducer()
+    if error is None:
+        request.finish()
+    elif not request._disconnected:
+        log.warning("download of %s stopped after %d bytes: %s",
+                    request.path.decode("latin-1"), sent, error)
+        request.channel.transport.loseConnection()
+
+
 class SendfileBody:
     """Sends ``pieces`` to ``request``'s TCP socket, the file parts from
     ``file_fd`` (owned: closed at the end), then finishes the request."""
@@ -106,17 +121,7 @@ class SendfileBody:
         self.source.want(None)
         os.close(self._sock_fd)
         os.close(self.file_fd)
-        request = self.request
-        if request.producer is not None:
-            request.unregisterProducer()
-        if error is None:
-            request.finish()
-        elif not request._disconnected:
-            # the headers promised a length: closing early is how HTTP says
-            # the body is cut (a client never mistakes it for the bytes)
-            log.warning("download of %s stopped after %d bytes: %s",
-                        request.path.decode("latin-1"), self.sent, error)
-            self._transport.loseConnection()
+        _end_request(self.request, self.sent, error)
         self.on_end(self.sent, error)
 
     # -- IPushProducer (the channel pauses us when its own writes back up) --------
@@ -305,13 +310,5 @@ class ReadBody:
             self._call.cancel()
         self.source.want(None)
         os.close(self.file_fd)
-        request = self.request
-        if request.producer is not None:
-            request.unregisterProducer()
-        if error is None:
-            request.finish()
-        elif not request._disconnected:
-            log.warning("download of %s stopped after %d bytes: %s",
-                        request.path.decode("latin-1"), self.sent, error)
-            request.channel.transport.loseConnection()
+        _end_request(self.request, self.sent, error)
         self.on_end(self.sent, error)
