@@ -258,6 +258,10 @@ class RtspConfig(_Section):
         "Server RTP/RTCP ports: 'per-session' (a pair from rtp_port_min..rtp_port_max for "
         "each stream) or 'shared' (every stream sends from the one pair shared_rtp_port, "
         "+1, so one system call carries packets for many clients).")
+    port_pool: int = _setting(
+        8, _int_in(0, 1024, "an integer from 0 to 1024"),
+        "With per-session server ports: pairs bound ahead, per address family, so a "
+        "SETUP need not bind one (0: bind each at SETUP).")
     shared_rtp_port: int = _setting(
         0, _int_in(0, 65534, "0 or a port number from 1024 to 65534"),
         "The even RTP port of the shared pair (RTCP uses the next one) when server_ports "

@@ -44,6 +44,7 @@ from appliance.status import daemon_status
 from appliance.media.server_ports import server_ports
 from appliance.media.udp import UdpMediaBackend
 from catalog import open_catalog
+from catalog.title_cache import TitleCache
 from rtpengine.backend import open_engine
 
 log = logging.getLogger(__name__)
@@ -113,7 +114,8 @@ class KvodService(service.MultiService):
             ports=server_ports(reactor, mode=config.rtsp.server_ports,
                                port_min=config.rtsp.rtp_port_min,
                                port_max=config.rtsp.rtp_port_max,
-                               shared_rtp_port=config.rtsp.shared_pair[0]),
+                               shared_rtp_port=config.rtsp.shared_pair[0],
+                               pool=config.rtsp.port_pool),
             sr_interval=config.rtcp.sr_interval,
             cname=f"kvod@{socket.gethostname()}",
             on_alive=lambda session_id: self.server.touch(session_id, time.monotonic()),
@@ -123,7 +125,7 @@ class KvodService(service.MultiService):
         self.http_site = http_site(self.cache, reactor, config.http.target_duration)
         # a title downloaded or played must not be evicted under its readers
         self.cache.in_use = lambda name: self.media.playing(name) or self.http_site.busy(name)
-        self.server = RtspServer(titles=self.catalog, media=self.media,
+        self.server = RtspServer(titles=TitleCache(self.catalog), media=self.media,
                                  session_timeout=config.rtsp.session_timeout,
                                  max_sessions=config.rtsp.max_sessions,
                                  server_name=config.rtsp.server_name, cache=self.cache)
@@ -309,7 +311,7 @@ class KvodService(service.MultiService):
         if "log.level" in keys:
             logging.getLogger().setLevel(getattr(logging, config.log.level.upper()))
         if "rtsp.session_timeout" in keys:
-            self.timer.rearm()
+            self.timer.reschedule()
         if "cache.max_bytes" in keys or "cache.policy" in keys:
             try:
                 quota.make_room(0)

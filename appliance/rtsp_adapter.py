@@ -191,7 +191,19 @@ class SessionTimer(service.Service):
         self._call = None
 
     def rearm(self) -> None:
-        """Schedule ``handle_timer`` for the server's current deadline."""
+        """After a request: arm the timer if none is armed.
+
+        Cheap on purpose, as it runs per request: a request only moves
+        deadlines later (a session used, a new one a whole timeout away), so
+        a timer already armed is early at worst; it fires, finds nothing to
+        reclaim and arms itself for the deadline then current. Asking the
+        server for the earliest deadline walks every session."""
+        if self._call is None or not self._call.active():
+            self.reschedule()
+
+    def reschedule(self) -> None:
+        """Schedule ``handle_timer`` for the server's current deadline (also
+        when a shorter session timeout may have made it earlier)."""
         if not self.running:
             return
         if self._call is not None and self._call.active():
@@ -205,11 +217,11 @@ class SessionTimer(service.Service):
     def _fire(self) -> None:
         self._call = None
         self.server.handle_timer(self.clock())
-        self.rearm()
+        self.reschedule()
 
     def startService(self) -> None:  # noqa: N802 (Twisted API)
         super().startService()
-        self.rearm()
+        self.reschedule()
 
     def stopService(self):  # noqa: N802 (Twisted API)
         if self._call is not None and self._call.active():

@@ -437,6 +437,17 @@ class Catalog:
             (now, name),
         )
 
+    def record_hits(self, hits: Mapping[str, tuple[int, float]]) -> None:
+        """Count plays of many titles at once: ``{name: (plays, last play)}``.
+        A title removed since it was played is skipped."""
+        for name, (count, now) in hits.items():
+            _check_count("plays", count)
+            _check_time("now", now)
+        with transaction(self.db):
+            self.db.conn.executemany(
+                "UPDATE titles SET hits = hits + ?, last_access = ? WHERE name = ?",
+                [(count, now, name) for name, (count, now) in hits.items()])
+
     # -- cached byte ranges --------------------------------------------
 
     def add_cached_range(self, name: str, start: int, end: int) -> tuple[int, int]:

@@ -138,3 +138,35 @@ def test_make_room_never_gives_up_the_bytes_of_the_title_it_is_for(tmp_path):
     assert quota.make_room(2 * MB, for_title="b") == 3 * MB
     assert cat.cached_bytes("b") == 1 * MB and cat.cached_bytes("a") == 0
     cat.close()
+
+
+def test_plays_are_counted_in_memory_and_written_before_eviction_ranks_them(tmp_path):
+    from appliance.cache.quota import HIT_FLUSH_SECONDS, CacheQuota
+    cat = _catalog_with(tmp_path, {"a": 3 * MB, "b": 3 * MB})
+    scheduled = []
+    quota = CacheQuota(cat, max_bytes=7 * MB,
+                       schedule=lambda delay, call: scheduled.append((delay, call)))
+    quota.on_hit("a", 30.0)
+    quota.on_hit("a", 40.0)
+    # one timer for the batch; nothing written yet (a DESCRIBE writes nothing)
+    assert [d for d, _ in scheduled] == [HIT_FLUSH_SECONDS]
+    assert cat.get_title("a").hits == 0
+    # eviction ranks with them: b, never played, is the least recent and goes
+    assert quota.make_room(2 * MB) == 3 * MB
+    assert cat.cached_bytes("b") == 0
+    assert (cat.get_title("a").hits, cat.get_title("a").last_access) == (2, 40.0)
+    quota.on_hit("a", 50.0)
+    scheduled[0][1]()                       # the timer writes the rest
+    assert (cat.get_title("a").hits, cat.get_title("a").last_access) == (3, 50.0)
+    cat.close()
+
+
+def test_plays_of_a_title_removed_meanwhile_are_dropped(tmp_path):
+    from appliance.cache.quota import CacheQuota
+    cat = _catalog_with(tmp_path, {"a": MB})
+    quota = CacheQuota(cat, schedule=lambda delay, call: None)
+    quota.on_hit("a", 1.0)
+    quota.on_hit("gone", 1.0)
+    quota.flush_hits()
+    assert cat.get_title("a").hits == 1
+    cat.close()

@@ -184,6 +184,40 @@ def test_answers_are_cached_per_interface_for_a_few_seconds():
     assert answer.fq and answer.ifindex == 1 and len(dumps) == 2
 
 
+def test_routes_are_cached_per_address_for_a_few_seconds_and_bounded():
+    clock, asked = FakeClock(), []
+
+    def oif(address):
+        asked.append(address)
+        return 1
+
+    det = FqDetector(ttl=5.0, clock=clock, oif=oif, qdiscs=lambda: [], max_routes=2)
+    det.detect("127.0.0.1")
+    det.detect("127.0.0.1")
+    assert asked == ["127.0.0.1"]                   # the second came from memory
+    clock.now += 5.1
+    det.detect("127.0.0.1")
+    assert asked == ["127.0.0.1"] * 2               # stale: asked again
+    det.detect("127.0.0.2")
+    det.detect("127.0.0.3")                         # past max_routes: starts empty
+    det.detect("127.0.0.1")
+    assert asked[-3:] == ["127.0.0.2", "127.0.0.3", "127.0.0.1"]
+
+
+def test_a_failed_route_lookup_is_not_cached():
+    answers = iter([NetlinkError("no route"), 1])
+
+    def oif(address):
+        answer = next(answers)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    det = FqDetector(oif=oif, qdiscs=lambda: [])
+    assert "no egress interface" in det.detect("10.0.0.1").reason
+    assert det.detect("10.0.0.1").ifindex == 1
+
+
 @pytest.mark.parametrize("oif, dump, words", [
     (lambda a: (_ for _ in ()).throw(NetlinkError("route lookup failed: x")), None,
      "no egress interface for 10.0.0.1: route lookup failed"),

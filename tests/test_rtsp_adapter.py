@@ -117,3 +117,31 @@ def test_session_timer_expires_idle_sessions_on_the_clock():
     assert media.opened[0][3].closed
     assert not clock.getDelayedCalls()
     timer.stopService()
+
+
+def test_session_timer_follows_sessions_kept_alive_and_one_timer_is_armed():
+    clock = Clock()
+    server, factory, media, requests = make(clock)
+    timer = SessionTimer(server, clock, clock=clock.seconds)
+    timer.startService()
+    proto, transport = connect(factory)
+    proto.dataReceived(b"SETUP rtsp://h/movie/trackID=0 RTSP/1.0\r\nCSeq: 1\r\n"
+                       b"Transport: RTP/AVP;unicast;client_port=5000-5001\r\n\r\n")
+    timer.rearm()
+    session = next(iter(server.sessions))
+    for _ in range(3):                       # requests rearm: still one timer
+        clock.advance(30)
+        server.touch(session, clock.seconds())
+        timer.rearm()
+    assert len(clock.getDelayedCalls()) == 1
+    clock.advance(45)                        # the early timer fired and moved on
+    assert len(server.sessions) == 1 and len(clock.getDelayedCalls()) == 1
+    clock.advance(16)                        # 61 s after the last sign of life
+    assert not server.sessions
+    server.session_timeout = 5.0             # a reload shortens the timeout
+    proto.dataReceived(b"SETUP rtsp://h/movie/trackID=0 RTSP/1.0\r\nCSeq: 2\r\n"
+                       b"Transport: RTP/AVP;unicast;client_port=5002-5003\r\n\r\n")
+    timer.reschedule()
+    clock.advance(5.1)
+    assert not server.sessions
+    timer.stopService()

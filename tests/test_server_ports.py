@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from appliance.rtsp.media_api import MediaUnavailable
-from appliance.media.server_ports import PerSessionPorts, SharedPorts, server_ports
+from appliance.media.server_ports import PerSessionPorts, RtcpPort, SharedPorts, server_ports
 from rtpengine import rtcp
 from tests.helpers.daemon import free_udp_pair
 
@@ -38,6 +38,16 @@ class FakeReactor:
 
     def __init__(self):
         self.ports: list[FakeUdpPort] = []
+        self.calls: list[tuple[float, object]] = []
+
+    def callLater(self, delay, call):  # noqa: N802 (Twisted API)
+        self.calls.append((delay, call))
+        return FakeCall()
+
+    def run_calls(self) -> None:
+        calls, self.calls = self.calls, []
+        for _, call in calls:
+            call()
 
     def adoptDatagramPort(self, fd, family, protocol):  # noqa: N802 (Twisted API)
         # Twisted listens on a duplicate too
@@ -52,6 +62,14 @@ class FakeReactor:
         fake = FakeUdpPort(sock, protocol)
         self.ports.append(fake)
         return fake
+
+
+class FakeCall:
+    def active(self) -> bool:
+        return True
+
+    def cancel(self) -> None:
+        pass
 
 
 @dataclass(eq=False)
@@ -248,7 +266,8 @@ def test_per_session_pairs_are_each_streams_own(clients):
         assert la.send_rtp(b"x") and a.rtp.recv(10) == b"x"
         la.send_rtcp(b"y")
         assert a.rtcp.recvfrom(10) == (b"y", ("127.0.0.1", la.server_ports[1]))
-        assert ports.status() == {"mode": "per-session", "range": [low, low + 40]}
+        assert ports.status()["mode"] == "per-session"
+        assert ports.status()["range"] == [low, low + 40]
     finally:
         la.close()
         lb.close()
@@ -263,3 +282,61 @@ def test_server_ports_picks_the_mode():
     assert shared.server_ports == (5004, 5005)
     with pytest.raises(ValueError, match="unknown server_ports mode"):
         server_ports(FakeReactor(), mode="multicast", port_min=30000, port_max=30100)
+
+
+def _open_ports(reactor) -> set[int]:
+    return {p.sock.getsockname()[1] for p in reactor.ports if p.sock.fileno() != -1}
+
+
+def test_per_session_pairs_come_bound_from_a_pool_refilled_later(clients):
+    low = free_udp_pair()
+    reactor = FakeReactor()
+    ports = PerSessionPorts(reactor, low, low + 40, pool=3)
+    ports.start()
+    try:
+        assert ports.status()["pool"] == {"size": 3, "ready": 3, "hits": 0, "misses": 0}
+        pooled = _open_ports(reactor)
+        a = clients()
+        stream = a.stream(1)
+        lease = ports.lease(stream)
+        # the stream got a pair bound before it asked; the pool refills later
+        assert lease.server_ports[1] in pooled and ports.status()["pool"]["ready"] == 2
+        assert lease.sock.getpeername() == ("127.0.0.1", a.ports[0])
+        assert [delay for delay, _ in reactor.calls] == [ports.refill_delay]
+        reactor.run_calls()
+        assert ports.status()["pool"]["ready"] == 3
+        # RTCP to the leased pair reaches its stream
+        port = next(p for p in reactor.ports if p.sock.getsockname()[1] == lease.server_ports[1])
+        report = rtcp.build_receiver_report(1234)
+        port.protocol.datagramReceived(report, ("127.0.0.1", a.ports[1]))
+        port.protocol.datagramReceived(report, ("127.0.0.2", a.ports[1]))  # not its client
+        assert len(stream.reports) == 1
+        lease.close()
+    finally:
+        ports.stop()
+    assert not _open_ports(reactor)      # the pool's pairs are closed with it
+
+
+def test_an_empty_pool_binds_on_the_spot_and_a_full_range_is_unavailable(clients):
+    low = free_udp_pair()
+    reactor = FakeReactor()
+    ports = PerSessionPorts(reactor, low, low + 8, pool=1)   # 4 pairs, 1 ahead
+    ports.start()
+    leases = []
+    try:
+        leases = [ports.lease(clients().stream(i)) for i in range(4)]
+        assert len({le.server_ports for le in leases}) == 4
+        assert ports.status()["pool"]["hits"] == 1 and ports.status()["pool"]["misses"] == 3
+        reactor.run_calls()                  # nothing left to pool
+        assert ports.status()["pool"]["ready"] == 0
+        with pytest.raises(MediaUnavailable, match="no free RTP/RTCP port pair"):
+            ports.lease(clients().stream(9))
+    finally:
+        for le in leases:
+            le.close()
+        ports.stop()
+
+
+def test_a_pooled_port_owned_by_no_stream_drops_what_arrives():
+    RtcpPort("pooled", None).datagramReceived(b"\x80\xc9\x00\x01\x00\x00\x04\xd2",
+                                              ("127.0.0.1", 9))

@@ -83,7 +83,8 @@ class ProxyCache:
         self.seek_timeout = seek_timeout
         self.quota = CacheQuota(catalog, max_bytes=max_bytes, policy=policy,
                                 keep_prefix_seconds=keep_prefix_seconds, busy=self.busy,
-                                reserved=self.reserved, on_evict=self._evicted)
+                                reserved=self.reserved, on_evict=self._evicted,
+                                schedule=reactor.callLater)
 
     # -- look-ups for the session layer (no I/O) ------------------------------
 
@@ -144,6 +145,7 @@ class ProxyCache:
         """The cache's figures and titles (``kvod cache status``), the
         prefetches waiting for a slot and those that failed before their
         title was known (``prefetch_errors``)."""
+        self.quota.flush_hits()
         status = cache_status(self.catalog, max_bytes=self.quota.max_bytes,
                               policy=self.quota.policy, fills=self.fills, busy=self.busy,
                               errors=self.errors)
@@ -424,6 +426,7 @@ class ProxyCache:
         await defer.DeferredList([defer.Deferred.fromCoroutine(f.stop()) for f in fills],
                                  consumeErrors=True)
         await self.http.close()
+        self.quota.flush_hits()
         if self.writer is not None:
             await self.writer.stop()
 

@@ -23,6 +23,10 @@ from rtpengine.index.mpegts import PACKET_SIZE
 log = logging.getLogger(__name__)
 
 INFLATION_KEY = "gdsf.inflation"
+# How long plays are counted in memory before they are written: a catalog
+# write per DESCRIBE costs the start-up time of a viewer and empties the
+# RTSP server's title cache; eviction and status write them first anyway.
+HIT_FLUSH_SECONDS = 2.0
 
 
 class CacheFull(Exception):
@@ -39,7 +43,10 @@ class CacheQuota:
                  keep_prefix_seconds: float = 0.0,
                  busy: Callable[[str], bool] = lambda name: False,
                  reserved: Callable[[], int] = lambda: 0,
-                 on_evict: Callable[[str], None] = lambda name: None) -> None:
+                 on_evict: Callable[[str], None] = lambda name: None,
+                 schedule: Callable[[float, Callable[[], None]], object] | None = None) -> None:
+        """``schedule(delay, call)`` (a reactor's ``callLater``) batches the
+        plays counted by :meth:`on_hit`; without it each is written at once."""
         if policy not in eviction.POLICIES:
             raise ValueError(f"unknown eviction policy {policy!r}")
         self.catalog = catalog
@@ -50,19 +57,47 @@ class CacheQuota:
         self.reserved = reserved
         self.on_evict = on_evict
         self.evicted_bytes = 0
+        self.schedule = schedule
+        # title -> (plays, last play) not yet in the catalog
+        self._hits: dict[str, tuple[int, float]] = {}
+        self._flush_pending = False
 
     def used(self) -> int:
         """Bytes recorded as cached."""
         return self.catalog.total_cached_bytes()
 
     def on_hit(self, name: str, now: float) -> None:
-        """Count a play of ``name`` (and rank it, for the size-aware policy)."""
-        self.catalog.record_hit(name, now=now)
+        """Count a play of ``name`` (and rank it, for the size-aware policy):
+        in the catalog within :data:`HIT_FLUSH_SECONDS`, or at once without
+        a ``schedule``."""
+        count, _ = self._hits.get(name, (0, now))
+        self._hits[name] = (count + 1, now)
+        if self.schedule is None:
+            self.flush_hits()
+        elif not self._flush_pending:
+            self._flush_pending = True
+            self.schedule(HIT_FLUSH_SECONDS, self._flush_later)
+
+    def _flush_later(self) -> None:
+        self._flush_pending = False
+        try:
+            self.flush_hits()
+        except Exception:  # a damaged catalog says so elsewhere; plays are not worth a crash
+            log.exception("cannot record plays in the catalog")
+
+    def flush_hits(self) -> None:
+        """Write the plays counted so far to the catalog (one transaction)."""
+        hits, self._hits = self._hits, {}
+        if not hits:
+            return
+        self.catalog.record_hits(hits)
         if self.policy == "gdsf":
-            title = self.catalog.get_title(name)
-            if title is not None and title.size:
-                set_priority(self.catalog, name, eviction.gdsf_priority(
-                    get_meta(self.catalog, INFLATION_KEY), title.hits, title.size))
+            inflation = get_meta(self.catalog, INFLATION_KEY)
+            for name in hits:
+                title = self.catalog.get_title(name)
+                if title is not None and title.size:
+                    set_priority(self.catalog, name, eviction.gdsf_priority(
+                        inflation, title.hits, title.size))
 
     def _keep(self, entry) -> int:
         """The prefix tail eviction keeps: the first seconds, whole packets."""
@@ -72,7 +107,9 @@ class CacheQuota:
         return min(entry.size, keep - keep % PACKET_SIZE)
 
     def usages(self) -> list[eviction.Usage]:
-        """Every title with cached bytes, as eviction sees it."""
+        """Every title with cached bytes, as eviction sees it (plays counted
+        in memory written first, so the ranking sees them)."""
+        self.flush_hits()
         return [eviction.Usage(e.name, e.cached, e.size or e.cached, e.hits,
                                e.last_access or 0.0, e.priority, e.pinned,
                                self.busy(e.name), self._keep(e))

@@ -22,7 +22,7 @@ from __future__ import annotations
 import errno
 import logging
 import socket
-from typing import Callable, Iterator, Protocol
+from typing import Callable, Iterator, NamedTuple, Protocol
 
 from twisted.internet import error as terror
 from twisted.internet.protocol import DatagramProtocol
@@ -56,11 +56,14 @@ class RtcpPort(DatagramProtocol):
 
     noisy = False  # one per session in per-session mode: Twisted's lines are noise
 
-    def __init__(self, label: str, deliver: Callable[[tuple, list], None]):
+    def __init__(self, label: str, deliver: Callable[[tuple, list], None] | None):
+        """``deliver`` None: a pooled port no stream owns yet drops what comes."""
         self.label = label
         self.deliver = deliver
 
     def datagramReceived(self, data: bytes, addr) -> None:  # noqa: N802 (Twisted API)
+        if self.deliver is None:
+            return
         try:
             packets = rtcp.parse_compound(data)
         except rtcp.RtcpError as exc:
@@ -112,22 +115,96 @@ class PortLease:
             release()
 
 
+class _BoundPair(NamedTuple):
+    """A server port pair bound and listening, not yet any stream's."""
+
+    rtp_port: int
+    sock: socket.socket
+    port: object            # Twisted's listening RTCP port
+    protocol: RtcpPort
+
+
 class PerSessionPorts:
-    """A pair of its own for each stream, from ``port_min..port_max``."""
+    """A pair of its own for each stream, from ``port_min..port_max``.
+
+    Binding a pair and listening on its RTCP port costs about a tenth of a
+    millisecond, a tenth of a viewer's whole start-up; so ``pool`` pairs per
+    address family are bound ahead, and a SETUP takes one and connects it.
+    The pool is refilled shortly after (``refill_delay`` seconds, in one go,
+    off the path of the request that emptied it); an empty pool binds a
+    pair on the spot, as without one. A stream's pair is closed with it,
+    never reused: its RTCP port may hold the last client's reports.
+    """
 
     mode = "per-session"
 
-    def __init__(self, reactor, port_min: int, port_max: int):
+    def __init__(self, reactor, port_min: int, port_max: int, *, pool: int = 8,
+                 refill_delay: float = 0.05):
         self.reactor = reactor
         self.port_min = port_min - port_min % 2
         self.port_max = port_max
         self._next_port = self.port_min
+        self.pool_size = max(0, min(pool, (self.port_max - self.port_min) // 4))
+        self.refill_delay = refill_delay
+        # per address family; IPv6 only once an IPv6 client came
+        self._pools: dict[int, list[_BoundPair]] = {}
+        self._refill_call = None
+        #: leases served from the pool, and bound on the spot (status)
+        self.pool_hits = 0
+        self.pool_misses = 0
 
     def start(self) -> None:
-        """Nothing to bind before the first stream."""
+        """Bind the IPv4 pool."""
+        self._pools.setdefault(socket.AF_INET, [])
+        self._refill()
 
     def stop(self) -> None:
-        """Nothing of its own to close: streams close their pairs."""
+        """Close the pooled pairs; streams close their own."""
+        if self._refill_call is not None and self._refill_call.active():
+            self._refill_call.cancel()
+        self._refill_call = None
+        for pool in self._pools.values():
+            for pair in pool:
+                pair.port.stopListening()
+                pair.sock.close()
+        self._pools.clear()
+
+    def _refill(self) -> None:
+        self._refill_call = None
+        for family, pool in self._pools.items():
+            while len(pool) < self.pool_size:
+                pair = self._bind_pair(family)
+                if pair is None:
+                    break       # the range is used up: leases will say so
+                pool.append(pair)
+
+    def _bind_pair(self, family: int) -> _BoundPair | None:
+        wildcard = "::" if family == socket.AF_INET6 else "0.0.0.0"
+        for rtp_port in self.candidates():
+            sock = socket.socket(family, socket.SOCK_DGRAM)
+            try:
+                sock.bind((wildcard, rtp_port))
+            except OSError:
+                sock.close()
+                continue
+            protocol = RtcpPort("pooled RTCP port", None)
+            try:
+                port = self.reactor.listenUDP(rtp_port + 1, protocol, interface=wildcard)
+            except terror.CannotListenError:
+                sock.close()
+                continue
+            return _BoundPair(rtp_port, sock, port, protocol)
+        return None
+
+    def _take(self, family: int) -> _BoundPair | None:
+        pool = self._pools.setdefault(family, [])
+        if self.pool_size and self._refill_call is None:
+            self._refill_call = self.reactor.callLater(self.refill_delay, self._refill)
+        if pool:
+            self.pool_hits += 1
+            return pool.pop(0)
+        self.pool_misses += 1
+        return self._bind_pair(family)
 
     def candidates(self) -> Iterator[int]:
         """Even RTP ports to try, round-robin from where the last one was found."""
@@ -141,45 +218,38 @@ class PerSessionPorts:
         """Bind a free pair for ``stream``; its RTCP reaches only ``stream``."""
         host = stream.client_host
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        wildcard = "::" if family == socket.AF_INET6 else "0.0.0.0"
 
         def deliver(addr, packets) -> None:
             # only the client this stream sends to may report on it
             if addr[0] == host:
                 stream.receiver_report(packets)
-        for rtp_port in self.candidates():
-            sock = socket.socket(family, socket.SOCK_DGRAM)
-            try:
-                sock.bind((wildcard, rtp_port))
-            except OSError:
-                sock.close()
-                continue
-            try:
-                port = self.reactor.listenUDP(
-                    rtp_port + 1, RtcpPort(f"stream {stream.label}", deliver),
-                    interface=wildcard)
-            except terror.CannotListenError:
-                sock.close()
-                continue
-            try:
-                sock.connect((host, stream.client_ports[0]))
-            except OSError:
-                port.stopListening()
-                sock.close()
-                raise
+        pair = self._take(family)
+        if pair is None:
+            raise MediaUnavailable(
+                f"no free RTP/RTCP port pair in {self.port_min}-{self.port_max}")
+        sock, port, rtp_port = pair.sock, pair.port, pair.rtp_port
+        try:
+            sock.connect((host, stream.client_ports[0]))
+        except OSError:
+            port.stopListening()
+            sock.close()
+            raise
+        pair.protocol.label = f"stream {stream.label}"
+        pair.protocol.deliver = deliver
 
-            def release(sock=sock, port=port) -> None:
-                port.stopListening()
-                sock.close()
-            return PortLease(sock=sock, rtcp_port=port, server_ports=(rtp_port, rtp_port + 1),
-                             client_host=host, client_ports=stream.client_ports,
-                             shared=False, release=release, label=stream.label)
-        raise MediaUnavailable(
-            f"no free RTP/RTCP port pair in {self.port_min}-{self.port_max}")
+        def release(sock=sock, port=port) -> None:
+            port.stopListening()
+            sock.close()
+        return PortLease(sock=sock, rtcp_port=port, server_ports=(rtp_port, rtp_port + 1),
+                         client_host=host, client_ports=stream.client_ports,
+                         shared=False, release=release, label=stream.label)
 
     def status(self) -> dict:
-        """The mode and the range, JSON-able."""
-        return {"mode": self.mode, "range": [self.port_min, self.port_max]}
+        """The mode, the range and the pool, JSON-able."""
+        return {"mode": self.mode, "range": [self.port_min, self.port_max],
+                "pool": {"size": self.pool_size,
+                         "ready": sum(len(p) for p in self._pools.values()),
+                         "hits": self.pool_hits, "misses": self.pool_misses}}
 
 
 class SharedPorts:
@@ -274,10 +344,11 @@ class SharedPorts:
 
 
 def server_ports(reactor, *, mode: str, port_min: int, port_max: int,
-                 shared_rtp_port: int = 0) -> PerSessionPorts | SharedPorts:
-    """The port policy of ``[rtsp] server_ports``; ``shared_rtp_port`` 0 is ``port_min``."""
+                 shared_rtp_port: int = 0, pool: int = 8) -> PerSessionPorts | SharedPorts:
+    """The port policy of ``[rtsp] server_ports``; ``shared_rtp_port`` 0 is
+    ``port_min``; ``pool``: pairs bound ahead (per-session)."""
     if mode == "shared":
         return SharedPorts(reactor, shared_rtp_port or port_min - port_min % 2)
     if mode == "per-session":
-        return PerSessionPorts(reactor, port_min, port_max)
+        return PerSessionPorts(reactor, port_min, port_max, pool=pool)
     raise ValueError(f"unknown server_ports mode {mode!r}")

@@ -327,5 +327,5 @@ def response_for(request: Request, status: int, headers: Iterable[tuple[str, str
     pairs = [("CSeq", format_cseq(request.cseq))]
     session = request.headers.get("Session")
     if session is not None and "Session" not in extra:
-        pairs.append(("Session", session))
-    return Response(status, None, Headers([*pairs, *extra]), body)
+        pairs.append(("Session", session))   # checked when the request was parsed
+    return Response(status, None, Headers._checked((*pairs, *extra)), body)

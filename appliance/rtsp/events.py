@@ -39,8 +39,9 @@ class Headers:
 
     def __init__(self, items: HeaderPairs = ()) -> None:
         if isinstance(items, Headers):
-            pairs: Iterable[tuple[str, str]] = items._items
-        elif isinstance(items, Mapping):
+            object.__setattr__(self, "_items", items._items)   # checked already
+            return
+        if isinstance(items, Mapping):
             pairs = items.items()
         else:
             pairs = items
@@ -57,6 +58,15 @@ class Headers:
                 raise LocalProtocolError(f"header {name} has an illegal value {value!r}")
             checked.append((name, value.strip(" \t")))
         object.__setattr__(self, "_items", tuple(checked))
+
+    @classmethod
+    def _checked(cls, items: tuple[tuple[str, str], ...]) -> Headers:
+        """Pairs taken from other ``Headers`` (checked when those were made):
+        replies copy headers, and checking each again costs a regex per
+        header per copy, on every request."""
+        headers = object.__new__(cls)
+        object.__setattr__(headers, "_items", items)
+        return headers
 
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError("Headers is immutable")
@@ -81,22 +91,23 @@ class Headers:
         order a caller chose survives.
         """
         key = name.lower()
-        out: list[tuple[str, str | int]] = []
+        new = Headers(((name, value),))._items[0]
+        out: list[tuple[str, str]] = []
         placed = False
         for n, v in self._items:
             if n.lower() != key:
                 out.append((n, v))
             elif not placed:
-                out.append((name, value))
+                out.append(new)
                 placed = True
         if not placed:
-            out.append((name, value))
-        return Headers(out)  # type: ignore[arg-type]
+            out.append(new)
+        return Headers._checked(tuple(out))
 
     def without(self, name: str) -> Headers:
         """A copy with every occurrence of ``name`` removed."""
         key = name.lower()
-        return Headers([(n, v) for n, v in self._items if n.lower() != key])
+        return Headers._checked(tuple((n, v) for n, v in self._items if n.lower() != key))
 
     def __iter__(self) -> Iterator[tuple[str, str]]:
         return iter(self._items)

@@ -85,6 +85,12 @@ class Session:
     state: SessionState
     last_seen: float
     streams: dict[int, MediaStream] = field(default_factory=dict)
+    #: when it was set up (the clock of ``last_seen``); None: unknown
+    started: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.started is None:
+            self.started = self.last_seen
 
 
 @dataclass(frozen=True)
@@ -295,7 +301,9 @@ class RtspServer:
         if session is None:
             session = Session(session_id, title.name, peer_host, SessionState.READY, now)
             self.sessions[session_id] = session
-            log.info("session %s: %s for %s", session_id, title.name, peer_host,
+            # per request at DEBUG: at INFO, a line per request is a tenth of a
+            # start-up's time; the session's end says it at INFO, once
+            log.debug("session %s: %s for %s", session_id, title.name, peer_host,
                      extra=log_fields(session_id, title.name))
         old = session.streams.pop(track_index, None)
         if old is not None:
@@ -379,7 +387,7 @@ class RtspServer:
                                           if end is not None else None))]
         if infos:
             headers.append(("RTP-Info", format_rtp_info(infos)))
-        log.info("session %s: PLAY %s from %.3f s", session.id, session.title_name,
+        log.debug("session %s: PLAY %s from %.3f s", session.id, session.title_name,
                  start_ns / 1e9, extra=log_fields(session.id, session.title_name))
         return self._reply(req, 200, session=session, headers=tuple(headers))
 
@@ -390,7 +398,8 @@ class RtspServer:
 
     def _teardown(self, req: Request, session: Session) -> Response:
         self._close(session)
-        log.info("session %s: TEARDOWN", session.id,
+        log.info("session %s (%s, %s) ended by TEARDOWN after %.0f s", session.id,
+                 session.title_name, session.peer_host, session.last_seen - session.started,
                  extra=log_fields(session.id, session.title_name))
         return self._reply(req, 200)
 
