@@ -39,6 +39,13 @@ class FakeReactor:
     def __init__(self):
         self.ports: list[FakeUdpPort] = []
         self.calls: list[tuple[float, object]] = []
+        self.readers: set = set()
+
+    def addReader(self, reader):  # noqa: N802 (Twisted API)
+        self.readers.add(reader)
+
+    def removeReader(self, reader):  # noqa: N802 (Twisted API)
+        self.readers.discard(reader)
 
     def callLater(self, delay, call):  # noqa: N802 (Twisted API)
         self.calls.append((delay, call))
@@ -285,7 +292,8 @@ def test_server_ports_picks_the_mode():
 
 
 def _open_ports(reactor) -> set[int]:
-    return {p.sock.getsockname()[1] for p in reactor.ports if p.sock.fileno() != -1}
+    """The RTCP ports the reactor reads."""
+    return {r.sock.getsockname()[1] for r in reactor.readers}
 
 
 def test_per_session_pairs_come_bound_from_a_pool_refilled_later(clients):
@@ -305,13 +313,25 @@ def test_per_session_pairs_come_bound_from_a_pool_refilled_later(clients):
         assert [delay for delay, _ in reactor.calls] == [ports.refill_delay]
         reactor.run_calls()
         assert ports.status()["pool"]["ready"] == 3
-        # RTCP to the leased pair reaches its stream
-        port = next(p for p in reactor.ports if p.sock.getsockname()[1] == lease.server_ports[1])
+        # RTCP to the leased pair reaches its stream, from its client only
+        reader = next(r for r in reactor.readers
+                      if r.sock.getsockname()[1] == lease.server_ports[1])
         report = rtcp.build_receiver_report(1234)
-        port.protocol.datagramReceived(report, ("127.0.0.1", a.ports[1]))
-        port.protocol.datagramReceived(report, ("127.0.0.2", a.ports[1]))  # not its client
+        a.rtcp.sendto(report, ("127.0.0.1", lease.server_ports[1]))
+        stranger = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        stranger.bind(("127.0.0.2", 0))
+        stranger.sendto(report, ("127.0.0.1", lease.server_ports[1]))
+        stranger.close()
+        for _ in range(100):
+            reader.doRead()
+            if stream.reports:
+                break
         assert len(stream.reports) == 1
+        # and RTCP from the server's port reaches the client
+        lease.send_rtcp(b"sr")
+        assert a.rtcp.recvfrom(10) == (b"sr", ("127.0.0.1", lease.server_ports[1]))
         lease.close()
+        assert reader not in reactor.readers and reader.sock.fileno() == -1
     finally:
         ports.stop()
     assert not _open_ports(reactor)      # the pool's pairs are closed with it

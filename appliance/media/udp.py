@@ -15,6 +15,7 @@ import errno
 import logging
 import os
 import time
+import zlib
 from typing import Callable
 
 from twisted.internet.task import LoopingCall
@@ -39,6 +40,10 @@ TRAFFIC_KEYS = ("packets_sent", "payload_octets", "late_5ms", "send_errors")
 POLL_INTERVAL = 1.0
 # Pause between the end-of-stream trailer and the RTCP BYE.
 TRAILER_TO_BYE = 0.25
+# Sender reports go out in this many slices of the interval, a session's
+# tracks together: a thousand streams' reports at once held the reactor for
+# tens of milliseconds, in the middle of whatever viewers were starting.
+SR_SLICES = 10
 
 
 class UdpMediaStream:
@@ -55,6 +60,8 @@ class UdpMediaStream:
         self.client_host = client_host
         self.client_ports = client_ports
         self.ssrc = random_ssrc()
+        #: the slice of the sender-report interval this stream reports in
+        self.sr_slice = zlib.crc32(session_id.encode()) % SR_SLICES
         self.seq0 = random_seq()
         self.ts0 = random_ts()
         self.clock_rate = track.clock_rate
@@ -484,6 +491,7 @@ class UdpMediaBackend:
         # what closed streams sent, so that the totals only ever grow
         self._retired = dict.fromkeys(TRAFFIC_KEYS, 0)
         self._sr_loop = LoopingCall(self._send_reports)
+        self._sr_tick = 0
         self._poll_loop = LoopingCall(self._poll)
         self._sr_loop.clock = self._poll_loop.clock = reactor
 
@@ -491,7 +499,7 @@ class UdpMediaBackend:
         """Bind the shared port pair if there is one (OSError if it cannot
         be bound), and start the RTCP timers."""
         self.ports.start()
-        self._sr_loop.start(self.sr_interval, now=False)
+        self._sr_loop.start(self.sr_interval / SR_SLICES, now=False)
         self._poll_loop.start(POLL_INTERVAL, now=False)
 
     def stop(self) -> None:
@@ -537,15 +545,20 @@ class UdpMediaBackend:
     def set_sr_interval(self, seconds: float) -> None:
         """Send sender reports every ``seconds`` from the next one on."""
         self.sr_interval = seconds
-        self._sr_loop.interval = seconds
+        self._sr_loop.interval = seconds / SR_SLICES
 
     def playing(self, name: str) -> bool:
         """Whether a stream of title ``name`` is open (it must not be evicted)."""
         return any(s.title_name == name for s in self.streams)
 
     def _send_reports(self) -> None:
+        """The sender reports of one slice of the streams: each stream
+        reports every ``sr_interval``, a tenth of them at a time."""
+        now_slice = self._sr_tick % SR_SLICES
+        self._sr_tick += 1
         for stream in list(self.streams):
-            stream.send_sender_report()
+            if stream.sr_slice == now_slice:
+                stream.send_sender_report()
 
     def _poll(self) -> None:
         for stream in list(self.streams):
