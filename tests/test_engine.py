@@ -247,6 +247,27 @@ def test_paced_play_takes_the_title_duration(short_title, receivers):
     assert st_.syscalls >= len(want) // 10  # paced: no big bursts
 
 
+@pytest.mark.parametrize("strategy", ["gso", "sendmmsg", "read_writev", "rtp_sendfile",
+                                      "gso_zerocopy"])
+def test_play_sends_the_first_packets_before_it_returns(paced_title, receivers, strategy):
+    """The first packets leave from the caller's thread, not after the
+    pacer thread wakes: a viewer's first packet is not a wake-up late. The
+    thread sends the rest on schedule."""
+    media, hints = paced_title
+    rx = receivers()
+    kw = dict(ssrc=12, seq0=100, ts0=0)
+    want = expected(hints, media, **kw)
+    with Engine(strategy=strategy) as e:
+        stream = open_stream(e, rx.sender(), media, hints, **kw)
+        stream.play()
+        # loopback queues a datagram before the send returns
+        first = rx.sock.recv(2048)
+        assert first == want[0]
+        got = rx.collect(199, timeout=3)
+        assert wait_state(stream, "ended").packets_sent == 200
+    assert [first] + got == want
+
+
 def test_pause_then_play_continues_without_gap(paced_title, receivers):
     media, hints = paced_title
     rx = receivers()

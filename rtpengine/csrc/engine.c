@@ -993,7 +993,7 @@ KVOD_API int kvod_stream_play(struct kvod_engine *e, int id,
 		s->t0 = (int64_t)((uint64_t)start_mono_ns - send_ns);
 		s->state = KVOD_STATE_PLAYING;
 		s->wait_end = false;
-		kvod_pacer_kick(s->pacer, s);
+		kvod_pacer_serve_now(s->pacer, s);
 	}
 	kvod_pacer_unlock(s->pacer);
 	return 0;

@@ -658,3 +658,35 @@ void kvod_pacer_kick(struct kvod_pacer *p, struct kvod_stream *s)
 	schedule(p, s, INT64_MIN);
 	pthread_cond_signal(&p->cond);
 }
+
+/*
+ * A stream just played sends what is due now from the caller's thread, so
+ * its first packets leave without waiting for the pacer thread to wake
+ * (a wake-up is most of PLAY to first packet, more under a crowd, when the
+ * thread sleeps a lookahead between rounds); then the thread takes over.
+ * Unpaced streams and io_uring batches are left to the thread. With
+ * p->lock held, which the thread holds while it uses the batch.
+ */
+void kvod_pacer_serve_now(struct kvod_pacer *p, struct kvod_stream *s)
+{
+	struct kvod_batch *b = p->batch;
+	int64_t now;
+
+	if (s->unpaced || p->strategy == KVOD_STRATEGY_URING_GSO) {
+		kvod_pacer_kick(p, s);
+		return;
+	}
+	now = kvod_clock_ns();
+	kvod_batch_reset(b);
+	b->sk = s->sk;
+	if (s->sk->zc && s->sk->zc->first_id != s->sk->zc->next_id)
+		kvod_zc_reap(p, s->sk);
+	fill_stream(p, b, s, now);
+	flush(p, b, now);
+	now = kvod_clock_ns();
+	if (s->state == KVOD_STATE_PLAYING && s->next_record >= s->nrec)
+		kvod_stream_at_last_record(s);
+	schedule(p, s, next_wake(p, s, now));
+	/* the thread may sleep past this stream's next wake */
+	pthread_cond_signal(&p->cond);
+}

@@ -16,6 +16,7 @@ int kvod_pacer_add(struct kvod_pacer *p, struct kvod_stream *s, int fd,
 		   uint64_t ino, int domain, bool shared);
 void kvod_pacer_remove(struct kvod_pacer *p, struct kvod_stream *s);
 void kvod_pacer_kick(struct kvod_pacer *p, struct kvod_stream *s);
+void kvod_pacer_serve_now(struct kvod_pacer *p, struct kvod_stream *s);
 const char *kvod_pacer_check(const struct kvod_pacer *p);
 struct kvod_sock *kvod_pacer_find_sock(struct kvod_pacer *p, uint64_t ino);
 void kvod_stream_at_last_record(struct kvod_stream *s);
