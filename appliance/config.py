@@ -252,6 +252,25 @@ class RtspConfig(_Section):
         1000, _int_in(1, 10**7, "a positive integer"), "Most RTSP sessions at once.")
     max_connections: int = _setting(
         1000, _int_in(1, 10**7, "a positive integer"), "Most RTSP connections at once.")
+    max_connections_per_address: int = _setting(
+        64, _int_in(1, 10**7, "a positive integer"),
+        "Most RTSP connections from one client address (a NAT of many viewers counts once).")
+    max_sessions_per_connection: int = _setting(
+        16, _int_in(1, 10**7, "a positive integer"),
+        "Most sessions one RTSP connection may set up (453 past it).")
+    max_sessions_per_address: int = _setting(
+        100, _int_in(1, 10**7, "a positive integer"),
+        "Most sessions of one client address (453 past it).")
+    idle_timeout: float = _setting(
+        30.0, _positive_number,
+        "Seconds a connection that holds no session may stay silent before it is closed.")
+    request_timeout: float = _setting(
+        10.0, _positive_number,
+        "Seconds a client has to finish a request it began (slow senders are closed).")
+    max_requests_per_second: float = _setting(
+        20.0, _positive_number,
+        "Requests a second one connection may make (bursts of twice that); past it a "
+        "request is answered 503, and a connection far past it is closed.")
     server_name: str = _setting("kvod", _text, "Value of the RTSP 'Server' header.")
     server_ports: str = _setting(
         "per-session", _one_of("per-session", "shared"),

@@ -128,13 +128,21 @@ class KvodService(service.MultiService):
         self.server = RtspServer(titles=TitleCache(self.catalog), media=self.media,
                                  session_timeout=config.rtsp.session_timeout,
                                  max_sessions=config.rtsp.max_sessions,
-                                 server_name=config.rtsp.server_name, cache=self.cache)
+                                 server_name=config.rtsp.server_name, cache=self.cache,
+                                 max_sessions_per_connection=(
+                                     config.rtsp.max_sessions_per_connection),
+                                 max_sessions_per_address=config.rtsp.max_sessions_per_address)
         self.timer = SessionTimer(self.server, reactor)
         self.timer.setServiceParent(self)
         self.metrics = DaemonMetrics(self.status, self._cache_figures)
         self.factory = RtspFactory(self.server, max_connections=config.rtsp.max_connections,
                                    on_request=self.timer.rearm, cache=self.cache,
-                                   on_answered=self.metrics.answered)
+                                   on_answered=self.metrics.answered,
+                                   max_connections_per_address=(
+                                       config.rtsp.max_connections_per_address),
+                                   idle_timeout=config.rtsp.idle_timeout,
+                                   request_timeout=config.rtsp.request_timeout,
+                                   requests_per_second=config.rtsp.max_requests_per_second)
         self.exit_code = 0
         self.started = time.time()
         self.endpoint = endpoints.serverFromString(
@@ -154,7 +162,8 @@ class KvodService(service.MultiService):
         """The daemon's status snapshot (``/status``, ``kvod status``)."""
         status = daemon_status(engine=self.engine, server=self.server, started=self.started,
                                ports=self.media.ports.status(), traffic=self.media.traffic(),
-                               damaged=self.catalog.damaged_titles())
+                               damaged=self.catalog.damaged_titles(),
+                               connections=self.factory.table.counters())
         status["engine"]["description"] = self.engine_description
         return status
 
@@ -174,6 +183,8 @@ class KvodService(service.MultiService):
             self._listen_failed(None, "RTP/RTCP", f"shared server ports {pair} ({exc})")
             return
         self.cache.resume_all()
+        # idle connections and slow requests are closed within a second of their timeout
+        self._every(1.0, self.factory.sweep)
         rtsp = self.endpoint.listen(self.factory)
         rtsp.addCallback(self._set_port, "port")
         rtsp.addErrback(self._listen_failed, "RTSP", self.config.rtsp.listen)
@@ -288,6 +299,12 @@ class KvodService(service.MultiService):
         self.server.max_sessions = rtsp.max_sessions
         self.server.server_name = rtsp.server_name
         self.factory.max_connections = rtsp.max_connections
+        table = self.factory.table
+        table.max_per_address = rtsp.max_connections_per_address
+        table.idle_timeout, table.request_timeout = rtsp.idle_timeout, rtsp.request_timeout
+        self.factory.requests_per_second = rtsp.max_requests_per_second
+        self.server.max_sessions_per_connection = rtsp.max_sessions_per_connection
+        self.server.max_sessions_per_address = rtsp.max_sessions_per_address
         self.media.set_sr_interval(config.rtcp.sr_interval)
         self.media.pacing = config.engine.pacing
         self.media.stall_timeout = cache.stall_timeout
@@ -372,11 +389,20 @@ def _raise_open_files(config: Config) -> None:
             soft = want
         except (ValueError, OSError) as exc:
             log.warning("cannot raise the open-file limit from %d: %s", soft, exc)
-    need = config.rtsp.max_sessions * 5 + 256
+    need = open_files_needed(config)
     if soft < need:
-        log.warning("open-file limit %d is short of the %d that rtsp.max_sessions = %d may "
-                    "need (raise LimitNOFILE, or lower max_sessions)", soft, need,
-                    config.rtsp.max_sessions)
+        log.warning("open-file limit %d is short of the %d that rtsp.max_connections = %d and "
+                    "rtsp.max_sessions = %d may need (raise LimitNOFILE, or lower them)", soft,
+                    need, config.rtsp.max_connections, config.rtsp.max_sessions)
+
+
+def open_files_needed(config: Config) -> int:
+    """Descriptors the daemon may hold at its configured limits: a socket
+    per RTSP connection; per session two tracks, each an RTP and an RTCP
+    socket and the engine's duplicate of the RTP one; the pooled pairs;
+    the cache's files, listeners, catalog and the rest."""
+    rtsp = config.rtsp
+    return rtsp.max_connections + rtsp.max_sessions * 2 * 3 + 2 * rtsp.port_pool * 2 + 512
 
 
 

@@ -76,6 +76,17 @@ class StatusCollector:
             sessions.add_metric([state], sum(1 for s in status["sessions"]
                                              if s["state"] == state))
         yield sessions
+        connections = status.get("rtsp", {}).get("connections", {})
+        if connections:
+            yield _gauge("kvod_rtsp_connections", "RTSP connections open.",
+                         connections["open"])
+            closed = CounterMetricFamily(
+                "kvod_rtsp_connections_limited",
+                "RTSP connections refused or closed by the limits, by reason.",
+                labels=["reason"])
+            for key in ("refused", "closed_idle", "closed_slow", "closed_for_room"):
+                closed.add_metric([key], connections[key])
+            yield closed
         traffic = status.get("traffic", {})
         for key, name, doc in (
                 ("packets_sent", "kvod_sent_packets", "RTP packets sent."),

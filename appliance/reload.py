@@ -19,6 +19,9 @@ from appliance.config import Config
 #: fill or stream on, without dropping a stream
 RUNTIME_KEYS = frozenset({
     "rtsp.session_timeout", "rtsp.max_sessions", "rtsp.max_connections", "rtsp.server_name",
+    "rtsp.max_connections_per_address", "rtsp.max_sessions_per_connection",
+    "rtsp.max_sessions_per_address", "rtsp.idle_timeout", "rtsp.request_timeout",
+    "rtsp.max_requests_per_second",
     "rtcp.sr_interval",
     "cache.max_bytes", "cache.policy", "cache.keep_prefix_seconds", "cache.stall_timeout",
     "origin.base_url", "origin.connect_timeout", "origin.read_timeout", "origin.retries",

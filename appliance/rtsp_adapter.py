@@ -34,6 +34,8 @@ from appliance.rtsp import (
     Response,
     RTSPConnection,
 )
+from appliance.rtsp.connection import response_for
+from appliance.rtsp.limits import ConnectionTable, RequestRate
 from appliance.rtsp.sessions import NeedTitle, RtspServer
 
 log = logging.getLogger(__name__)
@@ -65,6 +67,9 @@ class RtspProtocol(Protocol):
         self._waiting: Optional[Deferred] = None
         self._gone = False
 
+    #: set by the factory: requests a second this connection may make
+    rate: Optional[RequestRate] = None
+
     def dataReceived(self, data: bytes) -> None:  # noqa: N802 (Twisted API)
         try:
             events = self.conn.receive_data(data)
@@ -77,8 +82,33 @@ class RtspProtocol(Protocol):
             self._queue.append(_ProtocolError(exc.status))
             self._drain()
             return
+        factory = getattr(self, "factory", None)
+        if factory is not None:
+            factory.table.activity(self, self._clock(), partial=self.conn.mid_message)
         self._queue.extend(events)
         self._drain()
+
+    def _over_rate(self, request: Request) -> bool:
+        """Whether ``request`` goes over the connection's rate: answered 503
+        (RTSP 1.0 has no 429) and dropped; a client far over it is cut off."""
+        if self.rate is None:
+            return False
+        verdict = self.rate.take(self._clock())
+        if verdict == "ok":
+            return False
+        if verdict == "abuse":
+            peer = self.transport.getPeer()
+            log.warning("RTSP from %s:%s: over %g requests a second and going on: "
+                        "connection closed (rtsp.max_requests_per_second)",
+                        peer.host, peer.port, self.rate.rate)
+            self._queue.clear()
+            self._gone = True
+            self.transport.abortConnection()
+            return True
+        self.transport.write(self.conn.send(response_for(
+            request, 503, headers=(("Server", self.server.server_name),
+                                   ("Retry-After", "1")))))
+        return True
 
     def _drain(self) -> None:
         while self._queue and self._waiting is None and not self._gone:
@@ -89,6 +119,8 @@ class RtspProtocol(Protocol):
                 self._queue.clear()
                 return
             if isinstance(event, Request):
+                if self._over_rate(event):
+                    continue
                 self._started = self._clock()
                 self._answer(event, prepared=False)
             elif isinstance(event, ConnectionClosed):
@@ -102,7 +134,7 @@ class RtspProtocol(Protocol):
     def _answer(self, request: Request, *, prepared: bool) -> None:
         response = self.server.handle_request(
             request, peer_host=self.transport.getPeer().host, now=self._clock(),
-            prepared=prepared)
+            prepared=prepared, connection=self)
         if isinstance(response, NeedTitle):
             self._prepare(request, response.name, response.npt_ns)
             return
@@ -148,37 +180,77 @@ class RtspProtocol(Protocol):
             self._waiting.cancel()
         factory = getattr(self, "factory", None)
         if factory is not None:
-            factory.connection_closed()
+            factory.connection_closed(self)
 
 
 class RtspFactory(Factory):
-    """Makes an ``RtspProtocol`` per connection, up to a limit."""
+    """Makes an ``RtspProtocol`` per connection, within the limits of
+    :class:`appliance.rtsp.limits.ConnectionTable`: so many in all and per
+    address; when full, the connection idle longest without a session
+    makes room. :meth:`sweep` (once a second) closes idle and slow ones."""
 
     def __init__(self, server: RtspServer, *, max_connections: int,
                  on_request: Callable[[], None], clock: Callable[[], float] = time.monotonic,
                  cache=None,
-                 on_answered: Callable[[str, float], None] = lambda method, seconds: None):
+                 on_answered: Callable[[str, float], None] = lambda method, seconds: None,
+                 max_connections_per_address: int = 64, idle_timeout: float = 30.0,
+                 request_timeout: float = 10.0, requests_per_second: float = 20.0):
         self.server = server
         self._on_answered = on_answered
         self.cache = cache
-        self.max_connections = max_connections
-        self.connections = 0
+        self.table: ConnectionTable[RtspProtocol] = ConnectionTable(
+            max_total=max_connections, max_per_address=max_connections_per_address,
+            idle_timeout=idle_timeout, request_timeout=request_timeout)
+        self.requests_per_second = requests_per_second
         self._on_request = on_request
         self._clock = clock
 
+    @property
+    def connections(self) -> int:
+        """Connections open now."""
+        return len(self.table)
+
+    @property
+    def max_connections(self) -> int:
+        return self.table.max_total
+
+    @max_connections.setter
+    def max_connections(self, value: int) -> None:
+        self.table.max_total = value
+
+    def _busy(self, proto: RtspProtocol) -> bool:
+        return self.server.sessions_on(proto) > 0
+
     def buildProtocol(self, addr):  # noqa: N802 (Twisted API)
-        if self.connections >= self.max_connections:
-            log.warning("refusing RTSP connection from %s: %d open", addr.host,
-                        self.connections)
+        now = self._clock()
+        ok, victim, why = self.table.admit(addr.host, now, self._busy)
+        if not ok:
+            log.warning("refusing RTSP connection from %s: %s", addr.host, why)
             return None
-        self.connections += 1
+        if victim is not None:
+            peer = victim.transport.getPeer()
+            log.info("closing the idlest RTSP connection (%s:%s, no session) to make room",
+                     peer.host, peer.port)
+            self.table.closed(victim)
+            victim.transport.abortConnection()
         proto = RtspProtocol(self.server, self._on_request, self._clock, cache=self.cache,
                              on_answered=self._on_answered)
         proto.factory = self
+        burst = max(2.0, 2 * self.requests_per_second)
+        proto.rate = RequestRate(self.requests_per_second, burst, now)
+        self.table.opened(proto, addr.host, now)
         return proto
 
-    def connection_closed(self) -> None:
-        self.connections -= 1
+    def connection_closed(self, proto: RtspProtocol) -> None:
+        self.table.closed(proto)
+
+    def sweep(self) -> None:
+        """Close connections idle without a session or slow to finish a request."""
+        for proto, why in self.table.expired(self._clock(), self._busy):
+            peer = proto.transport.getPeer()
+            log.info("closing RTSP connection from %s:%s: %s", peer.host, peer.port, why)
+            self.table.closed(proto)
+            proto.transport.abortConnection()
 
 
 class SessionTimer(service.Service):

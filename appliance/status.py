@@ -20,14 +20,15 @@ def stream_status(stream) -> dict:
 
 def daemon_status(*, engine, server, started: float, now: float | None = None,
                   ports: dict | None = None, traffic: dict | None = None,
-                  damaged: list | None = None) -> dict:
+                  damaged: list | None = None, connections: dict | None = None) -> dict:
     """The snapshot: engine, server ports, sessions with their streams, and totals.
 
     ``ports`` is the server port policy's status (``appliance.media.server_ports``):
     its mode, and the shared pair or the per-session range. ``traffic`` is
     what every stream since start sent (``UdpMediaBackend.traffic``);
     ``damaged``: the (name, why) of titles whose cached files changed under
-    a stream."""
+    a stream; ``connections``: the RTSP connections open and those refused
+    or closed by the limits (``appliance.rtsp.limits.ConnectionTable``)."""
     now = time.time() if now is None else now
     sessions = []
     for session in sorted(server.sessions.values(), key=lambda s: s.id):
@@ -45,6 +46,7 @@ def daemon_status(*, engine, server, started: float, now: float | None = None,
         "uptime_s": round(now - started, 3),
         "engine": engine.status(),
         "server_ports": ports or {},
+        "rtsp": {"connections": connections or {}},
         "traffic": traffic or {},
         "sessions": sessions,
         "damaged_titles": [{"name": name, "why": why} for name, why in damaged or ()],

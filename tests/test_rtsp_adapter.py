@@ -89,15 +89,85 @@ def test_byte_at_a_time_gives_the_same_answer():
     assert split.value() == whole.value()
 
 
-def test_connection_limit_and_count():
+SETUP = (b"SETUP rtsp://h/movie/trackID=0 RTSP/1.0\r\nCSeq: %d\r\n"
+         b"Transport: RTP/AVP;unicast;client_port=%d-%d\r\n\r\n")
+
+
+def set_up_session(proto, cseq: int, port: int) -> None:
+    proto.dataReceived(SETUP % (cseq, port, port + 1))
+
+
+def test_connection_limit_makes_room_by_closing_the_idlest_connection_without_a_session():
     clock = Clock()
     _, factory, _, _ = make(clock, max_connections=2)
-    a, _ = connect(factory)
-    b, _ = connect(factory)
-    assert connect(factory) == (None, None)
+    a, ta = connect(factory)
+    set_up_session(a, 1, 5000)                    # a holds a session: it stays
+    clock.advance(1)
+    b, tb = connect(factory)
+    clock.advance(1)
+    c, tc = connect(factory)             # full: b, idle and sessionless, makes room
+    assert c is not None and tb.disconnecting and not ta.disconnecting
+    b.connectionLost(None)
+    assert factory.connections == 2
+    set_up_session(c, 1, 5002)
+    assert connect(factory) == (None, None)   # both hold sessions: refused
+    assert factory.table.counters()["refused"] == 1
     a.connectionLost(None)
-    c, _ = connect(factory)
-    assert c is not None and factory.connections == 2
+    assert connect(factory)[0] is not None and factory.connections == 2
+
+
+def test_connections_per_address_are_limited():
+    clock = Clock()
+    server, _, _, _ = make(clock)
+    factory = RtspFactory(server, max_connections=10, on_request=lambda: None,
+                          clock=clock.seconds, max_connections_per_address=2)
+    assert connect(factory)[0] and connect(factory)[0]
+    assert connect(factory) == (None, None)
+    other = IPv4Address("TCP", "127.0.0.2", 40000)
+    assert factory.buildProtocol(other) is not None
+
+
+def test_idle_connections_without_a_session_and_slow_requests_are_closed():
+    clock = Clock()
+    server, _, _, _ = make(clock)
+    factory = RtspFactory(server, max_connections=10, on_request=lambda: None,
+                          clock=clock.seconds, idle_timeout=30, request_timeout=10)
+    idle, t_idle = connect(factory)
+    playing, t_playing = connect(factory)
+    set_up_session(playing, 1, 5000)
+    slow, t_slow = connect(factory)
+    slow.dataReceived(b"OPTIONS * RTSP/1.0\r\n")      # and then a byte now and then
+    for _ in range(11):
+        clock.advance(1)
+        slow.dataReceived(b"X")
+        factory.sweep()
+    assert t_slow.disconnecting and not t_idle.disconnecting
+    clock.advance(20)
+    factory.sweep()
+    assert t_idle.disconnecting                 # 31 s silent, no session
+    assert not t_playing.disconnecting          # its session keeps it (its own timeout)
+    assert factory.table.counters()["closed_idle"] == 1
+    assert factory.table.counters()["closed_slow"] == 1
+
+
+def test_a_request_flood_is_answered_503_then_cut_off():
+    clock = Clock()
+    server, _, _, _ = make(clock)
+    factory = RtspFactory(server, max_connections=10, on_request=lambda: None,
+                          clock=clock.seconds, requests_per_second=5)
+    proto, transport = connect(factory)
+    proto.dataReceived(b"OPTIONS * RTSP/1.0\r\nCSeq: 1\r\n\r\n" * 10)
+    replies = transport.value().split(b"\r\n\r\n")[:-1]
+    assert [r.split(b" ")[1] for r in replies] == [b"200"] * 10   # a burst of 10 is fine
+    transport.clear()
+    proto.dataReceived(b"OPTIONS * RTSP/1.0\r\nCSeq: 2\r\n\r\n")
+    assert transport.value().startswith(b"RTSP/1.0 503 ") and b"Retry-After: 1" in transport.value()
+    clock.advance(1)                            # five more a second
+    transport.clear()
+    proto.dataReceived(b"OPTIONS * RTSP/1.0\r\nCSeq: 3\r\n\r\n")
+    assert transport.value().startswith(b"RTSP/1.0 200 ")
+    proto.dataReceived(b"OPTIONS * RTSP/1.0\r\nCSeq: 4\r\n\r\n" * 40)
+    assert transport.disconnecting
 
 
 def test_session_timer_expires_idle_sessions_on_the_clock():

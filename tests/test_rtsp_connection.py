@@ -272,10 +272,29 @@ def test_bytewise_feeding_scans_each_byte_a_bounded_number_of_times(
     counter = CountingSearch(connection_module._HEAD_END_RE)
     monkeypatch.setattr(connection_module, "_HEAD_END_RE", counter)
     data = request(extra=[(f"X-H{i}", "v" * 50) for i in range(300)])
-    conn = RTSPConnection(max_head_bytes=len(data))
+    conn = RTSPConnection(max_head_bytes=len(data), max_headers=400)
     assert len(feed_bytewise(conn, data)) == 1
     # Quadratic rescanning would be about len(data)**2 / 2 bytes.
     assert counter.scanned <= 3 * len(data)
+
+
+def test_too_many_header_lines_are_400() -> None:
+    conn = RTSPConnection(max_headers=8)
+    assert len(conn.receive_data(request(extra=[(f"X-H{i}", "v") for i in range(7)]))) == 1
+    with pytest.raises(RemoteProtocolError, match="header lines, over 8") as exc:
+        conn.receive_data(request(extra=[(f"X-H{i}", "v") for i in range(8)]))
+    assert exc.value.status == 400
+
+
+def test_mid_message_says_a_request_is_begun_and_unfinished() -> None:
+    conn = RTSPConnection()
+    assert not conn.mid_message
+    conn.receive_data(b"\r\n")                 # blank lines between messages
+    assert not conn.mid_message
+    conn.receive_data(b"OPTIONS * RTSP/1.0\r\nCSe")
+    assert conn.mid_message
+    conn.receive_data(b"q: 1\r\n\r\n")
+    assert not conn.mid_message
 
 
 def test_many_pipelined_requests_in_one_chunk() -> None:

@@ -54,7 +54,11 @@ class Client:
         assert resp.headers.get("CSeq") == str(self.cseq)
         return resp
 
-    def setup(self, url=f"{BASE}/movie/trackID=0", transport="RTP/AVP;unicast;client_port=5000-5001"):
+    def setup(self, url=f"{BASE}/movie/trackID=0", transport=None):
+        if transport is None:
+            # a viewer's own ports: two sessions of one host never share them
+            port = 5000 + 2 * self.cseq
+            transport = f"RTP/AVP;unicast;client_port={port}-{port + 1}"
         resp = self("SETUP", url, ("Transport", transport))
         assert resp.status == 200, resp
         return parse_session(resp.headers.get("Session"))[0], resp
@@ -361,8 +365,53 @@ def test_setup_passes_client_quirks(client, media):
            ("Transport", "RTP/AVP/UDP;unicast;client_port=5000-5001"))
     assert media.quirks.flush_pes_at_end
     client("SETUP", f"{BASE}/movie/trackID=0", ("User-Agent", "GStreamer/1.22.0"),
-           ("Transport", "RTP/AVP;unicast;client_port=5000-5001"))
+           ("Transport", "RTP/AVP;unicast;client_port=5002-5003"))
     assert not media.quirks.flush_pes_at_end
+
+
+def test_another_sessions_client_ports_are_refused_and_freed_when_it_ends(client):
+    """A second connection's SETUP to a playing viewer's ports would break
+    that viewer (tried against a GStreamer viewer): 461, and the ports are
+    free again once their session is gone."""
+    held = "RTP/AVP;unicast;client_port=6000-6001"
+    first, _ = client.setup(transport=held)
+    for ports in ("6000-6001", "5999-6000", "6001-6002"):
+        resp = client("SETUP", f"{BASE}/movie/trackID=0",
+                      ("Transport", f"RTP/AVP;unicast;client_port={ports}"))
+        assert resp.status == 461, ports
+    # another host may use the same numbers: they are its own ports
+    assert client("SETUP", f"{BASE}/movie/trackID=0", ("Transport", held),
+                  peer="192.0.2.7").status == 200
+    # the session itself may set its track up again on them
+    assert client("SETUP", f"{BASE}/movie/trackID=0", ("Session", first),
+                  ("Transport", held)).status == 200
+    assert client("TEARDOWN", f"{BASE}/movie/", ("Session", first)).status == 200
+    client.setup(transport=held)
+
+
+def test_one_connection_or_one_address_cannot_take_every_session(catalog, media):
+    server = RtspServer(titles=catalog, media=media, max_sessions=100,
+                        max_sessions_per_connection=2, max_sessions_per_address=3)
+    client = Client(server)
+
+    def setup(connection, peer=HOST):
+        client.cseq += 1
+        port = 7000 + 2 * client.cseq
+        req = Request("SETUP", f"{BASE}/movie/trackID=0",
+                      (("CSeq", str(client.cseq)),
+                       ("Transport", f"RTP/AVP;unicast;client_port={port}-{port + 1}")))
+        return server.handle_request(req, peer_host=peer, now=client.now, connection=connection)
+
+    assert [setup("c1").status for _ in range(3)] == [200, 200, 453]
+    assert setup("c2").status == 200
+    resp = setup("c3")                       # a third connection, same address
+    assert resp.status == 453
+    assert setup("c4", peer="192.0.2.9").status == 200
+    assert server.sessions_on("c1") == 2
+    # a session ending gives its place back
+    victim = next(s for s in server.sessions.values() if s.connection == "c1")
+    client("TEARDOWN", f"{BASE}/movie/", ("Session", victim.id))
+    assert setup("c1").status == 200
 
 
 def test_a_bug_in_a_handler_answers_500_and_keeps_the_session(catalog):

@@ -7,6 +7,7 @@ set up UDP streams and records every RTP packet with its arrival time.
 
 from __future__ import annotations
 
+import selectors
 import socket
 import threading
 import time
@@ -109,19 +110,23 @@ class RtpReceiver:
         self._thread.start()
 
     def _run(self) -> None:
-        import select
-        socks = [self.rtp_sock, self.rtcp_sock]
-        while not self._stop.is_set():
-            ready, _, _ = select.select(socks, [], [], 0.05)
-            for sock in ready:
-                try:
-                    data = sock.recv(65536)
-                except OSError:
-                    continue
-                if sock is self.rtp_sock:
-                    self.packets.append((time.monotonic_ns(), data))
-                else:
-                    self.rtcp.append((time.monotonic_ns(), data))
+        # poll, not select: a test or bench may hold more than 1024 descriptors
+        with selectors.DefaultSelector() as selector:
+            for sock in (self.rtp_sock, self.rtcp_sock):
+                selector.register(sock, selectors.EVENT_READ)
+            while not self._stop.is_set():
+                self._receive([key.fileobj for key, _ in selector.select(0.05)])
+
+    def _receive(self, ready: list) -> None:
+        for sock in ready:
+            try:
+                data = sock.recv(65536)
+            except OSError:
+                continue
+            if sock is self.rtp_sock:
+                self.packets.append((time.monotonic_ns(), data))
+            else:
+                self.rtcp.append((time.monotonic_ns(), data))
 
     def got_bye(self) -> bool:
         """True once an RTCP packet carrying BYE (type 203) has arrived."""

@@ -94,11 +94,13 @@ class RTSPConnection:
 
     ``max_head_bytes`` bounds a start line plus headers plus the blank line
     that ends them; ``max_body_bytes`` a Content-Length; ``max_frame_bytes``
-    an interleaved frame with its 4-byte header.
+    an interleaved frame with its 4-byte header; ``max_headers`` the header
+    lines of a message (folded lines count).
     """
 
     def __init__(self, our_role: str = "server", *, max_head_bytes: int = 8192,
-                 max_body_bytes: int = 65536, max_frame_bytes: int = 65535 + 4) -> None:
+                 max_body_bytes: int = 65536, max_frame_bytes: int = 65535 + 4,
+                 max_headers: int = 64) -> None:
         if our_role not in ROLES:
             raise ValueError(f"role {our_role!r} is not 'server' or 'client'")
         self.our_role = our_role
@@ -106,6 +108,7 @@ class RTSPConnection:
         self.max_head_bytes = max_head_bytes
         self.max_body_bytes = max_body_bytes
         self.max_frame_bytes = max_frame_bytes
+        self.max_headers = max_headers
         self.receive_state = IDLE
         self.send_closed = False
         self._buf = bytearray()
@@ -113,6 +116,12 @@ class RTSPConnection:
         self._scanned = 0                  # where the head search resumes
         self._pending: tuple[str, Headers, int] | None = None  # head awaiting its body
         self._error: RemoteProtocolError | None = None
+
+    @property
+    def mid_message(self) -> bool:
+        """Whether part of a message has come and the rest not yet (a
+        client that sends a request a byte a minute stays here)."""
+        return self.receive_state in (HEAD, BODY, FRAME)
 
     # ---------------------------------------------------------- receive ---
 
@@ -216,6 +225,9 @@ class RTSPConnection:
         except UnicodeDecodeError:
             raise RemoteProtocolError("message head is not UTF-8") from None
         lines = [line[:-1] if line.endswith("\r") else line for line in text.split("\n")]
+        if len(lines) - 1 > self.max_headers:
+            raise RemoteProtocolError(f"{len(lines) - 1} header lines, over {self.max_headers}",
+                                      400)
         try:
             headers = _parse_header_lines(lines[1:])
             lengths = headers.get_all("Content-Length")

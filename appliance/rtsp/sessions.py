@@ -13,6 +13,7 @@ import logging
 import secrets
 from dataclasses import dataclass, field
 from urllib.parse import quote, unquote, urlsplit
+from typing import Hashable
 
 from appliance.rtsp.client_quirks import quirks_for
 from catalog import CatalogError
@@ -87,6 +88,10 @@ class Session:
     streams: dict[int, MediaStream] = field(default_factory=dict)
     #: when it was set up (the clock of ``last_seen``); None: unknown
     started: float | None = None
+    #: the RTSP connection that set it up (the adapter's key), or None
+    connection: Hashable | None = None
+    #: the (host, UDP port) pairs its streams send to
+    client_ports: set[tuple[str, int]] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         if self.started is None:
@@ -129,7 +134,9 @@ class RtspServer:
     """Answers RTSP requests and keeps the sessions they create."""
 
     def __init__(self, *, titles, media: MediaBackend, session_timeout: float = 60.0,
-                 max_sessions: int = 1000, server_name: str = "kvod", cache=None):
+                 max_sessions: int = 1000, server_name: str = "kvod", cache=None,
+                 max_sessions_per_connection: int = 16,
+                 max_sessions_per_address: int = 100):
         """``titles`` is the catalog (``get_title``, ``record_hit``); ``cache``,
         if given, also says which titles are servable while they fill
         (``servable(title)``) and which may be fetched (``can_fetch(name, title)``)."""
@@ -140,16 +147,26 @@ class RtspServer:
         self.max_sessions = max_sessions
         self.server_name = server_name
         self.sessions: dict[str, Session] = {}
+        # one connection or one address must not take every session
+        self.max_sessions_per_connection = max_sessions_per_connection
+        self.max_sessions_per_address = max_sessions_per_address
+        self._per_connection: dict[Hashable, int] = {}
+        self._per_host: dict[str, int] = {}
+        # (host, UDP port) -> the session whose stream sends there
+        self._client_ports: dict[tuple[str, int], str] = {}
 
     # -- the entry points ---------------------------------------------------
 
     def handle_request(self, request: Request, *, peer_host: str, now: float,
-                       prepared: bool = False) -> Response | NeedTitle:
+                       prepared: bool = False,
+                       connection: Hashable | None = None) -> Response | NeedTitle:
         """The response to ``request`` from a client at ``peer_host``, or
         :class:`NeedTitle` when the title must be fetched first (``prepared``:
-        it was, as far as it could be: answer with what there is)."""
+        it was, as far as it could be: answer with what there is).
+        ``connection`` names the RTSP connection it came on (sessions per
+        connection are limited)."""
         try:
-            return self._dispatch(request, peer_host, now, prepared)
+            return self._dispatch(request, peer_host, now, prepared, connection)
         except _NeedTitle as need:
             return NeedTitle(need.name, need.npt_ns)
         except RtspFailure as exc:
@@ -200,7 +217,12 @@ class RtspServer:
 
     # -- methods ------------------------------------------------------------
 
-    def _dispatch(self, req: Request, peer_host: str, now: float, prepared: bool) -> Response:
+    def sessions_on(self, connection: Hashable) -> int:
+        """Open sessions set up on ``connection``."""
+        return self._per_connection.get(connection, 0)
+
+    def _dispatch(self, req: Request, peer_host: str, now: float, prepared: bool,
+                  connection: Hashable | None = None) -> Response:
         method = req.method
         require = req.headers.get("Require")
         if require:
@@ -212,7 +234,7 @@ class RtspServer:
         if method == "DESCRIBE":
             return self._describe(req, now, prepared)
         if method == "SETUP":
-            return self._setup(req, peer_host, now, prepared)
+            return self._setup(req, peer_host, now, prepared, connection)
         if method in ("PLAY", "PAUSE", "TEARDOWN"):
             session = self._session_of(req, peer_host, now)
             try:
@@ -263,7 +285,8 @@ class RtspServer:
                            headers=(("Content-Type", "application/sdp"),
                                     ("Content-Base", url.base)))
 
-    def _setup(self, req: Request, peer_host: str, now: float, prepared: bool) -> Response:
+    def _setup(self, req: Request, peer_host: str, now: float, prepared: bool,
+               connection: Hashable | None = None) -> Response:
         url = parse_title_url(req.target)
         title = self._title(url.name, prepared)
         tracks = {t.track_index: t for t in title.tracks}
@@ -286,6 +309,20 @@ class RtspServer:
                                   headers=(("Allow", self._allowed(session)),))
         elif len(self.sessions) >= self.max_sessions:
             raise RtspFailure(453, f"session limit {self.max_sessions} reached")
+        elif connection is not None and \
+                self.sessions_on(connection) >= self.max_sessions_per_connection:
+            raise RtspFailure(453, f"{self.max_sessions_per_connection} sessions on one "
+                                   "connection (rtsp.max_sessions_per_connection)")
+        elif self._per_host.get(peer_host, 0) >= self.max_sessions_per_address:
+            raise RtspFailure(453, f"{self.max_sessions_per_address} sessions from "
+                                   f"{peer_host} (rtsp.max_sessions_per_address)")
+        session_id_now = session.id if session else None
+        for port in spec.client_port or ():
+            holder = self._client_ports.get((peer_host, port))
+            if holder is not None and holder != session_id_now:
+                # another viewer's ports: its stream would be broken by ours
+                raise RtspFailure(461, f"client port {port} of {peer_host} is in use by "
+                                       "another session")
 
         session_id = session.id if session else _new_session_id(self.sessions)
         try:
@@ -299,8 +336,12 @@ class RtspServer:
         except MediaUnavailable as exc:
             raise RtspFailure(453, f"cannot open a stream: {exc}") from None
         if session is None:
-            session = Session(session_id, title.name, peer_host, SessionState.READY, now)
+            session = Session(session_id, title.name, peer_host, SessionState.READY, now,
+                              connection=connection)
             self.sessions[session_id] = session
+            if connection is not None:
+                self._per_connection[connection] = self.sessions_on(connection) + 1
+            self._per_host[peer_host] = self._per_host.get(peer_host, 0) + 1
             # per request at DEBUG: at INFO, a line per request is a tenth of a
             # start-up's time; the session's end says it at INFO, once
             log.debug("session %s: %s for %s", session_id, title.name, peer_host,
@@ -309,6 +350,9 @@ class RtspServer:
         if old is not None:
             old.close()
         session.streams[track_index] = stream
+        for port in spec.client_port or ():
+            self._client_ports[(peer_host, port)] = session_id
+            session.client_ports.add((peer_host, port))
         reply_spec = TransportSpec(profile=spec.profile, lower_transport=spec.lower_transport,
                                    delivery="unicast", client_port=spec.client_port,
                                    server_port=stream.server_ports, ssrc=stream.ssrc)
@@ -472,7 +516,17 @@ class RtspServer:
                 log.exception("session %s: closing a stream failed", session.id)
         session.streams.clear()
         session.state = SessionState.CLOSED
-        self.sessions.pop(session.id, None)
+        if self.sessions.pop(session.id, None) is None:
+            return
+        for key in session.client_ports:
+            if self._client_ports.get(key) == session.id:
+                del self._client_ports[key]
+        for table, key in ((self._per_connection, session.connection),
+                           (self._per_host, session.peer_host)):
+            if key in table:
+                table[key] -= 1
+                if not table[key]:
+                    del table[key]
 
     def _reply(self, req: Request, status: int, *, session: Session | None = None,
                headers: tuple = (), body: bytes = b"") -> Response:
