@@ -125,6 +125,34 @@ def test_seek_starts_at_the_keyframe_at_or_before(daemon, ts_file):
         receiver.close()
 
 
+def test_a_range_end_stops_the_stream_there_with_a_bye(daemon, ts_file):
+    media = open(ts_file, "rb").read()
+    with title_hints(daemon, "movie") as hints:
+        start = hints.keyframe_at_or_before(2_000_000_000)
+        stop = hints.index_at(3_500_000_000) + 1      # the records at or before 3.5 s
+        first, after = hints.record(start), hints.record(stop)
+    receiver = RtpReceiver()
+    client = RtspClient("127.0.0.1", daemon.port)
+    try:
+        session, resp = play(client, receiver, "movie", "npt=2-3.5")
+        assert resp.headers.get("Range").endswith("-3.500")
+        deadline = time.monotonic() + 6
+        while not receiver.got_bye() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert receiver.got_bye()
+        got = payloads(receiver)
+        assert_contiguous([s for s, _ in got])
+        assert b"".join(p for _, p in got) == media[first.offset:after.offset]
+        # the same session plays on to the title's end when asked
+        resp = client.request("PLAY", client.url("movie") + "/",
+                              [("Session", session), ("Range", "npt=8-")])
+        assert resp.status == 200 and resp.headers.get("Range").startswith("npt=")
+        assert not resp.headers.get("Range").endswith("-3.500")
+    finally:
+        client.close()
+        receiver.close()
+
+
 def test_pause_stops_packets_and_play_resumes_without_gap(daemon, ts_file):
     media = open(ts_file, "rb").read()
     receiver = RtpReceiver()

@@ -498,3 +498,23 @@ def test_a_catalog_damaged_under_the_server_is_503_and_one_log_line(tmp_path, me
     assert not [r for r in caplog.records if r.exc_info]
     (line,) = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert f"catalog {path}: damaged" in line and "move it aside" in line
+
+
+def test_a_range_end_is_passed_to_the_streams_and_echoed(client, media):
+    session, _ = client.setup()
+    resp = client("PLAY", f"{BASE}/movie/", ("Session", session), ("Range", "npt=2-5"))
+    assert resp.status == 200
+    assert resp.headers.get("Range") == "npt=2.000-5.000"
+    stream = media.opened[-1][3]
+    assert stream.end_ns == 5 * SECOND
+    # a later PLAY without an end plays to the title's end again
+    resp = client("PLAY", f"{BASE}/movie/", ("Session", session), ("Range", "npt=0-"))
+    assert stream.end_ns is None and resp.headers.get("Range").startswith("npt=0.000-")
+
+
+def test_a_range_end_before_where_the_stream_is_is_457(client, media):
+    session, _ = client.setup()
+    assert client("PLAY", f"{BASE}/movie/", ("Session", session),
+                  ("Range", "npt=6-")).status == 200
+    resp = client("PLAY", f"{BASE}/movie/", ("Session", session), ("Range", "npt=now-3"))
+    assert resp.status == 457

@@ -76,6 +76,8 @@ class UdpMediaStream:
         self.hints = self._open_hints(title, update)
         self.main_hint_path = update.path
         self.segment = None
+        # the records the engine plays while a Range end plays a prefix
+        self._end_count: int | None = None
         # 0 (unknown) while the title fills: its duration is only an estimate
         self.duration_ns = (title.duration_ns or self.hints.header.duration_ns
                             if self.fill is None else 0)
@@ -232,6 +234,32 @@ class UdpMediaStream:
             return self.hints.record(index).send_ns
         except HintError as exc:
             raise self._damage_error(exc) from None
+
+    def stop_at(self, npt_ns: int | None, start_record: int | None = None) -> int | None:
+        """End after the records sent at or before ``npt_ns`` (None: at the
+        title's end), for a play from ``start_record`` (None: where the
+        stream is). The engine plays a prefix of the hint file: the same
+        file with a smaller record count. A title still filling cannot end
+        early (its records are the fill's to hand out): None. ValueError
+        when the end lies before where the stream is."""
+        if self.fill is not None or self.segment is not None:
+            return None
+        total = len(self.hints)
+        count = total if npt_ns is None or not total else min(
+            total, self.hints.index_at(npt_ns) + 1)
+        if count == (self._end_count or total):
+            return npt_ns
+        fd = os.open(self.main_hint_path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            self._stream.set_hints(fd, count, restart=start_record is not None)
+        except EngineError as exc:
+            if exc.errno != errno.ERANGE:
+                raise
+            raise ValueError(f"the range ends before the stream's position: {exc}") from None
+        finally:
+            os.close(fd)
+        self._end_count = None if count == total else count
+        return npt_ns
 
     def play(self, record: int | None) -> PlayStart:
         self.waiting_since = None

@@ -54,6 +54,12 @@ class MediaStream(Protocol):
     def position_ns(self) -> int:
         """The npt of the next packet to send."""
 
+    def stop_at(self, npt_ns: int | None, start_record: int | None = None) -> int | None:
+        """End the stream at ``npt_ns`` (a Range end), or at the title's end
+        (None), for a play from ``start_record`` (None: where it is); returns
+        the end used in ns, or None when it cannot end early (a title still
+        filling plays on). ValueError: the end is before where it is."""
+
     def play(self, record: int | None) -> PlayStart:
         """Start sending now, from ``record`` or (None) where it stopped."""
 

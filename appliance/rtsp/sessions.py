@@ -386,7 +386,7 @@ class RtspServer:
         streams = sorted(session.streams.items())
         first = streams[0][1]
         value = req.headers.get("Range")
-        npt_ns = None
+        npt_ns = end_ns = None
         if value:
             try:
                 rng = parse_range(value)
@@ -397,14 +397,20 @@ class RtspServer:
                 if first.duration_ns and npt_ns > first.duration_ns:
                     raise RtspFailure(457, f"Range starts at {rng.start}s, "
                                            f"past the end ({first.duration_ns / 1e9:.3f}s)")
+            if rng.end is not None:
+                end_ns = int(rng.end * 1e9)
         if npt_ns is not None and not prepared and any(
                 stream.needs_seek(npt_ns) for _, stream in streams):
             # ahead of a running fill: its bytes are fetched first, then PLAY answers
             raise _NeedTitle(session.title_name, npt_ns)
+        ends: list[int | None] = []
         if npt_ns is None and session.state is SessionState.PLAYING:
-            # PLAY while playing without a new position changes nothing.
+            # PLAY while playing without a new position changes nothing but
+            # its end (npt=now-b)
             start_ns = first.position_ns()
             infos = None
+            for _, stream in streams:
+                ends.append(self._stop_at(stream, end_ns, None))
         else:
             infos = []
             start_ns = None
@@ -419,6 +425,7 @@ class RtspServer:
                         # start at that instant, so audio and video stay together
                         record, pos = stream.keyframe_at_or_before(
                             npt_ns if start_ns is None else start_ns)
+                    ends.append(self._stop_at(stream, end_ns, record))
                     start = stream.play(record)
                 except MediaUnavailable as exc:
                     raise RtspFailure(503, f"cannot play {session.title_name}: {exc}") from None
@@ -427,6 +434,8 @@ class RtspServer:
                 infos.append((f"{base}{TRACK_PREFIX}{index}",
                               start.seq, start.rtptime))
         end = first.duration_ns / 1e9 if first.duration_ns else None
+        if ends and ends[0] is not None:
+            end = min(ends[0] / 1e9, end) if end is not None else ends[0] / 1e9
         headers = [("Range", format_range(start_ns / 1e9, max(end, start_ns / 1e9)
                                           if end is not None else None))]
         if infos:
@@ -434,6 +443,15 @@ class RtspServer:
         log.debug("session %s: PLAY %s from %.3f s", session.id, session.title_name,
                  start_ns / 1e9, extra=log_fields(session.id, session.title_name))
         return self._reply(req, 200, session=session, headers=tuple(headers))
+
+    @staticmethod
+    def _stop_at(stream: MediaStream, end_ns: int | None, record: int | None) -> int | None:
+        """A Range end for ``stream`` (None: the title's end), 457 when it is
+        before where the stream is."""
+        try:
+            return stream.stop_at(end_ns, record)
+        except ValueError as exc:
+            raise RtspFailure(457, str(exc)) from None
 
     def _pause(self, req: Request, session: Session) -> Response:
         for stream in session.streams.values():

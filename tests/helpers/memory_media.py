@@ -19,6 +19,7 @@ class MemoryStream:
         self.sent = 0
         self.playing = False
         self.closed = False
+        self.end_ns = None
 
     def needs_seek(self, npt_ns):
         return False
@@ -29,6 +30,13 @@ class MemoryStream:
 
     def position_ns(self):
         return self.next_record * SECOND
+
+    def stop_at(self, npt_ns, start_record=None):
+        start = self.next_record if start_record is None else start_record
+        if npt_ns is not None and npt_ns < start * SECOND:
+            raise ValueError("the range ends before the stream's position")
+        self.end_ns = npt_ns
+        return npt_ns
 
     def play(self, record):
         assert not self.closed
