@@ -153,6 +153,46 @@ def test_a_range_end_stops_the_stream_there_with_a_bye(daemon, ts_file):
         receiver.close()
 
 
+@pytest.mark.parametrize("scale", [4, -4])
+def test_scale_plays_the_keyframes_faster_or_backwards(daemon, tmp_path, scale):
+    """Scale 4 covers the 10 s title in about 2.5 s with its keyframes, in
+    order; Scale -4 from the end runs backwards through them. What arrives
+    is MPEG-TS that ffprobe decodes."""
+    receiver = RtpReceiver()
+    client = RtspClient("127.0.0.1", daemon.port)
+    try:
+        url = client.url("movie")
+        session, _, _ = client.setup_udp(url + "/trackID=0", receiver.ports)
+        resp = client.request("PLAY", url + "/", [
+            ("Session", session), ("Scale", str(scale)),
+            ("Range", "npt=0-" if scale > 0 else "npt=9.9-")])
+        assert resp.status == 200 and resp.headers.get("Scale") == str(scale)
+        deadline = time.monotonic() + 10
+        while not receiver.got_bye() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert receiver.got_bye()
+        wall = (receiver.packets[-1][0] - receiver.packets[0][0]) / 1e9
+        assert 1.5 < wall < 4.0, wall          # a quarter of the title's 10 s
+        assert_contiguous([s for s, _ in payloads(receiver)])
+        out = tmp_path / "trick.ts"
+        out.write_bytes(b"".join(p for _, p in payloads(receiver)))
+        probe = subprocess.run(
+            ["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries",
+             "frame=pts_time,key_frame", "-of", "csv=p=0", str(out)],
+            capture_output=True, text=True, timeout=60, check=True)
+        frames = [line.split(",")[:2] for line in probe.stdout.split() if line]
+        times = [float(t) for _, t in frames]
+        assert len(frames) >= 8 and all(k == "1" for k, _ in frames)
+        steps = [b - a for a, b in zip(times, times[1:])]
+        assert all(step > 0 for step in steps) if scale > 0 else all(step < 0 for step in steps)
+        # a PLAY without Scale goes back to normal play
+        resp = client.request("PLAY", url + "/", [("Session", session), ("Range", "npt=5-")])
+        assert resp.status == 200 and resp.headers.get("Scale") is None
+    finally:
+        client.close()
+        receiver.close()
+
+
 def test_pause_stops_packets_and_play_resumes_without_gap(daemon, ts_file):
     media = open(ts_file, "rb").read()
     receiver = RtpReceiver()

@@ -518,3 +518,22 @@ def test_a_range_end_before_where_the_stream_is_is_457(client, media):
                   ("Range", "npt=6-")).status == 200
     resp = client("PLAY", f"{BASE}/movie/", ("Session", session), ("Range", "npt=now-3"))
     assert resp.status == 457
+
+
+@pytest.mark.parametrize("asked, used", [("4", "4"), ("-4", "-4"), ("5", "4"), ("-1", "-2"),
+                                         ("20", "8"), ("1", "1"), ("0.5", "1")])
+def test_play_with_scale_asks_the_streams_and_echoes_the_scale_used(client, media, asked, used):
+    session, _ = client.setup()
+    resp = client("PLAY", f"{BASE}/movie/", ("Session", session), ("Scale", asked),
+                  ("Range", "npt=4-"))
+    assert resp.status == 200 and resp.headers.get("Scale") == used
+    assert media.opened[-1][3].scale == float(used)
+    # a PLAY without Scale is back to normal play, where the stream is
+    resp = client("PLAY", f"{BASE}/movie/", ("Session", session))
+    assert resp.status == 200 and media.opened[-1][3].scale == 1
+
+
+@pytest.mark.parametrize("bad", ["0", "fast", "1e9", ""])
+def test_a_bad_scale_is_400(client, bad):
+    session, _ = client.setup()
+    assert client("PLAY", f"{BASE}/movie/", ("Session", session), ("Scale", bad)).status == 400

@@ -9,6 +9,7 @@ its files here, so the layout is spelled once.
         track0.hint       its hint records (growing while a fill runs)
         track<N>.hint     the hint records of track N (MP4 titles: video, then audio)
         seek<N>.hint      a seek segment's hints (a fill's, short-lived)
+        track0.hint.scale<S>  the keyframes-only hints of RTSP Scale S (2, -4, ...)
 """
 
 from __future__ import annotations
@@ -61,3 +62,9 @@ def track_hint_path(folder: str, index: int) -> str:
 def seek_hint_path(folder: str, number: int) -> str:
     """The hint file of seek segment ``number`` of a fill."""
     return os.path.join(folder, f"seek{number}.hint")
+
+
+def trick_hint_path(hint_file: str, scale: int) -> str:
+    """The trick-play hint file of ``hint_file`` at ``scale`` (beside it, in
+    the title's folder, so it goes with the title)."""
+    return f"{hint_file}.scale{scale}"

@@ -26,6 +26,7 @@ from appliance.rtsp.media_api import MediaFilesBad, MediaUnavailable, PlayStart
 from appliance.rtsp.sessions import log_fields
 from appliance.media.rtcp_demux import report_blocks
 from appliance.media.server_ports import PerSessionPorts, SharedPorts
+from appliance.media.trick_play import TrickFiles
 from rtpengine import rtcp
 from rtpengine.engine import Engine, EngineError
 from rtpengine.hintfile import HintError, HintFile
@@ -78,6 +79,10 @@ class UdpMediaStream:
         self.segment = None
         # the records the engine plays while a Range end plays a prefix
         self._end_count: int | None = None
+        #: the RTSP Scale playing: 1, or a trick stream's (appliance.media.trick_play)
+        self.scale = 1
+        self._trick = None          # its TrickStream
+        self._main_hints: HintFile | None = None   # the title's hints, while it plays
         # 0 (unknown) while the title fills: its duration is only an estimate
         self.duration_ns = (title.duration_ns or self.hints.header.duration_ns
                             if self.fill is None else 0)
@@ -228,12 +233,51 @@ class UdpMediaStream:
 
     def position_ns(self) -> int:
         index = self._stream.stats().next_record
+        if self._trick is not None:
+            return self._trick.title_time(index)
         if index >= len(self.hints):
             return self.duration_ns
         try:
             return self.hints.record(index).send_ns
         except HintError as exc:
             raise self._damage_error(exc) from None
+
+    def set_scale(self, scale: int, npt_ns: int) -> tuple[int, int]:
+        """Play at RTSP ``scale`` from title time ``npt_ns``: the keyframes
+        only (faster, or backwards), or the title (1). Returns (record,
+        title time) to :meth:`play` from; :attr:`scale` says the scale used
+        (1 where there is no trick stream: a title still filling, MP4)."""
+        if scale != 1 and (self.fill is not None or self.container != "mpegts"):
+            scale = 1
+        if scale == 1:
+            if self._trick is not None:
+                self._use_hints(self._main_hints.path, None, restart=True)
+                self.hints.close()
+                self.hints, self._main_hints, self._trick = self._main_hints, None, None
+            self.scale = 1
+            return self.keyframe_at_or_before(npt_ns)
+        main = self._main_hints or self.hints
+        try:
+            path, trick = self.backend.tricks.stream(main, self.media_path, scale)
+        except (OSError, ValueError) as exc:
+            self.log.warning("stream %s: no trick play at scale %d: %s", self.label, scale, exc)
+            return self.set_scale(1, npt_ns)
+        self._use_hints(path, None, restart=True)
+        if self._trick is not None:
+            self.hints.close()
+        self._main_hints = main
+        self.hints = HintFile(path)
+        self._trick = trick
+        self._end_count = None
+        self.scale = scale
+        return trick.start_for(npt_ns, scale)
+
+    def _use_hints(self, path: str, count: int | None, *, restart: bool) -> None:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            self._stream.set_hints(fd, count, restart=restart)
+        finally:
+            os.close(fd)
 
     def stop_at(self, npt_ns: int | None, start_record: int | None = None) -> int | None:
         """End after the records sent at or before ``npt_ns`` (None: at the
@@ -242,7 +286,7 @@ class UdpMediaStream:
         file with a smaller record count. A title still filling cannot end
         early (its records are the fill's to hand out): None. ValueError
         when the end lies before where the stream is."""
-        if self.fill is not None or self.segment is not None:
+        if self.fill is not None or self.segment is not None or self._trick is not None:
             return None
         total = len(self.hints)
         count = total if npt_ns is None or not total else min(
@@ -370,6 +414,8 @@ class UdpMediaStream:
             self._ports.close()
             self._ports = None
         self.hints.close()
+        if self._main_hints is not None:
+            self._main_hints.close()
         self.backend.forget(self)
 
     def engine_stats(self):
@@ -516,6 +562,7 @@ class UdpMediaBackend:
         self.cname = cname
         self.on_alive = on_alive
         self.streams: set[UdpMediaStream] = set()
+        self.tricks = TrickFiles()
         # what closed streams sent, so that the totals only ever grow
         self._retired = dict.fromkeys(TRAFFIC_KEYS, 0)
         self._sr_loop = LoopingCall(self._send_reports)

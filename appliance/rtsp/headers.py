@@ -346,6 +346,27 @@ def parse_range(value: str) -> NptRange:
     return NptRange(start, end)
 
 
+_SCALE_RE = re.compile(r"[ \t]*(-?[0-9]{1,6}(?:\.[0-9]{0,6})?)[ \t]*")
+
+
+def parse_scale(value: str) -> float:
+    """The number of a Scale header (RFC 2326 section 12.34): 1 is normal
+    play, 2 twice as fast, -1 backwards; RangeError if it is not a number
+    or is 0."""
+    m = _SCALE_RE.fullmatch(value)
+    if m is None:
+        raise RangeError(f"Scale {value[:40]!r} is not a number")
+    scale = float(m.group(1))
+    if scale == 0:
+        raise RangeError("Scale 0 is no speed")
+    return scale
+
+
+def format_scale(scale: float) -> str:
+    """A Scale header's value: ``4``, ``-2``, ``1``, ``1.5``."""
+    return f"{scale:g}"
+
+
 def format_range(start: float | None, end: float | None = None) -> str:
     """``npt=<start>-[<end>]`` with millisecond precision; None start is "now"."""
     npt = NptRange(start, end)

@@ -31,7 +31,7 @@ from appliance.rtsp import (
     parse_transport,
     response_for,
 )
-from appliance.rtsp.headers import RangeError, TransportSpec
+from appliance.rtsp.headers import RangeError, TransportSpec, format_scale, parse_scale
 from appliance.rtsp.sdp import SdpMedia, build_sdp, rtpmap_channels
 from appliance.rtsp.session_states import (
     TRANSITIONS,
@@ -399,12 +399,14 @@ class RtspServer:
                                            f"past the end ({first.duration_ns / 1e9:.3f}s)")
             if rng.end is not None:
                 end_ns = int(rng.end * 1e9)
+        scale = self._scale(req)
         if npt_ns is not None and not prepared and any(
                 stream.needs_seek(npt_ns) for _, stream in streams):
             # ahead of a running fill: its bytes are fetched first, then PLAY answers
             raise _NeedTitle(session.title_name, npt_ns)
         ends: list[int | None] = []
-        if npt_ns is None and session.state is SessionState.PLAYING:
+        if npt_ns is None and session.state is SessionState.PLAYING and all(
+                getattr(stream, "scale", 1) == scale for _, stream in streams):
             # PLAY while playing without a new position changes nothing but
             # its end (npt=now-b)
             start_ns = first.position_ns()
@@ -416,15 +418,21 @@ class RtspServer:
             start_ns = None
             for index, stream in streams:
                 try:
-                    if npt_ns is None:
+                    at = npt_ns if start_ns is None else start_ns
+                    if npt_ns is None and getattr(stream, "scale", 1) == scale:
                         record = None
                         pos = stream.position_ns()
+                    elif scale != 1 or getattr(stream, "scale", 1) != 1:
+                        # to or from a trick stream, where the stream is
+                        # (npt=now) or where the Range says
+                        stream.pause()
+                        record, pos = stream.set_scale(
+                            scale, stream.position_ns() if at is None else at)
                     else:
                         stream.pause()
                         # the first track (video) picks the keyframe; the others
                         # start at that instant, so audio and video stay together
-                        record, pos = stream.keyframe_at_or_before(
-                            npt_ns if start_ns is None else start_ns)
+                        record, pos = stream.keyframe_at_or_before(at)
                     ends.append(self._stop_at(stream, end_ns, record))
                     start = stream.play(record)
                 except MediaUnavailable as exc:
@@ -440,9 +448,28 @@ class RtspServer:
                                           if end is not None else None))]
         if infos:
             headers.append(("RTP-Info", format_rtp_info(infos)))
+        if req.headers.get("Scale") is not None:
+            # the scale used, which the client must be told (RFC 2326 12.34)
+            headers.append(("Scale", format_scale(getattr(first, "scale", 1))))
         log.debug("session %s: PLAY %s from %.3f s", session.id, session.title_name,
                  start_ns / 1e9, extra=log_fields(session.id, session.title_name))
         return self._reply(req, 200, session=session, headers=tuple(headers))
+
+    @staticmethod
+    def _scale(req: Request) -> int:
+        """The Scale a PLAY asks for, as kvod plays it: 1, or the nearest of
+        2, 4 and 8 forwards or backwards (slow motion plays at 1)."""
+        value = req.headers.get("Scale")
+        if value is None:
+            return 1
+        try:
+            asked = parse_scale(value)
+        except RangeError as exc:
+            raise RtspFailure(400, str(exc)) from None
+        if abs(asked) < 1.5 and asked > 0:
+            return 1
+        speed = min((2, 4, 8), key=lambda s: abs(s - abs(asked)))
+        return speed if asked > 0 else -speed
 
     @staticmethod
     def _stop_at(stream: MediaStream, end_ns: int | None, record: int | None) -> int | None:

@@ -20,6 +20,7 @@ class MemoryStream:
         self.playing = False
         self.closed = False
         self.end_ns = None
+        self.scale = 1
 
     def needs_seek(self, npt_ns):
         return False
@@ -30,6 +31,10 @@ class MemoryStream:
 
     def position_ns(self):
         return self.next_record * SECOND
+
+    def set_scale(self, scale, npt_ns):
+        self.scale = scale
+        return self.keyframe_at_or_before(npt_ns)
 
     def stop_at(self, npt_ns, start_record=None):
         start = self.next_record if start_record is None else start_record
