@@ -100,9 +100,10 @@ class RtspProtocol(Protocol):
                 continue
 
     def _answer(self, request: Request, *, prepared: bool) -> None:
+        peer = self.transport.getPeer()
         response = self.server.handle_request(
-            request, peer_host=self.transport.getPeer().host, now=self._clock(),
-            prepared=prepared)
+            request, peer_host=peer.host, now=self._clock(),
+            prepared=prepared, connection=f"{peer.host} {getattr(peer, 'port', '')}")
         if isinstance(response, NeedTitle):
             self._prepare(request, response.name, response.npt_ns)
             return

@@ -20,14 +20,15 @@ def stream_status(stream) -> dict:
 
 def daemon_status(*, engine, server, started: float, now: float | None = None,
                   ports: dict | None = None, traffic: dict | None = None,
-                  damaged: list | None = None) -> dict:
+                  damaged: list | None = None, auth: dict | None = None) -> dict:
     """The snapshot: engine, server ports, sessions with their streams, and totals.
 
     ``ports`` is the server port policy's status (``appliance.media.server_ports``):
     its mode, and the shared pair or the per-session range. ``traffic`` is
     what every stream since start sent (``UdpMediaBackend.traffic``);
     ``damaged``: the (name, why) of titles whose cached files changed under
-    a stream."""
+    a stream; ``auth``: the RTSP auth gate's figures (challenges, refusals
+    by reason), when authentication is on."""
     now = time.time() if now is None else now
     sessions = []
     for session in sorted(server.sessions.values(), key=lambda s: s.id):
@@ -39,7 +40,7 @@ def daemon_status(*, engine, server, started: float, now: float | None = None,
             "streams": {str(index): stream_status(stream)
                         for index, stream in sorted(session.streams.items())},
         })
-    return {
+    status = {
         "version": VERSION,
         "pid": os.getpid(),
         "uptime_s": round(now - started, 3),
@@ -55,3 +56,6 @@ def daemon_status(*, engine, server, started: float, now: float | None = None,
                                 for st in s["streams"].values()),
         },
     }
+    if auth is not None:
+        status["auth"] = auth
+    return status

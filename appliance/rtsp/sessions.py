@@ -122,6 +122,10 @@ def title_base_url(netloc: str, name: str) -> str:
 class RtspServer:
     """Answers RTSP requests and keeps the sessions they create."""
 
+    #: the door every request passes first (``appliance.auth.RtspGate``);
+    #: None lets all through. The daemon sets and replaces it (reload).
+    auth = None
+
     def __init__(self, *, titles, media: MediaBackend, session_timeout: float = 60.0,
                  max_sessions: int = 1000, server_name: str = "kvod", cache=None):
         """``titles`` is the catalog (``get_title``, ``record_hit``); ``cache``,
@@ -138,11 +142,21 @@ class RtspServer:
     # -- the entry points ---------------------------------------------------
 
     def handle_request(self, request: Request, *, peer_host: str, now: float,
-                       prepared: bool = False) -> Response | NeedTitle:
+                       prepared: bool = False,
+                       connection: str | None = None) -> Response | NeedTitle:
         """The response to ``request`` from a client at ``peer_host``, or
         :class:`NeedTitle` when the title must be fetched first (``prepared``:
-        it was, as far as it could be: answer with what there is)."""
+        it was, as far as it could be: answer with what there is).
+        ``connection`` names the client's connection (auth nonces are bound
+        to it; default: the host)."""
         try:
+            if self.auth is not None and not prepared:  # a prepared one passed already
+                denial = self.auth.check(
+                    method=request.method, target=request.target,
+                    authorization=request.headers.get_all("Authorization"),
+                    connection=connection or peer_host, peer=peer_host, now=now)
+                if denial is not None:
+                    return self._reply(request, denial.status, headers=denial.headers)
             return self._dispatch(request, peer_host, now, prepared)
         except _NeedTitle as need:
             return NeedTitle(need.name, need.npt_ns)
