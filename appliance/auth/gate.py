@@ -119,13 +119,17 @@ class RtspGate:
                       now: float, secure: bool) -> str:
         try:
             creds = parse_authorization(value)
-        except AuthHeaderError as exc:
-            raise _Refused("malformed", f"bad Authorization: {exc}", 400) from None
+        except AuthHeaderError:
+            # not the parser's message: it quotes the header, and a mangled
+            # Basic header is a password in base64
+            raise _Refused("malformed", "an Authorization header that does not parse",
+                           400) from None
         if creds.scheme == "digest":
             return self._digest(method, target, creds, connection, now)
         if creds.scheme == "basic":
             return self._basic(creds, secure)
-        raise _Refused("unsupported", f"scheme {creds.scheme[:20]!r}")
+        # the "scheme" may be a Basic token that lost its blank: not logged
+        raise _Refused("unsupported", "an Authorization scheme other than Digest or Basic")
 
     def _digest(self, method: str, target: str, creds: Credentials, connection: str,
                 now: float) -> str:
