@@ -156,3 +156,18 @@ def test_rtcp_parser_is_linear():
     assert len(compound(1000)) < 65535
     assert _ratio(parse_compound, compound, 100, RtcpError) < LINEAR
 
+
+# -- what the campaign found, kept -------------------------------------------
+
+
+@pytest.mark.parametrize("data", [
+    b"DESCRIBE rtsp://127.0.0.1:8554/x RTSP/1.0\r\nAccept: application/sdp\r\nCSeq: 02\r\n\r\n",
+    b"PAUSE rtsp://127.0.0.1:8554/x/ RTSP/1.0\r\nCSeq:07\r\nSession: 12345678\r\n\r\n",
+    b"SETWP rtsp://127.0.0.1:8554/x/trackID=0 RTSP/1.0\r\nCSeq:  0003 \r\n\r\n",
+])
+def test_cseq_is_echoed_as_the_client_wrote_it(data):
+    # found by the campaign (rtsp_server target): "CSeq: 02" was answered "CSeq: 2"
+    TARGETS["rtsp_server"].check(data)
+    (request,) = RTSPConnection("server").receive_data(data)
+    from appliance.rtsp import response_for
+    assert response_for(request, 200).headers.get("CSeq") == request.headers.get("CSeq")
