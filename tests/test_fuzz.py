@@ -50,15 +50,16 @@ def test_hypothesis_finds_no_fault(name):
     assert run_hypothesis(TARGETS[name], 150) >= 100
 
 
-def test_session_state_machine():
-    assert run_machine(40, steps=25) > 100
+@pytest.mark.parametrize("gated", [False, True], ids=["open", "behind-auth"])
+def test_session_state_machine(gated):
+    assert run_machine(40, steps=25, gated=gated) > 100
 
 
 def test_campaign_counts_and_prints_every_source(capsys):
     results = campaign(900, 5, 2, seed=3)
     out = capsys.readouterr().out
     names = {r.name for r in results}
-    assert set(TARGETS) | {"session_walk", "session_machine"} <= names
+    assert set(TARGETS) | {"session_walk", "session_machine", "session_auth"} <= names
     mutated = sum(r.inputs for r in results[:len(TARGETS)])
     assert mutated == 900 - 900 * 2 // (sum(t.weight for t in TARGETS.values()) + 2)
     total = sum(r.inputs for r in results)

@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 
 from tests.fuzz.mutate import mutate
-from tests.fuzz.server import (BAD_SESSIONS, METHODS, PEERS, RANGES, TITLES, TRANSPORTS,
-                               ServerHarness)
+from tests.fuzz.server import (BAD_SESSIONS, CREDENTIALS, METHODS, PEERS, RANGES, TITLES,
+                               TRANSPORTS, ServerHarness)
 from tests.fuzz.targets import Target
 
 QUIET = dict(deadline=None, database=None, suppress_health_check=list(HealthCheck))
@@ -52,21 +52,25 @@ def run_hypothesis(target: Target, examples: int, *, shrink: bool = True) -> int
 class ServerMachine(RuleBasedStateMachine):
     """The sans-IO RTSP server under requests in any order."""
 
-    requests = 0  # across every run, for the campaign's count
+    requests = 0    # across every run, for the campaign's count
+    GATED = False   # GatedServerMachine: behind an auth gate
 
     def __init__(self) -> None:
         super().__init__()
-        self.harness = ServerHarness()
+        self.harness = ServerHarness(gated=self.GATED)
 
     @rule(method=st.sampled_from(METHODS), title=st.sampled_from(TITLES),
           track=st.sampled_from((None, 0, 1, 2)),
           session=st.one_of(st.none(), st.integers(0, 7), st.sampled_from(BAD_SESSIONS)),
           transport=st.sampled_from(TRANSPORTS), rng=st.sampled_from(RANGES),
-          peer=st.sampled_from(PEERS), wait=st.sampled_from((0.0, 0.5, 20.0)))
-    def request(self, method, title, track, session, transport, rng, peer, wait) -> None:
+          peer=st.sampled_from(PEERS), wait=st.sampled_from((0.0, 0.5, 20.0)),
+          credential=st.sampled_from(CREDENTIALS))
+    def request(self, method, title, track, session, transport, rng, peer, wait,
+                credential) -> None:
         """One request; ServerHarness.answer checks the response."""
         ServerMachine.requests += 1
-        self.harness.request(method, title, track, session, transport, rng, peer, wait)
+        self.harness.request(method, title, track, session, transport, rng, peer, wait,
+                             credential if self.GATED else None)
 
     @rule(seconds=st.sampled_from((1.0, 30.0, 61.0)))
     def time_passes(self, seconds: float) -> None:
@@ -83,9 +87,16 @@ class ServerMachine(RuleBasedStateMachine):
         self.harness.close()
 
 
-def run_machine(examples: int, steps: int = 30) -> int:
+class GatedServerMachine(ServerMachine):
+    """The same behind an auth gate, requests with any credentials."""
+
+    GATED = True
+
+
+def run_machine(examples: int, steps: int = 30, gated: bool = False) -> int:
     """Run the state machine for ``examples`` sequences; the requests sent."""
     before = ServerMachine.requests
-    run_state_machine_as_test(ServerMachine, settings=settings(
+    machine = GatedServerMachine if gated else ServerMachine
+    run_state_machine_as_test(machine, settings=settings(
         max_examples=examples, stateful_step_count=steps, **QUIET))
     return ServerMachine.requests - before

@@ -65,13 +65,15 @@ def run_walk(requests: int, seed: int) -> Result:
     """The session random walk: at least ``requests`` requests, in walks of
     WALK_STEPS steps, each on a fresh server."""
     from tests.fuzz.server import ServerHarness
-    harness = ServerHarness()
+    harnesses = [ServerHarness(), ServerHarness(gated=True)]
     rng = random.Random(f"{seed}:walk")
     result = Result("session_walk")
     started = time.process_time()
     try:
         while result.inputs < requests:
-            # a tick is a step too, so a walk sends a few fewer requests
+            # every other walk behind the auth gate; a tick is a step too,
+            # so a walk sends a few fewer requests than it has steps
+            harness = harnesses[result.inputs % 2]
             result.inputs += harness.walk(rng, WALK_STEPS)
     except Exception:  # noqa: BLE001
         result.faults.append((repr(harness.server.sessions).encode(), traceback.format_exc()))
@@ -114,6 +116,8 @@ def campaign(inputs: int, hypothesis_examples: int, machine_examples: int, seed:
                 t, hypothesis_examples)), "hypothesis")
     if machine_examples:
         report(_hypothesis("session_machine", lambda: run_machine(machine_examples)),
+               "hypothesis")
+        report(_hypothesis("session_auth", lambda: run_machine(machine_examples, gated=True)),
                "hypothesis")
     total = sum(r.inputs for r in results)
     faults = sum(len(r.faults) for r in results)

@@ -3,6 +3,10 @@ checks the invariants after each, driven three ways (per input by the
 ``rtsp_server`` target, by hypothesis's state machine, by a seeded random
 walk in the long campaign).
 
+With ``gated``, an auth gate protects one title and requests carry good,
+wrong, replayed, garbage or no credentials: one without good ones never
+gets a protected title's 2xx nor opens its stream.
+
 Invariants, after every request: it got exactly one response, with a
 status from 100 to 599 that is not 500 (the server turns a bug into 500),
 its CSeq echoed, bytes that parse back as that one response; a SETUP
@@ -16,6 +20,8 @@ from __future__ import annotations
 import functools
 import random
 
+from appliance.auth import AccessRules, NonceStore, RtspGate, parse_htdigest
+from appliance.auth.digest import ha1
 from appliance.rtsp import Request, Response, RTSPConnection, parse_session
 from appliance.rtsp.session_states import SessionState
 from appliance.rtsp.sessions import RtspServer
@@ -34,6 +40,9 @@ TRANSPORTS = (None, "RTP/AVP;unicast;client_port=5000-5001", "RTP/AVP/UDP;client
               "RTP/SAVP;unicast;client_port=5000-5001", "garbage;;;", "RTP/AVP;unicast")
 RANGES = (None, "npt=0-", "npt=3.5-", "npt=99-", "npt=now-", "npt=5-2", "smpte=0:0:0-", "x")
 PEERS = ("127.0.0.1", "127.0.0.2")
+# with a gate: "av" needs alice's password, the rest is open
+CREDENTIALS = (None, "good", "good", "replay", "wrong", "garbage")
+PROTECTED = "av"
 BAD_SESSIONS = ("", "x", "0123456789ABCDEF", "A" * 200, "12345678;timeout=x")
 
 
@@ -45,7 +54,9 @@ def _track(index: int, media_type: str, codec: str, pt: int) -> dict:
 class ServerHarness:
     """An RtspServer on an in-memory catalog and media, and its checks."""
 
-    def __init__(self) -> None:
+    def __init__(self, gated: bool = False) -> None:
+        """``gated``: the server asks an auth gate first (``CREDENTIALS``)."""
+        self.gated = gated
         self.catalog = open_catalog(None)
         self.catalog.add_title("movie", container="mpegts", media_path="/nonexistent/m.ts",
                                duration_ns=10 * SECOND, size=1000, state="complete", now=0.0,
@@ -66,6 +77,14 @@ class ServerHarness:
         self.cseq = 0
         self.issued: list[str] = []   # every session id answered, live or not
         self.requests = 0
+        self.challenges: dict[str, str] = {}   # peer: its last WWW-Authenticate
+        self.counts: dict[str, int] = {}       # peer: the nc it used last
+        self.last_good: dict[str, str] = {}    # peer: its last good Authorization
+        if self.gated:
+            users = parse_htdigest(f"alice:kvod:{ha1('MD5', 'alice', 'kvod', 'wonder')}")
+            self.server.auth = RtspGate(users, "kvod", AccessRules.parse(["/ open",
+                                                                          f"/{PROTECTED}/ any"]),
+                                        NonceStore(lifetime=TIMEOUT, capacity=8))
 
     def close(self) -> None:
         """Tear everything down and check nothing stayed open."""
@@ -76,10 +95,14 @@ class ServerHarness:
 
     # -- one step --------------------------------------------------------------
 
-    def answer(self, request: Request, peer: str = PEERS[0]) -> Response:
-        """Hand ``request`` to the server and check the invariants."""
+    def answer(self, request: Request, peer: str = PEERS[0],
+               credential: str | None = None) -> Response:
+        """Hand ``request`` to the server and check the invariants;
+        ``credential`` says what its Authorization is (see ``CREDENTIALS``)."""
         self.requests += 1
-        response = self.server.handle_request(request, peer_host=peer, now=self.now)
+        opened = len(self.media.opened)
+        response = self.server.handle_request(request, peer_host=peer, now=self.now,
+                                              connection=f"{peer} 554")
         assert isinstance(response, Response), response
         assert 100 <= response.status <= 599 and response.status != 500, response
         assert response.headers.get("CSeq") == request.headers.get("CSeq").strip(" \t"), (
@@ -90,13 +113,45 @@ class ServerHarness:
         assert (echo.status, echo.cseq) == (response.status, response.cseq)
         if request.method == "SETUP" and response.status == 200:
             self.issued.append(parse_session(response.headers.get("Session"))[0])
+        if self.gated:
+            self._check_gate(request, response, peer, credential, opened)
         self.check_sessions()
         return response
 
+    def _check_gate(self, request: Request, response: Response, peer: str,
+                    credential: str | None, opened: int) -> None:
+        """Without good credentials, a protected title gives nothing away."""
+        if response.status == 401:
+            self.challenges[peer] = response.headers.get("WWW-Authenticate")
+            self.counts[peer] = 0
+        protected = request.target.startswith(f"{BASE}/{PROTECTED}")
+        if protected and request.method != "OPTIONS" and credential != "good":
+            assert response.status in (400, 401, 403), (credential, request, response)
+            assert len(self.media.opened) == opened, "a stream opened without a login"
+        if credential == "good" and response.status != 401:
+            self.last_good[peer] = request.headers.get("Authorization")
+
+    def _authorization(self, credential: str | None, peer: str, method: str,
+                       url: str) -> str | None:
+        from tests.helpers.rtsp_auth import digest_authorization
+        challenge = self.challenges.get(peer)
+        if credential == "garbage":
+            return 'Digest username="alice", ,,, nc=zz'
+        if credential == "replay":
+            return self.last_good.get(peer)
+        if credential in ("good", "wrong") and challenge is not None:
+            self.counts[peer] += 1
+            password = "wonder" if credential == "good" else "wonder!"
+            return digest_authorization(challenge, "alice", password, method, url,
+                                        nc=self.counts[peer])
+        return None
+
     def request(self, method: str, title: str, track: int | None, session: object,
-                transport: str | None, rng: str | None, peer: str, wait: float) -> Response:
+                transport: str | None, rng: str | None, peer: str, wait: float,
+                credential: str | None = None) -> Response:
         """Build one request from the drawn choices (``session``: None, an
-        index into the ids issued so far, or a bad value) and send it."""
+        index into the ids issued so far, or a bad value; ``credential``
+        one of ``CREDENTIALS``) and send it."""
         self.tick(wait)
         self.cseq += 1
         url = f"{BASE}/{title}" + (f"/trackID={track}" if track is not None else "")
@@ -109,7 +164,12 @@ class ServerHarness:
             headers.append(("Transport", transport))
         if rng is not None:
             headers.append(("Range", rng))
-        return self.answer(Request(method, url, headers), peer)
+        authorization = self._authorization(credential, peer, method, url)
+        if authorization is None:
+            credential = None  # e.g. "good" before any challenge: nothing to answer
+        else:
+            headers.append(("Authorization", authorization))
+        return self.answer(Request(method, url, headers), peer, credential)
 
     def tick(self, wait: float) -> None:
         """Let ``wait`` seconds pass and run the server's timer."""
@@ -143,7 +203,8 @@ class ServerHarness:
             session: object = rng.choice((None, rng.randrange(8), rng.choice(BAD_SESSIONS)))
             self.request(rng.choice(METHODS), rng.choice(TITLES),
                          rng.choice((None, 0, 1, 2)), session, rng.choice(TRANSPORTS),
-                         rng.choice(RANGES), rng.choice(PEERS), rng.choice((0.0, 0.5, 20.0)))
+                         rng.choice(RANGES), rng.choice(PEERS), rng.choice((0.0, 0.5, 20.0)),
+                         rng.choice(CREDENTIALS) if self.gated else None)
         self.server.close_all()
         self.check_sessions()
         sent = self.requests
