@@ -172,3 +172,17 @@ def test_cseq_is_echoed_as_the_client_wrote_it(data):
     (request,) = RTSPConnection("server").receive_data(data)
     from appliance.rtsp import response_for
     assert response_for(request, 200).headers.get("CSeq") == request.headers.get("CSeq")
+
+
+def test_a_target_that_is_not_a_uri_is_a_bad_request():
+    # found by the campaign (seed 2, rtsp_server target): urlsplit raised
+    # ValueError in the session layer, answered 500 with a traceback logged
+    data = (b"DESCRIBE rtsp://127.0.0.1:8554[/x RTSP/1.0\r\nCSeq: 3\r\n"
+            b"Accept: application/sdp\r\n\r\n")
+    with pytest.raises(RemoteProtocolError) as info:
+        RTSPConnection("server").receive_data(data)
+    assert info.value.status == 400
+    TARGETS["rtsp_server"].check(data)
+    TARGETS["rtsp_server"].check(data + b"\r\n")   # the gated harness too
+    from appliance.auth import AccessRules
+    assert AccessRules.parse(["/ open"]).rule_for("rtsp://h[/x").access == "any"

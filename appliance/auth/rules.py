@@ -89,7 +89,10 @@ class AccessRules:
 
     def rule_for(self, target: str) -> Rule:
         """The rule for a request target (``rtsp://host/path`` or a bare path)."""
-        path = urlsplit(target).path if "://" in target else target
+        try:
+            path = urlsplit(target).path if "://" in target else target
+        except ValueError:  # not a URI: not a title, and not open
+            return DEFAULT_RULE
         if not path.startswith("/"):
             return DEFAULT_RULE  # "*" and the like: not a title, not open
         folded = normalise_path(path)

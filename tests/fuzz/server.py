@@ -213,7 +213,7 @@ class ServerHarness:
 
 
 @functools.lru_cache(maxsize=None)
-def server_harness() -> ServerHarness:
-    """One harness per process for the per-input target (a catalog is
-    slow to open; ``reset`` gives each input a fresh server)."""
-    return ServerHarness()
+def server_harness(gated: bool = False) -> ServerHarness:
+    """One harness (of each kind) per process for the per-input target (a
+    catalog is slow to open; ``reset`` gives each input a fresh server)."""
+    return ServerHarness(gated)
