@@ -27,7 +27,7 @@ from appliance.auth.errors import AuthHeaderError
 from appliance.auth.header import Credentials, format_challenge, parse_authorization
 from appliance.auth.htdigest import Users
 from appliance.auth.nonces import REPLAY, STALE, NonceStore
-from appliance.auth.rules import OPEN, AccessRules, Rule
+from appliance.auth.rules import OPEN, AccessRules
 
 log = logging.getLogger(__name__)
 
