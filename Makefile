@@ -9,7 +9,7 @@ CSRC := $(wildcard rtpengine/csrc/*.c rtpengine/csrc/*.h) kernel/uapi/krtp.h
 ENGINE_STAMP := build/.engine-stamp
 PYTEST_ARGS ?=
 
-.PHONY: all deps engine engine-build web run demo test test-fast test-asan bench clean
+.PHONY: all deps engine engine-build web run demo test test-fast test-asan bench clean fuzz
 
 all: engine web
 
@@ -86,6 +86,14 @@ test-asan: deps
 		tests/test_engine_growing.py tests/test_mpegts_growing.py tests/test_kernel_pacing.py \
 		tests/test_mp4_index.py
 		tests/test_hostile_files.py
+
+# The long fuzz campaign: the RTSP message, Transport, Range, Session,
+# RTP-Info, Authorization and RTCP parsers and the sans-IO RTSP server, at
+# least FUZZ_INPUTS inputs, counted per target (tests/fuzz/run.py);
+# `make test` runs it test-sized (tests/test_fuzz.py).
+FUZZ_INPUTS ?= 1000000
+fuzz: engine
+	$(PYTHON) -m tests.fuzz.run --inputs $(FUZZ_INPUTS)
 
 bench: engine
 	$(KVOD) bench index

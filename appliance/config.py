@@ -21,6 +21,8 @@ from dataclasses import dataclass, field, fields
 from fractions import Fraction
 from typing import Any, Callable, ClassVar, Mapping
 
+from appliance.auth.rules import AccessRules
+
 DEFAULT_PATH = "/etc/kvod/kvod.toml"
 
 
@@ -534,10 +536,67 @@ class HttpConfig(_Section):
         return self.listen != "none"
 
 
+def _realm(value: object) -> str:
+    # htdigest separates user, realm and hash with ':'
+    text = _text(value)
+    if ":" in text:
+        raise _Invalid("a realm name without ':' (the htdigest file's separator)")
+    return text
+
+
+def _access_rules(value: object) -> tuple[str, ...]:
+    expected = 'a list of rules "PREFIX WHO" like ["/public/ open", "/staff/ alice bob"]'
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise _Invalid(expected)
+    try:
+        AccessRules.parse(list(value))
+    except ValueError as exc:
+        raise _Invalid(f"{expected} ({exc})") from None
+    return tuple(v.strip() for v in value)
+
+
+@dataclass(frozen=True)
+class AuthConfig(_Section):
+    """``[auth]``: RTSP authentication (off until htdigest_file is set)."""
+
+    SECTION: ClassVar[str] = "auth"
+    DOC: ClassVar[str] = ("RTSP authentication: HTTP Digest (MD5, SHA-256) against an htdigest "
+                          "users file; OPTIONS stays open. Off while htdigest_file is \"\".")
+
+    htdigest_file: str = _setting(
+        "", _optional_path,
+        "Users file in Apache's htdigest format (htdigest -c FILE REALM USER makes it; a "
+        "64-digit hash on a line of its own is a user's SHA-256 HA1); re-read on reload; "
+        "relative to this file's folder if relative. \"\" turns authentication off.",
+        path=True)
+    realm: str = _setting(
+        "kvod", _realm, "The Digest realm: the users of the htdigest file in this realm "
+        "may log in.")
+    rules: tuple[str, ...] = _setting(
+        (), _access_rules,
+        "Access by URL path prefix, \"PREFIX WHO\": WHO is 'open' (no login), 'any' (any "
+        "user) or user names; whole path segments match, the longest prefix wins, and a "
+        "path no rule names needs any user, e.g. [\"/public/ open\", \"/staff/ alice bob\"].")
+    nonce_lifetime: float = _setting(
+        300.0, _positive_number,
+        "Seconds a Digest nonce stays valid after it was issued or last used; a client "
+        "with an older one is asked again (stale=true) without a new password prompt.")
+
+    def _check(self) -> None:
+        if self.rules and not self.htdigest_file:
+            raise ConfigError("access rules need a users file: set auth.htdigest_file",
+                              self.dotted("rules"))
+
+    @property
+    def enabled(self) -> bool:
+        """Whether RTSP requests need credentials at all."""
+        return bool(self.htdigest_file)
+
+
 _SECTIONS: dict[str, type[_Section]] = {
     cls.SECTION: cls
     for cls in (RtspConfig, RtcpConfig, CacheConfig, OriginConfig, CatalogConfig,
-                EngineConfig, LogConfig, AdminConfig, HttpConfig)
+                EngineConfig, LogConfig, AdminConfig, HttpConfig, AuthConfig)
 }
 
 
@@ -554,6 +613,7 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
     admin: AdminConfig = field(default_factory=AdminConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, base_dir: str | None = None) -> Config:

@@ -34,6 +34,8 @@ from appliance.data_owner import share_with_group
 from appliance.endpoint_strings import with_backlog
 from appliance.http.site import http_site
 from appliance.metrics import DaemonMetrics
+from appliance.auth import AccessRules, HtdigestError, NonceStore, RtspGate, load_htdigest
+from appliance.config import AuthConfig
 from appliance.reload import plan
 from appliance import supervision
 from appliance.cache.proxy import ProxyCache
@@ -94,6 +96,9 @@ class KvodService(service.MultiService):
         self.config = config
         self.config_path = config_path
         self.reactor = reactor
+        # first: a bad users file must stop the start before the engine's
+        # threads and the catalog are opened
+        gate = make_gate(config.auth)
         # files the operators' kvod commands (the data's group) may change too
         share_with_group(config.catalog.path)
         self.catalog = open_catalog(config.catalog.path)
@@ -132,6 +137,7 @@ class KvodService(service.MultiService):
                                  max_sessions_per_connection=(
                                      config.rtsp.max_sessions_per_connection),
                                  max_sessions_per_address=config.rtsp.max_sessions_per_address)
+        self.server.auth = gate
         self.timer = SessionTimer(self.server, reactor)
         self.timer.setServiceParent(self)
         self.metrics = DaemonMetrics(self.status, self._cache_figures)
@@ -163,7 +169,8 @@ class KvodService(service.MultiService):
         status = daemon_status(engine=self.engine, server=self.server, started=self.started,
                                ports=self.media.ports.status(), traffic=self.media.traffic(),
                                damaged=self.catalog.damaged_titles(),
-                               connections=self.factory.table.counters())
+                               connections=self.factory.table.counters(),
+                               auth=self.server.auth.status() if self.server.auth else None)
         status["engine"]["description"] = self.engine_description
         return status
 
@@ -282,8 +289,15 @@ class KvodService(service.MultiService):
             for change in steps.restart:
                 log.warning("reload: %s changed (%r -> %r); it takes effect after a "
                             "restart", change.key, change.old, change.new)
+            try:
+                # the users file may have changed with the config unchanged
+                gate = make_gate(new.auth, self.server.auth)
+            except ConfigError as exc:
+                log.error("reload refused, the running config and users stay: %s", exc)
+                return False
             self.config = _with(self.config, new, [c.key for c in steps.runtime])
             self._apply(self.config, {c.key for c in steps.runtime})
+            self.server.auth = gate
             for change in steps.runtime:
                 log.info("reload: %s is now %r", change.key, change.new)
             if not steps.runtime and not steps.restart:
@@ -420,6 +434,31 @@ def admin_access(config: Config) -> AdminAccess:
             log.warning("%s", exc)
     return AdminAccess(names=frozenset(config.admin.names), token=token,
                        loopback_only=False, open_writes=not path)
+
+
+def make_gate(auth: AuthConfig, running: Optional[RtspGate] = None) -> Optional[RtspGate]:
+    """The RTSP auth gate for ``[auth]``, with its users file read now; None
+    when auth is off. A ``running`` gate's nonces carry over, so clients
+    logged in before a reload stay so. A bad users file is a
+    :class:`ConfigError` naming ``auth.htdigest_file`` and the line."""
+    if not auth.enabled:
+        return None
+    try:
+        users = load_htdigest(auth.htdigest_file)
+    except HtdigestError as exc:
+        raise ConfigError(str(exc), AuthConfig.dotted("htdigest_file")) from None
+    if not users.count(auth.realm):
+        log.warning("auth: %s has no user in realm %r: nobody can log in",
+                    auth.htdigest_file, auth.realm)
+    nonces = NonceStore(lifetime=auth.nonce_lifetime)
+    if running is not None and running.nonces.lifetime == auth.nonce_lifetime:
+        nonces = running.nonces
+    gate = RtspGate(users, auth.realm, AccessRules.parse(list(auth.rules)), nonces)
+    if running is not None:
+        gate.challenges, gate.failures = running.challenges, running.failures
+    log.info("auth: %d user(s) of realm %r from %s, %d access rule(s)",
+             users.count(auth.realm), auth.realm, auth.htdigest_file, len(auth.rules))
+    return gate
 
 
 def make_service(config: Config, reactor, config_path: Optional[str] = None) -> KvodService:

@@ -95,6 +95,17 @@ class StatusCollector:
                  "RTP packets sent more than 5 ms after their schedule."),
                 ("send_errors", "kvod_send_errors", "Send calls that failed.")):
             yield _counter(name, doc, traffic.get(key, 0))
+        auth = status.get("auth")
+        if auth is not None:
+            yield _counter("kvod_auth_challenges",
+                           "RTSP requests without credentials answered 401 with a challenge.",
+                           auth["challenges"])
+            failures = CounterMetricFamily("kvod_auth_failures",
+                                           "RTSP requests refused by authentication, by reason.",
+                                           labels=["reason"])
+            for reason, count in auth["failures"].items():
+                failures.add_metric([reason], count)
+            yield failures
         if self._cache is None:
             return
         cache = self._cache()

@@ -31,6 +31,9 @@ RUNTIME_KEYS = frozenset({
     "origin.min_rate", "origin.queue_timeout", "origin.idle_timeout", "origin.max_changes",
     "engine.pacing",
     "log.level",
+    # the daemon builds a new auth gate on every reload (the users file is
+    # re-read even when the config is unchanged)
+    "auth.htdigest_file", "auth.realm", "auth.rules", "auth.nonce_lifetime",
 })
 
 

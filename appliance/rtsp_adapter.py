@@ -70,6 +70,13 @@ class RtspProtocol(Protocol):
     #: set by the factory: requests a second this connection may make
     rate: Optional[RequestRate] = None
 
+    @property
+    def key(self) -> str:
+        """This connection's name for the session layer ("host port"): auth
+        nonces are bound to it and sessions per connection counted by it."""
+        peer = self.transport.getPeer()
+        return f"{peer.host} {getattr(peer, 'port', '')}"
+
     def dataReceived(self, data: bytes) -> None:  # noqa: N802 (Twisted API)
         try:
             events = self.conn.receive_data(data)
@@ -132,9 +139,10 @@ class RtspProtocol(Protocol):
                 continue
 
     def _answer(self, request: Request, *, prepared: bool) -> None:
+        peer = self.transport.getPeer()
         response = self.server.handle_request(
-            request, peer_host=self.transport.getPeer().host, now=self._clock(),
-            prepared=prepared, connection=self)
+            request, peer_host=peer.host, now=self._clock(),
+            prepared=prepared, connection=self.key)
         if isinstance(response, NeedTitle):
             self._prepare(request, response.name, response.npt_ns)
             return
@@ -219,7 +227,7 @@ class RtspFactory(Factory):
         self.table.max_total = value
 
     def _busy(self, proto: RtspProtocol) -> bool:
-        return self.server.sessions_on(proto) > 0
+        return self.server.sessions_on(proto.key) > 0
 
     def buildProtocol(self, addr):  # noqa: N802 (Twisted API)
         now = self._clock()

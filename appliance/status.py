@@ -20,7 +20,8 @@ def stream_status(stream) -> dict:
 
 def daemon_status(*, engine, server, started: float, now: float | None = None,
                   ports: dict | None = None, traffic: dict | None = None,
-                  damaged: list | None = None, connections: dict | None = None) -> dict:
+                  damaged: list | None = None, connections: dict | None = None,
+                  auth: dict | None = None) -> dict:
     """The snapshot: engine, server ports, sessions with their streams, and totals.
 
     ``ports`` is the server port policy's status (``appliance.media.server_ports``):
@@ -28,7 +29,9 @@ def daemon_status(*, engine, server, started: float, now: float | None = None,
     what every stream since start sent (``UdpMediaBackend.traffic``);
     ``damaged``: the (name, why) of titles whose cached files changed under
     a stream; ``connections``: the RTSP connections open and those refused
-    or closed by the limits (``appliance.rtsp.limits.ConnectionTable``)."""
+    or closed by the limits (``appliance.rtsp.limits.ConnectionTable``);
+    ``auth``: the RTSP auth gate's figures (challenges, refusals by reason),
+    when authentication is on."""
     now = time.time() if now is None else now
     sessions = []
     for session in sorted(server.sessions.values(), key=lambda s: s.id):
@@ -40,7 +43,7 @@ def daemon_status(*, engine, server, started: float, now: float | None = None,
             "streams": {str(index): stream_status(stream)
                         for index, stream in sorted(session.streams.items())},
         })
-    return {
+    status = {
         "version": VERSION,
         "pid": os.getpid(),
         "uptime_s": round(now - started, 3),
@@ -57,3 +60,6 @@ def daemon_status(*, engine, server, started: float, now: float | None = None,
                                 for st in s["streams"].values()),
         },
     }
+    if auth is not None:
+        status["auth"] = auth
+    return status

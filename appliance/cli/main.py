@@ -46,6 +46,7 @@ def serve(ctx: click.Context) -> None:
         # Twisted logs every UDP port it opens; one per session is noise.
         logging.getLogger("twisted").setLevel(logging.WARNING)
     from appliance.daemon import run
+    from appliance.config import ConfigError
     from catalog import CatalogError
     try:
         code = run(config, config_path(ctx))
@@ -53,6 +54,8 @@ def serve(ctx: click.Context) -> None:
         # Raised while the daemon is built, before the reactor runs: an
         # operator's problem (a damaged or inaccessible catalog), one line.
         raise catalog_failure(config, exc) from None
+    except ConfigError as exc:  # e.g. a malformed auth.htdigest_file, read at build
+        raise click.ClickException(f"config: {exc}") from None
     sys.exit(code)
 
 

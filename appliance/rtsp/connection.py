@@ -336,7 +336,9 @@ def response_for(request: Request, status: int, headers: Iterable[tuple[str, str
     extra = Headers(headers)
     if "CSeq" in extra:
         raise LocalProtocolError("response_for sets CSeq from the request")
-    pairs = [("CSeq", format_cseq(request.cseq))]
+    # echoed as the client wrote it ("02" stays "02"): some clients match
+    # replies to requests by the header's text, not its number
+    pairs = [("CSeq", request.headers.get("CSeq") or format_cseq(request.cseq))]
     session = request.headers.get("Session")
     if session is not None and "Session" not in extra:
         pairs.append(("Session", session))   # checked when the request was parsed

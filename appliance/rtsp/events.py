@@ -13,6 +13,7 @@ import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Union
+from urllib.parse import urlsplit
 
 from appliance.rtsp.errors import HeaderError, LocalProtocolError, reason_phrase
 from appliance.rtsp.headers import TOKEN_RE, parse_cseq, parse_content_length
@@ -177,6 +178,12 @@ class Request:
             raise LocalProtocolError(f"method {self.method!r} is not a token")
         if not isinstance(self.target, str) or not _TARGET_RE.fullmatch(self.target):
             raise LocalProtocolError(f"request target {self.target!r} is empty or has blanks")
+        try:
+            # what every layer above does with a target; "rtsp://h[/x" raises
+            urlsplit(self.target)
+        except ValueError as exc:
+            raise LocalProtocolError(
+                f"request target {self.target[:80]!r} is not a URI: {exc}") from None
         if not isinstance(self.version, str) or not _VERSION_RE.fullmatch(self.version):
             raise LocalProtocolError(f"version {self.version!r} is not RTSP/x.y")
         object.__setattr__(self, "headers", _as_headers(self.headers))

@@ -133,6 +133,10 @@ def title_base_url(netloc: str, name: str) -> str:
 class RtspServer:
     """Answers RTSP requests and keeps the sessions they create."""
 
+    #: the door every request passes first (``appliance.auth.RtspGate``);
+    #: None lets all through. The daemon sets and replaces it (reload).
+    auth = None
+
     def __init__(self, *, titles, media: MediaBackend, session_timeout: float = 60.0,
                  max_sessions: int = 1000, server_name: str = "kvod", cache=None,
                  max_sessions_per_connection: int = 16,
@@ -159,13 +163,21 @@ class RtspServer:
 
     def handle_request(self, request: Request, *, peer_host: str, now: float,
                        prepared: bool = False,
-                       connection: Hashable | None = None) -> Response | NeedTitle:
+                       connection: str | None = None) -> Response | NeedTitle:
         """The response to ``request`` from a client at ``peer_host``, or
         :class:`NeedTitle` when the title must be fetched first (``prepared``:
         it was, as far as it could be: answer with what there is).
-        ``connection`` names the RTSP connection it came on (sessions per
-        connection are limited)."""
+        ``connection`` names the client's RTSP connection: auth nonces are
+        bound to it (default: the host), and sessions per connection are
+        limited."""
         try:
+            if self.auth is not None and not prepared:  # a prepared one passed already
+                denial = self.auth.check(
+                    method=request.method, target=request.target,
+                    authorization=request.headers.get_all("Authorization"),
+                    connection=connection or peer_host, peer=peer_host, now=now)
+                if denial is not None:
+                    return self._reply(request, denial.status, headers=denial.headers)
             return self._dispatch(request, peer_host, now, prepared, connection)
         except _NeedTitle as need:
             return NeedTitle(need.name, need.npt_ns)
