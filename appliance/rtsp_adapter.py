@@ -16,6 +16,7 @@ responses keep their order.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from collections import deque
@@ -39,6 +40,10 @@ from appliance.rtsp.limits import ConnectionTable, RequestRate
 from appliance.rtsp.sessions import NeedTitle, RtspServer
 
 log = logging.getLogger(__name__)
+
+# numbers the connections, so that two from one address and port (a client
+# that reconnects from the same port) never share a name
+_CONNECTION_NUMBERS = itertools.count(1)
 
 
 @dataclass(frozen=True)
@@ -66,16 +71,20 @@ class RtspProtocol(Protocol):
         self._queue: deque = deque()
         self._waiting: Optional[Deferred] = None
         self._gone = False
+        self._key: Optional[str] = None
 
     #: set by the factory: requests a second this connection may make
     rate: Optional[RequestRate] = None
 
     @property
     def key(self) -> str:
-        """This connection's name for the session layer ("host port"): auth
-        nonces are bound to it and sessions per connection counted by it."""
-        peer = self.transport.getPeer()
-        return f"{peer.host} {getattr(peer, 'port', '')}"
+        """This connection's name for the session layer ("host port #n",
+        unique in the process): auth nonces are bound to it and sessions per
+        connection counted by it."""
+        if self._key is None:
+            peer = self.transport.getPeer()
+            self._key = f"{peer.host} {getattr(peer, 'port', '')} #{next(_CONNECTION_NUMBERS)}"
+        return self._key
 
     def dataReceived(self, data: bytes) -> None:  # noqa: N802 (Twisted API)
         try:
