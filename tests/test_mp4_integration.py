@@ -8,7 +8,9 @@ ffmpeg once and cached; streams are paced at the media rate.
 from __future__ import annotations
 
 import json
+import os
 import re
+import struct
 import subprocess
 import time
 
@@ -20,6 +22,7 @@ from rtpengine import rtcp
 from rtpengine.hintfile import HintFile
 from rtpengine.rtp import parse_rtp
 from tests.helpers.daemon import KvodDaemon
+from tests.helpers.origins import NginxOrigin
 from tests.helpers.depay import depay_aac, depay_video, split_nals
 from tests.helpers.titles import make_mp4
 from rtpengine.index.mp4 import index_mp4
@@ -194,24 +197,120 @@ def test_seek_starts_both_tracks_at_the_keyframe_before(daemon, tmp_path):
         assert abs(v_wall - (a_wall + (2.0 - a_pts))) < 0.04
 
 
-def test_a_remote_mp4_is_refused_clearly(tmp_path):
-    """The proxy fill indexes MPEG-TS only: a remote MP4 is answered 415 with
-    a reason, before anything is fetched or entered in the catalog."""
-    origin = tmp_path / "origin"
-    origin.mkdir()
-    (origin / "film.mp4").symlink_to(make_mp4())
-    (tmp_path / "k").mkdir()
-    d = KvodDaemon(str(tmp_path / "k"), extra=f'[origin]\nbase_url = ["file://{origin}/"]\n')
+# -- remote MP4 titles: the proxy fill ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def slow_origin(tmp_path_factory):
+    """nginx sending each request at 60 kB/s: two requests of a fill bring
+    about the media rate of the 4 s titles, so their fill runs while they play."""
+    folder = tmp_path_factory.mktemp("mp4-nginx")
+    (folder / "root").mkdir()
+    nginx = NginxOrigin(str(folder), str(folder / "root"), limit_rate="60k")
+    nginx.root_path = folder / "root"
+    yield nginx
+    nginx.stop()
+
+
+@pytest.fixture(scope="module")
+def proxy(tmp_path_factory, slow_origin):
+    d = KvodDaemon(str(tmp_path_factory.mktemp("kvod-proxy")), extra=(
+        "[rtcp]\nsr_interval = 0.5\n"
+        f'[origin]\nbase_url = ["{slow_origin.base_url}"]\nprobe_bytes = "32KiB"\n'
+        'tail_bytes = "16KiB"\nchunk_bytes = "64KiB"\n'))
     d.start()
-    try:
-        client = RtspClient("127.0.0.1", d.port)
+    yield d
+    assert d.stop() == 0, d.log()
+
+
+def publish(origin, name: str, source: str) -> str:
+    path = origin.root_path / name
+    if not path.exists():
+        path.write_bytes(open(source, "rb").read())
+    return name
+
+
+def state(daemon, name: str) -> str:
+    return json.loads(daemon.kvod("catalog", "show", name, "--json").stdout)["state"]
+
+
+def frames_later(url: str, stream: str) -> subprocess.Popen:
+    """ffmpeg receiving one track of ``url`` as ``frames()`` does, in the background."""
+    codec = ["-c", "copy"] if stream == "a" else ["-fps_mode", "passthrough"]
+    return subprocess.Popen(["ffmpeg", "-nostdin", "-loglevel", "error", "-rtsp_transport",
+                             "udp", "-i", url, "-map", f"0:{stream}", *codec, "-f", "framemd5",
+                             "-"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def frames_of(proc: subprocess.Popen) -> list[str]:
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    return [",".join(f.strip() for i, f in enumerate(line.split(",")) if i in (0, 4, 5))
+            for line in out.splitlines() if line and not line.startswith("#")]
+
+
+@pytest.mark.parametrize("kind", ["movie", "fragmented"])
+def test_a_remote_mp4_plays_while_it_fills_and_a_viewer_joins_mid_fill(proxy, slow_origin,
+                                                                       kind):
+    """An MP4 with its moov at the end (or fragmented) from a slow nginx: the
+    first viewers get every frame of both tracks while the fill runs, a
+    viewer who joins mid-fill too; the origin sends each byte once."""
+    source = make_mp4(**TITLES[kind])
+    name = publish(slow_origin, f"remote-{kind}.mp4", source)
+    url = proxy.url(name)
+    first = [frames_later(url, "v"), frames_later(url, "a")]
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        info = json.loads(proxy.kvod("catalog", "show", name, "--json", check=False).stdout
+                          or "null")
+        if info:
+            break
+        time.sleep(0.1)
+    time.sleep(1.0)
+    assert state(proxy, name) == "partial"          # the fill is running
+    late = frames_later(url, "v")
+    want = {s: frames(source, s) for s in "va"}
+    assert frames_of(first[0]) == want["v"]
+    assert frames_of(first[1]) == want["a"]
+    assert frames_of(late) == want["v"]
+    deadline = time.monotonic() + 30
+    while state(proxy, name) != "complete" and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert state(proxy, name) == "complete"
+    assert slow_origin.bytes_sent(name) == os.path.getsize(source)
+    assert proxy.log().count(f"miss {name}") == 1
+    # the complete title plays from the cache as a local one does
+    assert frames(url, "a", "-rtsp_transport", "udp") == want["a"]
+
+
+def _lying_moov(data: bytes, how: str) -> bytes:
+    """A moov-at-the-end MP4 whose moov lies: stsz counts more samples than
+    it holds, or the moov box claims more bytes than the file has."""
+    data = bytearray(data)
+    at = data.rindex(b"moov") - 4
+    if how == "stsz":
+        stsz = data.index(b"stsz", at) - 4
+        struct.pack_into(">I", data, stsz + 16, 0x7FFFFFF)
+    else:
+        struct.pack_into(">I", data, at, len(data) - at + 1000)
+    return bytes(data)
+
+
+def test_a_remote_mp4_with_a_lying_moov_is_refused_clearly(proxy, slow_origin):
+    """415 with the reason, nothing entered, and the daemon serves on."""
+    data = open(make_mp4(), "rb").read()
+    for how in ("stsz", "size"):
+        name = f"lying-{how}.mp4"
+        (slow_origin.root_path / name).write_bytes(_lying_moov(data, how))
+        client = RtspClient("127.0.0.1", proxy.port)
         try:
-            resp = client.request("DESCRIBE", client.url("film.mp4"),
-                                  [("Accept", "application/sdp")])
+            resp = client.request("DESCRIBE", client.url(name), [("Accept", "application/sdp")])
         finally:
             client.close()
-        assert resp.status == 415
-        assert json.loads(d.kvod("catalog", "list", "--json").stdout) == []
-        assert "is an MP4" in d.log()
-    finally:
-        assert d.stop() == 0, d.log()
+        assert resp.status == 415, resp
+        assert proxy.kvod("catalog", "show", name, check=False).returncode != 0
+    log = proxy.log()
+    assert "stsz" in log and "runs past" in log
+    name = publish(slow_origin, "after-the-liars.mp4", make_mp4(faststart=True))
+    assert frames(proxy.url(name), "a", "-rtsp_transport", "udp") == frames(
+        make_mp4(faststart=True), "a")

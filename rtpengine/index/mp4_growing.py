@@ -59,16 +59,16 @@ def locate_moov(pieces: list[tuple[int, bytes]], size: int, name: str = "<mp4>",
     known (the probe's head, what was fetched since). Walks the top-level
     boxes from offset 0 by their headers; returns the ``moov`` box once all
     its bytes are in one piece, else the byte range ``[start, end)`` to
-    fetch next: the next box header (with what follows, in case it is the
-    ``moov``), or the rest of the ``moov``. MediaError if the boxes lie or
-    there is no ``moov`` before the end.
+    read next: the next box header (16 bytes, fewer at the end of the
+    file), or the whole ``moov``. MediaError if the boxes lie or there is
+    no ``moov`` before the media fragments or the end.
     """
     budget = [bx.MAX_BOXES]
     pos = 0
     while pos < size:
         header = _known(pieces, pos, min(16, size - pos))
         if header is None:
-            return pos, size
+            return pos, min(size, pos + 16)
         box = next(bx.iter_boxes(header, pos, size, base=pos, name=name, budget=budget))
         if box.type == b"moov":
             if box.end - box.start > MAX_MOOV:
