@@ -24,7 +24,7 @@ from rtpengine.rtp import parse_rtp
 from tests.helpers.daemon import KvodDaemon
 from tests.helpers.origins import NginxOrigin
 from tests.helpers.depay import depay_aac, depay_video, split_nals
-from tests.helpers.titles import make_mp4
+from tests.helpers.titles import long_mp4, make_mp4
 from rtpengine.index.mp4 import index_mp4
 from tests.test_mp4_index import in_band_sets, probe
 
@@ -45,6 +45,7 @@ def daemon(tmp_path_factory):
     d = KvodDaemon(str(tmp_path_factory.mktemp("kvod")), extra="[rtcp]\nsr_interval = 0.5\n")
     for name, kw in TITLES.items():
         d.add(make_mp4(**kw), name)
+    d.add(long_mp4(), "long")
     d.start()
     yield d
     assert d.stop() == 0, d.log()
@@ -197,6 +198,56 @@ def test_seek_starts_both_tracks_at_the_keyframe_before(daemon, tmp_path):
         assert abs(v_wall - (a_wall + (2.0 - a_pts))) < 0.04
 
 
+def test_seek_to_30s_of_a_long_title_starts_both_tracks_at_the_sync_sample_before(daemon):
+    """PLAY npt=30- of a 2-minute title whose keyframes come every 1.6 s:
+    video starts with the sync sample at 28.8 s (the last at or before 30 s),
+    whole, and audio with the AU at or just before that same instant; the
+    RTP-Info times put both first frames there on the npt line."""
+    path = long_mp4()
+    streams = probe(path)
+    vprobe, aprobe = streams[0], streams[1]
+    v_clock = vprobe["time_base"][1]
+    keys = [(pts / v_clock, pos, size) for pts, pos, size, key in vprobe["packets"]
+            if key and pts / v_clock <= 30.0]
+    key_s, key_pos, key_size = keys[-1]
+    assert 28.7 < key_s < 28.9                  # not 30 itself: "at or before" is tested
+    media = open(path, "rb").read()
+    receivers = [RtpReceiver(), RtpReceiver()]
+    client = RtspClient("127.0.0.1", daemon.port)
+    try:
+        url = client.url("long")
+        assert client.request("DESCRIBE", url, [("Accept", "application/sdp")]).status == 200
+        session, _, _ = client.setup_udp(url + "/trackID=0", receivers[0].ports)
+        client.setup_udp(url + "/trackID=1", receivers[1].ports, session=session)
+        resp = client.request("PLAY", url + "/", [("Session", session), ("Range", "npt=30-")])
+        assert resp.status == 200
+        npt = float(resp.headers.get("Range").split("=")[1].split("-")[0])
+        info = parse_rtp_info(resp.headers.get("RTP-Info"))
+        time.sleep(1.5)
+        client.request("TEARDOWN", url + "/", [("Session", session)])
+        packets = [[p for _, p in r.packets] for r in receivers]
+    finally:
+        client.close()
+        for r in receivers:
+            r.close()
+    assert key_s - 0.1 <= npt <= key_s + 0.001
+    aus = depay_video(packets[0], "h264")
+    assert len(aus) >= 25
+    # the first access unit is the sync sample, whole (after any in-band sets)
+    first_nals = split_nals(media[key_pos:key_pos + key_size])
+    assert aus[0][1][-len(first_nals):] == first_nals
+    audio = depay_aac(packets[1])
+    assert len(audio) >= 50
+    samples = [(pts / 48000, media[pos:pos + size]) for pts, pos, size, _ in aprobe["packets"]]
+    starts = [pts for pts, data in samples if data == audio[0][1]]
+    assert any(key_s - 1024 / 48000 - 0.1 <= a <= key_s for a in starts), (starts, key_s)
+
+    def npt_of(track: str, ts: int, clock: int) -> float:
+        return npt + ((ts - info[track] + 2**31) % 2**32 - 2**31) / clock
+    assert npt_of("trackID=0", aus[0][0], 90000) == pytest.approx(key_s, abs=2e-3)
+    assert abs(npt_of("trackID=1", audio[0][0], 48000) - key_s) <= 1024 / 48000 + 0.1
+
+
 # -- remote MP4 titles: the proxy fill ------------------------------------------------------
 
 
@@ -314,3 +365,35 @@ def test_a_remote_mp4_with_a_lying_moov_is_refused_clearly(proxy, slow_origin):
     name = publish(slow_origin, "after-the-liars.mp4", make_mp4(faststart=True))
     assert frames(proxy.url(name), "a", "-rtsp_transport", "udp") == frames(
         make_mp4(faststart=True), "a")
+
+
+def ffplay(url: str) -> subprocess.CompletedProcess:
+    """Headless ffplay for 3 s of ``url``, as a user would run it."""
+    env = dict(os.environ, SDL_AUDIODRIVER="dummy", SDL_VIDEODRIVER="dummy")
+    return subprocess.run(["ffplay", "-nodisp", "-autoexit", "-loglevel", "error", "-t", "3",
+                           url], capture_output=True, text=True, timeout=30, env=env)
+
+
+def ffplay_errors(result: subprocess.CompletedProcess) -> list[str]:
+    # ffmpeg picks its client ports itself and, when one is taken by another
+    # process on this shared machine, says so and tries the next: not ours
+    return [line for line in result.stderr.splitlines()
+            if not re.fullmatch(r"\[udp @ 0x[0-9a-f]+\] bind failed: Address already in use",
+                                line)]
+
+
+@pytest.mark.parametrize("where", ["local", "remote"])
+def test_ffplay_plays_an_mp4_title(where, request, slow_origin):
+    """ffplay, headless, plays 3 s of an MP4 title (a local one, and a remote
+    one while its fill runs) and exits on its own, with no error."""
+    if where == "local":
+        url = request.getfixturevalue("daemon").url("movie")
+    else:
+        d = request.getfixturevalue("proxy")
+        url = d.url(publish(slow_origin, "ffplay.mp4", make_mp4()))
+    started = time.monotonic()
+    result = ffplay(url)
+    elapsed = time.monotonic() - started
+    assert result.returncode == 0, result.stderr
+    assert ffplay_errors(result) == [], result.stderr
+    assert 2.5 < elapsed < 15
