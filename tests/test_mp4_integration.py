@@ -334,6 +334,43 @@ def test_a_remote_mp4_plays_while_it_fills_and_a_viewer_joins_mid_fill(proxy, sl
     assert frames(url, "a", "-rtsp_transport", "udp") == want["a"]
 
 
+def test_a_remote_mp4_fill_killed_midway_resumes_and_completes(tmp_path):
+    """kill -9 during an MP4's fill: the restarted daemon finds the moov among
+    the recorded bytes, resumes, completes, and the title plays whole."""
+    source = make_mp4()
+    (tmp_path / "o" / "root").mkdir(parents=True)
+    (tmp_path / "o" / "root" / "crash.mp4").write_bytes(open(source, "rb").read())
+    nginx = NginxOrigin(str(tmp_path / "o"), str(tmp_path / "o" / "root"), limit_rate="20k")
+    (tmp_path / "k").mkdir()
+    d = KvodDaemon(str(tmp_path / "k"), extra=(
+        f'[origin]\nbase_url = ["{nginx.base_url}"]\nprobe_bytes = "32KiB"\n'
+        'tail_bytes = "16KiB"\nchunk_bytes = "32KiB"\n'))
+    try:
+        d.start()
+        client = RtspClient("127.0.0.1", d.port)
+        try:
+            assert client.request("DESCRIBE", client.url("crash.mp4")).status == 200
+        finally:
+            client.close()
+        time.sleep(1.0)
+        assert state(d, "crash.mp4") == "partial"
+        d.kill()
+        d.start()
+        deadline = time.monotonic() + 40
+        while state(d, "crash.mp4") != "complete" and time.monotonic() < deadline:
+            time.sleep(0.2)
+        info = json.loads(d.kvod("catalog", "show", "crash.mp4", "--json").stdout)
+        assert info["state"] == "complete", d.log()
+        assert open(info["media_path"], "rb").read() == open(source, "rb").read()
+        assert "resuming the fill of crash.mp4" in d.log()
+        for stream in "va":
+            assert frames(d.url("crash.mp4"), stream, "-rtsp_transport", "udp") == \
+                frames(source, stream)
+    finally:
+        nginx.stop()
+        d.stop()
+
+
 def _lying_moov(data: bytes, how: str) -> bytes:
     """A moov-at-the-end MP4 whose moov lies: stsz counts more samples than
     it holds, or the moov box claims more bytes than the file has."""
