@@ -148,9 +148,13 @@ class GrowingMp4Index:
         self._window = (0, 0)
         self._scratch = mmap.mmap(-1, max(size, 1), flags=mmap.MAP_PRIVATE | _MAP_NORESERVE)
         self._cbuf = ffi.from_buffer(self._scratch)
-        if not self.fragmented:
-            self._parts = [_Part(i, _CTrack(t, self._cbuf, size, name))
-                           for i, t in enumerate(traks)]
+        try:
+            if not self.fragmented:
+                for i, t in enumerate(traks):
+                    self._parts.append(_Part(i, _CTrack(t, self._cbuf, size, name)))
+        except BaseException:
+            self.close()
+            raise
 
     # -- what it found ---------------------------------------------------------
 
@@ -177,6 +181,9 @@ class GrowingMp4Index:
             stts = t.tables["stts"]
             ticks = sum(c * d for c, d in zip(stts[0::2], stts[1::2]))
             best = max(best, ticks * 1_000_000_000 // t.timescale)
+        if best >= 1 << 62:
+            raise MediaError(f"{self.name}: the sample tables last {best} ns, beyond any "
+                             f"timeline")
         return best or None
 
     @property
