@@ -47,6 +47,11 @@ log = logging.getLogger(__name__)
 MAX_MOOV_REQUESTS = 8
 
 
+class MoovNotCached(BadMedia):
+    """A partial MP4 title's ``moov`` is not among its cached bytes (an
+    eviction kept only a prefix): its fill cannot resume, it starts over."""
+
+
 @dataclass(frozen=True)
 class Mp4Head:
     """What :func:`fetch_moov` found: the ``moov`` and the bytes known to hold
@@ -169,8 +174,8 @@ class Mp4TitleFill(TitleFill):
                 return found
             start, end = found
             if end_from(self.held, start) < end:
-                raise MediaError(f"{self.name}: bytes {start}-{end - 1} (the moov or a box "
-                                 f"header before it) are not among the cached bytes")
+                raise MoovNotCached(f"{self.name}: bytes {start}-{end - 1} (the moov or a "
+                                    f"box header before it) are not among the cached bytes")
             pieces.append((start, self._media[start:end]))
         raise MediaError(f"{self.name}: no moov among the cached bytes")
 
@@ -323,4 +328,4 @@ class Mp4TitleFill(TitleFill):
             self._index.write_hints(i, path, records)
 
 
-__all__ = ["Mp4Head", "Mp4TitleFill", "fetch_moov"]
+__all__ = ["MoovNotCached", "Mp4Head", "Mp4TitleFill", "fetch_moov"]

@@ -26,7 +26,7 @@ from appliance.cache.origin import (FileOrigin, HttpOrigin, OriginError, OriginN
                                     OriginUnavailable, origin_for)
 from appliance.cache.fill import CacheWriteError, FillSettings, TitleFill
 from appliance.cache.fill_slots import FillSlots, SharedWait
-from appliance.cache.mp4_fill import Mp4TitleFill, fetch_moov
+from appliance.cache.mp4_fill import MoovNotCached, Mp4TitleFill, fetch_moov
 from catalog import InvalidTitleName, validate_title_name
 from rtpengine.index.mp4 import looks_like_mp4
 
@@ -255,12 +255,14 @@ class ProxyCache:
                 self._make_room(name, title.size - self.catalog.cached_bytes(name))
                 self._launch(fill_class(title).resume(
                     title, **self._fill_args(name, title.origin_url)))
+                return
+            except MoovNotCached as exc:
+                log.warning("%s; fetching the title again", exc)   # a probe, below
             except (CacheFull, CacheWriteError, OSError) as exc:
                 error = _no_room(name, exc)
                 if self._serve_stopped(title, error):
                     return
                 raise error from None
-            return
         started = time.monotonic()
         probe = await self._probe(name, title)
         # an MP4 is described by its moov, wherever it lies: fetched now
