@@ -444,3 +444,40 @@ def test_ffplay_plays_an_mp4_title(where, request, slow_origin):
     assert result.returncode == 0, result.stderr
     assert ffplay_errors(result) == [], result.stderr
     assert 2.5 < elapsed < 15
+
+
+def test_a_lying_fragment_mid_fill_ends_its_viewers_cleanly(proxy, slow_origin):
+    """A fragmented MP4 whose third moof lies (a trun counts more samples
+    than it holds): DESCRIBE is answered from the good moov, the viewer gets
+    what came before the lie and then an RTCP BYE, the log says why, and
+    the daemon serves on."""
+    data = bytearray(open(make_mp4(**TITLES["fragmented"]), "rb").read())
+    pos, moofs = 0, []
+    while pos < len(data):
+        size, kind = struct.unpack_from(">I4s", data, pos)
+        if kind == b"moof":
+            moofs.append(pos)
+        pos += size
+    trun = data.index(b"trun", moofs[2])
+    struct.pack_into(">I", data, trun + 8, 0x7FFFFFF)
+    name = "lying-fragment.mp4"
+    (slow_origin.root_path / name).write_bytes(bytes(data))
+    receiver = RtpReceiver()
+    client = RtspClient("127.0.0.1", proxy.port)
+    try:
+        url = client.url(name)
+        assert client.request("DESCRIBE", url, [("Accept", "application/sdp")]).status == 200
+        session, _, _ = client.setup_udp(url + "/trackID=0", receiver.ports)
+        assert client.request("PLAY", url + "/", [("Session", session)]).status == 200
+        deadline = time.monotonic() + 20
+        while not receiver.got_bye() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert receiver.got_bye()
+        assert len(receiver.packets) > 10
+    finally:
+        client.close()
+        receiver.close()
+    assert "samples need" in proxy.log()
+    other = publish(slow_origin, "after-the-lying-fragment.mp4", make_mp4(faststart=True))
+    assert frames(proxy.url(other), "a", "-rtsp_transport", "udp") == frames(
+        make_mp4(faststart=True), "a")
