@@ -377,7 +377,10 @@ class GrowingMp4Index:
             self._parts = []
             if self._scratch is not None:
                 ffi.release(self._cbuf)
-                self._scratch.close()
+                try:
+                    self._scratch.close()
+                except BufferError:
+                    pass    # a view still held by a traceback: unmapped when it goes
                 self._scratch = None
 
     def __enter__(self) -> "GrowingMp4Index":
