@@ -481,3 +481,24 @@ def test_a_lying_fragment_mid_fill_ends_its_viewers_cleanly(proxy, slow_origin):
     other = publish(slow_origin, "after-the-lying-fragment.mp4", make_mp4(faststart=True))
     assert frames(proxy.url(other), "a", "-rtsp_transport", "udp") == frames(
         make_mp4(faststart=True), "a")
+
+
+@pytest.mark.parametrize("kind", ["movie", "fragmented"])
+def test_gstreamer_decodes_a_remote_mp4_while_it_fills(proxy, slow_origin, kind):
+    """GStreamer's rtspsrc ! decodebin, both tracks, from a cold cache: it
+    decodes to the end with no error while the fill runs."""
+    name = publish(slow_origin, f"gst-{kind}.mp4", make_mp4(**TITLES[kind]))
+    proc = subprocess.Popen(
+        ["gst-launch-1.0", "rtspsrc", f"location={proxy.url(name)}", "protocols=udp",
+         "name=src", "src.", "!", "decodebin", "!", "fakesink", "src.", "!", "decodebin",
+         "!", "fakesink"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(1.5)
+    assert state(proxy, name) == "partial"      # it plays while the fill runs
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 0, stdout + stderr
+    assert "ERROR" not in stdout + stderr
+    assert "Got EOS" in stdout
+    deadline = time.monotonic() + 20
+    while state(proxy, name) != "complete" and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert slow_origin.bytes_sent(name) == os.path.getsize(make_mp4(**TITLES[kind]))
