@@ -494,7 +494,7 @@ def test_growing_index_equals_the_whole_files(kw, tmp_path):
     """Fed the file front to back (the moov and box headers there first, as a
     fill fetches them), the growing index hands out exactly the records of
     the whole file's index, each only once its bytes are all there."""
-    from rtpengine.index.mp4 import GrowingMp4Index
+    from rtpengine.index.mp4_growing import GrowingMp4Index
     from rtpengine.hintfile import HEADER_SIZE, RECORD_SIZE, HintRecord
     path = make_mp4(**kw)
     with open(path, "rb") as f:
@@ -530,7 +530,7 @@ def test_growing_index_equals_the_whole_files(kw, tmp_path):
 
 
 def test_growing_index_needs_the_moov(tmp_path):
-    from rtpengine.index.mp4 import GrowingMp4Index
+    from rtpengine.index.mp4_growing import GrowingMp4Index
     with open(make_mp4(), "rb") as f:
         data = f.read()
     buf = bytearray(len(data))

@@ -8,7 +8,9 @@ ffmpeg once and cached; streams are paced at the media rate.
 from __future__ import annotations
 
 import json
+import os
 import re
+import struct
 import subprocess
 import time
 
@@ -20,8 +22,9 @@ from rtpengine import rtcp
 from rtpengine.hintfile import HintFile
 from rtpengine.rtp import parse_rtp
 from tests.helpers.daemon import KvodDaemon
+from tests.helpers.origins import NginxOrigin
 from tests.helpers.depay import depay_aac, depay_video, split_nals
-from tests.helpers.titles import make_mp4
+from tests.helpers.titles import long_mp4, make_mp4
 from rtpengine.index.mp4 import index_mp4
 from tests.test_mp4_index import in_band_sets, probe
 
@@ -42,6 +45,7 @@ def daemon(tmp_path_factory):
     d = KvodDaemon(str(tmp_path_factory.mktemp("kvod")), extra="[rtcp]\nsr_interval = 0.5\n")
     for name, kw in TITLES.items():
         d.add(make_mp4(**kw), name)
+    d.add(long_mp4(), "long")
     d.start()
     yield d
     assert d.stop() == 0, d.log()
@@ -194,24 +198,307 @@ def test_seek_starts_both_tracks_at_the_keyframe_before(daemon, tmp_path):
         assert abs(v_wall - (a_wall + (2.0 - a_pts))) < 0.04
 
 
-def test_a_remote_mp4_is_refused_clearly(tmp_path):
-    """The proxy fill indexes MPEG-TS only: a remote MP4 is answered 415 with
-    a reason, before anything is fetched or entered in the catalog."""
-    origin = tmp_path / "origin"
-    origin.mkdir()
-    (origin / "film.mp4").symlink_to(make_mp4())
-    (tmp_path / "k").mkdir()
-    d = KvodDaemon(str(tmp_path / "k"), extra=f'[origin]\nbase_url = ["file://{origin}/"]\n')
-    d.start()
+def test_seek_to_30s_of_a_long_title_starts_both_tracks_at_the_sync_sample_before(daemon):
+    """PLAY npt=30- of a 2-minute title whose keyframes come every 1.6 s:
+    video starts with the sync sample at 28.8 s (the last at or before 30 s),
+    whole, and audio with the AU at or just before that same instant; the
+    RTP-Info times put both first frames there on the npt line."""
+    path = long_mp4()
+    streams = probe(path)
+    vprobe, aprobe = streams[0], streams[1]
+    v_clock = vprobe["time_base"][1]
+    keys = [(pts / v_clock, pos, size) for pts, pos, size, key in vprobe["packets"]
+            if key and pts / v_clock <= 30.0]
+    key_s, key_pos, key_size = keys[-1]
+    assert 28.7 < key_s < 28.9                  # not 30 itself: "at or before" is tested
+    media = open(path, "rb").read()
+    receivers = [RtpReceiver(), RtpReceiver()]
+    client = RtspClient("127.0.0.1", daemon.port)
     try:
+        url = client.url("long")
+        assert client.request("DESCRIBE", url, [("Accept", "application/sdp")]).status == 200
+        session, _, _ = client.setup_udp(url + "/trackID=0", receivers[0].ports)
+        client.setup_udp(url + "/trackID=1", receivers[1].ports, session=session)
+        resp = client.request("PLAY", url + "/", [("Session", session), ("Range", "npt=30-")])
+        assert resp.status == 200
+        npt = float(resp.headers.get("Range").split("=")[1].split("-")[0])
+        info = parse_rtp_info(resp.headers.get("RTP-Info"))
+        time.sleep(1.5)
+        client.request("TEARDOWN", url + "/", [("Session", session)])
+        packets = [[p for _, p in r.packets] for r in receivers]
+    finally:
+        client.close()
+        for r in receivers:
+            r.close()
+    assert key_s - 0.1 <= npt <= key_s + 0.001
+    aus = depay_video(packets[0], "h264")
+    assert len(aus) >= 25
+    # the first access unit is the sync sample, whole (after any in-band sets)
+    first_nals = split_nals(media[key_pos:key_pos + key_size])
+    assert aus[0][1][-len(first_nals):] == first_nals
+    audio = depay_aac(packets[1])
+    assert len(audio) >= 50
+    samples = [(pts / 48000, media[pos:pos + size]) for pts, pos, size, _ in aprobe["packets"]]
+    starts = [pts for pts, data in samples if data == audio[0][1]]
+    assert any(key_s - 1024 / 48000 - 0.1 <= a <= key_s for a in starts), (starts, key_s)
+
+    def npt_of(track: str, ts: int, clock: int) -> float:
+        return npt + ((ts - info[track] + 2**31) % 2**32 - 2**31) / clock
+    assert npt_of("trackID=0", aus[0][0], 90000) == pytest.approx(key_s, abs=2e-3)
+    assert abs(npt_of("trackID=1", audio[0][0], 48000) - key_s) <= 1024 / 48000 + 0.1
+
+
+# -- remote MP4 titles: the proxy fill ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def slow_origin(tmp_path_factory):
+    """nginx sending each request at 60 kB/s: two requests of a fill bring
+    about the media rate of the 4 s titles, so their fill runs while they play."""
+    folder = tmp_path_factory.mktemp("mp4-nginx")
+    (folder / "root").mkdir()
+    nginx = NginxOrigin(str(folder), str(folder / "root"), limit_rate="60k")
+    nginx.root_path = folder / "root"
+    yield nginx
+    nginx.stop()
+
+
+@pytest.fixture(scope="module")
+def proxy(tmp_path_factory, slow_origin):
+    d = KvodDaemon(str(tmp_path_factory.mktemp("kvod-proxy")), extra=(
+        "[rtcp]\nsr_interval = 0.5\n"
+        f'[origin]\nbase_url = ["{slow_origin.base_url}"]\nprobe_bytes = "32KiB"\n'
+        'tail_bytes = "16KiB"\nchunk_bytes = "64KiB"\n'))
+    d.start()
+    yield d
+    assert d.stop() == 0, d.log()
+
+
+def publish(origin, name: str, source: str) -> str:
+    path = origin.root_path / name
+    if not path.exists():
+        path.write_bytes(open(source, "rb").read())
+    return name
+
+
+def state(daemon, name: str) -> str:
+    return json.loads(daemon.kvod("catalog", "show", name, "--json").stdout)["state"]
+
+
+def frames_later(url: str, stream: str) -> subprocess.Popen:
+    """ffmpeg receiving one track of ``url`` as ``frames()`` does, in the background."""
+    codec = ["-c", "copy"] if stream == "a" else ["-fps_mode", "passthrough"]
+    return subprocess.Popen(["ffmpeg", "-nostdin", "-loglevel", "error", "-rtsp_transport",
+                             "udp", "-i", url, "-map", f"0:{stream}", *codec, "-f", "framemd5",
+                             "-"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def frames_of(proc: subprocess.Popen) -> list[str]:
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    return [",".join(f.strip() for i, f in enumerate(line.split(",")) if i in (0, 4, 5))
+            for line in out.splitlines() if line and not line.startswith("#")]
+
+
+@pytest.mark.parametrize("kind", ["movie", "fragmented"])
+def test_a_remote_mp4_plays_while_it_fills_and_a_viewer_joins_mid_fill(proxy, slow_origin,
+                                                                       kind):
+    """An MP4 with its moov at the end (or fragmented) from a slow nginx: the
+    first viewers get every frame of both tracks while the fill runs, a
+    viewer who joins mid-fill too; the origin sends each byte once."""
+    source = make_mp4(**TITLES[kind])
+    name = publish(slow_origin, f"remote-{kind}.mp4", source)
+    url = proxy.url(name)
+    first = [frames_later(url, "v"), frames_later(url, "a")]
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        info = json.loads(proxy.kvod("catalog", "show", name, "--json", check=False).stdout
+                          or "null")
+        if info:
+            break
+        time.sleep(0.1)
+    time.sleep(1.0)
+    assert state(proxy, name) == "partial"          # the fill is running
+    late = frames_later(url, "v")
+    want = {s: frames(source, s) for s in "va"}
+    assert frames_of(first[0]) == want["v"]
+    assert frames_of(first[1]) == want["a"]
+    assert frames_of(late) == want["v"]
+    deadline = time.monotonic() + 30
+    while state(proxy, name) != "complete" and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert state(proxy, name) == "complete"
+    assert slow_origin.bytes_sent(name) == os.path.getsize(source)
+    assert proxy.log().count(f"miss {name}") == 1
+    # the complete title plays from the cache as a local one does
+    assert frames(url, "a", "-rtsp_transport", "udp") == want["a"]
+
+
+def test_a_remote_mp4_fill_killed_midway_resumes_and_completes(tmp_path):
+    """kill -9 during an MP4's fill: the restarted daemon finds the moov among
+    the recorded bytes, resumes, completes, and the title plays whole."""
+    source = make_mp4()
+    (tmp_path / "o" / "root").mkdir(parents=True)
+    (tmp_path / "o" / "root" / "crash.mp4").write_bytes(open(source, "rb").read())
+    nginx = NginxOrigin(str(tmp_path / "o"), str(tmp_path / "o" / "root"), limit_rate="20k")
+    (tmp_path / "k").mkdir()
+    d = KvodDaemon(str(tmp_path / "k"), extra=(
+        f'[origin]\nbase_url = ["{nginx.base_url}"]\nprobe_bytes = "32KiB"\n'
+        'tail_bytes = "16KiB"\nchunk_bytes = "32KiB"\n'))
+    try:
+        d.start()
         client = RtspClient("127.0.0.1", d.port)
         try:
-            resp = client.request("DESCRIBE", client.url("film.mp4"),
-                                  [("Accept", "application/sdp")])
+            assert client.request("DESCRIBE", client.url("crash.mp4")).status == 200
         finally:
             client.close()
-        assert resp.status == 415
-        assert json.loads(d.kvod("catalog", "list", "--json").stdout) == []
-        assert "is an MP4" in d.log()
-    finally:
+        time.sleep(1.0)
+        assert state(d, "crash.mp4") == "partial"
+        d.kill()
+        d.start()
+        deadline = time.monotonic() + 40
+        while state(d, "crash.mp4") != "complete" and time.monotonic() < deadline:
+            time.sleep(0.2)
+        info = json.loads(d.kvod("catalog", "show", "crash.mp4", "--json").stdout)
+        assert info["state"] == "complete", d.log()
+        assert open(info["media_path"], "rb").read() == open(source, "rb").read()
+        assert "resuming the fill of crash.mp4" in d.log()
+        for stream in "va":
+            assert frames(d.url("crash.mp4"), stream, "-rtsp_transport", "udp") == \
+                frames(source, stream)
+        # an eviction that keeps a prefix drops the moov at the end: the
+        # title cannot resume from its bytes, it is fetched again
         assert d.stop() == 0, d.log()
+        from appliance.cache.quota import CacheQuota
+        from catalog import open_catalog
+        with open_catalog(os.path.join(d.folder, "catalog.db")) as cat:
+            CacheQuota(cat).evict("crash.mp4", keep=100_000)
+        d.start()
+        assert frames(d.url("crash.mp4"), "a", "-rtsp_transport", "udp") == frames(source, "a")
+        assert "are not among the cached bytes; fetching the title again" in d.log()
+    finally:
+        nginx.stop()
+        d.stop()
+
+
+def _lying_moov(data: bytes, how: str) -> bytes:
+    """A moov-at-the-end MP4 whose moov lies: stsz counts more samples than
+    it holds, or the moov box claims more bytes than the file has."""
+    data = bytearray(data)
+    at = data.rindex(b"moov") - 4
+    if how == "stsz":
+        stsz = data.index(b"stsz", at) - 4
+        struct.pack_into(">I", data, stsz + 16, 0x7FFFFFF)
+    else:
+        struct.pack_into(">I", data, at, len(data) - at + 1000)
+    return bytes(data)
+
+
+def test_a_remote_mp4_with_a_lying_moov_is_refused_clearly(proxy, slow_origin):
+    """415 with the reason, nothing entered, and the daemon serves on."""
+    data = open(make_mp4(), "rb").read()
+    for how in ("stsz", "size"):
+        name = f"lying-{how}.mp4"
+        (slow_origin.root_path / name).write_bytes(_lying_moov(data, how))
+        client = RtspClient("127.0.0.1", proxy.port)
+        try:
+            resp = client.request("DESCRIBE", client.url(name), [("Accept", "application/sdp")])
+        finally:
+            client.close()
+        assert resp.status == 415, resp
+        assert proxy.kvod("catalog", "show", name, check=False).returncode != 0
+    log = proxy.log()
+    assert "stsz" in log and "runs past" in log
+    name = publish(slow_origin, "after-the-liars.mp4", make_mp4(faststart=True))
+    assert frames(proxy.url(name), "a", "-rtsp_transport", "udp") == frames(
+        make_mp4(faststart=True), "a")
+
+
+def ffplay(url: str) -> subprocess.CompletedProcess:
+    """Headless ffplay for 3 s of ``url``, as a user would run it."""
+    env = dict(os.environ, SDL_AUDIODRIVER="dummy", SDL_VIDEODRIVER="dummy")
+    return subprocess.run(["ffplay", "-nodisp", "-autoexit", "-loglevel", "error", "-t", "3",
+                           url], capture_output=True, text=True, timeout=30, env=env)
+
+
+def ffplay_errors(result: subprocess.CompletedProcess) -> list[str]:
+    # ffmpeg picks its client ports itself and, when one is taken by another
+    # process on this shared machine, says so and tries the next: not ours
+    return [line for line in result.stderr.splitlines()
+            if not re.fullmatch(r"\[udp @ 0x[0-9a-f]+\] bind failed: Address already in use",
+                                line)]
+
+
+@pytest.mark.parametrize("where", ["local", "remote"])
+def test_ffplay_plays_an_mp4_title(where, request, slow_origin):
+    """ffplay, headless, plays 3 s of an MP4 title (a local one, and a remote
+    one while its fill runs) and exits on its own, with no error."""
+    if where == "local":
+        url = request.getfixturevalue("daemon").url("movie")
+    else:
+        d = request.getfixturevalue("proxy")
+        url = d.url(publish(slow_origin, "ffplay.mp4", make_mp4()))
+    started = time.monotonic()
+    result = ffplay(url)
+    elapsed = time.monotonic() - started
+    assert result.returncode == 0, result.stderr
+    assert ffplay_errors(result) == [], result.stderr
+    assert 2.5 < elapsed < 15
+
+
+def test_a_lying_fragment_mid_fill_ends_its_viewers_cleanly(proxy, slow_origin):
+    """A fragmented MP4 whose third moof lies (a trun counts more samples
+    than it holds): DESCRIBE is answered from the good moov, the viewer gets
+    what came before the lie and then an RTCP BYE, the log says why, and
+    the daemon serves on."""
+    data = bytearray(open(make_mp4(**TITLES["fragmented"]), "rb").read())
+    pos, moofs = 0, []
+    while pos < len(data):
+        size, kind = struct.unpack_from(">I4s", data, pos)
+        if kind == b"moof":
+            moofs.append(pos)
+        pos += size
+    trun = data.index(b"trun", moofs[2])
+    struct.pack_into(">I", data, trun + 8, 0x7FFFFFF)
+    name = "lying-fragment.mp4"
+    (slow_origin.root_path / name).write_bytes(bytes(data))
+    receiver = RtpReceiver()
+    client = RtspClient("127.0.0.1", proxy.port)
+    try:
+        url = client.url(name)
+        assert client.request("DESCRIBE", url, [("Accept", "application/sdp")]).status == 200
+        session, _, _ = client.setup_udp(url + "/trackID=0", receiver.ports)
+        assert client.request("PLAY", url + "/", [("Session", session)]).status == 200
+        deadline = time.monotonic() + 20
+        while not receiver.got_bye() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert receiver.got_bye()
+        assert len(receiver.packets) > 10
+    finally:
+        client.close()
+        receiver.close()
+    assert "samples need" in proxy.log()
+    other = publish(slow_origin, "after-the-lying-fragment.mp4", make_mp4(faststart=True))
+    assert frames(proxy.url(other), "a", "-rtsp_transport", "udp") == frames(
+        make_mp4(faststart=True), "a")
+
+
+@pytest.mark.parametrize("kind", ["movie", "fragmented"])
+def test_gstreamer_decodes_a_remote_mp4_while_it_fills(proxy, slow_origin, kind):
+    """GStreamer's rtspsrc ! decodebin, both tracks, from a cold cache: it
+    decodes to the end with no error while the fill runs."""
+    name = publish(slow_origin, f"gst-{kind}.mp4", make_mp4(**TITLES[kind]))
+    proc = subprocess.Popen(
+        ["gst-launch-1.0", "rtspsrc", f"location={proxy.url(name)}", "protocols=udp",
+         "name=src", "src.", "!", "decodebin", "!", "fakesink", "src.", "!", "decodebin",
+         "!", "fakesink"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(1.5)
+    assert state(proxy, name) == "partial"      # it plays while the fill runs
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 0, stdout + stderr
+    assert "ERROR" not in stdout + stderr
+    assert "Got EOS" in stdout
+    deadline = time.monotonic() + 20
+    while state(proxy, name) != "complete" and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert slow_origin.bytes_sent(name) == os.path.getsize(make_mp4(**TITLES[kind]))

@@ -98,40 +98,43 @@ def _read_all(url: str) -> tuple[int, float]:
 
 def run_proxy(media_path: str, big_path: str, *, misses: int = 50, viewers: int = 4,
               progress: Optional[Callable[[float], None]] = None) -> dict:
-    """Measure the miss path, shared fills and fill throughput; milliseconds and MB/s."""
+    """Measure the miss path, shared fills and fill throughput; milliseconds and MB/s.
+    The miss and shared titles are ``media_path`` (an MPEG-TS or an MP4, named
+    with its extension); the throughput title is ``big_path``."""
+    ext = os.path.splitext(media_path)[1] or ".ts"
     with tempfile.TemporaryDirectory(prefix="kvod-bench-proxy-") as tmp:
         library = os.path.join(tmp, "library")
         os.makedirs(os.path.join(library, "miss"))
         for i in range(misses + 1):
-            os.symlink(media_path, os.path.join(library, "miss", f"t{i}.ts"))
-        os.symlink(media_path, os.path.join(library, "shared.ts"))
+            os.symlink(media_path, os.path.join(library, "miss", f"t{i}{ext}"))
+        os.symlink(media_path, os.path.join(library, f"shared{ext}"))
         os.symlink(big_path, os.path.join(library, "big.ts"))
         os.makedirs(os.path.join(tmp, "nginx"))
         nginx = NginxOrigin(os.path.join(tmp, "nginx"), library)
         daemon = None
         try:
             daemon = _ProxyDaemon(tmp, nginx.base_url, max_fills=misses + 8)
-            _one_session(daemon.port, f"miss/t{misses}.ts")  # warm up imports and pools
+            _one_session(daemon.port, f"miss/t{misses}{ext}")  # warm up imports and pools
             miss_describe, miss_play = [], []
             for i in range(misses):
-                d, p = _one_session(daemon.port, f"miss/t{i}.ts")
+                d, p = _one_session(daemon.port, f"miss/t{i}{ext}")
                 miss_describe.append(d)
                 miss_play.append(p)
                 if progress:
                     progress(0.6 * (i + 1) / misses)
-            daemon.wait_complete(f"miss/t{misses - 1}.ts")
-            hit_describe = [_one_session(daemon.port, f"miss/t{i}.ts")[0]
+            daemon.wait_complete(f"miss/t{misses - 1}{ext}")
+            hit_describe = [_one_session(daemon.port, f"miss/t{i}{ext}")[0]
                             for i in range(min(misses, 20))]
 
             counts: list[int] = []
-            threads = [threading.Thread(target=_viewer, args=(daemon.port, "shared.ts", 2.0,
+            threads = [threading.Thread(target=_viewer, args=(daemon.port, f"shared{ext}", 2.0,
                                                                counts)) for _ in range(viewers)]
             for t in threads:
                 t.start()
             for t in threads:
                 t.join(60)
-            daemon.wait_complete("shared.ts")
-            shared_ratio = nginx.bytes_sent("shared.ts") / os.path.getsize(media_path)
+            daemon.wait_complete(f"shared{ext}")
+            shared_ratio = nginx.bytes_sent(f"shared{ext}") / os.path.getsize(media_path)
             if progress:
                 progress(0.7)
 
@@ -155,6 +158,7 @@ def run_proxy(media_path: str, big_path: str, *, misses: int = 50, viewers: int 
                 "p99": round(percentile(values, 0.99), 3)}
     return {
         "misses": misses,
+        "container": "mp4" if ext == ".mp4" else "mpegts",
         "miss_describe_to_first_rtp_ms": pct(miss_describe),
         "miss_play_to_first_rtp_ms": pct(miss_play),
         "hit_describe_to_first_rtp_ms": pct(hit_describe),

@@ -224,7 +224,7 @@ class TitleFill:
             fill._index_sync()
             fill._want_tail()
             if not title.tracks:  # its hint file went with an eviction
-                fill.catalog.replace_tracks(title.name, [fill._track(fill._hints.count)])
+                fill.catalog.replace_tracks(title.name, fill._track_rows())
         except MediaError as exc:
             fill._close_files()
             raise BadMedia(f"{title.name}: {exc}") from None
@@ -252,6 +252,10 @@ class TitleFill:
             os.close(fd)
             raise
         self._fd = fd
+        self._make_index()
+
+    def _make_index(self) -> None:
+        """The growing index and hint file of the media file just opened."""
         self._index = GrowingTsIndex(self.name)
         self._hints = GrowingHintFile(self.hint_path, CLOCK_RATE, PAYLOAD_TYPE_MP2T)
 
@@ -320,6 +324,10 @@ class TitleFill:
             self.catalog.replace_tracks(self.name, tracks)
             self.catalog.set_state(self.name, "partial")
 
+    def _track_rows(self) -> list[dict]:
+        """The catalog's track rows of what is indexed so far."""
+        return [self._track(self._hints.count)]
+
     def _track(self, packets: int) -> dict:
         return dict(track_index=0, media_type="video", codec="MP2T",
                     payload_type=PAYLOAD_TYPE_MP2T, clock_rate=CLOCK_RATE,
@@ -341,8 +349,9 @@ class TitleFill:
 
     # -- what streams see ------------------------------------------------------
 
-    def hints(self) -> HintUpdate:
-        """The hint file a new stream of this title opens now."""
+    def hints(self, track: int = 0) -> HintUpdate:
+        """The hint file a new stream of this title (of its ``track``; an
+        MPEG-TS has one) opens now."""
         if self.complete:
             return HintUpdate(self.hint_path, None, False)
         return HintUpdate(self.hint_path,

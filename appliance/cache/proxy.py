@@ -24,8 +24,9 @@ from appliance.cache.quota import CacheFull, CacheQuota, cache_status
 from appliance.cache.layout import title_folder
 from appliance.cache.origin import (FileOrigin, HttpOrigin, OriginError, OriginNotFound, Probe,
                                     OriginUnavailable, origin_for)
-from appliance.cache.fill import BadMedia, CacheWriteError, FillSettings, TitleFill
+from appliance.cache.fill import CacheWriteError, FillSettings, TitleFill
 from appliance.cache.fill_slots import FillSlots, SharedWait
+from appliance.cache.mp4_fill import MoovNotCached, Mp4TitleFill, fetch_moov
 from catalog import InvalidTitleName, validate_title_name
 from rtpengine.index.mp4 import looks_like_mp4
 
@@ -254,24 +255,32 @@ class ProxyCache:
                 and not title.damaged:
             try:
                 self._make_room(name, title.size - self.catalog.cached_bytes(name))
-                self._launch(TitleFill.resume(title, **self._fill_args(name, title.origin_url)))
+                self._launch(fill_class(title).resume(
+                    title, **self._fill_args(name, title.origin_url)))
+                return
+            except MoovNotCached as exc:
+                log.warning("%s; fetching the title again", exc)   # a probe, below
             except (CacheFull, CacheWriteError, OSError) as exc:
                 error = _no_room(name, exc)
                 if self._serve_stopped(title, error):
                     return
                 raise error from None
-            return
         started = time.monotonic()
         probe = await self._probe(name, title)
-        if looks_like_mp4(probe.head):
-            raise BadMedia(f"{probe.url} is an MP4: the proxy fills MPEG-TS only "
-                           f"for now (kvod catalog add a local copy)")
+        # an MP4 is described by its moov, wherever it lies: fetched now
+        mp4 = await fetch_moov(origin_for(probe.url, self.http, self.files), probe,
+                               tail_bytes=self.settings.tail_bytes or self.settings.probe_bytes
+                               ) if looks_like_mp4(probe.head) else None
         if self.fills.get(name) is not None and self.fills[name].error is None:
             return  # another request won the race
         try:
             self._make_room(name, probe.size - (self.catalog.cached_bytes(name) if title else 0))
-            fill = TitleFill.create(probe, title=title, now=self.clock(),
-                                    **self._fill_args(name, probe.url))
+            if mp4 is not None:
+                fill = Mp4TitleFill.create(probe, mp4, title=title, now=self.clock(),
+                                           **self._fill_args(name, probe.url))
+            else:
+                fill = TitleFill.create(probe, title=title, now=self.clock(),
+                                        **self._fill_args(name, probe.url))
         except (CacheFull, CacheWriteError, OSError) as exc:
             raise _no_room(name, exc) from None
         if title is not None and title.damaged:
@@ -290,7 +299,8 @@ class ProxyCache:
         fill = self.fills.get(title.name)
         if fill is None:
             try:
-                fill = TitleFill.resume(title, **self._fill_args(title.name, title.origin_url))
+                fill = fill_class(title).resume(
+                    title, **self._fill_args(title.name, title.origin_url))
             except (OSError, OriginError) as exc:
                 log.warning("%s: cannot index its cached bytes either: %s", title.name, exc)
                 return False
@@ -408,7 +418,8 @@ class ProxyCache:
                 continue
             try:
                 self._make_room(name, title.size - self.catalog.cached_bytes(name))
-                fill = TitleFill.resume(title, **self._fill_args(name, title.origin_url))
+                fill = fill_class(title).resume(
+                    title, **self._fill_args(name, title.origin_url))
             except (OSError, OriginError, CacheFull) as exc:
                 log.error("cannot resume the fill of %s: %s", name, exc)
                 continue
@@ -429,6 +440,11 @@ class ProxyCache:
         self.quota.flush_hits()
         if self.writer is not None:
             await self.writer.stop()
+
+
+def fill_class(title) -> type[TitleFill]:
+    """The fill that resumes a partial ``title``: by its container."""
+    return Mp4TitleFill if title.container == "mp4" else TitleFill
 
 
 def _no_room(name: str, exc: BaseException) -> OriginError:

@@ -72,7 +72,8 @@ class UdpMediaStream:
         self.payload_type = track.payload_type
         # a title still filling: hints that grow, and the fill to listen to
         self.fill = backend.fill_for(title.name) if title.state != "complete" else None
-        update = self.fill.hints() if self.fill is not None else HintUpdate(
+        self.track_index = track.track_index
+        update = self.fill.hints(self.track_index) if self.fill is not None else HintUpdate(
             track.hint_path, None, False)
         self.hints = self._open_hints(title, update)
         self.main_hint_path = update.path
@@ -207,7 +208,7 @@ class UdpMediaStream:
     def _switch_hints(self, segment, fill) -> None:
         """Send from the main hints (``segment`` None) or a seek segment's,
         positioned by the play() that follows."""
-        update = fill.hints() if segment is None else HintUpdate(
+        update = fill.hints(self.track_index) if segment is None else HintUpdate(
             segment.path, segment.hints.count, True)
         try:
             self._apply(update, restart=True)

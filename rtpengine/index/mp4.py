@@ -515,81 +515,89 @@ def _trex_defaults(mvex: bx.Box | None, buf, base: int, name: str) -> dict[int, 
     return out
 
 
+def read_moof(mm, moof: bx.Box, wanted: dict, trex: dict, name: str,
+              budget: list[int]) -> None:
+    """Add the samples of one ``moof``'s truns to ``wanted`` (track ID ->
+    _FragmentTables; other tracks are skipped). ``mm`` holds the file (at
+    least the moof) at its offsets; ``budget`` counts boxes across calls."""
+    next_base = moof.start
+    for traf in bx.children(mm, moof, name=name, budget=budget):
+        if traf.type != b"traf":
+            continue
+        kids = bx.children(mm, traf, name=name, budget=budget)
+        tfhd_box = bx.find(kids, b"tfhd")
+        if tfhd_box is None:
+            raise MediaError(f"{name}: {traf.where()}: no tfhd")
+        tfhd = bx.parse(bx.TFHD, tfhd_box, mm, 0, name)
+        ft = wanted.get(tfhd.track_id)
+        defaults = trex.get(tfhd.track_id)
+        if ft is None:
+            continue
+        if defaults is None:
+            raise MediaError(f"{name}: track {tfhd.track_id} has no trex")
+        if tfhd.flags & bx.TFHD_BASE_DATA_OFFSET:
+            base = tfhd.base_data_offset
+        elif tfhd.flags & bx.TFHD_DEFAULT_BASE_IS_MOOF:
+            base = moof.start
+        else:
+            base = next_base
+        tfdt = bx.find(kids, b"tfdt")
+        if tfdt is not None and ft.first_decode_time is None:
+            ft.first_decode_time = bx.parse(bx.TFDT, tfdt, mm, 0, name) \
+                .base_media_decode_time
+        default = {
+            "duration": tfhd.default_sample_duration
+            if tfhd.default_sample_duration is not None
+            else defaults.default_sample_duration,
+            "size": tfhd.default_sample_size if tfhd.default_sample_size is not None
+            else defaults.default_sample_size,
+            "flags": tfhd.default_sample_flags if tfhd.default_sample_flags is not None
+            else defaults.default_sample_flags,
+            "cto": 0,
+        }
+        data_end = base
+        for trun in (k for k in kids if k.type == b"trun"):
+            # a copy: a view would pin the mapping past an error
+            data = bytes(trun.data(mm))
+            head = bx.parse(bx.TRUN_HEADER, bx.Box(
+                trun.type, trun.start, trun.body,
+                min(trun.end, trun.body + 16)), mm, 0, name)
+            fields = [f for bit, f in bx.TRUN_SAMPLE_FIELDS if head.flags & bit]
+            at = 8 + 4 * ((head.data_offset is not None) +
+                          (head.first_sample_flags is not None))
+            n = head.sample_count
+            if n * 4 * len(fields) > len(data) - at:
+                raise MediaError(f"{name}: {trun.where()}: {n} samples need "
+                                 f"{n * 4 * len(fields)} bytes, the box holds "
+                                 f"{len(data) - at}")
+            if n == 0:
+                continue
+            table = array.array("I")
+            table.frombytes(data[at:at + n * 4 * len(fields)])
+            if sys.byteorder == "little":
+                table.byteswap()
+            rows = {f: table[i::len(fields)] for i, f in enumerate(fields)}
+            for f, value in default.items():
+                if f not in rows:
+                    rows[f] = array.array("I", [value]) * n
+            if head.first_sample_flags is not None:
+                rows["flags"][0] = head.first_sample_flags
+            offset = base + head.data_offset if head.data_offset is not None \
+                else data_end
+            if not 0 <= offset < 1 << 63:
+                raise MediaError(f"{name}: {trun.where()}: data offset {offset}")
+            ft.add_run(offset, n, rows, name)
+            data_end = offset + sum(rows["size"])
+        next_base = data_end
+
+
 def _read_fragments(mm, moofs: list[bx.Box], traks: list[_Trak], trex: dict,
                     name: str) -> None:
     """Replace the (empty) sample tables of ``traks`` with their fragments'."""
     wanted = {t.track_id: _FragmentTables() for t in traks}
     budget = [bx.MAX_BOXES]
     for moof in moofs:
-        next_base = moof.start
-        for traf in bx.children(mm, moof, name=name, budget=budget):
-            if traf.type != b"traf":
-                continue
-            kids = bx.children(mm, traf, name=name, budget=budget)
-            tfhd_box = bx.find(kids, b"tfhd")
-            if tfhd_box is None:
-                raise MediaError(f"{name}: {traf.where()}: no tfhd")
-            tfhd = bx.parse(bx.TFHD, tfhd_box, mm, 0, name)
-            ft = wanted.get(tfhd.track_id)
-            defaults = trex.get(tfhd.track_id)
-            if ft is None:
-                continue
-            if defaults is None:
-                raise MediaError(f"{name}: track {tfhd.track_id} has no trex")
-            if tfhd.flags & bx.TFHD_BASE_DATA_OFFSET:
-                base = tfhd.base_data_offset
-            elif tfhd.flags & bx.TFHD_DEFAULT_BASE_IS_MOOF:
-                base = moof.start
-            else:
-                base = next_base
-            tfdt = bx.find(kids, b"tfdt")
-            if tfdt is not None and ft.first_decode_time is None:
-                ft.first_decode_time = bx.parse(bx.TFDT, tfdt, mm, 0, name) \
-                    .base_media_decode_time
-            default = {
-                "duration": tfhd.default_sample_duration
-                if tfhd.default_sample_duration is not None
-                else defaults.default_sample_duration,
-                "size": tfhd.default_sample_size if tfhd.default_sample_size is not None
-                else defaults.default_sample_size,
-                "flags": tfhd.default_sample_flags if tfhd.default_sample_flags is not None
-                else defaults.default_sample_flags,
-                "cto": 0,
-            }
-            data_end = base
-            for trun in (k for k in kids if k.type == b"trun"):
-                # a copy: a view would pin the mapping past an error
-                data = bytes(trun.data(mm))
-                head = bx.parse(bx.TRUN_HEADER, bx.Box(
-                    trun.type, trun.start, trun.body,
-                    min(trun.end, trun.body + 16)), mm, 0, name)
-                fields = [f for bit, f in bx.TRUN_SAMPLE_FIELDS if head.flags & bit]
-                at = 8 + 4 * ((head.data_offset is not None) +
-                              (head.first_sample_flags is not None))
-                n = head.sample_count
-                if n * 4 * len(fields) > len(data) - at:
-                    raise MediaError(f"{name}: {trun.where()}: {n} samples need "
-                                     f"{n * 4 * len(fields)} bytes, the box holds "
-                                     f"{len(data) - at}")
-                if n == 0:
-                    continue
-                table = array.array("I")
-                table.frombytes(data[at:at + n * 4 * len(fields)])
-                if sys.byteorder == "little":
-                    table.byteswap()
-                rows = {f: table[i::len(fields)] for i, f in enumerate(fields)}
-                for f, value in default.items():
-                    if f not in rows:
-                        rows[f] = array.array("I", [value]) * n
-                if head.first_sample_flags is not None:
-                    rows["flags"][0] = head.first_sample_flags
-                offset = base + head.data_offset if head.data_offset is not None \
-                    else data_end
-                if not 0 <= offset < 1 << 63:
-                    raise MediaError(f"{name}: {trun.where()}: data offset {offset}")
-                ft.add_run(offset, n, rows, name)
-                data_end = offset + sum(rows["size"])
-            next_base = data_end
+        read_moof(mm, moof, wanted, trex, name, budget)
     for t in traks:
         ft = wanted[t.track_id]
         if t.tables["sample_count"]:
@@ -609,6 +617,23 @@ def read_tracks(mm, size: int, name: str) -> tuple[bx.Box, list[_Trak]]:
     moofs."""
     moov, moofs = find_moov(mm, size, name)
     buf = bytes(mm[moov.start:moov.end])
+    kids, traks = moov_tracks(buf, moov, name)
+    if moofs:
+        _read_fragments(mm, moofs, traks, fragment_defaults(kids, buf, moov, name), name)
+    return moov, traks
+
+
+def fragment_defaults(kids: list[bx.Box], buf, moov: bx.Box, name: str) -> dict[int, object]:
+    """The trex defaults of a fragmented file's tracks, by track ID (``buf``
+    holds the moov's bytes, from ``moov.start``)."""
+    return _trex_defaults(bx.find(kids, b"mvex"), buf, moov.start, name)
+
+
+def moov_tracks(buf, moov: bx.Box, name: str) -> tuple[list[bx.Box], list[_Trak]]:
+    """Parse the ``moov`` box (``buf`` holds its bytes, from ``moov.start``):
+    its child boxes and the video (H.264/H.265) and audio (AAC) tracks to
+    serve, video first, at most one of each (a fragmented file's sample
+    tables are empty here)."""
     base = moov.start
     budget = [bx.MAX_BOXES]
     kids = bx.children(buf, moov, base=base, name=name, budget=budget)
@@ -623,11 +648,7 @@ def read_tracks(mm, size: int, name: str) -> tuple[bx.Box, list[_Trak]]:
             chosen[t.kind] = t
     if not chosen:
         raise MediaError(f"{name}: no H.264, H.265 or AAC track")
-    traks = [chosen[k] for k in ("video", "audio") if k in chosen]
-    if moofs:
-        _read_fragments(mm, moofs, traks, _trex_defaults(bx.find(kids, b"mvex"), buf, base,
-                                                         name), name)
-    return moov, traks
+    return kids, [chosen[k] for k in ("video", "audio") if k in chosen]
 
 
 def index_mp4(media_path: str | os.PathLike,
@@ -654,75 +675,3 @@ def index_mp4(media_path: str | os.PathLike,
     return Mp4Index(size=size, duration_ns=duration,
                     bitrate=size * 8 * 1_000_000_000 // duration if duration else 0,
                     moov_offset=moov.start, tracks=tuple(tracks))
-
-
-class GrowingMp4Index:
-    """A progressive MP4 indexed while its bytes arrive front to back (the
-    proxy fill's order once it holds the ``moov``, wherever that lies).
-
-    ``buf`` holds the whole file at its final size (a mapping of the sparse
-    file a fill writes); the top-level box headers and the ``moov`` must be
-    there when it is made. :meth:`feed` indexes every sample that ends at or
-    before the contiguous prefix it is told of, per track, and returns the
-    new records; they are final (appended, never changed), and together they
-    are exactly what :func:`index_mp4` writes. The C never reads a byte
-    beyond the prefix. Fragmented files are not handled here (their sample
-    tables arrive with their fragments).
-    """
-
-    def __init__(self, buf, size: int, name: str = "<mp4>") -> None:
-        self.name = name
-        self.size = size
-        self.moov, traks = read_tracks(buf, size, name)
-        if any(t.tables["sample_count"] == 0 for t in traks):
-            raise MediaError(f"{name}: fragmented or empty tracks cannot be indexed as "
-                             f"they grow")
-        self._cbuf = ffi.from_buffer(buf)
-        self._tracks = [_CTrack(t, self._cbuf, size, name) for t in traks]
-        self._sent = [0] * len(traks)
-
-    def feed(self, contiguous: int) -> list[bytes]:
-        """Index what the first ``contiguous`` bytes complete: per track, the
-        packed records made since the last call."""
-        out = []
-        for i, ct in enumerate(self._tracks):
-            if not ct.complete:
-                ct.run(max(1, min(contiguous, self.size)))
-            out.append(ct.records(self._sent[i]))
-            self._sent[i] = ct.tr.record_count
-        return out
-
-    @property
-    def complete(self) -> bool:
-        """Every sample of every track is indexed."""
-        return all(ct.complete for ct in self._tracks)
-
-    def tracks(self) -> list[Mp4Track]:
-        """The tracks (video first), with what is indexed so far."""
-        return [ct.track() for ct in self._tracks]
-
-    def blob(self, track: int) -> bytes:
-        """The blob area track ``track``'s BLOB records point into."""
-        return self._tracks[track].blob
-
-    def write_hints(self, track: int, path) -> None:
-        """Write a complete track's hint file (atomically), as index_mp4 does."""
-        ct = self._tracks[track]
-        if not ct.complete:
-            raise MediaError(f"{ct.where}: not indexed to its end yet")
-        write_hint_file(path, ct.header(), ct.records(), ct.blob)
-
-    def close(self) -> None:
-        """Free the C state (the buffer may then be unmapped)."""
-        for ct in self._tracks:
-            ct.free()
-        self._tracks = []
-        if self._cbuf is not None:
-            ffi.release(self._cbuf)
-            self._cbuf = None
-
-    def __enter__(self) -> "GrowingMp4Index":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()

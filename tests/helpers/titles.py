@@ -78,3 +78,20 @@ def make_mp4(seconds: float = 4, *, video: str | None = "h264", audio: bool = Tr
     subprocess.run(cmd, check=True, timeout=300)
     os.replace(tmp, path)
     return path
+
+
+def long_mp4(minutes: float = 2, *, clip_seconds: float = 8, gop: int = 40) -> str:
+    """A progressive MP4 of ``minutes`` made cheaply: a short H.264 + AAC
+    clip (``make_mp4``, a keyframe every ``gop`` frames) copied in a loop
+    (``-stream_loop``, ``-c copy``), moov at the end. Made once."""
+    clip = make_mp4(clip_seconds, gop=gop)
+    path = os.path.join(MEDIA_DIR, f"long-{minutes:g}min-{os.path.basename(clip)}")
+    if os.path.exists(path):
+        return path
+    tmp = path + f".tmp{os.getpid()}.mp4"
+    loops = int(minutes * 60 // clip_seconds) + 1
+    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-y", "-stream_loop",
+                    str(loops), "-i", clip, "-c", "copy", "-t", str(minutes * 60),
+                    "-f", "mp4", tmp], check=True, timeout=300)
+    os.replace(tmp, path)
+    return path
