@@ -11,7 +11,9 @@ download path (``TitleDownloads.answer_pieces``): ETag, Range, HEAD and
 conditional requests as for the title itself.
 
 Only complete titles are served: a filling MP4's ``moov`` and box
-headers may still be holes in the sparse file.
+headers may still be holes in the sparse file (and the proxy fills
+MPEG-TS titles only for now, so an MP4 title is complete from ``kvod
+catalog add``).
 """
 
 from __future__ import annotations
