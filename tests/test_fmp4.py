@@ -282,3 +282,19 @@ def test_flipped_bytes_give_a_media_error_or_a_title(edits, tmp_path_factory):
     for k in range(len(fmp4.plans)):
         fragment = fmp4.fragment(k)
         assert all(0 <= p.start < p.end <= len(data) for p in fragment.parts)
+
+
+def test_a_segment_too_large_to_address_is_a_media_error():
+    # one sync sample, then nothing to cut at: bytes over a trun's reach ...
+    big = TrackSamples(1, "video", 90000, array.array("Q", [0, 2**31]),
+                       array.array("I", [2**31 - 1, 2**31 - 1]), array.array("Q", [0, 3000]),
+                       array.array("I", [3000, 3000]), None, array.array("I", [0]))
+    plans = plan_segments([big], 6.0)
+    assert len(plans) == 1
+    with pytest.raises(MediaError, match="can address"):
+        build_fragment([big], plans[0], 1)
+    # ... or more samples than a moof built in memory should hold
+    n = (1 << 20) + 1
+    many = made_track("video", 90000, [1] * n, n)
+    with pytest.raises(MediaError, match="samples"):
+        build_fragment([many], plan_segments([many], 6.0)[0], 1)

@@ -95,7 +95,13 @@ class Fmp4Hls:
             if k >= len(fmp4.plans):
                 error(request, 404, f"{title.name} has {len(fmp4.plans)} segments")
                 return
-            fragment = fmp4.fragment(k)
+            try:
+                fragment = fmp4.fragment(k)
+            except MediaError as exc:
+                log.warning("HLS of %s: %s", title.name, exc)
+                error(request, 500, f"{title.name}: its cached MP4 cannot be served as "
+                                    f"HLS: {exc}")
+                return
             pieces, what = [fragment.head, *fragment.parts], str(k)
         self.downloads.answer_pieces(request, title, pieces, kind=fmp4.kind,
                                      etag=self._etag(title, what))

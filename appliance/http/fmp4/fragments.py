@@ -39,6 +39,14 @@ from typing import Sequence
 from appliance.http.fmp4 import boxes as w
 from appliance.http.fmp4.samples import TrackSamples
 from appliance.http.ranges import FilePart
+from rtpengine.index.errors import MediaError
+
+#: the most sample bytes one segment may hold: the trun data offsets reach
+#: 2 GiB, less room for the moof
+MAX_SEGMENT_BYTES = (1 << 31) - (64 << 20)
+#: the most samples one segment may hold: its moof (16 bytes a sample) is
+#: built in memory at each request; 6 s of 60 fps video and AAC is ~650
+MAX_SEGMENT_SAMPLES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -166,6 +174,11 @@ def build_fragment(tracks: Sequence[TrackSamples], plan: SegmentPlan,
                    sequence: int) -> Fragment:
     """Segment ``plan`` of ``tracks`` as a fragment numbered ``sequence``
     (from 1): its moof and mdat header, and the file ranges after them."""
+    samples = sum(end - first for first, end in plan.spans)
+    if samples > MAX_SEGMENT_SAMPLES:
+        # the moof is built in memory, 16 bytes a sample
+        raise MediaError(f"segment {sequence - 1} would hold {samples} samples, over "
+                         f"{MAX_SEGMENT_SAMPLES} (too few sync samples to cut at)")
     # runs in decode order per track (the truns' order) ...
     runs = [r for i, (t, (first, end)) in enumerate(zip(tracks, plan.spans))
             for r in _runs(t, i, first, end)]
@@ -181,6 +194,11 @@ def build_fragment(tracks: Sequence[TrackSamples], plan: SegmentPlan,
             parts[-1] = FilePart(parts[-1].start, r.offset + r.size)
         else:
             parts.append(FilePart(r.offset, r.offset + r.size))
+    if payload >= MAX_SEGMENT_BYTES:
+        # a trun's data offset is 32 bits signed: a file with too few sync
+        # samples (or lying tables) cannot be cut this way
+        raise MediaError(f"segment {sequence - 1} would hold {payload} bytes of samples, "
+                         f"over the {MAX_SEGMENT_BYTES} a fragment can address")
     mdat = w.mdat_header(payload)
     # the trun offsets count from the moof's start: its size first, then them
     size = len(_moof(tracks, plan.spans, runs, dict.fromkeys(runs, 0), sequence))
