@@ -21,7 +21,7 @@ back to back in the file) gets its own ``trun`` with its data offset, and
 the ``mdat`` payload is the runs in file order; neighbouring runs of
 different tracks merge, so a segment goes out in one sendfile call, or a
 few (an audio chunk that straddles a cut leaves a small hole at either
-side). The other layout, one track after the other with a single ``trun``
+side; 3 to 5 ranges per segment for the two-hour bench file). The other layout, one track after the other with a single ``trun``
 per ``traf``, is what most packagers write, but from such a file it costs
 a sendfile call per chunk, some 300 of them of 1-2 KB for a 6 s segment.
 Several truns per traf with their own data offsets are plain ISO BMFF
