@@ -253,6 +253,13 @@ def test_tables_that_disagree_are_a_media_error():
                "x")
 
 
+def test_a_chunk_past_2_64_is_a_media_error():
+    source = make_mp4()
+    t = load_title(source, source, 6.0).tracks[0]
+    with pytest.raises(MediaError, match="2\\^64"):
+        expand(_Trak(t, chunk_offsets=array.array("Q", [2**64 - 1])), 2**63, "x")
+
+
 class _Trak:
     """A read_tracks track with one table replaced."""
 

@@ -50,6 +50,13 @@ def is_fmp4_leaf(leaf: bytes) -> bool:
     return leaf == INIT_NAME.encode() or _SEGMENT.fullmatch(leaf) is not None
 
 
+def _cannot_serve(request, title, exc: Exception) -> None:
+    """Answer that ``title``'s cached file is damaged, and how (the daemon
+    and every other title go on)."""
+    log.warning("HLS of %s: %s", title.name, exc)
+    error(request, 500, f"{title.name}: its cached MP4 cannot be served as HLS: {exc}")
+
+
 class Fmp4Hls:
     """The fMP4 side of ``/hls/``, for the MP4 titles of ``downloads``' cache."""
 
@@ -74,9 +81,7 @@ class Fmp4Hls:
         try:
             fmp4 = await self._load(title)
         except (MediaError, OSError) as exc:
-            log.warning("HLS of %s: %s", title.name, exc)
-            error(request, 500, f"{title.name}: its cached MP4 cannot be served as HLS: "
-                                f"{exc}")
+            _cannot_serve(request, title, exc)
             return
         if request._disconnected:
             return
@@ -99,9 +104,7 @@ class Fmp4Hls:
             try:
                 fragment = fmp4.fragment(k)
             except MediaError as exc:
-                log.warning("HLS of %s: %s", title.name, exc)
-                error(request, 500, f"{title.name}: its cached MP4 cannot be served as "
-                                    f"HLS: {exc}")
+                _cannot_serve(request, title, exc)
                 return
             pieces, what = [fragment.head, *fragment.parts], str(k)
         self.downloads.answer_pieces(request, title, pieces, kind=fmp4.kind,

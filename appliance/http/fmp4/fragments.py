@@ -81,7 +81,7 @@ def plan_segments(tracks: Sequence[TrackSamples], target_s: float) -> list[Segme
     lead = tracks[_leader(tracks)]
     target = max(1, round(target_s * lead.timescale))
     times = lead.decode_times
-    # where a segment may start: the sync samples, as (decode time, index)
+    # where a segment may start: the sync samples (None: every sample)
     candidates = list(lead.sync) if lead.sync is not None else None
     cut_times = array.array("Q", (times[i] for i in candidates)) \
         if candidates is not None else times

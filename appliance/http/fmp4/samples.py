@@ -75,8 +75,12 @@ def _offsets(tables: dict, sizes: array.array, name: str) -> array.array:
         for chunk in range(first - 1, last):
             if sample + per_chunk > count:
                 raise MediaError(f"{name}: stsc describes more samples than stsz's {count}")
-            start = chunks[chunk]
-            out.extend(accumulate(sizes[sample:sample + per_chunk - 1], initial=start))
+            try:
+                out.extend(accumulate(sizes[sample:sample + per_chunk - 1],
+                                      initial=chunks[chunk]))
+            except OverflowError:
+                raise MediaError(f"{name}: chunk {chunk + 1} at offset {chunks[chunk]} "
+                                 f"runs past 2^64") from None
             sample += per_chunk
     if sample != count:
         raise MediaError(f"{name}: stsc describes {sample} samples, stsz {count}")
