@@ -10,7 +10,8 @@ import time
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from appliance.http.playlist import Cut, Segment, media_playlist, segments, ts_init_section
+from appliance.http.playlist import (Cut, Segment, fmp4_playlist, media_playlist, segments,
+                                     ts_init_section)
 from tests.helpers.daemon import KvodDaemon
 from tests.helpers.origins import FaultOrigin
 from tests.helpers.web import curl
@@ -56,6 +57,15 @@ def test_playlist_text():
     event = media_playlist([Segment(0, 10, 7.6)], "/t", final=False, target_s=6)
     assert "#EXT-X-PLAYLIST-TYPE:EVENT" in event and "#EXT-X-ENDLIST" not in event
     assert "#EXT-X-TARGETDURATION:8" in event
+
+
+def test_fmp4_playlist_text():
+    text = fmp4_playlist([6.0, 6.5, 1.25], "init.mp4", "{}.m4s", target_s=6)
+    assert text.splitlines() == [
+        "#EXTM3U", "#EXT-X-VERSION:7", "#EXT-X-TARGETDURATION:7", "#EXT-X-MEDIA-SEQUENCE:0",
+        "#EXT-X-PLAYLIST-TYPE:VOD", "#EXT-X-INDEPENDENT-SEGMENTS", '#EXT-X-MAP:URI="init.mp4"',
+        "#EXTINF:6.000000,", "0.m4s", "#EXTINF:6.500000,", "1.m4s",
+        "#EXTINF:1.250000,", "2.m4s", "#EXT-X-ENDLIST"]
 
 
 def test_init_section_of_a_real_file(ts_file):

@@ -13,6 +13,7 @@ from appliance.bench.rtsp_client import RtpReceiver, RtspClient
 from appliance.http.pages import STATIC_DIR
 from tests.helpers.browser import chromium, screenshot
 from tests.helpers.daemon import KvodDaemon
+from tests.helpers.titles import make_mp4
 from tests.helpers.web import curl
 
 pytestmark = pytest.mark.integration
@@ -26,6 +27,7 @@ def daemon(tmp_path_factory, ts_file):
     d = KvodDaemon(str(tmp_path_factory.mktemp("kvod")), http=True,
                    http_keys="target_duration = 2\n")
     d.add(ts_file, "movies/first")
+    d.add(make_mp4(seconds=8), "movies/mp4")     # HLS through fMP4 segments
     d.start()
     yield d
     assert d.stop() == 0, d.log()
@@ -50,9 +52,11 @@ def test_static_files_and_no_listing(daemon):
     assert curl(base + "/static/%2e%2e/pages.py", "--path-as-is").status == 404
 
 
-def test_the_player_page_plays_a_title(daemon):
+@pytest.mark.parametrize("name,width,shot", [("movies/first", 640, "player"),
+                                             ("movies/mp4", 320, "player-mp4")])
+def test_the_player_page_plays_a_title(daemon, name, width, shot):
     with chromium() as browser:
-        browser.get(f"http://127.0.0.1:{daemon.http_port}/player/movies/first")
+        browser.get(f"http://127.0.0.1:{daemon.http_port}/player/{name}")
         time_now = lambda: browser.execute_script(  # noqa: E731
             "return document.getElementById('video').currentTime")
         error = lambda: browser.execute_script(  # noqa: E731
@@ -65,9 +69,9 @@ def test_the_player_page_plays_a_title(daemon):
             time.sleep(1.0)
             assert time_now() > first                    # it goes on playing
             assert browser.execute_script(
-                "return document.getElementById('video').videoWidth") == 640
+                "return document.getElementById('video').videoWidth") == width
         finally:
-            path = screenshot(browser, "player")
+            path = screenshot(browser, shot)
         assert os.path.getsize(path) > 10_000
 
 

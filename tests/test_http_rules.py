@@ -9,7 +9,7 @@ from hypothesis import given, settings, strategies as st
 from appliance.http.conditional import (Conditions, evaluate, http_date, if_range_holds,
                                         title_etag)
 from appliance.http.ranges import (MAX_RANGES, FilePart, Unsatisfiable, multipart_body,
-                                   parse_range)
+                                   parse_range, slice_pieces)
 
 ETAG = '"abc"'
 MODIFIED = http_date(1_700_000_000)
@@ -150,3 +150,22 @@ def test_http_config_section():
         with pytest.raises(ConfigError) as caught:
             Config.from_dict({"http": bad})
         assert caught.value.key == key
+
+
+_pieces = st.lists(st.one_of(st.binary(min_size=0, max_size=6),
+                             st.tuples(st.integers(0, 40), st.integers(0, 8)).map(
+                                 lambda t: FilePart(t[0], t[0] + t[1]))), max_size=8)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_pieces, st.integers(0, 80), st.integers(0, 80))
+def test_a_slice_of_pieces_is_that_slice_of_their_bytes(pieces, a, b):
+    # a file whose byte at offset i is i: a FilePart's bytes are its offsets
+    file = bytes(range(256))
+
+    def flat(ps):
+        return b"".join(p if isinstance(p, bytes) else file[p.start:p.end] for p in ps)
+    start, end = min(a, b), max(a, b)
+    sliced = slice_pieces(pieces, start, end)
+    assert flat(sliced) == flat(pieces)[start:end]
+    assert all((len(p) if isinstance(p, bytes) else p.end - p.start) > 0 for p in sliced)

@@ -24,8 +24,8 @@ from twisted.web import resource, server
 
 from appliance.cache.origin import OriginError
 from appliance.http.conditional import Conditions, evaluate, http_date, title_etag
-from appliance.http.ranges import (FilePart, Unsatisfiable, content_range, multipart_body,
-                                   parse_range)
+from appliance.http.ranges import (FilePart, Piece, Unsatisfiable, content_range,
+                                   multipart_body, parse_range, piece_length, slice_pieces)
 from appliance.http.sendfile_body import ReadBody, SendfileBody, can_sendfile
 from catalog import InvalidTitleName, validate_title_name
 from catalog.byte_ranges import end_from, normalize
@@ -155,9 +155,22 @@ class TitleDownloads(resource.Resource):
     def answer(self, request, title) -> None:
         """Answer a GET or HEAD of servable ``title``'s bytes."""
         size = title.size or os.stat(title.media_path).st_size
-        etag = title_etag(title.name, title.created, size, title.etag, title.last_modified)
+        self.answer_pieces(request, title, [FilePart(0, size)], kind=content_type(
+            title.container), etag=self.etag(title))
+
+    def etag(self, title) -> str:
+        """The strong ETag of ``title``'s bytes as they are cached."""
+        size = title.size or os.stat(title.media_path).st_size
+        return title_etag(title.name, title.created, size, title.etag, title.last_modified)
+
+    def answer_pieces(self, request, title, body: list[Piece], *, kind: str,
+                      etag: str) -> None:
+        """Answer a GET or HEAD of a representation of servable ``title``
+        made of ``body`` (literal bytes and parts of its file, which go out
+        with sendfile), whose media type is ``kind`` and whose ETag is
+        ``etag``: the conditions, ranges and validators of a download."""
+        size = sum(piece_length(p) for p in body)
         modified = title.last_modified or http_date(title.created)
-        kind = content_type(title.container)
         method = request.method.decode("ascii", "replace")
         header = lambda name: _text(request.getHeader(name))  # noqa: E731
         request.setHeader(b"Accept-Ranges", b"bytes")
@@ -185,27 +198,31 @@ class TitleDownloads(resource.Resource):
                 request.finish()
                 return
         if ranges is None:
-            pieces, length = [FilePart(0, size)], size
+            pieces, length = body, size
             request.setHeader(b"Content-Type", kind.encode())
         elif len(ranges) == 1:
             (start, end), = ranges
             request.setResponseCode(206)
             request.setHeader(b"Content-Range", content_range(start, end, size).encode())
             request.setHeader(b"Content-Type", kind.encode())
-            pieces, length = [FilePart(start, end)], end - start
+            pieces, length = slice_pieces(body, start, end), end - start
         else:
             boundary = secrets.token_hex(12)
             request.setResponseCode(206)
             request.setHeader(b"Content-Type",
                               f"multipart/byteranges; boundary={boundary}".encode())
-            pieces, length = multipart_body(ranges, size, kind, boundary)
+            parts, length = multipart_body(ranges, size, kind, boundary)
+            # each part's range of the representation, as pieces of the body
+            pieces = [q for p in parts for q in
+                      ([p] if isinstance(p, bytes) else slice_pieces(body, p.start, p.end))]
         request.setHeader(b"Content-Length", str(length).encode())
         if method == "HEAD":
             request.finish()
             return
         fill = self.cache.fill_for(title.name)
+        file_size = title.size or os.stat(title.media_path).st_size
         source = FillSource(fill, request) if fill is not None and not fill.complete \
-            else StaticSource([(0, size)] if title.state == "complete"
+            else StaticSource([(0, file_size)] if title.state == "complete"
                               else self.cache.catalog.cached_ranges(title.name))
         fd = os.open(title.media_path, os.O_RDONLY | os.O_CLOEXEC)
         self.serving[title.name] += 1
@@ -215,8 +232,8 @@ class TitleDownloads(resource.Resource):
             if not self.serving[name]:
                 del self.serving[name]
             self.bytes_sent += sent
-        body = SendfileBody if can_sendfile(request.channel.transport) else ReadBody
-        body(request, self.reactor, fd, pieces, source, on_end=ended).start()
+        sender = SendfileBody if can_sendfile(request.channel.transport) else ReadBody
+        sender(request, self.reactor, fd, pieces, source, on_end=ended).start()
 
 
 def _text(value: Optional[bytes]) -> Optional[str]:

@@ -4,6 +4,8 @@ title's download under a name with the extension players insist on
 (ffmpeg's allowed_segment_extensions), so they go out through the download
 path and its sendfile.
 
+MP4 titles get fMP4 segments instead (``appliance.http.hls_fmp4``).
+
 A complete title gets a VOD playlist; a title still filling gets an EVENT
 playlist of the segments its hint records already close, which grows as
 the fill goes on (players reload it).
@@ -21,6 +23,7 @@ from twisted.internet.defer import Deferred
 from twisted.web import resource, server
 
 from appliance.http.download import TitleDownloads, error
+from appliance.http.hls_fmp4 import Fmp4Hls, is_fmp4_leaf
 from appliance.http.playlist import (hint_records, keyframe_cuts, media_playlist, segments,
                                      ts_init_section)
 from rtpengine.hintfile import HintHeader, HEADER_SIZE
@@ -47,6 +50,7 @@ class HlsPlaylists(resource.Resource):
         self.cache = downloads.cache
         self.target_duration = target_duration
         self._made: OrderedDict[tuple, str] = OrderedDict()
+        self.fmp4 = Fmp4Hls(downloads, target_duration)
 
     def render_GET(self, request) -> int:  # noqa: N802 (Twisted API)
         d = Deferred.fromCoroutine(self._serve(request))
@@ -57,17 +61,25 @@ class HlsPlaylists(resource.Resource):
 
     async def _serve(self, request) -> None:
         path = request.postpath
-        if len(path) < 2 or path[-1] not in (b"index.m3u8", MEDIA_NAME.encode()):
+        if len(path) < 2 or not (path[-1] in (b"index.m3u8", MEDIA_NAME.encode())
+                                 or is_fmp4_leaf(path[-1])):
             error(request, 404, f"ask for /hls/NAME/index.m3u8 or /hls/NAME/{MEDIA_NAME}")
             return
         title = await self.downloads.servable_title(request, path[:-1])
         if title is None or request._disconnected:
             return
+        if title.container == "mp4":
+            await self.fmp4.serve(request, title, path[-1])
+            return
+        if path[-1] not in (b"index.m3u8", MEDIA_NAME.encode()):
+            error(request, 404, f"{title.name} is not an MP4 title: ask for "
+                                f"/hls/NAME/index.m3u8 or /hls/NAME/{MEDIA_NAME}")
+            return
         if path[-1] != b"index.m3u8":
             self.downloads.answer(request, title)
             return
         if title.container != "mpegts" or not title.tracks:
-            error(request, 415, f"{title.name}: HLS is for MPEG-TS titles")
+            error(request, 415, f"{title.name}: HLS is for MPEG-TS and MP4 titles")
             return
         # a title that just started filling has no closed segment yet: the
         # player's first request waits for one rather than failing

@@ -1,4 +1,5 @@
-"""HLS media playlists (RFC 8216) of byte ranges of a cached MPEG-TS file.
+"""HLS media playlists (RFC 8216) of byte ranges of a cached MPEG-TS file
+(and, at the end, the playlist of an MP4 title's fMP4 segments).
 
 The title is not re-muxed: each segment is an ``#EXT-X-BYTERANGE`` of the
 cached file, cut where a hint record starts a keyframe, so a browser plays
@@ -119,17 +120,22 @@ def _pat_pmt_pids(packet: bytes) -> set[int]:
     return pids
 
 
+def _target_duration(durations: Sequence[float], target_s: float) -> int:
+    """The EXT-X-TARGETDURATION of segments of ``durations``."""
+    longest = max(durations, default=target_s)
+    # RFC 8216 4.3.3.1: every EXTINF rounded to the nearest integer is at
+    # most the target duration
+    # and an EVENT playlist's target must not change as it grows: start from
+    # the configured one
+    return max(1, math.ceil(target_s), math.floor(longest + 0.5))
+
+
 def media_playlist(parts: Iterable[Segment], uri: str, *, final: bool,
                    init: Optional[tuple[int, int]] = None, target_s: float = 6.0) -> str:
     """The text of a media playlist of ``parts`` of the file at ``uri``:
     VOD with an end when ``final``, else EVENT (it only grows)."""
     parts = list(parts)
-    longest = max((p.duration for p in parts), default=target_s)
-    # RFC 8216 4.3.3.1: every EXTINF rounded to the nearest integer is at
-    # most the target duration
-    # and an EVENT playlist's target must not change as it grows: start from
-    # the configured one
-    target = max(1, math.ceil(target_s), math.floor(longest + 0.5))
+    target = _target_duration([p.duration for p in parts], target_s)
     lines = ["#EXTM3U", "#EXT-X-VERSION:6", f"#EXT-X-TARGETDURATION:{target}",
              "#EXT-X-MEDIA-SEQUENCE:0",
              f"#EXT-X-PLAYLIST-TYPE:{'VOD' if final else 'EVENT'}",
@@ -141,4 +147,19 @@ def media_playlist(parts: Iterable[Segment], uri: str, *, final: bool,
                   f"#EXT-X-BYTERANGE:{part.length}@{part.offset}", uri]
     if final:
         lines.append("#EXT-X-ENDLIST")
+    return "\n".join(lines) + "\n"
+
+
+def fmp4_playlist(durations: Sequence[float], init_uri: str, segment_uri: str, *,
+                  target_s: float = 6.0) -> str:
+    """The text of a VOD media playlist of fMP4 segments (RFC 8216 version
+    7): the init segment at ``init_uri``, segment ``k`` (from 0) of
+    ``durations[k]`` seconds at ``segment_uri.format(k)``."""
+    lines = ["#EXTM3U", "#EXT-X-VERSION:7",
+             f"#EXT-X-TARGETDURATION:{_target_duration(durations, target_s)}",
+             "#EXT-X-MEDIA-SEQUENCE:0", "#EXT-X-PLAYLIST-TYPE:VOD",
+             "#EXT-X-INDEPENDENT-SEGMENTS", f'#EXT-X-MAP:URI="{init_uri}"']
+    for k, duration in enumerate(durations):
+        lines += [f"#EXTINF:{duration:.6f},", segment_uri.format(k)]
+    lines.append("#EXT-X-ENDLIST")
     return "\n".join(lines) + "\n"

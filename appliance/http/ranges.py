@@ -100,3 +100,26 @@ def multipart_body(ranges: list[tuple[int, int]], size: int, content_type: str,
     pieces.append(f"\r\n--{boundary}--\r\n".encode())
     length = sum(len(p) if isinstance(p, bytes) else p.end - p.start for p in pieces)
     return pieces, length
+
+
+def piece_length(piece: Piece) -> int:
+    """How many bytes ``piece`` adds to a body."""
+    return len(piece) if isinstance(piece, bytes) else piece.end - piece.start
+
+
+def slice_pieces(pieces: list[Piece], start: int, end: int) -> list[Piece]:
+    """Bytes ``[start, end)`` of the body that ``pieces`` make, as pieces:
+    a range of a representation built from literal bytes and file parts
+    (an fMP4 segment: its moof in memory, its samples in the file)."""
+    out: list[Piece] = []
+    at = 0
+    for piece in pieces:
+        length = piece_length(piece)
+        lo, hi = max(start - at, 0), min(end - at, length)
+        if lo < hi:
+            out.append(piece[lo:hi] if isinstance(piece, bytes)
+                       else FilePart(piece.start + lo, piece.start + hi))
+        at += length
+        if at >= end:
+            break
+    return out

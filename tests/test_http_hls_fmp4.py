@@ -1,0 +1,146 @@
+"""HLS of MP4 titles through fMP4 segments, against the real daemon: ffmpeg
+receives every frame (the same bytes as the file's), every segment starts
+on a sync sample, the segments are cacheable downloads (ETag, Range, HEAD),
+and a damaged MP4 is a clear HTTP error."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+
+import pytest
+
+from tests.helpers.daemon import KvodDaemon, tracebacks
+from tests.helpers.titles import make_mp4
+from tests.helpers.web import curl
+
+pytestmark = pytest.mark.integration
+
+TITLES = {
+    "movie": dict(),                            # H.264 (B-frames) + AAC, moov at the end
+    "hevc": dict(video="hevc"),
+    "audio": dict(video=None),
+}
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory):
+    d = KvodDaemon(str(tmp_path_factory.mktemp("kvod")), http=True,
+                   http_keys="target_duration = 1\n")
+    for name, kw in TITLES.items():
+        d.add(make_mp4(**kw), name)
+    d.add(make_mp4(faststart=True), "truncated")
+    d.add(make_mp4(), "lying")
+    d.start()
+    yield d
+    assert d.stop() == 0, d.log()
+    assert not tracebacks(d.log()), tracebacks(d.log())
+
+
+def hls(daemon, name: str, leaf: str = "index.m3u8") -> str:
+    return f"http://127.0.0.1:{daemon.http_port}/hls/{name}/{leaf}"
+
+
+def frames(source: str, stream: str) -> list[str]:
+    """(size, md5) of every packet of ``stream``, in order, copied."""
+    out = subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-i", source, "-map",
+                          f"0:{stream}", "-c", "copy", "-f", "framemd5", "-"],
+                         capture_output=True, text=True, timeout=120, check=True).stdout
+    return [",".join(f.strip() for f in line.split(",")[4:6])
+            for line in out.splitlines() if line and not line.startswith("#")]
+
+
+def test_the_playlist_is_version_7_with_an_init_segment(daemon):
+    answer = curl(hls(daemon, "movie"))
+    assert answer.status == 200
+    assert answer.headers["content-type"] == "application/vnd.apple.mpegurl"
+    text = answer.body.decode()
+    assert "#EXT-X-VERSION:7" in text and '#EXT-X-MAP:URI="init.mp4"' in text
+    assert "#EXT-X-PLAYLIST-TYPE:VOD" in text and text.endswith("#EXT-X-ENDLIST\n")
+    durations = [float(d) for d in re.findall(r"#EXTINF:([\d.]+),\n\d+\.m4s\n", text)]
+    assert len(durations) == 4 and sum(durations) == pytest.approx(4.0, abs=0.05)
+
+
+@pytest.mark.parametrize("name,streams", [("movie", "va"), ("hevc", "va"), ("audio", "a")])
+def test_ffmpeg_receives_every_frame(daemon, name, streams, tmp_path):
+    source = make_mp4(**TITLES[name])
+    for stream in streams:
+        got, want = frames(hls(daemon, name), stream), frames(source, stream)
+        # the same packets, byte for byte, in the same order
+        assert len(got) == len(want) and got == want, (stream, len(got), len(want))
+    out = tmp_path / "copy.mp4"
+    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-i", hls(daemon, name), "-c",
+                    "copy", str(out)], check=True, timeout=120)
+    assert out.stat().st_size > 0.9 * os.path.getsize(source)
+
+
+@pytest.mark.parametrize("name", ["movie", "hevc"])
+def test_every_segment_starts_on_a_sync_sample(daemon, name):
+    text = curl(hls(daemon, name)).body.decode()
+    init = curl(hls(daemon, name, "init.mp4")).body
+    segments = re.findall(r"^(\d+\.m4s)$", text, re.M)
+    assert len(segments) >= 3
+    for leaf in segments:
+        piece = init + curl(hls(daemon, name, leaf)).body
+        flags = subprocess.run(
+            ["ffprobe", "-v", "error", "-select_streams", "v", "-show_entries",
+             "packet=flags", "-of", "csv=p=0", "-"], input=piece, capture_output=True,
+            check=True, timeout=30).stdout.decode().split()
+        assert flags and flags[0].startswith("K"), (leaf, flags[:3])
+
+
+def test_segments_are_cacheable_downloads(daemon):
+    url = hls(daemon, "movie", "1.m4s")
+    whole = curl(url)
+    assert whole.status == 200 and whole.headers["content-type"] == "video/mp4"
+    assert int(whole.headers["content-length"]) == len(whole.body) > 1000
+    assert whole.body[4:8] == b"moof"
+    etag = whole.headers["etag"]
+    assert curl(url).body == whole.body and curl(url).headers["etag"] == etag
+    head = curl(url, "-I")
+    assert head.status == 200 and head.headers["content-length"] == str(len(whole.body))
+    # a range across the moof, the mdat header and the file's bytes
+    part = curl(url, "-r", "100-20099")
+    assert part.status == 206 and part.body == whole.body[100:20100]
+    assert part.headers["content-range"] == f"bytes 100-20099/{len(whole.body)}"
+    multi = curl(url, "-r", "0-9,-10")
+    assert multi.status == 206 and "multipart/byteranges" in multi.headers["content-type"]
+    assert whole.body[:10] in multi.body and whole.body[-10:] in multi.body
+    assert int(multi.headers["content-length"]) == len(multi.body)
+    assert curl(url, "-H", f"If-None-Match: {etag}").status == 304
+    assert curl(url, "-r", "0-9", "-H", 'If-Range: "other"').body == whole.body
+    assert curl(hls(daemon, "movie", "0.m4s")).headers["etag"] != etag
+    init = curl(hls(daemon, "movie", "init.mp4"))
+    assert init.status == 200 and init.body[4:8] == b"ftyp"
+    assert int(init.headers["content-length"]) == len(init.body)
+    assert curl(hls(daemon, "movie", "99.m4s")).status == 404
+    assert curl(hls(daemon, "movie", "01.m4s")).status == 404
+
+
+def _damage(daemon, name: str, edit) -> None:
+    path = os.path.join(daemon.folder, "cache", "titles", name, "media.ts")
+    with open(path, "rb") as f:
+        data = bytearray(f.read())
+    with open(path, "wb") as f:
+        f.write(edit(data))
+
+
+def test_a_damaged_mp4_is_a_clear_error_and_the_others_play_on(daemon):
+    # damaged behind the daemon's back, after it was indexed whole
+    _damage(daemon, "truncated", lambda d: d[:len(d) * 2 // 3])
+
+    def bad_chunk(data: bytearray) -> bytearray:
+        at = data.rindex(b"stco") + 12          # the first chunk offset
+        data[at:at + 4] = b"\xff\xff\xff\x00"
+        return data
+    _damage(daemon, "lying", bad_chunk)
+    for name, why in (("truncated", "truncated"), ("lying", "run to offset")):
+        for leaf in ("index.m3u8", "init.mp4", "0.m4s"):
+            answer = curl(hls(daemon, name, leaf))
+            assert answer.status == 500, (name, leaf, answer.status)
+            text = answer.body.decode()
+            assert "cannot be served as HLS" in text and why in text, text
+    assert curl(hls(daemon, "movie")).status == 200
+    assert curl(hls(daemon, "movie", "2.m4s")).status == 200
+    assert daemon.proc.poll() is None
