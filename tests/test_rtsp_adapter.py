@@ -170,15 +170,20 @@ def test_a_request_flood_is_answered_503_then_cut_off():
     assert transport.disconnecting
 
 
-def test_session_timer_expires_idle_sessions_on_the_clock():
-    clock = Clock()
+def _timer_with_a_session(clock: Clock):
+    """A session timer on ``clock`` and one session set up through the adapter."""
     server, factory, media, requests = make(clock)
     timer = SessionTimer(server, clock, clock=clock.seconds)
     timer.startService()
     proto, transport = connect(factory)
-    proto.dataReceived(b"SETUP rtsp://h/movie/trackID=0 RTSP/1.0\r\nCSeq: 1\r\n"
-                       b"Transport: RTP/AVP;unicast;client_port=5000-5001\r\n\r\n")
+    set_up_session(proto, 1, 5000)
     timer.rearm()
+    return server, media, proto, timer
+
+
+def test_session_timer_expires_idle_sessions_on_the_clock():
+    clock = Clock()
+    server, media, proto, timer = _timer_with_a_session(clock)
     assert len(clock.getDelayedCalls()) == 1
     clock.advance(59)
     assert len(server.sessions) == 1
@@ -191,13 +196,7 @@ def test_session_timer_expires_idle_sessions_on_the_clock():
 
 def test_session_timer_follows_sessions_kept_alive_and_one_timer_is_armed():
     clock = Clock()
-    server, factory, media, requests = make(clock)
-    timer = SessionTimer(server, clock, clock=clock.seconds)
-    timer.startService()
-    proto, transport = connect(factory)
-    proto.dataReceived(b"SETUP rtsp://h/movie/trackID=0 RTSP/1.0\r\nCSeq: 1\r\n"
-                       b"Transport: RTP/AVP;unicast;client_port=5000-5001\r\n\r\n")
-    timer.rearm()
+    server, media, proto, timer = _timer_with_a_session(clock)
     session = next(iter(server.sessions))
     for _ in range(3):                       # requests rearm: still one timer
         clock.advance(30)

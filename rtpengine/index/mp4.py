@@ -651,6 +651,16 @@ def moov_tracks(buf, moov: bx.Box, name: str) -> tuple[list[bx.Box], list[_Trak]
     return kids, [chosen[k] for k in ("video", "audio") if k in chosen]
 
 
+def map_mp4(path: str, name: str) -> tuple[mmap.mmap, int]:
+    """The MP4 at ``path`` mapped read-only, and its size; MediaError if it
+    is too short to be one (``name`` says which title in the message)."""
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size < 8:
+            raise MediaError(f"{name}: {size} bytes is not an MP4")
+        return mmap.mmap(f.fileno(), size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ), size
+
+
 def index_mp4(media_path: str | os.PathLike,
               hint_path_for: Callable[[int], str | os.PathLike]) -> Mp4Index:
     """Index the MP4 at ``media_path``: track ``i`` (video first, then audio)
@@ -658,11 +668,7 @@ def index_mp4(media_path: str | os.PathLike,
     if the file is not a progressive MP4 with an H.264/H.265 or AAC track,
     or if its boxes or tables are malformed or disagree."""
     name = os.fspath(media_path)
-    with open(name, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        if size < 8:
-            raise MediaError(f"{name}: {size} bytes is not an MP4")
-        mm = mmap.mmap(f.fileno(), size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
+    mm, size = map_mp4(name, name)
     try:
         moov, traks = read_tracks(mm, size, name)
         tracks = []

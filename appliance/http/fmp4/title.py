@@ -3,16 +3,13 @@ and its segment plan, from the cached file."""
 
 from __future__ import annotations
 
-import mmap
-import os
 from dataclasses import dataclass
 
 from appliance.http.fmp4.fragments import Fragment, SegmentPlan, build_fragment, plan_segments
 from appliance.http.fmp4.init_segment import init_segment
 from appliance.http.fmp4.samples import TrackSamples, expand
 from appliance.http.playlist import fmp4_playlist
-from rtpengine.index.errors import MediaError
-from rtpengine.index.mp4 import read_tracks
+from rtpengine.index.mp4 import map_mp4, read_tracks
 
 #: the names the playlist gives the init segment and segment k, beside it
 INIT_NAME = "init.mp4"
@@ -40,11 +37,7 @@ class Fmp4Title:
 
 def load_title(path: str, name: str, target_s: float) -> Fmp4Title:
     """Parse the MP4 at ``path`` and cut it: MediaError if it cannot be."""
-    with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        if size < 8:
-            raise MediaError(f"{name}: {size} bytes is not an MP4")
-        mm = mmap.mmap(f.fileno(), size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
+    mm, size = map_mp4(path, name)
     try:
         moov, traks = read_tracks(mm, size, name)
         moov_bytes = bytes(mm[moov.start:moov.end])
