@@ -895,9 +895,13 @@ class TitleFill:
         index = await threads.deferToThread(self._index.finish, self.size, self.hint_path)
         self._hints.close()
         self._hints = None
-        self.catalog.update_title(self.name, duration_ns=index.duration_ns,
-                                  bitrate=index.bitrate)
-        self.catalog.replace_tracks(self.name, [self._track(index.records)])
+        self._complete(index.duration_ns, index.bitrate, [self._track(index.records)], 1)
+
+    def _complete(self, duration_ns: int, bitrate: int | None, tracks: list, count: int) -> None:
+        """Record the title complete with its ``tracks`` (catalog rows), tell
+        the viewers of its ``count`` tracks their final hints, and end."""
+        self.catalog.update_title(self.name, duration_ns=duration_ns, bitrate=bitrate)
+        self.catalog.replace_tracks(self.name, tracks)
         # the file that was indexed, whole: what SETUP checks it against
         st = os.fstat(self._fd)
         self.catalog.update_title(self.name, media_inode=st.st_ino,
@@ -907,9 +911,10 @@ class TitleFill:
         self.finished_at = time.monotonic()
         log.info("fill %s: complete, %d bytes in %.2f s (%d fetched from the origin)",
                  self.name, self.size, self.finished_at - self.started_at, self.bytes_fetched)
-        update = self.hints()
-        for listener in list(self.listeners):
-            listener.hints_grew(update)
+        for i in range(count):
+            update = self.hints(i)
+            for listener in list(self.listeners):
+                listener.hints_grew(update)
         self._end(None)
 
     async def _restart_copy(self) -> None:

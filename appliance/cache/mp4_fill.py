@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from dataclasses import dataclass
 from typing import Optional
 
@@ -296,24 +295,9 @@ class Mp4TitleFill(TitleFill):
             hints.close()
         self._track_hints, self._hints = [], None
         self._counts = counts
-        tracks = self._index.tracks()
-        duration = max(t.duration_ns for t in tracks)
-        self.catalog.update_title(self.name, duration_ns=duration,
-                                  bitrate=self.size * 8 * 10**9 // duration if duration else None)
-        self.catalog.replace_tracks(self.name, self._track_rows())
-        st = os.fstat(self._fd)
-        self.catalog.update_title(self.name, media_inode=st.st_ino,
-                                  media_mtime_ns=st.st_mtime_ns)
-        self.catalog.set_state(self.name, "complete")
-        self.complete = True
-        self.finished_at = time.monotonic()
-        log.info("fill %s: complete, %d bytes in %.2f s (%d fetched from the origin)",
-                 self.name, self.size, self.finished_at - self.started_at, self.bytes_fetched)
-        for i in range(len(counts)):
-            update = self.hints(i)
-            for listener in list(self.listeners):
-                listener.hints_grew(update)
-        self._end(None)
+        duration = max(t.duration_ns for t in self._index.tracks())
+        self._complete(duration, self.size * 8 * 10**9 // duration if duration else None,
+                       self._track_rows(), len(counts))
 
     def _write_final(self, counts: list[int]) -> None:
         """In a worker thread: each track's final hint file, the very records
