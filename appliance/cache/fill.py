@@ -61,6 +61,10 @@ _TAIL = "the title's tail"   # the fill's own want, among the viewers' ones
 # While a long request runs, what came so far is made durable this often, so
 # a crash loses at most this much of a slow fill.
 SYNC_INTERVAL = 0.5
+# ... and once this many bytes came since the last fsync began: a fast fill
+# then hands the disk its bytes while more arrive, instead of one long
+# fsync of the whole title at the end.
+SYNC_BYTES = 32 << 20
 
 
 class CacheWriteError(OriginError):
@@ -161,6 +165,7 @@ class TitleFill:
         self._sync: Optional[defer.Deferred] = None
         self._sync_again = False
         self._last_sync = 0.0
+        self._unsynced = 0         # bytes stored since the last fsync began
         self._sync_call = None
         self._indexing: Optional[defer.Deferred] = None
         self._index_again = False
@@ -594,10 +599,12 @@ class TitleFill:
                 if not data:
                     return
             self._store(offset, data)
+            self._unsynced += len(data)
             self._kick_index()
             if self._tail_start is not None:
                 self._estimate_duration()
-            if time.monotonic() - self._last_sync >= SYNC_INTERVAL:
+            if self._unsynced >= SYNC_BYTES or \
+                    time.monotonic() - self._last_sync >= SYNC_INTERVAL:
                 self._kick_sync()
         return sink
 
@@ -605,8 +612,9 @@ class TitleFill:
 
     def _kick_sync(self, *, now: bool = False) -> None:
         """fsync, then record what it made durable: at most once a
-        SYNC_INTERVAL (a fast fill would otherwise fsync after every chunk),
-        or ``now`` when the fill settles."""
+        SYNC_INTERVAL (a fast fill would otherwise fsync after every chunk)
+        unless SYNC_BYTES came since the last one, or ``now`` when the fill
+        settles."""
         if not self._started or self._quiet:
             return
         if self._sync is not None:
@@ -616,12 +624,13 @@ class TitleFill:
         if not todo or self._fd is None:
             return
         wait = self._last_sync + SYNC_INTERVAL - time.monotonic()
-        if wait > 0 and not now:
+        if wait > 0 and not now and self._unsynced < SYNC_BYTES:
             if self._sync_call is None or not self._sync_call.active():
                 self._sync_call = self.reactor.callLater(wait, self._kick_sync)
             return
         generation = self._generation
         self._last_sync = time.monotonic()
+        self._unsynced = 0
         if self.writer is not None:
             self._sync = self.writer.run(_sync_and_record, self._fd, self.name, todo)
             self._sync.addCallbacks(lambda _: self._synced(todo, generation, recorded=True),
