@@ -46,6 +46,7 @@ from appliance.cache.fill_plan import back_off, next_request
 from appliance.cache.layout import hint_path, media_path
 from appliance.cache.origin import (OriginChanged, OriginError, Probe, RangesIgnored,
                                     Validator)
+from appliance.cache.request_size import RequestSize
 from appliance.cache.seek_ahead import SeekSegment, estimate_offset
 from catalog import TitleNotFound
 from catalog.byte_ranges import Range, add, end_from, subtract, union
@@ -166,6 +167,7 @@ class TitleFill:
         self._sync_again = False
         self._last_sync = 0.0
         self._unsynced = 0         # bytes stored since the last fsync began
+        self._request_size = RequestSize(settings.chunk_bytes)
         self._sync_call = None
         self._indexing: Optional[defer.Deferred] = None
         self._index_again = False
@@ -457,7 +459,7 @@ class TitleFill:
                     return
                 request = (self.contiguous(), self.size)
             else:
-                request = next_request(self.size, self.settings.chunk_bytes, self.held,
+                request = next_request(self.size, self._request_size.next(), self.held,
                                        self.inflight.values(), self._wanted())
             if request is None:
                 return
@@ -473,8 +475,10 @@ class TitleFill:
                     self.url, self.validator, self._sink(generation, skip=request[0]),
                     size=self.size))
             self._fetches[token] = d
+            asked_at = self.reactor.seconds()
             try:
                 got = await d
+                self._request_size.took(got, self.reactor.seconds() - asked_at)
                 self.bytes_fetched += got
                 self._failures = 0
                 self._changes = 0
