@@ -12,9 +12,11 @@ loopback, in a temporary folder, and measures:
   fsync'ed, indexed), against a plain HTTP read of the same file from the
   same origin: Python's HTTP client reading the body 1 MiB at a time and
   dropping it (what ``curl -o /dev/null`` does: one copy out of the socket,
-  no disk). The two alternate ``fill_rounds`` times, each fill a new name
-  for the same file, and the medians are compared: on a shared machine the
-  load changes from one second to the next.
+  no disk); and, for the disk's share, the same client writing the body
+  to a file on the cache's file system, fsync'ed at the end. They alternate
+  ``fill_rounds`` times, each fill a new name for the same file, and the
+  medians are compared: on a shared machine the load changes from one
+  second to the next.
 """
 
 from __future__ import annotations
@@ -102,14 +104,32 @@ def _read_all(url: str) -> tuple[int, float]:
     return n, time.monotonic() - started
 
 
-def _fill_against_plain(daemon: _ProxyDaemon, nginx: NginxOrigin, rounds: int) -> dict:
+def _read_to_file(url: str, path: str) -> float:
+    """Seconds to read ``url`` into a new file at ``path``, fsync'ed once at
+    the end: what a plain client that keeps the bytes costs."""
+    started = time.monotonic()
+    with urllib.request.urlopen(url, timeout=60) as resp, open(path, "wb") as out:
+        while chunk := resp.read(1 << 20):
+            out.write(chunk)
+        out.flush()
+        os.fsync(out.fileno())
+    took = time.monotonic() - started
+    os.unlink(path)
+    return took
+
+
+def _fill_against_plain(daemon: _ProxyDaemon, nginx: NginxOrigin, rounds: int,
+                        folder: str) -> dict:
     """Fills of ``big-1.ts`` .. ``big-<rounds>.ts`` (one file), each after a
-    plain read of it; MB/s of each, their medians and the medians' ratio."""
+    plain read of it (and one into a file in ``folder``, on the cache's file
+    system); MB/s of each, their medians and the medians' ratio."""
     size, _ = _read_all(nginx.base_url + "big-1.ts")   # warms the page cache
-    plain, fills, sent = [], [], 0
+    plain, to_file, fills, sent = [], [], [], 0
     for k in range(1, rounds + 1):
         name = f"big-{k}.ts"
         _, origin_s = _read_all(nginx.base_url + name)
+        to_file.append(size / _read_to_file(nginx.base_url + name,
+                                            os.path.join(folder, "plain-read")) / 1e6)
         sent_before = nginx.bytes_sent(name)
         started = time.monotonic()
         daemon.admin("POST", f"/cache/prefetch?name={name}")
@@ -125,6 +145,7 @@ def _fill_against_plain(daemon: _ProxyDaemon, nginx: NginxOrigin, rounds: int) -
             "fill_mb_per_s": round(fill_mb_s, 1),
             "origin_read_mb_per_s": round(plain_mb_s, 1),
             "fill_to_plain_read": round(fill_mb_s / plain_mb_s, 3),
+            "origin_read_to_file_mb_per_s": round(statistics.median(to_file), 1),
             "fill_mb_per_s_each": [round(v, 1) for v in fills],
             "origin_read_mb_per_s_each": [round(v, 1) for v in plain],
             "origin_bytes_per_title_byte": round(sent / size / rounds, 4)}
@@ -171,7 +192,7 @@ def run_proxy(media_path: str, big_path: str, *, misses: int = 50, viewers: int 
             if progress:
                 progress(0.7)
 
-            fill = _fill_against_plain(daemon, nginx, fill_rounds)
+            fill = _fill_against_plain(daemon, nginx, fill_rounds, tmp)
             if progress:
                 progress(1.0)
         finally:
