@@ -22,13 +22,10 @@ from typing import Callable, Optional
 from urllib.parse import unquote, urlsplit
 
 from twisted.internet import defer, threads
-from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.error import (ConnectError, ConnectingCancelledError, ConnectionDone,
                                     ConnectionLost, DNSLookupError, TimeoutError)
 from twisted.internet.protocol import Protocol
-from twisted.web.client import (Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool,
-                                ResponseDone, ResponseFailed)
-from twisted.web.error import SchemeNotSupported
+from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone, ResponseFailed
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 
@@ -39,7 +36,9 @@ _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 # Twisted reads a TCP connection 64 KiB per recv(); from an origin on the
 # same machine or LAN a fill then did 2400 reads (each one a trip through the
 # HTTP parser, the body protocol and the sink) per 150 MB and spent most of
-# its time there. A read takes what the socket holds, up to this.
+# its time there. A body is read up to READ_BYTES at a time; the answer's
+# headers are not: Twisted's line parser copies what follows each header
+# line, so a 1 MiB read holding the headers cost a dozen 1 MiB copies.
 READ_BYTES = 1 << 20
 
 
@@ -166,12 +165,27 @@ class _Body(Protocol):
         self._stop_after = stop_after
         self._enough = False
         self._error: Optional[OriginError] = None
+        self._tcp = None     # the connection's TCP transport, reading wide
 
     def connectionMade(self) -> None:  # noqa: N802 (Twisted API)
+        self._widen()
         self._arm()
         if self._deadline is not None:
             self._deadline_call = self._reactor.callLater(
                 max(self._deadline - self._reactor.seconds(), 0), self._too_slow)
+
+    def _widen(self) -> None:
+        # Agent hands a body protocol a proxy of the connection's transport;
+        # the TCP transport is under it (and under TLS, one level more).
+        # Without it (another Twisted), reads stay at 64 KiB: slower, same bytes.
+        transport = getattr(self.transport, "_producer", None)
+        for _ in range(3):
+            size = getattr(transport, "bufferSize", None)
+            if isinstance(size, int):
+                self._tcp, self._narrow = transport, size
+                transport.bufferSize = max(size, READ_BYTES)
+                return
+            transport = getattr(transport, "transport", None)
 
     def _too_slow(self) -> None:
         self._deadline_call = None
@@ -231,6 +245,11 @@ class _Body(Protocol):
             self.transport.loseConnection()
 
     def connectionLost(self, reason) -> None:  # noqa: N802 (Twisted API)
+        if self._tcp is not None:
+            # the connection may go back to the pool: the next answer's
+            # headers are read narrow again
+            self._tcp.bufferSize = self._narrow
+            self._tcp = None
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
@@ -260,51 +279,6 @@ def _validator_of(response) -> Validator:
     return Validator(_header(response, b"etag"), _header(response, b"last-modified"))
 
 
-class _WideReads:
-    """An endpoint whose TCP connections read up to READ_BYTES at a time."""
-
-    def __init__(self, endpoint) -> None:
-        self._endpoint = endpoint
-
-    def connect(self, factory) -> defer.Deferred:
-        """As the wrapped endpoint's ``connect``."""
-        return self._endpoint.connect(factory).addCallback(_widen)
-
-
-def _widen(protocol):
-    # the TCP transport is the protocol's own, or (TLS) one wrapper below
-    transport = protocol.transport
-    for _ in range(3):
-        if transport is None:
-            break
-        if isinstance(getattr(transport, "bufferSize", None), int):
-            transport.bufferSize = max(transport.bufferSize, READ_BYTES)
-            break
-        transport = getattr(transport, "transport", None)
-    return protocol
-
-
-class _Endpoints:
-    """What Agent connects with: TCP for http, TLS over TCP for https (as
-    Agent's own), with wide reads."""
-
-    def __init__(self, reactor, connect_timeout: float) -> None:
-        self._reactor = reactor
-        self._connect_timeout = connect_timeout
-        self._tls = BrowserLikePolicyForHTTPS()
-
-    def endpointForURI(self, uri):  # noqa: N802 (Twisted API)
-        """The endpoint of ``uri``'s host and port."""
-        host = uri.host.decode("ascii")
-        endpoint = HostnameEndpoint(self._reactor, host, uri.port,
-                                    timeout=self._connect_timeout)
-        if uri.scheme == b"https":
-            endpoint = wrapClientTLS(self._tls.creatorForNetloc(uri.host, uri.port), endpoint)
-        elif uri.scheme != b"http":
-            raise SchemeNotSupported(f"unsupported scheme {uri.scheme!r}")
-        return _WideReads(endpoint)
-
-
 class HttpOrigin:
     """Range requests over a pool of persistent HTTP connections.
 
@@ -324,8 +298,7 @@ class HttpOrigin:
         self.pool = HTTPConnectionPool(reactor, persistent=True)
         self.pool.maxPersistentPerHost = connections
         self.pool.retryAutomatically = False  # the fill retries, with back-off
-        self.agent = Agent.usingEndpointFactory(reactor, _Endpoints(reactor, connect_timeout),
-                                                pool=self.pool)
+        self.agent = Agent(reactor, connectTimeout=connect_timeout, pool=self.pool)
         self.bytes_fetched = 0
 
     async def close(self) -> None:
