@@ -459,7 +459,7 @@ class TitleFill:
                     return
                 request = (self.contiguous(), self.size)
             else:
-                request = next_request(self.size, self._request_size.next(), self.held,
+                request = next_request(self.size, self._request_bytes(), self.held,
                                        self.inflight.values(), self._wanted())
             if request is None:
                 return
@@ -506,6 +506,16 @@ class TitleFill:
                 del self.inflight[token]
                 self._fetches.pop(token, None)
                 self._kick_sync()
+
+    def _request_bytes(self) -> int:
+        """The size of the next Range request: the configured chunk for a
+        fill a viewer waits on or may soon (its wants and seeks wait behind
+        the requests in flight, and an origin that was fast may not stay
+        so); more from a fast origin for a fill nobody watches (a prefetch,
+        a resume at start-up), where only the throughput counts."""
+        if not self.keep or self.listeners or self.segments:
+            return self.settings.chunk_bytes
+        return self._request_size.next()
 
     def _ask_differently(self, exc: OriginError, asked_if_range: bool) -> None:
         """The origin answered a Range request with the whole title of the
