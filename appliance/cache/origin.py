@@ -166,6 +166,7 @@ class _Body(Protocol):
         self._enough = False
         self._error: Optional[OriginError] = None
         self._tcp = None     # the connection's TCP transport, reading wide
+        self._narrow = 0     # ... and its read size before
 
     def connectionMade(self) -> None:  # noqa: N802 (Twisted API)
         self._widen()
