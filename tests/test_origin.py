@@ -74,3 +74,61 @@ def test_file_origin_reads_and_notices_a_change(tmp_path):
     fresh = origin._read(url, 0, 1, None)[2]
     with pytest.raises(OriginChanged, match="shorter"):
         origin._read(url, 1000, 2000, fresh)
+
+
+class _Tcp:
+    """What the body sees of a TCP transport: its read size."""
+
+    bufferSize = 1 << 16
+
+    def loseConnection(self) -> None:
+        pass
+
+
+class _Proxy:
+    """Agent's proxy of the connection's transport, as a body protocol gets it."""
+
+    def __init__(self, under) -> None:
+        self._producer = under
+
+    def loseConnection(self) -> None:
+        pass
+
+
+class _Tls:
+    """TLS over TCP: the TCP transport is one level further down."""
+
+    def __init__(self, tcp) -> None:
+        self.transport = tcp
+
+
+@pytest.mark.parametrize("tls", [False, True])
+def test_a_body_is_read_wide_and_the_next_headers_narrow(tls):
+    from twisted.internet.task import Clock
+    from twisted.python.failure import Failure
+    from twisted.web.client import ResponseDone
+
+    from appliance.cache.origin import READ_BYTES, _Body
+
+    tcp, got = _Tcp(), []
+    body = _Body(100, 10, lambda off, data: got.append((off, data)), Clock(), 10.0)
+    body.makeConnection(_Proxy(_Tls(tcp) if tls else tcp))
+    assert tcp.bufferSize == READ_BYTES
+    body.dataReceived(b"0123456789")
+    body.connectionLost(Failure(ResponseDone()))
+    assert tcp.bufferSize == 1 << 16          # the pooled connection reads headers narrow
+    assert got == [(100, b"0123456789")] and body.done.result == 10
+
+
+def test_a_body_without_a_tcp_transport_under_it_reads_as_before():
+    from twisted.internet.task import Clock
+    from twisted.python.failure import Failure
+    from twisted.web.client import ResponseDone
+
+    from appliance.cache.origin import _Body
+
+    body = _Body(0, 3, lambda off, data: None, Clock(), 10.0)
+    body.makeConnection(_Proxy(None))
+    body.dataReceived(b"abc")
+    body.connectionLost(Failure(ResponseDone()))
+    assert body.done.result == 3

@@ -46,6 +46,7 @@ from appliance.cache.fill_plan import back_off, next_request
 from appliance.cache.layout import hint_path, media_path
 from appliance.cache.origin import (OriginChanged, OriginError, Probe, RangesIgnored,
                                     Validator)
+from appliance.cache.request_size import RequestSize
 from appliance.cache.seek_ahead import SeekSegment, estimate_offset
 from catalog import TitleNotFound
 from catalog.byte_ranges import Range, add, end_from, subtract, union
@@ -61,6 +62,10 @@ _TAIL = "the title's tail"   # the fill's own want, among the viewers' ones
 # While a long request runs, what came so far is made durable this often, so
 # a crash loses at most this much of a slow fill.
 SYNC_INTERVAL = 0.5
+# ... and once this many bytes came since the last fsync began: a fast fill
+# then hands the disk its bytes while more arrive, instead of one long
+# fsync of the whole title at the end.
+SYNC_BYTES = 32 << 20
 
 
 class CacheWriteError(OriginError):
@@ -161,6 +166,8 @@ class TitleFill:
         self._sync: Optional[defer.Deferred] = None
         self._sync_again = False
         self._last_sync = 0.0
+        self._unsynced = 0         # bytes stored since the last fsync began
+        self._request_size = RequestSize(settings.chunk_bytes)
         self._sync_call = None
         self._indexing: Optional[defer.Deferred] = None
         self._index_again = False
@@ -461,7 +468,7 @@ class TitleFill:
                     return
                 request = (self.contiguous(), self.size)
             else:
-                request = next_request(self.size, self.settings.chunk_bytes, self.held,
+                request = next_request(self.size, self._request_bytes(), self.held,
                                        self.inflight.values(), self._wanted())
             if request is None:
                 return
@@ -477,8 +484,10 @@ class TitleFill:
                     self.url, self.validator, self._sink(generation, skip=request[0]),
                     size=self.size))
             self._fetches[token] = d
+            asked_at = self.reactor.seconds()
             try:
                 got = await d
+                self._request_size.took(got, self.reactor.seconds() - asked_at)
                 self.bytes_fetched += got
                 self._failures = 0
                 self._changes = 0
@@ -506,6 +515,16 @@ class TitleFill:
                 del self.inflight[token]
                 self._fetches.pop(token, None)
                 self._kick_sync()
+
+    def _request_bytes(self) -> int:
+        """The size of the next Range request: the configured chunk for a
+        fill a viewer waits on or may soon (its wants and seeks wait behind
+        the requests in flight, and an origin that was fast may not stay
+        so); more from a fast origin for a fill nobody watches (a prefetch,
+        a resume at start-up), where only the throughput counts."""
+        if not self.keep or self.listeners or self.segments:
+            return self.settings.chunk_bytes
+        return self._request_size.next()
 
     def _ask_differently(self, exc: OriginError, asked_if_range: bool) -> None:
         """The origin answered a Range request with the whole title of the
@@ -603,10 +622,12 @@ class TitleFill:
                 if not data:
                     return
             self._store(offset, data)
+            self._unsynced += len(data)
             self._kick_index()
             if self._tail_start is not None:
                 self._estimate_duration()
-            if time.monotonic() - self._last_sync >= SYNC_INTERVAL:
+            if self._unsynced >= SYNC_BYTES or \
+                    time.monotonic() - self._last_sync >= SYNC_INTERVAL:
                 self._kick_sync()
         return sink
 
@@ -614,8 +635,9 @@ class TitleFill:
 
     def _kick_sync(self, *, now: bool = False) -> None:
         """fsync, then record what it made durable: at most once a
-        SYNC_INTERVAL (a fast fill would otherwise fsync after every chunk),
-        or ``now`` when the fill settles."""
+        SYNC_INTERVAL (a fast fill would otherwise fsync after every chunk)
+        unless SYNC_BYTES came since the last one, or ``now`` when the fill
+        settles."""
         if not self._started or self._quiet:
             return
         if self._sync is not None:
@@ -625,12 +647,13 @@ class TitleFill:
         if not todo or self._fd is None:
             return
         wait = self._last_sync + SYNC_INTERVAL - time.monotonic()
-        if wait > 0 and not now:
+        if wait > 0 and not now and self._unsynced < SYNC_BYTES:
             if self._sync_call is None or not self._sync_call.active():
                 self._sync_call = self.reactor.callLater(wait, self._kick_sync)
             return
         generation = self._generation
         self._last_sync = time.monotonic()
+        self._unsynced = 0
         if self.writer is not None:
             self._sync = self.writer.run(_sync_and_record, self._fd, self.name, todo)
             self._sync.addCallbacks(lambda _: self._synced(todo, generation, recorded=True),
