@@ -620,19 +620,22 @@ class Stream(Closing):
                 raise
 
     def play(self, start_record: Optional[int] = None, at_ns: Optional[int] = None,
-             unpaced: bool = False) -> StartPoint:
+             unpaced: bool = False, after_write: bool = False) -> StartPoint:
         """Send from ``start_record`` (None: where the stream stopped), and
         say where it starts.
 
         Record k leaves at ``at_ns + send_ns[k] - send_ns[start_record]``
         on the :func:`now_ns` clock (``at_ns`` None: now). Sequence numbers
         continue across pause, play and seek. ``unpaced`` sends as fast as
-        the socket takes them (benchmarks, tests).
+        the socket takes them (benchmarks, tests). ``after_write``, for an
+        interleaved stream: no frame goes on the connection before the next
+        :meth:`write` (the PLAY reply, which clients read first) or 1 s.
         """
         rec = RECORD_CONTINUE if start_record is None else _in_range(
             start_record, 63, "start record")
         at = 0 if at_ns is None else _in_range(at_ns, 63, "start time")
-        flags = lib.KVOD_PLAY_UNPACED if unpaced else 0
+        flags = (lib.KVOD_PLAY_UNPACED if unpaced else 0) | \
+            (lib.KVOD_PLAY_AFTER_WRITE if after_write else 0)
         with self._use() as (ptr, sid):
             return _stream_play(ptr, sid, rec, at, flags)
 

@@ -371,3 +371,39 @@ def test_paused_stream_reply_leaves_after_queued_tail(tmp_path):
         assert lib.KVOD_INTERLEAVED == 16
         s.close()
         client.close()
+
+
+def test_play_after_write_holds_frames_until_the_reply(tmp_path):
+    """With after_write, frames wait for the next write (the PLAY reply,
+    which clients read before any frame), then follow it on schedule; with
+    no write they start after 1 s at most."""
+    media, hints = keyframe_title(tmp_path, seconds=2)
+    with Engine() as engine:
+        server, client = tcp_pair()
+        kw = dict(ssrc=3, seq0=0, ts0=0)
+        want = expected(hints, media, **kw)
+        s = open_tcp(engine, server, media, hints, 0, **kw)
+        server.close()
+        s.play(after_write=True)
+        time.sleep(0.15)
+        client.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            client.recv(1)
+        s.write(reply(3))
+        parser = StreamParser()
+        read_all(client, parser, until=lambda p: len(p.items) > len(want))
+        assert parser.items[0] == Message(reply(3), b"")
+        assert parser.frames(0) == want
+        st = s.stats()
+        # the schedule ran from the play: the held packets left late, once
+        assert st.late_5ms < 100 and st.skips == 0
+        # no write: held 1 s, then sent
+        s.pause()
+        s.play(start_record=0, after_write=True)
+        started = time.monotonic()
+        parser = StreamParser()
+        read_all(client, parser, until=lambda p: p.items, timeout=3)
+        assert 0.9 < time.monotonic() - started < 1.5
+        assert parser.frames(0)[0] == want[0][:2] + parser.frames(0)[0][2:4] + want[0][4:]
+        s.close()
+        client.close()

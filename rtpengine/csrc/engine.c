@@ -992,7 +992,7 @@ KVOD_API int kvod_stream_play(struct kvod_engine *e, int id,
 	uint64_t k, send_ns;
 	int err;
 
-	if (flags & ~KVOD_PLAY_UNPACED)
+	if (flags & ~(KVOD_PLAY_UNPACED | KVOD_PLAY_AFTER_WRITE))
 		return kvod_fail(EINVAL, "unknown play flags 0x%x", flags);
 	if (start_mono_ns < 0)
 		return kvod_fail(EINVAL, "start time %lld is negative",
@@ -1027,7 +1027,12 @@ KVOD_API int kvod_stream_play(struct kvod_engine *e, int id,
 		s->t0 = (int64_t)((uint64_t)start_mono_ns - send_ns);
 		s->state = KVOD_STATE_PLAYING;
 		s->wait_end = false;
-		kvod_pacer_serve_now(s->pacer, s);
+		if (s->tcp && (flags & KVOD_PLAY_AFTER_WRITE)) {
+			s->sk->hold_until = kvod_now_ns() + KVOD_TCP_HOLD_NS;
+			kvod_pacer_kick(s->pacer, s);
+		} else {
+			kvod_pacer_serve_now(s->pacer, s);
+		}
 	}
 	kvod_pacer_unlock(s->pacer);
 	return 0;
@@ -1315,6 +1320,15 @@ KVOD_API int kvod_sock_write(struct kvod_engine *e, int id, const void *data,
 		return kvod_fail(EPROTOTYPE, "stream %d is not interleaved", id);
 	}
 	err = kvod_tcp_write(p, s->sk, data, len, kvod_now_ns());
+	if (!err && s->sk->hold_until) {
+		struct kvod_stream *o;
+
+		/* the reply a play waited for is out (or queued first) */
+		s->sk->hold_until = 0;
+		for (o = s->sk->streams; o; o = o->next)
+			if (o->state == KVOD_STATE_PLAYING)
+				kvod_pacer_kick(p, o);
+	}
 	/* queued: the thread writes it when the connection takes it */
 	if (!err && s->sk->pending)
 		pthread_cond_signal(&p->cond);

@@ -51,6 +51,12 @@
 
 /* kvod_stream_play() flags */
 #define KVOD_PLAY_UNPACED	1
+/*
+ * interleaved streams: send nothing on the connection until the next
+ * kvod_sock_write() (the PLAY reply, which clients read before any frame)
+ * or for 1 s at most; the schedule starts at the play all the same
+ */
+#define KVOD_PLAY_AFTER_WRITE	2
 
 /* start_record meaning "where the stream stopped" */
 #define KVOD_RECORD_CONTINUE	0xffffffffffffffffULL

@@ -289,7 +289,8 @@ static int64_t pacer_round(struct kvod_pacer *p, int64_t now)
 			flush(p, b, now);
 		b->sk = sk;
 		/* what a short write left queued leaves before new frames */
-		held = sk->tcp && !kvod_tcp_drain(p, sk, now);
+		held = sk->tcp && (sk->hold_until > now ||
+				   !kvod_tcp_drain(p, sk, now));
 		if (sk->zc && sk->zc->first_id != sk->zc->next_id)
 			kvod_zc_reap(p, sk);
 		for (s = sk->due; s; s = next) {

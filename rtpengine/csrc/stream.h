@@ -59,6 +59,7 @@
 #define KVOD_TCP_RETRY_NS	2000000LL
 #define KVOD_TCP_MAX_LAG_NS	2000000000LL
 #define KVOD_TCP_STALL_NS	20000000000LL
+#define KVOD_TCP_HOLD_NS	1000000000LL
 /* the out-queue: one frame's unsent tail, and control bytes behind it */
 #define KVOD_TCP_FRAME_MAX	(KVOD_TCP_FRAME_HDR + 65535)
 #define KVOD_TCP_CTRL_MAX	65536
@@ -113,6 +114,7 @@ struct kvod_sock {
 	uint8_t *outq;
 	size_t out_off, out_len, out_max;
 	int64_t blocked_since;		/* first refused write, 0: flowing */
+	int64_t hold_until;		/* KVOD_PLAY_AFTER_WRITE: no frames yet */
 	int64_t stall_ns;
 	struct kvod_sock *pend_next;
 	/* this round's due streams, in the order they fell due */
