@@ -35,6 +35,7 @@ from appliance.rtsp import (
     RTSPConnection,
 )
 from appliance.rtsp.sessions import NeedTitle, RtspServer
+from appliance.media.interleaved import InterleavedLink
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,18 @@ class RtspProtocol(Protocol):
         self._queue: deque = deque()
         self._waiting: Optional[Deferred] = None
         self._gone = False
+        # RTP interleaved on this connection; every write goes through it
+        self.link: Optional[InterleavedLink] = None
+
+    def connectionMade(self) -> None:  # noqa: N802 (Twisted API)
+        self.link = InterleavedLink(self.transport,
+                                    on_broken=lambda why: self.transport.abortConnection())
+
+    def _send(self, data: bytes) -> None:
+        if self.link is not None:
+            self.link.write(data)
+        else:
+            self.transport.write(data)
 
     def dataReceived(self, data: bytes) -> None:  # noqa: N802 (Twisted API)
         try:
@@ -84,7 +97,7 @@ class RtspProtocol(Protocol):
         while self._queue and self._waiting is None and not self._gone:
             event = self._queue.popleft()
             if isinstance(event, _ProtocolError):  # after the requests before it
-                self.transport.write(self.conn.send_error(event.status))
+                self._send(self.conn.send_error(event.status))
                 self.transport.loseConnection()
                 self._queue.clear()
                 return
@@ -95,21 +108,24 @@ class RtspProtocol(Protocol):
                 self.transport.loseConnection()
                 self._queue.clear()
                 return
-            elif isinstance(event, (InterleavedFrame, Response)):
-                # RTCP over TCP or a client's stray response: nothing to do.
+            elif isinstance(event, InterleavedFrame):
+                if self.link is not None:  # RTCP of an interleaved stream
+                    self.link.frame_received(event.channel, event.data)
+            elif isinstance(event, Response):
+                # a client's stray response: nothing to do
                 continue
 
     def _answer(self, request: Request, *, prepared: bool) -> None:
         response = self.server.handle_request(
             request, peer_host=self.transport.getPeer().host, now=self._clock(),
-            prepared=prepared)
+            prepared=prepared, link=self.link)
         if isinstance(response, NeedTitle):
             self._prepare(request, response.name, response.npt_ns)
             return
         self._write(request, self.conn.send(response))
 
     def _write(self, request: Request, data: bytes) -> None:
-        self.transport.write(data)
+        self._send(data)
         if self._started is not None:
             self._on_answered(request.method, self._clock() - self._started)
             self._started = None
@@ -146,6 +162,10 @@ class RtspProtocol(Protocol):
             # nobody to answer: the title leaves the fill queue (or its probe
             # stops) unless another client waits for it too
             self._waiting.cancel()
+        if self.link is not None:
+            # a TCP session lives on its connection
+            self.server.close_sessions(self.link.session_ids(), "its RTSP connection closed")
+            self.link.close()
         factory = getattr(self, "factory", None)
         if factory is not None:
             factory.connection_closed()
