@@ -24,7 +24,6 @@ from rtpengine import rtcp
 from tests.helpers.daemon import KvodDaemon
 from tests.helpers.interleaved import Frame, Message, StreamParser, frame, read_all
 from tests.helpers.players import framemd5, gst_finished, gst_receive, sha256
-from tests.helpers.titles import make_ts
 
 pytestmark = pytest.mark.integration
 
@@ -233,23 +232,19 @@ def rss_kb(pid: int) -> int:
         return int(re.search(r"VmRSS:\s+(\d+)", f.read()).group(1))
 
 
-@pytest.fixture(scope="module")
-def busy_title():
-    """20 s at about 4 Mbit/s, a keyframe a second."""
-    return make_ts(seconds=20, video_bitrate="4M")
-
-
-def test_slow_tcp_reader_is_skipped_others_stay_on_time(tmp_path, busy_title, short_ts_file):
+def test_slow_tcp_reader_is_skipped_others_stay_on_time(tmp_path, ts_file):
     """A TCP viewer reading at half the media rate through a tiny receive
     buffer, beside a UDP viewer and a TCP viewer (ffmpeg): the slow one is
     skipped to keyframes (counted in status and metrics), the others get
     every frame on time, and the daemon's memory stays flat."""
-    d = KvodDaemon(str(tmp_path / "kvod"), extra="[rtcp]\nsr_interval = 1.0\n")
-    d.add(busy_title, "busy")
+    # a 10 s title: a lag bound and a send buffer that a slow reader meets soon
+    d = KvodDaemon(str(tmp_path), extra="[rtcp]\nsr_interval = 1.0\n[interleaved]\n"
+                   "max_lag = 1.0\nsend_buffer = 16384\n")
+    d.add(ts_file, "busy")
     d.start()
     try:
-        size = os.path.getsize(busy_title)
-        rate = size / 20 / 2  # half the media rate
+        size = os.path.getsize(ts_file)
+        rate = size / 10 / 2  # half the media rate
         slow = RawRtsp(d, rcvbuf=4096)
         url = d.url("busy")
         slow.send(slow.request_bytes("SETUP", url + "/trackID=0",
@@ -264,24 +259,29 @@ def test_slow_tcp_reader_is_skipped_others_stay_on_time(tmp_path, busy_title, sh
         udp = RtspClient("127.0.0.1", d.port)
         udp_session, _, _ = udp.setup_udp(url + "/trackID=0", rx.ports)
         assert udp.request("PLAY", url + "/", [("Session", udp_session)]).status == 200
+        # to a file: a pipe nobody reads would make ffmpeg a slow reader too
+        ff_out = open(tmp_path / "ff.framemd5", "w+")
         ff = subprocess.Popen(["ffmpeg", "-nostdin", "-loglevel", "error",
                                "-rtsp_transport", "tcp", "-i", url, "-c", "copy",
                                "-f", "framemd5", "-"],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                              stdout=ff_out, stderr=subprocess.PIPE, text=True)
         rss = []
         reader = threading.Thread(target=read_all, args=(slow.sock, slow.parser),
-                                  kwargs=dict(until=lambda p: False, timeout=18,
+                                  kwargs=dict(until=lambda p: False, timeout=9,
                                               chunk=2048, rate=rate))
         reader.start()
         while reader.is_alive():
             rss.append(rss_kb(pid))
             time.sleep(1)
         reader.join()
-        out, err = ff.communicate(timeout=30)
+        _, err = ff.communicate(timeout=30)
         assert ff.returncode == 0, err
+        ff_out.seek(0)
+        out = ff_out.read()
+        ff_out.close()
         ff_frames = [",".join(f.strip() for i, f in enumerate(line.split(",")) if i in (0, 4, 5))
                      for line in out.splitlines() if line and not line.startswith("#")]
-        assert ff_frames == framemd5(busy_title)
+        assert ff_frames == framemd5(ts_file)
         st = status(d)
         slow_stream = next(s for s in st["sessions"] if s["id"] == session)["streams"]["0"]
         assert slow_stream["skips"] >= 1 and slow_stream["packets_skipped"] > 100

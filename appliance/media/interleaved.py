@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import socket
 from typing import Callable
 
 from appliance.media.udp import UdpMediaStream
@@ -100,8 +101,14 @@ class InterleavedLink:
             return None
         return wanted
 
-    def fileno(self) -> int:
-        return self.transport.getHandle().fileno()
+    def fileno(self, send_buffer: int | None = None) -> int:
+        """The connection's socket, its send buffer set to ``send_buffer``:
+        what the kernel holds for a slow reader is lag the engine cannot
+        see, so it is kept to about what the path needs."""
+        handle = self.transport.getHandle()
+        if send_buffer is not None:
+            handle.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer)
+        return handle.fileno()
 
     def attach(self, channel: int, stream: "InterleavedMediaStream") -> None:
         self.streams[channel] = stream
@@ -211,7 +218,8 @@ class InterleavedMediaStream(UdpMediaStream):
 
     def _open_engine_stream(self, media_fd: int, hint_fd: int, growing: dict):
         return self.backend.engine.open_stream(
-            self.link.fileno(), media_fd, hint_fd, ssrc=self.ssrc, seq0=self.seq0,
+            self.link.fileno(self.backend.tcp_send_buffer), media_fd, hint_fd,
+            ssrc=self.ssrc, seq0=self.seq0,
             ts0=self.ts0, interleaved=self.channels[0],
             max_lag_ms=round(self.backend.tcp_max_lag * 1000),
             stall_ms=round(self.backend.tcp_stall * 1000), **growing)

@@ -451,7 +451,9 @@ class UdpMediaStream:
             trailer = pes_flush_trailer(f.read())
         if not trailer:
             return False
-        seq = seq_add(self.seq0, stats.packets_sent + stats.packets_dropped)
+        # every packet skipped or dropped used its sequence number
+        seq = seq_add(self.seq0, stats.packets_sent + stats.packets_dropped
+                      + getattr(stats, "packets_skipped", 0))
         header = RtpHeader(self.payload_type, seq, stats.last_rtp_ts, self.ssrc)
         return self._send_rtp_packet(header.pack() + trailer)
 
@@ -498,13 +500,16 @@ class UdpMediaBackend:
                  fill_for: Callable[[str], object] = lambda name: None,
                  on_damaged: Callable[[str, str], None] = lambda name, why: None,
                  stall_timeout: float = 20.0, pacing: str = "auto",
-                 tcp_max_lag: float = 2.0, tcp_stall: float = 20.0):
+                 tcp_max_lag: float = 2.0, tcp_stall: float = 20.0,
+                 tcp_send_buffer: int = 131072):
         """``on_damaged(name, why)``: a stream found title ``name``'s cached
         files cut short or changed (the cache marks it damaged).
         ``tcp_max_lag``: an interleaved stream this many seconds behind (its
         client reads slower than the media) skips to the next keyframe;
         ``tcp_stall``: a connection that takes no byte for this long is
-        closed (``appliance.media.interleaved``)."""
+        closed; ``tcp_send_buffer``: the SO_SNDBUF of such a connection
+        (``appliance.media.interleaved``)."""
+        self.tcp_send_buffer = tcp_send_buffer
         self.tcp_max_lag = tcp_max_lag
         self.tcp_stall = tcp_stall
         self.engine = engine
