@@ -187,6 +187,8 @@ def test_write_rules(tmp_path, receivers):
     with Engine() as engine:
         server, client = tcp_pair(sndbuf=4096, rcvbuf=4096)
         stream = open_tcp(engine, server, str(media), hints, 0, ssrc=1, seq0=0, ts0=0)
+        # frames are not held back for the client's ACK (Nagle)
+        assert server.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
         stream.write(reply(1))
         parser = StreamParser()
         read_all(client, parser, until=lambda p: p.messages())

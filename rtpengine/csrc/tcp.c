@@ -24,6 +24,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <netinet/tcp.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -35,6 +36,14 @@
 
 int kvod_tcp_sock_init(struct kvod_sock *sk, int64_t stall_ns)
 {
+	int one = 1;
+
+	/*
+	 * A round's last frames must leave now, not wait for the client's
+	 * (delayed) ACK of the previous segment as Nagle would have them;
+	 * the engine already batches a round into one write.
+	 */
+	setsockopt(sk->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 	sk->outq = malloc(KVOD_TCP_OUTQ);
 	if (!sk->outq)
 		return -ENOMEM;
