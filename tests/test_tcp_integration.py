@@ -300,3 +300,39 @@ def test_slow_tcp_reader_is_skipped_others_stay_on_time(tmp_path, ts_file):
         rx.close()
     finally:
         assert d.stop() == 0, d.log()
+
+
+def test_stalled_tcp_reader_is_cut_off(tmp_path, ts_file):
+    """A TCP client that stops reading after the PLAY reply: after the stall
+    time its connection is closed and its session ends, logged once and
+    counted in /metrics; the daemon serves the next client."""
+    d = KvodDaemon(str(tmp_path), extra="[interleaved]\nstall_timeout = 1.5\n"
+                   "send_buffer = 4096\n")
+    d.add(ts_file, "movie")
+    d.start()
+    try:
+        c = RawRtsp(d, rcvbuf=4096)
+        url = d.url("movie")
+        c.send(c.request_bytes("SETUP", url + "/trackID=0", "Transport: RTP/AVP/TCP;unicast"))
+        session = header(c.replies(1)[0], "Session").split(";")[0]
+        c.send(c.request_bytes("PLAY", url + "/", f"Session: {session}"))
+        assert status_code(c.replies(2)[-1]) == 200
+        started = time.monotonic()
+        while session in {s["id"] for s in status(d)["sessions"]}:
+            assert time.monotonic() - started < 10, "the stalled session lives on"
+            time.sleep(0.1)
+        assert 1.4 < time.monotonic() - started < 6
+        assert re.search(r"^kvod_interleaved_stalls_total 1", metrics(d), re.M)
+        assert d.log().count("the client took nothing") == 1
+        # the connection is gone: reading drains what was queued, then ends
+        c.sock.settimeout(5)
+        try:
+            while c.sock.recv(65536):
+                pass
+        except ConnectionResetError:
+            pass
+        c.close()
+        assert framemd5(d.url("movie"), "-rtsp_transport", "tcp", timeout=40) == \
+            framemd5(ts_file)
+    finally:
+        assert d.stop() == 0, d.log()

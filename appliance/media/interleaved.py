@@ -246,15 +246,7 @@ class InterleavedMediaStream(UdpMediaStream):
         if self._stream is None or self.bye_sent:
             return
         stats = self._stream.stats()
-        if (stats.skips, stats.stalled) != self._noted_lag:
-            if stats.stalled:
-                self.log.warning("stream %s: the client took nothing for %.0f s; its "
-                                 "connection was closed", self.label, self.backend.tcp_stall)
-            elif stats.skips:
-                self.log.warning("stream %s: the client reads slower than the media; "
-                                 "skipped to a keyframe %d times (%d packets)",
-                                 self.label, stats.skips, stats.packets_skipped)
-            self._noted_lag = (stats.skips, stats.stalled)
+        self._note_lag(stats)
         if stats.state == "failed" and stats.last_errno != errno.EFAULT and \
                 stats.last_errno != errno.ENODATA:
             # the connection failed, not the files: nobody to send a BYE to
@@ -265,7 +257,24 @@ class InterleavedMediaStream(UdpMediaStream):
             return
         super().tick()
 
+    def _note_lag(self, stats) -> None:
+        """Log a slow reader's new skips, or its stall, once."""
+        if (stats.skips, stats.stalled) == self._noted_lag:
+            return
+        if stats.stalled:
+            self.log.warning("stream %s: the client took nothing for %.0f s; its "
+                             "connection was closed", self.label, self.backend.tcp_stall)
+        elif stats.skips:
+            self.log.warning("stream %s: the client reads slower than the media; "
+                             "skipped to a keyframe %d times (%d packets)",
+                             self.label, stats.skips, stats.packets_skipped)
+        self._noted_lag = (stats.skips, stats.stalled)
+
     def _release_engine_stream(self, stream) -> None:
+        try:
+            self._note_lag(stream.stats())  # a stall often ends the session first
+        except EngineError:
+            pass
         # after the BYE, which went through the link: the link may keep it
         if not self.link.detach(self.channels[0], stream):
             stream.close()
