@@ -164,7 +164,8 @@ class RtspProtocol(Protocol):
             self._waiting.cancel()
         if self.link is not None:
             # a TCP session lives on its connection
-            self.server.close_sessions(self.link.session_ids(), "its RTSP connection closed")
+            self.server.close_sessions(self.link.connection_lost(),
+                                       "its RTSP connection closed")
             self.link.close()
         factory = getattr(self, "factory", None)
         if factory is not None:

@@ -233,7 +233,9 @@ def test_closing_a_connection_ends_its_sessions(tcp_server):
     link = InterleavedLink(Transport())
     resp = setup_tcp(tcp_server, "RTP/AVP/TCP;unicast", link)
     session = parse_session(resp.headers.get("Session"))[0]
-    tcp_server.close_sessions(link.session_ids(), "its RTSP connection closed")
+    tcp_server.close_sessions(link.connection_lost(), "its RTSP connection closed")
+    link.write(b"nothing")  # lost: not even Twisted's buffer takes it
+    assert link.transport.dataBuffer == b"" and not link.transport._tempDataBuffer
     assert session not in tcp_server.sessions
     assert all(isinstance(o[3], MemoryStream) and o[3].closed
                for o in tcp_server._media.opened)

@@ -140,7 +140,10 @@ class InterleavedLink:
 
     def write(self, data: bytes) -> None:
         """Write ``data`` on the connection: through Twisted while no stream
-        is interleaved on it, through the engine from then on."""
+        is interleaved on it, through the engine from then on (nothing once
+        the connection is lost)."""
+        if self.closed:
+            return
         writer = self._writer()
         if writer is None:
             self.transport.write(data)
@@ -186,9 +189,16 @@ class InterleavedLink:
             return
         stream.receiver_report(packets)
 
+    def connection_lost(self) -> set[str]:
+        """The connection is gone: nothing more is written on it (a BYE
+        included), and tracks close instead of being kept for writing.
+        Returns the sessions to end, before :meth:`close`."""
+        self.closed = True
+        return self.session_ids()
+
     def close(self) -> None:
-        """The connection is gone: release the stream kept for writing (the
-        sessions on it were closed by the adapter first)."""
+        """Release the stream kept for writing, and any track the adapter's
+        ending of sessions left."""
         self.closed = True
         for stream in list(self.streams.values()):
             stream.close()

@@ -313,7 +313,8 @@ static int64_t pacer_round(struct kvod_pacer *p, int64_t now)
 			t = s->unpaced ? now : wake_due(p, s);
 			if (held && t <= horizon) {
 				s->retry_at = now + KVOD_TCP_RETRY_NS;
-				s->st.blocked++;
+				if (sk->hold_until <= now)
+					s->st.blocked++;
 				schedule(p, s, s->retry_at);
 				continue;
 			}
