@@ -321,6 +321,8 @@ def test_stalled_reader_is_cut_off(tmp_path):
         b.play()
         st = wait_state(a, "failed", timeout=3)
         assert st.state == "failed" and st.stalled and st.last_errno == errno.ETIMEDOUT
+        # tries back off (2 ms doubling to 50 ms): a dozen, not one every 2 ms
+        assert 3 <= st.blocked <= 40, st.blocked
         assert b.stats().state == "failed" and b.stats().stalled
         with pytest.raises(EngineError) as exc:
             a.write(b"late")

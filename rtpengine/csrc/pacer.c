@@ -262,10 +262,10 @@ static int64_t pacer_round(struct kvod_pacer *p, int64_t now)
 	struct kvod_stream *work = NULL;
 	struct kvod_sock *socks = NULL, **socks_tail = &socks, *sk;
 	struct kvod_stream *s;
-	int64_t wake;
+	int64_t wake, pend_wake = INT64_MAX;
 
 	if (p->pending)
-		kvod_tcp_drain_pending(p, now);
+		pend_wake = kvod_tcp_drain_pending(p, now);
 	while ((s = pop_due(p, horizon))) {
 		sk = s->sk;
 		if (!sk->due) {
@@ -289,8 +289,7 @@ static int64_t pacer_round(struct kvod_pacer *p, int64_t now)
 			flush(p, b, now);
 		b->sk = sk;
 		/* what a short write left queued leaves before new frames */
-		held = sk->tcp && (sk->hold_until > now ||
-				   !kvod_tcp_drain(p, sk, now));
+		held = sk->tcp && !kvod_tcp_ready(p, sk, now);
 		if (sk->zc && sk->zc->first_id != sk->zc->next_id)
 			kvod_zc_reap(p, sk);
 		for (s = sk->due; s; s = next) {
@@ -312,7 +311,7 @@ static int64_t pacer_round(struct kvod_pacer *p, int64_t now)
 			}
 			t = s->unpaced ? now : wake_due(p, s);
 			if (held && t <= horizon) {
-				s->retry_at = now + KVOD_TCP_RETRY_NS;
+				s->retry_at = kvod_tcp_retry_at(sk, now);
 				if (sk->hold_until <= now)
 					s->st.blocked++;
 				schedule(p, s, s->retry_at);
@@ -339,8 +338,12 @@ static int64_t pacer_round(struct kvod_pacer *p, int64_t now)
 	}
 	wake = p->nheap ? p->heap[1].wake : INT64_MAX;
 	/* queued bytes of a paused connection (an RTSP reply) go out too */
-	if (p->pending && wake > now + KVOD_TCP_RETRY_NS)
-		wake = now + KVOD_TCP_RETRY_NS;
+	if (p->pending) {
+		if (pend_wake == INT64_MAX)
+			pend_wake = now + KVOD_TCP_RETRY_NS;	/* listed now */
+		if (wake > pend_wake)
+			wake = pend_wake;
+	}
 	return wake;
 }
 

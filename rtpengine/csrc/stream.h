@@ -55,8 +55,11 @@
 #define KVOD_RETRY_NS		1000000LL
 /* interleaved (TCP) streams: the '$', channel and length before a packet */
 #define KVOD_TCP_FRAME_HDR	4
-/* a blocked connection is tried again this soon */
+/* a blocked connection is tried again this soon, then twice as late each
+ * time it still takes nothing, up to the max: a stalled reader costs the
+ * thread a few calls a second, not one every retry */
 #define KVOD_TCP_RETRY_NS	2000000LL
+#define KVOD_TCP_RETRY_MAX_NS	50000000LL
 #define KVOD_TCP_MAX_LAG_NS	2000000000LL
 #define KVOD_TCP_STALL_NS	20000000000LL
 #define KVOD_TCP_HOLD_NS	1000000000LL
@@ -114,6 +117,8 @@ struct kvod_sock {
 	uint8_t *outq;
 	size_t out_off, out_len, out_max;
 	int64_t blocked_since;		/* first refused write, 0: flowing */
+	int64_t next_try;		/* blocked: not written before this */
+	int64_t retry_ns;		/* the back-off after the next refusal */
 	int64_t hold_until;		/* KVOD_PLAY_AFTER_WRITE: no frames yet */
 	int64_t stall_ns;
 	struct kvod_sock *pend_next;

@@ -49,6 +49,7 @@ int kvod_tcp_sock_init(struct kvod_sock *sk, int64_t stall_ns)
 		return -ENOMEM;
 	sk->tcp = true;
 	sk->stall_ns = stall_ns;
+	sk->retry_ns = KVOD_TCP_RETRY_NS;
 	return 0;
 }
 
@@ -110,10 +111,21 @@ static void sock_fail(struct kvod_sock *sk, int err, bool stalled)
 /* a write was refused: the stall clock runs from the first refusal */
 static void blocked(struct kvod_sock *sk, int64_t now)
 {
+	sk->next_try = now + sk->retry_ns;
+	if (sk->retry_ns < KVOD_TCP_RETRY_MAX_NS)
+		sk->retry_ns *= 2;
 	if (!sk->blocked_since)
 		sk->blocked_since = now;
 	else if (now - sk->blocked_since >= sk->stall_ns)
 		sock_fail(sk, ETIMEDOUT, true);
+}
+
+/* the connection took bytes: it is tried at once from now on */
+static void flowing(struct kvod_sock *sk)
+{
+	sk->blocked_since = 0;
+	sk->next_try = 0;
+	sk->retry_ns = KVOD_TCP_RETRY_NS;
 }
 
 static void put_pending(struct kvod_pacer *p, struct kvod_sock *sk)
@@ -139,7 +151,7 @@ bool kvod_tcp_drain(struct kvod_pacer *p, struct kvod_sock *sk, int64_t now)
 		if (r > 0) {
 			sk->out_off += (size_t)r;
 			sk->out_len -= (size_t)r;
-			sk->blocked_since = 0;
+			flowing(sk);
 			continue;
 		}
 		if (r < 0 && errno == EINTR)
@@ -157,18 +169,37 @@ bool kvod_tcp_drain(struct kvod_pacer *p, struct kvod_sock *sk, int64_t now)
 	return true;
 }
 
-/* Every pending socket's queue, at the start of a round. */
-void kvod_tcp_drain_pending(struct kvod_pacer *p, int64_t now)
+/*
+ * The queues of the pending sockets due a try, at the start of a round;
+ * returns when the next one is due (INT64_MAX: none is pending).
+ */
+int64_t kvod_tcp_drain_pending(struct kvod_pacer *p, int64_t now)
 {
 	struct kvod_sock *sk = p->pending, *next;
+	int64_t wake = INT64_MAX;
 
 	p->pending = NULL;
 	for (; sk; sk = next) {
 		next = sk->pend_next;
 		sk->pending = false;
 		sk->pend_next = NULL;
-		kvod_tcp_drain(p, sk, now);	/* lists it again if need be */
+		if (sk->next_try <= now)
+			kvod_tcp_drain(p, sk, now);	/* lists it again */
+		else
+			put_pending(p, sk);
+		if (sk->pending && sk->next_try < wake)
+			wake = sk->next_try;
 	}
+	return wake;
+}
+
+/* Whether new frames may go on @sk now: not held for a reply, not in a
+ * back-off, nothing queued left unwritten. */
+bool kvod_tcp_ready(struct kvod_pacer *p, struct kvod_sock *sk, int64_t now)
+{
+	if (sk->hold_until > now || sk->next_try > now)
+		return false;
+	return kvod_tcp_drain(p, sk, now);
 }
 
 /* append @len bytes to @sk's out-queue; the caller checked the room */
@@ -209,7 +240,7 @@ int kvod_tcp_write(struct kvod_pacer *p, struct kvod_sock *sk,
 		if (r > 0) {
 			d += r;
 			len -= (size_t)r;
-			sk->blocked_since = 0;
+			flowing(sk);
 			continue;
 		}
 		if (r < 0 && errno == EINTR)
@@ -235,7 +266,13 @@ static unsigned int msg_iov_end(const struct kvod_batch *b, unsigned int m)
 	return (unsigned int)(mh->msg_iov - b->iov) + (unsigned int)mh->msg_iovlen;
 }
 
-/* the streams of messages @m.. of @b try again in a moment */
+/* the retry time of a stream whose connection is not ready */
+int64_t kvod_tcp_retry_at(const struct kvod_sock *sk, int64_t now)
+{
+	return sk->next_try > now ? sk->next_try : now + KVOD_TCP_RETRY_NS;
+}
+
+/* the streams of messages @m.. of @b try again when the connection may */
 static void retry_from(struct kvod_batch *b, unsigned int m, int64_t now)
 {
 	unsigned int i;
@@ -245,7 +282,7 @@ static void retry_from(struct kvod_batch *b, unsigned int m, int64_t now)
 	for (i = b->msg_run[m]; i < b->nrun; i++) {
 		struct kvod_stream *s = b->runs[i].s;
 
-		s->retry_at = now + KVOD_TCP_RETRY_NS;
+		s->retry_at = kvod_tcp_retry_at(b->sk, now);
 		s->st.blocked++;
 	}
 }
@@ -315,7 +352,7 @@ void kvod_flush_tcp(struct kvod_pacer *p, struct kvod_batch *b, int64_t now)
 			sock_fail(sk, r < 0 ? errno : EPIPE, false);
 			return;
 		}
-		sk->blocked_since = 0;
+		flowing(sk);
 		for (left = (size_t)r; left;) {
 			struct iovec *v = &b->iov[iv];
 			size_t take = left < v->iov_len ? left : v->iov_len;

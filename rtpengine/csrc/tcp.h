@@ -9,7 +9,9 @@
 int kvod_tcp_sock_init(struct kvod_sock *sk, int64_t stall_ns);
 void kvod_tcp_sock_free(struct kvod_pacer *p, struct kvod_sock *sk);
 bool kvod_tcp_drain(struct kvod_pacer *p, struct kvod_sock *sk, int64_t now);
-void kvod_tcp_drain_pending(struct kvod_pacer *p, int64_t now);
+int64_t kvod_tcp_drain_pending(struct kvod_pacer *p, int64_t now);
+bool kvod_tcp_ready(struct kvod_pacer *p, struct kvod_sock *sk, int64_t now);
+int64_t kvod_tcp_retry_at(const struct kvod_sock *sk, int64_t now);
 void kvod_flush_tcp(struct kvod_pacer *p, struct kvod_batch *b, int64_t now);
 void kvod_tcp_catch_up(struct kvod_stream *s, int64_t now);
 int kvod_tcp_write(struct kvod_pacer *p, struct kvod_sock *sk,
