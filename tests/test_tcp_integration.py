@@ -182,6 +182,8 @@ def test_pipelined_requests_keepalives_and_pause_during_play(daemon):
         assert all((b - a) % 65536 == 1 for a, b in zip(seqs, seqs[1:]))
         streams = next(s for s in status(daemon)["sessions"] if s["id"] == session)["streams"]
         assert streams["0"]["ports"] == "interleaved"
+        assert streams["0"]["client"] == "127.0.0.1 tcp 0-1"
+        assert streams["0"]["server_ports"] is None and streams["0"]["skips"] == 0
         assert streams["0"]["loss_fraction"] == 0.25 and streams["0"]["jitter"] == 7
         # PAUSE: its reply whole, and no frame after it
         c.send(c.request_bytes("PAUSE", url + "/", f"Session: {session}"))

@@ -296,7 +296,8 @@ class InterleavedMediaStream(UdpMediaStream):
 
     def status(self) -> dict:
         out = super().status()
-        out["client"] = f"{self.client_host} interleaved={self.channels[0]}-{self.channels[1]}"
+        # short: `kvod status` gives the column 22 characters
+        out["client"] = f"{self.client_host} tcp {self.channels[0]}-{self.channels[1]}"
         out["ports"] = "interleaved"
         if self._stream is not None:
             stats = self._stream.stats()
