@@ -414,3 +414,28 @@ def test_play_after_write_holds_frames_until_the_reply(tmp_path):
         assert parser.frames(0)[0] == want[0][:2] + parser.frames(0)[0][2:4] + want[0][4:]
         s.close()
         client.close()
+
+
+def test_ipv6_connection(tmp_path):
+    """An interleaved stream on an IPv6 connection frames the same way."""
+    media, hints = keyframe_title(tmp_path, seconds=1)
+    lst = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    try:
+        lst.bind(("::1", 0))
+    except OSError:
+        pytest.skip("no IPv6 loopback here")
+    lst.listen(1)
+    client = socket.create_connection(lst.getsockname()[:2])
+    server, _ = lst.accept()
+    lst.close()
+    kw = dict(ssrc=4, seq0=9, ts0=9)
+    want = expected(hints, media, **kw)
+    with Engine() as engine:
+        s = open_tcp(engine, server, media, hints, 2, **kw)
+        server.close()
+        s.play(unpaced=True)
+        parser = StreamParser()
+        read_all(client, parser, until=lambda p: len(p.items) >= len(want))
+        assert parser.frames(2) == want
+        s.close()
+    client.close()

@@ -111,6 +111,7 @@ class InterleavedLink:
         return handle.fileno()
 
     def attach(self, channel: int, stream: "InterleavedMediaStream") -> None:
+        """``stream`` sends on RTP channel ``channel`` (RTCP on the next)."""
         self.streams[channel] = stream
 
     def detach(self, channel: int, engine_stream) -> bool:
@@ -290,11 +291,13 @@ class InterleavedMediaStream(UdpMediaStream):
             stream.close()
 
     def close(self) -> None:
+        """As a UDP stream's; its channels become free on the connection."""
         super().close()
         if self.link.streams.get(self.channels[0]) is self:
             del self.link.streams[self.channels[0]]
 
     def status(self) -> dict:
+        """A UDP stream's figures, and the slow-reader counters."""
         out = super().status()
         # short: `kvod status` gives the column 22 characters
         out["client"] = f"{self.client_host} tcp {self.channels[0]}-{self.channels[1]}"
