@@ -84,7 +84,7 @@ test-asan: deps
 		$(PYTHON) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS) \
 		tests/test_engine.py tests/test_strategies.py tests/test_mpegts.py \
 		tests/test_engine_growing.py tests/test_mpegts_growing.py tests/test_kernel_pacing.py \
-		tests/test_mp4_index.py
+		tests/test_mp4_index.py tests/test_engine_tcp.py
 		tests/test_hostile_files.py
 
 # The long fuzz campaign: the RTSP message, Transport, Range, Session,

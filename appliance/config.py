@@ -322,6 +322,28 @@ class RtcpConfig(_Section):
 
 
 @dataclass(frozen=True)
+class InterleavedConfig(_Section):
+    """``[interleaved]``: RTP on the RTSP connection (RTP/AVP/TCP)."""
+
+    SECTION: ClassVar[str] = "interleaved"
+    DOC: ClassVar[str] = ("RTP interleaved on the RTSP connection (RTP/AVP/TCP), and "
+                          "clients that read it slower than the media.")
+
+    max_lag: float = _setting(
+        2.0, _positive_number,
+        "Seconds a stream may fall behind its schedule because its client reads slowly "
+        "before it skips to the next keyframe due (whole packets; counted in status).")
+    stall_timeout: float = _setting(
+        20.0, _positive_number,
+        "Seconds a connection may take no byte at all before it is closed.")
+    send_buffer: int = _setting(
+        131072, _int_in(4096, 16 << 20, "an integer from 4096 to 16777216"),
+        "SO_SNDBUF of a connection that carries RTP (the kernel doubles it): what the "
+        "kernel holds for a slow reader, unseen by max_lag; enough for the bandwidth-delay "
+        "product of the clients' paths.")
+
+
+@dataclass(frozen=True)
 class CacheConfig(_Section):
     """``[cache]``: where cached titles live and how much room they get."""
 
@@ -596,7 +618,8 @@ class AuthConfig(_Section):
 _SECTIONS: dict[str, type[_Section]] = {
     cls.SECTION: cls
     for cls in (RtspConfig, RtcpConfig, CacheConfig, OriginConfig, CatalogConfig,
-                EngineConfig, LogConfig, AdminConfig, HttpConfig, AuthConfig)
+                EngineConfig, LogConfig, AdminConfig, HttpConfig, AuthConfig,
+                InterleavedConfig)
 }
 
 
@@ -614,6 +637,7 @@ class Config:
     admin: AdminConfig = field(default_factory=AdminConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
+    interleaved: InterleavedConfig = field(default_factory=InterleavedConfig)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, base_dir: str | None = None) -> Config:

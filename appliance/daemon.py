@@ -126,7 +126,10 @@ class KvodService(service.MultiService):
             on_alive=lambda session_id: self.server.touch(session_id, time.monotonic()),
             fill_for=self.cache.fill_for, on_damaged=self.cache.mark_damaged,
             stall_timeout=config.cache.stall_timeout,
-            pacing=config.engine.pacing)
+            pacing=config.engine.pacing,
+            tcp_max_lag=config.interleaved.max_lag,
+            tcp_stall=config.interleaved.stall_timeout,
+            tcp_send_buffer=config.interleaved.send_buffer)
         self.http_site = http_site(self.cache, reactor, config.http.target_duration)
         # a title downloaded or played must not be evicted under its readers
         self.cache.in_use = lambda name: self.media.playing(name) or self.http_site.busy(name)

@@ -93,7 +93,15 @@ class StatusCollector:
                 ("payload_octets", "kvod_sent_payload_bytes", "RTP payload bytes sent."),
                 ("late_5ms", "kvod_late_packets",
                  "RTP packets sent more than 5 ms after their schedule."),
-                ("send_errors", "kvod_send_errors", "Send calls that failed.")):
+                ("send_errors", "kvod_send_errors", "Send calls that failed."),
+                ("skips", "kvod_interleaved_skips",
+                 "Times a TCP-interleaved stream fell too far behind its "
+                 "schedule (a slow reader) and skipped to a keyframe."),
+                ("packets_skipped", "kvod_interleaved_skipped_packets",
+                 "RTP packets those skips left out."),
+                ("stalled", "kvod_interleaved_stalls",
+                 "RTSP connections closed because their reader took nothing "
+                 "for the stall time.")):
             yield _counter(name, doc, traffic.get(key, 0))
         auth = status.get("auth")
         if auth is not None:

@@ -38,6 +38,7 @@ from appliance.rtsp import (
 from appliance.rtsp.connection import response_for
 from appliance.rtsp.limits import ConnectionTable, RequestRate
 from appliance.rtsp.sessions import NeedTitle, RtspServer
+from appliance.media.interleaved import InterleavedLink
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,8 @@ class RtspProtocol(Protocol):
         self._waiting: Optional[Deferred] = None
         self._gone = False
         self._key: Optional[str] = None
+        # RTP interleaved on this connection; every write goes through it
+        self.link: Optional[InterleavedLink] = None
 
     #: set by the factory: requests a second this connection may make
     rate: Optional[RequestRate] = None
@@ -85,6 +88,16 @@ class RtspProtocol(Protocol):
             peer = self.transport.getPeer()
             self._key = f"{peer.host} {getattr(peer, 'port', '')} #{next(_CONNECTION_NUMBERS)}"
         return self._key
+
+    def connectionMade(self) -> None:  # noqa: N802 (Twisted API)
+        self.link = InterleavedLink(self.transport,
+                                    on_broken=lambda why: self.transport.abortConnection())
+
+    def _send(self, data: bytes) -> None:
+        if self.link is not None:
+            self.link.write(data)
+        else:
+            self.transport.write(data)
 
     def dataReceived(self, data: bytes) -> None:  # noqa: N802 (Twisted API)
         try:
@@ -121,7 +134,7 @@ class RtspProtocol(Protocol):
             self._gone = True
             self.transport.abortConnection()
             return True
-        self.transport.write(self.conn.send(response_for(
+        self._send(self.conn.send(response_for(
             request, 503, headers=(("Server", self.server.server_name),
                                    ("Retry-After", "1")))))
         return True
@@ -130,7 +143,7 @@ class RtspProtocol(Protocol):
         while self._queue and self._waiting is None and not self._gone:
             event = self._queue.popleft()
             if isinstance(event, _ProtocolError):  # after the requests before it
-                self.transport.write(self.conn.send_error(event.status))
+                self._send(self.conn.send_error(event.status))
                 self.transport.loseConnection()
                 self._queue.clear()
                 return
@@ -143,22 +156,25 @@ class RtspProtocol(Protocol):
                 self.transport.loseConnection()
                 self._queue.clear()
                 return
-            elif isinstance(event, (InterleavedFrame, Response)):
-                # RTCP over TCP or a client's stray response: nothing to do.
+            elif isinstance(event, InterleavedFrame):
+                if self.link is not None:  # RTCP of an interleaved stream
+                    self.link.frame_received(event.channel, event.data)
+            elif isinstance(event, Response):
+                # a client's stray response: nothing to do
                 continue
 
     def _answer(self, request: Request, *, prepared: bool) -> None:
         peer = self.transport.getPeer()
         response = self.server.handle_request(
             request, peer_host=peer.host, now=self._clock(),
-            prepared=prepared, connection=self.key)
+            prepared=prepared, connection=self.key, link=self.link)
         if isinstance(response, NeedTitle):
             self._prepare(request, response.name, response.npt_ns)
             return
         self._write(request, self.conn.send(response))
 
     def _write(self, request: Request, data: bytes) -> None:
-        self.transport.write(data)
+        self._send(data)
         if self._started is not None:
             self._on_answered(request.method, self._clock() - self._started)
             self._started = None
@@ -195,6 +211,11 @@ class RtspProtocol(Protocol):
             # nobody to answer: the title leaves the fill queue (or its probe
             # stops) unless another client waits for it too
             self._waiting.cancel()
+        if self.link is not None:
+            # a TCP session lives on its connection
+            self.server.close_sessions(self.link.connection_lost(),
+                                       "its RTSP connection closed")
+            self.link.close()
         factory = getattr(self, "factory", None)
         if factory is not None:
             factory.connection_closed(self)

@@ -160,7 +160,8 @@ def _engine_stats(ptr) -> dict[str, int]:
 
 def _stream_open(ptr, sock_fd: int, media_fd: int, hint_fd: int, *,
                  ssrc: int, seq0: int, ts0: int, payload_type: int,
-                 dest: Optional[tuple] = None, flags: int = 0) -> int:
+                 dest: Optional[tuple] = None, flags: int = 0,
+                 channel: int = 0, max_lag_ms: int = 0, stall_ms: int = 0) -> int:
     p = ffi.new("struct kvod_stream_params *")
     p.sock_fd, p.media_fd, p.hint_fd = sock_fd, media_fd, hint_fd
     p.ssrc, p.seq0, p.ts0 = ssrc, seq0, ts0
@@ -170,6 +171,7 @@ def _stream_open(ptr, sock_fd: int, media_fd: int, hint_fd: int, *,
         p.dest_family, p.dest_port, p.dest_scope = family, port, scope
         ffi.memmove(p.dest_addr, addr, len(addr))
     p.flags = flags
+    p.channel, p.tcp_max_lag_ms, p.tcp_stall_ms = channel, max_lag_ms, stall_ms
     return _check(lib.kvod_stream_open(ptr, p), "open stream")
 
 
@@ -198,6 +200,11 @@ def _stream_stats(ptr, sid: int):
     out = ffi.new("struct kvod_stream_stats *")
     _check(lib.kvod_stream_stats(ptr, sid, out), f"stats of stream {sid}")
     return out
+
+
+def _sock_write(ptr, sid: int, data: bytes) -> None:
+    _check(lib.kvod_sock_write(ptr, sid, data, len(data)),
+           f"write on the connection of stream {sid}")
 
 
 def _stream_close(ptr, sid: int) -> None:
@@ -305,6 +312,18 @@ class StreamStats:
     #: "kernel": fq releases the packets at their time; "engine": the
     #: engine's threads send them at their time
     pacing: str = "engine"
+    #: interleaved on a TCP connection (the rest are its counters): times
+    #: it fell more than its max lag behind and skipped to a keyframe, the
+    #: packets skipped, whether its connection stalled (and was shut),
+    #: rounds the connection took less than was due, the bytes queued for
+    #: the connection now and at most
+    interleaved: bool = False
+    skips: int = 0
+    packets_skipped: int = 0
+    stalled: bool = False
+    blocked: int = 0
+    out_queued: int = 0
+    out_queued_max: int = 0
 
 
 _Self = TypeVar("_Self", bound="Closing")
@@ -499,7 +518,9 @@ class Engine(Closing):
                     payload_type: Optional[int] = None,
                     dest: Optional[tuple] = None,
                     growing: bool = False,
-                    pacing: Optional[str] = None) -> "Stream":
+                    pacing: Optional[str] = None,
+                    interleaved: Optional[int] = None,
+                    max_lag_ms: int = 0, stall_ms: int = 0) -> "Stream":
         """Open a stream of the track ``hints`` (hint file) over ``media``.
 
         ``sock`` is a UDP socket connected to the client; the engine keeps
@@ -520,8 +541,18 @@ class Engine(Closing):
         connected socket and SO_TXTIME; without them the engine paces the
         stream and :attr:`Stream.pacing_reason` says why (also logged when
         kernel pacing was asked for by name).
+
+        ``interleaved=channel``: ``sock`` is the client's RTSP connection
+        (TCP) and the packets go on it as ``$`` frames on ``channel`` (RTCP
+        is channel + 1), paced by the engine; use :meth:`Stream.write` for
+        anything else written on that connection from then on. A stream
+        more than ``max_lag_ms`` (0: 2 s) behind skips to the next keyframe
+        due; a connection that takes nothing for ``stall_ms`` (0: 20 s) is
+        shut down and its streams fail.
         """
         pacing = _check_pacing(self.pacing if pacing is None else pacing)
+        if interleaved is not None:
+            pacing = "engine"  # a byte stream carries no departure times
         args = dict(ssrc=_in_range(ssrc, 32, "ssrc"),
                     seq0=_in_range(seq0, 16, "seq0"),
                     ts0=_in_range(ts0, 32, "ts0"),
@@ -529,6 +560,11 @@ class Engine(Closing):
                                   else _in_range(payload_type, 7, "payload type")),
                     dest=None if dest is None else _dest(dest),
                     flags=lib.KVOD_HINTS_GROWING if growing else 0)
+        if interleaved is not None:
+            args.update(flags=args["flags"] | lib.KVOD_INTERLEAVED,
+                        channel=_in_range(interleaved, 8, "channel"),
+                        max_lag_ms=_in_range(max_lag_ms, 32, "max lag"),
+                        stall_ms=_in_range(stall_ms, 32, "stall time"))
         fds = (_fd(sock, "socket"), _fd(media, "media"), _fd(hints, "hints"))
         kernel, why = self._choose_pacing(pacing, fds[0], dest)
         if kernel:
@@ -584,19 +620,22 @@ class Stream(Closing):
                 raise
 
     def play(self, start_record: Optional[int] = None, at_ns: Optional[int] = None,
-             unpaced: bool = False) -> StartPoint:
+             unpaced: bool = False, after_write: bool = False) -> StartPoint:
         """Send from ``start_record`` (None: where the stream stopped), and
         say where it starts.
 
         Record k leaves at ``at_ns + send_ns[k] - send_ns[start_record]``
         on the :func:`now_ns` clock (``at_ns`` None: now). Sequence numbers
         continue across pause, play and seek. ``unpaced`` sends as fast as
-        the socket takes them (benchmarks, tests).
+        the socket takes them (benchmarks, tests). ``after_write``, for an
+        interleaved stream: no frame goes on the connection before the next
+        :meth:`write` (the PLAY reply, which clients read first) or 1 s.
         """
         rec = RECORD_CONTINUE if start_record is None else _in_range(
             start_record, 63, "start record")
         at = 0 if at_ns is None else _in_range(at_ns, 63, "start time")
-        flags = lib.KVOD_PLAY_UNPACED if unpaced else 0
+        flags = (lib.KVOD_PLAY_UNPACED if unpaced else 0) | \
+            (lib.KVOD_PLAY_AFTER_WRITE if after_write else 0)
         with self._use() as (ptr, sid):
             return _stream_play(ptr, sid, rec, at, flags)
 
@@ -636,6 +675,15 @@ class Stream(Closing):
         with self._use() as (ptr, sid):
             _stream_set_hints(ptr, sid, fd, count, flags)
 
+    def write(self, data: bytes) -> None:
+        """Write ``data`` on an interleaved stream's connection after the
+        frames and bytes already queued there, never inside a frame
+        (RTSP replies, RTCP frames). Raises EngineError: ENOBUFS when the
+        connection's bounded queue cannot take it, EPIPE once the
+        connection failed, EPROTOTYPE on a UDP stream."""
+        with self._use() as (ptr, sid):
+            _sock_write(ptr, sid, bytes(data))
+
     def stats(self) -> StreamStats:
         """A snapshot of the stream's state and counters."""
         with self._use() as (ptr, sid):
@@ -654,7 +702,11 @@ class Stream(Closing):
             syscalls=s.syscalls, last_seq=s.last_seq, last_rtp_ts=s.last_rtp_ts,
             gso_fallback=bool(s.gso_fallback), strategy=strategy,
             refused=refused, shared=bool(s.shared),
-            pacing="kernel" if s.kernel_paced else "engine")
+            pacing="kernel" if s.kernel_paced else "engine",
+            interleaved=bool(s.interleaved), skips=s.skips,
+            packets_skipped=s.packets_skipped, stalled=bool(s.stalled),
+            blocked=s.blocked, out_queued=s.out_queued,
+            out_queued_max=s.out_queued_max)
 
     @property
     def closed(self) -> bool:

@@ -170,3 +170,25 @@ def test_bench_streams_pacing_option_is_checked():
     from appliance.cli.main import cli
     bad = CliRunner().invoke(cli, ["bench", "streams", "--pacing", "fast"])
     assert bad.exit_code == 2 and "'fast' is not one of 'engine', 'kernel', 'auto'" in bad.output
+
+
+def test_scale_run_over_tcp_counts_every_stream(short_ts_file, tmp_path):
+    """--transport tcp: each stream on a loopback connection of its own,
+    drained by another process; the engine's counters are the figures."""
+    from appliance.cli.main import cli
+    from rtpengine.bench.scale import format_table, run_once
+    from rtpengine.index.mpegts import index_mpegts
+    hint = str(tmp_path / "s.hint")
+    index_mpegts(short_ts_file, hint)
+    r = run_once(short_ts_file, hint, 8, 1.0, sample=2, sink="loopback", transport="tcp")
+    assert (r["sessions"], r["transport"], r["ports"]) == (8, "tcp", "tcp")
+    assert r["send_errors"] == 0 and r["skips"] == 0 and r["packets"] > 0
+    assert r["sample_packets"] == 0 and r["sample_within_5ms"] is None
+    assert 0 < r["cpu_ms_per_stream_s"] < 50 and 0 < r["engine_within_5ms"] <= 1
+    table = format_table({"title": "t", "runs": [r], "search": None, "lookahead_ms": 0.5,
+                          "burst_ms": 20.0})
+    assert " tcp " in table
+    with pytest.raises(ValueError, match="loopback"):
+        run_once(short_ts_file, hint, 2, 1.0, sink="nic", transport="tcp")
+    bad = CliRunner().invoke(cli, ["bench", "streams", "--transport", "sctp"])
+    assert bad.exit_code == 2 and "sctp" in bad.output

@@ -261,8 +261,10 @@ def test_bad_transport_is_461_and_unknown_session_454(daemon):
     client = RtspClient("127.0.0.1", daemon.port)
     try:
         url = client.url("movie")
+        # interleaved channels that are not an RTP/RTCP pair (TCP itself
+        # is served: tests/test_tcp_integration.py)
         resp = client.request("SETUP", url + "/trackID=0",
-                              [("Transport", "RTP/AVP/TCP;unicast;interleaved=0-1")])
+                              [("Transport", "RTP/AVP/TCP;unicast;interleaved=0-3")])
         assert resp.status == 461
         resp = client.request("PLAY", url + "/", [("Session", "0123456789ABCDEF")])
         assert resp.status == 454

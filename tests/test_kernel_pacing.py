@@ -239,9 +239,9 @@ def test_raw_kernel_pacing_calls(paced, receivers):
             p = ffi.new("struct kvod_stream_params *")
             p.sock_fd, p.media_fd, p.hint_fd = sock.fileno(), m.fileno(), h.fileno()
             p.payload_type = lib.KVOD_PT_FROM_HINT
-            p.flags = lib.KVOD_PACE_KERNEL | 0x10
+            p.flags = lib.KVOD_PACE_KERNEL | 0x8000  # no such flag
             assert lib.kvod_stream_open(e, p) == -errno.EINVAL
-            assert b"unknown flags 0x18" in ffi.string(lib.kvod_last_error())
+            assert b"unknown flags 0x8008" in ffi.string(lib.kvod_last_error())
             p.flags = lib.KVOD_PACE_KERNEL | lib.KVOD_HINTS_GROWING
             sid = lib.kvod_stream_open(e, p)
             assert sid >= 0

@@ -97,23 +97,25 @@ def test_describe_has_a_media_section_per_track(daemon):
     assert "mode=AAC-hbr" in audio.attribute("fmtp")
 
 
-@pytest.mark.parametrize("name", list(TITLES))
-def test_ffmpeg_receives_every_frame_of_every_track(daemon, name):
+@pytest.mark.parametrize("name,transport", [(name, "udp") for name in TITLES]
+                         + [("movie", "tcp"), ("hevc", "tcp")])
+def test_ffmpeg_receives_every_frame_of_every_track(daemon, name, transport):
     kw = TITLES[name]
     path = make_mp4(**kw)
     for stream, present in (("v", kw.get("video", "h264")), ("a", kw.get("audio", True))):
         if not present:
             continue
-        got = frames(daemon.url(name), stream, "-rtsp_transport", "udp")
+        got = frames(daemon.url(name), stream, "-rtsp_transport", transport)
         want = frames(path, stream)
         assert len(want) >= 90
         assert got == want, f"{name} {stream}: {len(got)} frames of {len(want)}"
 
 
-@pytest.mark.parametrize("name", ["movie", "hevc", "fragmented"])
-def test_gstreamer_decodes_both_tracks(daemon, name):
+@pytest.mark.parametrize("name,protocols", [("movie", "udp"), ("hevc", "udp"),
+                                            ("fragmented", "udp"), ("movie", "tcp")])
+def test_gstreamer_decodes_both_tracks(daemon, name, protocols):
     out = subprocess.run(
-        ["gst-launch-1.0", "rtspsrc", f"location={daemon.url(name)}", "protocols=udp",
+        ["gst-launch-1.0", "rtspsrc", f"location={daemon.url(name)}", f"protocols={protocols}",
          "name=src", "src.", "!", "decodebin", "!", "fakesink", "src.", "!", "decodebin",
          "!", "fakesink"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stdout + out.stderr

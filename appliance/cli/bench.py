@@ -87,11 +87,15 @@ def bench_datapath(size: str, payload: str, sink: str, offload: bool,
 @click.option("--media", type=click.Choice(["mpegts", "mp4"]), default="mpegts",
               show_default=True,
               help="mp4: the video track of the same title remuxed into MP4 (RFC 6184).")
+@click.option("--transport", type=click.Choice(["udp", "tcp"]), default="udp",
+              show_default=True,
+              help="tcp: each stream interleaved on a TCP connection of its own, to a "
+                   "loopback drain (needs --sink loopback; no arrival sample).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def bench_streams(sessions: str, bitrate: str, seconds: float, sample: int,
                   strategy: str, sink: str, ports: str, lookahead_ms: float,
                   offload: bool, burst_ms: float, pacing: str, search: bool,
-                  media: str, as_json: bool) -> None:
+                  media: str, transport: str, as_json: bool) -> None:
     """CPU per stream-second and timeliness of N paced streams."""
     from rtpengine.bench.scale import format_table, run_scale
     from rtpengine.bench.netns_sink import SinkError
@@ -102,7 +106,7 @@ def bench_streams(sessions: str, bitrate: str, seconds: float, sample: int,
                                strategy=strategy, sink=sink, shared=ports == "shared",
                                search=search, lookahead_ns=int(lookahead_ms * 1e6),
                                burst_ns=int(burst_ms * 1e6), offload=offload,
-                               pacing=pacing, media_kind=media,
+                               pacing=pacing, media_kind=media, transport=transport,
                                progress=progress)
     except (SinkError, ValueError, RuntimeError) as exc:
         raise click.ClickException(str(exc)) from None

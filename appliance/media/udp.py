@@ -35,8 +35,10 @@ from rtpengine.index.ts_trailer import TAIL_BYTES, pes_flush_trailer
 
 log = logging.getLogger(__name__)
 
-# the counters every stream adds to the daemon's totals
-TRAFFIC_KEYS = ("packets_sent", "payload_octets", "late_5ms", "send_errors")
+# the counters every stream adds to the daemon's totals (the last three:
+# interleaved streams' slow readers; a backend without them counts 0)
+TRAFFIC_KEYS = ("packets_sent", "payload_octets", "late_5ms", "send_errors",
+                "skips", "packets_skipped", "stalled")
 # How often ended streams are noticed (BYE) and counters refreshed.
 POLL_INTERVAL = 1.0
 # Pause between the end-of-stream trailer and the RTCP BYE.
@@ -98,8 +100,7 @@ class UdpMediaStream:
         self._ports = None
         self._stream = None
         try:
-            self._ports = backend.ports.lease(self)
-            self.server_ports = self._ports.server_ports
+            self._lease()
             media_fd = self._open_media(title)
             try:
                 hint_fd = os.open(update.path, os.O_RDONLY | os.O_CLOEXEC)
@@ -107,10 +108,7 @@ class UdpMediaStream:
                     # only a filling title asks for growing hints, which
                     # not every engine backend has (krtp has not)
                     growing = {"growing": True} if update.growing else {}
-                    self._stream = backend.engine.open_stream(
-                        self._ports.sock.fileno(), media_fd, hint_fd, dest=self._ports.dest,
-                        ssrc=self.ssrc, seq0=self.seq0, ts0=self.ts0,
-                        pacing=backend.pacing, **growing)
+                    self._stream = self._open_engine_stream(media_fd, hint_fd, growing)
                     if update.count is not None:
                         self._stream.set_hints(hint_fd, update.count, growing=update.growing)
                 finally:
@@ -122,6 +120,31 @@ class UdpMediaStream:
         except BaseException:
             self.close()
             raise
+
+    # -- where the packets go: a UDP port pair (an interleaved stream overrides) --
+
+    def _lease(self) -> None:
+        self._ports = self.backend.ports.lease(self)
+        self.server_ports = self._ports.server_ports
+
+    def _open_engine_stream(self, media_fd: int, hint_fd: int, growing: dict):
+        return self.backend.engine.open_stream(
+            self._ports.sock.fileno(), media_fd, hint_fd, dest=self._ports.dest,
+            ssrc=self.ssrc, seq0=self.seq0, ts0=self.ts0,
+            pacing=self.backend.pacing, **growing)
+
+    def _play_engine(self, record: int | None):
+        return self._stream.play(start_record=record)
+
+    def _release_engine_stream(self, stream) -> None:
+        stream.close()
+
+    def _send_rtp_packet(self, packet: bytes) -> bool:
+        return self._ports is not None and self._ports.send_rtp(packet)
+
+    def _send_rtcp_packet(self, data: bytes) -> None:
+        if self._ports is not None:
+            self._ports.send_rtcp(data)
 
     # -- the title's files: what the catalog recorded, or refused --------------
 
@@ -313,7 +336,7 @@ class UdpMediaStream:
         # orders it with the sends (dropped packets used up their sequence
         # numbers, as network loss would)
         try:
-            start = self._stream.play(start_record=record)
+            start = self._play_engine(record)
         except EngineError as exc:
             if exc.errno != errno.EFAULT:
                 raise
@@ -409,8 +432,8 @@ class UdpMediaStream:
                     self._send_rtcp(bye=True)
                 self.backend.retire(final)
             finally:
-                self._stream.close()
-                self._stream = None
+                stream, self._stream = self._stream, None
+                self._release_engine_stream(stream)
         if self._ports is not None:
             self._ports.close()
             self._ports = None
@@ -426,7 +449,8 @@ class UdpMediaStream:
     def status(self) -> dict:
         """Engine counters and the client's RTCP figures, JSON-able."""
         out = {"client": f"{self.client_host}:{self.client_ports[0]}-{self.client_ports[1]}",
-               "server_ports": list(self.server_ports), "ssrc": f"{self.ssrc:08X}",
+               "server_ports": list(self.server_ports) if self.server_ports else None,
+               "ssrc": f"{self.ssrc:08X}",
                "ports": self.backend.ports.mode,
                "loss_fraction": self.loss_fraction, "cumulative_lost": self.cumulative_lost,
                "jitter": self.jitter}
@@ -502,9 +526,11 @@ class UdpMediaStream:
             trailer = pes_flush_trailer(f.read())
         if not trailer:
             return False
-        seq = seq_add(self.seq0, stats.packets_sent + stats.packets_dropped)
+        # every packet skipped or dropped used its sequence number
+        seq = seq_add(self.seq0, stats.packets_sent + stats.packets_dropped
+                      + getattr(stats, "packets_skipped", 0))
         header = RtpHeader(self.payload_type, seq, stats.last_rtp_ts, self.ssrc)
-        return self._ports is not None and self._ports.send_rtp(header.pack() + trailer)
+        return self._send_rtp_packet(header.pack() + trailer)
 
     def send_sender_report(self) -> None:
         """An RTCP SR (+SDES CNAME) while the stream is sending."""
@@ -537,8 +563,7 @@ class UdpMediaStream:
         if bye:
             data += rtcp.build_bye(self.ssrc)
             self.bye_sent = True
-        if self._ports is not None:
-            self._ports.send_rtcp(data)
+        self._send_rtcp_packet(data)
 
 
 class UdpMediaBackend:
@@ -549,9 +574,19 @@ class UdpMediaBackend:
                  on_alive: Callable[[str], None] = lambda session_id: None,
                  fill_for: Callable[[str], object] = lambda name: None,
                  on_damaged: Callable[[str, str], None] = lambda name, why: None,
-                 stall_timeout: float = 20.0, pacing: str = "auto"):
+                 stall_timeout: float = 20.0, pacing: str = "auto",
+                 tcp_max_lag: float = 2.0, tcp_stall: float = 20.0,
+                 tcp_send_buffer: int = 131072):
         """``on_damaged(name, why)``: a stream found title ``name``'s cached
-        files cut short or changed (the cache marks it damaged)."""
+        files cut short or changed (the cache marks it damaged).
+        ``tcp_max_lag``: an interleaved stream this many seconds behind (its
+        client reads slower than the media) skips to the next keyframe;
+        ``tcp_stall``: a connection that takes no byte for this long is
+        closed; ``tcp_send_buffer``: the SO_SNDBUF of such a connection
+        (``appliance.media.interleaved``)."""
+        self.tcp_send_buffer = tcp_send_buffer
+        self.tcp_max_lag = tcp_max_lag
+        self.tcp_stall = tcp_stall
         self.engine = engine
         self.pacing = pacing  # [engine] pacing, for every stream's open_stream
         self.fill_for = fill_for
@@ -587,13 +622,31 @@ class UdpMediaBackend:
             stream.close()
         self.ports.stop()
 
+    @property
+    def interleaving(self) -> bool:
+        """Whether streams may go interleaved on the RTSP connection: the
+        user-space engine frames them (krtp sends UDP only)."""
+        return isinstance(self.engine, Engine)
+
     def open_stream(self, *, session_id: str, title, track, client_host: str,
-                    client_ports: tuple[int, int],
-                    quirks: ClientQuirks = NO_QUIRKS) -> UdpMediaStream:
+                    client_ports: tuple[int, int] | None,
+                    quirks: ClientQuirks = NO_QUIRKS,
+                    interleaved: tuple | None = None) -> UdpMediaStream:
+        """A stream to ``client_ports`` over UDP, or with ``interleaved=(link,
+        (rtp, rtcp))`` on the RTSP connection ``link`` (an
+        :class:`appliance.media.interleaved.InterleavedLink`)."""
         try:
-            stream = UdpMediaStream(self, session_id=session_id, title=title, track=track,
-                                    client_host=client_host, client_ports=client_ports,
-                                    quirks=quirks)
+            if interleaved is not None:
+                # that module builds on this one's stream class
+                from appliance.media.interleaved import InterleavedMediaStream
+                link, channels = interleaved
+                stream = InterleavedMediaStream(
+                    self, link=link, channels=channels, session_id=session_id,
+                    title=title, track=track, client_host=client_host, quirks=quirks)
+            else:
+                stream = UdpMediaStream(self, session_id=session_id, title=title,
+                                        track=track, client_host=client_host,
+                                        client_ports=client_ports, quirks=quirks)
         except (EngineError, OSError) as exc:
             raise MediaUnavailable(str(exc)) from exc
         self.streams.add(stream)
@@ -605,7 +658,7 @@ class UdpMediaBackend:
     def retire(self, final) -> None:
         """Add a closing stream's last counters to the totals."""
         for key in TRAFFIC_KEYS:
-            self._retired[key] += getattr(final, key)
+            self._retired[key] += getattr(final, key, 0)
 
     def traffic(self) -> dict[str, int]:
         """What every stream since start sent: packets, payload bytes, late
@@ -615,7 +668,7 @@ class UdpMediaBackend:
             stats = stream.engine_stats()
             if stats is not None:
                 for key in TRAFFIC_KEYS:
-                    totals[key] += getattr(stats, key)
+                    totals[key] += getattr(stats, key, 0)
         return totals
 
     def set_sr_interval(self, seconds: float) -> None:

@@ -8,7 +8,7 @@ the C engine, and tests use an in-memory one.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 from appliance.rtsp.client_quirks import ClientQuirks
@@ -77,5 +77,35 @@ class MediaBackend(Protocol):
     """Opens streams for the session layer."""
 
     def open_stream(self, *, session_id: str, title, track, client_host: str,
-                    client_ports: tuple[int, int], quirks: ClientQuirks) -> MediaStream:
-        """A stream of ``track`` to ``client_host``; raises MediaUnavailable."""
+                    client_ports: tuple[int, int] | None, quirks: ClientQuirks,
+                    interleaved: tuple | None = None) -> MediaStream:
+        """A stream of ``track`` to ``client_host``; raises MediaUnavailable.
+        ``interleaved=(link, (rtp, rtcp))``: on the RTSP connection ``link``
+        instead of UDP (only asked of a backend whose ``interleaving`` is true)."""
+
+
+class InterleavedLink(Protocol):
+    """An RTSP connection that streams may be interleaved on (RFC 2326
+    10.12): the real one is ``appliance.media.interleaved.InterleavedLink``."""
+
+    def usable(self) -> bool:
+        """Whether streams can be interleaved on this connection now."""
+
+    def free_pair(self, wanted: tuple[int, int] | None) -> tuple[int, int] | None:
+        """The RTP/RTCP channel pair to use for ``wanted`` (None: any free
+        one), or None when it is taken or not a pair."""
+
+
+def pick_interleaved(spec, link: InterleavedLink | None, media) -> object | None:
+    """``spec`` (an ``RTP/AVP/TCP`` TransportSpec) with the channel pair the
+    stream will use, or None when it cannot be served: no connection to
+    interleave on, a backend that cannot (``media.interleaving`` false),
+    multicast, or a pair the connection already uses."""
+    if link is None or not getattr(media, "interleaving", False) or not link.usable():
+        return None
+    if spec.delivery == "multicast":
+        return None
+    pair = link.free_pair(spec.interleaved)
+    if pair is None:
+        return None
+    return replace(spec, interleaved=pair, client_port=None)

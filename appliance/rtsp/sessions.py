@@ -18,6 +18,7 @@ from typing import Hashable
 from appliance.rtsp.client_quirks import quirks_for
 from catalog import CatalogError
 from appliance.rtsp.media_api import MediaBackend, MediaFilesBad, MediaStream, MediaUnavailable
+from appliance.rtsp.media_api import pick_interleaved
 from appliance.rtsp import (
     Request,
     Response,
@@ -158,18 +159,23 @@ class RtspServer:
         self._per_host: dict[str, int] = {}
         # (host, UDP port) -> the session whose stream sends there
         self._client_ports: dict[tuple[str, int], str] = {}
+        self._link = None  # the current request's connection (handle_request)
 
     # -- the entry points ---------------------------------------------------
 
     def handle_request(self, request: Request, *, peer_host: str, now: float,
-                       prepared: bool = False,
-                       connection: str | None = None) -> Response | NeedTitle:
+                       prepared: bool = False, connection: str | None = None,
+                       link=None) -> Response | NeedTitle:
         """The response to ``request`` from a client at ``peer_host``, or
         :class:`NeedTitle` when the title must be fetched first (``prepared``:
         it was, as far as it could be: answer with what there is).
         ``connection`` names the client's RTSP connection: auth nonces are
         bound to it (default: the host), and sessions per connection are
-        limited."""
+        limited. ``link`` is the connection's
+        :class:`~appliance.rtsp.media_api.InterleavedLink` (None: RTP over
+        UDP only)."""
+        # the request's connection, for a SETUP that interleaves on it
+        self._link = link
         try:
             if self.auth is not None and not prepared:  # a prepared one passed already
                 denial = self.auth.check(
@@ -220,6 +226,16 @@ class RtspServer:
                          session.id, session.title_name, session.peer_host,
                          now - session.last_seen,
                          extra=log_fields(session.id, session.title_name))
+                self._close(session)
+
+    def close_sessions(self, session_ids, why: str) -> None:
+        """End the sessions ``session_ids`` (their media went on a connection
+        that closed)."""
+        for session_id in session_ids:
+            session = self.sessions.get(session_id)
+            if session is not None:
+                log.info("session %s (%s, %s) ended: %s", session.id, session.title_name,
+                         session.peer_host, why, extra=log_fields(session.id, session.title_name))
                 self._close(session)
 
     def close_all(self) -> None:
@@ -337,11 +353,14 @@ class RtspServer:
                                        "another session")
 
         session_id = session.id if session else _new_session_id(self.sessions)
+        tcp = {"interleaved": (self._link, spec.interleaved)} \
+            if spec.lower_transport == "TCP" else {}
         try:
             stream = self._media.open_stream(session_id=session_id, title=title, track=track,
                                              client_host=peer_host,
                                              client_ports=spec.client_port,
-                                             quirks=quirks_for(req.headers.get("User-Agent")))
+                                             quirks=quirks_for(req.headers.get("User-Agent")),
+                                             **tcp)
         except MediaFilesBad as exc:
             # the server's own files, not the client's request or its bandwidth
             raise RtspFailure(503, f"cannot serve {title.name}: {exc}") from None
@@ -367,7 +386,8 @@ class RtspServer:
             session.client_ports.add((peer_host, port))
         reply_spec = TransportSpec(profile=spec.profile, lower_transport=spec.lower_transport,
                                    delivery="unicast", client_port=spec.client_port,
-                                   server_port=stream.server_ports, ssrc=stream.ssrc)
+                                   server_port=stream.server_ports, ssrc=stream.ssrc,
+                                   interleaved=spec.interleaved)
         return self._reply(req, 200, session=session,
                            headers=(("Transport", format_transport(reply_spec)),))
 
@@ -380,6 +400,11 @@ class RtspServer:
         except TransportError as exc:
             raise RtspFailure(461, f"bad Transport {value!r}: {exc}") from None
         for spec in specs:
+            if spec.lower_transport == "TCP":
+                picked = pick_interleaved(spec, self._link, self._media)
+                if picked is not None:
+                    return picked
+                continue
             # RFC 2326 makes a spec without "unicast" multicast, but clients
             # that give client_port and no delivery mean unicast.
             if (spec.lower_transport != "UDP" or spec.delivery == "multicast"
@@ -389,8 +414,9 @@ class RtspServer:
             if spec.destination and spec.destination != peer_host:
                 continue
             return spec
-        raise RtspFailure(461, f"no supported transport in {value!r} "
-                               "(kvod serves RTP/AVP over UDP unicast)")
+        raise RtspFailure(461, f"no supported transport in {value!r} (kvod serves "
+                               "RTP/AVP over UDP unicast or interleaved on TCP with "
+                               "a free channel pair)")
 
     def _play(self, req: Request, session: Session, prepared: bool) -> Response:
         if not session.streams:

@@ -1,5 +1,10 @@
 """``kvod bench streams``: CPU and timeliness of N paced MPEG-TS streams.
 
+With ``--transport tcp`` every stream is interleaved on a TCP connection
+of its own (as an RTSP client that asked for RTP/AVP/TCP gets it), to a
+drain in another process on loopback that reads and discards; there is
+no arrival sample then, only the engine's own lateness counters.
+
 N streams of one title (ffmpeg-made, constant mux rate) play at their
 media rate through the C engine (one thread per core). N - K of them go to
 the capacity sink: by default the namespace ``ifb`` "perfect NIC", all from
@@ -47,6 +52,46 @@ def _raise_fd_limit(need: int) -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < need:
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(need, soft)), hard))
+
+
+# --- the TCP drain: accepts the interleaved connections, reads and discards --------
+
+TCP_DRAIN = r'''
+import resource, select, socket, sys
+n = int(sys.argv[1])
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, n + 64)), hard))
+lst = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+lst.bind(("127.0.0.1", 0))
+lst.listen(4096)
+lst.setblocking(False)
+print(lst.getsockname()[1], flush=True)
+poll = select.epoll()
+poll.register(lst.fileno(), select.EPOLLIN)
+poll.register(sys.stdin.fileno(), select.EPOLLIN | select.EPOLLHUP)
+conns = {}
+buf = bytearray(1 << 20)
+while True:
+    for fd, _ in poll.poll(1.0):
+        if fd == sys.stdin.fileno():
+            sys.exit(0)
+        if fd == lst.fileno():
+            while True:
+                try:
+                    c, _ = lst.accept()
+                except BlockingIOError:
+                    break
+                c.setblocking(False)
+                conns[c.fileno()] = c
+                poll.register(c.fileno(), select.EPOLLIN)
+            continue
+        try:
+            if not conns[fd].recv_into(buf):
+                poll.unregister(fd)
+                conns.pop(fd).close()
+        except BlockingIOError:
+            pass
+'''
 
 
 # --- the sample receivers, in their own process ---------------------------------
@@ -98,9 +143,10 @@ json.dump(got, sys.stdout)
 def run_once(media: str, hint: str, sessions: int, seconds: float, *, sample: int = 20,
              strategy: str = "auto", sink: str = "nic", shared: bool = True,
              threads: int = 0, lookahead_ns: int = 0, burst_ns: int = 0,
-             offload: bool = False, pacing: str = "engine",
+             offload: bool = False, pacing: str = "engine", transport: str = "udp",
              progress: Progress = None) -> dict:
     """Play ``sessions`` paced streams for ``seconds``; return the figures.
+    ``transport`` "tcp": interleaved, a loopback connection each.
     ``pacing`` is every stream's (auto, engine, kernel); shared ports stay
     engine-paced (see Engine.open_stream), so ``paced`` counts who paced."""
     with HintFile(hint) as hf:
@@ -111,7 +157,11 @@ def run_once(media: str, hint: str, sessions: int, seconds: float, *, sample: in
     warm = 0.5
     if title_ns < (seconds + warm + 1) * SEC:
         raise ValueError(f"title lasts {title_ns / SEC:.1f} s, the run wants {seconds + warm + 1} s")
-    sample = min(sample, sessions)
+    if transport not in ("udp", "tcp"):
+        raise ValueError(f"unknown transport {transport!r} (udp or tcp)")
+    if transport == "tcp" and sink != "loopback":
+        raise ValueError("--transport tcp sends to a loopback drain: use --sink loopback")
+    sample = min(sample, sessions) if transport == "udp" else 0
     _raise_fd_limit(3 * sessions + 256)
     streams = []
     with ExitStack() as stack:
@@ -158,6 +208,14 @@ def run_once(media: str, hint: str, sessions: int, seconds: float, *, sample: in
         else:
             raise ValueError(f"unknown sink {sink!r} (nic or loopback)")
 
+        drain_port = None
+        if transport == "tcp":
+            drain = subprocess.Popen([sys.executable, "-c", TCP_DRAIN, str(sessions)],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     text=True)
+            stack.callback(drain.kill)
+            drain_port = int(drain.stdout.readline())
+
         def dest_of(i: int) -> tuple[str, int]:
             if sink == "nic":
                 return (host, 10000 + i)
@@ -174,7 +232,11 @@ def run_once(media: str, hint: str, sessions: int, seconds: float, *, sample: in
         params = []
         for i in range(sessions):
             kw = dict(ssrc=i + 1, seq0=random.randrange(65536), ts0=random.randrange(2**32))
-            if i < sample:
+            if drain_port is not None:
+                s = socket.create_connection(("127.0.0.1", drain_port))
+                st = engine.open_stream(s, m, h, interleaved=0, **kw)
+                s.close()
+            elif i < sample:
                 dest = ("127.0.0.1", ports[i])
                 if shared:
                     st = engine.open_stream(shared_rx, m, h, dest=dest, **kw)
@@ -242,7 +304,9 @@ def run_once(media: str, hint: str, sessions: int, seconds: float, *, sample: in
     stream_s = sessions * wall
     return {
         "sessions": sessions, "sample": sample, "seconds": round(wall, 3),
-        "strategy": used, "ports": "shared" if shared else "per-session",
+        "strategy": used, "transport": transport,
+        "ports": "tcp" if transport == "tcp" else "shared" if shared else "per-session",
+        "skips": delta("skips") if transport == "tcp" else 0,
         "sink": sink + (" (segmentation offload)" if offload and sink == "nic" else ""),
         "pacing": pacing, "paced": paced,
         "threads": engine.threads, "bitrate_mbps": round(bits / 1e6, 3),
@@ -262,8 +326,8 @@ def run_once(media: str, hint: str, sessions: int, seconds: float, *, sample: in
         "sample_packets": n_arr,
         "sample_within_1ms": round(sum(1 for x in lateness if x <= MS) / n_arr, 6) if n_arr else None,
         "sample_within_5ms": round(sum(1 for x in lateness if x <= 5 * MS) / n_arr, 6) if n_arr else None,
-        "sample_p99_late_ms": round(percentile(lateness, 0.99) / MS, 3),
-        "sample_max_early_ms": round(-min(lateness, default=0) / MS, 3),
+        "sample_p99_late_ms": round(percentile(lateness, 0.99) / MS, 3) if n_arr else None,
+        "sample_max_early_ms": round(-min(lateness, default=0) / MS, 3) if n_arr else None,
     }
 
 
@@ -292,7 +356,7 @@ def run_scale(counts: list[int], *, bitrate: str = "4M", seconds: float = 10.0,
               shared: bool = True, search: bool = False, max_sessions: int = 16000,
               lookahead_ns: int = 0, burst_ns: int = 0, offload: bool = False,
               pacing: str = "engine", media_kind: str = "mpegts",
-              progress: Progress = None) -> dict:
+              transport: str = "udp", progress: Progress = None) -> dict:
     """Runs for each of ``counts``; with ``search``, then the largest N
     keeping >= 99.9% within 5 ms (doubling, then bisecting, a few runs).
     ``media_kind`` "mp4" streams the video track of the same title remuxed
@@ -305,7 +369,7 @@ def run_scale(counts: list[int], *, bitrate: str = "4M", seconds: float = 10.0,
     media = (bench_mp4 if media_kind == "mp4" else bench_title)(
         bitrate=bitrate, seconds=max(30, int(seconds) + 5))
     lookahead, burst = batching(lookahead_ns, burst_ns)
-    result: dict = {"title": media, "lookahead_ms": lookahead / 1e6,
+    result: dict = {"title": media, "lookahead_ms": lookahead / 1e6, "transport": transport,
                     "burst_ms": burst / 1e6, "pacing": pacing,
                     "runs": [], "search": None}
     with tempfile.TemporaryDirectory(prefix="kvod-bench-") as tmp:
@@ -323,7 +387,8 @@ def run_scale(counts: list[int], *, bitrate: str = "4M", seconds: float = 10.0,
                     progress((done[0] + f) / steps)
             r = run_once(media, hint, n, secs, sample=sample, strategy=strategy, sink=sink,
                          shared=shared, lookahead_ns=lookahead_ns, burst_ns=burst_ns,
-                         offload=offload, pacing=pacing, progress=prog)
+                         offload=offload, pacing=pacing, transport=transport,
+                         progress=prog)
             done[0] += 1
             return r
 
@@ -381,8 +446,9 @@ def format_table(result: dict) -> str:
             + f"{r['packets_per_message']:>7.2f} {r['syscalls_per_s']:>8,} "
             f"{r['engine_within_1ms']:>9.4%} {r['engine_within_5ms']:>9.4%} "
             f"{r['engine_max_late_ms']:>7.2f}ms | "
-            f"{(r['sample_within_1ms'] or 0):>12.4%} {(r['sample_within_5ms'] or 0):>9.4%} "
-            f"{r['sample_p99_late_ms']:>7.3f}ms {r['sample_max_early_ms']:>7.3f}ms")
+            + (f"{r['sample_within_1ms']:>12.4%} {r['sample_within_5ms']:>9.4%} "
+               f"{r['sample_p99_late_ms']:>7.3f}ms {r['sample_max_early_ms']:>7.3f}ms"
+               if r["sample_packets"] else f"{'-':>12} {'-':>9} {'-':>9} {'-':>9}"))
     if result["search"]:
         s = result["search"]
         lines.append(f"most streams with >= 99.9% of packets within 5 ms: "

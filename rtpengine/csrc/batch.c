@@ -4,7 +4,9 @@
  * kvod_batch_build() appends the stream's due packets as sendmsg messages
  * whose iovecs alternate [RTP header + prefix][payload], the payload
  * pointing straight into the mapped media (or hint blob) file, with the
- * control messages each strategy needs (UDP_SEGMENT, SCM_TXTIME). Nothing
+ * control messages each strategy needs (UDP_SEGMENT, SCM_TXTIME); for an
+ * interleaved (TCP) stream the header room starts with the '$' frame
+ * header, one message a packet (tcp.c sends them). Nothing
  * here makes a system call; the strategies (send.c, uring.c) send what
  * this lays out.
  */
@@ -264,10 +266,19 @@ unsigned int kvod_batch_build(struct kvod_stream *s, struct kvod_batch *b,
 
 		seq = (uint16_t)(s->seq0 + s->seq_count + s->batched);
 		ts = s->ts0 + r.rtp_ts;
-		put_header(hdr, s, &r, seq, ts);
 		mh = &b->msgs[b->nmsg - 1].msg_hdr;
 		b->iov[b->niov].iov_base = hdr;
 		b->iov[b->niov].iov_len = KVOD_RTP_HEADER + r.prefix_len;
+		if (s->tcp) {
+			/* RFC 2326 10.12: '$', channel, length; size < 65536 */
+			hdr[0] = '$';
+			hdr[1] = s->channel;
+			hdr[2] = (uint8_t)(size >> 8);
+			hdr[3] = (uint8_t)size;
+			hdr += KVOD_TCP_FRAME_HDR;
+			b->iov[b->niov].iov_len += KVOD_TCP_FRAME_HDR;
+		}
+		put_header(hdr, s, &r, seq, ts);
 		b->niov++;
 		mh->msg_iovlen++;
 		if (r.length) {

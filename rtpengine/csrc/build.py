@@ -39,7 +39,7 @@ MODULES = {
                     ["ts_index.c", "mp4_index.c"]),
     "_kvod_engine": (["kvod_types.h", "engine.h", "guard.h"],
                      ["engine.c", "pacer.c", "batch.c", "send.c", "uring.c",
-                      "filemap.c", "guard.c"]),
+                      "filemap.c", "guard.c", "tcp.c"]),
 }
 
 # liburing (Debian: liburing-dev) for the uring_gso strategy

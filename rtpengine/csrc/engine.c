@@ -29,6 +29,7 @@
 #include "clock.h"
 #include "pacer.h"
 #include "send.h"
+#include "tcp.h"
 
 #define KVOD_MAX_THREADS	256
 /* id = generation << KVOD_SLOT_BITS | slot; a stale id is caught by the
@@ -455,7 +456,8 @@ KVOD_API int kvod_engine_check(struct kvod_engine *e)
  * unconnected, the client named per stream. *ino identifies the kernel
  * socket, so that streams sharing one are sent together.
  */
-static int take_socket(int fd, bool shared, int *domain, uint64_t *ino)
+static int take_socket(int fd, bool shared, bool tcp, int *domain,
+		       uint64_t *ino)
 {
 	struct sockaddr_storage peer;
 	socklen_t len = sizeof(int);
@@ -477,8 +479,14 @@ static int take_socket(int fd, bool shared, int *domain, uint64_t *ino)
 		err = kvod_fail(errno, "socket fd %d: %s", fd, strerror(errno));
 		goto err;
 	}
-	if (type != SOCK_DGRAM || proto != IPPROTO_UDP ||
-	    (*domain != AF_INET && *domain != AF_INET6)) {
+	if (tcp && (type != SOCK_STREAM || proto != IPPROTO_TCP ||
+		    (*domain != AF_INET && *domain != AF_INET6))) {
+		err = kvod_fail(EPROTOTYPE,
+				"socket fd %d is not a TCP/IP socket", fd);
+		goto err;
+	}
+	if (!tcp && (type != SOCK_DGRAM || proto != IPPROTO_UDP ||
+		     (*domain != AF_INET && *domain != AF_INET6))) {
 		err = kvod_fail(EPROTOTYPE,
 				"socket fd %d is not a UDP/IP socket", fd);
 		goto err;
@@ -717,12 +725,14 @@ static void use_hint(struct kvod_stream *s, const struct hint_view *v,
  * two threads would build one datagram, or read each other's completions.
  * With table_lock held, like every change of nstreams.
  */
-static struct kvod_pacer *pick_pacer(struct kvod_engine *e, uint64_t ino)
+static struct kvod_pacer *pick_pacer(struct kvod_engine *e, uint64_t ino,
+				      bool tcp)
 {
 	struct kvod_pacer *best = e->pacers[0];
 	int i;
 
-	if (e->strategy == KVOD_STRATEGY_GSO_ZEROCOPY ||
+	/* one connection's frames must come from one thread, in order */
+	if (tcp || e->strategy == KVOD_STRATEGY_GSO_ZEROCOPY ||
 	    e->strategy == KVOD_STRATEGY_RTP_SENDFILE ||
 	    e->strategy == KVOD_STRATEGY_SENDFILE_MORE) {
 		for (i = 0; i < e->npacers; i++) {
@@ -784,20 +794,28 @@ KVOD_API int kvod_stream_open(struct kvod_engine *e,
 	uint32_t slot = 0;
 	uint64_t ino = 0;
 	int err, sock, domain = 0, want_pt;
-	bool shared;
+	bool shared, tcp;
 
 	if (!e || !p)
 		return kvod_fail(EINVAL, "no engine or no parameters");
-	if (p->flags & ~(KVOD_HINTS_GROWING | KVOD_PACE_KERNEL))
+	if (p->flags & ~(KVOD_HINTS_GROWING | KVOD_PACE_KERNEL |
+			 KVOD_INTERLEAVED))
 		return kvod_fail(EINVAL, "unknown flags 0x%x", p->flags);
+	tcp = p->flags & KVOD_INTERLEAVED;
 	shared = p->dest_family != 0;
+	if (tcp && shared)
+		return kvod_fail(EINVAL,
+				 "an interleaved stream has its connection, not a destination");
+	if (tcp && p->channel == 255)
+		return kvod_fail(EINVAL,
+				 "channel 255 leaves no channel for RTCP");
 	s = calloc(1, sizeof(*s));
 	if (!s)
 		return kvod_fail(ENOMEM, "out of memory");
 	s->maps = &e->maps;
 	s->media_fd = -1;
 	s->hint_fd = -1;
-	sock = take_socket(p->sock_fd, shared, &domain, &ino);
+	sock = take_socket(p->sock_fd, shared, tcp, &domain, &ino);
 	if (sock < 0) {
 		err = sock;
 		goto err;
@@ -856,6 +874,19 @@ KVOD_API int kvod_stream_open(struct kvod_engine *e,
 	s->fill_limit = s->media_size;
 	s->st.strategy = e->strategy;
 	s->st.shared = shared;
+	if (tcp) {
+		/* one packet a frame, sendmsg of header and mapped payload:
+		 * no GSO, no departure times on a byte stream */
+		s->tcp = true;
+		s->channel = p->channel;
+		s->st.interleaved = 1;
+		s->gso = false;
+		s->strategy = KVOD_STRATEGY_MMAP_WRITEV;
+		s->st.strategy = KVOD_STRATEGY_MMAP_WRITEV;
+		s->max_lag_ns = p->tcp_max_lag_ms ?
+				(int64_t)p->tcp_max_lag_ms * 1000000 :
+				KVOD_TCP_MAX_LAG_NS;
+	}
 	/*
 	 * Kernel pacing for the batched strategies (the research's per-packet
 	 * paths stay as they were measured) on connected sockets only. fq
@@ -866,7 +897,7 @@ KVOD_API int kvod_stream_open(struct kvod_engine *e,
 	 * (and shared sockets already batch many clients per call).
 	 * kvod_pacer_add() then asks the socket for SO_TXTIME.
 	 */
-	if ((p->flags & KVOD_PACE_KERNEL) && !shared &&
+	if ((p->flags & KVOD_PACE_KERNEL) && !shared && !tcp &&
 	    kvod_is_mmsg_strategy(e->strategy)) {
 		if (e->features & KVOD_FEAT_TXTIME)
 			s->kpaced = true;
@@ -880,9 +911,12 @@ KVOD_API int kvod_stream_open(struct kvod_engine *e,
 		pthread_mutex_unlock(&e->table_lock);
 		goto err_sock;
 	}
-	pacer = pick_pacer(e, ino);
+	pacer = pick_pacer(e, ino, tcp);
 	kvod_pacer_lock(pacer);
-	err = kvod_pacer_add(pacer, s, sock, ino, domain, shared);
+	err = kvod_pacer_add(pacer, s, sock, ino, domain, shared,
+			     p->tcp_stall_ms ?
+			     (int64_t)p->tcp_stall_ms * 1000000 :
+			     KVOD_TCP_STALL_NS);
 	kvod_pacer_unlock(pacer);
 	if (err) {
 		pthread_mutex_unlock(&e->table_lock);
@@ -958,7 +992,7 @@ KVOD_API int kvod_stream_play(struct kvod_engine *e, int id,
 	uint64_t k, send_ns;
 	int err;
 
-	if (flags & ~KVOD_PLAY_UNPACED)
+	if (flags & ~(KVOD_PLAY_UNPACED | KVOD_PLAY_AFTER_WRITE))
 		return kvod_fail(EINVAL, "unknown play flags 0x%x", flags);
 	if (start_mono_ns < 0)
 		return kvod_fail(EINVAL, "start time %lld is negative",
@@ -993,7 +1027,12 @@ KVOD_API int kvod_stream_play(struct kvod_engine *e, int id,
 		s->t0 = (int64_t)((uint64_t)start_mono_ns - send_ns);
 		s->state = KVOD_STATE_PLAYING;
 		s->wait_end = false;
-		kvod_pacer_serve_now(s->pacer, s);
+		if (s->tcp && (flags & KVOD_PLAY_AFTER_WRITE)) {
+			s->sk->hold_until = kvod_now_ns() + KVOD_TCP_HOLD_NS;
+			kvod_pacer_kick(s->pacer, s);
+		} else {
+			kvod_pacer_serve_now(s->pacer, s);
+		}
 	}
 	kvod_pacer_unlock(s->pacer);
 	return 0;
@@ -1257,8 +1296,52 @@ KVOD_API int kvod_stream_stats(struct kvod_engine *e, int id,
 	out->next_record = s->next_record;
 	out->fill_limit = s->fill_limit;
 	out->kernel_paced = s->kpaced;
+	if (s->tcp)
+		out->out_queued = (uint32_t)s->sk->out_len;
 	kvod_pacer_unlock(s->pacer);
 	return 0;
+}
+
+KVOD_API int kvod_sock_write(struct kvod_engine *e, int id, const void *data,
+			     size_t len)
+{
+	struct kvod_stream *s;
+	struct kvod_pacer *p;
+	int err;
+
+	if (!data && len)
+		return kvod_fail(EINVAL, "no data");
+	s = stream_get(e, id, &err);
+	if (!s)
+		return err;
+	p = s->pacer;
+	if (!s->tcp) {
+		kvod_pacer_unlock(p);
+		return kvod_fail(EPROTOTYPE, "stream %d is not interleaved", id);
+	}
+	err = kvod_tcp_write(p, s->sk, data, len, kvod_now_ns());
+	if (!err && s->sk->hold_until) {
+		struct kvod_stream *o;
+
+		/* the reply a play waited for is out (or queued first) */
+		s->sk->hold_until = 0;
+		for (o = s->sk->streams; o; o = o->next)
+			if (o->state == KVOD_STATE_PLAYING)
+				kvod_pacer_kick(p, o);
+	}
+	/* queued: the thread writes it when the connection takes it */
+	if (!err && s->sk->pending)
+		pthread_cond_signal(&p->cond);
+	kvod_pacer_unlock(p);
+	if (err == -EPIPE)
+		return kvod_fail(EPIPE, "stream %d: its connection failed", id);
+	if (err == -ENOBUFS)
+		return kvod_fail(ENOBUFS,
+				 "stream %d: its connection's out-queue is full", id);
+	if (err == -EMSGSIZE)
+		return kvod_fail(EMSGSIZE, "%zu bytes are more than %d at once",
+				 len, KVOD_TCP_CTRL_MAX);
+	return err;
 }
 
 KVOD_API int kvod_stream_close(struct kvod_engine *e, int id)

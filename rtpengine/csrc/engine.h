@@ -51,6 +51,12 @@
 
 /* kvod_stream_play() flags */
 #define KVOD_PLAY_UNPACED	1
+/*
+ * interleaved streams: send nothing on the connection until the next
+ * kvod_sock_write() (the PLAY reply, which clients read before any frame)
+ * or for 1 s at most; the schedule starts at the play all the same
+ */
+#define KVOD_PLAY_AFTER_WRITE	2
 
 /* start_record meaning "where the stream stopped" */
 #define KVOD_RECORD_CONTINUE	0xffffffffffffffffULL
@@ -81,6 +87,18 @@
  * (kvod_stream_stats.kernel_paced says which).
  */
 #define KVOD_PACE_KERNEL	8
+/*
+ * open only: sock_fd is the client's connected TCP socket (the RTSP
+ * connection), and the stream's packets go on it interleaved (RFC 2326
+ * 10.12): '$', channel, 16-bit length, RTP packet. The streams of one
+ * connection share the engine's duplicate of it and its bounded
+ * out-queue, which kvod_sock_write() also feeds (RTSP replies, RTCP), so
+ * nothing written there ever lands inside a frame. A stream that falls
+ * more than tcp_max_lag_ms behind skips to the next keyframe due now; a
+ * connection that takes no byte for tcp_stall_ms is shut down and its
+ * streams fail (last_errno ETIMEDOUT, stats.stalled).
+ */
+#define KVOD_INTERLEAVED	16
 
 /* kvod_stream_set_hints() record_count meaning "the hint header's" */
 #define KVOD_RECORDS_FROM_HINT	0xffffffffffffffffULL
@@ -131,6 +149,10 @@ struct kvod_stream_params {
 	uint16_t dest_port;
 	uint8_t dest_addr[16];	/* network order: 4 bytes for AF_INET */
 	uint32_t dest_scope;	/* IPv6 scope id */
+	/* KVOD_INTERLEAVED only */
+	uint8_t channel;	/* the RTP channel (RTCP is channel + 1) */
+	uint32_t tcp_max_lag_ms;	/* 0: 2000 */
+	uint32_t tcp_stall_ms;		/* 0: 20000 */
 };
 
 /*
@@ -170,6 +192,14 @@ struct kvod_stream_stats {
 	uint32_t refused;	/* KVOD_FEAT_* the kernel refused at run time */
 	uint32_t shared;	/* 1: sends from a shared socket */
 	uint32_t kernel_paced;	/* 1: the kernel releases its packets on time */
+	/* interleaved streams (KVOD_INTERLEAVED) */
+	uint32_t interleaved;	/* 1: sends on a TCP connection */
+	uint32_t stalled;	/* 1: its connection took nothing for too long */
+	uint64_t skips;		/* times it fell too far behind and skipped */
+	uint64_t packets_skipped; /* packets those skips left out */
+	uint64_t blocked;	/* rounds its connection took less than due */
+	uint32_t out_queued;	/* bytes in its connection's out-queue now */
+	uint32_t out_queued_max; /* the most that queue ever held */
 };
 
 KVOD_API int64_t kvod_now_ns(void);
@@ -211,6 +241,14 @@ KVOD_API int kvod_stream_set_hints(struct kvod_engine *e, int id,
 KVOD_API int kvod_stream_stats(struct kvod_engine *e, int id,
 			       struct kvod_stream_stats *out);
 KVOD_API int kvod_stream_close(struct kvod_engine *e, int id);
+/*
+ * Write @len bytes on the connection of interleaved stream @id, after
+ * whatever frames and bytes are queued for it, never inside a frame: at
+ * once when nothing is queued, else from its bounded out-queue (-ENOBUFS
+ * when the bytes would not fit; -EPIPE once the connection failed).
+ */
+KVOD_API int kvod_sock_write(struct kvod_engine *e, int id, const void *data,
+			     size_t len);
 /* KVOD_CDEF_END */
 
 #endif

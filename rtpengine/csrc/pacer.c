@@ -45,12 +45,15 @@
 #include "clock.h"
 #include "pacer.h"
 #include "send.h"
+#include "tcp.h"
 
 static void flush(struct kvod_pacer *p, struct kvod_batch *b, int64_t now)
 {
 	if (b->nmsg) {
 		p->st.rounds++;
-		if (p->strategy == KVOD_STRATEGY_URING_GSO && p->uring)
+		if (b->sk && b->sk->tcp)
+			kvod_flush_tcp(p, b, now);
+		else if (p->strategy == KVOD_STRATEGY_URING_GSO && p->uring)
 			kvod_flush_uring(p, b, now);
 		else if (kvod_is_mmsg_strategy(p->strategy))
 			kvod_flush_mmsg(p, b, now);
@@ -259,7 +262,10 @@ static int64_t pacer_round(struct kvod_pacer *p, int64_t now)
 	struct kvod_stream *work = NULL;
 	struct kvod_sock *socks = NULL, **socks_tail = &socks, *sk;
 	struct kvod_stream *s;
+	int64_t wake, pend_wake = INT64_MAX;
 
+	if (p->pending)
+		pend_wake = kvod_tcp_drain_pending(p, now);
 	while ((s = pop_due(p, horizon))) {
 		sk = s->sk;
 		if (!sk->due) {
@@ -276,10 +282,14 @@ static int64_t pacer_round(struct kvod_pacer *p, int64_t now)
 	kvod_batch_reset(b);
 	for (sk = socks; sk; sk = sk->due_next) {
 		struct kvod_stream *next;
+		bool held;
 
-		if (!uring && b->nmsg)
+		/* a TCP socket's frames go out in a batch of their own */
+		if (b->nmsg && (!uring || sk->tcp || (b->sk && b->sk->tcp)))
 			flush(p, b, now);
 		b->sk = sk;
+		/* what a short write left queued leaves before new frames */
+		held = sk->tcp && !kvod_tcp_ready(p, sk, now);
 		if (sk->zc && sk->zc->first_id != sk->zc->next_id)
 			kvod_zc_reap(p, sk);
 		for (s = sk->due; s; s = next) {
@@ -293,11 +303,20 @@ static int64_t pacer_round(struct kvod_pacer *p, int64_t now)
 				continue;
 			}
 			s->retry_at = 0;
+			if (sk->tcp)
+				kvod_tcp_catch_up(s, now);
 			if (s->next_record >= s->nrec) {
 				kvod_stream_at_last_record(s);
 				continue;
 			}
 			t = s->unpaced ? now : wake_due(p, s);
+			if (held && t <= horizon) {
+				s->retry_at = kvod_tcp_retry_at(sk, now);
+				if (sk->hold_until <= now)
+					s->st.blocked++;
+				schedule(p, s, s->retry_at);
+				continue;
+			}
 			if (t > horizon) {
 				schedule(p, s, t);
 				continue;
@@ -317,7 +336,15 @@ static int64_t pacer_round(struct kvod_pacer *p, int64_t now)
 			kvod_stream_at_last_record(s);
 		schedule(p, s, next_wake(p, s, now));
 	}
-	return p->nheap ? p->heap[1].wake : INT64_MAX;
+	wake = p->nheap ? p->heap[1].wake : INT64_MAX;
+	/* queued bytes of a paused connection (an RTSP reply) go out too */
+	if (p->pending) {
+		if (pend_wake == INT64_MAX)
+			pend_wake = now + KVOD_TCP_RETRY_NS;	/* listed now */
+		if (wake > pend_wake)
+			wake = pend_wake;
+	}
+	return wake;
 }
 
 /*
@@ -529,7 +556,7 @@ static int txtime_setup(struct kvod_sock *sk)
  * Called with p->lock held; returns 0 or -ENOMEM.
  */
 int kvod_pacer_add(struct kvod_pacer *p, struct kvod_stream *s, int fd,
-		   uint64_t ino, int domain, bool shared)
+		   uint64_t ino, int domain, bool shared, int64_t stall_ns)
 {
 	struct kvod_sock *sk = kvod_pacer_find_sock(p, ino);
 
@@ -552,7 +579,11 @@ int kvod_pacer_add(struct kvod_pacer *p, struct kvod_stream *s, int fd,
 		sk->ino = ino;
 		sk->domain = domain;
 		sk->shared = shared;
-		if (p->strategy == KVOD_STRATEGY_GSO_ZEROCOPY &&
+		if (s->tcp && kvod_tcp_sock_init(sk, stall_ns)) {
+			free(sk);
+			return -ENOMEM;
+		}
+		if (p->strategy == KVOD_STRATEGY_GSO_ZEROCOPY && !s->tcp &&
 		    kvod_zc_setup(sk) < 0) {
 			/* the socket refused SO_ZEROCOPY: plain gso */
 			s->st.refused |= KVOD_FEAT_ZEROCOPY;
@@ -568,7 +599,8 @@ int kvod_pacer_add(struct kvod_pacer *p, struct kvod_stream *s, int fd,
 		s->st.refused |= KVOD_FEAT_TXTIME;
 	}
 	s->st.kernel_paced = s->kpaced;
-	if (p->strategy == KVOD_STRATEGY_GSO_ZEROCOPY && !sk->zerocopy) {
+	if (p->strategy == KVOD_STRATEGY_GSO_ZEROCOPY && !sk->zerocopy &&
+	    !s->tcp) {
 		s->st.refused |= KVOD_FEAT_ZEROCOPY;
 		s->strategy = KVOD_STRATEGY_GSO;
 		s->st.strategy = KVOD_STRATEGY_GSO;
@@ -609,6 +641,8 @@ void kvod_pacer_remove(struct kvod_pacer *p, struct kvod_stream *s)
 	if (sk->next)
 		sk->next->prev = sk->prev;
 	kvod_zc_free(p, sk);
+	if (sk->tcp)
+		kvod_tcp_sock_free(p, sk);
 	close(sk->fd);
 	free(sk);
 }

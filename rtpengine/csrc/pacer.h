@@ -13,7 +13,7 @@ void kvod_pacer_destroy(struct kvod_pacer *p);
 void kvod_pacer_lock(struct kvod_pacer *p);
 void kvod_pacer_unlock(struct kvod_pacer *p);
 int kvod_pacer_add(struct kvod_pacer *p, struct kvod_stream *s, int fd,
-		   uint64_t ino, int domain, bool shared);
+		   uint64_t ino, int domain, bool shared, int64_t stall_ns);
 void kvod_pacer_remove(struct kvod_pacer *p, struct kvod_stream *s);
 void kvod_pacer_kick(struct kvod_pacer *p, struct kvod_stream *s);
 void kvod_pacer_serve_now(struct kvod_pacer *p, struct kvod_stream *s);

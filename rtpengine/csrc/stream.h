@@ -41,7 +41,7 @@
 #endif
 
 #define KVOD_RTP_HEADER		12
-#define KVOD_HDR_ROOM		20	/* header + prefix, rounded up */
+#define KVOD_HDR_ROOM		24	/* '$' frame + header + prefix, rounded up */
 #define KVOD_MAX_DATAGRAM	65507	/* UDP payload limit over IPv4 */
 #define KVOD_GSO_SEGS		64	/* UDP_MAX_SEGMENTS of older kernels */
 #define KVOD_MAX_MSGS		1024	/* messages per call (UIO_MAXIOV) */
@@ -53,6 +53,20 @@
 #define KVOD_KERNEL_LOOKAHEAD_NS	20000000LL
 /* back-off after EAGAIN/ENOBUFS before the same batch is tried again */
 #define KVOD_RETRY_NS		1000000LL
+/* interleaved (TCP) streams: the '$', channel and length before a packet */
+#define KVOD_TCP_FRAME_HDR	4
+/* a blocked connection is tried again this soon, then twice as late each
+ * time it still takes nothing, up to the max: a stalled reader costs the
+ * thread a few calls a second, not one every retry */
+#define KVOD_TCP_RETRY_NS	2000000LL
+#define KVOD_TCP_RETRY_MAX_NS	50000000LL
+#define KVOD_TCP_MAX_LAG_NS	2000000000LL
+#define KVOD_TCP_STALL_NS	20000000000LL
+#define KVOD_TCP_HOLD_NS	1000000000LL
+/* the out-queue: one frame's unsent tail, and control bytes behind it */
+#define KVOD_TCP_FRAME_MAX	(KVOD_TCP_FRAME_HDR + 65535)
+#define KVOD_TCP_CTRL_MAX	65536
+#define KVOD_TCP_OUTQ		(KVOD_TCP_FRAME_MAX + KVOD_TCP_CTRL_MAX)
 #define KVOD_ZC_SLOTS		4096	/* zero-copy header ring, per socket */
 /* a ring slot never straddles a page, so a header is one page fragment */
 #define KVOD_ZC_SLOT_SIZE	32
@@ -92,6 +106,22 @@ struct kvod_sock {
 	bool zerocopy;			/* SO_ZEROCOPY is on */
 	bool txtime;			/* SO_TXTIME is on */
 	struct kvod_zc *zc;
+	/*
+	 * TCP (interleaved streams): bytes that must leave before any new
+	 * frame, [out_off, out_off + out_len) of outq: the unsent tail of a
+	 * frame a short write cut, then kvod_sock_write()'s bytes.
+	 */
+	bool tcp;
+	bool dead;			/* failed or stalled: writes nothing */
+	bool pending;			/* on the pacer's pending list */
+	uint8_t *outq;
+	size_t out_off, out_len, out_max;
+	int64_t blocked_since;		/* first refused write, 0: flowing */
+	int64_t next_try;		/* blocked: not written before this */
+	int64_t retry_ns;		/* the back-off after the next refusal */
+	int64_t hold_until;		/* KVOD_PLAY_AFTER_WRITE: no frames yet */
+	int64_t stall_ns;
+	struct kvod_sock *pend_next;
 	/* this round's due streams, in the order they fell due */
 	struct kvod_stream *due, **due_tail;
 	struct kvod_sock *due_next;	/* next socket with due streams */
@@ -114,6 +144,9 @@ struct kvod_stream {
 	uint32_t ts0;
 	uint16_t seq0;
 	uint8_t pt;
+	bool tcp;			/* interleaved on sk's connection */
+	uint8_t channel;
+	int64_t max_lag_ns;
 
 	/* everything below is protected by pacer->lock */
 	/* the hints, swapped by kvod_stream_set_hints() while a fill grows them */
@@ -216,6 +249,7 @@ struct kvod_pacer {
 	struct kvod_sched *heap;
 	unsigned int nheap, heap_cap;
 	struct kvod_batch *batch;
+	struct kvod_sock *pending;	/* TCP sockets with an out-queue */
 	struct kvod_uring *uring;	/* uring_gso only */
 	struct kvod_engine_stats st;
 };

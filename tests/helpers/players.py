@@ -41,9 +41,9 @@ def gst_finished(proc: subprocess.Popen, output: bytes) -> bool:
         b"Could not write to resource" in line for line in errors)
 
 
-def gst_receive(url: str, out: str) -> subprocess.Popen:
+def gst_receive(url: str, out: str, protocols: str = "udp") -> subprocess.Popen:
     return subprocess.Popen(["gst-launch-1.0", "-q", "rtspsrc", f"location={url}",
-                             "protocols=udp", "!", "rtpmp2tdepay", "!", "filesink",
+                             f"protocols={protocols}", "!", "rtpmp2tdepay", "!", "filesink",
                              f"location={out}"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
