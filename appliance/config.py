@@ -240,6 +240,11 @@ class RtspConfig(_Section):
         "tcp:8554:interface=0.0.0.0", _endpoint,
         "Twisted server endpoint the RTSP server listens on "
         "(e.g. 'tcp:8554:interface=::', 'systemd:domain=INET:index=0').")
+    tls_listen: str = _setting(
+        "none", lambda v: v if v == "none" else _endpoint(v),
+        "Twisted server endpoint of RTSPS, RTSP over TLS (rtsps://; e.g. 'ssl:322:interface="
+        "0.0.0.0:privateKey=/etc/kvod/tls/key.pem:certKey=/etc/kvod/tls/cert.pem'): RTP then "
+        "goes interleaved on the TLS connection. 'none' (the default): no RTSPS.")
     listen_backlog: int = _setting(
         1024, _int_in(1, 65535, "an integer from 1 to 65535"),
         "Connections the kernel queues before the daemon accepts them, for a TCP listen "

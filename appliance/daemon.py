@@ -160,6 +160,7 @@ class KvodService(service.MultiService):
         self.admin_endpoint = endpoints.serverFromString(reactor, config.admin.listen)
         self.admin_port = None
         self.http_port = None
+        self.tls_port = None
         self._status_line = supervision.StatusLine()
         self._watchdog = supervision.Watchdog()
         self._watchdog_failing = False
@@ -209,6 +210,14 @@ class KvodService(service.MultiService):
             web.addCallback(self._set_port, "http_port")
             web.addErrback(self._listen_failed, "HTTP", self.config.http.listen)
             listening.append(web)
+        if self.config.rtsp.tls_listen != "none":
+            # RTSPS: the same server behind TLS; RTP goes interleaved on the connection
+            rtsps = endpoints.serverFromString(
+                self.reactor, with_backlog(self.config.rtsp.tls_listen,
+                                           self.config.rtsp.listen_backlog)).listen(self.factory)
+            rtsps.addCallback(self._set_port, "tls_port")
+            rtsps.addErrback(self._listen_failed, "RTSPS", self.config.rtsp.tls_listen)
+            listening.append(rtsps)
         # READY only once every port listens (STYLE.md: Type=notify)
         gatherResults(listening, consumeErrors=True).addCallback(self._ready)
 
@@ -367,7 +376,7 @@ class KvodService(service.MultiService):
                 loop.stop()
         self.server.close_all()
         self.media.stop()
-        for attr in ("port", "admin_port", "http_port"):
+        for attr in ("port", "admin_port", "http_port", "tls_port"):
             port = getattr(self, attr)
             if port is not None:
                 port.stopListening()

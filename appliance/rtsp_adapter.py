@@ -167,7 +167,8 @@ class RtspProtocol(Protocol):
         peer = self.transport.getPeer()
         response = self.server.handle_request(
             request, peer_host=peer.host, now=self._clock(),
-            prepared=prepared, connection=self.key, link=self.link)
+            prepared=prepared, connection=self.key, link=self.link,
+            secure=self.link is not None and self.link.tls)
         if isinstance(response, NeedTitle):
             self._prepare(request, response.name, response.npt_ns)
             return

@@ -11,6 +11,7 @@ import pytest
 
 from appliance.bench.crowd import run_crowd
 from appliance.bench.latency import run_latency
+from appliance.bench.rtsps import run_rtsps
 from tests.helpers.daemon import KVOD
 
 pytestmark = pytest.mark.integration
@@ -39,3 +40,11 @@ def test_bench_crowd_command_prints_its_targets():
                                  "--json"], capture_output=True, text=True, timeout=300,
                          check=True).stdout
     assert json.loads(out)["failures"] == 0
+
+
+def test_rtsps_cost_is_measured_against_plain_tcp(ts_file):
+    result = run_rtsps(ts_file, viewers=2, seconds=1.0, rounds=1)
+    assert not result["errors"], result
+    # both ways carry the title's rate: 10 s of ~1 Mb/s video and audio
+    assert result["tcp_mbit_per_viewer"] > 0.5 and result["rtsps_mbit_per_viewer"] > 0.5
+    assert result["tcp_cpu_ms_per_stream_s"] > 0 and result["rtsps_cpu_ms_per_stream_s"] > 0

@@ -439,3 +439,28 @@ def test_ipv6_connection(tmp_path):
         assert parser.frames(2) == want
         s.close()
     client.close()
+
+
+def test_a_unix_stream_pair_carries_frames_for_a_tls_relay(ts_title):
+    """RTSPS: the engine writes its frames into one end of a Unix stream
+    socket pair (the daemon encrypts what comes out of the other); the
+    bytes are the same as on a TCP connection. A datagram socket is not
+    a connection."""
+    media, hints = ts_title
+    engine_end, relay_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    kw = dict(ssrc=0x55667788, seq0=1, ts0=2)
+    want = expected(hints, media, **kw)
+    with Engine() as engine:
+        stream = open_tcp(engine, engine_end, media, hints, 0, **kw)
+        engine_end.close()
+        stream.play(unpaced=True)
+        stream.write(reply(7))
+        parser = StreamParser()
+        read_all(relay_end, parser, until=lambda p: len(p.frames(0)) >= len(want))
+        assert parser.frames(0) == want
+        assert [i for i in parser.items if isinstance(i, Message)]
+        stream.close()
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as dgram, \
+                pytest.raises(EngineError, match="not a TCP/IP or Unix stream socket"):
+            open_tcp(engine, dgram, media, hints, 0, **kw)
+    relay_end.close()

@@ -316,10 +316,8 @@ def test_https_sends_the_same_bytes_through_tls(tmp_path, ts_file, data):
     """An ``ssl:`` endpoint: sendfile cannot encrypt, so the body is read
     into Python and written through TLS; the bytes and ranges are the same."""
     from tests.helpers.daemon import free_tcp_port, wait_listening
-    key, cert = str(tmp_path / "key.pem"), str(tmp_path / "cert.pem")
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key,
-                    "-out", cert, "-days", "1", "-subj", "/CN=127.0.0.1"],
-                   check=True, capture_output=True, timeout=60)
+    from appliance.bench.rtsps import self_signed
+    key, cert = self_signed(str(tmp_path))
     port = free_tcp_port()
     d = KvodDaemon(str(tmp_path), extra=f'[http]\nlisten = "ssl:{port}:interface=127.0.0.1:'
                                         f'privateKey={key}:certKey={cert}"\n')

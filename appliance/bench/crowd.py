@@ -30,7 +30,7 @@ from appliance.bench.rtsp_client import RtspClient, RtspClientError
 from rtpengine.bench.stats import percentile
 
 
-def _cpu_seconds(pid: int) -> float:
+def cpu_seconds(pid: int) -> float:
     """A process's user + system CPU time so far."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
@@ -158,7 +158,7 @@ def run_crowd(media_path: str, sessions: int = 1000, concurrency: int = 100,
             if progress:
                 progress(done[0] / sessions * 0.9)
 
-    cpu_before = _cpu_seconds(serve.proc.pid)
+    cpu_before = cpu_seconds(serve.proc.pid)
     started = time.monotonic_ns()
     try:
         with ThreadPoolExecutor(concurrency) as pool:
@@ -170,7 +170,7 @@ def run_crowd(media_path: str, sessions: int = 1000, concurrency: int = 100,
             if not missing:
                 break
             time.sleep(0.005)
-        cpu = _cpu_seconds(serve.proc.pid) - cpu_before
+        cpu = cpu_seconds(serve.proc.pid) - cpu_before
         got = {fd: firsts.first[fd] for fd in plays if fd in firsts.first}
         no_packet = len(plays) - len(got)
         latency = [(got[fd] - plays[fd]) / 1e6 for fd in got]

@@ -232,6 +232,34 @@ def bench_crowd(sessions: int, concurrency: int, bitrate: str, as_json: bool) ->
     click.echo(f"  daemon CPU per session set up: {result['server_cpu_ms_per_session']:.3f} ms")
 
 
+@bench.command("rtsps")
+@click.option("--viewers", default=20, show_default=True, help="Streams at once.")
+@click.option("--bitrate", default="4M", show_default=True, help="Bit rate of the title.")
+@click.option("--seconds", default=10.0, show_default=True, help="Seconds measured per round.")
+@click.option("--rounds", default=2, show_default=True,
+              help="Rounds of plain RTSP/TCP and RTSPS, alternated (medians compared).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def bench_rtsps(viewers: int, bitrate: str, seconds: float, rounds: int, as_json: bool) -> None:
+    """What RTSPS costs: daemon CPU per stream-second over TLS against plain TCP."""
+    from appliance.bench.rtsps import run_rtsps
+    from rtpengine.bench.media import bench_title
+    media = bench_title(bitrate=bitrate, seconds=30)
+    with progress_bar("rtsps", as_json and not sys.stderr.isatty()) as progress:
+        result = run_rtsps(media, viewers, seconds, rounds, progress=progress)
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    click.echo(f"{viewers} viewers of a {bitrate}b/s title, RTP interleaved, loopback "
+               f"(median of {rounds} rounds of {seconds:g} s):")
+    click.echo(f"  plain RTSP/TCP: {result['tcp_cpu_ms_per_stream_s']:.3f} ms daemon CPU per "
+               f"stream-second ({result['tcp_mbit_per_viewer']:.2f} Mb/s per viewer)")
+    click.echo(f"  RTSPS (TLS):    {result['rtsps_cpu_ms_per_stream_s']:.3f} ms "
+               f"({result['rtsps_mbit_per_viewer']:.2f} Mb/s per viewer): "
+               f"{result['rtsps_to_tcp']}x; research figure: not published")
+    for error in result["errors"]:
+        click.echo(f"  viewer error: {error}")
+
+
 @bench.command("proxy")
 @click.option("--misses", default=50, show_default=True, help="Uncached titles timed.")
 @click.option("--viewers", default=4, show_default=True,

@@ -27,6 +27,7 @@ import logging
 import socket
 from typing import Callable
 
+from appliance.media.tls_relay import TlsRelay, is_tls
 from appliance.media.udp import UdpMediaStream
 from appliance.rtsp.client_quirks import NO_QUIRKS, ClientQuirks
 from rtpengine import rtcp
@@ -71,6 +72,9 @@ class InterleavedLink:
         self._holder = None     # an engine stream kept for writing (see module doc)
         self._switched = False  # Twisted's buffer handed over: the engine writes
         self.closed = False
+        # RTSPS: the engine writes into a socket pair the reactor encrypts from
+        self.tls = is_tls(transport)
+        self.relay: TlsRelay | None = None
 
     # -- channels -------------------------------------------------------------
 
@@ -79,6 +83,8 @@ class InterleavedLink:
         the switch can take over)."""
         if self.closed:
             return False
+        if self.tls:
+            return True     # through a relay (appliance.media.tls_relay)
         try:
             self.transport.getHandle().fileno()
         except (AttributeError, OSError):
@@ -104,7 +110,12 @@ class InterleavedLink:
     def fileno(self, send_buffer: int | None = None) -> int:
         """The connection's socket, its send buffer set to ``send_buffer``:
         what the kernel holds for a slow reader is lag the engine cannot
-        see, so it is kept to about what the path needs."""
+        see, so it is kept to about what the path needs. On a TLS connection:
+        the engine's end of the relay's socket pair."""
+        if self.tls:
+            if self.relay is None:
+                self.relay = TlsRelay(self.transport, send_buffer)
+            return self.relay.engine_end.fileno()
         handle = self.transport.getHandle()
         if send_buffer is not None:
             handle.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer)
@@ -152,7 +163,8 @@ class InterleavedLink:
         try:
             if not self._switched:
                 self._switched = True
-                held = take_twisted_buffer(self.transport)
+                # over TLS, the relay writes behind what TLS holds already
+                held = None if self.tls else take_twisted_buffer(self.transport)
                 if held:
                     self._engine_write(writer, held)
             self._engine_write(writer, data)
@@ -206,6 +218,8 @@ class InterleavedLink:
         holder, self._holder = self._holder, None
         if holder is not None:
             holder.close()
+        if self.relay is not None:
+            self.relay.close()
 
 
 class InterleavedMediaStream(UdpMediaStream):

@@ -109,9 +109,10 @@ class TitleUrl:
 
 
 def parse_title_url(target: str) -> TitleUrl:
-    """Split ``rtsp://host/name[/trackID=N]`` into title name and track."""
+    """Split ``rtsp://host/name[/trackID=N]`` (or rtsps://, over TLS) into
+    title name and track."""
     parts = urlsplit(target)
-    if parts.scheme.lower() not in ("rtsp", "rtspu") or not parts.netloc:
+    if parts.scheme.lower() not in ("rtsp", "rtspu", "rtsps") or not parts.netloc:
         raise RtspFailure(400, f"not an rtsp:// URL: {target!r}")
     path = unquote(parts.path).strip("/")
     track = None
@@ -123,12 +124,14 @@ def parse_title_url(target: str) -> TitleUrl:
         track, path = int(digits), head
     if not path:
         raise RtspFailure(404, f"no title in {target!r}")
-    return TitleUrl(path, track, title_base_url(parts.netloc, path))
+    return TitleUrl(path, track, title_base_url(parts.netloc, path, parts.scheme))
 
 
-def title_base_url(netloc: str, name: str) -> str:
-    """``rtsp://netloc/name/``: the Content-Base of a title, track URLs below it."""
-    return f"rtsp://{netloc}/{quote(name, safe='/')}/"
+def title_base_url(netloc: str, name: str, scheme: str = "rtsp") -> str:
+    """``rtsp://netloc/name/``: the Content-Base of a title, track URLs below
+    it (``rtsps://`` for a client that came over TLS)."""
+    scheme = "rtsps" if scheme.lower() == "rtsps" else "rtsp"
+    return f"{scheme}://{netloc}/{quote(name, safe='/')}/"
 
 
 class RtspServer:
@@ -165,7 +168,7 @@ class RtspServer:
 
     def handle_request(self, request: Request, *, peer_host: str, now: float,
                        prepared: bool = False, connection: str | None = None,
-                       link=None) -> Response | NeedTitle:
+                       link=None, secure: bool = False) -> Response | NeedTitle:
         """The response to ``request`` from a client at ``peer_host``, or
         :class:`NeedTitle` when the title must be fetched first (``prepared``:
         it was, as far as it could be: answer with what there is).
@@ -173,7 +176,8 @@ class RtspServer:
         bound to it (default: the host), and sessions per connection are
         limited. ``link`` is the connection's
         :class:`~appliance.rtsp.media_api.InterleavedLink` (None: RTP over
-        UDP only)."""
+        UDP only). ``secure``: the connection is TLS (RTSPS), where Basic
+        authentication may be used."""
         # the request's connection, for a SETUP that interleaves on it
         self._link = link
         try:
@@ -181,7 +185,8 @@ class RtspServer:
                 denial = self.auth.check(
                     method=request.method, target=request.target,
                     authorization=request.headers.get_all("Authorization"),
-                    connection=connection or peer_host, peer=peer_host, now=now)
+                    connection=connection or peer_host, peer=peer_host, now=now,
+                    secure=secure)
                 if denial is not None:
                     return self._reply(request, denial.status, headers=denial.headers)
             return self._dispatch(request, peer_host, now, prepared, connection)
@@ -476,7 +481,8 @@ class RtspServer:
                 except MediaUnavailable as exc:
                     raise RtspFailure(503, f"cannot play {session.title_name}: {exc}") from None
                 start_ns = pos if start_ns is None else start_ns
-                base = title_base_url(urlsplit(req.target).netloc, session.title_name)
+                target = urlsplit(req.target)
+                base = title_base_url(target.netloc, session.title_name, target.scheme)
                 infos.append((f"{base}{TRACK_PREFIX}{index}",
                               start.seq, start.rtptime))
         end = first.duration_ns / 1e9 if first.duration_ns else None

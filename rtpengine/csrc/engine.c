@@ -479,10 +479,16 @@ static int take_socket(int fd, bool shared, bool tcp, int *domain,
 		err = kvod_fail(errno, "socket fd %d: %s", fd, strerror(errno));
 		goto err;
 	}
-	if (tcp && (type != SOCK_STREAM || proto != IPPROTO_TCP ||
-		    (*domain != AF_INET && *domain != AF_INET6))) {
+	/*
+	 * An interleaved stream writes to a TCP connection, or (RTSPS) to a
+	 * Unix stream socket whose other end the daemon encrypts from.
+	 */
+	if (tcp && (type != SOCK_STREAM ||
+		    (*domain != AF_UNIX && (proto != IPPROTO_TCP ||
+		     (*domain != AF_INET && *domain != AF_INET6))))) {
 		err = kvod_fail(EPROTOTYPE,
-				"socket fd %d is not a TCP/IP socket", fd);
+				"socket fd %d is not a TCP/IP or Unix stream socket",
+				fd);
 		goto err;
 	}
 	if (!tcp && (type != SOCK_DGRAM || proto != IPPROTO_UDP ||
