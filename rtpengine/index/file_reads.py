@@ -28,13 +28,22 @@ class FileBytes:
     def read(self, offset: int, size: int) -> bytes:
         """Exactly ``size`` bytes at ``offset``, or FileChanged."""
         data = os.pread(self.fd, size, offset)
-        while len(data) < size:
-            more = os.pread(self.fd, size - len(data), offset + len(data))
-            if not more:
+        if len(data) == size:
+            return data
+        return bytes(self.read_into(bytearray(size), offset, size))
+
+    def read_into(self, buf: bytearray, offset: int, size: int) -> memoryview:
+        """:meth:`read` into ``buf`` (its first ``size`` bytes, returned as a
+        view): a scan that reads window after window reuses one buffer."""
+        view = memoryview(buf)[:size]
+        got = 0
+        while got < size:
+            n = os.preadv(self.fd, [view[got:]], offset + got)
+            if n == 0:
                 raise FileChanged(f"{self.name}: the file was cut short: it ends at byte "
-                                  f"{offset + len(data)}, {offset + size} were there")
-            data += more
-        return data
+                                  f"{offset + got}, {offset + size} were there")
+            got += n
+        return view
 
     def __getitem__(self, key):
         if isinstance(key, slice):

@@ -29,7 +29,7 @@ from typing import Optional
 
 from rtpengine.index.errors import MediaError
 from rtpengine.hintfile import RECORD_SIZE
-from rtpengine.index.file_reads import FileBytes, read_exactly, read_window
+from rtpengine.index.file_reads import FileBytes, read_window
 from rtpengine.index.mpegts import (PACKET_SIZE, PSI_SEARCH_BYTES, READ_BYTES, SYNC_BYTE, TsIndex,
                                    TsProgram, _Scan, _check_framing, ffi, find_program,
                                    finished_index, lib, write_index_hints)
@@ -159,7 +159,7 @@ class GrowingTsIndex:
             return read_window(src, offset, size)
         if self._buf is None:
             self._buf = bytearray(READ_BYTES)
-        return read_exactly(src.fd, self._buf, offset, size, src.name)
+        return src.read_into(self._buf, offset, size)
 
     def ready(self) -> int:
         """How many records are final: timed, and closed to more packets."""
