@@ -108,7 +108,10 @@ def run_crowd(media_path: str, sessions: int = 1000, concurrency: int = 100,
     with open(config, "w") as f:
         f.write(loopback_config(
             port, admin,
+            # the crowd comes from one address: its per-address limits are the crowd's size
             rtsp=(f"max_sessions = {sessions + 10}\nmax_connections = {sessions + 10}\n"
+                  f"max_sessions_per_address = {sessions + 10}\n"
+                  f"max_connections_per_address = {sessions + 10}\n"
                   "rtp_port_min = 30000\nrtp_port_max = 59998\nsession_timeout = 120\n"),
             sections='[cache]\ndir = "cache"\n'))
     serve = ServeProcess(config, port, os.path.join(tmp.name, "kvod.log"))
