@@ -45,7 +45,6 @@ def test_catalog_add_takes_a_name_whose_folder_would_be_too_long(kvod, short_ts_
 import shutil  # noqa: E402
 import signal  # noqa: E402
 import subprocess  # noqa: E402
-import sys  # noqa: E402
 
 from tests.helpers.daemon import PYTHON, ROOT  # noqa: E402
 

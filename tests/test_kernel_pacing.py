@@ -17,7 +17,7 @@ import time
 import pytest
 
 from rtpengine._kvod_engine import ffi, lib
-from rtpengine.engine import Engine, EngineError, now_ns
+from rtpengine.engine import Engine, now_ns
 from rtpengine.qdisc import FqAnswer
 from tests.helpers.engine import (MS, chunk_records, expected, odd_title, open_stream,
                                wait_state, write_hints)

@@ -495,7 +495,7 @@ def test_growing_index_equals_the_whole_files(kw, tmp_path):
     fill fetches them), the growing index hands out exactly the records of
     the whole file's index, each only once its bytes are all there."""
     from rtpengine.index.mp4_growing import GrowingMp4Index
-    from rtpengine.hintfile import HEADER_SIZE, RECORD_SIZE, HintRecord
+    from rtpengine.hintfile import RECORD_SIZE, HintRecord
     path = make_mp4(**kw)
     with open(path, "rb") as f:
         data = f.read()

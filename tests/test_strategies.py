@@ -14,7 +14,7 @@ import pytest
 from rtpengine._kvod_engine import ffi, lib
 from rtpengine.engine import FEATURES, STRATEGIES, Engine, EngineError, probe_features
 from rtpengine.hintfile import HintRecord
-from tests.helpers.engine import (MS, Receiver, check_stream, chunk_records, difference, expected,
+from tests.helpers.engine import (MS, check_stream, chunk_records, difference, expected,
                                odd_title, open_stream, seqs, ts_title_hints, wait_state,
                                write_hints)
 
