@@ -121,6 +121,11 @@ class InterleavedLink:
             handle.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer)
         return handle.fileno()
 
+    def open_stream(self, backend, channels: tuple[int, int], **kwargs) -> "InterleavedMediaStream":
+        """A stream of the backend's on ``channels`` of this connection
+        (``kwargs`` as :class:`InterleavedMediaStream` takes them)."""
+        return InterleavedMediaStream(backend, link=self, channels=channels, **kwargs)
+
     def attach(self, channel: int, stream: "InterleavedMediaStream") -> None:
         """``stream`` sends on RTP channel ``channel`` (RTCP on the next)."""
         self.streams[channel] = stream

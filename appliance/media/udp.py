@@ -637,12 +637,11 @@ class UdpMediaBackend:
         :class:`appliance.media.interleaved.InterleavedLink`)."""
         try:
             if interleaved is not None:
-                # that module builds on this one's stream class
-                from appliance.media.interleaved import InterleavedMediaStream
+                # the link makes its own stream: that module builds on this one
                 link, channels = interleaved
-                stream = InterleavedMediaStream(
-                    self, link=link, channels=channels, session_id=session_id,
-                    title=title, track=track, client_host=client_host, quirks=quirks)
+                stream = link.open_stream(self, channels, session_id=session_id,
+                                          title=title, track=track,
+                                          client_host=client_host, quirks=quirks)
             else:
                 stream = UdpMediaStream(self, session_id=session_id, title=title,
                                         track=track, client_host=client_host,
