@@ -71,9 +71,9 @@ def _end_request(request, sent: int, error: Optional[str]) -> None:
         request.channel.transport.loseConnection()
 
 
-class SendfileBody:
-    """Sends ``pieces`` to ``request``'s TCP socket, the file parts from
-    ``file_fd`` (owned: closed at the end), then finishes the request."""
+class _Body:
+    """What both bodies hold: the request, the file (``file_fd``, owned:
+    closed at the end), the pieces still to send and the bytes sent."""
 
     def __init__(self, request, reactor, file_fd: int, pieces: list[Piece],
                  source: ByteSource, on_end=lambda sent, error: None) -> None:
@@ -84,6 +84,15 @@ class SendfileBody:
         self.source = source
         self.on_end = on_end
         self.sent = 0
+
+
+class SendfileBody(_Body):
+    """Sends ``pieces`` to ``request``'s TCP socket, the file parts from
+    ``file_fd`` (owned: closed at the end), then finishes the request."""
+
+    def __init__(self, request, reactor, file_fd: int, pieces: list[Piece],
+                 source: ByteSource, on_end=lambda sent, error: None) -> None:
+        super().__init__(request, reactor, file_fd, pieces, source, on_end)
         self._transport = request.channel.transport
         self._sock_fd = os.dup(self._transport.fileno())
         self._writing = False
@@ -222,7 +231,7 @@ def can_sendfile(transport) -> bool:
 
 
 @implementer(interfaces.IPushProducer)
-class ReadBody:
+class ReadBody(_Body):
     """The same body for a TLS connection: ``pread`` into Python, then the
     TLS transport encrypts it (kTLS, which would let the kernel do it after
     a sendfile, is not available through Twisted's pyOpenSSL transport).
@@ -232,13 +241,7 @@ class ReadBody:
 
     def __init__(self, request, reactor, file_fd: int, pieces: list[Piece],
                  source: ByteSource, on_end=lambda sent, error: None) -> None:
-        self.request = request
-        self.reactor = reactor
-        self.file_fd = file_fd
-        self.pieces = list(pieces)
-        self.source = source
-        self.on_end = on_end
-        self.sent = 0
+        super().__init__(request, reactor, file_fd, pieces, source, on_end)
         self._paused = False
         self._call = None
         self._done = False
