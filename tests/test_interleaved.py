@@ -15,8 +15,7 @@ from appliance.rtsp import Request, parse_session, parse_transport
 from appliance.rtsp.sessions import RtspServer
 from rtpengine import rtcp
 from rtpengine.engine import EngineError
-from catalog import open_catalog
-from tests.helpers.memory_media import SECOND, MemoryMedia, MemoryStream
+from tests.helpers.memory_media import MemoryMedia, MemoryStream, movie_catalog
 
 HOST = "127.0.0.1"
 BASE = "rtsp://127.0.0.1:8554"
@@ -24,11 +23,7 @@ BASE = "rtsp://127.0.0.1:8554"
 
 @pytest.fixture
 def catalog():
-    db = open_catalog(None)
-    db.add_title("movie", container="mpegts", media_path="/nonexistent/media.ts",
-                 duration_ns=10 * SECOND, size=1000, state="complete", now=0.0,
-                 tracks=[dict(track_index=0, media_type="video", codec="MP2T", payload_type=33,
-                              clock_rate=90000, hint_path="/nonexistent/track0.hint", packets=10)])
+    db = movie_catalog()
     yield db
     db.close()
 

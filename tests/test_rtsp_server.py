@@ -11,7 +11,7 @@ from appliance.rtsp import Request, parse_range, parse_rtp_info, parse_session, 
 from appliance.rtsp.sessions import RtspServer, parse_title_url, RtspFailure
 from appliance.rtsp.session_states import SessionState
 from catalog import open_catalog
-from tests.helpers.memory_media import SECOND, MemoryMedia
+from tests.helpers.memory_media import SECOND, MemoryMedia, movie_catalog
 
 HOST = "127.0.0.1"
 BASE = "rtsp://127.0.0.1:8554"
@@ -19,11 +19,7 @@ BASE = "rtsp://127.0.0.1:8554"
 
 @pytest.fixture
 def catalog():
-    db = open_catalog(None)
-    db.add_title("movie", container="mpegts", media_path="/nonexistent/media.ts",
-                 duration_ns=10 * SECOND, size=1000, state="complete", now=0.0,
-                 tracks=[dict(track_index=0, media_type="video", codec="MP2T", payload_type=33,
-                              clock_rate=90000, hint_path="/nonexistent/track0.hint", packets=10)])
+    db = movie_catalog()
     db.add_title("filling", container="mpegts", state="partial", now=0.0)
     yield db
     db.close()

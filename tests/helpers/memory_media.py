@@ -82,3 +82,15 @@ class MemoryMedia:
         self.opened.append((session_id, client_host, client_ports, stream))
         self.quirks = quirks
         return stream
+
+
+def movie_catalog():
+    """An in-memory catalog holding "movie": a complete 10 s MPEG-TS title of
+    one track, whose files the in-memory media never opens."""
+    from catalog import open_catalog
+    db = open_catalog(None)
+    db.add_title("movie", container="mpegts", media_path="/nonexistent/media.ts",
+                 duration_ns=10 * SECOND, size=1000, state="complete", now=0.0,
+                 tracks=[dict(track_index=0, media_type="video", codec="MP2T", payload_type=33,
+                              clock_rate=90000, hint_path="/nonexistent/track0.hint", packets=10)])
+    return db
