@@ -18,7 +18,7 @@ import pytest
 from appliance.bench.rtsp_client import RtpReceiver, RtspClient
 from rtpengine import rtcp
 from rtpengine.rtp import parse_rtp
-from tests.helpers.daemon import KVOD, KvodDaemon, free_udp_pair
+from tests.helpers.daemon import KVOD, KvodDaemon, free_udp_pair, serving
 from tests.helpers.players import (
     assert_contiguous,
     framemd5,
@@ -44,11 +44,7 @@ def shared_daemon(folder: str, *, session_timeout: float = 60) -> KvodDaemon:
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory, ts_file, short_ts_file):
     d = shared_daemon(str(tmp_path_factory.mktemp("kvod-shared")))
-    d.add(ts_file, "movie")
-    d.add(short_ts_file, "clips/short")
-    d.start()
-    yield d
-    assert d.stop() == 0, d.log()
+    yield from serving(d, {"movie": ts_file, "clips/short": short_ts_file})
 
 
 def status(daemon: KvodDaemon) -> dict:

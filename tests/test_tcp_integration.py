@@ -21,7 +21,7 @@ import pytest
 
 from appliance.bench.rtsp_client import RtpReceiver, RtspClient
 from rtpengine import rtcp
-from tests.helpers.daemon import KvodDaemon
+from tests.helpers.daemon import KvodDaemon, serving
 from tests.helpers.interleaved import Frame, Message, StreamParser, frame, read_all
 from tests.helpers.players import framemd5, gst_finished, gst_receive, sha256
 
@@ -31,11 +31,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory, ts_file, short_ts_file):
     d = KvodDaemon(str(tmp_path_factory.mktemp("kvod")), extra="[rtcp]\nsr_interval = 1.0\n")
-    d.add(ts_file, "movie")
-    d.add(short_ts_file, "clips/short")
-    d.start()
-    yield d
-    assert d.stop() == 0, d.log()
+    yield from serving(d, {"movie": ts_file, "clips/short": short_ts_file})
 
 
 def status(daemon: KvodDaemon) -> dict:

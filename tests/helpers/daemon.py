@@ -140,6 +140,16 @@ class KvodDaemon:
             raise RuntimeError(str(exc)) from None
 
 
+def serving(daemon: KvodDaemon, titles: dict[str, str]) -> Iterator[KvodDaemon]:
+    """``daemon`` with ``titles`` (name -> media path) added, started, for a
+    fixture to ``yield from``; it must stop cleanly after."""
+    for name, path in titles.items():
+        daemon.add(path, name)
+    daemon.start()
+    yield daemon
+    assert daemon.stop() == 0, daemon.log()
+
+
 @dataclass
 class Playing:
     """A daemon with one session playing "movie" to a receiver."""
