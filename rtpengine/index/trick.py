@@ -27,6 +27,7 @@ scale costs only arithmetic.
 
 from __future__ import annotations
 
+import bisect
 import os
 from dataclasses import dataclass
 
@@ -137,25 +138,16 @@ class TrickStream:
     def start_for(self, npt_ns: int, scale: int) -> tuple[int, int]:
         """(record, title time) of the first keyframe to show from ``npt_ns``:
         the first at or after it forwards, the last at or before it backwards."""
-        if not self.starts:
-            return 0, 0
-        times = [t for _, t in self.starts]
-        if scale > 0:
-            fits = [i for i, t in enumerate(times) if t >= npt_ns]
-            i = fits[0] if fits else len(times) - 1
-        else:
-            fits = [i for i, t in enumerate(times) if t <= npt_ns]
-            i = fits[0] if fits else len(times) - 1
-        return self.starts[i]
+        # in play order: title time ascends forwards, descends backwards
+        fits = (start for start in self.starts
+                if (start[1] >= npt_ns if scale > 0 else start[1] <= npt_ns))
+        return next(fits, self.starts[-1] if self.starts else (0, 0))
 
     def title_time(self, record: int) -> int:
-        """The title time of the keyframe record ``record`` belongs to."""
-        at = 0
-        for index, t in self.starts:
-            if index > record:
-                break
-            at = t
-        return at
+        """The title time of the keyframe record ``record`` belongs to (a
+        status poll asks it every second: a binary search)."""
+        i = bisect.bisect_right(self.starts, record, key=lambda start: start[0])
+        return self.starts[i - 1][1] if i else 0
 
 
 def trick_stream(spans: KeyframeSpans, scale: int) -> TrickStream:
