@@ -245,12 +245,8 @@ class UdpMediaStream:
         self.segment = segment
 
     def _apply(self, update: HintUpdate, *, remap: bool = False, restart: bool = False) -> None:
-        fd = os.open(update.path, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            self._stream.set_hints(fd, update.count, growing=update.growing, remap=remap,
-                                   restart=restart)
-        finally:
-            os.close(fd)
+        self._use_hints(update.path, update.count, growing=update.growing, remap=remap,
+                        restart=restart)
         hints = HintFile(update.path, record_count=update.count)
         self.hints.close()
         self.hints = hints
@@ -296,10 +292,12 @@ class UdpMediaStream:
         self.scale = scale
         return trick.start_for(npt_ns, scale)
 
-    def _use_hints(self, path: str, count: int | None, *, restart: bool) -> None:
+    def _use_hints(self, path: str, count: int | None, **flags) -> None:
+        """The engine sends from ``count`` records of the hint file ``path``
+        (``flags`` as :meth:`rtpengine.engine.Stream.set_hints` takes them)."""
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         try:
-            self._stream.set_hints(fd, count, restart=restart)
+            self._stream.set_hints(fd, count, **flags)
         finally:
             os.close(fd)
 
@@ -317,15 +315,12 @@ class UdpMediaStream:
             total, self.hints.index_at(npt_ns) + 1)
         if count == (self._end_count or total):
             return npt_ns
-        fd = os.open(self.main_hint_path, os.O_RDONLY | os.O_CLOEXEC)
         try:
-            self._stream.set_hints(fd, count, restart=start_record is not None)
+            self._use_hints(self.main_hint_path, count, restart=start_record is not None)
         except EngineError as exc:
             if exc.errno != errno.ERANGE:
                 raise
             raise ValueError(f"the range ends before the stream's position: {exc}") from None
-        finally:
-            os.close(fd)
         self._end_count = None if count == total else count
         return npt_ns
 
