@@ -42,6 +42,8 @@ class MediaStream(Protocol):
     server_ports: tuple[int, int]
     ssrc: int
     duration_ns: int
+    #: the RTSP Scale it plays at (1: normal play)
+    scale: int
 
     def needs_seek(self, npt_ns: int) -> bool:
         """Whether starting at ``npt_ns`` must wait for the fill to fetch
@@ -53,6 +55,10 @@ class MediaStream(Protocol):
 
     def position_ns(self) -> int:
         """The npt of the next packet to send."""
+
+    def set_scale(self, scale: int, npt_ns: int) -> tuple[int, int]:
+        """Play at ``scale`` from ``npt_ns``: (record, npt in ns) to :meth:`play`
+        from; :attr:`scale` then says the scale used."""
 
     def stop_at(self, npt_ns: int | None, start_record: int | None = None) -> int | None:
         """End the stream at ``npt_ns`` (a Range end), or at the title's end

@@ -449,7 +449,7 @@ class RtspServer:
             raise _NeedTitle(session.title_name, npt_ns)
         ends: list[int | None] = []
         if npt_ns is None and session.state is SessionState.PLAYING and all(
-                getattr(stream, "scale", 1) == scale for _, stream in streams):
+                stream.scale == scale for _, stream in streams):
             # PLAY while playing without a new position changes nothing but
             # its end (npt=now-b)
             start_ns = first.position_ns()
@@ -462,10 +462,10 @@ class RtspServer:
             for index, stream in streams:
                 try:
                     at = npt_ns if start_ns is None else start_ns
-                    if npt_ns is None and getattr(stream, "scale", 1) == scale:
+                    if npt_ns is None and stream.scale == scale:
                         record = None
                         pos = stream.position_ns()
-                    elif scale != 1 or getattr(stream, "scale", 1) != 1:
+                    elif scale != 1 or stream.scale != 1:
                         # to or from a trick stream, where the stream is
                         # (npt=now) or where the Range says
                         stream.pause()
@@ -494,7 +494,7 @@ class RtspServer:
             headers.append(("RTP-Info", format_rtp_info(infos)))
         if req.headers.get("Scale") is not None:
             # the scale used, which the client must be told (RFC 2326 12.34)
-            headers.append(("Scale", format_scale(getattr(first, "scale", 1))))
+            headers.append(("Scale", format_scale(first.scale)))
         log.debug("session %s: PLAY %s from %.3f s", session.id, session.title_name,
                  start_ns / 1e9, extra=log_fields(session.id, session.title_name))
         return self._reply(req, 200, session=session, headers=tuple(headers))
