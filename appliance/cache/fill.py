@@ -36,8 +36,9 @@ import errno
 import logging
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Optional, Protocol
+from typing import Callable, Iterator, Optional, Protocol
 
 from twisted.internet import defer, threads
 from twisted.internet.task import deferLater
@@ -226,19 +227,26 @@ class TitleFill:
                         fill.media_path)
             fill.catalog.clear_cached_ranges(title.name)
             fill.durable, fill.held = [], []
-        try:
+        with fill._closed_on_failure(title.name):
             fill._open_files(create=not exists)
             fill._index_sync()
             fill._want_tail()
             if not title.tracks:  # its hint file went with an eviction
                 fill.catalog.replace_tracks(title.name, fill._track_rows())
-        except MediaError as exc:
-            fill._close_files()
-            raise BadMedia(f"{title.name}: {exc}") from None
-        except BaseException:
-            fill._close_files()
-            raise
         return fill
+
+    @contextmanager
+    def _closed_on_failure(self, what: str) -> Iterator[None]:
+        """Making the fill: on any failure its files are closed; a MediaError
+        (the bytes are not a title kvod serves) is ``what``'s BadMedia."""
+        try:
+            yield
+        except MediaError as exc:
+            self._close_files()
+            raise BadMedia(f"{what}: {exc}") from None
+        except BaseException:
+            self._close_files()
+            raise
 
     def _open_files(self, *, create: bool) -> None:
         os.makedirs(self.folder, exist_ok=True)

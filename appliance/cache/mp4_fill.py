@@ -118,15 +118,9 @@ class Mp4TitleFill(TitleFill):
         the title entered as ``partial`` with its tracks."""
         fill = cls(url=probe.url, **kw)
         fill._head = head
-        try:
+        with fill._closed_on_failure(probe.url):
             fill._start_copy(probe)
             fill._enter_in_catalog(probe, title, now)
-        except MediaError as exc:
-            fill._close_files()
-            raise BadMedia(f"{probe.url}: {exc}") from None
-        except BaseException:
-            fill._close_files()
-            raise
         fill._head = None       # its bytes are in the file now
         return fill
 
