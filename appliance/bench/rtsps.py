@@ -22,8 +22,8 @@ import threading
 import time
 from typing import Callable, Optional
 
-from appliance.bench.crowd import cpu_seconds
-from appliance.bench.daemon import ServeProcess, free_tcp_port, loopback_config, wait_listening
+from appliance.bench.daemon import (ServeProcess, cpu_seconds, free_tcp_port, loopback_config,
+                                    wait_listening)
 
 
 def self_signed(folder: str, name: str = "127.0.0.1") -> tuple[str, str]:
