@@ -571,7 +571,8 @@ class Engine(Closing):
             args["flags"] |= lib.KVOD_PACE_KERNEL
         with self._use() as ptr:
             sid = _stream_open(ptr, *fds, **args)
-            granted = bool(_stream_stats(ptr, sid).kernel_paced)
+            # asked only when asked for: a stats call waits for the pacer's lock
+            granted = kernel and bool(_stream_stats(ptr, sid).kernel_paced)
         if kernel and not granted:
             why = "the socket refused SO_TXTIME; paced by the engine"
         if pacing == "kernel" and not granted:

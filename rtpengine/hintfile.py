@@ -342,6 +342,12 @@ class HintFile:
         n = self.header.record_count
         if n == 0:
             raise HintError(f"{self.path}: no records")
+        # most plays start at the beginning: the first block's records are
+        # searched in memory, one read instead of a search's twenty probes
+        self._record_bytes(0)
+        in_block = len(self._block[1]) // RECORD_SIZE
+        if in_block == n or self._send_ns(in_block - 1) > send_ns:
+            n = in_block
         i = bisect.bisect_right(range(n), send_ns, key=self._send_ns)
         return max(i - 1, 0)
 

@@ -86,6 +86,29 @@ def test_describe_answers_sdp(client, catalog):
     assert catalog.get_title("movie").hits == 1
 
 
+def test_describe_builds_a_title_description_once_and_anew_when_the_title_changes(
+        catalog, media):
+    from catalog.title_cache import TitleCache
+
+    class BatchedHits(TitleCache):
+        """As in the daemon, where the cache quota writes hits in batches."""
+
+        def record_hit(self, name, now):
+            pass
+    client = Client(RtspServer(titles=BatchedHits(catalog), media=media))
+
+    def describe(host="127.0.0.1"):
+        return client("DESCRIBE", f"rtsp://{host}:8554/movie").body
+
+    first = describe()
+    assert describe() is first                      # the same title: the same bytes
+    other_host = describe("192.0.2.1")
+    assert b"IN IP4 192.0.2.1" in other_host and b"IN IP4 127.0.0.1" in first
+    # a change in the catalog is a new title object, and a new description
+    catalog.update_title("movie", duration_ns=20 * SECOND)
+    assert b"a=range:npt=0-20.000" in describe()
+
+
 @pytest.mark.parametrize("name", ["nothing", "filling", "movie/trackID=7/x"])
 def test_describe_unknown_or_unready_title_is_404(client, name):
     assert client("DESCRIBE", f"{BASE}/{name}").status == 404

@@ -163,6 +163,9 @@ class RtspServer:
         # (host, UDP port) -> the session whose stream sends there
         self._client_ports: dict[tuple[str, int], str] = {}
         self._link = None  # the current request's connection (handle_request)
+        # (id of the title, host) -> (that title, its SDP): every viewer of a
+        # title is given the same description (see _sdp_of)
+        self._sdp: dict[tuple[int, str], tuple[object, bytes]] = {}
 
     # -- the entry points ---------------------------------------------------
 
@@ -301,22 +304,37 @@ class RtspServer:
         url = parse_title_url(req.target)
         title = self._title(url.name, prepared)
         (self._cache or self._titles).record_hit(title.name, now=now)
+        host = urlsplit(req.target).hostname or "0.0.0.0"
+        return self._reply(req, 200, body=self._sdp_of(title, host),
+                           headers=(("Content-Type", "application/sdp"),
+                                    ("Content-Base", url.base)))
+
+    def _sdp_of(self, title, host: str) -> bytes:
+        """``title``'s SDP as seen through ``host``, built once per title
+        object: the title cache hands out one object until the catalog
+        changes, and a flash crowd asks for the same description a thousand
+        times (building it is a third of a DESCRIBE)."""
+        key = (id(title), host)
+        cached = self._sdp.get(key)
+        if cached is not None and cached[0] is title:
+            return cached[1]
         media = [SdpMedia(kind=_sdp_kind(t.media_type), payload_type=t.payload_type,
                           encoding=t.codec, clock_rate=t.clock_rate, fmtp=t.fmtp,
                           control=f"{TRACK_PREFIX}{t.track_index}",
                           channels=rtpmap_channels(t.codec, t.fmtp)
                           if t.media_type == "audio" else None)
                  for t in title.tracks]
-        host = urlsplit(req.target).hostname or "0.0.0.0"
         sdp = build_sdp(session_name=title.name, origin_address=host,
                         session_id=title.id, session_version=int(title.created),
                         # a filling title's length is an estimate until the fill
                         # ends; a player clips at a range end that is too short
                         duration_s=((title.duration_ns or 0) / 1e9 or None)
-                        if title.state == "complete" else None, media=media)
-        return self._reply(req, 200, body=sdp.encode(),
-                           headers=(("Content-Type", "application/sdp"),
-                                    ("Content-Base", url.base)))
+                        if title.state == "complete" else None, media=media).encode()
+        if len(self._sdp) >= 1024:
+            self._sdp.clear()  # titles come and go: bounded, rebuilt on demand
+        # the title is kept with it: its id cannot be another title's meanwhile
+        self._sdp[key] = (title, sdp)
+        return sdp
 
     def _setup(self, req: Request, peer_host: str, now: float, prepared: bool,
                connection: Hashable | None = None) -> Response:
