@@ -463,6 +463,19 @@ class Engine(Closing):
         with self._use() as ptr:
             _check(lib.kvod_engine_check(ptr), "engine check")
 
+    def unsettled(self) -> set[int]:
+        """The ids of the streams that are waiting, ended or failed: those
+        a once-a-second look must tick; the rest play, pause or sit idle
+        as they were told. One call for every stream of the engine."""
+        room = 64
+        with self._use() as ptr:
+            while True:
+                ids = ffi.new("int32_t[]", room)
+                n = _check(lib.kvod_engine_unsettled(ptr, ids, room), "unsettled streams")
+                if n <= room:
+                    return set(ids[0:n])
+                room = n + 64  # more came meanwhile: room for them and some
+
     def status(self) -> dict:
         """What ``kvod status`` shows of the engine: the strategy asked
         for and the one running, why they differ, the kernel features

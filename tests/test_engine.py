@@ -268,6 +268,43 @@ def test_play_sends_the_first_packets_before_it_returns(paced_title, receivers, 
     assert [first] + got == want
 
 
+def test_unsettled_names_the_streams_that_ended_not_those_that_play_or_wait_to(
+        engine, short_title, paced_title, receivers):
+    """One call names the streams a once-a-second look must tick."""
+    rx = receivers()
+    idle = open_stream(engine, rx.sender(), *paced_title, ssrc=1, seq0=0, ts0=0)
+    playing = open_stream(engine, rx.sender(), *paced_title, ssrc=2, seq0=0, ts0=0)
+    paused = open_stream(engine, rx.sender(), *paced_title, ssrc=3, seq0=0, ts0=0)
+    ended = open_stream(engine, rx.sender(), *short_title, ssrc=4, seq0=0, ts0=0)
+    playing.play()
+    paused.play()
+    paused.pause()
+    ended.play(unpaced=True)
+    wait_state(ended, "ended")
+    assert engine.unsettled() == {ended.id}
+    for stream in (idle, playing, paused):
+        assert stream.stats().state in ("idle", "playing", "paused")
+    ended.close()
+    assert engine.unsettled() == set()
+    # more than the first call's room: every one is named
+    many = [open_stream(engine, rx.sender(), *short_title, ssrc=10 + i, seq0=0, ts0=0)
+            for i in range(70)]
+    for stream in many:
+        stream.play(unpaced=True)
+    for stream in many:
+        wait_state(stream, "ended")
+    assert engine.unsettled() == {stream.id for stream in many}
+    for stream in many + [idle, playing, paused]:
+        stream.close()
+
+
+def test_unsettled_refuses_a_negative_room():
+    with Engine() as e, e._use() as ptr:
+        assert lib.kvod_engine_unsettled(ptr, ffi.NULL, -1) == -errno.EINVAL
+        assert lib.kvod_engine_unsettled(ffi.NULL, ffi.NULL, 0) == -errno.EINVAL
+        assert lib.kvod_engine_unsettled(ptr, ffi.NULL, 0) == 0
+
+
 def test_pause_then_play_continues_without_gap(paced_title, receivers):
     media, hints = paced_title
     rx = receivers()

@@ -270,6 +270,11 @@ class InterleavedMediaStream(UdpMediaStream):
         if self._stream is not None:
             self.link.write(_frame(self.channels[1], data))
 
+    def needs_tick(self, unsettled: set[int]) -> bool:
+        """Every second, playing or not: a slow reader's skips are noted
+        while it plays."""
+        return True
+
     def tick(self) -> None:
         """Once a second: a slow reader's skips and a stalled connection are
         logged (once per change); the rest as for UDP streams."""

@@ -432,6 +432,35 @@ KVOD_API int kvod_engine_stats(struct kvod_engine *e,
 	return 0;
 }
 
+KVOD_API int kvod_engine_unsettled(struct kvod_engine *e, int32_t *ids,
+				   int max)
+{
+	uint32_t i;
+	int n = 0, k;
+
+	if (!e || (max && !ids) || max < 0)
+		return kvod_fail(EINVAL, "no engine or no room for ids");
+	/* the order every caller takes them in: table, then pacers */
+	pthread_mutex_lock(&e->table_lock);
+	for (k = 0; k < e->npacers; k++)
+		kvod_pacer_lock(e->pacers[k]);
+	for (i = 0; i < e->nslots; i++) {
+		struct kvod_stream *s = e->slots[i];
+
+		if (!s || s->state == KVOD_STATE_IDLE ||
+		    s->state == KVOD_STATE_PLAYING ||
+		    s->state == KVOD_STATE_PAUSED)
+			continue;
+		if (n < max)
+			ids[n] = s->id;
+		n++;
+	}
+	for (k = e->npacers - 1; k >= 0; k--)
+		kvod_pacer_unlock(e->pacers[k]);
+	pthread_mutex_unlock(&e->table_lock);
+	return n;
+}
+
 KVOD_API int kvod_engine_check(struct kvod_engine *e)
 {
 	int i;

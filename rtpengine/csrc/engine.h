@@ -219,6 +219,15 @@ KVOD_API int kvod_engine_stats(struct kvod_engine *e,
 			       struct kvod_engine_stats *out);
 /* 0, or -EUCLEAN if a pacing thread's schedule is unsound (tests, status) */
 KVOD_API int kvod_engine_check(struct kvod_engine *e);
+/*
+ * The ids of the streams that are not simply idle, playing or paused
+ * (waiting, ended or failed): up to @max of them in @ids. Returns how
+ * many there are (more than @max: call again with room for them). One
+ * call instead of a stats call per stream, for the daemon's once-a-second
+ * look at every stream.
+ */
+KVOD_API int kvod_engine_unsettled(struct kvod_engine *e, int32_t *ids,
+				   int max);
 
 KVOD_API int kvod_stream_open(struct kvod_engine *e,
 			      const struct kvod_stream_params *p);
