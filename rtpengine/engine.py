@@ -505,8 +505,8 @@ class Engine(Closing):
             log.warning("engine: stream %d: the kernel refused %s at run time; "
                         "it now uses %s", sid, ", ".join(sorted(new)), now_using)
 
-    def _choose_pacing(self, pacing: str, sock_fd: int,
-                       dest: Optional[tuple]) -> tuple[bool, str]:
+    def _choose_pacing(self, pacing: str, sock_fd: int, dest: Optional[tuple],
+                       peer: Optional[str] = None) -> tuple[bool, str]:
         """Whether to ask C for kernel pacing, and why (not)."""
         if pacing == "engine":
             return False, "engine pacing asked for"
@@ -517,7 +517,8 @@ class Engine(Closing):
                            "(flow_limit); paced by the engine")
         if pacing == "kernel":
             return True, "kernel pacing asked for"
-        peer = _peer_host(sock_fd)
+        if peer is None:
+            peer = _peer_host(sock_fd)
         if peer is None:
             return False, "socket has no peer address; paced by the engine"
         answer = self._detect(peer)
@@ -533,7 +534,8 @@ class Engine(Closing):
                     growing: bool = False,
                     pacing: Optional[str] = None,
                     interleaved: Optional[int] = None,
-                    max_lag_ms: int = 0, stall_ms: int = 0) -> "Stream":
+                    max_lag_ms: int = 0, stall_ms: int = 0,
+                    peer: Optional[str] = None) -> "Stream":
         """Open a stream of the track ``hints`` (hint file) over ``media``.
 
         ``sock`` is a UDP socket connected to the client; the engine keeps
@@ -562,6 +564,10 @@ class Engine(Closing):
         more than ``max_lag_ms`` (0: 2 s) behind skips to the next keyframe
         due; a connection that takes nothing for ``stall_ms`` (0: 20 s) is
         shut down and its streams fail.
+
+        ``peer``: the numeric address ``sock`` is connected to, where the
+        caller knows it (else asked of the socket: six system calls), for
+        the "auto" pacing's look at the route.
         """
         pacing = _check_pacing(self.pacing if pacing is None else pacing)
         if interleaved is not None:
@@ -579,7 +585,7 @@ class Engine(Closing):
                         max_lag_ms=_in_range(max_lag_ms, 32, "max lag"),
                         stall_ms=_in_range(stall_ms, 32, "stall time"))
         fds = (_fd(sock, "socket"), _fd(media, "media"), _fd(hints, "hints"))
-        kernel, why = self._choose_pacing(pacing, fds[0], dest)
+        kernel, why = self._choose_pacing(pacing, fds[0], dest, peer)
         if kernel:
             args["flags"] |= lib.KVOD_PACE_KERNEL
         with self._use() as ptr:

@@ -311,7 +311,8 @@ class KrtpEngine(Closing):
     def open_stream(self, sock, media, hints, *, ssrc: int, seq0: int, ts0: int,
                     payload_type: Optional[int] = None,
                     dest: Optional[tuple] = None, growing: bool = False,
-                    pacing: Optional[str] = None) -> "KrtpStream":
+                    pacing: Optional[str] = None,
+                    peer: Optional[str] = None) -> "KrtpStream":
         """Open a stream of the track ``hints`` over ``media``.
 
         ``sock`` is a UDP socket connected to the client; the module keeps
@@ -323,13 +324,14 @@ class KrtpEngine(Closing):
         opened in a user-space engine this engine keeps for them (made on
         first use, closed with it): that stream is the user-space engine's
         :class:`~rtpengine.engine.Stream`, its stats say its strategy.
-        ``pacing`` is for such streams (see ``Engine.open_stream``); the
-        module paces its own streams.
+        ``pacing`` and ``peer`` are for such streams (see
+        ``Engine.open_stream``); the module paces its own streams.
         """
         if dest is not None or growing:
             return self._userspace_engine().open_stream(
                 sock, media, hints, ssrc=ssrc, seq0=seq0, ts0=ts0,
-                payload_type=payload_type, dest=dest, growing=growing, pacing=pacing)
+                payload_type=payload_type, dest=dest, growing=growing, pacing=pacing,
+                peer=peer)
         ssrc = _in_range(ssrc, 32, "ssrc")
         seq0 = _in_range(seq0, 16, "seq0")
         ts0 = _in_range(ts0, 32, "ts0")

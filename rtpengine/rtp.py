@@ -7,9 +7,10 @@ packets.
 
 from __future__ import annotations
 
-import secrets
 import struct
 from dataclasses import dataclass
+
+from rtpengine.entropy import randbelow
 
 RTP_VERSION = 2
 RTP_HEADER_SIZE = 12
@@ -44,17 +45,17 @@ def ts_newer(a: int, b: int) -> bool:
 
 def random_seq() -> int:
     """Random initial sequence number (RFC 3550 section 5.1)."""
-    return secrets.randbelow(0x10000)
+    return randbelow(0x10000)
 
 
 def random_ts() -> int:
     """Random initial timestamp (RFC 3550 section 5.1)."""
-    return secrets.randbelow(0x100000000)
+    return randbelow(0x100000000)
 
 
 def random_ssrc() -> int:
     """Random non-zero SSRC."""
-    return secrets.randbelow(0xFFFFFFFF) + 1
+    return randbelow(0xFFFFFFFF) + 1
 
 
 @dataclass(frozen=True)

@@ -166,6 +166,29 @@ def test_auto_follows_the_detector(paced, receivers):
     assert asked == ["127.0.0.1"]
 
 
+def test_a_peer_the_caller_names_is_asked_about_without_asking_the_socket(
+        paced, receivers, monkeypatch):
+    """SETUP knows the client's address: the route is looked up for it and
+    the socket is not asked (six system calls on every SETUP)."""
+    import rtpengine.engine as engine_module
+    media, hints = paced
+    asked = []
+
+    def fake(addr):
+        asked.append(addr)
+        return FqAnswer(False, "lo: root qdisc is noqueue, not fq", 1, "lo")
+
+    def no_asking(fd):
+        raise AssertionError("the socket was asked for its peer")
+    monkeypatch.setattr(engine_module, "_peer_host", no_asking)
+    rx = receivers()
+    with Engine(threads=1, fq_detector=fake) as e:
+        stream = open_stream(e, rx.sender(), media, hints, ssrc=1, seq0=1, ts0=1,
+                             peer="127.0.0.1")
+        assert stream.pacing_reason.startswith("auto: no fq on the way")
+    assert asked == ["127.0.0.1"]
+
+
 def test_refused_txtime_falls_back_to_engine_pacing_and_says_so(paced, receivers, caplog):
     media, hints = paced
     caplog.set_level(logging.WARNING, logger="rtpengine.engine")

@@ -148,6 +148,12 @@ class PortLease:
         """The engine's ``dest``: the client's RTP address on a shared socket."""
         return (self.client_host, self.client_ports[0]) if self.shared else None
 
+    @property
+    def peer_host(self) -> str | None:
+        """The address an own pair's socket is connected to (the client),
+        None for a shared pair (not connected)."""
+        return None if self.shared else self.client_host
+
     def send_rtp(self, data: bytes) -> bool:
         """One RTP packet to the client; False if the send failed."""
         try:

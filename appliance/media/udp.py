@@ -131,7 +131,7 @@ class UdpMediaStream:
         return self.backend.engine.open_stream(
             self._ports.sock.fileno(), media_fd, hint_fd, dest=self._ports.dest,
             ssrc=self.ssrc, seq0=self.seq0, ts0=self.ts0,
-            pacing=self.backend.pacing, **growing)
+            pacing=self.backend.pacing, peer=self._ports.peer_host, **growing)
 
     def _play_engine(self, record: int | None):
         return self._stream.play(start_record=record)
