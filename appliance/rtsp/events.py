@@ -35,7 +35,7 @@ class Headers:
     are stripped of surrounding blanks, as a parser would see them.
     """
 
-    __slots__ = ("_items",)
+    __slots__ = ("_items", "_index")
     _items: tuple[tuple[str, str], ...]
 
     def __init__(self, items: HeaderPairs = ()) -> None:
@@ -72,18 +72,26 @@ class Headers:
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError("Headers is immutable")
 
+    def _by_name(self) -> dict[str, list[str]]:
+        # a request's headers are looked up a dozen times on their way
+        # through the server: folded once, on the first look
+        try:
+            return self._index
+        except AttributeError:
+            index: dict[str, list[str]] = {}
+            for n, v in self._items:
+                index.setdefault(n.lower(), []).append(v)
+            object.__setattr__(self, "_index", index)
+            return index
+
     def get(self, name: str, default: str | None = None) -> str | None:
         """The first value of ``name`` (any case), or ``default``."""
-        key = name.lower()
-        for n, v in self._items:
-            if n.lower() == key:
-                return v
-        return default
+        values = self._by_name().get(name.lower())
+        return values[0] if values else default
 
     def get_all(self, name: str) -> list[str]:
         """Every value of ``name`` (any case), in order."""
-        key = name.lower()
-        return [v for n, v in self._items if n.lower() == key]
+        return list(self._by_name().get(name.lower(), ()))
 
     def with_header(self, name: str, value: str | int) -> Headers:
         """A copy where ``name`` has the single value ``value``.

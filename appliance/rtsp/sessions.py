@@ -490,7 +490,11 @@ class RtspServer:
                         record, pos = stream.set_scale(
                             scale, stream.position_ns() if at is None else at)
                     else:
-                        stream.pause()
+                        if session.state is not SessionState.READY:
+                            # stopped while it moves; a first PLAY's stream
+                            # never started (and the engine call waits for
+                            # its pacer's lock)
+                            stream.pause()
                         # the first track (video) picks the keyframe; the others
                         # start at that instant, so audio and video stay together
                         record, pos = stream.keyframe_at_or_before(at)
