@@ -90,6 +90,15 @@ class RtspProtocol(Protocol):
         return self._key
 
     def connectionMade(self) -> None:  # noqa: N802 (Twisted API)
+        # a reply must not wait for the ACK of the one before it (Nagle):
+        # pipelined requests, or a client that acknowledges late, would
+        # see a reply up to a delayed ACK (40 ms) late
+        set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
+        if set_no_delay is not None:
+            try:
+                set_no_delay(True)
+            except OSError:
+                pass  # not TCP underneath (a test's pipe): nothing to delay
         self.link = InterleavedLink(self.transport,
                                     on_broken=lambda why: self.transport.abortConnection())
 

@@ -53,6 +53,19 @@ def test_requests_are_answered_in_order_and_pipelined():
     assert not transport.disconnecting
 
 
+def test_replies_are_not_held_back_by_nagle():
+    class Recording(StringTransport):
+        no_delay = False
+
+        def setTcpNoDelay(self, enabled):  # noqa: N802 (Twisted API)
+            self.no_delay = enabled
+    _, factory, _, _ = make(Clock())
+    proto = factory.buildProtocol(PEER)
+    transport = Recording(peerAddress=PEER)
+    proto.makeConnection(transport)
+    assert transport.no_delay is True
+
+
 def test_session_time_comes_from_the_clock():
     clock = Clock()
     clock.advance(500)
