@@ -73,6 +73,7 @@ class RtspProtocol(Protocol):
         self._waiting: Optional[Deferred] = None
         self._gone = False
         self._key: Optional[str] = None
+        self._peer_host: Optional[str] = None
         # RTP interleaved on this connection; every write goes through it
         self.link: Optional[InterleavedLink] = None
 
@@ -172,10 +173,17 @@ class RtspProtocol(Protocol):
                 # a client's stray response: nothing to do
                 continue
 
+    @property
+    def peer_host(self) -> str:
+        """The client's address (Twisted makes a new address object per
+        ``getPeer()``: asked once)."""
+        if self._peer_host is None:
+            self._peer_host = self.transport.getPeer().host
+        return self._peer_host
+
     def _answer(self, request: Request, *, prepared: bool) -> None:
-        peer = self.transport.getPeer()
         response = self.server.handle_request(
-            request, peer_host=peer.host, now=self._clock(),
+            request, peer_host=self.peer_host, now=self._clock(),
             prepared=prepared, connection=self.key, link=self.link,
             secure=self.link is not None and self.link.tls)
         if isinstance(response, NeedTitle):
