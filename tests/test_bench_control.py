@@ -26,13 +26,22 @@ def test_crowd_sets_up_every_session_and_times_its_first_packet(short_ts_file):
 
 
 def test_latency_times_titles_side_by_side(ts_file, short_ts_file):
-    result = run_latency(ts_file, sessions=5, titles={"long": ts_file, "short": short_ts_file})
+    result = run_latency(ts_file, sessions=5, titles={"long": ts_file, "short": short_ts_file},
+                         floor=True)
     assert set(result["titles"]) == {"long", "short"}
-    for figures in result["titles"].values():
+    for figures in [*result["titles"].values(), result["floor"]]:
         for key in ("describe_to_first_rtp_ms", "play_to_first_rtp_ms"):
             assert 0 < figures[key]["p50"] <= figures[key]["p99"] < 1000
     # the one-title keys stay for scripts that read them
     assert result["play_to_first_rtp_ms"] == result["titles"]["long"]["play_to_first_rtp_ms"]
+
+
+def test_bench_latency_command_prints_the_floor_beside_the_titles():
+    out = subprocess.run(KVOD + ["bench", "latency", "--sessions", "3"], capture_output=True,
+                         text=True, timeout=300, check=True).stdout
+    assert "no-work server" in out and "live555 here" in out
+    row = next(line for line in out.splitlines() if "DESCRIBE -> first RTP" in line)
+    assert len(row.split("/")) == 4       # the title, the no-work server, live555
 
 
 def test_bench_crowd_command_prints_its_targets():

@@ -21,6 +21,7 @@ import time
 from typing import Callable
 
 from appliance.bench.daemon import ServeProcess, free_tcp_port, loopback_config
+from appliance.bench.latency_floor import FloorServer
 from appliance.bench.rtsp_client import RtpReceiver, RtspClient
 from rtpengine.bench.stats import percentile
 
@@ -82,31 +83,45 @@ def _summary(values: list[float]) -> dict:
 
 def run_latency(media_path: str, sessions: int = 50,
                 progress: Callable[[float], None] | None = None,
-                ports: str = "per-session", titles: dict[str, str] | None = None) -> dict:
+                ports: str = "per-session", titles: dict[str, str] | None = None,
+                floor: bool = False) -> dict:
     """Time ``sessions`` start-ups of each title against one fresh daemon
     whose server ports are ``ports`` (``"per-session"`` or ``"shared"``);
     milliseconds. ``titles`` (label -> media path) replaces ``media_path``
     for a side-by-side run; sessions alternate between them so that both
-    meet the same machine."""
+    meet the same machine. ``floor``: also time a server that does no work
+    (:mod:`appliance.bench.latency_floor`), alternating with the titles,
+    under the key "floor"."""
     titles = titles or {"bench": media_path}
     daemon = _Daemon(titles, ports)
+    no_work = None
+    targets = [(daemon.port, name) for name in titles]
     per_title: dict[str, tuple[list, list]] = {name: ([], []) for name in titles}
     try:
-        for name in titles:
-            _one_session(daemon.port, name)  # warm the page cache and the catalog
+        if floor:
+            no_work = FloorServer()
+            targets.append((no_work.port, "floor"))
+            per_title["floor"] = ([], [])
+        for port, name in targets:
+            _one_session(port, name)  # warm the page cache and the catalog
         for i in range(sessions):
-            for name in titles:
-                d, p = _one_session(daemon.port, name)
+            for port, name in targets:
+                d, p = _one_session(port, name)
                 per_title[name][0].append(d)
                 per_title[name][1].append(p)
             if progress:
                 progress((i + 1) / sessions)
     finally:
+        if no_work is not None:
+            no_work.close()
         daemon.close()
+    figures = {name: {"describe_to_first_rtp_ms": _summary(d),
+                      "play_to_first_rtp_ms": _summary(p)}
+               for name, (d, p) in per_title.items()}
     result = {"sessions": sessions, "server_ports": ports,
-              "titles": {name: {"describe_to_first_rtp_ms": _summary(d),
-                                "play_to_first_rtp_ms": _summary(p)}
-                         for name, (d, p) in per_title.items()}}
+              "titles": {name: figures[name] for name in titles}}
+    if floor:
+        result["floor"] = figures["floor"]
     first = next(iter(result["titles"].values()))
     result.update(first)  # the one-title keys, as before
     return result

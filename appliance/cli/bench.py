@@ -183,21 +183,26 @@ def bench_latency(sessions: int, bitrate: str, title_minutes: str, ports: str, m
         titles = {f"{m:g}min": long_title(m, bitrate) for m in minutes}
     with progress_bar("latency", as_json and not sys.stderr.isatty()) as progress:
         result = run_latency(next(iter(titles.values())), sessions, progress=progress,
-                             ports=ports, titles=titles)
+                             ports=ports, titles=titles, floor=True)
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return
     click.echo(f"start-up latency over {result['sessions']} fresh sessions per title on "
                f"loopback, {ports} server ports, cached titles at {bitrate}b/s:")
     header = "".join(f"{name + ' title':>21}   " for name in result["titles"])
-    click.echo(f"  {'p50 / p99 ms':<30}{header}{'live555 here':>16}{'target p99':>13}")
+    click.echo(f"  {'p50 / p99 ms':<30}{header}{'no-work server':>21}   "
+               f"{'live555 here':>16}{'target p99':>13}")
     for key, label in (("describe_to_first_rtp_ms", "DESCRIBE -> first RTP"),
                        ("play_to_first_rtp_ms", "PLAY -> first RTP")):
         cells = "".join(f"{t[key]['p50']:>10.3f} / {t[key]['p99']:<10.3f}"
-                        for t in result["titles"].values())
+                        for t in [*result["titles"].values(), result["floor"]])
         anchor = LIVE555[key]
         click.echo(f"  {label:<30}{cells}{anchor[0]:>8.2f} / {anchor[1]:<7.2f}"
                    f"{TARGETS[key]:>8.1f} ms")
+    click.echo("  no-work server: fixed replies and one RTP packet at PLAY, timed with the "
+               "same client in this run:")
+    click.echo("  what the client, the kernel and the machine's wake-ups cost without a "
+               "server's work")
     if len(result["titles"]) > 1:
         p99 = [t["describe_to_first_rtp_ms"]["p99"] for t in result["titles"].values()]
         click.echo(f"  longest / shortest title, DESCRIBE -> first RTP p99: "
