@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -51,42 +52,33 @@ def test_any_bytes_are_a_reply_an_incomplete_one_or_a_reply_error(data):
         assert 0 <= status <= 999 and 0 < used <= len(data)
 
 
-def _server(answer: bytes, connections: int) -> tuple[socket.socket, threading.Thread]:
-    """A loopback server that answers each connection's first request with
-    ``answer`` and then closes it."""
+def _crowd_against(answer: bytes, sessions: int) -> list[str]:
+    """The failures of ``sessions`` viewers against a loopback server that
+    answers each connection's first request with ``answer`` and closes it."""
     listener = socket.create_server(("127.0.0.1", 0))
 
     def serve():
-        for _ in range(connections):
+        for _ in range(sessions):
             conn, _ = listener.accept()
             with conn:
                 conn.recv(4096)
                 conn.sendall(answer)
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    return listener, thread
+    threading.Thread(target=serve, daemon=True).start()
+    crowd = Crowd(listener.getsockname()[1], "t", sessions=sessions, concurrency=2)
+    try:
+        return crowd.run(timeout=5).failures
+    finally:
+        crowd.close()
+        listener.close()
 
 
 def test_a_refusing_server_fails_each_viewer_with_its_status():
-    listener, _ = _server(b"RTSP/1.0 404 Not Found\r\nCSeq: 1\r\n\r\n", 3)
-    crowd = Crowd(listener.getsockname()[1], "nothing", sessions=3, concurrency=2)
-    try:
-        result = crowd.run(timeout=5)
-    finally:
-        crowd.close()
-        listener.close()
-    assert result.failures == ["DESCRIBE answered 404"] * 3
+    assert _crowd_against(b"RTSP/1.0 404 Not Found\r\nCSeq: 1\r\n\r\n", 3) == \
+        ["DESCRIBE answered 404"] * 3
 
 
 def test_a_server_that_hangs_up_fails_the_viewer_not_the_crowd():
-    listener, _ = _server(b"", 2)
-    crowd = Crowd(listener.getsockname()[1], "t", sessions=2, concurrency=2)
-    try:
-        result = crowd.run(timeout=5)
-    finally:
-        crowd.close()
-        listener.close()
-    assert result.failures == ["the server closed the connection"] * 2
+    assert _crowd_against(b"", 2) == ["the server closed the connection"] * 2
 
 
 def test_no_server_fails_every_viewer_within_the_timeout():
@@ -121,6 +113,10 @@ def test_cpu_seconds_counts_what_a_process_spends_below_a_tick():
 
 
 def test_cpu_seconds_of_this_process_grows():
+    # a thread that runs is brought up to date at the scheduler's next
+    # tick (4 ms at most here): spend several of them
     before = cpu_seconds(os.getpid())
-    sum(range(200_000))
+    until = time.process_time() + 0.03
+    while time.process_time() < until:
+        pass
     assert cpu_seconds(os.getpid()) > before

@@ -44,8 +44,9 @@ def cpu_seconds(pid: int) -> float:
 
     From each thread's ``schedstat`` (nanoseconds), not the process's
     ``stat`` (ticks of 10 ms): a benchmark of a few viewers over a second
-    uses less than a tick. Threads that ended meanwhile are not counted;
-    the daemon's threads live as long as it does."""
+    uses less than a tick. A thread running as it is read is counted up
+    to the scheduler's last tick. Threads that ended meanwhile are not
+    counted; the daemon's threads live as long as it does."""
     total = 0
     try:
         for tid in os.listdir(f"/proc/{pid}/task"):
