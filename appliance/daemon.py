@@ -12,6 +12,7 @@ config file and applies what can change at run time (``appliance.reload``).
 from __future__ import annotations
 
 import dataclasses
+import gc
 import logging
 import os
 import resource
@@ -485,7 +486,21 @@ def run(config: Config, config_path: Optional[str] = None) -> int:
     _raise_open_files(config)
     daemon = make_service(config, reactor, config_path)
     signal.signal(signal.SIGHUP, lambda signum, frame: reactor.callFromThread(daemon.reload))
+    settle_heap()   # before the listeners open: no viewer waits for it
     reactor.callWhenRunning(daemon.startService)
     reactor.addSystemEventTrigger("before", "shutdown", daemon.stopService)
     reactor.run()
     return daemon.exit_code
+
+
+def settle_heap() -> None:
+    """Take what start-up made (modules, Twisted, the catalog, the engine),
+    which lives as long as the daemon, out of the garbage collector's walks.
+
+    A full collection walks every object the process holds, and comes when
+    enough new ones have lived long enough: in the middle of a flash crowd,
+    it held the reactor for 0.1-0.2 s over the start-up heap, with a hundred
+    viewers' requests waiting. Frozen, the walks cover only what came since
+    (sessions, streams), and a full one is a fraction of that."""
+    gc.collect()
+    gc.freeze()
