@@ -293,3 +293,44 @@ def test_the_fill_takes_bytes_from_a_pipe_and_refuses_them_once_stopped(tmp_path
     finally:
         fill._close_files()
         cat.close()
+
+
+def test_start_writeback_hands_written_bytes_to_the_disk(tmp_path):
+    from appliance.cache.writeback import start_writeback
+    fd = os.open(tmp_path / "media", os.O_RDWR | os.O_CREAT)
+    try:
+        os.pwrite(fd, b"x" * 100_000, 0)
+        assert start_writeback(fd, 0, 100_000)
+        assert not start_writeback(fd, 0, 0)
+    finally:
+        os.close(fd)
+
+
+def test_a_request_s_bytes_start_their_writeback_every_few_mib(tmp_path, ts_file, monkeypatch):
+    import appliance.cache.fill as fill_module
+    started: list[tuple[int, int]] = []
+    monkeypatch.setattr(fill_module, "start_writeback",
+                        lambda fd, offset, size: started.append((offset, size)) or True)
+    monkeypatch.setattr(fill_module, "WRITEBACK_BYTES", 3 * 188 * 100)
+    data = open(ts_file, "rb").read()
+    url = f"file://{ts_file}"
+    head, size, validator = FileOrigin(None)._read(url, 0, 64 * 1024, None)
+    cat = open_catalog(str(tmp_path / "catalog.db"))
+    fill = TitleFill.create(Probe(url, size, validator, head), title=None, now=0.0,
+                            reactor=None, catalog=cat, origin=None, name="t.ts",
+                            folder=str(tmp_path / "t"), settings=FillSettings())
+    try:
+        sink = fill._sink(fill._generation)
+        at, piece = len(head), 188 * 100
+        for _ in range(7):
+            sink(at, data[at:at + piece])
+            at += piece
+        # in order: one start every three pieces, each over the three
+        assert started == [(len(head), 3 * piece), (len(head) + 3 * piece, 3 * piece)]
+        far = size - 3 * piece               # a new request elsewhere: counted anew
+        sink(far, data[far:far + 2 * piece])
+        assert len(started) == 2
+        assert fill.contiguous() == at
+    finally:
+        fill._close_files()
+        cat.close()

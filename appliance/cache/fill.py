@@ -9,7 +9,9 @@ costs one of each:
 - durability: ``fsync`` in a worker thread, then the ranges written before
   it began are recorded in the catalog (``add_cached_range``). Nothing is
   recorded before it is on disk, so after a crash or ``kill -9`` the
-  catalog names only bytes that are there;
+  catalog names only bytes that are there. Each request's bytes are handed
+  to the disk every WRITEBACK_BYTES as they come (not waited for), so an
+  fsync finds them mostly written;
 - indexing: the C scan runs in a worker thread over the contiguous prefix
   (``GrowingTsIndex``); final records are appended to the growing hint file
   and the streams are told (``HintUpdate``);
@@ -49,6 +51,7 @@ from appliance.cache.origin import (OriginChanged, OriginError, Probe, RangesIgn
                                     Validator)
 from appliance.cache.request_size import RequestSize
 from appliance.cache.seek_ahead import SeekSegment, estimate_offset
+from appliance.cache.writeback import start_writeback
 from catalog import TitleNotFound
 from catalog.byte_ranges import Range, add, end_from, subtract, union
 from rtpengine.index.errors import MediaError
@@ -67,6 +70,9 @@ SYNC_INTERVAL = 0.5
 # then hands the disk its bytes while more arrive, instead of one long
 # fsync of the whole title at the end.
 SYNC_BYTES = 32 << 20
+# A request's bytes are handed to the disk (not waited for) every this
+# many, so the fsyncs find them mostly written (see writeback).
+WRITEBACK_BYTES = 4 << 20
 
 
 class CacheWriteError(OriginError):
@@ -1080,6 +1086,19 @@ class _FillSink:
         self.fill = fill
         self.generation = generation
         self.skip = skip
+        self._dirty: Optional[Range] = None   # written, not yet handed to the disk
+
+    def _wrote(self, offset: int, size: int) -> None:
+        """A request's bytes come in order: every WRITEBACK_BYTES of them
+        start their write-back."""
+        start, end = self._dirty if self._dirty is not None else (offset, offset)
+        if end != offset:
+            start = offset
+        end = offset + size
+        if end - start >= WRITEBACK_BYTES:
+            start_writeback(self.fill._fd, start, end - start)
+            start = end
+        self._dirty = (start, end)
 
     def _check(self) -> None:
         fill = self.fill
@@ -1094,6 +1113,7 @@ class _FillSink:
             if not data:
                 return
         self.fill._store(offset, data)
+        self._wrote(offset, len(data))
         self.fill._stored(len(data))
 
     def from_pipe(self, pipe: int, offset: int, size: int) -> None:
@@ -1101,6 +1121,7 @@ class _FillSink:
         if offset < self.skip:
             raise ValueError("a sequential read's bytes are not spliced")
         self.fill._store_from_pipe(pipe, offset, size)
+        self._wrote(offset, size)
         self.fill._stored(size)
 
 
