@@ -9,7 +9,9 @@ costs one of each:
 - durability: ``fsync`` in a worker thread, then the ranges written before
   it began are recorded in the catalog (``add_cached_range``). Nothing is
   recorded before it is on disk, so after a crash or ``kill -9`` the
-  catalog names only bytes that are there;
+  catalog names only bytes that are there. Each request's bytes are handed
+  to the disk every WRITEBACK_BYTES as they come (not waited for), so an
+  fsync finds them mostly written;
 - indexing: the C scan runs in a worker thread over the contiguous prefix
   (``GrowingTsIndex``); final records are appended to the growing hint file
   and the streams are told (``HintUpdate``);
@@ -49,6 +51,7 @@ from appliance.cache.origin import (OriginChanged, OriginError, Probe, RangesIgn
                                     Validator)
 from appliance.cache.request_size import RequestSize
 from appliance.cache.seek_ahead import SeekSegment, estimate_offset
+from appliance.cache.writeback import start_writeback
 from catalog import TitleNotFound
 from catalog.byte_ranges import Range, add, end_from, subtract, union
 from rtpengine.index.errors import MediaError
@@ -67,6 +70,9 @@ SYNC_INTERVAL = 0.5
 # then hands the disk its bytes while more arrive, instead of one long
 # fsync of the whole title at the end.
 SYNC_BYTES = 32 << 20
+# A request's bytes are handed to the disk (not waited for) every this
+# many, so the fsyncs find them mostly written (see writeback).
+WRITEBACK_BYTES = 4 << 20
 
 
 class CacheWriteError(OriginError):
@@ -618,26 +624,37 @@ class TitleFill:
                 f"cannot write {self.media_path}: {os.strerror(exc.errno)}") from exc
         self.held = add(self.held, offset, at)
 
-    def _sink(self, generation: int, skip: int = 0):
+    def _store_from_pipe(self, pipe: int, offset: int, size: int) -> None:
+        """Move ``size`` bytes waiting in ``pipe`` to ``offset`` (splice(2):
+        Python never holds them); what was written counts as held."""
+        at, end = offset, offset + size
+        try:
+            while at < end:
+                n = os.splice(pipe, self._fd, end - at, offset_dst=at, flags=os.SPLICE_F_MOVE)
+                if n == 0:
+                    raise OSError(errno.EIO, "the pipe ran dry")
+                at += n
+        except OSError as exc:
+            if at > offset:
+                self.held = add(self.held, offset, at)
+            raise CacheWriteError(
+                f"cannot write {self.media_path}: {os.strerror(exc.errno)}") from exc
+        self.held = add(self.held, offset, at)
+
+    def _sink(self, generation: int, skip: int = 0) -> "_FillSink":
         """Where a request's bytes go; ``skip``: bytes below it are held
         already (a sequential read from the start): dropped, not rewritten."""
-        def sink(offset: int, data: bytes) -> None:
-            if generation != self._generation or self._fd is None or self.stopped:
-                raise CacheWriteError("the fill stopped or started over")
-            if offset < skip:
-                data = data[skip - offset:]
-                offset = skip
-                if not data:
-                    return
-            self._store(offset, data)
-            self._unsynced += len(data)
-            self._kick_index()
-            if self._tail_start is not None:
-                self._estimate_duration()
-            if self._unsynced >= SYNC_BYTES or \
-                    time.monotonic() - self._last_sync >= SYNC_INTERVAL:
-                self._kick_sync()
-        return sink
+        return _FillSink(self, generation, skip)
+
+    def _stored(self, size: int) -> None:
+        """``size`` bytes more were stored: index them, and fsync when due."""
+        self._unsynced += size
+        self._kick_index()
+        if self._tail_start is not None:
+            self._estimate_duration()
+        if self._unsynced >= SYNC_BYTES or \
+                time.monotonic() - self._last_sync >= SYNC_INTERVAL:
+            self._kick_sync()
 
     # -- durability ---------------------------------------------------------------
 
@@ -1059,6 +1076,53 @@ class TitleFill:
             await defer.DeferredList([self._run_d], consumeErrors=True)
         await self._settle_quietly()
         self._end(self.error)
+
+
+class _FillSink:
+    """A fill's sink for one request (see origin.Sink and body_splice.FileSink):
+    bytes refused once the fill stopped or started over."""
+
+    def __init__(self, fill: TitleFill, generation: int, skip: int) -> None:
+        self.fill = fill
+        self.generation = generation
+        self.skip = skip
+        self._dirty: Optional[Range] = None   # written, not yet handed to the disk
+
+    def _wrote(self, offset: int, size: int) -> None:
+        """A request's bytes come in order: every WRITEBACK_BYTES of them
+        start their write-back."""
+        start, end = self._dirty if self._dirty is not None else (offset, offset)
+        if end != offset:
+            start = offset
+        end = offset + size
+        if end - start >= WRITEBACK_BYTES:
+            start_writeback(self.fill._fd, start, end - start)
+            start = end
+        self._dirty = (start, end)
+
+    def _check(self) -> None:
+        fill = self.fill
+        if self.generation != fill._generation or fill._fd is None or fill.stopped:
+            raise CacheWriteError("the fill stopped or started over")
+
+    def __call__(self, offset: int, data: bytes) -> None:
+        self._check()
+        if offset < self.skip:
+            data = data[self.skip - offset:]
+            offset = self.skip
+            if not data:
+                return
+        self.fill._store(offset, data)
+        self._wrote(offset, len(data))
+        self.fill._stored(len(data))
+
+    def from_pipe(self, pipe: int, offset: int, size: int) -> None:
+        self._check()
+        if offset < self.skip:
+            raise ValueError("a sequential read's bytes are not spliced")
+        self.fill._store_from_pipe(pipe, offset, size)
+        self._wrote(offset, size)
+        self.fill._stored(size)
 
 
 def _sync_and_record(catalog, fd: int, name: str, ranges: list[Range]) -> None:

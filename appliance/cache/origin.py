@@ -29,6 +29,8 @@ from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone, Response
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 
+from appliance.cache.body_splice import BodySplice, can_splice
+
 Sink = Callable[[int, bytes], None]
 
 USER_AGENT = b"kvod"
@@ -40,6 +42,11 @@ _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 # headers are not: Twisted's line parser copies what follows each header
 # line, so a 1 MiB read holding the headers cost a dozen 1 MiB copies.
 READ_BYTES = 1 << 20
+# A body at least this long, over plain TCP, into a sink that takes bytes
+# from a pipe, is spliced (see body_splice): the connection is dropped after
+# it, so a short body, where a new connection would cost more than the
+# copies saved, is read the usual way.
+SPLICE_BYTES = 4 << 20
 
 
 class OriginError(Exception):
@@ -167,6 +174,9 @@ class _Body(Protocol):
         self._error: Optional[OriginError] = None
         self._tcp = None     # the connection's TCP transport, reading wide
         self._narrow = 0     # ... and its read size before
+        self._plain = False  # ... with no TLS between it and the body
+        self._splice: Optional[BodySplice] = None
+        self._spliced = False   # the socket went to a splice: drop the connection
 
     def connectionMade(self) -> None:  # noqa: N802 (Twisted API)
         self._widen()
@@ -174,17 +184,68 @@ class _Body(Protocol):
         if self._deadline is not None:
             self._deadline_call = self._reactor.callLater(
                 max(self._deadline - self._reactor.seconds(), 0), self._too_slow)
+        self._start_splice()
+
+    def _start_splice(self) -> None:
+        """Hand the socket to a BodySplice when it pays (see SPLICE_BYTES).
+        Body bytes Twisted read with the headers still come to
+        dataReceived, right after connectionMade; the splice goes on from
+        there."""
+        tcp = self._tcp
+        if not (self._plain and self._stop_after is None and can_splice(self.sink)
+                and self.length >= SPLICE_BYTES and tcp is not None):
+            return
+        fileno = getattr(tcp, "fileno", None)
+        if not callable(fileno) or not callable(getattr(tcp, "stopReading", None)) or \
+                tcp in self._reactor.getWriters():
+            return
+        try:
+            self._splice = BodySplice(self._reactor, fileno(), self._still_to_come,
+                                      self._moved, self._splice_ended)
+        except OSError:
+            return          # no pipe to be had: read the usual way
+        self._spliced = True
+        tcp.stopReading()
+        self._splice.start()
+
+    def _still_to_come(self) -> int:
+        return self.length - self.received if self._error is None else 0
+
+    def _moved(self, pipe: int, n: int) -> None:
+        """``n`` body bytes wait in ``pipe``: into the sink's file."""
+        self._arm()
+        try:
+            self.sink.from_pipe(pipe, self.start + self.received, n)
+        except Exception as exc:  # the cache could not take them (disk full)
+            self._sink_failed(exc)
+            return
+        self.received += n
+        if self.received >= self.length:
+            self._stop_splice()
+            self._tcp.abortConnection()
+
+    def _splice_ended(self) -> None:
+        """The socket ended (or failed) mid-body: the transport reads it
+        again and ends the response with what it says."""
+        self._stop_splice()
+        self._tcp.startReading()
+
+    def _stop_splice(self) -> None:
+        if self._splice is not None:
+            self._splice.stop()
+            self._splice = None
 
     def _widen(self) -> None:
         # Agent hands a body protocol a proxy of the connection's transport;
         # the TCP transport is under it (and under TLS, one level more).
         # Without it (another Twisted), reads stay at 64 KiB: slower, same bytes.
         transport = getattr(self.transport, "_producer", None)
-        for _ in range(3):
+        for depth in range(3):
             size = getattr(transport, "bufferSize", None)
             if isinstance(size, int):
                 self._tcp, self._narrow = transport, size
                 transport.bufferSize = max(size, READ_BYTES)
+                self._plain = depth == 0
                 return
             transport = getattr(transport, "transport", None)
 
@@ -209,13 +270,23 @@ class _Body(Protocol):
     def _cancelled(self) -> None:
         if self._error is None:
             self._error = OriginError("cancelled")
+        self._stop_splice()
         if self.transport is not None:
             self.transport.loseConnection()
 
     def _abort(self, error: OriginError) -> None:
         if self._error is None:
             self._error = error
+        self._stop_splice()
         self.transport.loseConnection()
+
+    def _sink_failed(self, exc: Exception) -> None:
+        error = exc if isinstance(exc, OriginError) else OriginError(
+            f"cannot store bytes: {exc}")
+        error.received = self.received
+        if error is not exc:
+            error.__cause__ = exc
+        self._abort(error)
 
     def dataReceived(self, data: bytes) -> None:  # noqa: N802 (Twisted API)
         if self._error is not None:
@@ -230,22 +301,23 @@ class _Body(Protocol):
             try:
                 self.sink(self.start + self.received, data)
             except Exception as exc:  # the cache could not take them (disk full)
-                error = exc if isinstance(exc, OriginError) else OriginError(
-                    f"cannot store bytes: {exc}")
-                error.received = self.received
-                if error is not exc:
-                    error.__cause__ = exc
-                self._abort(error)
+                self._sink_failed(exc)
                 return
             self.received += len(data)
         if self._error is not None:
             self._error.received = self.received
+            self._stop_splice()
             self.transport.loseConnection()
         elif self._stop_after is not None and self.received >= self._stop_after:
             self._enough = True
             self.transport.loseConnection()
 
     def connectionLost(self, reason) -> None:  # noqa: N802 (Twisted API)
+        if self._splice is not None:
+            self._stop_splice()
+            if reason.check(ResponseDone) and not self._tcp.disconnected:
+                # the body came whole with the headers: the pooled connection reads again
+                self._tcp.startReading()
         if self._tcp is not None:
             # the connection may go back to the pool: the next answer's
             # headers are read narrow again
@@ -263,7 +335,10 @@ class _Body(Protocol):
             self.done.errback(self._error)
         elif self._enough:
             self.done.callback(self.received)
-        elif reason.check(ResponseDone, PotentialDataLoss) and self.received == self.length:
+        elif self.received == self.length and (
+                self._spliced or reason.check(ResponseDone, PotentialDataLoss)):
+            # spliced: the connection was dropped after the last byte (its
+            # parser never saw the body), so its end says nothing
             self.done.callback(self.received)
         else:
             self.done.errback(OriginProtocolError(
