@@ -98,6 +98,16 @@ def now_ns() -> int:
     return lib.kvod_now_ns()
 
 
+def start_writeback(fd: int, offset: int, size: int) -> bool:
+    """Start writing ``[offset, offset + size)`` of file ``fd`` to disk and
+    return at once (``sync_file_range(2)``, SYNC_FILE_RANGE_WRITE); False
+    if it could not be started. Nothing becomes durable by it: a later
+    ``fsync`` still makes it so, and finds the bytes mostly written."""
+    if size <= 0:
+        return False
+    return lib.kvod_file_writeback(fd, offset, size) == 0
+
+
 def probe_features() -> dict[str, bool]:
     """Which of :data:`FEATURES` this kernel offers (asked, not guessed)."""
     have = lib.kvod_probe_features()

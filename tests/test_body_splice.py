@@ -10,6 +10,7 @@ the reactor's readers: no network, no running reactor.
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 
@@ -49,6 +50,7 @@ class _Tcp:
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
+        self.socket = sock      # as Twisted's, for the round trip (TCP_INFO)
         self.reading = True
         self.disconnected = False
         self.aborted = False
@@ -216,6 +218,46 @@ def test_a_cancel_stops_the_splice(tmp_path, pair):
     os.close(fd)
 
 
+@pytest.fixture
+def tcp_pair():
+    """Both ends of a TCP connection on loopback (a round trip the kernel measured)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    theirs = socket.create_connection(listener.getsockname())
+    ours, _ = listener.accept()
+    listener.close()
+    theirs.sendall(b"x")
+    ours.recv(1)
+    ours.sendall(b"y")
+    theirs.recv(1)
+    ours.setblocking(False)
+    yield ours, theirs
+    ours.close()
+    theirs.close()
+
+
+@pytest.mark.parametrize("max_rtt_us, spliced", [(None, True), (0, False)])
+def test_only_a_near_origin_s_body_is_spliced(tmp_path, tcp_pair, monkeypatch, max_rtt_us,
+                                              spliced):
+    """Over loopback (a round trip of some microseconds) the body is spliced;
+    from an origin farther than SPLICE_MAX_RTT_US its connection is kept
+    and the body read the usual way."""
+    import appliance.cache.origin as origin_module
+    from appliance.cache.body_splice import round_trip_us
+    ours, _theirs = tcp_pair
+    assert 0 <= round_trip_us(ours) < origin_module.SPLICE_MAX_RTT_US
+    if max_rtt_us is not None:
+        monkeypatch.setattr(origin_module, "SPLICE_MAX_RTT_US", max_rtt_us)
+    fd = os.open(tmp_path / "media", os.O_RDWR | os.O_CREAT)
+    reactor, tcp = _Reactor(), _Tcp(ours)
+    body = _Body(0, SPLICE_BYTES, _FileSink(fd), reactor, 10.0)
+    body.makeConnection(_Proxy(tcp))
+    assert (not tcp.reading and len(reactor.readers) == 1) is spliced
+    body.done.addErrback(lambda _f: None)
+    body.done.cancel()
+    body.connectionLost(Failure(ResponseFailed([Failure(ConnectionError())])))
+    os.close(fd)
+
+
 @pytest.mark.parametrize("case", ["tls", "short", "plain sink", "writing"])
 def test_tls_short_bodies_and_plain_sinks_are_read_the_usual_way(tmp_path, pair, case):
     ours, _theirs = pair
@@ -296,14 +338,20 @@ def test_the_fill_takes_bytes_from_a_pipe_and_refuses_them_once_stopped(tmp_path
 
 
 def test_start_writeback_hands_written_bytes_to_the_disk(tmp_path):
-    from appliance.cache.writeback import start_writeback
+    from rtpengine._kvod_engine import lib
+    from rtpengine.engine import start_writeback
     fd = os.open(tmp_path / "media", os.O_RDWR | os.O_CREAT)
     try:
         os.pwrite(fd, b"x" * 100_000, 0)
         assert start_writeback(fd, 0, 100_000)
         assert not start_writeback(fd, 0, 0)
+        # the C entry point refuses what names no bytes, and a bad descriptor
+        assert lib.kvod_file_writeback(fd, -1, 10) == -errno.EINVAL
+        assert lib.kvod_file_writeback(fd, 2**63 - 5, 10) == -errno.EINVAL
+        assert lib.kvod_file_writeback(-1, 0, 10) == -errno.EINVAL
     finally:
         os.close(fd)
+    assert lib.kvod_file_writeback(fd, 0, 10) == -errno.EBADF
 
 
 def test_a_request_s_bytes_start_their_writeback_every_few_mib(tmp_path, ts_file, monkeypatch):

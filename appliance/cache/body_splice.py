@@ -9,8 +9,9 @@ the socket's pages go into a pipe (no copy) and from the pipe into the file
 (one copy), and Python sees only byte counts.
 
 Only the body of an answer already checked (status, validator,
-Content-Range) over plain TCP is spliced (under TLS the socket holds
-ciphertext). :class:`BodySplice` stands in for the TCP transport as the
+Content-Range) over plain TCP from a near origin is spliced (under TLS the
+socket holds ciphertext; a far origin's connection is worth more than the
+copies, see origin.SPLICE_MAX_RTT_US). :class:`BodySplice` stands in for the TCP transport as the
 reactor's reader of the socket until the body's last byte (or the end of
 the connection, an error or a cancel); Twisted's transport is not read
 meanwhile. The connection is then dropped, not pooled: Twisted's HTTP
@@ -21,6 +22,8 @@ from __future__ import annotations
 
 import fcntl
 import os
+import socket
+import struct
 from typing import Callable, Optional, Protocol
 
 # Bytes moved per splice(2) of the socket: a pipe holds this much (the
@@ -38,6 +41,27 @@ class FileSink(Protocol):
     def from_pipe(self, pipe: int, offset: int, size: int) -> None:
         """Move exactly ``size`` bytes waiting in ``pipe`` (a file
         descriptor) to ``offset``; raises as ``__call__`` does."""
+
+
+# struct tcp_info (linux/tcp.h): tcpi_rtt, the smoothed round trip in
+# microseconds, is the u32 at byte 68; the kernel fills what it has
+_TCP_INFO_BYTES = 104
+_TCPI_RTT = struct.Struct("=I")
+_TCPI_RTT_AT = 68
+
+
+def round_trip_us(sock) -> Optional[int]:
+    """The kernel's smoothed round-trip time of TCP socket ``sock`` in
+    microseconds, or None (not a TCP socket, or no answer)."""
+    if sock is None:
+        return None
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_BYTES)
+    except (OSError, AttributeError):
+        return None
+    if len(info) < _TCPI_RTT_AT + _TCPI_RTT.size:
+        return None
+    return _TCPI_RTT.unpack_from(info, _TCPI_RTT_AT)[0]
 
 
 def can_splice(sink) -> bool:
@@ -116,4 +140,4 @@ class BodySplice:
         self.stop()
 
 
-__all__ = ["BodySplice", "FileSink", "PIPE_BYTES", "can_splice"]
+__all__ = ["BodySplice", "FileSink", "PIPE_BYTES", "can_splice", "round_trip_us"]

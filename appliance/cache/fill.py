@@ -51,9 +51,9 @@ from appliance.cache.origin import (OriginChanged, OriginError, Probe, RangesIgn
                                     Validator)
 from appliance.cache.request_size import RequestSize
 from appliance.cache.seek_ahead import SeekSegment, estimate_offset
-from appliance.cache.writeback import start_writeback
 from catalog import TitleNotFound
 from catalog.byte_ranges import Range, add, end_from, subtract, union
+from rtpengine.engine import start_writeback
 from rtpengine.index.errors import MediaError
 from rtpengine.hintfile import RECORD_SIZE, GrowingHintFile, HintRecord
 from rtpengine.index.file_reads import FileBytes
@@ -71,7 +71,9 @@ SYNC_INTERVAL = 0.5
 # fsync of the whole title at the end.
 SYNC_BYTES = 32 << 20
 # A request's bytes are handed to the disk (not waited for) every this
-# many, so the fsyncs find them mostly written (see writeback).
+# many (sync_file_range, not waited for), so the fsyncs find them mostly
+# written: without it the disk idles while bytes come and each fsync waits
+# for all of them. Nothing counts as durable before the fsync.
 WRITEBACK_BYTES = 4 << 20
 
 

@@ -29,7 +29,7 @@ from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone, Response
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 
-from appliance.cache.body_splice import BodySplice, can_splice
+from appliance.cache.body_splice import BodySplice, can_splice, round_trip_us
 
 Sink = Callable[[int, bytes], None]
 
@@ -47,6 +47,10 @@ READ_BYTES = 1 << 20
 # it, so a short body, where a new connection would cost more than the
 # copies saved, is read the usual way.
 SPLICE_BYTES = 4 << 20
+# ... and only from an origin this near (the connection's smoothed round
+# trip): a new connection to a far one pays its handshake and a new slow
+# start per request, more than the copies a splice saves.
+SPLICE_MAX_RTT_US = 1000
 
 
 class OriginError(Exception):
@@ -199,6 +203,9 @@ class _Body(Protocol):
         if not callable(fileno) or not callable(getattr(tcp, "stopReading", None)) or \
                 tcp in self._reactor.getWriters():
             return
+        rtt = round_trip_us(getattr(tcp, "socket", None))
+        if rtt is not None and rtt > SPLICE_MAX_RTT_US:
+            return          # a far origin: its connection is worth keeping
         try:
             self._splice = BodySplice(self._reactor, fileno(), self._still_to_come,
                                       self._moved, self._splice_ended)

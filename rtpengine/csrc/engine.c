@@ -14,6 +14,7 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -60,6 +61,17 @@ KVOD_API const char *kvod_last_error(void)
 KVOD_API int64_t kvod_now_ns(void)
 {
 	return kvod_clock_ns();
+}
+
+KVOD_API int kvod_file_writeback(int fd, int64_t offset, int64_t size)
+{
+	if (fd < 0 || offset < 0 || size <= 0 || offset > INT64_MAX - size)
+		return kvod_fail(EINVAL, "no bytes %lld+%lld of fd %d to write back",
+				 (long long)offset, (long long)size, fd);
+	if (sync_file_range(fd, offset, size, SYNC_FILE_RANGE_WRITE) < 0)
+		return kvod_fail(errno, "write-back of fd %d: %s", fd,
+				 strerror(errno));
+	return 0;
 }
 
 static const char *const strategy_names[KVOD_STRATEGY_COUNT] = {

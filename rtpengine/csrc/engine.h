@@ -203,6 +203,12 @@ struct kvod_stream_stats {
 };
 
 KVOD_API int64_t kvod_now_ns(void);
+/*
+ * Start writing bytes @offset..@offset+@size of file @fd to disk, without
+ * waiting (sync_file_range SYNC_FILE_RANGE_WRITE): a later fsync finds
+ * them mostly written. Nothing is made durable by it. 0, or -errno.
+ */
+KVOD_API int kvod_file_writeback(int fd, int64_t offset, int64_t size);
 KVOD_API const char *kvod_last_error(void);
 KVOD_API const char *kvod_strategy_name(int strategy);
 KVOD_API uint32_t kvod_probe_features(void);
