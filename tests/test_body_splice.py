@@ -309,7 +309,10 @@ def test_a_splice_stops_reading_at_the_end_of_the_socket(pair):
     assert not reactor.readers
 
 
-def test_the_fill_takes_bytes_from_a_pipe_and_refuses_them_once_stopped(tmp_path, ts_file):
+def _new_fill(tmp_path, ts_file):
+    """A fill of ``ts_file`` (a file:// origin) just created, its probe's
+    bytes stored: (the file's bytes, the probe's head, its size, the fill,
+    its catalog)."""
     data = open(ts_file, "rb").read()
     url = f"file://{ts_file}"
     head, size, validator = FileOrigin(None)._read(url, 0, 64 * 1024, None)
@@ -317,6 +320,11 @@ def test_the_fill_takes_bytes_from_a_pipe_and_refuses_them_once_stopped(tmp_path
     fill = TitleFill.create(Probe(url, size, validator, head), title=None, now=0.0,
                             reactor=None, catalog=cat, origin=None, name="t.ts",
                             folder=str(tmp_path / "t"), settings=FillSettings())
+    return data, head, size, fill, cat
+
+
+def test_the_fill_takes_bytes_from_a_pipe_and_refuses_them_once_stopped(tmp_path, ts_file):
+    data, head, size, fill, cat = _new_fill(tmp_path, ts_file)
     try:
         sink = fill._sink(fill._generation)
         piece = data[len(head):len(head) + 188 * 300]     # fits a pipe
@@ -360,13 +368,7 @@ def test_a_request_s_bytes_start_their_writeback_every_few_mib(tmp_path, ts_file
     monkeypatch.setattr(fill_module, "start_writeback",
                         lambda fd, offset, size: started.append((offset, size)) or True)
     monkeypatch.setattr(fill_module, "WRITEBACK_BYTES", 3 * 188 * 100)
-    data = open(ts_file, "rb").read()
-    url = f"file://{ts_file}"
-    head, size, validator = FileOrigin(None)._read(url, 0, 64 * 1024, None)
-    cat = open_catalog(str(tmp_path / "catalog.db"))
-    fill = TitleFill.create(Probe(url, size, validator, head), title=None, now=0.0,
-                            reactor=None, catalog=cat, origin=None, name="t.ts",
-                            folder=str(tmp_path / "t"), settings=FillSettings())
+    data, head, size, fill, cat = _new_fill(tmp_path, ts_file)
     try:
         sink = fill._sink(fill._generation)
         at, piece = len(head), 188 * 100

@@ -614,28 +614,26 @@ class TitleFill:
     def _store(self, offset: int, data: bytes) -> None:
         """Write ``data`` at ``offset``; what was written counts as held."""
         view = memoryview(data)
-        at = offset
-        try:
-            while view:
-                n = os.pwrite(self._fd, view, at)
-                view, at = view[n:], at + n
-        except OSError as exc:
-            if at > offset:
-                self.held = add(self.held, offset, at)
-            raise CacheWriteError(
-                f"cannot write {self.media_path}: {os.strerror(exc.errno)}") from exc
-        self.held = add(self.held, offset, at)
+        self._write_held(offset, len(data),
+                         lambda at, left: os.pwrite(self._fd, view[at - offset:], at))
 
     def _store_from_pipe(self, pipe: int, offset: int, size: int) -> None:
         """Move ``size`` bytes waiting in ``pipe`` to ``offset`` (splice(2):
         Python never holds them); what was written counts as held."""
+        def move(at: int, left: int) -> int:
+            n = os.splice(pipe, self._fd, left, offset_dst=at, flags=os.SPLICE_F_MOVE)
+            if n == 0:
+                raise OSError(errno.EIO, "the pipe ran dry")
+            return n
+        self._write_held(offset, size, move)
+
+    def _write_held(self, offset: int, size: int, write: Callable[[int, int], int]) -> None:
+        """``write(at, left)`` until ``size`` bytes from ``offset`` are in the
+        file; what was written counts as held, a failure too."""
         at, end = offset, offset + size
         try:
             while at < end:
-                n = os.splice(pipe, self._fd, end - at, offset_dst=at, flags=os.SPLICE_F_MOVE)
-                if n == 0:
-                    raise OSError(errno.EIO, "the pipe ran dry")
-                at += n
+                at += write(at, end - at)
         except OSError as exc:
             if at > offset:
                 self.held = add(self.held, offset, at)
