@@ -22,6 +22,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
+from appliance.bench.rtsp_client import bind_pair
+
 _STATUS_RE = re.compile(rb"RTSP/1\.0 (\d{3})")
 _LENGTH_RE = re.compile(rb"\r\ncontent-length:[ \t]*(\d+)", re.IGNORECASE)
 _SESSION_RE = re.compile(rb"\r\nsession:[ \t]*([^;\r\n]+)", re.IGNORECASE)
@@ -31,22 +33,6 @@ _SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
 # struct timespec of an SCM_TIMESTAMPNS message
 _TIMESPEC = struct.Struct("@ll")
 _ANCILLARY = socket.CMSG_SPACE(_TIMESPEC.size)
-
-
-def udp_pair() -> tuple[socket.socket, socket.socket]:
-    """An even/odd UDP port pair on loopback (RTP, RTCP)."""
-    while True:
-        rtp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        rtp.bind(("127.0.0.1", 0))
-        port = rtp.getsockname()[1]
-        if port % 2 == 0 and port < 65534:
-            rtcp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            try:
-                rtcp.bind(("127.0.0.1", port + 1))
-                return rtp, rtcp
-            except OSError:
-                rtcp.close()
-        rtp.close()
 
 
 class ReplyError(Exception):
@@ -76,7 +62,6 @@ def parse_reply(buffer: bytes) -> Optional[tuple[int, Optional[str], int]]:
 class Viewer:
     """One session of the crowd, from connect to its first RTP packet."""
 
-    url: str
     rtp: socket.socket
     rtcp: socket.socket
     control: socket.socket
@@ -124,6 +109,7 @@ class Crowd:
         self._setting_up = 0
         self._waiting_rtp = 0
         self._started = 0
+        self._playing = 0
 
     def run(self, timeout: float = 10.0,
             progress: Optional[Callable[[float], None]] = None) -> CrowdResult:
@@ -144,8 +130,7 @@ class Crowd:
             while self._started < self.sessions and self._setting_up < self.concurrency:
                 self._start_one()
             if progress:
-                progress(len([v for v in self.result.viewers if v.step == "playing"])
-                         / self.sessions)
+                progress(self._playing / self.sessions)
         for viewer in self.result.viewers:
             if viewer.first_ns is None and viewer.error is None:
                 viewer.error = (f"no RTP packet within {timeout:g} s" if viewer.step == "playing"
@@ -154,13 +139,13 @@ class Crowd:
 
     def _start_one(self) -> None:
         self._started += 1
-        rtp, rtcp = udp_pair()
+        rtp, rtcp = bind_pair(self.address[0])
         rtp.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
         rtp.setblocking(False)
         control = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         control.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         control.setblocking(False)
-        viewer = Viewer(self.url, rtp, rtcp, control)
+        viewer = Viewer(rtp, rtcp, control)
         self.result.viewers.append(viewer)
         self._setting_up += 1
         err = control.connect_ex(self.address)
@@ -177,7 +162,7 @@ class Crowd:
                 if err:
                     raise OSError(err, f"connect: {errno.errorcode.get(err, err)}")
                 self._epoll.modify(viewer.control.fileno(), select.EPOLLIN)
-                self._send(viewer, "DESCRIBE", viewer.url, "Accept: application/sdp\r\n")
+                self._send(viewer, "DESCRIBE", self.url, "Accept: application/sdp\r\n")
                 return
             data = viewer.control.recv(65536)
             if not data:
@@ -200,7 +185,7 @@ class Crowd:
     def _answered(self, viewer: Viewer, session: Optional[str]) -> None:
         if viewer.step == "DESCRIBE":
             port = viewer.rtp.getsockname()[1]
-            self._send(viewer, "SETUP", viewer.url + "/trackID=0",
+            self._send(viewer, "SETUP", self.url + "/trackID=0",
                        f"Transport: RTP/AVP;unicast;client_port={port}-{port + 1}\r\n")
         elif viewer.step == "SETUP":
             if not session:
@@ -210,10 +195,11 @@ class Crowd:
             self._epoll.register(viewer.rtp.fileno(), select.EPOLLIN)
             self._waiting_rtp += 1
             viewer.play_ns = time.time_ns()
-            self._send(viewer, "PLAY", viewer.url + "/", "Range: npt=0-\r\n")
+            self._send(viewer, "PLAY", self.url + "/", "Range: npt=0-\r\n")
         elif viewer.step == "PLAY":
             viewer.step = "playing"
             self._setting_up -= 1
+            self._playing += 1
             # the control connection stays open (closing it ends nothing
             # over UDP, but a viewer keeps it) and is read no more
             self._epoll.unregister(viewer.control.fileno())

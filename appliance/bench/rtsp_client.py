@@ -102,7 +102,7 @@ class RtpReceiver:
     rtcp: list = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.rtp_sock, self.rtcp_sock = _bind_pair(self.host)
+        self.rtp_sock, self.rtcp_sock = bind_pair(self.host)
         self.rtp_sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.rcvbuf)
         self.ports = (self.rtp_sock.getsockname()[1], self.rtcp_sock.getsockname()[1])
         self._stop = threading.Event()
@@ -153,7 +153,7 @@ class RtpReceiver:
         self.rtcp_sock.close()
 
 
-def _bind_pair(host: str) -> tuple[socket.socket, socket.socket]:
+def bind_pair(host: str) -> tuple[socket.socket, socket.socket]:
     """An even/odd UDP port pair chosen by the kernel."""
     for _ in range(100):
         rtp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
