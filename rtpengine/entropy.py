@@ -3,10 +3,10 @@
 
 ``secrets`` asks the kernel once per number (getrandom), and a stream draws
 three of them (five calls with randbelow's rejections): system calls on
-the start-up path of every viewer. These come
-from one ``os.urandom`` of 4 KiB per ~500 numbers instead: the same
-source, as unpredictable, read in bulk. A forked child starts its own
-buffer (it must not hand out the numbers its parent does).
+the start-up path of every viewer. These come from one ``os.urandom`` of
+4 KiB per ~500 numbers instead: the same source, as unpredictable, read in
+bulk. A forked child starts its own buffer (it must not hand out the
+numbers its parent does).
 """
 
 from __future__ import annotations

@@ -11,10 +11,10 @@ the socket's pages go into a pipe (no copy) and from the pipe into the file
 Only the body of an answer already checked (status, validator,
 Content-Range) over plain TCP from a near origin is spliced (under TLS the
 socket holds ciphertext; a far origin's connection is worth more than the
-copies, see origin.SPLICE_MAX_RTT_US). :class:`BodySplice` stands in for the TCP transport as the
-reactor's reader of the socket until the body's last byte (or the end of
-the connection, an error or a cancel); Twisted's transport is not read
-meanwhile. The connection is then dropped, not pooled: Twisted's HTTP
+copies, see origin.SPLICE_MAX_RTT_US). :class:`BodySplice` stands in for
+the TCP transport as the reactor's reader of the socket until the body's
+last byte (or the end of the connection, an error or a cancel); Twisted's
+transport is not read meanwhile. The connection is then dropped, not pooled: Twisted's HTTP
 parser never saw the bytes and still waits for them.
 """
 
@@ -85,9 +85,8 @@ class BodySplice:
         self._want = want
         self._moved = moved
         self._ended = ended
-        self._pipe: Optional[tuple[int, int]] = None
         read, write = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
-        self._pipe = (read, write)
+        self._pipe: Optional[tuple[int, int]] = (read, write)
         try:
             fcntl.fcntl(write, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
         except OSError:

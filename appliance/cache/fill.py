@@ -70,10 +70,10 @@ SYNC_INTERVAL = 0.5
 # then hands the disk its bytes while more arrive, instead of one long
 # fsync of the whole title at the end.
 SYNC_BYTES = 32 << 20
-# A request's bytes are handed to the disk (not waited for) every this
-# many (sync_file_range, not waited for), so the fsyncs find them mostly
-# written: without it the disk idles while bytes come and each fsync waits
-# for all of them. Nothing counts as durable before the fsync.
+# A request's bytes are handed to the disk every this many (sync_file_range,
+# not waited for), so the fsyncs find them mostly written: without it the
+# disk idles while bytes come and each fsync waits for all of them. Nothing
+# counts as durable before the fsync.
 WRITEBACK_BYTES = 4 << 20
 
 
