@@ -70,8 +70,9 @@ run: demo web
 	@echo "serving rtsp://127.0.0.1:8554/demo (Ctrl-C stops); try: ffplay rtsp://127.0.0.1:8554/demo"
 	$(KVOD) --config $(DEMO_CONFIG) serve
 
+# the slowest tests are listed at the end, so a CI log shows where time goes
 test: engine kernels web
-	$(PYTHON) -m pytest -q -rxX $(PYTEST_ARGS) tests
+	$(PYTHON) -m pytest -q -rxX --durations=15 $(PYTEST_ARGS) tests
 
 # The C under AddressSanitizer/UBSan, built into build/asan (the normal
 # modules stay as they are), then the engine and indexer tests against it.
@@ -84,7 +85,7 @@ test-asan: deps
 		$(PYTHON) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS) \
 		tests/test_engine.py tests/test_strategies.py tests/test_mpegts.py \
 		tests/test_engine_growing.py tests/test_mpegts_growing.py tests/test_kernel_pacing.py \
-		tests/test_mp4_index.py tests/test_engine_tcp.py
+		tests/test_mp4_index.py tests/test_engine_tcp.py \
 		tests/test_hostile_files.py
 
 # The long fuzz campaign: the RTSP message, Transport, Range, Session,

@@ -19,6 +19,7 @@ from rtpengine.index.errors import MediaError
 from rtpengine.index.mp4 import MAX_PAYLOAD, index_mp4
 from rtpengine.packetizer import packetize
 from tests.helpers.depay import depay_aac, depay_video, split_nals
+from tests.helpers.mp4_sparse import headers_and_moov
 from tests.helpers.titles import make_mp4
 
 TS0 = 0x7FFF0000        # near a wrap, so timestamp arithmetic must be modular
@@ -501,14 +502,7 @@ def test_growing_index_equals_the_whole_files(kw, tmp_path):
         data = f.read()
     index, hints = indexed(path, tmp_path)
     whole = [h.records_bytes() for h in hints]
-    # a sparse file: only the top-level headers and the moov are there
-    buf = bytearray(len(data))
-    pos = 0
-    while pos < len(data):
-        size, kind = struct.unpack_from(">I4s", data, pos)
-        keep = size if kind == b"moov" else 8
-        buf[pos:pos + keep] = data[pos:pos + keep]
-        pos += size
+    buf = headers_and_moov(data)
     got = [b""] * len(whole)
     with GrowingMp4Index(buf, len(buf), "grow") as ix:
         assert [t.codec for t in ix.tracks()] == [t.codec for t in index.tracks]
