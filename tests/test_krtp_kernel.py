@@ -34,6 +34,8 @@ GUEST_TESTS = ["tests/kernel/guest/test_krtp_wire.py", "tests/kernel/guest/test_
                "tests/kernel/guest/test_krtp_hostile.py", "tests/kernel/guest/test_krtp_daemon.py",
                "tests/kernel/guest/test_unload.py", "tests/kernel/guest/test_fq_pacing.py"]
 GUEST_TIMEOUT = 900
+# the module's build, the guest's boot and its tests: beyond pytest.ini's limit
+pytestmark = [pytestmark, pytest.mark.timeout(2 * GUEST_TIMEOUT)]
 # kvod serve is slow to start under emulation: each kernel runs the daemon
 # with one of the two calls (the module's own tests run both on both)
 
