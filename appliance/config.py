@@ -254,7 +254,10 @@ class RtspConfig(_Section):
         "Seconds without a request or RTCP report before a session is torn down.")
     rtp_port_min: int = _setting(
         20000, _PORT, "Lowest server UDP port for RTP (even; RTCP uses the next one).")
-    rtp_port_max: int = _setting(29999, _PORT, "Highest server UDP port for RTP/RTCP.")
+    rtp_port_max: int = _setting(
+        29999, _PORT, "Highest server UDP port for RTP/RTCP. Keep the range out of the "
+        "kernel's ephemeral ports (net.ipv4.ip_local_port_range, 32768-60999 on Debian) or "
+        "reserve it (net.ipv4.ip_local_reserved_ports): the daemon warns at start otherwise.")
     max_sessions: int = _setting(
         1000, _int_in(1, 10**7, "a positive integer"), "Most RTSP sessions at once.")
     max_connections: int = _setting(

@@ -10,11 +10,23 @@ import subprocess
 import pytest
 
 from appliance.bench.crowd import run_crowd
+from appliance.bench.daemon import rtp_port_config
 from appliance.bench.latency import run_latency
 from appliance.bench.rtsps import run_rtsps
+from appliance.media.server_ports import ephemeral_overlap
 from tests.helpers.daemon import KVOD
 
 pytestmark = pytest.mark.integration
+
+
+@pytest.mark.parametrize("pairs", [50, 1000, 4000])
+def test_the_benches_server_ports_hold_the_crowd_clear_of_the_clients_ports(pairs):
+    """The benches' clients bind ephemeral ports on the same machine: the
+    server's range is kept out of the kernel's, with room for every pair."""
+    lines = dict(line.split(" = ") for line in rtp_port_config(pairs).splitlines())
+    low, high = int(lines["rtp_port_min"]), int(lines["rtp_port_max"])
+    assert low % 2 == 0 and (high - low) // 2 >= pairs
+    assert ephemeral_overlap(low, high) is None
 
 
 def test_crowd_sets_up_every_session_and_times_its_first_packet(short_ts_file):

@@ -14,7 +14,9 @@ from dataclasses import dataclass, field
 import pytest
 
 from appliance.rtsp.media_api import MediaUnavailable
-from appliance.media.server_ports import PerSessionPorts, RtcpPort, SharedPorts, server_ports
+from appliance.media.server_ports import (PerSessionPorts, RtcpPort, SharedPorts,
+                                          ephemeral_overlap, server_ports,
+                                          warn_of_ephemeral_ports)
 from rtpengine import rtcp
 from tests.helpers.daemon import free_udp_pair
 
@@ -289,6 +291,57 @@ def test_server_ports_picks_the_mode():
     assert shared.server_ports == (5004, 5005)
     with pytest.raises(ValueError, match="unknown server_ports mode"):
         server_ports(FakeReactor(), mode="multicast", port_min=30000, port_max=30100)
+
+
+def kernel_ports(tmp_path, port_range: str, reserved: str | None = "") -> str:
+    """A stand-in for /proc/sys/net/ipv4 with the two port settings."""
+    (tmp_path / "ip_local_port_range").write_text(port_range + "\n")
+    if reserved is not None:
+        (tmp_path / "ip_local_reserved_ports").write_text(reserved + "\n")
+    return str(tmp_path)
+
+
+@pytest.mark.parametrize("port_range, reserved, span, clash", [
+    ("32768\t60999", "", (20000, 29999), None),                 # kvod's default: clear
+    ("32768\t60999", "", (30000, 59998), (32768, 59998, 27231)),
+    ("32768\t60999", "", (60000, 61000), (60000, 60999, 1000)),
+    ("32768\t60999", "40000-40099", (40000, 40099), None),      # all reserved
+    ("32768\t60999", "40000-40049,40098", (40000, 40099), (40050, 40099, 49)),
+    ("32768\t60999", None, (40000, 40001), (40000, 40001, 2)),  # no reserved list
+    ("1024\t65535", "", (5004, 5005), (5004, 5005, 2)),
+])
+def test_ephemeral_overlap_reads_the_kernels_range_less_its_reserved_ports(
+        tmp_path, port_range, reserved, span, clash):
+    assert ephemeral_overlap(*span, kernel_ports(tmp_path, port_range, reserved)) == clash
+
+
+def test_an_unreadable_kernel_range_is_no_overlap(tmp_path):
+    assert ephemeral_overlap(40000, 40100, str(tmp_path / "absent")) is None
+    assert ephemeral_overlap(40000, 40100, kernel_ports(tmp_path, "garbage")) is None
+
+
+def test_an_overlap_is_warned_of_with_the_way_out(tmp_path, caplog):
+    proc = kernel_ports(tmp_path, "32768 60999")
+    with caplog.at_level("WARNING", logger="appliance.media.server_ports"):
+        warn_of_ephemeral_ports(20000, 29999, "rtsp.rtp_port_min..rtp_port_max", proc)
+        assert not caplog.records
+        warn_of_ephemeral_ports(40000, 49998, "rtsp.rtp_port_min..rtp_port_max", proc)
+    [record] = caplog.records
+    text = record.getMessage()
+    assert text.startswith("9999 of the RTP/RTCP ports 40000-49998 "
+                           "(rtsp.rtp_port_min..rtp_port_max), from 40000 to 49998, are "
+                           "also ephemeral ports (net.ipv4.ip_local_port_range 32768-60999)")
+    assert "ip_local_reserved_ports" in text
+
+
+def test_this_machines_kernel_range_is_read():
+    """The real /proc file parses: the default range sits inside it or not,
+    but the call answers without error."""
+    with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+        low, high = (int(v) for v in f.read().split())
+    assert ephemeral_overlap(low, low + 1) in (None, (low, low + 1, 2), (low, low, 1),
+                                              (low + 1, low + 1, 1))
+    assert ephemeral_overlap(high + 1, high + 1) is None
 
 
 def _open_ports(reactor) -> set[int]:

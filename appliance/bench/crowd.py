@@ -21,7 +21,8 @@ import subprocess
 import tempfile
 from typing import Callable, Optional
 
-from appliance.bench.daemon import ServeProcess, cpu_seconds, free_tcp_port, loopback_config
+from appliance.bench.daemon import (ServeProcess, cpu_seconds, free_tcp_port, loopback_config,
+                                    rtp_port_config)
 from appliance.bench.crowd_client import Crowd
 from rtpengine.bench.stats import percentile
 
@@ -44,7 +45,7 @@ def run_crowd(media_path: str, sessions: int = 1000, concurrency: int = 100,
             rtsp=(f"max_sessions = {sessions + 10}\nmax_connections = {sessions + 10}\n"
                   f"max_sessions_per_address = {sessions + 10}\n"
                   f"max_connections_per_address = {sessions + 10}\n"
-                  "rtp_port_min = 30000\nrtp_port_max = 59998\nsession_timeout = 120\n"),
+                  f"{rtp_port_config(sessions)}session_timeout = 120\n"),
             sections='[cache]\ndir = "cache"\n'))
     serve = ServeProcess(config, port, os.path.join(tmp.name, "kvod.log"))
     subprocess.run(serve.command("catalog", "add", media_path, "--name", "crowd"),

@@ -15,6 +15,8 @@ import sys
 import time
 from typing import Optional
 
+from appliance.media.server_ports import ephemeral_range
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
@@ -58,6 +60,19 @@ def cpu_seconds(pid: int) -> float:
     except FileNotFoundError:
         raise ProcessLookupError(pid) from None
     return total / 1e9
+
+
+def rtp_port_config(pairs: int) -> str:
+    """``[rtsp]`` lines giving the server RTP ports for ``pairs`` streams and
+    a quarter more, below the kernel's ephemeral ports where they fit: a
+    bench's clients bind thousands of ephemeral ports on the same machine,
+    and each one inside the server's range costs the server a failed bind
+    (about a thousand in a crowd of 1000 with the range inside it)."""
+    need = 2 * (pairs + pairs // 4 + 16)
+    low = (ephemeral_range() or (32768, 60999))[0]
+    start = 20000 if 20000 + need < low else max(1024, low - 2 - need)
+    start -= start % 2
+    return f"rtp_port_min = {start}\nrtp_port_max = {min(65534, start + need)}\n"
 
 
 def loopback_config(port: int, admin_port: int, *, log_level: str = "warning",

@@ -20,7 +20,7 @@ import tempfile
 import time
 from typing import Callable
 
-from appliance.bench.daemon import ServeProcess, free_tcp_port, loopback_config
+from appliance.bench.daemon import ServeProcess, free_tcp_port, loopback_config, rtp_port_config
 from appliance.bench.latency_floor import FloorServer
 from appliance.bench.rtsp_client import RtpReceiver, RtspClient
 from rtpengine.bench.stats import percentile
@@ -36,8 +36,7 @@ class _Daemon:
         config = os.path.join(self.tmp.name, "kvod.toml")
         with open(config, "w") as f:
             f.write(loopback_config(self.port, free_tcp_port(),
-                                    rtsp=f'rtp_port_min = 40000\nrtp_port_max = 49998\n'
-                                         f'server_ports = "{ports}"\n',
+                                    rtsp=rtp_port_config(1000) + f'server_ports = "{ports}"\n',
                                     sections='[cache]\ndir = "cache"\n'))
         self.serve = ServeProcess(config, self.port, os.path.join(self.tmp.name, "kvod.log"))
         for name, media_path in titles.items():

@@ -31,7 +31,7 @@ import time
 import urllib.request
 from typing import Callable, Optional
 
-from appliance.bench.daemon import ServeProcess, free_tcp_port, loopback_config
+from appliance.bench.daemon import ServeProcess, free_tcp_port, loopback_config, rtp_port_config
 from appliance.bench.latency import _one_session
 from appliance.bench.nginx_origin import NginxOrigin
 from appliance.bench.rtsp_client import RtpReceiver, RtspClient
@@ -47,7 +47,7 @@ class _ProxyDaemon:
         config = os.path.join(folder, "kvod.toml")
         with open(config, "w") as f:
             f.write(loopback_config(self.port, self.admin_port,
-                                    rtsp="rtp_port_min = 40000\nrtp_port_max = 49998\n",
+                                    rtsp=rtp_port_config(1000),
                                     # the miss path is measured, not the fill
                                     # queue: every miss gets its fill at once and
                                     # runs on after its viewer leaves

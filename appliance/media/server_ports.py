@@ -408,12 +408,81 @@ class SharedPorts:
                 "streams": len(self.demux), "rtcp_in": self.demux.counters()}
 
 
+KERNEL_PORTS = "/proc/sys/net/ipv4"
+
+
+def _port_list(text: str) -> set[int]:
+    """The ports of a kernel port list: "8080,9000-9010" (empty: none)."""
+    ports: set[int] = set()
+    for part in text.replace(",", " ").split():
+        first, _, last = part.partition("-")
+        ports.update(range(int(first), int(last or first) + 1))
+    return ports
+
+
+def ephemeral_range(proc: str = KERNEL_PORTS) -> tuple[int, int] | None:
+    """``net.ipv4.ip_local_port_range``: the ports the kernel picks from for
+    a socket bound to port 0; None if it does not say."""
+    try:
+        with open(f"{proc}/ip_local_port_range") as f:
+            low, high = (int(v) for v in f.read().split())
+    except (OSError, ValueError):
+        return None
+    return low, high
+
+
+def ephemeral_overlap(port_min: int, port_max: int,
+                      proc: str = KERNEL_PORTS) -> tuple[int, int, int] | None:
+    """(first, last, count) of the ports of ``port_min..port_max`` that the
+    kernel also hands to sockets bound to port 0
+    (``net.ipv4.ip_local_port_range`` less ``ip_local_reserved_ports``), or
+    None when there are none or the kernel does not say.
+
+    Such a port taken by a client socket of this machine is one the server
+    cannot bind (a failed bind each time its turn comes), and one the server
+    holds is one fewer for the machine's own outgoing sockets."""
+    span = ephemeral_range(proc)
+    if span is None:
+        return None
+    low, high = span
+    try:
+        with open(f"{proc}/ip_local_reserved_ports") as f:
+            reserved = _port_list(f.read())
+    except (OSError, ValueError):
+        reserved = set()
+    first, last = max(port_min, low), min(port_max, high)
+    if first > last:
+        return None
+    clash = set(range(first, last + 1)) - reserved
+    if not clash:
+        return None
+    return min(clash), max(clash), len(clash)
+
+
 def server_ports(reactor, *, mode: str, port_min: int, port_max: int,
                  shared_rtp_port: int = 0, pool: int = 8) -> PerSessionPorts | SharedPorts:
     """The port policy of ``[rtsp] server_ports``; ``shared_rtp_port`` 0 is
     ``port_min``; ``pool``: pairs bound ahead (per-session)."""
     if mode == "shared":
-        return SharedPorts(reactor, shared_rtp_port or port_min - port_min % 2)
+        rtp = shared_rtp_port or port_min - port_min % 2
+        warn_of_ephemeral_ports(rtp, rtp + 1, "rtsp.shared_rtp_port")
+        return SharedPorts(reactor, rtp)
     if mode == "per-session":
+        warn_of_ephemeral_ports(port_min, port_max, "rtsp.rtp_port_min..rtp_port_max")
         return PerSessionPorts(reactor, port_min, port_max, pool=pool)
     raise ValueError(f"unknown server_ports mode {mode!r}")
+
+
+def warn_of_ephemeral_ports(port_min: int, port_max: int, keys: str,
+                            proc: str = KERNEL_PORTS) -> None:
+    """Log, once at start, that the server's RTP ports overlap the kernel's
+    ephemeral ports, and the two ways out."""
+    clash = ephemeral_overlap(port_min, port_max, proc)
+    if clash is not None:
+        first, last, count = clash
+        low, high = ephemeral_range(proc) or (first, last)
+        log.warning("%d of the RTP/RTCP ports %d-%d (%s), from %d to %d, are also ephemeral "
+                    "ports (net.ipv4.ip_local_port_range %d-%d): a pair that another socket "
+                    "of this machine takes cannot serve a stream; move the range out of "
+                    "it, or reserve the ports in net.ipv4.ip_local_reserved_ports",
+                    count, port_min, port_max, keys, first, last, low, high)
