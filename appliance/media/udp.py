@@ -539,11 +539,14 @@ class UdpMediaStream:
         """An RTCP SR (+SDES CNAME) while the stream is sending."""
         if self._stream is None or self.bye_sent:
             return
-        if self._stream.stats().state in ("playing", "waiting"):
-            self._send_rtcp(bye=False)
-
-    def _send_rtcp(self, *, bye: bool) -> None:
         stats = self._stream.stats()
+        if stats.state in ("playing", "waiting"):
+            self._send_rtcp(bye=False, stats=stats)
+
+    def _send_rtcp(self, *, bye: bool, stats=None) -> None:
+        """An SR (+SDES, +BYE) from ``stats``, or from the engine's figures now."""
+        if stats is None:
+            stats = self._stream.stats()
         now_mono = time.monotonic_ns()
         # The RTP time "now" extrapolates from the last packet's schedule, so
         # receivers can map RTP time to wall time (RFC 3550 section 6.4.1).
