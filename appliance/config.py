@@ -257,7 +257,8 @@ class RtspConfig(_Section):
     rtp_port_max: int = _setting(
         29999, _PORT, "Highest server UDP port for RTP/RTCP. Keep the range out of the "
         "kernel's ephemeral ports (net.ipv4.ip_local_port_range, 32768-60999 on Debian) or "
-        "reserve it (net.ipv4.ip_local_reserved_ports): the daemon warns at start otherwise.")
+        "reserve it (net.ipv4.ip_local_reserved_ports): kvod status warns otherwise, and so "
+        "does the daemon at start where its sandbox lets it read them.")
     max_sessions: int = _setting(
         1000, _int_in(1, 10**7, "a positive integer"), "Most RTSP sessions at once.")
     max_connections: int = _setting(

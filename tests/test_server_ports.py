@@ -334,6 +334,20 @@ def test_an_overlap_is_warned_of_with_the_way_out(tmp_path, caplog):
     assert "ip_local_reserved_ports" in text
 
 
+def test_kvod_status_checks_the_ports_the_daemon_reports(tmp_path):
+    """The packaged daemon cannot read /proc/sys (ProcSubset=pid): the
+    status command, which is not sandboxed, checks its ports instead."""
+    from appliance.cli.main import _ports_overlap
+    proc = kernel_ports(tmp_path, "32768 60999")
+    assert _ports_overlap({"mode": "per-session", "range": [20000, 29999]}, proc) is None
+    text = _ports_overlap({"mode": "per-session", "range": [40000, 40099]}, proc)
+    assert text.startswith("100 of the RTP/RTCP ports 40000-40099 "
+                           "(rtsp.rtp_port_min..rtp_port_max)")
+    text = _ports_overlap({"mode": "shared", "rtp": 50000, "rtcp": 50001}, proc)
+    assert text.startswith("2 of the RTP/RTCP ports 50000-50001 (rtsp.shared_rtp_port)")
+    assert _ports_overlap({}, proc) is None
+
+
 def test_this_machines_kernel_range_is_read():
     """The real /proc file parses: the default range sits inside it or not,
     but the call answers without error."""

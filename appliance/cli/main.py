@@ -95,7 +95,13 @@ def status(ctx: click.Context, as_json: bool) -> None:
         click.echo(f"engine fallback: {engine['fallback']}")
     if engine.get("runtime_refused"):
         click.echo(f"refused at run time: {', '.join(engine['runtime_refused'])}")
-    click.echo(_ports_line(info.get("server_ports") or {}))
+    ports = info.get("server_ports") or {}
+    click.echo(_ports_line(ports))
+    # the daemon's sandbox (ProcSubset=pid) hides the kernel's port
+    # settings from it; this command is not sandboxed
+    overlap = _ports_overlap(ports)
+    if overlap:
+        click.echo(f"warning: {overlap}")
     if "paced_streams" in engine:
         paced = engine["paced_streams"]
         click.echo(f"pacing: {engine['pacing']} (kernel lookahead "
@@ -133,6 +139,19 @@ def _ports_line(ports: dict) -> str:
         low, high = ports["range"]
         return f"server ports: per-session pairs from {low}-{high}"
     return "server ports: unknown"
+
+
+def _ports_overlap(ports: dict, proc: str | None = None) -> str | None:
+    """The warning for server ports that overlap the kernel's ephemeral
+    ports, from the daemon's ``server_ports`` status; None if they do not.
+    ``proc``: where the kernel's port settings are (tests)."""
+    from appliance.media.server_ports import KERNEL_PORTS, ephemeral_warning
+    proc = proc or KERNEL_PORTS
+    if ports.get("mode") == "shared":
+        return ephemeral_warning(ports["rtp"], ports["rtcp"], "rtsp.shared_rtp_port", proc)
+    if ports.get("mode") == "per-session":
+        return ephemeral_warning(*ports["range"], "rtsp.rtp_port_min..rtp_port_max", proc)
+    return None
 
 
 cli.add_command(catalog)

@@ -473,16 +473,26 @@ def server_ports(reactor, *, mode: str, port_min: int, port_max: int,
     raise ValueError(f"unknown server_ports mode {mode!r}")
 
 
+def ephemeral_warning(port_min: int, port_max: int, keys: str,
+                      proc: str = KERNEL_PORTS) -> str | None:
+    """What to tell an operator whose RTP ports overlap the kernel's
+    ephemeral ports, with the two ways out; None if they do not (or the
+    kernel's settings cannot be read: the packaged unit's ``ProcSubset=pid``
+    hides them from the daemon, and ``kvod status`` asks instead)."""
+    clash = ephemeral_overlap(port_min, port_max, proc)
+    if clash is None:
+        return None
+    first, last, count = clash
+    low, high = ephemeral_range(proc) or (first, last)
+    return (f"{count} of the RTP/RTCP ports {port_min}-{port_max} ({keys}), from {first} to "
+            f"{last}, are also ephemeral ports (net.ipv4.ip_local_port_range {low}-{high}): a "
+            "pair that another socket of this machine takes cannot serve a stream; move the "
+            "range out of it, or reserve the ports in net.ipv4.ip_local_reserved_ports")
+
+
 def warn_of_ephemeral_ports(port_min: int, port_max: int, keys: str,
                             proc: str = KERNEL_PORTS) -> None:
-    """Log, once at start, that the server's RTP ports overlap the kernel's
-    ephemeral ports, and the two ways out."""
-    clash = ephemeral_overlap(port_min, port_max, proc)
-    if clash is not None:
-        first, last, count = clash
-        low, high = ephemeral_range(proc) or (first, last)
-        log.warning("%d of the RTP/RTCP ports %d-%d (%s), from %d to %d, are also ephemeral "
-                    "ports (net.ipv4.ip_local_port_range %d-%d): a pair that another socket "
-                    "of this machine takes cannot serve a stream; move the range out of "
-                    "it, or reserve the ports in net.ipv4.ip_local_reserved_ports",
-                    count, port_min, port_max, keys, first, last, low, high)
+    """Log :func:`ephemeral_warning`, once at start."""
+    warning = ephemeral_warning(port_min, port_max, keys, proc)
+    if warning is not None:
+        log.warning("%s", warning)
