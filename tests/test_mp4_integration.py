@@ -24,6 +24,7 @@ from tests.helpers.players import gst_finished
 from tests.helpers.daemon import KvodDaemon
 from tests.helpers.origins import NginxOrigin
 from tests.helpers.depay import depay_aac, depay_video, split_nals
+from tests.helpers.mp4_sparse import top_level_boxes
 from tests.helpers.titles import long_mp4, make_mp4
 from rtpengine.index.mp4 import index_mp4
 from tests.test_mp4_index import in_band_sets, probe
@@ -454,12 +455,7 @@ def test_a_lying_fragment_mid_fill_ends_its_viewers_cleanly(proxy, slow_origin):
     what came before the lie and then an RTCP BYE, the log says why, and
     the daemon serves on."""
     data = bytearray(open(make_mp4(**TITLES["fragmented"]), "rb").read())
-    pos, moofs = 0, []
-    while pos < len(data):
-        size, kind = struct.unpack_from(">I4s", data, pos)
-        if kind == b"moof":
-            moofs.append(pos)
-        pos += size
+    moofs = [pos for pos, _, _, kind in top_level_boxes(data) if kind == b"moof"]
     trun = data.index(b"trun", moofs[2])
     struct.pack_into(">I", data, trun + 8, 0x7FFFFFF)
     name = "lying-fragment.mp4"

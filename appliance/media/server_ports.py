@@ -431,17 +431,18 @@ def ephemeral_range(proc: str = KERNEL_PORTS) -> tuple[int, int] | None:
     return low, high
 
 
-def ephemeral_overlap(port_min: int, port_max: int,
-                      proc: str = KERNEL_PORTS) -> tuple[int, int, int] | None:
+def ephemeral_overlap(port_min: int, port_max: int, proc: str = KERNEL_PORTS,
+                      span: tuple[int, int] | None = None) -> tuple[int, int, int] | None:
     """(first, last, count) of the ports of ``port_min..port_max`` that the
     kernel also hands to sockets bound to port 0
     (``net.ipv4.ip_local_port_range`` less ``ip_local_reserved_ports``), or
-    None when there are none or the kernel does not say.
+    None when there are none or the kernel does not say. ``span``: the
+    kernel's range if the caller has read it already.
 
     Such a port taken by a client socket of this machine is one the server
     cannot bind (a failed bind each time its turn comes), and one the server
     holds is one fewer for the machine's own outgoing sockets."""
-    span = ephemeral_range(proc)
+    span = span or ephemeral_range(proc)
     if span is None:
         return None
     low, high = span
@@ -479,11 +480,12 @@ def ephemeral_warning(port_min: int, port_max: int, keys: str,
     ephemeral ports, with the two ways out; None if they do not (or the
     kernel's settings cannot be read: the packaged unit's ``ProcSubset=pid``
     hides them from the daemon, and ``kvod status`` asks instead)."""
-    clash = ephemeral_overlap(port_min, port_max, proc)
-    if clash is None:
+    span = ephemeral_range(proc)
+    clash = span and ephemeral_overlap(port_min, port_max, proc, span)
+    if not clash:
         return None
     first, last, count = clash
-    low, high = ephemeral_range(proc) or (first, last)
+    low, high = span
     return (f"{count} of the RTP/RTCP ports {port_min}-{port_max} ({keys}), from {first} to "
             f"{last}, are also ephemeral ports (net.ipv4.ip_local_port_range {low}-{high}): a "
             "pair that another socket of this machine takes cannot serve a stream; move the "
