@@ -12,6 +12,7 @@ import pytest
 from appliance.bench.crowd import run_crowd
 from appliance.bench.daemon import rtp_port_config
 from appliance.bench.latency import run_latency
+from appliance.bench.proxy import _pct, run_proxy
 from appliance.bench.rtsps import run_rtsps
 from appliance.media.server_ports import ephemeral_overlap
 from tests.helpers.daemon import KVOD
@@ -35,6 +36,19 @@ def test_crowd_sets_up_every_session_and_times_its_first_packet(short_ts_file):
     assert 0 < result["all_first_packet_ms"] < 10_000
     assert 0 < result["play_to_first_rtp_ms"]["p50"] <= result["play_to_first_rtp_ms"]["p99"]
     assert result["server_cpu_ms_per_session"] > 0
+
+
+def test_proxy_bench_times_the_control_plane_idle_and_while_filling(ts_file, short_ts_file):
+    result = run_proxy(short_ts_file, ts_file, misses=2, viewers=1, fill_rounds=2)
+    fill = result["fill"]
+    assert fill["rounds"] == 2 and fill["fill_mb_per_s"] > 0 and fill["fill_to_plain_read"] > 0
+    idle, busy = fill["options_ms_idle"], fill["options_ms_while_filling"]
+    assert idle["count"] >= 50          # a second of asking, every 5 ms
+    assert 0 < idle["p50"] <= idle["p99"] < 1000
+    if busy["count"]:                   # a small title's fill may end before the first answer
+        assert 0 < busy["p50"] <= busy["p99"] < 1000
+    assert _pct([]) == {"p50": None, "p99": None, "count": 0}
+    assert _pct([2.0, 1.0, 3.0])["p50"] == 2.0
 
 
 def test_latency_times_titles_side_by_side(ts_file, short_ts_file):

@@ -1,46 +1,63 @@
 """A response body spliced from the origin's socket into the fill's file
-(``appliance.cache.body_splice``): the bytes land where they belong, a body
-cut off halfway goes back to the transport, which ends the response with
-what it says, TLS and short bodies are read the usual way, and a fill
-that stopped takes no byte more.
+(``appliance.cache.body_splice``) by a thread of its own: the bytes land
+where they belong, a body cut off halfway goes back to the transport, which
+ends the response with what it says, TLS and short bodies are read the
+usual way, a file that cannot take bytes ends the request with its error,
+and a request that stopped (a cancel, a fill that stopped) takes no byte
+more: its thread ends and its descriptors close.
 
 A socket pair stands in for the origin's connection, a fake reactor for
-the reactor's readers: no network, no running reactor.
+the reactor: the test runs what the thread hands to it.
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import queue
 import socket
+import time
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone, ResponseFailed
 
-from appliance.cache.body_splice import PIPE_BYTES, BodySplice
+from appliance.cache.body_splice import BodySplice
 from appliance.cache.fill import CacheWriteError, FillSettings, TitleFill
 from appliance.cache.origin import SPLICE_BYTES, FileOrigin, OriginProtocolError, Probe, _Body
 from catalog import open_catalog
 
 
 class _Reactor(Clock):
-    """A clock with the reactor's readers."""
+    """A clock that also takes calls from threads; ``run()`` runs them."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.readers: list = []
         self.writers: list = []
-
-    def addReader(self, reader) -> None:  # noqa: N802 (Twisted API)
-        self.readers.append(reader)
-
-    def removeReader(self, reader) -> None:  # noqa: N802 (Twisted API)
-        self.readers.remove(reader)
+        self.from_threads: queue.Queue = queue.Queue()
 
     def getWriters(self) -> list:  # noqa: N802 (Twisted API)
         return self.writers
+
+    def callFromThread(self, f, *args) -> None:  # noqa: N802 (Twisted API)
+        self.from_threads.put((f, args))
+
+    def run(self, until, timeout: float = 20.0) -> None:
+        """Run due calls and the threads' calls until ``until()``."""
+        deadline = time.monotonic() + timeout
+        self.advance(0)
+        while not until():
+            assert time.monotonic() < deadline, "nothing came from the thread"
+            try:
+                f, args = self.from_threads.get(timeout=0.05)
+            except queue.Empty:
+                continue
+            f(*args)
+            self.advance(0)
 
 
 class _Tcp:
@@ -89,25 +106,50 @@ class _Tls:
         self.transport.loseConnection()
 
 
+class _SpliceFile:
+    """A file a splice writes (body_splice.SpliceFile), saying what it was told."""
+
+    def __init__(self, sink: "_FileSink") -> None:
+        self.sink = sink
+        self.closed = False
+
+    def write(self, pipe: int, offset: int, size: int) -> int:
+        if self.sink.fail_writes:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return os.splice(pipe, self.sink.fd, size, offset_dst=offset)
+
+    def wrote(self, offset: int, size: int) -> None:
+        if self.sink.refuse:
+            raise CacheWriteError("the fill stopped")
+        self.sink.calls.append(("spliced", offset, size))
+
+    def failed(self, exc: OSError) -> Exception:
+        error = CacheWriteError(f"cannot write: {os.strerror(exc.errno)}")
+        error.__cause__ = exc
+        return error
+
+    def close(self) -> None:
+        assert not self.closed
+        self.closed = True
+
+
 class _FileSink:
-    """A sink into a file that also takes bytes from a pipe."""
+    """A sink into a file whose file a splice may write."""
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
         self.calls: list[tuple[str, int, int]] = []
-        self.refuse = False
+        self.refuse = False        # wrote() raises: the fill stopped
+        self.fail_writes = False   # write() raises: the disk is full
+        self.files: list[_SpliceFile] = []
 
     def __call__(self, offset: int, data: bytes) -> None:
         self.calls.append(("data", offset, len(data)))
         os.pwrite(self.fd, data, offset)
 
-    def from_pipe(self, pipe: int, offset: int, size: int) -> None:
-        if self.refuse:
-            raise CacheWriteError("the disk is full")
-        self.calls.append(("pipe", offset, size))
-        at = offset
-        while at < offset + size:
-            at += os.splice(pipe, self.fd, offset + size - at, offset_dst=at)
+    def splice_file(self, offset: int) -> _SpliceFile:
+        self.files.append(_SpliceFile(self))
+        return self.files[-1]
 
 
 @pytest.fixture
@@ -124,23 +166,28 @@ def _send_in_thread(sock: socket.socket, data: bytes, close: bool):
     import threading
 
     def send() -> None:
-        sock.sendall(data)
-        if close:
-            sock.shutdown(socket.SHUT_WR)
+        try:
+            sock.sendall(data)
+            if close:
+                sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass        # the reader went away (a test that stops early)
     thread = threading.Thread(target=send)
     thread.start()
     return thread
 
 
-def _pump(reactor: _Reactor, body: _Body, rounds: int = 100000) -> None:
-    """Run the reactor's readers until the body is done or no reader is left."""
-    import select
-    for _ in range(rounds):
-        if body.done.called or not reactor.readers:
-            return
-        for reader in list(reactor.readers):
-            select.select([reader.fileno()], [], [], 1.0)
-            reader.doRead()
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def _connect(body: _Body, tcp: _Tcp, buffered: bytes = b"") -> None:
+    """As Response.deliverBody does: connect, hand over what Twisted read
+    with the headers, resume the transport."""
+    body.makeConnection(_Proxy(tcp))
+    if buffered:
+        body.dataReceived(buffered)
+    tcp.startReading()
 
 
 def test_a_long_body_is_spliced_into_the_file_at_its_offset(tmp_path, pair):
@@ -148,22 +195,28 @@ def test_a_long_body_is_spliced_into_the_file_at_its_offset(tmp_path, pair):
     data = os.urandom(SPLICE_BYTES + 12345)
     start = 1000
     fd = os.open(tmp_path / "media", os.O_RDWR | os.O_CREAT)
+    fds = _open_fds()
     sink, reactor, tcp = _FileSink(fd), _Reactor(), _Tcp(ours)
     body = _Body(start, len(data), sink, reactor, 10.0)
-    body.makeConnection(_Proxy(tcp))
-    assert not tcp.reading and len(reactor.readers) == 1   # the splice reads the socket
-    body.dataReceived(data[:5000])      # what Twisted read with the headers
+    _connect(body, tcp, data[:5000])           # what Twisted read with the headers
+    reactor.advance(0)
+    assert not tcp.reading and body._splice.active    # the splice's thread reads the socket
     sender = _send_in_thread(theirs, data[5000:] + b"NEXT", close=False)
-    _pump(reactor, body)
+    reactor.run(lambda: sink.files[0].closed)
     sender.join()
-    assert tcp.aborted and not reactor.readers   # dropped: its parser never saw the body
+    assert tcp.aborted                  # dropped: its parser never saw the body
     assert os.pread(fd, len(data), start) == data
     assert sink.calls[0] == ("data", start, 5000)
-    assert all(kind == "pipe" and size <= PIPE_BYTES for kind, _, size in sink.calls[1:])
+    at = start + 5000
+    for kind, offset, size in sink.calls[1:]:   # in order, each counted once
+        assert kind == "spliced" and offset == at and size > 0
+        at += size
+    assert at == start + len(data)
     assert ours.recv(16) == b"NEXT"     # not a byte past the body was taken
     # the parser, short of the body's bytes, ends the response as failed: not so
     body.connectionLost(Failure(ResponseFailed([Failure(ConnectionError())])))
     assert body.done.result == len(data)
+    assert _open_fds() == fds           # the thread's socket, pipe and wake-up: closed
     os.close(fd)
 
 
@@ -171,13 +224,13 @@ def test_a_spliced_body_cut_off_goes_back_to_the_transport(tmp_path, pair):
     ours, theirs = pair
     data = os.urandom(SPLICE_BYTES)
     fd = os.open(tmp_path / "media", os.O_RDWR | os.O_CREAT)
-    reactor, tcp = _Reactor(), _Tcp(ours)
-    body = _Body(0, len(data) * 2, _FileSink(fd), reactor, 10.0)
-    body.makeConnection(_Proxy(tcp))
+    sink, reactor, tcp = _FileSink(fd), _Reactor(), _Tcp(ours)
+    body = _Body(0, len(data) * 2, sink, reactor, 10.0)
+    _connect(body, tcp)
     sender = _send_in_thread(theirs, data, close=True)
-    _pump(reactor, body)
+    reactor.run(lambda: tcp.reading and body._splice is None)
     sender.join()
-    assert tcp.reading and not reactor.readers    # the transport reads the end itself
+    assert sink.files[0].closed         # the transport reads the end itself
     assert not body.done.called
     body.connectionLost(Failure(ResponseFailed([Failure(ConnectionError())])))
     error = body.done.result.value
@@ -193,11 +246,10 @@ def test_a_sink_that_refuses_spliced_bytes_ends_the_request(tmp_path, pair):
     sink, reactor, tcp = _FileSink(fd), _Reactor(), _Tcp(ours)
     sink.refuse = True
     body = _Body(0, SPLICE_BYTES, sink, reactor, 10.0)
-    body.makeConnection(_Proxy(tcp))
+    _connect(body, tcp)
     sender = _send_in_thread(theirs, b"x" * 65536, close=False)
-    _pump(reactor, body, rounds=1)
+    reactor.run(lambda: tcp.disconnected and sink.files[0].closed)
     sender.join()
-    assert tcp.disconnected and not reactor.readers
     body.connectionLost(Failure(ResponseFailed([Failure(ConnectionError())])))
     error = body.done.result.value
     body.done.addErrback(lambda _f: None)
@@ -205,16 +257,65 @@ def test_a_sink_that_refuses_spliced_bytes_ends_the_request(tmp_path, pair):
     os.close(fd)
 
 
-def test_a_cancel_stops_the_splice(tmp_path, pair):
+def test_a_sink_that_takes_no_byte_more_before_the_splice_starts(tmp_path, pair):
     ours, _theirs = pair
     fd = os.open(tmp_path / "media", os.O_RDWR | os.O_CREAT)
     reactor, tcp = _Reactor(), _Tcp(ours)
-    body = _Body(0, SPLICE_BYTES, _FileSink(fd), reactor, 10.0)
-    body.makeConnection(_Proxy(tcp))
+
+    class Stopped(_FileSink):
+        def splice_file(self, offset):
+            raise CacheWriteError("the fill stopped or started over")
+    fds = _open_fds()
+    body = _Body(0, SPLICE_BYTES, Stopped(fd), reactor, 10.0)
+    _connect(body, tcp)
+    reactor.advance(0)
+    assert tcp.disconnected and body._splice is None
+    body.connectionLost(Failure(ResponseFailed([Failure(ConnectionError())])))
+    assert isinstance(body.done.result.value, CacheWriteError)
+    body.done.addErrback(lambda _f: None)
+    assert _open_fds() == fds
+    os.close(fd)
+
+
+def test_a_file_that_fails_a_write_ends_the_request_with_its_error(tmp_path, pair):
+    ours, theirs = pair
+    fd = os.open(tmp_path / "media", os.O_RDWR | os.O_CREAT)
+    sink, reactor, tcp = _FileSink(fd), _Reactor(), _Tcp(ours)
+    sink.fail_writes = True
+    body = _Body(0, SPLICE_BYTES, sink, reactor, 10.0)
+    _connect(body, tcp)
+    sender = _send_in_thread(theirs, b"x" * 65536, close=False)
+    reactor.run(lambda: tcp.disconnected)
+    sender.join()
+    body.connectionLost(Failure(ResponseFailed([Failure(ConnectionError())])))
+    error = body.done.result.value
+    body.done.addErrback(lambda _f: None)
+    assert isinstance(error, CacheWriteError) and "No space left" in str(error)
+    assert error.__cause__.errno == errno.ENOSPC and sink.files[0].closed
+    os.close(fd)
+
+
+@pytest.mark.parametrize("started", [False, True])
+def test_a_cancel_stops_the_splice(tmp_path, pair, started):
+    ours, _theirs = pair
+    fd = os.open(tmp_path / "media", os.O_RDWR | os.O_CREAT)
+    fds = _open_fds()
+    sink, reactor, tcp = _FileSink(fd), _Reactor(), _Tcp(ours)
+    body = _Body(0, SPLICE_BYTES, sink, reactor, 10.0)
+    _connect(body, tcp)
+    splice = body._splice
+    if started:
+        reactor.advance(0)          # the thread waits for the socket
+        assert splice.active
     body.done.addErrback(lambda _f: None)
     body.done.cancel()
-    assert tcp.disconnected and not reactor.readers
+    assert tcp.disconnected and body._splice is None
+    reactor.run(lambda: splice.finished.called)   # the thread woke and ended
+    assert all(f.closed for f in sink.files) and len(sink.files) == started
     body.connectionLost(Failure(ResponseFailed([Failure(ConnectionError())])))
+    reactor.advance(0)
+    assert not sink.files or sink.files[0].closed
+    assert _open_fds() == fds
     os.close(fd)
 
 
@@ -250,10 +351,14 @@ def test_only_a_near_origin_s_body_is_spliced(tmp_path, tcp_pair, monkeypatch, m
     fd = os.open(tmp_path / "media", os.O_RDWR | os.O_CREAT)
     reactor, tcp = _Reactor(), _Tcp(ours)
     body = _Body(0, SPLICE_BYTES, _FileSink(fd), reactor, 10.0)
-    body.makeConnection(_Proxy(tcp))
-    assert (not tcp.reading and len(reactor.readers) == 1) is spliced
+    _connect(body, tcp)
+    reactor.advance(0)
+    assert (not tcp.reading and body._splice is not None) is spliced
+    splice = body._splice
     body.done.addErrback(lambda _f: None)
     body.done.cancel()
+    if splice is not None:
+        reactor.run(lambda: splice.finished.called)
     body.connectionLost(Failure(ResponseFailed([Failure(ConnectionError())])))
     os.close(fd)
 
@@ -269,7 +374,8 @@ def test_tls_short_bodies_and_plain_sinks_are_read_the_usual_way(tmp_path, pair,
     length = SPLICE_BYTES - 1 if case == "short" else SPLICE_BYTES
     body = _Body(0, length, sink, reactor, 10.0)
     body.makeConnection(_Proxy(_Tls(tcp) if case == "tls" else tcp))
-    assert tcp.reading and not reactor.readers
+    reactor.advance(0)
+    assert tcp.reading and body._splice is None
     body.dataReceived(b"x" * length)
     body.connectionLost(Failure(ResponseDone()))
     assert body.done.result == length
@@ -281,32 +387,104 @@ def test_a_spliced_body_that_came_whole_with_the_headers_leaves_the_connection_r
     ours, _theirs = pair
     fd = os.open(tmp_path / "media", os.O_RDWR | os.O_CREAT)
     reactor, tcp = _Reactor(), _Tcp(ours)
-    body = _Body(0, SPLICE_BYTES, _FileSink(fd), reactor, 10.0)
-    body.makeConnection(_Proxy(tcp))
-    body.dataReceived(b"x" * SPLICE_BYTES)
+    fds = _open_fds()
+    sink = _FileSink(fd)
+    body = _Body(0, SPLICE_BYTES, sink, reactor, 10.0)
+    _connect(body, tcp, b"x" * SPLICE_BYTES)
+    reactor.advance(0)                  # nothing is left to splice: no thread
     body.connectionLost(Failure(ResponseDone()))
     assert body.done.result == SPLICE_BYTES
-    assert tcp.reading and not reactor.readers      # back to the pool, reading
+    assert tcp.reading and not sink.files           # back to the pool, reading
+    assert _open_fds() == fds
     os.close(fd)
 
 
-def test_a_splice_stops_reading_at_the_end_of_the_socket(pair):
+def test_a_sink_that_wants_bytes_read_the_usual_way_gets_them_so(tmp_path, pair):
+    """A sequential read's sink drops the bytes it holds already: it
+    refuses a splice (splice_file answers None) and the transport reads."""
+    ours, _theirs = pair
+    fd = os.open(tmp_path / "media", os.O_RDWR | os.O_CREAT)
+    reactor, tcp = _Reactor(), _Tcp(ours)
+
+    class Skipping(_FileSink):
+        def splice_file(self, offset):
+            return None
+    body = _Body(0, SPLICE_BYTES, Skipping(fd), reactor, 10.0)
+    _connect(body, tcp)
+    reactor.advance(0)
+    assert tcp.reading and body._splice is None and not body._spliced
+    body.dataReceived(b"x" * SPLICE_BYTES)
+    body.connectionLost(Failure(ResponseDone()))
+    assert body.done.result == SPLICE_BYTES
+    os.close(fd)
+
+
+def _splice(reactor, sock, tmp_path):
+    """A BodySplice of ``sock`` into a new file: (it, its sink, what it said)."""
+    said: list = []
+    sink = _FileSink(os.open(tmp_path / "media", os.O_RDWR | os.O_CREAT))
+    splice = BodySplice(reactor, sock.fileno(), lambda n: said.append(("moved", n)),
+                        lambda: said.append(("ended",)), lambda e: said.append(("failed", e)))
+    return splice, sink, said
+
+
+def test_a_splice_takes_no_more_than_wanted(tmp_path, pair):
     ours, theirs = pair
-    ended, moved = [], []
     reactor = _Reactor()
-    splice = BodySplice(reactor, ours.fileno(), lambda: 10, lambda pipe, n: moved.append(
-        os.read(pipe, n)), lambda: ended.append(True))
-    splice.start()
+    splice, sink, said = _splice(reactor, ours, tmp_path)
     theirs.sendall(b"0123456789abc")
-    splice.doRead()
-    assert moved == [b"0123456789"]      # no more than wanted
+    splice.start(sink.splice_file(100), 100, 10)
+    reactor.run(lambda: splice.finished.called)
+    assert said == [("moved", 10)] and sink.calls == [("spliced", 100, 10)]
+    assert os.pread(sink.fd, 10, 100) == b"0123456789"
+    assert ours.recv(16) == b"abc"      # still the socket's
+    os.close(sink.fd)
+
+
+def test_a_splice_says_when_the_socket_ended_first(tmp_path, pair):
+    ours, theirs = pair
+    reactor = _Reactor()
+    splice, sink, said = _splice(reactor, ours, tmp_path)
+    splice.start(sink.splice_file(0), 0, 100)
+    theirs.sendall(b"0123456789abc")
     theirs.close()
-    splice.doRead()
-    assert moved == [b"0123456789", b"abc"] and not ended
-    splice.doRead()
-    assert ended == [True]
+    reactor.run(lambda: splice.finished.called)
+    assert sum(n for kind, n in said[:-1]) == 13 and said[-1] == ("ended",)
+    os.close(sink.fd)
+
+
+def test_a_stopped_splice_says_nothing_more_and_closes_what_it_opened(tmp_path, pair):
+    ours, theirs = pair
+    reactor = _Reactor()
+    fds = _open_fds()
+    splice, sink, said = _splice(reactor, ours, tmp_path)
+    splice.start(sink.splice_file(0), 0, 100)
     splice.stop()
-    assert not reactor.readers
+    theirs.sendall(b"0123456789")
+    theirs.shutdown(socket.SHUT_WR)
+    reactor.run(lambda: splice.finished.called)
+    assert said == [] and sink.files[0].closed
+    os.close(sink.fd)
+    assert _open_fds() == fds
+    splice.stop()                       # twice: nothing
+    never = BodySplice(reactor, ours.fileno(), None, None, None)
+    never.stop()                        # never started: closed at once
+    assert never.finished.called and _open_fds() == fds
+
+
+def test_a_splice_thread_s_defect_ends_the_request_with_it(tmp_path, pair):
+    ours, theirs = pair
+    reactor = _Reactor()
+    splice, sink, said = _splice(reactor, ours, tmp_path)
+
+    class Broken(_SpliceFile):
+        def write(self, pipe, offset, size):
+            raise ValueError("a defect")
+    theirs.sendall(b"x" * 10)
+    splice.start(Broken(sink), 0, 10)
+    reactor.run(lambda: splice.finished.called)
+    assert len(said) == 1 and said[0][0] == "failed" and isinstance(said[0][1], ValueError)
+    os.close(sink.fd)
 
 
 def _new_fill(tmp_path, ts_file):
@@ -323,21 +501,73 @@ def _new_fill(tmp_path, ts_file):
     return data, head, size, fill, cat
 
 
-def test_the_fill_takes_bytes_from_a_pipe_and_refuses_them_once_stopped(tmp_path, ts_file):
+def test_the_fill_s_file_takes_spliced_bytes_and_refuses_them_once_stopped(tmp_path, ts_file):
     data, head, size, fill, cat = _new_fill(tmp_path, ts_file)
     try:
         sink = fill._sink(fill._generation)
+        file = sink.splice_file(len(head))
+        assert fill._splices == [file.closed]        # the fill waits for it to close
         piece = data[len(head):len(head) + 188 * 300]     # fits a pipe
         read, write = os.pipe()
         os.write(write, piece)
-        sink.from_pipe(read, len(head), len(piece))
+        at = len(head)
+        while at < len(head) + len(piece):          # in the splice's thread
+            at += file.write(read, at, len(head) + len(piece) - at)
+        assert fill.contiguous() == len(head)       # written, not counted yet
+        file.wrote(len(head), len(piece))           # in the reactor
         assert fill.contiguous() == len(head) + len(piece)
         assert os.pread(fill._fd, len(piece), len(head)) == piece
         fill._generation += 1             # the title changed: this request's bytes are not wanted
-        os.write(write, b"x" * 10)
         with pytest.raises(CacheWriteError):
-            sink.from_pipe(read, len(head) + len(piece), 10)
+            file.wrote(len(head) + len(piece), 10)
+        with pytest.raises(CacheWriteError):
+            sink.splice_file(len(head) + len(piece))
         assert fill.contiguous() == len(head) + len(piece)
+        error = file.failed(OSError(errno.ENOSPC, "No space left on device"))
+        assert isinstance(error, CacheWriteError) and "No space left" in str(error)
+        fill._close_files()               # the fill closes its own descriptor...
+        os.write(write, b"y" * 10)
+        assert file.write(read, 0, 10) == 10   # ... the thread's is its own
+        file.close()
+        file.close()
+        assert not fill._splices and file.closed.called
+        os.close(read)
+        os.close(write)
+    finally:
+        fill._close_files()
+        cat.close()
+
+
+def test_a_stopping_fill_waits_for_its_splice_threads_before_it_closes(tmp_path, ts_file):
+    data, head, size, fill, cat = _new_fill(tmp_path, ts_file)
+    try:
+        file = fill._sink(fill._generation).splice_file(len(head))
+        settled = defer.Deferred.fromCoroutine(fill._settle_quietly())
+        assert not settled.called
+        file.close()
+        assert settled.called
+    finally:
+        fill._close_files()
+        cat.close()
+
+
+def test_a_spliced_request_starts_its_write_back_every_few_mib(tmp_path, ts_file, monkeypatch):
+    import appliance.cache.fill as fill_module
+    started: list[tuple[int, int]] = []
+    monkeypatch.setattr(fill_module, "start_writeback",
+                        lambda fd, offset, size: started.append((offset, size)) or True)
+    monkeypatch.setattr(fill_module, "WRITEBACK_BYTES", 3 * 188 * 100)
+    data, head, size, fill, cat = _new_fill(tmp_path, ts_file)
+    try:
+        file = fill._sink(fill._generation).splice_file(len(head))
+        read, write = os.pipe()
+        at, piece = len(head), 188 * 100
+        for _ in range(7):
+            os.write(write, data[at:at + piece])
+            assert file.write(read, at, piece) == piece
+            at += piece
+        assert started == [(len(head), 3 * piece), (len(head) + 3 * piece, 3 * piece)]
+        file.close()
         os.close(read)
         os.close(write)
     finally:
@@ -384,3 +614,64 @@ def test_a_request_s_bytes_start_their_writeback_every_few_mib(tmp_path, ts_file
     finally:
         fill._close_files()
         cat.close()
+
+
+_STEPS = st.lists(st.one_of(st.tuples(st.just("send"), st.integers(1, 300_000)),
+                            st.tuples(st.sampled_from(["close", "stop", "refuse", "turn"]))),
+                  max_size=8)
+
+
+@settings(max_examples=25, deadline=None)
+@given(want=st.integers(1, 600_000), steps=_STEPS)
+def test_a_splice_under_any_order_of_events_counts_only_what_it_wrote(tmp_path_factory, want,
+                                                                      steps):
+    """Bytes sent, the socket's end, a stop and a file that refuses, in any
+    order against the thread: what was counted is in the file, in order,
+    never more than wanted; nothing is said after a stop or after the one
+    ending; the thread ends and closes everything it opened."""
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    theirs.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+    reactor = _Reactor()
+    fds = _open_fds()
+    splice, sink, said = _splice(reactor, ours, tmp_path_factory.mktemp("splice"))
+    offset, sent, stopped_at = 777, bytearray(), None
+    splice.start(sink.splice_file(offset), offset, want)
+    for step in steps:
+        if step[0] == "send" and theirs.fileno() >= 0 and len(sent) < 1 << 20:
+            data = os.urandom(step[1])
+            theirs.sendall(data)
+            sent += data
+        elif step[0] == "close" and theirs.fileno() >= 0:
+            theirs.close()
+        elif step[0] == "stop":
+            splice.stop()
+            if stopped_at is None:
+                stopped_at = len(said)
+        elif step[0] == "refuse":
+            sink.refuse = True
+        else:
+            reactor.advance(0)
+            while not reactor.from_threads.empty():
+                f, args = reactor.from_threads.get()
+                f(*args)
+    if stopped_at is None and theirs.fileno() >= 0 and len(sent) < want:
+        theirs.close()          # else the splice would wait for bytes that never come
+    reactor.run(lambda: splice.finished.called)
+    counted = sum(n for kind, *rest in said if kind == "moved" for n in rest)
+    assert counted <= min(want, len(sent))
+    assert os.pread(sink.fd, counted, offset) == bytes(sent[:counted])
+    endings = [s for s in said if s[0] in ("ended", "failed")]
+    assert len(endings) <= 1
+    if endings:
+        assert said[-1] is endings[0]          # nothing after the ending
+    if stopped_at is not None:
+        assert len(said) == stopped_at         # nothing said after the stop
+    if stopped_at is None and not sink.refuse and counted < want:
+        assert endings == [("ended",)]         # the socket ended first: said so
+    assert sink.files[0].closed
+    os.close(sink.fd)
+    ours.close()
+    if theirs.fileno() >= 0:
+        theirs.close()
+    assert _open_fds() == fds - 2

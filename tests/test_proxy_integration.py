@@ -88,6 +88,35 @@ def test_gstreamer_plays_an_uncached_title_byte_identical(daemon, origin, ts_fil
     assert "miss first/movie.ts" in daemon.log()
 
 
+def test_a_long_title_from_a_near_origin_is_spliced_into_the_cache_byte_identical(
+        daemon, origin, ts_file, tmp_path):
+    """Bodies of SPLICE_BYTES and more from nginx on loopback go from the
+    socket to the file in the splice's own thread (each on a connection of
+    its own, dropped after the body: its HTTP parser never saw the bytes);
+    the copy is the origin's, byte for byte, and indexed."""
+    import subprocess
+    from appliance.cache.origin import SPLICE_BYTES
+    source = str(tmp_path / "long.ts")
+    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-stream_loop", "23",
+                    "-i", ts_file, "-c", "copy", "-f", "mpegts", source], check=True, timeout=120)
+    size = os.path.getsize(source)
+    assert size >= 6 * SPLICE_BYTES
+    name = publish(origin, "splice/long.ts", source)
+    result = daemon.kvod("cache", "prefetch", name)
+    assert result.returncode == 0, result.stderr
+    info = wait_complete(daemon, name, timeout=60)
+    assert sha256(info["media_path"]) == sha256(source)
+    assert origin.bytes_sent(name) == size          # every byte once
+    assert info["duration_s"] == pytest.approx(24 * 10, abs=1.5)   # indexed to its end
+    sent = [(r[2], c) for r, (_, c) in zip(origin.requests(), origin.connections())
+            if r[0] == "/media/" + name]
+    assert sum(n >= SPLICE_BYTES for n, _ in sent) >= 2, sent
+    for at, (n, c) in enumerate(sent):
+        # a spliced body's connection carries no request after it
+        if n >= SPLICE_BYTES:
+            assert all(c2 != c for _, c2 in sent[at + 1:]), sent
+
+
 def test_ffmpeg_gets_every_frame_of_an_uncached_title(daemon, origin, short_ts_file):
     name = publish(origin, "ff/short.ts", short_ts_file)
     received = framemd5(daemon.url(name), "-rtsp_transport", "udp", timeout=40)

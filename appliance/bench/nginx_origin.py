@@ -20,7 +20,7 @@ from appliance.bench.daemon import free_tcp_port
 
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
-_LOG_LINE = re.compile(r'(\S+) (\d+) (\d+) "([^"]*)" "([^"]*)"')
+_LOG_LINE = re.compile(r'(\S+) (\d+) (\d+) "([^"]*)" "([^"]*)" (\d+)')
 
 
 class NginxOrigin:
@@ -44,7 +44,7 @@ class NginxOrigin:
 worker_processes 1;
 events {{ worker_connections 256; }}
 http {{
-    log_format kvod '$uri $status $body_bytes_sent "$http_range" "$http_if_range"';
+    log_format kvod '$uri $status $body_bytes_sent "$http_range" "$http_if_range" $connection';
     access_log {self.access_log} kvod;
     client_body_temp_path {folder}/tmp/body;
     proxy_temp_path {folder}/tmp/proxy;
@@ -76,6 +76,13 @@ http {{
         """(path, status, body bytes, Range, If-Range) of every request so far."""
         with open(self.access_log) as f:
             return [(m[1], int(m[2]), int(m[3]), m[4], m[5])
+                    for m in map(_LOG_LINE.fullmatch, f.read().splitlines()) if m]
+
+    def connections(self) -> list[tuple[str, int]]:
+        """(Range, nginx's connection number) of every request so far: a
+        connection's requests share its number."""
+        with open(self.access_log) as f:
+            return [(m[4], int(m[6]))
                     for m in map(_LOG_LINE.fullmatch, f.read().splitlines()) if m]
 
     def bytes_sent(self, path: str) -> int:

@@ -16,7 +16,11 @@ loopback, in a temporary folder, and measures:
   to a file on the cache's file system, fsync'ed at the end. They alternate
   ``fill_rounds`` times, each fill a new name for the same file, and the
   medians are compared: on a shared machine the load changes from one
-  second to the next.
+  second to the next;
+- the control plane while filling: RTSP OPTIONS round trips from a client
+  that asks every few milliseconds during the fills, against the same
+  client on the idle daemon before them. A fill's bytes that the reactor
+  moved itself would keep every viewer's request waiting meanwhile.
 """
 
 from __future__ import annotations
@@ -136,23 +140,63 @@ def _read_to_file(url: str, path: str) -> float:
     return took
 
 
+class _Pinger:
+    """RTSP OPTIONS round trips (ms) while it runs, one every ``interval``
+    seconds, taken in turn over ``connections`` connections so that each
+    stays within the server's request rate per connection (20 a second)."""
+
+    def __init__(self, port: int, *, connections: int = 10, interval: float = 0.005) -> None:
+        self.port = port
+        self.connections = connections
+        self.interval = interval
+        self.round_trips_ms: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> "_Pinger":
+        self._clients = [RtspClient("127.0.0.1", self.port) for _ in range(self.connections)]
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(30)
+        for client in self._clients:
+            client.close()
+
+    def _run(self) -> None:
+        turn = 0
+        while not self._stop.is_set():
+            client = self._clients[turn % len(self._clients)]
+            turn += 1
+            started = time.perf_counter()
+            resp = client.request("OPTIONS", client.url(""))
+            if resp.status == 200:
+                self.round_trips_ms.append((time.perf_counter() - started) * 1e3)
+            self._stop.wait(self.interval)
+
+
 def _fill_against_plain(daemon: _ProxyDaemon, nginx: NginxOrigin, rounds: int,
                         folder: str) -> dict:
     """Fills of ``big-1.ts`` .. ``big-<rounds>.ts`` (one file), each after a
     plain read of it (and one into a file in ``folder``, on the cache's file
     system); MB/s of each, their medians and the medians' ratio."""
     size, _ = _read_all(nginx.base_url + "big-1.ts")   # warms the page cache
-    plain, to_file, fills, sent = [], [], [], 0
+    plain, to_file, fills, sent, filling = [], [], [], 0, []
+    with _Pinger(daemon.port) as idle:
+        time.sleep(1.0)
     for k in range(1, rounds + 1):
         name = f"big-{k}.ts"
         _, origin_s = _read_all(nginx.base_url + name)
         to_file.append(size / _read_to_file(nginx.base_url + name,
                                             os.path.join(folder, "plain-read")) / 1e6)
         sent_before = nginx.bytes_sent(name)
-        started = time.monotonic()
-        daemon.admin("POST", f"/cache/prefetch?name={name}")
-        daemon.wait_complete_in_catalog(name)
-        fill_s = time.monotonic() - started
+        with _Pinger(daemon.port) as pinger:
+            started = time.monotonic()
+            daemon.admin("POST", f"/cache/prefetch?name={name}")
+            daemon.wait_complete_in_catalog(name)
+            fill_s = time.monotonic() - started
+        filling += pinger.round_trips_ms
         sent += nginx.bytes_sent(name) - sent_before
         plain.append(size / origin_s / 1e6)
         fills.append(size / fill_s / 1e6)
@@ -165,7 +209,17 @@ def _fill_against_plain(daemon: _ProxyDaemon, nginx: NginxOrigin, rounds: int,
             "origin_read_to_file_mb_per_s": round(statistics.median(to_file), 1),
             "fill_mb_per_s_each": [round(v, 1) for v in fills],
             "origin_read_mb_per_s_each": [round(v, 1) for v in plain],
-            "origin_bytes_per_title_byte": round(sent / size / rounds, 4)}
+            "origin_bytes_per_title_byte": round(sent / size / rounds, 4),
+            "options_ms_while_filling": _pct(filling),
+            "options_ms_idle": _pct(idle.round_trips_ms)}
+
+
+def _pct(values: list[float]) -> dict:
+    """p50 and p99 of ``values`` and how many there were."""
+    if not values:
+        return {"p50": None, "p99": None, "count": 0}
+    return {"p50": round(percentile(values, 0.5), 3),
+            "p99": round(percentile(values, 0.99), 3), "count": len(values)}
 
 
 def run_proxy(media_path: str, big_path: str, *, misses: int = 50, viewers: int = 4,
@@ -220,15 +274,12 @@ def run_proxy(media_path: str, big_path: str, *, misses: int = 50, viewers: int 
                 daemon.close()
             nginx.stop()
 
-    def pct(values: list[float]) -> dict:
-        return {"p50": round(percentile(values, 0.5), 3),
-                "p99": round(percentile(values, 0.99), 3)}
     return {
         "misses": misses,
         "container": "mp4" if ext == ".mp4" else "mpegts",
-        "miss_describe_to_first_rtp_ms": pct(miss_describe),
-        "miss_play_to_first_rtp_ms": pct(miss_play),
-        "hit_describe_to_first_rtp_ms": pct(hit_describe),
+        "miss_describe_to_first_rtp_ms": _pct(miss_describe),
+        "miss_play_to_first_rtp_ms": _pct(miss_play),
+        "hit_describe_to_first_rtp_ms": _pct(hit_describe),
         "shared_fill": {"viewers": viewers, "origin_bytes_per_title_byte": round(shared_ratio, 4),
                         "packets_per_viewer": counts},
         "fill": fill,

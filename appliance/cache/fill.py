@@ -11,7 +11,9 @@ costs one of each:
   recorded before it is on disk, so after a crash or ``kill -9`` the
   catalog names only bytes that are there. Each request's bytes are handed
   to the disk every WRITEBACK_BYTES as they come (not waited for), so an
-  fsync finds them mostly written;
+  fsync finds them mostly written. A body spliced from a near origin is
+  written by the splice's own thread (body_splice) and counted here, in the
+  reactor, as it reports;
 - indexing: the C scan runs in a worker thread over the contiguous prefix
   (``GrowingTsIndex``); final records are appended to the growing hint file
   and the streams are told (``HintUpdate``);
@@ -37,6 +39,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -179,6 +182,8 @@ class TitleFill:
         self._request_size = RequestSize(settings.chunk_bytes)
         self._sync_call = None
         self._indexing: Optional[defer.Deferred] = None
+        self._splices: list[defer.Deferred] = []   # a splice thread's file, until it closes
+        self._splice_lock = threading.Lock()
         self._index_again = False
         self._run_d: Optional[defer.Deferred] = None
         self._started = False
@@ -617,16 +622,6 @@ class TitleFill:
         self._write_held(offset, len(data),
                          lambda at, left: os.pwrite(self._fd, view[at - offset:], at))
 
-    def _store_from_pipe(self, pipe: int, offset: int, size: int) -> None:
-        """Move ``size`` bytes waiting in ``pipe`` to ``offset`` (splice(2):
-        Python never holds them); what was written counts as held."""
-        def move(at: int, left: int) -> int:
-            n = os.splice(pipe, self._fd, left, offset_dst=at, flags=os.SPLICE_F_MOVE)
-            if n == 0:
-                raise OSError(errno.EIO, "the pipe ran dry")
-            return n
-        self._write_held(offset, size, move)
-
     def _write_held(self, offset: int, size: int, write: Callable[[int, int], int]) -> None:
         """``write(at, left)`` until ``size`` bytes from ``offset`` are in the
         file; what was written counts as held, a failure too."""
@@ -637,9 +632,13 @@ class TitleFill:
         except OSError as exc:
             if at > offset:
                 self.held = add(self.held, offset, at)
-            raise CacheWriteError(
-                f"cannot write {self.media_path}: {os.strerror(exc.errno)}") from exc
+            raise self._write_error(exc) from exc
         self.held = add(self.held, offset, at)
+
+    def _write_error(self, exc: OSError) -> CacheWriteError:
+        error = CacheWriteError(f"cannot write {self.media_path}: {os.strerror(exc.errno)}")
+        error.__cause__ = exc
+        return error
 
     def _sink(self, generation: int, skip: int = 0) -> "_FillSink":
         """Where a request's bytes go; ``skip``: bytes below it are held
@@ -1043,6 +1042,7 @@ class TitleFill:
         self._quiet = True
         for _ in range(1000):
             pending = [d for d in (self._sync, self._indexing) if d is not None]
+            pending += self._splices
             if not pending:
                 return
             await defer.DeferredList(pending, consumeErrors=True)
@@ -1116,13 +1116,64 @@ class _FillSink:
         self._wrote(offset, len(data))
         self.fill._stored(len(data))
 
-    def from_pipe(self, pipe: int, offset: int, size: int) -> None:
+    def splice_file(self, offset: int) -> Optional["_SpliceFile"]:
         self._check()
         if offset < self.skip:
-            raise ValueError("a sequential read's bytes are not spliced")
-        self.fill._store_from_pipe(pipe, offset, size)
-        self._wrote(offset, size)
+            return None     # bytes held already are dropped, not spliced
+        return _SpliceFile(self)
+
+    def spliced(self, offset: int, size: int) -> None:
+        """A splice thread wrote ``size`` bytes at ``offset`` (and started
+        their write-back): they count as held (refused, not counted, once the
+        fill stopped or started over)."""
+        self._check()
+        self.fill.held = add(self.fill.held, offset, offset + size)
         self.fill._stored(size)
+
+
+class _SpliceFile:
+    """The fill's file as a splice thread writes one request's body into it
+    (body_splice.SpliceFile): through a descriptor of its own, so the fill may
+    close its files while the thread ends its last write; a fill that stops
+    or starts over waits for ``closed`` before it closes or replaces them."""
+
+    def __init__(self, sink: _FillSink) -> None:
+        self._sink = sink
+        self._fd = os.dup(sink.fill._fd)
+        self._lock = sink.fill._splice_lock
+        self._dirty: Optional[Range] = None     # written, write-back not started
+        self.closed: defer.Deferred = defer.Deferred()
+        sink.fill._splices.append(self.closed)
+
+    def write(self, pipe: int, offset: int, size: int) -> int:
+        # one writer of the file at a time: two would spin on the inode's
+        # lock in the kernel (ext4), where this one sleeps
+        with self._lock:
+            n = os.splice(pipe, self._fd, size, offset_dst=offset, flags=os.SPLICE_F_MOVE)
+        if n == 0:
+            raise OSError(errno.EIO, "the pipe ran dry")
+        dirty = self._dirty
+        start = dirty[0] if dirty is not None and dirty[1] == offset else offset
+        if offset + n - start >= WRITEBACK_BYTES:
+            start_writeback(self._fd, start, offset + n - start)
+            self._dirty = None
+        else:
+            self._dirty = (start, offset + n)
+        return n
+
+    def wrote(self, offset: int, size: int) -> None:
+        self._sink.spliced(offset, size)
+
+    def failed(self, exc: OSError) -> Exception:
+        return self._sink.fill._write_error(exc)
+
+    def close(self) -> None:
+        if self._fd is None:
+            return
+        os.close(self._fd)
+        self._fd = None
+        self._sink.fill._splices.remove(self.closed)
+        self.closed.callback(None)
 
 
 def _sync_and_record(catalog, fd: int, name: str, ranges: list[Range]) -> None:

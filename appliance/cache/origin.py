@@ -42,8 +42,8 @@ _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 # headers are not: Twisted's line parser copies what follows each header
 # line, so a 1 MiB read holding the headers cost a dozen 1 MiB copies.
 READ_BYTES = 1 << 20
-# A body at least this long, over plain TCP, into a sink that takes bytes
-# from a pipe, is spliced (see body_splice): the connection is dropped after
+# A body at least this long, over plain TCP, into a sink whose file a
+# splice may write, is spliced (see body_splice): the connection is dropped after
 # it, so a short body, where a new connection would cost more than the
 # copies saved, is read the usual way.
 SPLICE_BYTES = 4 << 20
@@ -193,8 +193,8 @@ class _Body(Protocol):
     def _start_splice(self) -> None:
         """Hand the socket to a BodySplice when it pays (see SPLICE_BYTES).
         Body bytes Twisted read with the headers still come to
-        dataReceived, right after connectionMade; the splice goes on from
-        there."""
+        dataReceived, right after connectionMade; the splice's thread
+        starts after them, on the reactor's next turn."""
         tcp = self._tcp
         if not (self._plain and self._stop_after is None and can_splice(self.sink)
                 and self.length >= SPLICE_BYTES and tcp is not None):
@@ -207,25 +207,39 @@ class _Body(Protocol):
         if rtt is not None and rtt > SPLICE_MAX_RTT_US:
             return          # a far origin: its connection is worth keeping
         try:
-            self._splice = BodySplice(self._reactor, fileno(), self._still_to_come,
-                                      self._moved, self._splice_ended)
+            self._splice = BodySplice(self._reactor, fileno(), self._moved,
+                                      self._splice_ended, self._sink_failed)
         except OSError:
             return          # no pipe to be had: read the usual way
         self._spliced = True
-        tcp.stopReading()
-        self._splice.start()
+        self._reactor.callLater(0, self._splice_go)
 
-    def _still_to_come(self) -> int:
-        return self.length - self.received if self._error is None else 0
-
-    def _moved(self, pipe: int, n: int) -> None:
-        """``n`` body bytes wait in ``pipe``: into the sink's file."""
-        self._arm()
+    def _splice_go(self) -> None:
+        """Start the splice's thread at the first body byte Twisted did not read."""
+        splice = self._splice
+        if splice is None or splice.active or self._error is not None or self.done.called:
+            return
+        want = self.length - self.received
+        if want <= 0:
+            return          # the body came whole with the headers
         try:
-            self.sink.from_pipe(pipe, self.start + self.received, n)
-        except Exception as exc:  # the cache could not take them (disk full)
+            file = self.sink.splice_file(self.start + self.received)
+        except Exception as exc:  # the cache takes no byte more
             self._sink_failed(exc)
             return
+        if file is None:     # the sink wants these bytes read the usual way
+            self._stop_splice()
+            self._spliced = False
+            self._tcp.startReading()
+            return
+        # Twisted resumed reading once it delivered the buffered bytes
+        # (Response.deliverBody): what it read since came to dataReceived
+        self._tcp.stopReading()
+        splice.start(file, self.start + self.received, want)
+
+    def _moved(self, n: int) -> None:
+        """``n`` more body bytes are in the sink's file."""
+        self._arm()
         self.received += n
         if self.received >= self.length:
             self._stop_splice()

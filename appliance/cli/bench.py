@@ -313,6 +313,11 @@ def bench_proxy(misses: int, viewers: int, bitrate: str, big_mb: int, media: str
     click.echo("  each round, fill / plain MB/s: " + "  ".join(
         f"{a:.0f}/{b:.0f}" for a, b in zip(f["fill_mb_per_s_each"],
                                            f["origin_read_mb_per_s_each"])))
+    busy, idle = f["options_ms_while_filling"], f["options_ms_idle"]
+    if busy["count"] and idle["count"]:
+        click.echo(f"RTSP OPTIONS round trip while filling: p50 {busy['p50']:.2f} ms  "
+                   f"p99 {busy['p99']:.2f} ms ({busy['count']} asked); idle: "
+                   f"p50 {idle['p50']:.2f} ms  p99 {idle['p99']:.2f} ms")
 
 
 @bench.command("cache")
