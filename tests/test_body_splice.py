@@ -295,6 +295,27 @@ def test_a_file_that_fails_a_write_ends_the_request_with_its_error(tmp_path, pai
     os.close(fd)
 
 
+def test_a_body_is_read_the_usual_way_when_no_thread_can_start(tmp_path, pair, monkeypatch):
+    import appliance.cache.body_splice as body_splice
+
+    def refuse(*_args):
+        raise RuntimeError("can't start new thread")
+    monkeypatch.setattr(body_splice._thread, "start_new_thread", refuse)
+    ours, _theirs = pair
+    fd = os.open(tmp_path / "media", os.O_RDWR | os.O_CREAT)
+    fds = _open_fds()
+    sink, reactor, tcp = _FileSink(fd), _Reactor(), _Tcp(ours)
+    body = _Body(0, SPLICE_BYTES, sink, reactor, 10.0)
+    _connect(body, tcp)
+    reactor.advance(0)
+    assert tcp.reading and body._splice is None and not body._spliced
+    assert sink.files[0].closed and _open_fds() == fds
+    body.dataReceived(b"x" * SPLICE_BYTES)
+    body.connectionLost(Failure(ResponseDone()))
+    assert body.done.result == SPLICE_BYTES
+    os.close(fd)
+
+
 @pytest.mark.parametrize("started", [False, True])
 def test_a_cancel_stops_the_splice(tmp_path, pair, started):
     ours, _theirs = pair

@@ -28,6 +28,7 @@ HTTP parser never saw the bytes and still waits for them.
 from __future__ import annotations
 
 import _thread
+import errno
 import fcntl
 import os
 import select
@@ -160,12 +161,21 @@ class BodySplice:
 
     def start(self, file: SpliceFile, offset: int, want: int) -> None:
         """Write the next ``want`` bytes of the socket at ``offset`` of
-        ``file`` (the transport must not read the socket from now on)."""
+        ``file`` (the transport must not read the socket from now on).
+        Raises OSError, with ``file`` closed and nothing read, if no thread
+        can be started."""
         self._file, self._offset, self._want = file, offset, want
         self._started = self.active = self._running = True
-        # not threading.Thread: its start() waits until the new thread runs
-        # Python (most of a millisecond of the reactor's, per request)
-        _thread.start_new_thread(self._run, ())
+        try:
+            # not threading.Thread: its start() waits until the new thread
+            # runs Python (most of a millisecond of the reactor's, per request)
+            _thread.start_new_thread(self._run, ())
+        except RuntimeError as exc:     # no thread to be had (a task limit)
+            self.active = self._running = False
+            self._close_fds()
+            file.close()
+            self.finished.callback(None)
+            raise OSError(errno.EAGAIN, f"cannot start a splice thread: {exc}") from exc
 
     def stop(self) -> None:
         """No callback more; the thread ends after the write under way (if

@@ -227,15 +227,19 @@ class _Body(Protocol):
         except Exception as exc:  # the cache takes no byte more
             self._sink_failed(exc)
             return
-        if file is None:     # the sink wants these bytes read the usual way
-            self._stop_splice()
-            self._spliced = False
-            self._tcp.startReading()
-            return
-        # Twisted resumed reading once it delivered the buffered bytes
-        # (Response.deliverBody): what it read since came to dataReceived
-        self._tcp.stopReading()
-        splice.start(file, self.start + self.received, want)
+        if file is not None:
+            # Twisted resumed reading once it delivered the buffered bytes
+            # (Response.deliverBody): what it read since came to dataReceived
+            self._tcp.stopReading()
+            try:
+                splice.start(file, self.start + self.received, want)
+                return
+            except OSError:
+                pass         # no thread to be had
+        # read the usual way (the sink wants so, or no thread)
+        self._stop_splice()
+        self._spliced = False
+        self._tcp.startReading()
 
     def _moved(self, n: int) -> None:
         """``n`` more body bytes are in the sink's file."""
