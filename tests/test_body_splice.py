@@ -190,6 +190,16 @@ def _connect(body: _Body, tcp: _Tcp, buffered: bytes = b"") -> None:
     tcp.startReading()
 
 
+def _connected_body(tmp_path, sock: socket.socket, length: int = SPLICE_BYTES):
+    """A body of ``length`` bytes from offset 0 of a new file, connected
+    over ``sock``: (the file, its sink, the reactor, the transport, the body)."""
+    fd = os.open(tmp_path / "media", os.O_RDWR | os.O_CREAT)
+    sink, reactor, tcp = _FileSink(fd), _Reactor(), _Tcp(sock)
+    body = _Body(0, length, sink, reactor, 10.0)
+    _connect(body, tcp)
+    return fd, sink, reactor, tcp, body
+
+
 def test_a_long_body_is_spliced_into_the_file_at_its_offset(tmp_path, pair):
     ours, theirs = pair
     data = os.urandom(SPLICE_BYTES + 12345)
@@ -290,15 +300,11 @@ def test_a_body_is_read_the_usual_way_when_no_thread_can_start(tmp_path, pair, m
     def refuse(*_args):
         raise RuntimeError("can't start new thread")
     monkeypatch.setattr(body_splice._thread, "start_new_thread", refuse)
-    ours, _theirs = pair
-    fd = os.open(tmp_path / "media", os.O_RDWR | os.O_CREAT)
     fds = _open_fds()
-    sink, reactor, tcp = _FileSink(fd), _Reactor(), _Tcp(ours)
-    body = _Body(0, SPLICE_BYTES, sink, reactor, 10.0)
-    _connect(body, tcp)
+    fd, sink, reactor, tcp, body = _connected_body(tmp_path, pair[0])
     reactor.advance(0)
     assert tcp.reading and body._splice is None and not body._spliced
-    assert sink.files[0].closed and _open_fds() == fds
+    assert sink.files[0].closed and _open_fds() == fds + 1   # the media file
     body.dataReceived(b"x" * SPLICE_BYTES)
     body.connectionLost(Failure(ResponseDone()))
     assert body.done.result == SPLICE_BYTES
@@ -307,12 +313,8 @@ def test_a_body_is_read_the_usual_way_when_no_thread_can_start(tmp_path, pair, m
 
 @pytest.mark.parametrize("started", [False, True])
 def test_a_cancel_stops_the_splice(tmp_path, pair, started):
-    ours, _theirs = pair
-    fd = os.open(tmp_path / "media", os.O_RDWR | os.O_CREAT)
     fds = _open_fds()
-    sink, reactor, tcp = _FileSink(fd), _Reactor(), _Tcp(ours)
-    body = _Body(0, SPLICE_BYTES, sink, reactor, 10.0)
-    _connect(body, tcp)
+    fd, sink, reactor, tcp, body = _connected_body(tmp_path, pair[0])
     splice = body._splice
     if started:
         reactor.advance(0)          # the thread waits for the socket
@@ -325,8 +327,8 @@ def test_a_cancel_stops_the_splice(tmp_path, pair, started):
     body.connectionLost(Failure(ResponseFailed([Failure(ConnectionError())])))
     reactor.advance(0)
     assert not sink.files or sink.files[0].closed
-    assert _open_fds() == fds
     os.close(fd)
+    assert _open_fds() == fds
 
 
 @pytest.fixture
@@ -561,30 +563,6 @@ def test_a_stopping_fill_waits_for_its_splice_threads_before_it_closes(tmp_path,
         cat.close()
 
 
-def test_a_spliced_request_starts_its_write_back_every_few_mib(tmp_path, ts_file, monkeypatch):
-    import appliance.cache.fill as fill_module
-    started: list[tuple[int, int]] = []
-    monkeypatch.setattr(fill_module, "start_writeback",
-                        lambda fd, offset, size: started.append((offset, size)) or True)
-    monkeypatch.setattr(fill_module, "WRITEBACK_BYTES", 3 * 188 * 100)
-    data, head, size, fill, cat = _new_fill(tmp_path, ts_file)
-    try:
-        file = fill._sink(fill._generation).splice_file(len(head))
-        read, write = os.pipe()
-        at, piece = len(head), 188 * 100
-        for _ in range(7):
-            os.write(write, data[at:at + piece])
-            assert file.write(read, at, piece) == piece
-            at += piece
-        assert started == [(len(head), 3 * piece), (len(head) + 3 * piece, 3 * piece)]
-        file.close()
-        os.close(read)
-        os.close(write)
-    finally:
-        fill._close_files()
-        cat.close()
-
-
 def test_start_writeback_hands_written_bytes_to_the_disk(tmp_path):
     from rtpengine._kvod_engine import lib
     from rtpengine.engine import start_writeback
@@ -602,12 +580,41 @@ def test_start_writeback_hands_written_bytes_to_the_disk(tmp_path):
     assert lib.kvod_file_writeback(fd, 0, 10) == -errno.EBADF
 
 
-def test_a_request_s_bytes_start_their_writeback_every_few_mib(tmp_path, ts_file, monkeypatch):
+@pytest.fixture
+def writeback_starts(monkeypatch) -> list[tuple[int, int]]:
+    """The (offset, size) of each write-back a fill starts, one every three
+    pieces of 188 * 100 bytes."""
     import appliance.cache.fill as fill_module
     started: list[tuple[int, int]] = []
     monkeypatch.setattr(fill_module, "start_writeback",
                         lambda fd, offset, size: started.append((offset, size)) or True)
     monkeypatch.setattr(fill_module, "WRITEBACK_BYTES", 3 * 188 * 100)
+    return started
+
+
+def test_a_spliced_request_starts_its_write_back_every_few_mib(tmp_path, ts_file,
+                                                               writeback_starts):
+    data, head, size, fill, cat = _new_fill(tmp_path, ts_file)
+    try:
+        file = fill._sink(fill._generation).splice_file(len(head))
+        read, write = os.pipe()
+        at, piece = len(head), 188 * 100
+        for _ in range(7):
+            os.write(write, data[at:at + piece])
+            assert file.write(read, at, piece) == piece
+            at += piece
+        assert writeback_starts == [(len(head), 3 * piece), (len(head) + 3 * piece, 3 * piece)]
+        file.close()
+        os.close(read)
+        os.close(write)
+    finally:
+        fill._close_files()
+        cat.close()
+
+
+def test_a_request_s_bytes_start_their_writeback_every_few_mib(tmp_path, ts_file,
+                                                               writeback_starts):
+    started = writeback_starts
     data, head, size, fill, cat = _new_fill(tmp_path, ts_file)
     try:
         sink = fill._sink(fill._generation)
