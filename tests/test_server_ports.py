@@ -15,7 +15,7 @@ import pytest
 
 from appliance.rtsp.media_api import MediaUnavailable
 from appliance.media.server_ports import (PerSessionPorts, RtcpPort, SharedPorts,
-                                          ephemeral_overlap, server_ports,
+                                          ephemeral_floor, ephemeral_overlap, server_ports,
                                           warn_of_ephemeral_ports)
 from rtpengine import rtcp
 from tests.helpers.daemon import free_udp_pair
@@ -318,6 +318,11 @@ def test_ephemeral_overlap_reads_the_kernels_range_less_its_reserved_ports(
 def test_an_unreadable_kernel_range_is_no_overlap(tmp_path):
     assert ephemeral_overlap(40000, 40100, str(tmp_path / "absent")) is None
     assert ephemeral_overlap(40000, 40100, kernel_ports(tmp_path, "garbage")) is None
+
+
+def test_the_ephemeral_floor_is_the_kernel_s_or_linux_s_default(tmp_path):
+    assert ephemeral_floor(kernel_ports(tmp_path, "40000 50000")) == 40000
+    assert ephemeral_floor(str(tmp_path / "absent")) == 32768
 
 
 def test_an_overlap_is_warned_of_with_the_way_out(tmp_path, caplog):

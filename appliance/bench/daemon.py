@@ -15,7 +15,7 @@ import sys
 import time
 from typing import Optional
 
-from appliance.media.server_ports import ephemeral_range
+from appliance.media.server_ports import ephemeral_floor
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -69,7 +69,7 @@ def rtp_port_config(pairs: int) -> str:
     and each one inside the server's range costs the server a failed bind
     (about a thousand in a crowd of 1000 with the range inside it)."""
     need = 2 * (pairs + pairs // 4 + 16)
-    low = (ephemeral_range() or (32768, 60999))[0]
+    low = ephemeral_floor()
     start = 20000 if 20000 + need < low else max(1024, low - 2 - need)
     start -= start % 2
     return f"rtp_port_min = {start}\nrtp_port_max = {min(65534, start + need)}\n"

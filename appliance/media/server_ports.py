@@ -420,6 +420,10 @@ def _port_list(text: str) -> set[int]:
     return ports
 
 
+# Linux's net.ipv4.ip_local_port_range unless it was changed
+LINUX_EPHEMERAL_RANGE = (32768, 60999)
+
+
 def ephemeral_range(proc: str = KERNEL_PORTS) -> tuple[int, int] | None:
     """``net.ipv4.ip_local_port_range``: the ports the kernel picks from for
     a socket bound to port 0; None if it does not say."""
@@ -429,6 +433,13 @@ def ephemeral_range(proc: str = KERNEL_PORTS) -> tuple[int, int] | None:
     except (OSError, ValueError):
         return None
     return low, high
+
+
+def ephemeral_floor(proc: str = KERNEL_PORTS) -> int:
+    """The lowest port the kernel hands to a socket bound to port 0: its
+    range's, or Linux's default (32768) if it does not say. Ports below it
+    are where a server's range stays clear of clients on the same host."""
+    return (ephemeral_range(proc) or LINUX_EPHEMERAL_RANGE)[0]
 
 
 def ephemeral_overlap(port_min: int, port_max: int, proc: str = KERNEL_PORTS,

@@ -14,7 +14,7 @@ from typing import Iterator
 from appliance.bench.daemon import (ROOT, ServeProcess, free_tcp_port, loopback_config,
                                     wait_listening)
 from appliance.bench.rtsp_client import RtpReceiver, RtspClient
-from appliance.media.server_ports import ephemeral_range
+from appliance.media.server_ports import ephemeral_floor
 
 PYTHON = "/usr/bin/python3"
 KVOD = [PYTHON, os.path.join(ROOT, "bin", "kvod")]
@@ -85,7 +85,7 @@ class KvodDaemon:
             extra += f'\n[http]\nlisten = "tcp:{self.http_port}:interface=127.0.0.1"\n{http_keys}'
 
         # below the kernel's ephemeral ports, where the tests' clients bind theirs
-        low = (ephemeral_range() or (32768, 60999))[0]
+        low = ephemeral_floor()
         rtp_min = random.randrange(10000, max(10002, low - 402), 2)
         self.config = os.path.join(folder, "kvod.toml")
         with open(self.config, "w") as f:
