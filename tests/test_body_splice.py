@@ -195,7 +195,7 @@ def _connected_body(tmp_path, sock: socket.socket, length: int = SPLICE_BYTES):
     over ``sock``: (the file, its sink, the reactor, the transport, the body)."""
     fd = os.open(tmp_path / "media", os.O_RDWR | os.O_CREAT)
     sink, reactor, tcp = _FileSink(fd), _Reactor(), _Tcp(sock)
-    body = _Body(0, length, sink, reactor, 10.0)
+    body = _Body(0, length, sink, reactor, 10.0, framed=True)
     _connect(body, tcp)
     return fd, sink, reactor, tcp, body
 
@@ -207,7 +207,7 @@ def test_a_long_body_is_spliced_into_the_file_at_its_offset(tmp_path, pair):
     fd = os.open(tmp_path / "media", os.O_RDWR | os.O_CREAT)
     fds = _open_fds()
     sink, reactor, tcp = _FileSink(fd), _Reactor(), _Tcp(ours)
-    body = _Body(start, len(data), sink, reactor, 10.0)
+    body = _Body(start, len(data), sink, reactor, 10.0, framed=True)
     _connect(body, tcp, data[:5000])           # what Twisted read with the headers
     reactor.advance(0)
     assert not tcp.reading and body._splice.active    # the splice's thread reads the socket
@@ -235,7 +235,7 @@ def test_a_spliced_body_cut_off_goes_back_to_the_transport(tmp_path, pair):
     data = os.urandom(SPLICE_BYTES)
     fd = os.open(tmp_path / "media", os.O_RDWR | os.O_CREAT)
     sink, reactor, tcp = _FileSink(fd), _Reactor(), _Tcp(ours)
-    body = _Body(0, len(data) * 2, sink, reactor, 10.0)
+    body = _Body(0, len(data) * 2, sink, reactor, 10.0, framed=True)
     _connect(body, tcp)
     sender = _send_in_thread(theirs, data, close=True)
     reactor.run(lambda: tcp.reading and body._splice is None)
@@ -259,7 +259,7 @@ def test_a_sink_that_takes_no_byte_more_before_the_splice_starts(tmp_path, pair)
         def splice_file(self, offset):
             raise CacheWriteError("the fill stopped or started over")
     fds = _open_fds()
-    body = _Body(0, SPLICE_BYTES, Stopped(fd), reactor, 10.0)
+    body = _Body(0, SPLICE_BYTES, Stopped(fd), reactor, 10.0, framed=True)
     _connect(body, tcp)
     reactor.advance(0)
     assert tcp.disconnected and body._splice is None
@@ -280,7 +280,7 @@ def test_a_file_that_takes_no_spliced_bytes_ends_the_request_with_its_error(tmp_
         sink.fail_writes = True     # write() raises, in the thread
     else:
         sink.refuse = True          # wrote() raises, in the reactor
-    body = _Body(0, SPLICE_BYTES, sink, reactor, 10.0)
+    body = _Body(0, SPLICE_BYTES, sink, reactor, 10.0, framed=True)
     _connect(body, tcp)
     sender = _send_in_thread(theirs, b"x" * 65536, close=False)
     reactor.run(lambda: tcp.disconnected and sink.files[0].closed)
@@ -362,7 +362,7 @@ def test_only_a_near_origin_s_body_is_spliced(tmp_path, tcp_pair, monkeypatch, m
         monkeypatch.setattr(origin_module, "SPLICE_MAX_RTT_US", max_rtt_us)
     fd = os.open(tmp_path / "media", os.O_RDWR | os.O_CREAT)
     reactor, tcp = _Reactor(), _Tcp(ours)
-    body = _Body(0, SPLICE_BYTES, _FileSink(fd), reactor, 10.0)
+    body = _Body(0, SPLICE_BYTES, _FileSink(fd), reactor, 10.0, framed=True)
     _connect(body, tcp)
     reactor.advance(0)
     assert (not tcp.reading and body._splice is not None) is spliced
@@ -375,8 +375,10 @@ def test_only_a_near_origin_s_body_is_spliced(tmp_path, tcp_pair, monkeypatch, m
     os.close(fd)
 
 
-@pytest.mark.parametrize("case", ["tls", "short", "plain sink", "writing"])
-def test_tls_short_bodies_and_plain_sinks_are_read_the_usual_way(tmp_path, pair, case):
+@pytest.mark.parametrize("case", ["tls", "short", "plain sink", "writing", "chunked"])
+def test_tls_short_chunked_bodies_and_plain_sinks_are_read_the_usual_way(tmp_path, pair, case):
+    """Under TLS the socket holds ciphertext, in a chunked body chunk sizes
+    sit between the bytes: neither may go to the file as it is."""
     ours, _theirs = pair
     fd = os.open(tmp_path / "media", os.O_RDWR | os.O_CREAT)
     reactor, tcp = _Reactor(), _Tcp(ours)
@@ -384,7 +386,7 @@ def test_tls_short_bodies_and_plain_sinks_are_read_the_usual_way(tmp_path, pair,
     if case == "writing":
         reactor.writers.append(tcp)
     length = SPLICE_BYTES - 1 if case == "short" else SPLICE_BYTES
-    body = _Body(0, length, sink, reactor, 10.0)
+    body = _Body(0, length, sink, reactor, 10.0, framed=case != "chunked")
     body.makeConnection(_Proxy(_Tls(tcp) if case == "tls" else tcp))
     reactor.advance(0)
     assert tcp.reading and body._splice is None
@@ -401,7 +403,7 @@ def test_a_spliced_body_that_came_whole_with_the_headers_leaves_the_connection_r
     reactor, tcp = _Reactor(), _Tcp(ours)
     fds = _open_fds()
     sink = _FileSink(fd)
-    body = _Body(0, SPLICE_BYTES, sink, reactor, 10.0)
+    body = _Body(0, SPLICE_BYTES, sink, reactor, 10.0, framed=True)
     _connect(body, tcp, b"x" * SPLICE_BYTES)
     reactor.advance(0)                  # nothing is left to splice: no thread
     body.connectionLost(Failure(ResponseDone()))
@@ -421,7 +423,7 @@ def test_a_sink_that_wants_bytes_read_the_usual_way_gets_them_so(tmp_path, pair)
     class Skipping(_FileSink):
         def splice_file(self, offset):
             return None
-    body = _Body(0, SPLICE_BYTES, Skipping(fd), reactor, 10.0)
+    body = _Body(0, SPLICE_BYTES, Skipping(fd), reactor, 10.0, framed=True)
     _connect(body, tcp)
     reactor.advance(0)
     assert tcp.reading and body._splice is None and not body._spliced
@@ -482,6 +484,24 @@ def test_a_stopped_splice_says_nothing_more_and_closes_what_it_opened(tmp_path, 
     never = BodySplice(reactor, ours.fileno(), None, None, None)
     never.stop()                        # never started: closed at once
     assert never.finished.called and _open_fds() == fds
+
+
+def test_a_splice_s_end_is_known_even_if_its_caller_fails(tmp_path, pair):
+    """A callback that raises (a defect of the caller) does not keep the
+    file open or the fill waiting for a thread that ended."""
+    ours, theirs = pair
+    reactor = _Reactor()
+    sink = _FileSink(os.open(tmp_path / "media", os.O_RDWR | os.O_CREAT))
+
+    def ended() -> None:
+        raise ValueError("a defect in the caller")
+    splice = BodySplice(reactor, ours.fileno(), lambda n: None, ended, lambda e: None)
+    splice.start(sink.splice_file(0), 0, 100)
+    theirs.shutdown(socket.SHUT_WR)
+    with pytest.raises(ValueError):
+        reactor.run(lambda: splice.finished.called)
+    assert splice.finished.called and sink.files[0].closed
+    os.close(sink.fd)
 
 
 def test_a_splice_thread_s_defect_ends_the_request_with_it(tmp_path, pair):
@@ -550,11 +570,16 @@ def test_the_fill_s_file_takes_spliced_bytes_and_refuses_them_once_stopped(tmp_p
         cat.close()
 
 
-def test_a_stopping_fill_waits_for_its_splice_threads_before_it_closes(tmp_path, ts_file):
+@pytest.mark.parametrize("settle", ["_settle_quietly", "_settle"])
+def test_a_fill_that_stops_or_completes_waits_for_its_splice_threads(tmp_path, ts_file,
+                                                                     settle):
+    """Before it closes its files (a stop, a start over) and before it
+    records the title complete (its file's mtime), a fill waits for every
+    splice thread to have written its last byte."""
     data, head, size, fill, cat = _new_fill(tmp_path, ts_file)
     try:
         file = fill._sink(fill._generation).splice_file(len(head))
-        settled = defer.Deferred.fromCoroutine(fill._settle_quietly())
+        settled = defer.Deferred.fromCoroutine(getattr(fill, settle)())
         assert not settled.called
         file.close()
         assert settled.called
@@ -692,3 +717,42 @@ def test_a_splice_under_any_order_of_events_counts_only_what_it_wrote(tmp_path_f
     if theirs.fileno() >= 0:
         theirs.close()
     assert _open_fds() == fds - 2
+
+
+@pytest.mark.parametrize("how", ["spliced", "read"])
+def test_a_request_begun_for_a_file_since_replaced_counts_no_byte(tmp_path, ts_file, how):
+    """The title changed at the origin and the fill starts over in a new
+    file, in the same generation (after its back-off and probe), while an
+    extra request (a viewer's seek) begun before that is still answered:
+    its bytes, maybe the old version's, count as held in neither file (a
+    splice thread's went to the old file: the new one holds zeros there)."""
+    from appliance.cache.origin import FileOrigin, Probe
+    data, head, size, fill, cat = _new_fill(tmp_path, ts_file)
+    url = f"file://{ts_file}"
+    _h, _s, validator = FileOrigin(None)._read(url, 0, 64 * 1024, None)
+    read, write = os.pipe()
+    try:
+        sink = fill._sink(fill._generation)
+        file = sink.splice_file(len(head)) if how == "spliced" else None
+        fill._close_files()                  # _restart_copy: a new file, same generation
+        fill.held, fill.durable = [], []
+        fill._start_copy(Probe(url, size, validator, head))
+        held = list(fill.held)               # the new probe's head
+        piece = data[len(head):len(head) + 188 * 300]
+        if how == "spliced":
+            os.write(write, piece)
+            at = len(head)
+            while at < len(head) + len(piece):   # the thread writes the old file
+                at += file.write(read, at, len(head) + len(piece) - at)
+            with pytest.raises(CacheWriteError):
+                file.wrote(len(head), len(piece))
+            file.close()
+        else:
+            with pytest.raises(CacheWriteError):
+                sink(len(head), piece)
+        assert fill.held == held == [(0, len(head))]
+    finally:
+        os.close(read)
+        os.close(write)
+        fill._close_files()
+        cat.close()

@@ -25,6 +25,7 @@ from tests.helpers import disks
 from tests.helpers.daemon import KvodDaemon, tracebacks
 from tests.helpers.origins import FaultOrigin, PlainOrigin
 from tests.helpers.players import assert_contiguous, gst_finished, gst_receive, sha256
+from tests.helpers.titles import looped_ts
 
 pytestmark = pytest.mark.integration
 
@@ -439,6 +440,28 @@ def test_a_content_length_longer_than_the_body_is_retried_then_given_up(tmp_path
         assert failed.returncode == 1
         assert origin.requests("t.ts") <= 1 + 5
         assert "truncated body" in d.log() or "body longer" in d.log()
+    finally:
+        origin.stop()
+        assert d.stop() == 0, d.log()
+
+
+def test_a_chunked_answer_from_a_near_origin_is_stored_without_its_framing(tmp_path, ts_file):
+    """A 206 in chunked coding (no Content-Length) has chunk sizes between
+    its bytes on the socket: such a body is read through the HTTP parser,
+    never spliced into the file as it is, even when it is long and the
+    origin near (it was, before: the copy held the chunk lines)."""
+    from appliance.cache.origin import SPLICE_BYTES
+    data = open(looped_ts(ts_file, 8), "rb").read()
+    assert len(data) > 2 * SPLICE_BYTES
+    origin = FaultOrigin({"t.ts": data}, fault=lambda p, s, e, n:
+                         ("chunked",) if e - s >= SPLICE_BYTES else None)
+    d = make_daemon(tmp_path, origin.base_url, chunk_bytes='"6MiB"')
+    try:
+        d.start()
+        assert d.kvod("cache", "prefetch", "t.ts", timeout=60).returncode == 0
+        info = json.loads(d.kvod("catalog", "show", "t.ts", "--json").stdout)
+        assert info["state"] == "complete"
+        assert sha256(info["media_path"]) == hashlib.sha256(data).hexdigest()
     finally:
         origin.stop()
         assert d.stop() == 0, d.log()

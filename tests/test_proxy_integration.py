@@ -19,6 +19,7 @@ from rtpengine.rtp import parse_rtp
 from tests.helpers.daemon import KvodDaemon
 from tests.helpers.origins import NginxOrigin
 from tests.helpers.players import assert_contiguous, framemd5, gst_finished, gst_receive, sha256
+from tests.helpers.titles import looped_ts
 
 
 pytestmark = pytest.mark.integration
@@ -94,11 +95,8 @@ def test_a_long_title_from_a_near_origin_is_spliced_into_the_cache_byte_identica
     socket to the file in the splice's own thread (each on a connection of
     its own, dropped after the body: its HTTP parser never saw the bytes);
     the copy is the origin's, byte for byte, and indexed."""
-    import subprocess
     from appliance.cache.origin import SPLICE_BYTES
-    source = str(tmp_path / "long.ts")
-    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-stream_loop", "23",
-                    "-i", ts_file, "-c", "copy", "-f", "mpegts", source], check=True, timeout=120)
+    source = looped_ts(ts_file, 24)
     size = os.path.getsize(source)
     assert size >= 6 * SPLICE_BYTES
     name = publish(origin, "splice/long.ts", source)

@@ -170,7 +170,7 @@ class BodySplice:
             # not threading.Thread: its start() waits until the new thread
             # runs Python (most of a millisecond of the reactor's, per request)
             _thread.start_new_thread(self._run, ())
-        except RuntimeError as exc:     # no thread to be had (a task limit)
+        except Exception as exc:     # no thread to be had (a task limit, memory)
             self.active = self._running = False
             self._close_fds()
             file.close()
@@ -239,17 +239,24 @@ class BodySplice:
         try:
             self._file.wrote(offset, size)
         except Exception as exc:
-            self.stop()
-            self._failed(exc)
+            if self.active:     # counting them may have stopped the request
+                self.stop()
+                self._failed(exc)
             return
         if self.active:   # counting them may have stopped the request
             self._moved(size)
 
     def _thread_ended(self) -> None:
-        self._report()
-        was_active, self.active, self._running = self.active, False, False
-        self._close_fds()
-        self._file.close()
+        try:
+            self._report()
+        finally:
+            was_active, self.active, self._running = self.active, False, False
+            try:
+                self._close_fds()
+                self._file.close()
+            finally:
+                # whatever a callback does, whoever waits for the thread learns it ended
+                self.finished.callback(None)
         if was_active:
             if self._error is not None:
                 self._failed(self._file.failed(self._error))
@@ -257,7 +264,6 @@ class BodySplice:
                 self._failed(self._crash)
             elif self._outcome == "ended":
                 self._ended()
-        self.finished.callback(None)
 
     def _close_fds(self) -> None:
         for fd in self._fds:

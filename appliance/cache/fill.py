@@ -183,6 +183,9 @@ class TitleFill:
         self._sync_call = None
         self._indexing: Optional[defer.Deferred] = None
         self._splices: list[defer.Deferred] = []   # a splice thread's file, until it closes
+        # bumped when the media file closes or is replaced: a request's bytes
+        # belong to the file that was open when it began, and no other
+        self._file_epoch = 0
         self._splice_lock = threading.Lock()
         self._index_again = False
         self._run_d: Optional[defer.Deferred] = None
@@ -362,6 +365,7 @@ class TitleFill:
                     hint_path=self.hint_path, packets=packets)
 
     def _close_files(self) -> None:
+        self._file_epoch += 1
         self._close_segments()
         if self._hints is not None:
             self._last_count = self._hints.count
@@ -721,11 +725,13 @@ class TitleFill:
             self._kick_sync()
 
     async def _settle(self) -> None:
-        """Wait until no fsync or index scan is running or due."""
+        """Wait until no fsync or index scan is running or due, and no splice
+        thread of a request that ended is still writing."""
         for _ in range(1000):
             self._kick_sync(now=True)
             self._kick_index()
             pending = [d for d in (self._sync, self._indexing) if d is not None]
+            pending += self._splices
             if not pending:
                 return
             await defer.DeferredList(pending)
@@ -1085,6 +1091,7 @@ class _FillSink:
     def __init__(self, fill: TitleFill, generation: int, skip: int) -> None:
         self.fill = fill
         self.generation = generation
+        self.epoch = fill._file_epoch
         self.skip = skip
         self._dirty: Optional[Range] = None   # written, not yet handed to the disk
 
@@ -1102,7 +1109,11 @@ class _FillSink:
 
     def _check(self) -> None:
         fill = self.fill
-        if self.generation != fill._generation or fill._fd is None or fill.stopped:
+        if self.generation != fill._generation or fill._fd is None or fill.stopped or \
+                self.epoch != fill._file_epoch:
+            # the file this request began for was closed or replaced since:
+            # its bytes may be of another version (an origin whose backends
+            # disagree), and a splice thread's copy went to the old file
             raise CacheWriteError("the fill stopped or started over")
 
     def __call__(self, offset: int, data: bytes) -> None:
@@ -1120,7 +1131,10 @@ class _FillSink:
         self._check()
         if offset < self.skip:
             return None     # bytes held already are dropped, not spliced
-        return _SpliceFile(self)
+        try:
+            return _SpliceFile(self)
+        except OSError:
+            return None     # no descriptor to be had (EMFILE): read the usual way
 
     def spliced(self, offset: int, size: int) -> None:
         """A splice thread wrote ``size`` bytes at ``offset`` (and started

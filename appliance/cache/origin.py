@@ -157,11 +157,14 @@ class _Body(Protocol):
 
     def __init__(self, start: int, length: int, sink: Sink, reactor,
                  read_timeout: float, deadline: Optional[float] = None,
-                 stop_after: Optional[int] = None) -> None:
+                 stop_after: Optional[int] = None, *, framed: bool = False) -> None:
         """``deadline`` (reactor time): the whole body must be in by then, so a
         byte now and then cannot hold a request open for ever; ``stop_after``:
         end the request, successfully, once that many bytes came (the first
-        bytes of an answer that is longer than wanted)."""
+        bytes of an answer that is longer than wanted); ``framed``: the body
+        is the connection's next ``length`` bytes as they are (a
+        Content-Length of exactly that, no chunked coding), so it may be
+        spliced."""
         self.start = start
         self.length = length
         self.sink = sink
@@ -179,6 +182,7 @@ class _Body(Protocol):
         self._tcp = None     # the connection's TCP transport, reading wide
         self._narrow = 0     # ... and its read size before
         self._plain = False  # ... with no TLS between it and the body
+        self._framed = framed
         self._splice: Optional[BodySplice] = None
         self._spliced = False   # the socket went to a splice: drop the connection
 
@@ -196,8 +200,8 @@ class _Body(Protocol):
         dataReceived, right after connectionMade; the splice's thread
         starts after them, on the reactor's next turn."""
         tcp = self._tcp
-        if not (self._plain and self._stop_after is None and can_splice(self.sink)
-                and self.length >= SPLICE_BYTES and tcp is not None):
+        if not (self._plain and self._framed and self._stop_after is None
+                and can_splice(self.sink) and self.length >= SPLICE_BYTES and tcp is not None):
             return
         fileno = getattr(tcp, "fileno", None)
         if not callable(fileno) or not callable(getattr(tcp, "stopReading", None)) or \
@@ -439,8 +443,11 @@ class HttpOrigin:
 
     async def _body(self, response, start: int, length: int, sink: Sink, *,
                     deadline: Optional[float] = None, stop_after: Optional[int] = None) -> int:
+        # a chunked body's socket holds chunk sizes between the bytes: only
+        # one framed by its Content-Length can go to a file as it is
         body = _Body(start, length, sink, self.reactor, self.read_timeout,
-                     self._body_deadline(stop_after or length, deadline), stop_after)
+                     self._body_deadline(stop_after or length, deadline), stop_after,
+                     framed=response.length == length)
         response.deliverBody(body)
         try:
             return await body.done

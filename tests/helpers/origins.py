@@ -39,7 +39,8 @@ class FaultOrigin:
     ignored), ``("trickle", seconds, headers_too)`` (one byte, then wait: the
     body, and the headers too if ``headers_too``), ``("redirect", location)`` (302), ``("header", nbytes)`` (a header
     line that long), ``("length", extra)`` (a Content-Length ``extra`` bytes
-    longer than the body sent). ``change(path, data)`` swaps in a new
+    longer than the body sent), ``("chunked",)`` (the body in chunked coding,
+no Content-Length). ``change(path, data)`` swaps in a new
     version (new bytes, new ETag). ``ignore_if_range``: any If-Range gets 200
     and the whole title; ``etag_per_request``: every answer has a new ETag
     (backends that disagree); ``last_modified``: a Last-Modified header that
@@ -174,8 +175,12 @@ class FaultOrigin:
             h.send_header("Last-Modified", self.last_modified)
         if fault and fault[0] == "header":
             h.send_header("X-Padding", "x" * fault[1])
+        chunked = bool(fault) and fault[0] == "chunked"
         extra = fault[1] if fault and fault[0] == "length" else 0
-        h.send_header("Content-Length", str(end - start + extra))
+        if chunked:
+            h.send_header("Transfer-Encoding", "chunked")
+        else:
+            h.send_header("Content-Length", str(end - start + extra))
         if ranged:
             content_range = f"bytes {start}-{end - 1}/{size}"
             if fault and fault[0] == "content_range":
@@ -193,6 +198,13 @@ class FaultOrigin:
                     h.wfile.flush()
                     self._count(path, len(body[i:i + step]))
                     time.sleep(step / fault[1])
+            elif chunked:
+                step = 1 << 16
+                for i in range(0, len(body), step):
+                    piece = body[i:i + step]
+                    h.wfile.write(b"%x\r\n" % len(piece) + piece + b"\r\n")
+                    self._count(path, len(piece))
+                h.wfile.write(b"0\r\n\r\n")
             else:
                 h.wfile.write(body)
                 self._count(path, len(body))
