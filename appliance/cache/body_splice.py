@@ -12,8 +12,10 @@ the socket's pages go into a pipe (no copy) and from the pipe into the file
 That one copy into the page cache is still most of a fill's work (70 ms of
 each 150 MB here), so it runs in a thread of the splice's own, not in the
 reactor: the reactor goes on serving viewers, indexing and fsync'ing what
-the thread wrote while the thread writes the next MiB, and a fill uses a
-second core. The thread only moves bytes; every decision (what counts as
+the thread wrote while the thread writes the next MiB (and a fill can use
+a core of its own where one is free). A write the kernel throttles (a disk
+behind, dirty pages at their limit) now stalls the thread, not every
+viewer's requests. The thread only moves bytes; every decision (what counts as
 held, when the request ends, timeouts, errors) stays in the reactor, which
 learns of the thread's progress at most once per reactor turn.
 
