@@ -74,16 +74,16 @@ http {{
 
     def requests(self) -> list[tuple[str, int, int, str, str]]:
         """(path, status, body bytes, Range, If-Range) of every request so far."""
-        with open(self.access_log) as f:
-            return [(m[1], int(m[2]), int(m[3]), m[4], m[5])
-                    for m in map(_LOG_LINE.fullmatch, f.read().splitlines()) if m]
+        return [(m[1], int(m[2]), int(m[3]), m[4], m[5]) for m in self._log()]
 
     def connections(self) -> list[tuple[str, int]]:
         """(Range, nginx's connection number) of every request so far: a
         connection's requests share its number."""
+        return [(m[4], int(m[6])) for m in self._log()]
+
+    def _log(self) -> list[re.Match]:
         with open(self.access_log) as f:
-            return [(m[4], int(m[6]))
-                    for m in map(_LOG_LINE.fullmatch, f.read().splitlines()) if m]
+            return [m for m in map(_LOG_LINE.fullmatch, f.read().splitlines()) if m]
 
     def bytes_sent(self, path: str) -> int:
         """Body bytes sent for ``/media/PATH``."""

@@ -724,14 +724,18 @@ class TitleFill:
             self._sync_again = False
             self._kick_sync()
 
+    def _work_running(self) -> list[defer.Deferred]:
+        """What runs in other threads on the fill's files: the fsync, the
+        index scan, the splice threads' writes."""
+        return [d for d in (self._sync, self._indexing) if d is not None] + self._splices
+
     async def _settle(self) -> None:
         """Wait until no fsync or index scan is running or due, and no splice
         thread of a request that ended is still writing."""
         for _ in range(1000):
             self._kick_sync(now=True)
             self._kick_index()
-            pending = [d for d in (self._sync, self._indexing) if d is not None]
-            pending += self._splices
+            pending = self._work_running()
             if not pending:
                 return
             await defer.DeferredList(pending)
@@ -1047,8 +1051,7 @@ class TitleFill:
         closed after this (a scan holds a view of the mapping)."""
         self._quiet = True
         for _ in range(1000):
-            pending = [d for d in (self._sync, self._indexing) if d is not None]
-            pending += self._splices
+            pending = self._work_running()
             if not pending:
                 return
             await defer.DeferredList(pending, consumeErrors=True)
@@ -1096,16 +1099,7 @@ class _FillSink:
         self._dirty: Optional[Range] = None   # written, not yet handed to the disk
 
     def _wrote(self, offset: int, size: int) -> None:
-        """A request's bytes come in order: every WRITEBACK_BYTES of them
-        start their write-back."""
-        start, end = self._dirty if self._dirty is not None else (offset, offset)
-        if end != offset:
-            start = offset
-        end = offset + size
-        if end - start >= WRITEBACK_BYTES:
-            start_writeback(self.fill._fd, start, end - start)
-            start = end
-        self._dirty = (start, end)
+        self._dirty = _written(self.fill._fd, self._dirty, offset, size)
 
     def _check(self) -> None:
         fill = self.fill
@@ -1166,13 +1160,7 @@ class _SpliceFile:
             n = os.splice(pipe, self._fd, size, offset_dst=offset, flags=os.SPLICE_F_MOVE)
         if n == 0:
             raise OSError(errno.EIO, "the pipe ran dry")
-        dirty = self._dirty
-        start = dirty[0] if dirty is not None and dirty[1] == offset else offset
-        if offset + n - start >= WRITEBACK_BYTES:
-            start_writeback(self._fd, start, offset + n - start)
-            self._dirty = None
-        else:
-            self._dirty = (start, offset + n)
+        self._dirty = _written(self._fd, self._dirty, offset, n)
         return n
 
     def wrote(self, offset: int, size: int) -> None:
@@ -1188,6 +1176,21 @@ class _SpliceFile:
         self._fd = None
         self._sink.fill._splices.remove(self.closed)
         self.closed.callback(None)
+
+
+def _written(fd: int, dirty: Optional[Range], offset: int, size: int) -> Range:
+    """``size`` bytes of a request were written at ``offset`` of ``fd``;
+    ``dirty``: the request's bytes whose write-back has not begun. A
+    request's bytes come in order: every WRITEBACK_BYTES of them start their
+    write-back. The bytes whose write-back has not begun now."""
+    start, end = dirty if dirty is not None else (offset, offset)
+    if end != offset:
+        start = offset
+    end = offset + size
+    if end - start >= WRITEBACK_BYTES:
+        start_writeback(fd, start, end - start)
+        start = end
+    return start, end
 
 
 def _sync_and_record(catalog, fd: int, name: str, ranges: list[Range]) -> None:
