@@ -5,12 +5,13 @@ writing (Twisted's buffer handed to the engine first, then the engine)."""
 from __future__ import annotations
 
 import errno
+import socket
 
 import pytest
 from twisted.internet import abstract
 from twisted.internet.testing import MemoryReactor
 
-from appliance.media.interleaved import InterleavedLink, take_twisted_buffer
+from appliance.media.interleaved import InterleavedLink, take_twisted_buffer, write_now
 from appliance.rtsp import Request, parse_session, parse_transport
 from appliance.rtsp.sessions import RtspServer
 from rtpengine import rtcp
@@ -50,6 +51,44 @@ class Transport(abstract.FileDescriptor):
 
     def abortConnection(self):  # noqa: N802 (Twisted API)
         self.aborted = True
+
+
+class SocketTransport(abstract.FileDescriptor):
+    """Twisted's buffering over one end of a real socket pair, flushed only
+    when the test takes the reactor's turn (``doWrite``)."""
+
+    def __init__(self, send_buffer: int | None = None):
+        super().__init__(reactor=MemoryReactor())
+        self.socket, self.peer = socket.socketpair()
+        if send_buffer is not None:
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer)
+        self.socket.setblocking(False)
+        self.peer.settimeout(5)
+        self.connected = True
+
+    def writeSomeData(self, data):  # noqa: N802 (Twisted API)
+        try:
+            return self.socket.send(data)
+        except BlockingIOError:
+            return 0
+
+    def fileno(self):
+        return self.socket.fileno()
+
+    def received(self) -> bytes:
+        """All the peer can read now."""
+        self.peer.setblocking(False)
+        out = b""
+        try:
+            while chunk := self.peer.recv(1 << 16):
+                out += chunk
+        except BlockingIOError:
+            pass
+        return out
+
+    def close(self):
+        self.socket.close()
+        self.peer.close()
 
 
 class EngineStream:
@@ -103,6 +142,72 @@ def test_take_twisted_buffer_empties_what_twisted_holds():
     t.doWrite()  # Twisted's next turn finds nothing to write, and stops
     assert t.sent == b"" and t not in t.reactor.writers
     assert take_twisted_buffer(object()) is None
+
+
+def test_write_now_goes_straight_to_an_idle_socket():
+    t = SocketTransport()
+    try:
+        write_now(t, b"RTSP/1.0 200 OK\r\nCSeq: 1\r\n\r\n")
+        # on the wire before the reactor's next turn, and Twisted never armed for it
+        assert t.received() == b"RTSP/1.0 200 OK\r\nCSeq: 1\r\n\r\n"
+        assert t not in t.reactor.writers and take_twisted_buffer(t) == b""
+    finally:
+        t.close()
+
+
+def test_write_now_queues_behind_what_twisted_holds():
+    t = SocketTransport()
+    try:
+        t.write(b"first ")
+        write_now(t, b"second")
+        assert t.received() == b""          # nothing may overtake "first "
+        t.doWrite()
+        assert t.received() == b"first second"
+    finally:
+        t.close()
+
+
+def test_write_now_leaves_what_a_full_socket_refuses_to_twisted_in_order():
+    t = SocketTransport(send_buffer=4096)
+    try:
+        data = bytes(range(256)) * 4096     # 1 MiB: far more than the socket takes
+        write_now(t, data)
+        assert t in t.reactor.writers       # the rest waits for writability
+        got = t.received()
+        assert 0 < len(got) < len(data)
+        for _ in range(10000):
+            if len(got) == len(data):
+                break
+            t.doWrite()
+            got += t.received()
+        assert got == data
+    finally:
+        t.close()
+
+
+def test_write_now_hands_a_broken_or_closing_connection_to_twisted():
+    t = SocketTransport()
+    t.peer.close()
+    written = []
+    t.write = written.append                # the peer is gone: send() fails
+    write_now(t, b"late reply")
+    assert written == [b"late reply"]       # Twisted reports the loss on its turn
+    t.socket.close()
+
+    t = SocketTransport()
+    try:
+        t.disconnecting = True
+        t.write = written.append
+        write_now(t, b"after loseConnection")
+        assert written[-1] == b"after loseConnection" and t.received() == b""
+    finally:
+        t.close()
+
+
+def test_write_now_writes_other_transports_through_twisted():
+    t = Transport()                         # no socket: a test's, or TLS
+    write_now(t, b"reply")
+    assert t.sent == b"" and take_twisted_buffer(t) == b"reply"
 
 
 def test_link_writes_through_twisted_until_a_stream_then_through_the_engine():
