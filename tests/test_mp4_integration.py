@@ -22,7 +22,7 @@ from rtpengine import rtcp
 from rtpengine.hintfile import HintFile
 from tests.helpers.players import gst_finished
 from tests.helpers.daemon import KvodDaemon
-from tests.helpers.origins import NginxOrigin
+from tests.helpers.origins import NginxOrigin, nginx_folder, publish
 from tests.helpers.depay import depay_aac, depay_video, split_nals
 from tests.helpers.mp4_sparse import top_level_boxes
 from tests.helpers.titles import long_mp4, make_mp4
@@ -258,10 +258,7 @@ def test_seek_to_30s_of_a_long_title_starts_both_tracks_at_the_sync_sample_befor
 def slow_origin(tmp_path_factory):
     """nginx sending each request at 60 kB/s: two requests of a fill bring
     about the media rate of the 4 s titles, so their fill runs while they play."""
-    folder = tmp_path_factory.mktemp("mp4-nginx")
-    (folder / "root").mkdir()
-    nginx = NginxOrigin(str(folder), str(folder / "root"), limit_rate="60k")
-    nginx.root_path = folder / "root"
+    nginx = nginx_folder(tmp_path_factory.mktemp("mp4-nginx"), limit_rate="60k")
     yield nginx
     nginx.stop()
 
@@ -277,15 +274,8 @@ def proxy(tmp_path_factory, slow_origin):
     assert d.stop() == 0, d.log()
 
 
-def publish(origin, name: str, source: str) -> str:
-    path = origin.root_path / name
-    if not path.exists():
-        path.write_bytes(open(source, "rb").read())
-    return name
-
-
 def state(daemon, name: str) -> str:
-    return json.loads(daemon.kvod("catalog", "show", name, "--json").stdout)["state"]
+    return daemon.title_info(name)["state"]
 
 
 def frames_later(url: str, stream: str) -> subprocess.Popen:

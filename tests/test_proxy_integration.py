@@ -17,7 +17,7 @@ import pytest
 from appliance.bench.rtsp_client import RtpReceiver, RtspClient
 from rtpengine.rtp import parse_rtp
 from tests.helpers.daemon import KvodDaemon
-from tests.helpers.origins import NginxOrigin
+from tests.helpers.origins import NginxOrigin, publish
 from tests.helpers.players import assert_contiguous, framemd5, gst_finished, gst_receive, sha256
 from tests.helpers.titles import looped_ts
 
@@ -37,15 +37,6 @@ def origin(tmp_path_factory, ts_file, short_ts_file):
     nginx.stop()
 
 
-def publish(origin: NginxOrigin, name: str, source: str) -> str:
-    """Make ``name`` a title of the origin with the bytes of ``source``."""
-    path = origin.root_path / name
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not path.exists():
-        os.symlink(source, path)
-    return name
-
-
 def origin_config(*base_urls: str, **origin_keys) -> str:
     urls = ", ".join(f'"{u}"' for u in base_urls)
     extra = "".join(f"{k} = {v}\n" for k, v in origin_keys.items())
@@ -61,20 +52,6 @@ def daemon(tmp_path_factory, origin):
     assert d.stop() == 0, d.log()
 
 
-def title_info(daemon: KvodDaemon, name: str) -> dict:
-    return json.loads(daemon.kvod("catalog", "show", name, "--json").stdout)
-
-
-def wait_complete(daemon: KvodDaemon, name: str, timeout: float = 30) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        info = title_info(daemon, name)
-        if info["state"] == "complete":
-            return info
-        time.sleep(0.1)
-    raise AssertionError(f"{name} did not complete: {title_info(daemon, name)}\n{daemon.log()}")
-
-
 def test_gstreamer_plays_an_uncached_title_byte_identical(daemon, origin, ts_file, tmp_path):
     name = publish(origin, "first/movie.ts", ts_file)
     out = str(tmp_path / "gst.ts")
@@ -82,7 +59,7 @@ def test_gstreamer_plays_an_uncached_title_byte_identical(daemon, origin, ts_fil
     output, _ = proc.communicate(timeout=40)
     assert gst_finished(proc, output), output
     assert sha256(out) == sha256(ts_file)
-    info = wait_complete(daemon, name)
+    info = daemon.wait_complete(name)
     assert sha256(info["media_path"]) == sha256(ts_file)
     # every byte once: probe (head + tail) and fill never overlap
     assert origin.bytes_sent(name) == os.path.getsize(ts_file)
@@ -102,7 +79,7 @@ def test_a_long_title_from_a_near_origin_is_spliced_into_the_cache_byte_identica
     name = publish(origin, "splice/long.ts", source)
     result = daemon.kvod("cache", "prefetch", name)
     assert result.returncode == 0, result.stderr
-    info = wait_complete(daemon, name, timeout=60)
+    info = daemon.wait_complete(name, timeout=60)
     assert sha256(info["media_path"]) == sha256(source)
     assert origin.bytes_sent(name) == size          # every byte once
     assert info["duration_s"] == pytest.approx(24 * 10, abs=1.5)   # indexed to its end
@@ -133,7 +110,7 @@ def test_a_complete_title_is_served_without_the_origin(tmp_path, short_ts_file):
         proc = gst_receive(d.url("t.ts"), str(tmp_path / "1.ts"))
         output, _ = proc.communicate(timeout=30)
         assert gst_finished(proc, output), output
-        wait_complete(d, "t.ts")
+        d.wait_complete("t.ts")
         nginx.stop()  # gone: the cached copy must do
         proc = gst_receive(d.url("t.ts"), str(tmp_path / "2.ts"))
         output, _ = proc.communicate(timeout=30)
@@ -189,7 +166,7 @@ def test_viewers_share_one_fill_and_a_late_one_joins_mid_fill(slow_daemon, slow_
     outs = [str(tmp_path / f"v{i}.ts") for i in range(4)]
     procs = [gst_receive(slow_daemon.url(name), out) for out in outs[:3]]
     time.sleep(2.5)
-    info = title_info(slow_daemon, name)
+    info = slow_daemon.title_info(name)
     assert info["state"] == "partial", info  # the fill is still running
     procs.append(gst_receive(slow_daemon.url(name), outs[3]))
     want = sha256(ts_file)
@@ -197,7 +174,7 @@ def test_viewers_share_one_fill_and_a_late_one_joins_mid_fill(slow_daemon, slow_
         output, _ = proc.communicate(timeout=40)
         assert gst_finished(proc, output), output
         assert sha256(out) == want
-    wait_complete(slow_daemon, name)
+    slow_daemon.wait_complete(name)
     # four viewers, one fill: the origin sent each byte once
     assert slow_origin.bytes_sent(name) == os.path.getsize(ts_file)
     assert slow_daemon.log().count(f"miss {name}") == 1
@@ -294,7 +271,7 @@ def test_kill_9_during_fills_twenty_times_then_every_title_completes(tmp_path, t
         assert len(set(progress)) >= 5 and progress == sorted(progress), progress
         d.start()
         for name, data in sources.items():
-            info = wait_complete(d, name, timeout=60)
+            info = d.wait_complete(name, timeout=60)
             with open(info["media_path"], "rb") as f:
                 assert hashlib.sha256(f.read()).hexdigest() == hashlib.sha256(data).hexdigest()
         assert recorded_bytes_are_the_origins(d, sources) == sum(map(len, sources.values()))
@@ -334,7 +311,7 @@ def test_quota_eviction_and_cache_commands(tmp_path, origin, short_ts_file):
         proc = gst_receive(d.url(names[1]), str(tmp_path / "b.ts"))
         output = proc.communicate(timeout=30)[0]
         assert gst_finished(proc, output), output
-        wait_complete(d, names[1])
+        d.wait_complete(names[1])
         before = cache_status(d)
         assert before["used_bytes"] == 2 * size
 
@@ -355,7 +332,7 @@ def test_quota_eviction_and_cache_commands(tmp_path, origin, short_ts_file):
         output, _ = proc.communicate(timeout=30)
         assert gst_finished(proc, output), output
         assert sha256(out) == sha256(short_ts_file)
-        wait_complete(d, names[1])
+        d.wait_complete(names[1])
         assert origin.bytes_sent(names[1]) - sent_before == size - prefix
         assert cache_status(d)["used_bytes"] <= quota
 
@@ -381,7 +358,7 @@ def test_cache_commands_without_a_daemon(tmp_path, origin, short_ts_file):
     status = cache_status(d)
     assert not status["daemon"]
     assert status["by_name"][name]["state"] == "complete"
-    with open(title_info(d, name)["media_path"], "rb") as f:
+    with open(d.title_info(name)["media_path"], "rb") as f:
         assert f.read() == open(short_ts_file, "rb").read()
     assert "evicted" in d.kvod("cache", "evict", name).stdout
     assert cache_status(d)["used_bytes"] == 0
@@ -405,7 +382,7 @@ def test_a_file_origin(tmp_path, short_ts_file):
         output, _ = proc.communicate(timeout=30)
         assert gst_finished(proc, output), output
         assert sha256(out) == sha256(short_ts_file)
-        info = wait_complete(d, "local.ts")
+        info = d.wait_complete("local.ts")
         assert info["origin_url"] == f"file://{library}/local.ts"
         client = RtspClient("127.0.0.1", d.port)
         assert client.request("DESCRIBE", client.url("absent.ts")).status == 404

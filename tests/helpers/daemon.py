@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import errno
+import json
 import os
 import random
 import socket
 import subprocess
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator
@@ -111,6 +113,22 @@ class KvodDaemon:
     def add(self, path: str, name: str) -> None:
         """Add ``path`` as title ``name``."""
         self.kvod("catalog", "add", path, "--name", name)
+
+    def title_info(self, name: str) -> dict:
+        """``kvod catalog show NAME --json``: the title as the catalog has it."""
+        return json.loads(self.kvod("catalog", "show", name, "--json").stdout)
+
+    def wait_complete(self, name: str, timeout: float = 30) -> dict:
+        """The title's info once its state is complete (a proxied title's
+        fill ended); AssertionError, with the log's tail, after ``timeout`` s."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            info = self.title_info(name)
+            if info["state"] == "complete":
+                return info
+            time.sleep(0.1)
+        raise AssertionError(f"{name} did not complete: {self.title_info(name)}\n"
+                             f"{self.log()[-3000:]}")
 
     def start(self, timeout: float = 15) -> None:
         """Start ``kvod serve`` and wait until RTSP accepts connections."""

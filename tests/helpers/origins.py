@@ -18,6 +18,7 @@ import functools
 import hashlib
 import http.server
 import os
+import pathlib
 import re
 import socketserver
 import threading
@@ -26,6 +27,27 @@ from collections import defaultdict
 from typing import Callable, Optional
 
 from appliance.bench.nginx_origin import NginxOrigin  # noqa: F401 (the tests' origin)
+
+
+def nginx_folder(folder, limit_rate: Optional[str] = None) -> NginxOrigin:
+    """Debian's nginx serving ``folder``/root (made here, and kept as the
+    origin's ``root_path``); ``limit_rate`` per request (nginx's syntax,
+    e.g. "60k") makes a fill run for seconds."""
+    root = pathlib.Path(folder) / "root"
+    root.mkdir(parents=True, exist_ok=True)
+    nginx = NginxOrigin(str(folder), str(root), limit_rate=limit_rate)
+    nginx.root_path = root
+    return nginx
+
+
+def publish(origin: NginxOrigin, name: str, source: str) -> str:
+    """Make ``name`` a title of ``origin`` (one of :func:`nginx_folder`)
+    with the bytes of ``source``."""
+    path = origin.root_path / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        os.symlink(source, path)
+    return name
 
 
 class FaultOrigin:
