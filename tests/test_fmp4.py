@@ -18,10 +18,11 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from appliance.http.fmp4 import boxes as w
 from appliance.http.fmp4.fragments import build_fragment, plan_segments
 from appliance.http.fmp4.samples import TrackSamples, expand
-from appliance.http.fmp4.title import load_title
+from appliance.http.fmp4.title import NotWholeYet, load_title
 from rtpengine.index import mp4_boxes as bx
 from rtpengine.index.errors import MediaError
 from rtpengine.index.mp4 import read_tracks
+from tests.helpers.mp4_sparse import top_level_boxes
 from tests.helpers.titles import make_mp4
 
 u32 = st.integers(0, 2**32 - 1)
@@ -305,3 +306,37 @@ def test_a_segment_too_large_to_address_is_a_media_error():
     many = made_track("video", 90000, [1] * n, n)
     with pytest.raises(MediaError, match="samples"):
         build_fragment([many], plan_segments([many], 6.0)[0], 1)
+
+
+def _sparse_copy(source: str, path) -> None:
+    """``source`` as a fill leaves it midway: its box headers and moov
+    written, every mdat's body a hole."""
+    data = open(source, "rb").read()
+    with open(path, "wb") as f:
+        f.truncate(len(data))
+        for offset, header, size, kind in top_level_boxes(data):
+            end = offset + (header if kind == b"mdat" else size)
+            f.seek(offset)
+            f.write(data[offset:end])
+
+
+@pytest.mark.parametrize("faststart", [False, True])
+def test_a_filling_progressive_mp4_is_cut_as_the_whole_one(tmp_path, faststart):
+    """The moov describes every sample: a fill's sparse file, with no sample
+    yet, gives the same init segment and segments as the whole file."""
+    source = make_mp4(faststart=faststart)
+    _sparse_copy(source, tmp_path / "filling.mp4")
+    filling = load_title(str(tmp_path / "filling.mp4"), "filling", 1.0, filling=True)
+    whole = load_title(source, "whole", 1.0)
+    assert filling.init == whole.init and filling.plans == whole.plans
+    assert len(filling.plans) >= 3
+    assert filling.fragment(1).head == whole.fragment(1).head
+
+
+def test_a_filling_fragmented_mp4_is_not_whole_yet():
+    """Its moov has no sample tables (mvex): whatever fragments have come,
+    its segments are not known until the last has."""
+    source = make_mp4(extra=("-movflags", "frag_keyframe+empty_moov"))
+    with pytest.raises(NotWholeYet, match="fragmented"):
+        load_title(source, "filling", 1.0, filling=True)
+    assert load_title(source, "whole", 1.0).plans      # whole, it is served

@@ -1,7 +1,8 @@
 """HLS of MP4 titles through fMP4 segments, against the real daemon: ffmpeg
 receives every frame (the same bytes as the file's), every segment starts
 on a sync sample, the segments are cacheable downloads (ETag, Range, HEAD),
-and a damaged MP4 is a clear HTTP error."""
+and a damaged MP4 is a clear HTTP error. A remote MP4 plays over HLS while
+it fills from a slow nginx (a fragmented one once it is whole)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import subprocess
 import pytest
 
 from tests.helpers.daemon import KvodDaemon, tracebacks
+from tests.helpers.origins import nginx_folder, publish
 from tests.helpers.titles import make_mp4
 from tests.helpers.web import curl
 
@@ -144,3 +146,90 @@ def test_a_damaged_mp4_is_a_clear_error_and_the_others_play_on(daemon):
     assert curl(hls(daemon, "movie")).status == 200
     assert curl(hls(daemon, "movie", "2.m4s")).status == 200
     assert daemon.proc.poll() is None
+
+
+# -- remote MP4 titles, over HLS while they fill ---------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def slow_origin(tmp_path_factory):
+    """nginx sending each request at 60 kB/s: a 4 s title takes seconds to fill."""
+    nginx = nginx_folder(tmp_path_factory.mktemp("hls-mp4-nginx"), limit_rate="60k")
+    yield nginx
+    nginx.stop()
+
+
+@pytest.fixture(scope="module")
+def proxy(tmp_path_factory, slow_origin):
+    d = KvodDaemon(str(tmp_path_factory.mktemp("kvod-hls-proxy")), http=True,
+                   http_keys="target_duration = 1\n", extra=(
+                       f'[origin]\nbase_url = ["{slow_origin.base_url}"]\n'
+                       'probe_bytes = "32KiB"\ntail_bytes = "16KiB"\nchunk_bytes = "64KiB"\n'))
+    d.start()
+    yield d
+    assert d.stop() == 0, d.log()
+    assert not tracebacks(d.log()), tracebacks(d.log())
+
+
+def state(daemon, name: str) -> str:
+    return daemon.title_info(name)["state"]
+
+
+def frames_later(source: str, stream: str) -> subprocess.Popen:
+    """``frames(source, stream)`` in the background."""
+    return subprocess.Popen(["ffmpeg", "-nostdin", "-v", "error", "-i", source, "-map",
+                             f"0:{stream}", "-c", "copy", "-f", "framemd5", "-"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def frames_of(proc: subprocess.Popen) -> list[str]:
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    return [",".join(f.strip() for f in line.split(",")[4:6])
+            for line in out.splitlines() if line and not line.startswith("#")]
+
+
+def test_a_filling_mp4_plays_over_hls_while_it_fills(proxy, slow_origin):
+    """An MP4 with its moov at the end from a slow nginx: the first playlist
+    request starts the fill and gets the whole title's VOD playlist before
+    the samples have come; ffmpeg gets every frame of both tracks through
+    segments that wait for their bytes; once the title is whole it answers
+    the same playlist, and the same segments under the same ETags. nginx
+    sends each byte once."""
+    source = make_mp4()
+    name = publish(slow_origin, "remote-movie.mp4", source)
+    playlist = curl(hls(proxy, name))
+    assert playlist.status == 200, playlist.body
+    assert state(proxy, name) == "partial"          # the fill is running
+    text = playlist.body.decode()
+    assert "#EXT-X-PLAYLIST-TYPE:VOD" in text and text.endswith("#EXT-X-ENDLIST\n")
+    assert len(re.findall(r"^\d+\.m4s$", text, re.M)) >= 3
+    viewers = {s: frames_later(hls(proxy, name), s) for s in "va"}
+    last = re.findall(r"^\d+\.m4s$", text, re.M)[-1]
+    assert state(proxy, name) == "partial"
+    early = curl(hls(proxy, name, last))            # waits for the title's last samples
+    assert early.status == 200 and early.body[4:8] == b"moof"
+    for stream, proc in viewers.items():
+        assert frames_of(proc) == frames(source, stream), stream
+    proxy.wait_complete(name)
+    assert curl(hls(proxy, name)).body == playlist.body
+    whole = curl(hls(proxy, name, last))
+    assert whole.body == early.body and whole.headers["etag"] == early.headers["etag"]
+    assert slow_origin.bytes_sent(name) == os.path.getsize(source)
+
+
+def test_a_filling_fragmented_mp4_answers_503_until_it_is_whole(proxy, slow_origin):
+    """A fragmented MP4's samples are known only as its fragments arrive:
+    while it fills, its HLS answers 503 with Retry-After and why; once whole,
+    ffmpeg gets every frame."""
+    source = make_mp4(extra=("-movflags", "frag_keyframe+empty_moov"))
+    name = publish(slow_origin, "remote-fragmented.mp4", source)
+    for leaf in ("index.m3u8", "init.mp4", "0.m4s"):
+        answer = curl(hls(proxy, name, leaf))
+        assert answer.status == 503, (leaf, answer.status, answer.body)
+        assert answer.headers["retry-after"] == "5"
+        assert "fragmented" in answer.body.decode() and "whole" in answer.body.decode()
+    assert state(proxy, name) == "partial"
+    proxy.wait_complete(name)
+    assert curl(hls(proxy, name)).status == 200
+    assert frames_of(frames_later(hls(proxy, name), "v")) == frames(source, "v")

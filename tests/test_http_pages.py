@@ -1,6 +1,7 @@
 """The pages in a real browser: headless Chromium plays a title through the
-player page (hls.js bundled by make web), and the status page shows a live
-RTSP session. Each test saves a screenshot under build/screenshots/."""
+player page (hls.js bundled by make web), a remote MP4 too while it fills
+from a slow nginx, and the status page shows a live RTSP session. Each test
+saves a screenshot under build/screenshots/."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from appliance.bench.rtsp_client import RtpReceiver, RtspClient
 from appliance.http.pages import STATIC_DIR
 from tests.helpers.browser import chromium, screenshot
 from tests.helpers.daemon import KvodDaemon
+from tests.helpers.origins import nginx_folder, publish
 from tests.helpers.titles import make_mp4
 from tests.helpers.web import curl
 
@@ -22,10 +24,20 @@ HLSJS = os.path.join(STATIC_DIR, "vendor", "hls.min.js")
 
 
 @pytest.fixture(scope="module")
-def daemon(tmp_path_factory, ts_file):
+def origin(tmp_path_factory):
+    """nginx at 100 kB/s a request: an 8 s MP4 fills for seconds."""
+    nginx = nginx_folder(tmp_path_factory.mktemp("nginx"), limit_rate="100k")
+    publish(nginx, "remote/mp4", make_mp4(seconds=8))
+    yield nginx
+    nginx.stop()
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory, ts_file, origin):
     assert os.path.exists(HLSJS), "make web bundles hls.js"
     d = KvodDaemon(str(tmp_path_factory.mktemp("kvod")), http=True,
-                   http_keys="target_duration = 2\n")
+                   http_keys="target_duration = 2\n",
+                   extra=f'[origin]\nbase_url = ["{origin.base_url}"]\n')
     d.add(ts_file, "movies/first")
     d.add(make_mp4(seconds=8), "movies/mp4")     # HLS through fMP4 segments
     d.start()
@@ -53,8 +65,11 @@ def test_static_files_and_no_listing(daemon):
 
 
 @pytest.mark.parametrize("name,width,shot", [("movies/first", 640, "player"),
-                                             ("movies/mp4", 320, "player-mp4")])
+                                             ("movies/mp4", 320, "player-mp4"),
+                                             ("remote/mp4", 320, "player-mp4-filling")])
 def test_the_player_page_plays_a_title(daemon, name, width, shot):
+    """The remote MP4 is not cached: the page's first request starts its
+    fill, and it plays while the fill runs."""
     with chromium() as browser:
         browser.get(f"http://127.0.0.1:{daemon.http_port}/player/{name}")
         time_now = lambda: browser.execute_script(  # noqa: E731
@@ -63,6 +78,9 @@ def test_the_player_page_plays_a_title(daemon, name, width, shot):
             "const v = document.getElementById('video');"
             "return (v.error && v.error.message) || document.body.dataset.error || null")
         try:
+            wait_until(lambda: error() or time_now() > 0, 40, "the video to start")
+            if name.startswith("remote/"):
+                assert daemon.title_info(name)["state"] == "partial"   # still filling
             wait_until(lambda: error() or time_now() > 3.0, 40, "the video to play 3 s")
             assert error() is None, error()
             first = time_now()

@@ -10,10 +10,13 @@ fragment of a segment is built at each request (its moof is a few KB of
 download path (``TitleDownloads.answer_pieces``): ETag, Range, HEAD and
 conditional requests as for the title itself.
 
-Only complete titles are served: a filling MP4's ``moov`` and box
-headers may still be holes in the sparse file (and the proxy fills
-MPEG-TS titles only for now, so an MP4 title is complete from ``kvod
-catalog add``).
+A title still filling is served too when it is a progressive MP4: its
+fill fetches the ``moov`` and the box headers first, and the ``moov``
+describes every sample, so the playlist is the whole title's (VOD, as
+once it is whole) and a segment whose samples are not there yet waits
+for them as a download does (the fill fetches what a waiting request
+needs next). A fragmented MP4's samples are known only as its fragments
+arrive: it answers 503 with Retry-After until it is whole.
 """
 
 from __future__ import annotations
@@ -29,7 +32,8 @@ from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
 from appliance.http.download import TitleDownloads, error
-from appliance.http.fmp4.title import INIT_NAME, SEGMENT_NAME, Fmp4Title, load_title
+from appliance.http.fmp4.title import (INIT_NAME, SEGMENT_NAME, Fmp4Title, NotWholeYet,
+                                       load_title)
 from rtpengine.index.errors import MediaError
 
 log = logging.getLogger(__name__)
@@ -73,15 +77,19 @@ class Fmp4Hls:
             error(request, 404, f"ask for /hls/NAME/index.m3u8, {INIT_NAME} or "
                                 f"{SEGMENT_NAME.format('K')}")
             return
-        if title.state != "complete":
-            request.setHeader(b"Retry-After", b"5")
-            error(request, 503, f"{title.name}: an MP4 title is served over HLS once it "
-                                f"is cached whole; its fill is still running")
-            return
+        filling = title.state != "complete"
         try:
-            fmp4 = await self._load(title)
+            fmp4 = await self._load(title, filling)
         except (MediaError, OSError) as exc:
-            _cannot_serve(request, title, exc)
+            if not filling:
+                _cannot_serve(request, title, exc)
+                return
+            if not isinstance(exc, NotWholeYet):
+                # the fill checked the moov before it began: unexpected
+                log.warning("HLS of %s while it fills: %s", title.name, exc)
+            request.setHeader(b"Retry-After", b"5")
+            error(request, 503, str(exc) if isinstance(exc, NotWholeYet) else
+                  f"{title.name} cannot be served over HLS before its fill ends: {exc}")
             return
         if request._disconnected:
             return
@@ -114,12 +122,20 @@ class Fmp4Hls:
         key = f"{self.downloads.etag(title)}\0{FORMAT}\0{self.target_duration!r}\0{what}"
         return '"' + hashlib.sha256(key.encode()).hexdigest()[:24] + '"'
 
-    async def _load(self, title) -> Fmp4Title:
+    async def _load(self, title, filling: bool = False) -> Fmp4Title:
         """The title's parsed tables: made once per version, in a thread
         (a two-hour film takes 0.4 s of Python), for all the
         requests that ask meanwhile."""
         st = os.stat(title.media_path)
-        key = (title.media_path, st.st_size, st.st_mtime_ns)
+        if filling:
+            # every write of the fill moves the file's mtime, not its moov:
+            # the version is the fill's file (a fill that starts over makes
+            # a new one) and the origin's validator
+            fill = self.downloads.cache.fill_for(title.name)
+            key = (title.media_path, st.st_ino, st.st_size, "filling",
+                   getattr(fill, "validator", None))
+        else:
+            key = (title.media_path, st.st_size, st.st_mtime_ns)
         found = self._titles.get(key)
         if found is not None:
             self._titles.move_to_end(key)
@@ -130,6 +146,7 @@ class Fmp4Hls:
             threads.deferToThreadPool(
                 self.downloads.reactor, self.downloads.reactor.getThreadPool(),
                 load_title, title.media_path, title.name, self.target_duration,
+                filling=filling,
             ).addBoth(self._loaded, key)
         self._loading[key].append(waiter)
         return await waiter
