@@ -335,6 +335,10 @@ class KvodService(service.MultiService):
         self.media.set_sr_interval(config.rtcp.sr_interval)
         self.media.pacing = config.engine.pacing
         self.media.stall_timeout = cache.stall_timeout
+        # interleaved streams opened from now on
+        self.media.tcp_max_lag = config.interleaved.max_lag
+        self.media.tcp_stall = config.interleaved.stall_timeout
+        self.media.tcp_send_buffer = config.interleaved.send_buffer
         quota = self.cache.quota
         quota.max_bytes, quota.policy = cache.max_bytes, cache.policy
         quota.keep_prefix_seconds = cache.keep_prefix_seconds

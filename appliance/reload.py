@@ -30,6 +30,7 @@ RUNTIME_KEYS = frozenset({
     "origin.requests_per_fill", "origin.connections", "origin.probe_timeout",
     "origin.min_rate", "origin.queue_timeout", "origin.idle_timeout", "origin.max_changes",
     "engine.pacing",
+    "interleaved.max_lag", "interleaved.stall_timeout", "interleaved.send_buffer",
     "log.level",
     # the daemon builds a new auth gate on every reload (the users file is
     # re-read even when the config is unchanged)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import socket
 import struct
 import subprocess
@@ -305,12 +306,24 @@ def test_slow_tcp_reader_is_skipped_others_stay_on_time(tmp_path, ts_file):
 def test_stalled_tcp_reader_is_cut_off(tmp_path, ts_file):
     """A TCP client that stops reading after the PLAY reply: after the stall
     time its connection is closed and its session ends, logged once and
-    counted in /metrics; the daemon serves the next client."""
-    d = KvodDaemon(str(tmp_path), extra="[interleaved]\nstall_timeout = 1.5\n"
-                   "send_buffer = 4096\n")
+    counted in /metrics; the daemon serves the next client. The stall time
+    and the send buffer come from a reload (SIGHUP), not a restart."""
+    d = KvodDaemon(str(tmp_path), extra="[interleaved]\nstall_timeout = 30.0\n"
+                   "send_buffer = 131072\n")
     d.add(ts_file, "movie")
     d.start()
     try:
+        with open(d.config) as f:
+            text = f.read()
+        with open(d.config, "w") as f:
+            f.write(text.replace("stall_timeout = 30.0", "stall_timeout = 1.5")
+                    .replace("send_buffer = 131072", "send_buffer = 4096"))
+        d.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 5
+        while "reload: interleaved.send_buffer is now 4096" not in d.log():
+            assert time.monotonic() < deadline, d.log()
+            time.sleep(0.05)
+        assert "reload: interleaved.stall_timeout is now 1.5" in d.log()
         c = RawRtsp(d, rcvbuf=4096)
         url = d.url("movie")
         c.send(c.request_bytes("SETUP", url + "/trackID=0", "Transport: RTP/AVP/TCP;unicast"))

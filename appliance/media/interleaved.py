@@ -268,6 +268,8 @@ class InterleavedMediaStream(UdpMediaStream):
         self.link = link
         self.channels = channels
         self._noted_lag = (0, False)  # (skips, stalled) already logged
+        # the stall time this stream opens with (a reload changes the next ones')
+        self.stall_s = backend.tcp_stall
         super().__init__(backend, session_id=session_id, title=title, track=track,
                          client_host=client_host, client_ports=channels, quirks=quirks)
         link.attach(channels[0], self)
@@ -282,7 +284,7 @@ class InterleavedMediaStream(UdpMediaStream):
             ssrc=self.ssrc, seq0=self.seq0,
             ts0=self.ts0, interleaved=self.channels[0],
             max_lag_ms=round(self.backend.tcp_max_lag * 1000),
-            stall_ms=round(self.backend.tcp_stall * 1000), **growing)
+            stall_ms=round(self.stall_s * 1000), **growing)
 
     def _play_engine(self, record: int | None):
         # frames sent before the PLAY reply are skipped by clients reading it
@@ -328,7 +330,7 @@ class InterleavedMediaStream(UdpMediaStream):
             return
         if stats.stalled:
             self.log.warning("stream %s: the client took nothing for %.0f s; its "
-                             "connection was closed", self.label, self.backend.tcp_stall)
+                             "connection was closed", self.label, self.stall_s)
         elif stats.skips:
             self.log.warning("stream %s: the client reads slower than the media; "
                              "skipped to a keyframe %d times (%d packets)",
