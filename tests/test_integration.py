@@ -6,10 +6,12 @@ paced at the media rate; the slow cases run their clients concurrently.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
 import subprocess
+import sys
 import time
 
 import pytest
@@ -17,6 +19,7 @@ import pytest
 from appliance.bench.rtsp_client import RtpReceiver, RtspClient
 from rtpengine.hintfile import HintFile
 from rtpengine.rtp import parse_rtp
+from appliance.bench.daemon import ROOT
 from tests.helpers.daemon import KvodDaemon, serving
 from tests.helpers.players import (assert_contiguous, framemd5, gst_finished, gst_receive,
                                    payloads, sha256)
@@ -31,9 +34,7 @@ def daemon(tmp_path_factory, ts_file, short_ts_file):
 
 
 def title_hints(daemon: KvodDaemon, name: str) -> HintFile:
-    import json
-    info = json.loads(daemon.kvod("catalog", "show", name, "--json").stdout)
-    return HintFile(info["tracks"][0]["hint_path"])
+    return HintFile(daemon.title_info(name)["tracks"][0]["hint_path"])
 
 
 def play(client: RtspClient, receiver: RtpReceiver, name: str, rng: str | None = "npt=0-"):
@@ -149,6 +150,40 @@ def test_a_range_end_stops_the_stream_there_with_a_bye(daemon, ts_file):
         receiver.close()
 
 
+def assert_keyframes_in_play_order(ts_path, scale: int) -> None:
+    """The MPEG-TS at ``ts_path`` decodes (ffprobe) to keyframes only, at
+    least 8 of the 10 s title's, their times rising (or, for a negative
+    ``scale``, falling)."""
+    probe = subprocess.run(
+        ["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries",
+         "frame=pts_time,key_frame", "-of", "csv=p=0", str(ts_path)],
+        capture_output=True, text=True, timeout=60, check=True)
+    frames = [line.split(",")[:2] for line in probe.stdout.split() if line]
+    times = [float(t) for _, t in frames]
+    assert len(frames) >= 8 and all(k == "1" for k, _ in frames), frames
+    steps = [b - a for a, b in zip(times, times[1:])]
+    assert all(step > 0 for step in steps) if scale > 0 else all(step < 0 for step in steps)
+
+
+@pytest.mark.parametrize("scale", [4, -4])
+def test_gstreamer_trick_play_forwards_and_backwards(daemon, tmp_path, scale):
+    """GStreamer asks for trick play as an application does, with a seek at
+    a rate and the TRICKMODE flag: rtspsrc sends a PLAY with Scale (and,
+    backwards, a Range from the later time to the earlier, which kvod
+    answered 457 before) and gets the keyframes in play
+    order, in about a quarter of the title's 10 s, then EOS."""
+    out = tmp_path / "trick.ts"
+    proc = subprocess.run([sys.executable, "-m", "tests.helpers.gst_trick", daemon.url("movie"),
+                           str(scale), str(out)], capture_output=True, text=True, timeout=60,
+                          cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.splitlines()[-1])
+    assert result["error"] is None, result
+    assert 1.5 < result["last_packet_s"] < 4.0, result
+    assert result["eos_s"] is not None, result
+    assert_keyframes_in_play_order(out, scale)
+
+
 @pytest.mark.parametrize("scale", [4, -4])
 def test_scale_plays_the_keyframes_faster_or_backwards(daemon, tmp_path, scale):
     """Scale 4 covers the 10 s title in about 2.5 s with its keyframes, in
@@ -172,15 +207,7 @@ def test_scale_plays_the_keyframes_faster_or_backwards(daemon, tmp_path, scale):
         assert_contiguous([s for s, _ in payloads(receiver)])
         out = tmp_path / "trick.ts"
         out.write_bytes(b"".join(p for _, p in payloads(receiver)))
-        probe = subprocess.run(
-            ["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries",
-             "frame=pts_time,key_frame", "-of", "csv=p=0", str(out)],
-            capture_output=True, text=True, timeout=60, check=True)
-        frames = [line.split(",")[:2] for line in probe.stdout.split() if line]
-        times = [float(t) for _, t in frames]
-        assert len(frames) >= 8 and all(k == "1" for k, _ in frames)
-        steps = [b - a for a, b in zip(times, times[1:])]
-        assert all(step > 0 for step in steps) if scale > 0 else all(step < 0 for step in steps)
+        assert_keyframes_in_play_order(out, scale)
         # a PLAY without Scale goes back to normal play
         resp = client.request("PLAY", url + "/", [("Session", session), ("Range", "npt=5-")])
         assert resp.status == 200 and resp.headers.get("Scale") is None

@@ -192,6 +192,28 @@ def test_bad_ranges_are_457(value: str) -> None:
     assert info.value.status == 457
 
 
+def test_backwards_ranges_run_from_the_later_time() -> None:
+    """A negative Scale's range is in the direction of play (what
+    GStreamer's rtspsrc sends for a reverse seek)."""
+    assert parse_range("npt=9-0", backwards=True) == NptRange(9.0, 0.0, True)
+    assert parse_range("npt=9-", backwards=True) == NptRange(9.0, None, True)
+    assert parse_range("npt=5-5", backwards=True) == NptRange(5.0, 5.0, True)
+    with pytest.raises(RangeError, match="backwards") as info:
+        parse_range("npt=0-9", backwards=True)
+    assert info.value.status == 457
+    with pytest.raises(RangeError, match="before it starts"):
+        parse_range("npt=9-0")
+    assert format_range(9, 0, backwards=True) == "npt=9.000-0.000"
+
+
+@given(st.integers(0, 10**9), st.one_of(st.none(), st.integers(0, 10**6)))
+def test_backwards_ranges_round_trip(start_ms: int, length_ms: int | None) -> None:
+    start = start_ms / 1000
+    end = None if length_ms is None else max(start_ms - length_ms, 0) / 1000
+    text = format_range(start, end, backwards=True)
+    assert parse_range(text, backwards=True) == NptRange(start, end, True)
+
+
 def test_smpte_gets_a_clear_message() -> None:
     with pytest.raises(RangeError, match="only npt"):
         parse_range("smpte=0:10:00-")

@@ -552,6 +552,21 @@ def test_play_with_scale_asks_the_streams_and_echoes_the_scale_used(client, medi
     assert resp.status == 200 and media.opened[-1][3].scale == 1
 
 
+def test_a_backwards_play_takes_its_range_from_the_later_time(client, media):
+    """Scale -4 with ``npt=3-0`` (GStreamer's reverse seek) plays
+    backwards from 3 s, and the reply's Range runs the same
+    way; ``npt=0-3`` with a negative Scale is a range that goes forwards: 457."""
+    session, _ = client.setup()
+    resp = client("PLAY", f"{BASE}/movie/", ("Session", session), ("Scale", "-4"),
+                  ("Range", "npt=3-0"))
+    assert resp.status == 200 and resp.headers.get("Scale") == "-4"
+    assert resp.headers.get("Range").endswith("-0.000")
+    assert media.opened[-1][3].scale == -4
+    resp = client("PLAY", f"{BASE}/movie/", ("Session", session), ("Scale", "-4"),
+                  ("Range", "npt=0-3"))
+    assert resp.status == 457
+
+
 @pytest.mark.parametrize("bad", ["0", "fast", "1e9", ""])
 def test_a_bad_scale_is_400(client, bad):
     session, _ = client.setup()

@@ -283,17 +283,27 @@ def format_transport(spec: TransportSpec) -> str:
 @dataclass(frozen=True)
 class NptRange:
     """A normal-play-time range in seconds; ``start`` None means "now",
-    ``end`` None means to the end of the title."""
+    ``end`` None means to the end of the title (its start, ``backwards``).
+
+    A ``backwards`` range is one for a negative Scale: it runs in the
+    direction of play, from the later time to the earlier (``npt=9-0``),
+    as GStreamer's rtspsrc sends it for a reverse seek."""
 
     start: float | None
     end: float | None = None
+    backwards: bool = False
 
     def __post_init__(self) -> None:
         for name in ("start", "end"):
             value = getattr(self, name)
             if value is not None and (not math.isfinite(value) or value < 0):
                 raise RangeError(f"npt {name} {value!r} is not a time")
-        if self.start is not None and self.end is not None and self.end < self.start:
+        if self.start is None or self.end is None:
+            return
+        if self.backwards and self.end > self.start:
+            raise RangeError(f"a backwards npt range (negative Scale) ends ({self.end}) "
+                             f"after it starts ({self.start})")
+        if not self.backwards and self.end < self.start:
             raise RangeError(f"npt range ends ({self.end}) before it starts ({self.start})")
 
 
@@ -314,13 +324,14 @@ def _parse_npt_time(text: str) -> float:
     raise RangeError(f"{text[:40]!r} is not an npt time")
 
 
-def parse_range(value: str) -> NptRange:
+def parse_range(value: str, backwards: bool = False) -> NptRange:
     """The NPT range of a Range header (RFC 2326 sections 3.6 and 12.29).
 
     Accepts ``npt=5-``, ``npt=5.5-10``, ``npt=now-``, ``npt=00:01:05.5-``;
     a ``;time=`` parameter is ignored (kvod starts at once). SMPTE and
     clock ranges, lists of ranges, the open-start form ``npt=-10`` and
-    "now" as an end raise ``RangeError`` (answer 457).
+    "now" as an end raise ``RangeError`` (answer 457). ``backwards``: the
+    range of a PLAY with a negative Scale, later time first (``npt=9-0``).
     """
     if len(value) > MAX_RANGE_CHARS:
         raise RangeError(f"Range of {len(value)} characters")
@@ -343,7 +354,7 @@ def parse_range(value: str) -> NptRange:
         raise RangeError("'now' cannot end a range")
     start = None if first == "now" else _parse_npt_time(first)
     end = _parse_npt_time(last) if last else None
-    return NptRange(start, end)
+    return NptRange(start, end, backwards)
 
 
 _SCALE_RE = re.compile(r"[ \t]*(-?[0-9]{1,6}(?:\.[0-9]{0,6})?)[ \t]*")
@@ -367,9 +378,11 @@ def format_scale(scale: float) -> str:
     return f"{scale:g}"
 
 
-def format_range(start: float | None, end: float | None = None) -> str:
-    """``npt=<start>-[<end>]`` with millisecond precision; None start is "now"."""
-    npt = NptRange(start, end)
+def format_range(start: float | None, end: float | None = None,
+                 backwards: bool = False) -> str:
+    """``npt=<start>-[<end>]`` with millisecond precision; None start is
+    "now"; ``backwards`` (a negative Scale): the end is the earlier time."""
+    npt = NptRange(start, end, backwards)
     first = "now" if npt.start is None else f"{npt.start:.3f}"
     last = "" if npt.end is None else f"{npt.end:.3f}"
     return f"npt={first}-{last}"

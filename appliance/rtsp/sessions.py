@@ -446,11 +446,12 @@ class RtspServer:
             raise RtspFailure(455, "PLAY before SETUP")
         streams = sorted(session.streams.items())
         first = streams[0][1]
+        scale = self._scale(req)
         value = req.headers.get("Range")
         npt_ns = end_ns = None
         if value:
             try:
-                rng = parse_range(value)
+                rng = parse_range(value, backwards=scale < 0)
             except RangeError as exc:
                 raise RtspFailure(457, f"bad Range {value!r}: {exc}") from None
             if rng.start is not None:
@@ -458,9 +459,11 @@ class RtspServer:
                 if first.duration_ns and npt_ns > first.duration_ns:
                     raise RtspFailure(457, f"Range starts at {rng.start}s, "
                                            f"past the end ({first.duration_ns / 1e9:.3f}s)")
-            if rng.end is not None:
+            if rng.end is not None and scale > 0:
+                # backwards, the end is an earlier time: trick play runs to
+                # the title's start (nor does it keep a forward end), and a
+                # title that cannot go backwards plays forwards without one
                 end_ns = int(rng.end * 1e9)
-        scale = self._scale(req)
         if npt_ns is not None and not prepared and any(
                 stream.needs_seek(npt_ns) for _, stream in streams):
             # ahead of a running fill: its bytes are fetched first, then PLAY answers
@@ -510,8 +513,12 @@ class RtspServer:
         end = first.duration_ns / 1e9 if first.duration_ns else None
         if ends and ends[0] is not None:
             end = min(ends[0] / 1e9, end) if end is not None else ends[0] / 1e9
-        headers = [("Range", format_range(start_ns / 1e9, max(end, start_ns / 1e9)
-                                          if end is not None else None))]
+        if first.scale < 0:
+            # in the direction of play, to the title's start
+            headers = [("Range", format_range(start_ns / 1e9, 0.0, backwards=True))]
+        else:
+            headers = [("Range", format_range(start_ns / 1e9, max(end, start_ns / 1e9)
+                                              if end is not None else None))]
         if infos:
             headers.append(("RTP-Info", format_rtp_info(infos)))
         if req.headers.get("Scale") is not None:
