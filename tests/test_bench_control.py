@@ -42,6 +42,8 @@ def test_proxy_bench_times_the_control_plane_idle_and_while_filling(ts_file, sho
     result = run_proxy(short_ts_file, ts_file, misses=2, viewers=1, fill_rounds=2)
     fill = result["fill"]
     assert fill["rounds"] == 2 and fill["fill_mb_per_s"] > 0 and fill["fill_to_plain_read"] > 0
+    assert fill["fill_to_file_read"] == pytest.approx(
+        fill["fill_mb_per_s"] / fill["origin_read_to_file_mb_per_s"], rel=0.01)
     idle, busy = fill["options_ms_idle"], fill["options_ms_while_filling"]
     assert idle["count"] >= 50          # a second of asking, every 5 ms
     assert 0 < idle["p50"] <= idle["p99"] < 1000

@@ -207,6 +207,8 @@ def _fill_against_plain(daemon: _ProxyDaemon, nginx: NginxOrigin, rounds: int,
             "origin_read_mb_per_s": round(plain_mb_s, 1),
             "fill_to_plain_read": round(fill_mb_s / plain_mb_s, 3),
             "origin_read_to_file_mb_per_s": round(statistics.median(to_file), 1),
+            # what keeping the bytes costs at all here: a fill must write them too
+            "fill_to_file_read": round(fill_mb_s / statistics.median(to_file), 3),
             "fill_mb_per_s_each": [round(v, 1) for v in fills],
             "origin_read_mb_per_s_each": [round(v, 1) for v in plain],
             "origin_bytes_per_title_byte": round(sent / size / rounds, 4),
