@@ -318,11 +318,13 @@ def test_parsers_return_or_raise_their_own_error(text: str) -> None:
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.text("npt=now0123456789.:-; ,smpteclock", max_size=40))
-def test_range_fuzz_results_are_valid(text: str) -> None:
+@given(st.text("npt=now0123456789.:-; ,smpteclock", max_size=40), st.booleans())
+def test_range_fuzz_results_are_valid(text: str, backwards: bool) -> None:
     try:
-        r = parse_range(text)
+        r = parse_range(text, backwards=backwards)
     except RangeError:
         return
     assert r.start is None or r.start >= 0
-    assert r.end is None or r.start is None or r.end >= r.start
+    assert r.backwards == backwards
+    if r.end is not None and r.start is not None:
+        assert r.end <= r.start if backwards else r.end >= r.start
