@@ -153,8 +153,9 @@ def test_a_damaged_mp4_is_a_clear_error_and_the_others_play_on(daemon):
 
 @pytest.fixture(scope="module")
 def slow_origin(tmp_path_factory):
-    """nginx sending each request at 60 kB/s: a 4 s title takes seconds to fill."""
-    nginx = nginx_folder(tmp_path_factory.mktemp("hls-mp4-nginx"), limit_rate="60k")
+    """nginx sending each request at 30 kB/s: a 4 s title (320 KB) takes seconds to fill,
+    time for a loaded machine's CLI calls to see it partial."""
+    nginx = nginx_folder(tmp_path_factory.mktemp("hls-mp4-nginx"), limit_rate="30k")
     yield nginx
     nginx.stop()
 

@@ -25,8 +25,9 @@ HLSJS = os.path.join(STATIC_DIR, "vendor", "hls.min.js")
 
 @pytest.fixture(scope="module")
 def origin(tmp_path_factory):
-    """nginx at 100 kB/s a request: an 8 s MP4 fills for seconds."""
-    nginx = nginx_folder(tmp_path_factory.mktemp("nginx"), limit_rate="100k")
+    """nginx at 50 kB/s a request: an 8 s MP4 (680 KB) fills for seconds,
+    longer than the browser takes to start playing it."""
+    nginx = nginx_folder(tmp_path_factory.mktemp("nginx"), limit_rate="50k")
     publish(nginx, "remote/mp4", make_mp4(seconds=8))
     yield nginx
     nginx.stop()
