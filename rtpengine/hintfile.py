@@ -301,6 +301,12 @@ class HintFile:
         at = (index - first) * RECORD_SIZE
         return self._block[1][at:at + RECORD_SIZE]
 
+    def identity(self) -> tuple[int, int, int, int]:
+        """(device, inode, size, mtime in ns) of the open file: changes when
+        the file is replaced, rewritten or cut short (a cache key)."""
+        st = os.fstat(self._fd)
+        return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
     def close(self) -> None:
         """Close the file (twice is fine)."""
         if self._fd >= 0:

@@ -26,6 +26,7 @@ from appliance.rtsp.media_api import MediaFilesBad, MediaUnavailable, PlayStart
 from appliance.rtsp.sessions import log_fields
 from appliance.media.rtcp_demux import report_blocks
 from appliance.media.server_ports import PerSessionPorts, SharedPorts
+from appliance.media.start_points import StartPoints
 from appliance.media.trick_play import TrickFiles
 from rtpengine import rtcp
 from rtpengine.engine import Engine, EngineError
@@ -225,6 +226,19 @@ class UdpMediaStream:
                 self._switch_hints(target, fill)
         if not len(self.hints):
             return 0, 0
+        if npt_ns == 0 and fill is None and self._trick is None:
+            # most plays start at the beginning: its keyframe is found once
+            # per hint file, not by every stream's fresh reader (a read of
+            # its first 8 KiB and a search in Python, 40 µs before PLAY's
+            # first packet)
+            key = (self.hints.path, len(self.hints), self.hints.identity())
+            found = self.backend.start_points.get(key)
+            if found is None:
+                found = self.backend.start_points.remember(key, self._search(0))
+            return found
+        return self._search(npt_ns)
+
+    def _search(self, npt_ns: int) -> tuple[int, int]:
         index = self.hints.keyframe_at_or_before(npt_ns)
         return index, self.hints.record(index).send_ns
 
@@ -605,6 +619,7 @@ class UdpMediaBackend:
         self.on_alive = on_alive
         self.streams: set[UdpMediaStream] = set()
         self.tricks = TrickFiles()
+        self.start_points = StartPoints()
         # what closed streams sent, so that the totals only ever grow
         self._retired = dict.fromkeys(TRAFFIC_KEYS, 0)
         self._sr_loop = LoopingCall(self._send_reports)
