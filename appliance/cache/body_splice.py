@@ -147,7 +147,6 @@ class BodySplice:
         self._want = 0
         self._started = False
         self.active = False       # started, and not stopped
-        self._running = False     # the thread has not ended
         # written by the thread, read in the reactor (whole ints: the GIL
         # makes each read and write atomic)
         self._done = 0            # bytes in the file
@@ -167,13 +166,13 @@ class BodySplice:
         Raises OSError, with ``file`` closed and nothing read, if no thread
         can be started."""
         self._file, self._offset, self._want = file, offset, want
-        self._started = self.active = self._running = True
+        self._started = self.active = True
         try:
             # not threading.Thread: its start() waits until the new thread
             # runs Python (most of a millisecond of the reactor's, per request)
             _thread.start_new_thread(self._run, ())
         except Exception as exc:     # no thread to be had (a task limit, memory)
-            self.active = self._running = False
+            self.active = False
             self._close_fds()
             file.close()
             self.finished.callback(None)
@@ -252,7 +251,7 @@ class BodySplice:
         try:
             self._report()
         finally:
-            was_active, self.active, self._running = self.active, False, False
+            was_active, self.active = self.active, False
             try:
                 self._close_fds()
                 self._file.close()

@@ -621,18 +621,13 @@ class TitleFill:
             d.cancel()
 
     def _store(self, offset: int, data: bytes) -> None:
-        """Write ``data`` at ``offset``; what was written counts as held."""
+        """Write ``data`` at ``offset``; what was written counts as held, a
+        failure too."""
         view = memoryview(data)
-        self._write_held(offset, len(data),
-                         lambda at, left: os.pwrite(self._fd, view[at - offset:], at))
-
-    def _write_held(self, offset: int, size: int, write: Callable[[int, int], int]) -> None:
-        """``write(at, left)`` until ``size`` bytes from ``offset`` are in the
-        file; what was written counts as held, a failure too."""
-        at, end = offset, offset + size
+        at, end = offset, offset + len(data)
         try:
             while at < end:
-                at += write(at, end - at)
+                at += os.pwrite(self._fd, view[at - offset:], at)
         except OSError as exc:
             if at > offset:
                 self.held = add(self.held, offset, at)
