@@ -28,18 +28,20 @@ class TrickFiles:
     """Trick streams by (hint file, scale), their files on disk."""
 
     def __init__(self) -> None:
-        self._spans: dict[tuple[str, int, int], KeyframeSpans] = {}
-        self._streams: dict[tuple[str, int, int, int], TrickStream] = {}
+        self._spans: dict[tuple, KeyframeSpans] = {}
+        self._streams: dict[tuple, TrickStream] = {}
 
     def stream(self, hints: HintFile, media_path: str, scale: int) -> tuple[str, TrickStream]:
         """The trick hint file of ``hints`` at ``scale`` and its stream, made
         if missing or older than ``hints``. Raises TrickError (no keyframes)
         or OSError."""
-        st = os.stat(hints.path)
-        version = (hints.path, st.st_ino, st.st_mtime_ns)
+        # the version of the file these hints were read from (not of
+        # whatever is at its path now)
+        version = (hints.path, *hints.identity())
+        mtime_ns = version[-1]
         path = trick_hint_path(hints.path, scale)
         trick = self._streams.get((*version, scale))
-        if trick is not None and _newer(path, st.st_mtime_ns):
+        if trick is not None and _newer(path, mtime_ns):
             return path, trick
         spans = self._spans.get(version)
         if spans is None:
