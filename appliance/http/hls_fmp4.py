@@ -84,12 +84,14 @@ class Fmp4Hls:
             if not filling:
                 _cannot_serve(request, title, exc)
                 return
-            if not isinstance(exc, NotWholeYet):
+            if isinstance(exc, NotWholeYet):
+                message = str(exc)
+            else:
                 # the fill checked the moov before it began: unexpected
                 log.warning("HLS of %s while it fills: %s", title.name, exc)
+                message = f"{title.name} cannot be served over HLS before its fill ends: {exc}"
             request.setHeader(b"Retry-After", b"5")
-            error(request, 503, str(exc) if isinstance(exc, NotWholeYet) else
-                  f"{title.name} cannot be served over HLS before its fill ends: {exc}")
+            error(request, 503, message)
             return
         if request._disconnected:
             return
